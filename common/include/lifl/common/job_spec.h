@@ -1,0 +1,51 @@
+// The job spec of API.md, parsed and validated once at the edge (JSON or YAML). Everything
+// behind the edge works with this struct and never sees the raw document.
+#pragma once
+
+#include <cstdint>
+#include <nlohmann/json.hpp>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "lifl/common/dtype.h"
+#include "lifl/common/error.h"
+
+namespace lifl {
+
+struct TensorSpec {
+  std::string name;
+  std::vector<int64_t> shape;
+  uint64_t elements = 0;
+};
+
+enum class ModelInit { None, Zeros, Random };
+enum class UpdateMode { Weights, Delta };
+
+struct JobSpec {
+  std::string id;
+  std::vector<TensorSpec> tensors;  ///< sorted by name: the layout of every accumulator
+  ModelInit init = ModelInit::None;
+  uint64_t seed = 0;
+  uint32_t clientsPerRound = 1;
+  uint32_t minClients = 0;  ///< 0: all of clientsPerRound
+  uint32_t rounds = 1;
+  UpdateMode update = UpdateMode::Weights;
+  std::string strategy = "fedavg";
+  uint32_t fanIn = 8;
+  uint32_t levels = 2;      ///< 2: leaves + top; 3: leaves + middles + top
+  uint32_t batch = 0;       ///< partial batch size; 0: a leaf forwards once, at its fan-in
+  double deadlineSeconds = 600;
+  std::string device = "cpu";
+
+  uint64_t modelElements() const;
+  nlohmann::json toJson() const;
+};
+
+/// Parses a job spec from a request body; `contentType` picks JSON or YAML.
+Result<JobSpec> parseJobSpec(std::string_view body, std::string_view contentType);
+Result<JobSpec> jobSpecFromJson(const nlohmann::json& doc);
+/// YAML text to the equivalent JSON document (scalars typed as YAML 1.2 core schema).
+Result<nlohmann::json> yamlToJson(std::string_view text);
+
+}  // namespace lifl

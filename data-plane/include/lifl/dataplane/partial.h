@@ -1,0 +1,65 @@
+// Layout of a partial aggregate object, shared by the aggregators that write and fold them
+// and by the agent that re-sends or reclaims them when an aggregator dies.
+//
+//   [PartialHeader, 64 B][InputRecord x inputCapacity][pad to 64][float acc[elements]]
+//
+// A partial lists the inputs folded into it. Each input's header points back at the
+// partial (container = partial generation) once the partial is sealed, so after a crash
+// the agent can tell inputs already covered by a sealed partial from inputs to re-deliver.
+#pragma once
+
+#include <cstdint>
+#include <cstring>
+
+#include "lifl/dataplane/object_store.h"
+
+namespace lifl::dataplane {
+
+struct PartialHeader {
+  double weightSum = 0;     ///< sum of n_i over the inputs
+  uint32_t clients = 0;     ///< client updates covered
+  uint32_t inputCount = 0;
+  uint32_t inputCapacity = 0;
+  uint32_t reserved0 = 0;
+  uint64_t elements = 0;
+  uint64_t accOffset = 0;   ///< byte offset of acc[] in the payload
+  uint64_t reserved[3] = {};
+};
+static_assert(sizeof(PartialHeader) == 64);
+
+struct InputRecord {
+  uint64_t offset;
+  uint64_t generation;
+};
+
+inline uint64_t partialAccOffset(uint32_t inputCapacity) {
+  uint64_t end = sizeof(PartialHeader) + uint64_t{inputCapacity} * sizeof(InputRecord);
+  return (end + 63) / 64 * 64;
+}
+inline uint64_t partialBytes(uint64_t elements, uint32_t inputCapacity) {
+  return partialAccOffset(inputCapacity) + elements * sizeof(float);
+}
+
+/// Typed access to a partial object in this process's mapping.
+class PartialView {
+ public:
+  explicit PartialView(const ObjectRef& object) : object_(object) {}
+  PartialHeader& header() const { return *reinterpret_cast<PartialHeader*>(object_.data()); }
+  InputRecord* inputs() const {
+    return reinterpret_cast<InputRecord*>(object_.data() + sizeof(PartialHeader));
+  }
+  float* acc() const { return reinterpret_cast<float*>(object_.data() + header().accOffset); }
+  /// True when the header is consistent with the object's size (checked before folding).
+  bool valid() const {
+    if (object_.size() < sizeof(PartialHeader)) return false;
+    const auto& h = header();
+    return h.inputCount <= h.inputCapacity && h.accOffset == partialAccOffset(h.inputCapacity) &&
+           h.accOffset + h.elements * sizeof(float) <= object_.size();
+  }
+  const ObjectRef& object() const { return object_; }
+
+ private:
+  ObjectRef object_;
+};
+
+}  // namespace lifl::dataplane

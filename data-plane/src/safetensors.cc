@@ -1,0 +1,161 @@
+#include "lifl/dataplane/safetensors.h"
+
+#include <algorithm>
+#include <cstring>
+#include <nlohmann/json.hpp>
+#include <unordered_map>
+
+#include "lifl/gpu/accumulate.h"
+
+namespace lifl::dataplane {
+namespace {
+
+using nlohmann::json;
+
+Error malformed(std::string detail) { return badRequest("malformed_safetensors", std::move(detail)); }
+
+// Element sizes of every dtype the safetensors format defines, so that files with dtypes we
+// do not aggregate are still parsed exactly and rejected with the right code.
+const std::unordered_map<std::string, uint32_t>& knownDtypes() {
+  static const std::unordered_map<std::string, uint32_t> k = {
+      {"BOOL", 1}, {"U8", 1},  {"I8", 1},  {"F8_E5M2", 1}, {"F8_E4M3", 1}, {"I16", 2},
+      {"U16", 2},  {"F16", 2}, {"BF16", 2}, {"I32", 4},    {"U32", 4},     {"F32", 4},
+      {"F64", 8},  {"I64", 8}, {"U64", 8}};
+  return k;
+}
+
+}  // namespace
+
+const TensorView* SafetensorsView::find(const std::string& name) const {
+  auto it = std::lower_bound(tensors.begin(), tensors.end(), name,
+                             [](const TensorView& t, const std::string& n) { return t.name < n; });
+  return it != tensors.end() && it->name == name ? &*it : nullptr;
+}
+
+Result<SafetensorsView> parseSafetensors(const std::byte* data, uint64_t size) {
+  if (size < 8) return malformed("body is shorter than the 8-byte header length");
+  uint64_t headerLen = 0;
+  std::memcpy(&headerLen, data, 8);  // little-endian on every host we build for
+  if (headerLen == 0) return malformed("header length is zero");
+  if (headerLen > kMaxSafetensorsHeader) return malformed("header length exceeds 16 MiB");
+  if (headerLen > size - 8) return malformed("header length runs past the end of the body");
+  const char* h = reinterpret_cast<const char*>(data + 8);
+  json header = json::parse(h, h + headerLen, nullptr, /*allow_exceptions=*/false);
+  if (header.is_discarded()) return malformed("header is not valid JSON");
+  if (!header.is_object()) return malformed("header is not a JSON object");
+
+  SafetensorsView view;
+  view.dataStart = 8 + headerLen;
+  const uint64_t dataSize = size - view.dataStart;
+  for (auto& [name, t] : header.items()) {
+    if (name == "__metadata__") {
+      if (!t.is_object()) return malformed("__metadata__ must be an object");
+      for (auto& [k, v] : t.items())
+        if (!v.is_string()) return malformed("__metadata__ values must be strings");
+      continue;
+    }
+    if (!t.is_object()) return malformed("tensor " + name + " is not an object");
+    auto dt = t.find("dtype");
+    auto sh = t.find("shape");
+    auto off = t.find("data_offsets");
+    if (dt == t.end() || !dt->is_string()) return malformed("tensor " + name + " has no dtype");
+    if (sh == t.end() || !sh->is_array()) return malformed("tensor " + name + " has no shape");
+    if (off == t.end() || !off->is_array() || off->size() != 2)
+      return malformed("tensor " + name + " needs data_offsets [begin, end]");
+    TensorView tv;
+    tv.name = name;
+    tv.dtypeName = dt->get<std::string>();
+    auto known = knownDtypes().find(tv.dtypeName);
+    if (known == knownDtypes().end()) return malformed("tensor " + name + " has unknown dtype " + tv.dtypeName);
+    tv.dtype = parseDType(tv.dtypeName);
+    tv.elements = 1;
+    for (const auto& d : *sh) {
+      if (!d.is_number_unsigned()) return malformed("tensor " + name + " has a bad dimension");
+      uint64_t dim = d.get<uint64_t>();
+      if (dim != 0 && tv.elements > (uint64_t{1} << 40) / dim)
+        return malformed("tensor " + name + " shape overflows");
+      tv.elements *= dim;
+      tv.shape.push_back(static_cast<int64_t>(dim));
+    }
+    for (const auto& o : *off)
+      if (!o.is_number_unsigned()) return malformed("tensor " + name + " has a bad data offset");
+    uint64_t b = (*off)[0].get<uint64_t>(), e = (*off)[1].get<uint64_t>();
+    if (b > e) return malformed("tensor " + name + " has begin > end");
+    if (e > dataSize) return malformed("tensor " + name + " runs past the end of the body");
+    if (e - b != tv.elements * known->second)
+      return malformed("tensor " + name + " byte size does not match its shape and dtype");
+    if ((view.dataStart + b) % known->second != 0)
+      return malformed("tensor " + name + " is not aligned to its element size");
+    tv.begin = view.dataStart + b;
+    tv.end = view.dataStart + e;
+    view.tensors.push_back(std::move(tv));
+  }
+  // Tensors must tile the data section exactly: no overlap, no holes, no trailing bytes.
+  std::vector<const TensorView*> byOffset;
+  for (const auto& t : view.tensors) byOffset.push_back(&t);
+  std::sort(byOffset.begin(), byOffset.end(), [](auto* a, auto* b) {
+    return a->begin != b->begin ? a->begin < b->begin : a->end < b->end;
+  });
+  uint64_t cursor = view.dataStart;
+  for (const auto* t : byOffset) {
+    if (t->begin < cursor) return malformed("tensors " + t->name + " overlaps another tensor");
+    if (t->begin > cursor) return malformed("data section has a gap before tensor " + t->name);
+    cursor = t->end;
+  }
+  if (cursor != size) return malformed("data section has trailing bytes after the last tensor");
+  std::sort(view.tensors.begin(), view.tensors.end(),
+            [](const TensorView& a, const TensorView& b) { return a.name < b.name; });
+  return view;
+}
+
+Result<void> checkMatchesModel(const SafetensorsView& view, const JobSpec& spec) {
+  if (view.tensors.size() != spec.tensors.size()) {
+    return unprocessable("tensor_mismatch", "update has " + std::to_string(view.tensors.size()) +
+                                                " tensors, the model has " +
+                                                std::to_string(spec.tensors.size()));
+  }
+  for (size_t i = 0; i < spec.tensors.size(); ++i) {
+    const auto& want = spec.tensors[i];
+    const auto& got = view.tensors[i];  // both sorted by name
+    if (got.name != want.name)
+      return unprocessable("tensor_mismatch", "unexpected tensor " + got.name);
+    if (!got.dtype)
+      return unprocessable("unsupported_dtype", "tensor " + got.name + " has dtype " +
+                                                    got.dtypeName + "; use F32, F16 or BF16");
+    if (got.shape != want.shape)
+      return unprocessable("tensor_mismatch", "tensor " + got.name + " has the wrong shape");
+  }
+  return success();
+}
+
+Result<void> checkFinite(const std::byte* data, const SafetensorsView& view) {
+  for (const auto& t : view.tensors) {
+    if (!t.dtype) continue;
+    if (uint64_t bad = kernels::countNonFinite(data + t.begin, *t.dtype, t.elements))
+      return unprocessable("non_finite",
+                           "tensor " + t.name + " has " + std::to_string(bad) + " NaN/Inf values");
+  }
+  return success();
+}
+
+std::string modelHeader(const JobSpec& spec) {
+  json header = json::object();
+  uint64_t offset = 0;
+  for (const auto& t : spec.tensors) {
+    uint64_t bytes = t.elements * 4;
+    header[t.name] = {{"dtype", "F32"}, {"shape", t.shape}, {"data_offsets", {offset, offset + bytes}}};
+    offset += bytes;
+  }
+  std::string text = header.dump();
+  text.append((8 - text.size() % 8) % 8, ' ');  // data starts 8-aligned
+  uint64_t len = text.size();
+  std::string out(8, '\0');
+  std::memcpy(out.data(), &len, 8);
+  return out + text;
+}
+
+uint64_t maxUpdateBytes(const JobSpec& spec) {
+  return 8 + (64ull << 10) + 256ull * spec.tensors.size() + spec.modelElements() * 4;
+}
+
+}  // namespace lifl::dataplane

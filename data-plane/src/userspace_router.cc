@@ -1,0 +1,173 @@
+// The userspace router: every instance gets one end of a Unix stream socketpair; one relay
+// thread reads whole descriptors from the agent's ends and writes each to its destination's
+// end. This is the sidecar/proxy hop the eBPF router removes; it exists for hosts without
+// BPF and as the benchmark baseline.
+#include <sys/epoll.h>
+#include <sys/eventfd.h>
+#include <sys/socket.h>
+
+#include <array>
+#include <atomic>
+#include <cerrno>
+#include <cstring>
+#include <mutex>
+#include <thread>
+#include <unordered_map>
+
+#include "lifl/common/log.h"
+#include "lifl/dataplane/router.h"
+
+namespace lifl::dataplane {
+namespace {
+
+bool writeAll(int fd, const std::byte* p, size_t n) {
+  while (n > 0) {
+    ssize_t w = ::send(fd, p, n, MSG_NOSIGNAL);
+    if (w < 0) {
+      if (errno == EINTR) continue;
+      return false;
+    }
+    p += w;
+    n -= static_cast<size_t>(w);
+  }
+  return true;
+}
+
+class UserspaceRouter final : public Router {
+ public:
+  UserspaceRouter() : epoll_(::epoll_create1(EPOLL_CLOEXEC)), wake_(::eventfd(0, EFD_CLOEXEC)) {
+    epoll_event ev{};
+    ev.events = EPOLLIN;
+    ev.data.u64 = kWakeKey;
+    ::epoll_ctl(epoll_.get(), EPOLL_CTL_ADD, wake_.get(), &ev);
+    relay_ = std::thread([this] { run(); });
+  }
+  ~UserspaceRouter() override {
+    stop_ = true;
+    uint64_t one = 1;
+    (void)!::write(wake_.get(), &one, sizeof(one));
+    relay_.join();
+  }
+
+  RouterKind kind() const override { return RouterKind::Userspace; }
+
+  Result<UniqueFd> attach(InstanceId id) override {
+    int sv[2];
+    if (::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) != 0)
+      return systemError("socketpair", errno);
+    UniqueFd instanceEnd(sv[0]);
+    auto conn = std::make_shared<Connection>();
+    conn->fd.reset(sv[1]);
+    conn->id = id;
+    std::lock_guard lock(mutex_);
+    if (auto old = conns_.find(id); old != conns_.end()) removeLocked(old);
+    epoll_event ev{};
+    ev.events = EPOLLIN;
+    ev.data.u64 = id;
+    if (::epoll_ctl(epoll_.get(), EPOLL_CTL_ADD, conn->fd.get(), &ev) != 0)
+      return systemError("epoll_ctl add", errno);
+    conns_[id] = std::move(conn);
+    return instanceEnd;
+  }
+
+  void detach(InstanceId id) override {
+    std::lock_guard lock(mutex_);
+    if (auto it = conns_.find(id); it != conns_.end()) removeLocked(it);
+    counters_.erase(id);
+  }
+
+  RouteCounters counters(InstanceId id) const override {
+    std::lock_guard lock(mutex_);
+    auto it = counters_.find(id);
+    return it == counters_.end() ? RouteCounters{} : it->second;
+  }
+
+ private:
+  static constexpr uint64_t kWakeKey = ~0ull;
+  struct Connection {
+    UniqueFd fd;
+    InstanceId id = 0;
+    std::array<std::byte, LIFL_DESCRIPTOR_SIZE * 64> buf;
+    size_t used = 0;
+  };
+  using ConnMap = std::unordered_map<InstanceId, std::shared_ptr<Connection>>;
+
+  void removeLocked(ConnMap::iterator it) {
+    ::epoll_ctl(epoll_.get(), EPOLL_CTL_DEL, it->second->fd.get(), nullptr);
+    conns_.erase(it);
+  }
+
+  void run() {
+    std::array<epoll_event, 64> events;
+    while (!stop_) {
+      int n = ::epoll_wait(epoll_.get(), events.data(), events.size(), 500);
+      for (int i = 0; i < n; ++i) {
+        if (events[i].data.u64 == kWakeKey) continue;
+        std::shared_ptr<Connection> conn;
+        {
+          std::lock_guard lock(mutex_);
+          auto it = conns_.find(static_cast<InstanceId>(events[i].data.u64));
+          if (it == conns_.end()) continue;
+          conn = it->second;
+        }
+        pump(*conn);
+      }
+    }
+  }
+
+  void pump(Connection& c) {
+    ssize_t r = ::recv(c.fd.get(), c.buf.data() + c.used, c.buf.size() - c.used, MSG_DONTWAIT);
+    if (r <= 0) {
+      if (r == 0 || (errno != EAGAIN && errno != EINTR)) detach(c.id);  // the instance exited
+      return;
+    }
+    c.used += static_cast<size_t>(r);
+    size_t off = 0;
+    for (; c.used - off >= LIFL_DESCRIPTOR_SIZE; off += LIFL_DESCRIPTOR_SIZE) {
+      Descriptor d;
+      std::memcpy(&d, c.buf.data() + off, sizeof(d));
+      forward(c.id, d, c.buf.data() + off);
+    }
+    std::memmove(c.buf.data(), c.buf.data() + off, c.used - off);
+    c.used -= off;
+  }
+
+  void forward(InstanceId from, const Descriptor& d, const std::byte* raw) {
+    std::shared_ptr<Connection> dst;
+    {
+      std::lock_guard lock(mutex_);
+      counters_[from].sentMsgs++;
+      if (auto it = conns_.find(d.dst); it != conns_.end()) dst = it->second;
+      if (!dst) {
+        counters_[from].droppedMsgs++;
+        return;
+      }
+      counters_[d.dst].deliveredMsgs++;
+      counters_[d.dst].deliveredBytes += LIFL_DESCRIPTOR_SIZE;
+    }
+    if (!writeAll(dst->fd.get(), raw, LIFL_DESCRIPTOR_SIZE))
+      LIFL_WARN("userspace router: delivery to instance " << d.dst << " failed");
+  }
+
+  UniqueFd epoll_;
+  UniqueFd wake_;
+  std::atomic<bool> stop_{false};
+  mutable std::mutex mutex_;
+  ConnMap conns_;
+  std::unordered_map<InstanceId, RouteCounters> counters_;
+  std::thread relay_;
+};
+
+}  // namespace
+
+Result<std::unique_ptr<Router>> makeUserspaceRouter() {
+  return std::unique_ptr<Router>(std::make_unique<UserspaceRouter>());
+}
+
+Result<std::unique_ptr<Router>> makeRouter(std::string_view kind) {
+  if (kind == "ebpf") return makeEbpfRouter();
+  if (kind == "userspace") return makeUserspaceRouter();
+  return badRequest("invalid_config", "router must be ebpf or userspace, not " + std::string(kind));
+}
+
+}  // namespace lifl::dataplane

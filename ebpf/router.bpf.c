@@ -1,0 +1,52 @@
+// SPDX-License-Identifier: GPL-2.0
+/* LIFL's on-node router: every function instance sends 64-byte descriptors on its own
+ * TCP socket; this sk_msg program reads the destination instance id from the first 4 bytes
+ * and redirects the descriptor into the destination socket's receive queue (BPF_F_INGRESS).
+ * The payload never moves: it stays in the shared-memory object store.
+ *
+ * Framing: bpf_msg_apply_bytes() limits each verdict to exactly one descriptor, so when a
+ * sender coalesces several descriptors into one sendmsg the program runs once per
+ * descriptor; bpf_msg_cork_bytes() holds back a partial descriptor until it is whole. */
+#include "vmlinux.h"
+#include <bpf/bpf_helpers.h>
+#include "lifl/ebpf/router_abi.h"
+#include "router_maps.h"
+#include "router_helpers.h"
+
+#ifndef BPF_F_INGRESS
+#define BPF_F_INGRESS (1ULL << 0) /* a #define in uapi, so absent from vmlinux.h */
+#endif
+
+SEC("sk_msg")
+int lifl_route(struct sk_msg_md *msg)
+{
+	__u32 ids[2];
+	void *data, *data_end;
+
+	if (msg->size < LIFL_DESCRIPTOR_SIZE) {
+		bpf_msg_cork_bytes(msg, LIFL_DESCRIPTOR_SIZE);
+		return SK_PASS;
+	}
+	bpf_msg_apply_bytes(msg, LIFL_DESCRIPTOR_SIZE);
+
+	data = msg->data;
+	data_end = msg->data_end;
+	if (data + 8 > data_end) {
+		/* the first 8 bytes straddle a scatterlist entry: make them linear */
+		if (bpf_msg_pull_data(msg, 0, 8, 0))
+			return SK_DROP;
+		data = msg->data;
+		data_end = msg->data_end;
+		if (data + 8 > data_end)
+			return SK_DROP;
+	}
+	__builtin_memcpy(ids, data, sizeof(ids));
+
+	long verdict = bpf_msg_redirect_hash(msg, &lifl_socks, &ids[0], BPF_F_INGRESS);
+	if (verdict == SK_PASS)
+		count_delivery(ids[0], LIFL_DESCRIPTOR_SIZE);
+	count_send(ids[1], verdict != SK_PASS);
+	return verdict;
+}
+
+char LICENSE[] SEC("license") = "GPL";

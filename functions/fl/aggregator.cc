@@ -1,0 +1,265 @@
+// The FL aggregator: one function that plays leaf, middle or top (DESIGN.md "One update's
+// path"). It folds each input into an fp32 accumulator the moment it arrives (eager) and
+// forwards (sum n_i w_i, sum n_i) upwards in bounded batches, so the hierarchy is exact:
+// the top's sum equals flat FedAvg's whatever the tree.
+//
+// The accumulator lives in a store object (a partial under construction), so forwarding a
+// batch is sealing that object and sending its descriptor: no copy. Inputs stay in the store
+// until the parent acknowledges the partial holding them (invariant 4); duplicates, from
+// re-delivery after a crash, are recognised by generation and dropped (and re-acknowledged).
+#include <bit>
+#include <unordered_set>
+#include <vector>
+
+#include "lifl/common/job_spec.h"
+#include "lifl/common/log.h"
+#include "lifl/dataplane/partial.h"
+#include "lifl/dataplane/safetensors.h"
+#include "lifl/functions/sdk.h"
+#include "lifl/gpu/accumulate.h"
+
+namespace lifl::fn {
+namespace {
+
+using dataplane::InputRecord;
+using dataplane::ObjectHandle;
+using dataplane::ObjectKind;
+using dataplane::ObjectRef;
+using dataplane::PartialView;
+
+enum class Role { Leaf, Middle, Top };
+
+class Aggregator final : public Function {
+ public:
+  Result<void> onEvent(Context& ctx, const Descriptor& d) override {
+    if (!configured_) {
+      LIFL_TRYV(configure(ctx.params()));
+    }
+    switch (d.kind) {
+      case DescriptorKind::Update: return foldUpdate(ctx, d);
+      case DescriptorKind::Partial: return foldPartial(ctx, d);
+      case DescriptorKind::Ack: return onAck(ctx, d);
+      case DescriptorKind::Reparent: return reparent(ctx, d.aux);
+      default:
+        return badRequest("unexpected_descriptor",
+                          "aggregator got a " + std::string(kindName(d.kind)) + " descriptor");
+    }
+  }
+
+ private:
+  Result<void> configure(const nlohmann::json& p) {
+    try {
+      const std::string role = p.at("role");
+      role_ = role == "top" ? Role::Top : role == "middle" ? Role::Middle : Role::Leaf;
+      parent_ = p.value("parent", 0u);
+      expected_ = p.at("expected");
+      batch_ = p.value("batch", 0u);
+      job_ = p.value("job", 0u);
+      round_ = p.value("round", 0u);
+      for (const auto& t : p.at("tensors")) {
+        TensorSpec ts{t.at("name"), t.at("shape").get<std::vector<int64_t>>(), 1};
+        for (auto dim : ts.shape) ts.elements *= static_cast<uint64_t>(dim);
+        spec_.tensors.push_back(std::move(ts));
+      }
+      if (p.contains("base") && !p["base"].is_null())
+        base_ = ObjectHandle{p["base"].at("offset"), p["base"].at("length"), p["base"].at("generation")};
+    } catch (const nlohmann::json::exception& e) {
+      return badRequest("malformed_assignment", std::string("aggregator params: ") + e.what());
+    }
+    uint64_t off = 0;
+    for (const auto& t : spec_.tensors) {
+      offsets_.push_back(off);
+      off += t.elements;
+    }
+    elements_ = off;
+    configured_ = true;
+    return success();
+  }
+
+  uint32_t batchCapacity() const {
+    uint32_t remaining = expected_ > folded_ ? expected_ - folded_ : 1;
+    return batch_ ? std::min(batch_, remaining) : remaining;
+  }
+
+  Result<void> ensureAccumulator(Context& ctx) {
+    if (acc_) return success();
+    const uint32_t capacity = role_ == Role::Top ? 0 : batchCapacity();
+    LIFL_TRY(object, ctx.allocate(dataplane::partialBytes(elements_, capacity), ObjectKind::Partial));
+    object.setTag(job_, round_);
+    PartialView view(object);
+    view.header() = dataplane::PartialHeader{};
+    view.header().inputCapacity = capacity;
+    view.header().elements = elements_;
+    view.header().accOffset = dataplane::partialAccOffset(capacity);
+    std::memset(view.acc(), 0, elements_ * sizeof(float));
+    acc_ = object;
+    return success();
+  }
+
+  Result<void> recordInput(Context& ctx, const ObjectRef& input, double weight, uint32_t clients) {
+    PartialView acc(*acc_);
+    auto& h = acc.header();
+    h.weightSum += weight;
+    h.clients += clients;
+    if (role_ != Role::Top) {
+      LIFL_CHECK(h.inputCount < h.inputCapacity, "batch larger than its partial's capacity");
+      acc.inputs()[h.inputCount] = InputRecord{input.handle().offset, input.handle().generation};
+    }
+    h.inputCount++;
+    topInputs_.push_back(input.handle());
+    seen_.insert(input.handle().generation);
+    folded_ += clients;
+    return maybeForward(ctx);
+  }
+
+  Result<void> foldUpdate(Context& ctx, const Descriptor& d) {
+    if (seen_.count(d.generation)) return success();  // re-delivered after a crash
+    LIFL_TRY(input, ctx.store().resolve(d));
+    LIFL_TRY(view, dataplane::parseSafetensors(input.data(), input.size()));
+    if (view.tensors.size() != spec_.tensors.size())
+      return unprocessable("tensor_mismatch", "update does not match the model");
+    LIFL_TRYV(ensureAccumulator(ctx));
+    float* acc = PartialView(*acc_).acc();
+    const float w = static_cast<float>(d.value);
+    for (size_t i = 0; i < spec_.tensors.size(); ++i) {
+      const auto& tv = view.tensors[i];
+      kernels::accumulate(acc + offsets_[i], input.data() + tv.begin, *tv.dtype, tv.elements, w);
+    }
+    return recordInput(ctx, input, static_cast<double>(d.value), 1);
+  }
+
+  Result<void> foldPartial(Context& ctx, const Descriptor& d) {
+    Descriptor ack{};
+    ack.dst = d.src;
+    ack.kind = DescriptorKind::Ack;
+    ack.job = d.job;
+    ack.round = d.round;
+    ack.offset = d.offset;
+    ack.length = d.length;
+    ack.generation = d.generation;
+    if (seen_.count(d.generation)) {
+      (void)ctx.emit(ack);  // a duplicate: the sender missed our ack, so ack again
+      return success();
+    }
+    LIFL_TRY(input, ctx.store().resolve(d));
+    PartialView partial(input);
+    if (!partial.valid() || partial.header().elements != elements_ || !input.sealed())
+      return badRequest("malformed_partial", "partial does not match this aggregator");
+    LIFL_TRYV(ensureAccumulator(ctx));
+    kernels::addInto(PartialView(*acc_).acc(), partial.acc(), elements_);
+    input.setOwner(ctx.self());  // ours until our own partial is acknowledged
+    (void)ctx.emit(ack);         // a lost ack is recovered by the child's re-send
+    return recordInput(ctx, input, partial.header().weightSum, partial.header().clients);
+  }
+
+  Result<void> maybeForward(Context& ctx) {
+    const auto inputs = PartialView(*acc_).header().inputCount;
+    const bool done = folded_ >= expected_;
+    if (role_ == Role::Top) return done ? publish(ctx) : success();
+    if (done || (batch_ && inputs >= batch_)) return forward(ctx);
+    return success();
+  }
+
+  Result<void> forward(Context& ctx) {
+    ObjectRef partial = *acc_;
+    acc_.reset();
+    PartialView view(partial);
+    for (uint32_t i = 0; i < view.header().inputCount; ++i) {
+      auto in = ctx.store().resolve(ObjectHandle{view.inputs()[i].offset, 0, view.inputs()[i].generation});
+      if (in) in.value().setContainer(partial.handle().generation);
+    }
+    partial.seal();  // after the container links: a sealed partial covers all its inputs
+    unacked_.push_back(partial.handle());
+    topInputs_.clear();
+    return send(ctx, partial);
+  }
+
+  Result<void> send(Context& ctx, const ObjectRef& partial) {
+    Descriptor d{};
+    d.dst = parent_;
+    d.kind = DescriptorKind::Partial;
+    d.job = job_;
+    d.round = round_;
+    partial.describe(d);
+    return ctx.emit(d);
+  }
+
+  Result<void> onAck(Context& ctx, const Descriptor& d) {
+    auto partial = ctx.store().resolve(d);
+    if (!partial) return success();  // already handled
+    PartialView view(partial.value());
+    if (!view.valid()) return badRequest("malformed_partial", "ack names a bad partial");
+    for (uint32_t i = 0; i < view.header().inputCount; ++i) {
+      ObjectHandle h{view.inputs()[i].offset, 0, view.inputs()[i].generation};
+      auto in = ctx.store().resolve(h);
+      if (in && in.value().container() == d.generation) ctx.store().release(h);
+    }
+    std::erase_if(unacked_, [&](const ObjectHandle& h) { return h.generation == d.generation; });
+    return success();
+  }
+
+  Result<void> reparent(Context& ctx, InstanceId parent) {
+    parent_ = parent;
+    for (const auto& h : unacked_) {  // the old parent may have died before folding these
+      auto partial = ctx.store().resolve(h);
+      if (partial) (void)send(ctx, partial.value());
+    }
+    return success();
+  }
+
+  Result<void> publish(Context& ctx) {
+    PartialView acc(*acc_);
+    const std::string header = dataplane::modelHeader(spec_);
+    LIFL_TRY(model, ctx.allocate(header.size() + elements_ * sizeof(float), ObjectKind::Model));
+    model.setTag(job_, round_);
+    std::memcpy(model.data(), header.data(), header.size());
+    const float* base = nullptr;
+    if (base_) {
+      LIFL_TRY(baseModel, ctx.store().resolve(*base_));
+      base = reinterpret_cast<const float*>(baseModel.data() + header.size());
+    }
+    auto* out = reinterpret_cast<float*>(model.data() + header.size());
+    kernels::scaleInto(out, acc.acc(), elements_, 1.0 / acc.header().weightSum, base);
+    model.seal();
+    Descriptor d{};
+    d.dst = kAgentInstance;
+    d.kind = DescriptorKind::Model;
+    d.job = job_;
+    d.round = round_;
+    d.value = acc.header().clients;
+    d.correlation = std::bit_cast<uint64_t>(acc.header().weightSum);
+    model.describe(d);
+    LIFL_TRYV(ctx.emit(d));
+    // The round is final: the inputs and the accumulator are no longer needed.
+    for (const auto& h : topInputs_) ctx.store().release(h);
+    topInputs_.clear();
+    ctx.store().release(acc_->handle());
+    acc_.reset();
+    return success();
+  }
+
+  bool configured_ = false;
+  Role role_ = Role::Leaf;
+  InstanceId parent_ = 0;
+  uint32_t expected_ = 0;
+  uint32_t batch_ = 0;
+  uint32_t job_ = 0, round_ = 0;
+  JobSpec spec_;
+  std::vector<uint64_t> offsets_;
+  uint64_t elements_ = 0;
+  std::optional<ObjectHandle> base_;
+
+  std::optional<ObjectRef> acc_;        ///< the partial under construction
+  uint32_t folded_ = 0;                 ///< clients folded in this assignment
+  std::unordered_set<uint64_t> seen_;   ///< generations of inputs folded (duplicate filter)
+  std::vector<ObjectHandle> unacked_;   ///< sealed partials the parent has not acknowledged
+  std::vector<ObjectHandle> topInputs_; ///< inputs of the current batch (released by the top)
+};
+
+}  // namespace
+
+void registerFlFunctions(FunctionRegistry& registry) {
+  registry.add("fl.aggregator", [] { return std::make_unique<Aggregator>(); });
+}
+
+}  // namespace lifl::fn

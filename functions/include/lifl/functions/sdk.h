@@ -1,0 +1,113 @@
+// The function SDK. A function instance is a process the agent pre-starts in its warm pool;
+// the runtime gives it an event loop on its router socket, access to the node's object
+// store, and emit(). A function only implements onEvent (or, for chain steps, handle()).
+// See functions/examples/text_functions.cc for a complete, documented example.
+#pragma once
+
+#include <functional>
+#include <map>
+#include <memory>
+#include <nlohmann/json.hpp>
+#include <string>
+
+#include "lifl/common/descriptor.h"
+#include "lifl/common/error.h"
+#include "lifl/dataplane/endpoint.h"
+#include "lifl/dataplane/object_store.h"
+
+namespace lifl::fn {
+
+/// What a function sees of its instance.
+class Context {
+ public:
+  Context(dataplane::ObjectStore& store, dataplane::Endpoint& endpoint, nlohmann::json params)
+      : store_(store), endpoint_(endpoint), params_(std::move(params)) {}
+
+  dataplane::ObjectStore& store() { return store_; }
+  InstanceId self() const { return endpoint_.self(); }
+  /// The `params` of the instance's assignment (chain position, aggregation role, ...).
+  const nlohmann::json& params() const { return params_; }
+  /// Sends a descriptor to d.dst through the node's router.
+  Result<void> emit(const Descriptor& d) { return endpoint_.send(d); }
+  /// A new object owned by this instance (the agent reclaims it if the instance dies).
+  Result<dataplane::ObjectRef> allocate(uint64_t bytes, dataplane::ObjectKind kind) {
+    return store_.allocate(bytes, kind, self());
+  }
+
+ private:
+  dataplane::ObjectStore& store_;
+  dataplane::Endpoint& endpoint_;
+  nlohmann::json params_;
+};
+
+class Function {
+ public:
+  virtual ~Function() = default;
+  /// Called for every descriptor routed to the instance while it holds this function.
+  /// An error is logged and, for chain events, answered to the caller as a failure.
+  virtual Result<void> onEvent(Context& ctx, const Descriptor& d) = 0;
+};
+
+/// A CloudEvent as it travels down a chain: attributes (specversion, id, source, type,
+/// datacontenttype, extensions) and the data bytes, both inside one store object.
+struct EventView {
+  nlohmann::json attributes;
+  const std::byte* data = nullptr;
+  uint64_t size = 0;
+  std::string_view text() const { return {reinterpret_cast<const char*>(data), size}; }
+};
+
+/// Event objects are laid out as [u32 attribute-JSON length][attribute JSON][data].
+Result<EventView> readEvent(const dataplane::ObjectRef& object);
+/// Allocates an event object for `attributes` and `dataSize` data bytes; returns the object
+/// and a pointer where the data goes.
+Result<std::pair<dataplane::ObjectRef, std::byte*>> makeEvent(dataplane::ObjectStore& store,
+                                                              InstanceId owner,
+                                                              const nlohmann::json& attributes,
+                                                              uint64_t dataSize);
+
+/// Base for a step of a function chain: one event in, one event out. The runtime resolves
+/// the input, calls handle(), sends the output to the next hop (or back to the gateway) and
+/// releases the input.
+class ChainFunction : public Function {
+ public:
+  /// Returns the output event's attributes and data. The default attributes are the input's.
+  struct Output {
+    nlohmann::json attributes;
+    std::string data;
+  };
+  virtual Result<Output> handle(Context& ctx, const EventView& input) = 0;
+  Result<void> onEvent(Context& ctx, const Descriptor& d) final;
+};
+
+using FunctionFactory = std::function<std::unique_ptr<Function>()>;
+
+/// Name -> factory of every function this binary can run.
+class FunctionRegistry {
+ public:
+  static FunctionRegistry& global();
+  void add(const std::string& name, FunctionFactory factory);
+  std::unique_ptr<Function> make(const std::string& name) const;
+  bool contains(const std::string& name) const { return factories_.count(name) != 0; }
+  std::vector<std::string> names() const;
+
+ private:
+  std::map<std::string, FunctionFactory> factories_;
+};
+
+/// Registration hooks of the built-in function sets (explicit, so static linking keeps them).
+void registerExampleFunctions(FunctionRegistry& registry);
+void registerFlFunctions(FunctionRegistry& registry);
+
+struct InstanceOptions {
+  InstanceId id = 0;
+  int endpointFd = -1;
+  std::string storePath;
+  pid_t agentPid = 0;
+};
+
+/// The instance process's main loop: waits for Assign, runs the assigned function, goes back
+/// to the pool on Release, exits on Shutdown or when the agent goes away.
+int runInstance(const InstanceOptions& options);
+
+}  // namespace lifl::fn

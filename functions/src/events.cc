@@ -1,0 +1,71 @@
+#include <cstring>
+
+#include "lifl/functions/sdk.h"
+
+namespace lifl::fn {
+
+Result<EventView> readEvent(const dataplane::ObjectRef& object) {
+  uint32_t metaLen = 0;
+  if (object.size() < sizeof(metaLen)) return badRequest("malformed_event", "event object too small");
+  std::memcpy(&metaLen, object.data(), sizeof(metaLen));
+  if (metaLen > object.size() - sizeof(metaLen))
+    return badRequest("malformed_event", "event attributes run past the object");
+  const char* meta = reinterpret_cast<const char*>(object.data() + sizeof(metaLen));
+  EventView view;
+  view.attributes = nlohmann::json::parse(meta, meta + metaLen, nullptr, false);
+  if (view.attributes.is_discarded() || !view.attributes.is_object())
+    return badRequest("malformed_event", "event attributes are not a JSON object");
+  view.data = object.data() + sizeof(metaLen) + metaLen;
+  view.size = object.size() - sizeof(metaLen) - metaLen;
+  return view;
+}
+
+Result<std::pair<dataplane::ObjectRef, std::byte*>> makeEvent(dataplane::ObjectStore& store,
+                                                              InstanceId owner,
+                                                              const nlohmann::json& attributes,
+                                                              uint64_t dataSize) {
+  const std::string meta = attributes.dump();
+  const uint32_t metaLen = static_cast<uint32_t>(meta.size());
+  LIFL_TRY(object, store.allocate(sizeof(metaLen) + metaLen + dataSize, dataplane::ObjectKind::Event, owner));
+  std::memcpy(object.data(), &metaLen, sizeof(metaLen));
+  std::memcpy(object.data() + sizeof(metaLen), meta.data(), metaLen);
+  return std::make_pair(object, object.data() + sizeof(metaLen) + metaLen);
+}
+
+Result<void> ChainFunction::onEvent(Context& ctx, const Descriptor& d) {
+  if (d.kind != DescriptorKind::Event)
+    return badRequest("unexpected_descriptor", "chain functions take events, not " +
+                                                   std::string(kindName(d.kind)));
+  LIFL_TRY(input, ctx.store().resolve(d));
+  const InstanceId next = ctx.params().value("next", kAgentInstance);
+  Descriptor out;
+  out.dst = next;
+  out.job = d.job;
+  out.correlation = d.correlation;
+  auto produce = [&]() -> Result<dataplane::ObjectRef> {
+    LIFL_TRY(event, readEvent(input));
+    LIFL_TRY(result, handle(ctx, event));
+    if (result.attributes.is_null()) result.attributes = event.attributes;
+    LIFL_TRY(made, makeEvent(ctx.store(), next, result.attributes, result.data.size()));
+    std::memcpy(made.second, result.data.data(), result.data.size());
+    return made.first;
+  };
+  auto produced = produce();
+  ctx.store().release(input.handle());
+  if (produced) {
+    out.kind = next == kAgentInstance ? DescriptorKind::Reply : DescriptorKind::Event;
+    produced.value().describe(out);
+    return ctx.emit(out);
+  }
+  // Tell the gateway which request failed and why; it answers the caller with this error.
+  const Error& err = produced.error();
+  nlohmann::json body = {{"status", err.status}, {"error", err.code}, {"detail", err.detail}};
+  out.dst = kAgentInstance;
+  out.kind = DescriptorKind::Failure;
+  LIFL_TRY(failure, makeEvent(ctx.store(), kAgentInstance, body, 0));
+  failure.first.describe(out);
+  LIFL_TRYV(ctx.emit(out));
+  return err;
+}
+
+}  // namespace lifl::fn

@@ -1,0 +1,91 @@
+// The instance process: one event loop on the router socket, single-threaded, so a
+// function never needs locks of its own.
+#include <sys/prctl.h>
+#include <unistd.h>
+
+#include <csignal>
+
+#include "lifl/common/log.h"
+#include "lifl/functions/sdk.h"
+
+namespace lifl::fn {
+namespace {
+
+struct Assignment {
+  std::string function;
+  nlohmann::json params;
+};
+
+Result<Assignment> readAssignment(dataplane::ObjectStore& store, const Descriptor& d) {
+  LIFL_TRY(object, store.resolve(d));
+  auto doc = nlohmann::json::parse(reinterpret_cast<const char*>(object.data()),
+                                   reinterpret_cast<const char*>(object.data()) + object.size(),
+                                   nullptr, false);
+  store.release(object.handle());
+  if (doc.is_discarded() || !doc.is_object() || !doc.contains("function"))
+    return badRequest("malformed_assignment", "assignment is not a JSON object with a function");
+  return Assignment{doc["function"].get<std::string>(), doc.value("params", nlohmann::json::object())};
+}
+
+}  // namespace
+
+int runInstance(const InstanceOptions& options) {
+  // Die with the agent: an orphaned instance would hold store objects nobody reclaims.
+  prctl(PR_SET_PDEATHSIG, SIGKILL);
+  if (options.agentPid && getppid() != options.agentPid) return 0;
+  log::setTag("fn-" + std::to_string(options.id));
+  log::setLevelFromEnv();
+
+  auto store = dataplane::ObjectStore::open(options.storePath);
+  if (!store) {
+    LIFL_ERROR(store.error().toString());
+    return 2;
+  }
+  dataplane::Endpoint endpoint(UniqueFd(options.endpointFd), options.id);
+  std::unique_ptr<Function> function;
+  std::unique_ptr<Context> context;
+  std::string functionName;
+
+  for (;;) {
+    auto next = endpoint.receive(-1);
+    if (!next) {
+      LIFL_DEBUG("router socket closed: " << next.error().detail);
+      return 0;
+    }
+    const Descriptor& d = *next.value();
+    switch (d.kind) {
+      case DescriptorKind::Assign: {
+        auto assignment = readAssignment(*store.value(), d);
+        if (!assignment) {
+          LIFL_ERROR(assignment.error().toString());
+          break;
+        }
+        function = FunctionRegistry::global().make(assignment.value().function);
+        if (!function) {
+          LIFL_ERROR("unknown function " << assignment.value().function);
+          break;
+        }
+        functionName = assignment.value().function;
+        context = std::make_unique<Context>(*store.value(), endpoint, assignment.value().params);
+        LIFL_DEBUG("assigned " << functionName);
+        break;
+      }
+      case DescriptorKind::Release:
+        function.reset();
+        context.reset();
+        functionName.clear();
+        break;
+      case DescriptorKind::Shutdown:
+        return 0;
+      default:
+        if (!function) {
+          LIFL_WARN("no function assigned; dropping " << kindName(d.kind));
+          break;
+        }
+        if (auto r = function->onEvent(*context, d); !r)
+          LIFL_WARN(functionName << ": " << r.error().toString());
+    }
+  }
+}
+
+}  // namespace lifl::fn

@@ -1,0 +1,26 @@
+// Aggregation kernels: the weighted accumulate acc += w * x that every aggregator runs, with
+// inputs widened from F32/F16/BF16 on the fly (never expanded into a temporary), and the
+// finite check used by update validation. The CPU versions are vectorised through function
+// multi-versioning (AVX-512, AVX2/F16C, baseline), picked at load time for the host CPU.
+#pragma once
+
+#include <cstdint>
+
+#include "lifl/common/dtype.h"
+
+namespace lifl::kernels {
+
+/// acc[i] += w * x[i] for i < n, where x holds n elements of `dtype`.
+/// @pre acc and x do not overlap.
+void accumulate(float* acc, const void* x, DType dtype, uint64_t n, float w);
+
+/// acc[i] += x[i] (folding a partial sum into its parent).
+void addInto(float* acc, const float* x, uint64_t n);
+
+/// out[i] = acc[i] * scale (+ base[i] when base is not null).
+void scaleInto(float* out, const float* acc, uint64_t n, double scale, const float* base);
+
+/// Number of NaN/Inf values among the n elements of `dtype` at x.
+uint64_t countNonFinite(const void* x, DType dtype, uint64_t n);
+
+}  // namespace lifl::kernels

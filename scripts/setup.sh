@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# Idempotent machine set-up for LIFL on Debian 12 (bookworm), run as root.
+# Installs the build and test dependencies and mounts the pseudo file systems the BPF
+# programs need. Safe to run again: every step checks before it acts.
+set -euo pipefail
+
+packages=(
+  build-essential cmake ninja-build ccache pkg-config git
+  clang llvm lld
+  libbpf-dev bpftool libelf-dev zlib1g-dev
+  libboost-dev prometheus-cpp-dev libyaml-cpp-dev nlohmann-json3-dev
+  libgtest-dev libgmock-dev libbenchmark-dev libssl-dev
+  python3-numpy iproute2 curl nginx-light
+)
+
+missing=()
+for p in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "setup: installing ${missing[*]}"
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+# bpffs holds pinned maps; tracefs is required by SEC("tracepoint/...") programs.
+mountpoint -q /sys/fs/bpf || mount -t bpf bpf /sys/fs/bpf
+mountpoint -q /sys/kernel/tracing || mount -t tracefs tracefs /sys/kernel/tracing
+
+# nginx is only a benchmark baseline; never leave the distribution's default site running.
+if systemctl is-active --quiet nginx 2>/dev/null; then systemctl stop nginx || true; fi
+echo "setup: ok"
