@@ -5,6 +5,7 @@
 #include <nlohmann/json.hpp>
 #include <unordered_map>
 
+#include "lifl/common/safetensors_header.h"
 #include "lifl/gpu/accumulate.h"
 
 namespace lifl::dataplane {
@@ -138,21 +139,7 @@ Result<void> checkFinite(const std::byte* data, const SafetensorsView& view) {
   return success();
 }
 
-std::string modelHeader(const JobSpec& spec) {
-  json header = json::object();
-  uint64_t offset = 0;
-  for (const auto& t : spec.tensors) {
-    uint64_t bytes = t.elements * 4;
-    header[t.name] = {{"dtype", "F32"}, {"shape", t.shape}, {"data_offsets", {offset, offset + bytes}}};
-    offset += bytes;
-  }
-  std::string text = header.dump();
-  text.append((8 - text.size() % 8) % 8, ' ');  // data starts 8-aligned
-  uint64_t len = text.size();
-  std::string out(8, '\0');
-  std::memcpy(out.data(), &len, 8);
-  return out + text;
-}
+std::string modelHeader(const JobSpec& spec) { return f32SafetensorsHeader(spec.tensors); }
 
 uint64_t maxUpdateBytes(const JobSpec& spec) {
   return 8 + (64ull << 10) + 256ull * spec.tensors.size() + spec.modelElements() * 4;

@@ -4,34 +4,6 @@
 
 namespace lifl::fn {
 
-Result<EventView> readEvent(const dataplane::ObjectRef& object) {
-  uint32_t metaLen = 0;
-  if (object.size() < sizeof(metaLen)) return badRequest("malformed_event", "event object too small");
-  std::memcpy(&metaLen, object.data(), sizeof(metaLen));
-  if (metaLen > object.size() - sizeof(metaLen))
-    return badRequest("malformed_event", "event attributes run past the object");
-  const char* meta = reinterpret_cast<const char*>(object.data() + sizeof(metaLen));
-  EventView view;
-  view.attributes = nlohmann::json::parse(meta, meta + metaLen, nullptr, false);
-  if (view.attributes.is_discarded() || !view.attributes.is_object())
-    return badRequest("malformed_event", "event attributes are not a JSON object");
-  view.data = object.data() + sizeof(metaLen) + metaLen;
-  view.size = object.size() - sizeof(metaLen) - metaLen;
-  return view;
-}
-
-Result<std::pair<dataplane::ObjectRef, std::byte*>> makeEvent(dataplane::ObjectStore& store,
-                                                              InstanceId owner,
-                                                              const nlohmann::json& attributes,
-                                                              uint64_t dataSize) {
-  const std::string meta = attributes.dump();
-  const uint32_t metaLen = static_cast<uint32_t>(meta.size());
-  LIFL_TRY(object, store.allocate(sizeof(metaLen) + metaLen + dataSize, dataplane::ObjectKind::Event, owner));
-  std::memcpy(object.data(), &metaLen, sizeof(metaLen));
-  std::memcpy(object.data() + sizeof(metaLen), meta.data(), metaLen);
-  return std::make_pair(object, object.data() + sizeof(metaLen) + metaLen);
-}
-
 Result<void> ChainFunction::onEvent(Context& ctx, const Descriptor& d) {
   if (d.kind != DescriptorKind::Event)
     return badRequest("unexpected_descriptor", "chain functions take events, not " +

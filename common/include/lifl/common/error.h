@@ -68,4 +68,8 @@ Error systemError(const std::string& what, int err);
   } while (0)
 
 #define LIFL_TRY BOOST_OUTCOME_TRY
-#define LIFL_TRYV BOOST_OUTCOME_TRYV
+// Wrapped so that it is one statement (safe after an unbraced if/for).
+#define LIFL_TRYV(...)                \
+  do {                                \
+    BOOST_OUTCOME_TRYV(__VA_ARGS__);  \
+  } while (0)

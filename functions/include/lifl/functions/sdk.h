@@ -13,6 +13,7 @@
 #include "lifl/common/descriptor.h"
 #include "lifl/common/error.h"
 #include "lifl/dataplane/endpoint.h"
+#include "lifl/dataplane/event_object.h"
 #include "lifl/dataplane/object_store.h"
 
 namespace lifl::fn {
@@ -48,23 +49,9 @@ class Function {
   virtual Result<void> onEvent(Context& ctx, const Descriptor& d) = 0;
 };
 
-/// A CloudEvent as it travels down a chain: attributes (specversion, id, source, type,
-/// datacontenttype, extensions) and the data bytes, both inside one store object.
-struct EventView {
-  nlohmann::json attributes;
-  const std::byte* data = nullptr;
-  uint64_t size = 0;
-  std::string_view text() const { return {reinterpret_cast<const char*>(data), size}; }
-};
-
-/// Event objects are laid out as [u32 attribute-JSON length][attribute JSON][data].
-Result<EventView> readEvent(const dataplane::ObjectRef& object);
-/// Allocates an event object for `attributes` and `dataSize` data bytes; returns the object
-/// and a pointer where the data goes.
-Result<std::pair<dataplane::ObjectRef, std::byte*>> makeEvent(dataplane::ObjectStore& store,
-                                                              InstanceId owner,
-                                                              const nlohmann::json& attributes,
-                                                              uint64_t dataSize);
+using dataplane::EventView;
+using dataplane::makeEvent;
+using dataplane::readEvent;
 
 /// Base for a step of a function chain: one event in, one event out. The runtime resolves
 /// the input, calls handle(), sends the output to the next hop (or back to the gateway) and

@@ -1,0 +1,31 @@
+// A small command-line parser: `--key value`, `--key=value`, `--flag`, and positionals.
+#pragma once
+
+#include <cstdint>
+#include <map>
+#include <optional>
+#include <set>
+#include <string>
+#include <vector>
+
+#include "lifl/common/error.h"
+
+namespace lifl::cli {
+
+class Args {
+ public:
+  /// @param flags options that take no value
+  static Result<Args> parse(int argc, char** argv, int first, const std::set<std::string>& flags = {});
+  bool has(const std::string& key) const { return options_.count(key) != 0; }
+  std::string get(const std::string& key, const std::string& fallback = "") const;
+  Result<uint64_t> getUnsigned(const std::string& key, uint64_t fallback) const;
+  Result<double> getDouble(const std::string& key, double fallback) const;
+  const std::vector<std::string>& positionals() const { return positionals_; }
+  bool wantsHelp() const { return has("help") || has("h"); }
+
+ private:
+  std::map<std::string, std::string> options_;
+  std::vector<std::string> positionals_;
+};
+
+}  // namespace lifl::cli

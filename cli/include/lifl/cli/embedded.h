@@ -1,0 +1,14 @@
+#pragma once
+
+#include <memory>
+
+#include "lifl/cli/args.h"
+#include "lifl/dataplane/agent.h"
+
+namespace lifl::cli {
+
+/// Starts the platform in this process from `lifl up`'s flags (--config, --port, --router, ...).
+/// @param defaultPort used when neither --port nor the config file sets one (0: any free port)
+Result<std::unique_ptr<dataplane::Agent>> startAgent(const Args& args, uint16_t defaultPort = 8080);
+
+}  // namespace lifl::cli

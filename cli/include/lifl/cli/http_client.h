@@ -1,0 +1,51 @@
+// A blocking HTTP/1.1 client (Boost.Beast) for the CLI and the load generator: one
+// keep-alive connection, bodies sent from the caller's memory without a copy.
+#pragma once
+
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "lifl/common/error.h"
+
+namespace lifl::cli {
+
+struct HttpResponse {
+  int status = 0;
+  std::string body;
+  std::map<std::string, std::string> headers;  ///< lower-case names
+  std::string header(const std::string& name) const {
+    auto it = headers.find(name);
+    return it == headers.end() ? "" : it->second;
+  }
+};
+
+using HeaderList = std::vector<std::pair<std::string, std::string>>;
+
+class HttpClient {
+ public:
+  /// @param url http://host:port (a path, if any, is ignored)
+  static Result<std::unique_ptr<HttpClient>> connect(const std::string& url);
+  ~HttpClient();
+
+  Result<HttpResponse> request(std::string_view method, const std::string& target,
+                               const HeaderList& headers = {}, const void* body = nullptr,
+                               uint64_t bodySize = 0);
+  Result<HttpResponse> get(const std::string& target) { return request("GET", target); }
+
+ private:
+  struct Impl;
+  explicit HttpClient(std::unique_ptr<Impl> impl);
+  Result<void> reconnect();
+  std::unique_ptr<Impl> impl_;
+};
+
+/// Splits http://host:port into host and port (default 8080).
+Result<std::pair<std::string, std::string>> parseUrl(const std::string& url);
+/// The error of a non-2xx response, from API.md's JSON body when there is one.
+Error errorOf(const HttpResponse& response);
+
+}  // namespace lifl::cli

@@ -1,0 +1,158 @@
+// Client subcommands: push, pull, job, status. They talk to a running gateway over HTTP.
+#include <cstdio>
+#include <fstream>
+#include <iostream>
+#include <random>
+#include <sstream>
+
+#include "lifl/cli/args.h"
+#include "lifl/cli/commands.h"
+#include "lifl/cli/http_client.h"
+#include <nlohmann/json.hpp>
+
+namespace lifl::cli {
+namespace {
+
+constexpr const char* kDefaultUrl = "http://127.0.0.1:8080";
+
+Result<std::string> readFile(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) return badRequest("bad_arguments", "cannot read " + path);
+  std::stringstream ss;
+  ss << in.rdbuf();
+  return ss.str();
+}
+
+Result<HttpResponse> expect2xx(Result<HttpResponse> r) {
+  if (!r) return r.error();
+  if (r.value().status < 200 || r.value().status >= 300) return errorOf(r.value());
+  return r;
+}
+
+Result<nlohmann::json> getJson(HttpClient& c, const std::string& target) {
+  LIFL_TRY(r, expect2xx(c.get(target)));
+  auto doc = nlohmann::json::parse(r.body, nullptr, false);
+  if (doc.is_discarded()) return internal("bad_response", target + " did not answer JSON");
+  return doc;
+}
+
+}  // namespace
+
+int cmdPush(int argc, char** argv) {
+  auto parsed = Args::parse(argc, argv, 2);
+  if (!parsed) return fail(parsed.error());
+  const Args& a = parsed.value();
+  if (a.wantsHelp() || !a.has("job") || !a.has("file") || !a.has("client")) {
+    std::puts("usage: lifl push --job JOB --file UPDATE.safetensors --client ID\n"
+              "                 [--examples N] [--round R] [--id CE_ID] [--url http://127.0.0.1:8080]\n"
+              "Pushes one client update as a CloudEvent (binary mode). --round defaults to the job's\n"
+              "current round; --examples (the FedAvg weight) to 1; --id to a fresh unique id.");
+    return a.wantsHelp() ? 0 : 1;
+  }
+  auto body = readFile(a.get("file"));
+  if (!body) return fail(body.error());
+  auto client = HttpClient::connect(a.get("url", kDefaultUrl));
+  if (!client) return fail(client.error());
+  const std::string job = a.get("job");
+  auto examples = a.getUnsigned("examples", 1);
+  if (!examples) return fail(examples.error());
+  std::string round = a.get("round");
+  if (round.empty()) {
+    auto status = getJson(*client.value(), "/v1/jobs/" + job);
+    if (!status) return fail(status.error());
+    round = std::to_string(status.value().value("round", 0));
+  }
+  std::string id = a.get("id");
+  if (id.empty()) id = a.get("client") + "-r" + round + "-" + std::to_string(std::random_device{}());
+  HeaderList headers = {{"ce-specversion", "1.0"}, {"ce-type", "dev.lifl.update"}, {"ce-id", id},
+                        {"ce-source", a.get("client")}, {"ce-round", round},
+                        {"ce-numexamples", std::to_string(examples.value())},
+                        {"Content-Type", "application/octet-stream"}};
+  auto r = expect2xx(client.value()->request("POST", "/v1/jobs/" + job + "/updates", headers,
+                                             body.value().data(), body.value().size()));
+  if (!r) return fail(r.error());
+  std::printf("%s\n", r.value().body.c_str());
+  return 0;
+}
+
+int cmdPull(int argc, char** argv) {
+  auto parsed = Args::parse(argc, argv, 2);
+  if (!parsed) return fail(parsed.error());
+  const Args& a = parsed.value();
+  if (a.wantsHelp() || !a.has("job")) {
+    std::puts("usage: lifl pull --job JOB [--out model.safetensors] [--url http://127.0.0.1:8080]\n"
+              "Downloads the job's current global model (safetensors) and prints its round.");
+    return a.wantsHelp() ? 0 : 1;
+  }
+  auto client = HttpClient::connect(a.get("url", kDefaultUrl));
+  if (!client) return fail(client.error());
+  auto r = expect2xx(client.value()->get("/v1/jobs/" + a.get("job") + "/model"));
+  if (!r) return fail(r.error());
+  const std::string out = a.get("out", a.get("job") + ".safetensors");
+  std::ofstream f(out, std::ios::binary);
+  f.write(r.value().body.data(), static_cast<std::streamsize>(r.value().body.size()));
+  if (!f) return fail(internal("write_failed", "cannot write " + out));
+  std::printf("round %s: %zu bytes -> %s\n", r.value().header("lifl-round").c_str(),
+              r.value().body.size(), out.c_str());
+  return 0;
+}
+
+int cmdJob(int argc, char** argv) {
+  auto parsed = Args::parse(argc, argv, 2);
+  if (!parsed) return fail(parsed.error());
+  const Args& a = parsed.value();
+  const auto& pos = a.positionals();
+  if (a.wantsHelp() || pos.empty()) {
+    std::puts("usage: lifl job create SPEC.json|SPEC.yaml [--url URL]\n"
+              "       lifl job list | status ID | cancel ID [--url URL]\n"
+              "Manages FL jobs through the jobs API (API.md).");
+    return a.wantsHelp() ? 0 : 1;
+  }
+  auto client = HttpClient::connect(a.get("url", kDefaultUrl));
+  if (!client) return fail(client.error());
+  Result<HttpResponse> r = internal("unreachable", "");
+  if (pos[0] == "create" && pos.size() == 2) {
+    auto spec = readFile(pos[1]);
+    if (!spec) return fail(spec.error());
+    const bool yaml = pos[1].ends_with(".yaml") || pos[1].ends_with(".yml");
+    r = client.value()->request("POST", "/v1/jobs",
+                                {{"Content-Type", yaml ? "application/yaml" : "application/json"}},
+                                spec.value().data(), spec.value().size());
+  } else if (pos[0] == "list") {
+    r = client.value()->get("/v1/jobs");
+  } else if (pos[0] == "status" && pos.size() == 2) {
+    r = client.value()->get("/v1/jobs/" + pos[1]);
+  } else if (pos[0] == "cancel" && pos.size() == 2) {
+    r = client.value()->request("DELETE", "/v1/jobs/" + pos[1]);
+  } else {
+    return fail(badRequest("bad_arguments", "unknown job subcommand; see lifl job --help"));
+  }
+  r = expect2xx(std::move(r));
+  if (!r) return fail(r.error());
+  auto doc = nlohmann::json::parse(r.value().body, nullptr, false);
+  std::printf("%s\n", doc.is_discarded() ? r.value().body.c_str() : doc.dump(2).c_str());
+  return 0;
+}
+
+int cmdStatus(int argc, char** argv) {
+  auto parsed = Args::parse(argc, argv, 2);
+  if (!parsed) return fail(parsed.error());
+  const Args& a = parsed.value();
+  if (a.wantsHelp()) {
+    std::puts("usage: lifl status [--url http://127.0.0.1:8080]\nShows readiness and the jobs.");
+    return 0;
+  }
+  auto client = HttpClient::connect(a.get("url", kDefaultUrl));
+  if (!client) return fail(client.error());
+  auto ready = client.value()->get("/readyz");
+  if (!ready) return fail(ready.error());
+  std::printf("gateway: %s\n", ready.value().status == 200 ? "ready" : "not ready");
+  auto jobs = getJson(*client.value(), "/v1/jobs");
+  if (!jobs) return fail(jobs.error());
+  for (const auto& j : jobs.value())
+    std::printf("job %-20s round %-6d %s\n", j.value("id", "").c_str(), j.value("round", 0),
+                j.value("state", "").c_str());
+  return 0;
+}
+
+}  // namespace lifl::cli

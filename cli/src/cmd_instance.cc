@@ -1,0 +1,27 @@
+#include "lifl/cli/args.h"
+#include "lifl/cli/commands.h"
+#include "lifl/functions/sdk.h"
+
+namespace lifl::cli {
+
+int cmdInstance(int argc, char** argv) {
+  auto args = Args::parse(argc, argv, 2);
+  if (!args) return fail(args.error());
+  if (args.value().wantsHelp()) {
+    std::puts("usage: lifl instance --id N --fd FD --store PATH --agent-pid PID\n"
+              "Started by the agent: runs one function instance of the warm pool. Not for users.");
+    return 0;
+  }
+  auto id = args.value().getUnsigned("id", 0);
+  auto fd = args.value().getUnsigned("fd", 3);
+  auto agent = args.value().getUnsigned("agent-pid", 0);
+  if (!id || !fd || !agent || id.value() == 0 || !args.value().has("store"))
+    return fail(badRequest("bad_arguments", "instance needs --id, --fd, --store and --agent-pid"));
+  auto& registry = fn::FunctionRegistry::global();
+  fn::registerExampleFunctions(registry);
+  fn::registerFlFunctions(registry);
+  return fn::runInstance({static_cast<InstanceId>(id.value()), static_cast<int>(fd.value()),
+                          args.value().get("store"), static_cast<pid_t>(agent.value())});
+}
+
+}  // namespace lifl::cli

@@ -1,0 +1,113 @@
+#include <signal.h>
+#include <unistd.h>
+
+#include <climits>
+#include <cstdio>
+#include <filesystem>
+
+#include "lifl/cli/args.h"
+#include "lifl/cli/commands.h"
+#include "lifl/cli/embedded.h"
+#include "lifl/common/log.h"
+#include "lifl/control/planner.h"
+#include "lifl/dataplane/agent.h"
+#include "lifl/functions/sdk.h"
+
+namespace lifl::cli {
+
+namespace {
+constexpr const char* kUpHelp =
+    "usage: lifl up [--port 8080] [--bind 127.0.0.1] [--data-dir DIR] [--config FILE]\n"
+    "               [--router ebpf|userspace] [--store-bytes N] [--warm-pool N]\n"
+    "               [--port-file FILE]\n"
+    "\n"
+    "Runs the whole platform on this machine (agent, gateway, jobs API, function instances)\n"
+    "until SIGINT/SIGTERM. Flags override the YAML config (docs/config.md). GET /readyz\n"
+    "answers 200 once it accepts work. --port 0 picks a free port; --port-file writes it.";
+
+std::string selfExecutable() {
+  char buf[PATH_MAX];
+  ssize_t n = ::readlink("/proc/self/exe", buf, sizeof(buf) - 1);
+  if (n <= 0) return "lifl";
+  buf[n] = '\0';
+  return buf;
+}
+
+Result<dataplane::AgentConfig> configFromArgs(const Args& args, uint16_t defaultPort) {
+  LIFL_TRY(config, dataplane::loadAgentConfig(args.get("config")));
+  if (!args.has("config")) config.port = defaultPort;
+  if (args.has("port")) {
+    LIFL_TRY(port, args.getUnsigned("port", 8080));
+    if (port > 65535) return badRequest("bad_arguments", "--port must be 0-65535");
+    config.port = static_cast<uint16_t>(port);
+  }
+  if (args.has("bind")) config.bind = args.get("bind");
+  if (args.has("data-dir")) config.dataDir = args.get("data-dir");
+  if (args.has("router")) config.router = args.get("router");
+  LIFL_TRY(bytes, args.getUnsigned("store-bytes", config.storeBytes));
+  config.storeBytes = bytes;
+  LIFL_TRY(warm, args.getUnsigned("warm-pool", config.warmPool));
+  config.warmPool = static_cast<uint32_t>(warm);
+  auto& registry = fn::FunctionRegistry::global();
+  fn::registerExampleFunctions(registry);
+  fn::registerFlFunctions(registry);
+  for (const auto& chain : config.chains)
+    for (const auto& f : chain.functions)
+      if (!registry.contains(f))
+        return badRequest("invalid_config", "chain " + chain.name + " names unknown function " + f);
+  return config;
+}
+
+Plan planRound(const JobSpec& spec) {
+  return control::planFixedTree(spec.clientsPerRound, spec.fanIn, spec.levels);
+}
+
+}  // namespace
+
+Result<std::unique_ptr<dataplane::Agent>> startAgent(const Args& args, uint16_t defaultPort) {
+  LIFL_TRY(config, configFromArgs(args, defaultPort));
+  log::setLevelFromEnv();
+  std::error_code ec;
+  std::filesystem::create_directories(config.dataDir, ec);
+  return dataplane::Agent::start(config, planRound, selfExecutable());
+}
+
+int cmdUp(int argc, char** argv) {
+  auto args = Args::parse(argc, argv, 2);
+  if (!args) return fail(args.error());
+  if (args.value().wantsHelp()) {
+    std::puts(kUpHelp);
+    return 0;
+  }
+
+  // Block the stop signals in every thread; the main thread waits for them below.
+  sigset_t stopSignals;
+  sigemptyset(&stopSignals);
+  sigaddset(&stopSignals, SIGINT);
+  sigaddset(&stopSignals, SIGTERM);
+  pthread_sigmask(SIG_BLOCK, &stopSignals, nullptr);
+
+  auto agent = startAgent(args.value());
+  if (!agent) return fail(agent.error());
+  const auto& config = agent.value()->config();
+  const uint16_t port = agent.value()->port();
+  if (args.value().has("port-file")) {
+    const std::string path = args.value().get("port-file");
+    const std::string tmp = path + ".tmp";
+    if (FILE* f = std::fopen(tmp.c_str(), "w")) {
+      std::fprintf(f, "%u\n", port);
+      std::fclose(f);
+      std::rename(tmp.c_str(), path.c_str());  // readers never see a half-written file
+    }
+  }
+  std::printf("LIFL is up: http://%s:%u (router %s)\n", config.bind.c_str(), port,
+              config.router.c_str());
+  std::fflush(stdout);
+  int sig = 0;
+  sigwait(&stopSignals, &sig);
+  LIFL_INFO("stopping on signal " << sig);
+  agent.value()->stop();
+  return 0;
+}
+
+}  // namespace lifl::cli

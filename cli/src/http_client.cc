@@ -1,0 +1,120 @@
+#include <utility>
+
+#include "lifl/cli/http_client.h"
+
+#include <boost/asio/connect.hpp>
+#include <boost/asio/ip/tcp.hpp>
+#include <boost/beast/core.hpp>
+#include <boost/beast/http.hpp>
+#include <nlohmann/json.hpp>
+
+namespace lifl::cli {
+
+namespace asio = boost::asio;
+namespace beast = boost::beast;
+namespace http = beast::http;
+using tcp = asio::ip::tcp;
+
+struct HttpClient::Impl {
+  std::string host, port;
+  asio::io_context ioc;
+  std::optional<beast::tcp_stream> stream;
+  beast::flat_buffer buffer;
+};
+
+HttpClient::HttpClient(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
+HttpClient::~HttpClient() {
+  if (impl_ && impl_->stream) {
+    beast::error_code ec;
+    impl_->stream->socket().shutdown(tcp::socket::shutdown_both, ec);
+  }
+}
+
+Result<std::pair<std::string, std::string>> parseUrl(const std::string& url) {
+  std::string rest = url;
+  if (rest.rfind("http://", 0) == 0) rest = rest.substr(7);
+  else if (rest.find("://") != std::string::npos)
+    return badRequest("bad_arguments", "only http:// URLs are supported: " + url);
+  if (auto slash = rest.find('/'); slash != std::string::npos) rest = rest.substr(0, slash);
+  auto colon = rest.rfind(':');
+  if (colon == std::string::npos) return std::make_pair(rest, std::string("8080"));
+  return std::make_pair(rest.substr(0, colon), rest.substr(colon + 1));
+}
+
+Result<std::unique_ptr<HttpClient>> HttpClient::connect(const std::string& url) {
+  LIFL_TRY(hp, parseUrl(url));
+  auto impl = std::make_unique<Impl>();
+  impl->host = hp.first;
+  impl->port = hp.second;
+  std::unique_ptr<HttpClient> client(new HttpClient(std::move(impl)));
+  LIFL_TRYV(client->reconnect());
+  return client;
+}
+
+Result<void> HttpClient::reconnect() {
+  beast::error_code ec;
+  tcp::resolver resolver(impl_->ioc);
+  auto results = resolver.resolve(impl_->host, impl_->port, ec);
+  if (ec) return unavailable("connect_failed", "cannot resolve " + impl_->host + ": " + ec.message());
+  impl_->stream.emplace(impl_->ioc);
+  impl_->stream->connect(results, ec);
+  if (ec)
+    return unavailable("connect_failed",
+                       "cannot connect to " + impl_->host + ":" + impl_->port + ": " + ec.message());
+  impl_->stream->socket().set_option(tcp::no_delay(true));
+  impl_->buffer.clear();
+  return success();
+}
+
+Result<HttpResponse> HttpClient::request(std::string_view method, const std::string& target,
+                                         const HeaderList& headers, const void* body,
+                                         uint64_t bodySize) {
+  for (int attempt = 0; attempt < 2; ++attempt) {
+    if (!impl_->stream) LIFL_TRYV(reconnect());
+    http::request<http::buffer_body> req;
+    req.method_string(beast::string_view(method.data(), method.size()));
+    req.target(target);
+    req.version(11);
+    req.set(http::field::host, impl_->host);
+    req.set(http::field::user_agent, "lifl-cli");
+    for (const auto& [k, v] : headers) req.set(k, v);
+    req.body().data = const_cast<void*>(body);
+    req.body().size = bodySize;
+    req.body().more = false;
+    req.content_length(bodySize);
+    beast::error_code ec;
+    http::write(*impl_->stream, req, ec);
+    http::response_parser<http::string_body> parser;
+    parser.body_limit(std::numeric_limits<std::uint64_t>::max());
+    if (!ec) http::read(*impl_->stream, impl_->buffer, parser, ec);
+    if (ec) {
+      // A server may close an idle keep-alive connection, or answer early (413) and close:
+      // take what it said if anything, else retry once on a fresh connection.
+      impl_->stream.reset();
+      if (parser.is_header_done()) ec = {};
+      else if (attempt == 0) continue;
+      else return unavailable("request_failed", std::string(method) + " " + target + ": " + ec.message());
+    }
+    auto res = parser.release();
+    HttpResponse out;
+    out.status = static_cast<int>(res.result_int());
+    out.body = std::move(res.body());
+    for (const auto& f : res) {
+      std::string name(f.name_string());
+      for (auto& c : name) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+      out.headers[name] = std::string(f.value());
+    }
+    if (!res.keep_alive()) impl_->stream.reset();
+    return out;
+  }
+  return unavailable("request_failed", "unreachable");
+}
+
+Error errorOf(const HttpResponse& r) {
+  auto doc = nlohmann::json::parse(r.body, nullptr, false);
+  if (doc.is_object() && doc.contains("error"))
+    return makeError(r.status, doc.value("error", "error"), doc.value("detail", ""));
+  return makeError(r.status, "http_" + std::to_string(r.status), r.body.substr(0, 200));
+}
+
+}  // namespace lifl::cli

@@ -1,0 +1,14 @@
+#pragma once
+
+#include <string>
+#include <vector>
+
+#include "lifl/common/job_spec.h"
+
+namespace lifl {
+
+/// The safetensors header (8-byte little-endian length + JSON padded to 8 bytes) of F32
+/// tensors stored back to back in the given order; the data section follows it.
+std::string f32SafetensorsHeader(const std::vector<TensorSpec>& tensors);
+
+}  // namespace lifl

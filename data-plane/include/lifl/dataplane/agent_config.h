@@ -1,0 +1,41 @@
+// The node agent's configuration (YAML, every key documented in docs/config.md).
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "lifl/common/error.h"
+#include "lifl/dataplane/chain_manager.h"
+
+namespace lifl::dataplane {
+
+struct AgentConfig {
+  std::string bind = "127.0.0.1";
+  uint16_t port = 8080;
+  std::string dataDir = "/tmp/lifl";
+  std::string router = "ebpf";
+  // store
+  std::string storePath;  ///< default: /dev/shm/lifl-<port>-<pid>, or <hugepage dir>/... with hugepages
+  uint64_t storeBytes = 2ull << 30;
+  bool hugepages = false;
+  std::string hugepageDir = "/dev/hugepages";
+  // functions
+  uint32_t warmPool = 4;
+  std::vector<ChainSpec> chains;
+  double chainTimeoutSeconds = 30;
+  uint64_t maxEventBytes = 16ull << 20;
+  // gateway
+  uint32_t gatewayThreads = 2;
+  double headerTimeoutSeconds = 30;
+  double bodyTimeoutSeconds = 300;
+  uint32_t maxConnections = 1024;
+  std::string logLevel = "info";
+};
+
+/// Reads a YAML config file (an empty path gives the defaults).
+Result<AgentConfig> loadAgentConfig(const std::string& path);
+/// Parses YAML text into a config (used by loadAgentConfig and the tests).
+Result<AgentConfig> parseAgentConfig(const std::string& yaml);
+
+}  // namespace lifl::dataplane

@@ -1,0 +1,38 @@
+// The node's HTTP gateway (Boost.Beast): API.md's jobs/updates/model surface, function-chain
+// invocation, /metrics, /livez, /readyz. Update bodies are read from the socket straight into
+// a store object; nothing holds a second copy of a body.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <memory>
+
+#include "lifl/common/error.h"
+#include "lifl/dataplane/agent_config.h"
+#include "lifl/dataplane/chain_manager.h"
+#include "lifl/dataplane/job_manager.h"
+#include "lifl/dataplane/metrics.h"
+#include "lifl/dataplane/object_store.h"
+
+namespace lifl::dataplane {
+
+struct GatewayHooks {
+  std::function<bool()> ready;           ///< /readyz
+  std::function<void()> refreshMetrics;  ///< called before /metrics is serialised
+};
+
+class Gateway {
+ public:
+  Gateway(const AgentConfig& config, JobManager& jobs, ChainManager& chains, ObjectStore& store,
+          Metrics& metrics, GatewayHooks hooks);
+  ~Gateway();
+  /// Binds and starts serving on the configured threads. @return the bound port.
+  Result<uint16_t> start();
+  void stop();
+
+ private:
+  struct Impl;
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace lifl::dataplane

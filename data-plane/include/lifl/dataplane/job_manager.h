@@ -1,0 +1,131 @@
+// Jobs and rounds on one node: admission of client updates (everything API.md rejects is
+// rejected here, before or after the body is read), routing of accepted updates to leaf
+// aggregators, the round's aggregation tree of function instances, publication of each
+// round's global model, and recovery when an aggregator dies (invariant 4: every accepted
+// update is counted exactly once).
+#pragma once
+
+#include <chrono>
+#include <functional>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <nlohmann/json.hpp>
+#include <optional>
+#include <set>
+#include <string>
+#include <unordered_map>
+#include <unordered_set>
+#include <vector>
+
+#include "lifl/common/job_spec.h"
+#include "lifl/common/plan.h"
+#include "lifl/dataplane/endpoint.h"
+#include "lifl/dataplane/metrics.h"
+#include "lifl/dataplane/object_store.h"
+#include "lifl/dataplane/supervisor.h"
+
+namespace lifl::dataplane {
+
+/// Chooses the tree for a round of `expected` updates (injected: the control plane's planner).
+using Planner = std::function<Plan(const JobSpec& spec)>;
+
+/// The CloudEvents attributes of one pushed update.
+struct UpdateMeta {
+  std::string id;
+  std::string source;
+  uint32_t round = 0;
+  uint64_t numExamples = 0;
+};
+
+struct Admission {
+  bool duplicate = false;  ///< a retry of an accepted update: answer 202, count nothing
+  uint32_t round = 0;
+  uint64_t bodyLimit = 0;
+};
+
+struct ModelLease {
+  ObjectRef object;
+  uint32_t round = 0;
+};
+
+class JobManager {
+ public:
+  JobManager(ObjectStore& store, Endpoint& endpoint, Supervisor& supervisor, Metrics& metrics,
+             Planner planner);
+  ~JobManager();
+
+  Result<nlohmann::json> create(JobSpec spec);
+  nlohmann::json list() const;
+  Result<nlohmann::json> status(const std::string& id) const;
+  Result<void> cancel(const std::string& id);
+
+  /// Checks that the initial model may still be set; returns the body bound.
+  Result<uint64_t> admitModel(const std::string& id) const;
+  /// Validates `uploaded` (a temporary object the caller frees) and makes it the round-0 model.
+  Result<void> setModel(const std::string& id, const ObjectRef& uploaded);
+  /// A reference to the current global model; give it back with returnModel().
+  Result<ModelLease> leaseModel(const std::string& id);
+  void returnModel(const ModelLease& lease);
+
+  /// Header-time admission of an update: 404/409 here, before any body byte is read.
+  Result<Admission> admit(const std::string& id, const UpdateMeta& meta);
+  /// Frees the reservation of an admitted update whose body failed.
+  void abandon(const std::string& id, const UpdateMeta& meta);
+  /// Validates the body (400/422) and, if good, routes it to its leaf: the update is accepted.
+  Result<uint32_t> commit(const std::string& id, const UpdateMeta& meta, ObjectRef update);
+
+  // Messages to the agent's endpoint and supervisor events.
+  void onModel(const Descriptor& d);
+  void onAck(const Descriptor& d);
+  void onInstanceDeath(InstanceId id);
+
+ private:
+  enum class State { Active, Done, Cancelled, Failed };
+  struct RoundRecord {
+    uint32_t round;
+    uint32_t clients;
+    double weight;
+    double seconds;
+  };
+  struct Job {
+    uint32_t slot = 0;
+    JobSpec spec;
+    State state = State::Active;
+    uint32_t round = 0;
+    uint32_t received = 0;
+    uint32_t reserved = 0;
+    std::unordered_map<std::string, std::string> sources;  ///< ce-source -> ce-id this round
+    std::unordered_set<std::string> accepted;                ///< source + '\n' + id this round
+    std::optional<ObjectHandle> model;
+    Plan plan;
+    std::vector<InstanceId> instances;  ///< per plan node
+    std::chrono::steady_clock::time_point roundStart;
+    bool roundStarted = false;
+    std::vector<RoundRecord> history;
+    uint64_t recoveries = 0;
+    std::string failure;
+  };
+
+  Result<Job*> find(const std::string& id) const;
+  Result<void> createInitialModel(Job& job);
+  Result<void> startRound(Job& job);
+  nlohmann::json aggregatorParams(const Job& job, size_t node, uint32_t expected) const;
+  void finish(Job& job, State state);
+  void recover(Job& job, size_t node, InstanceId dead);
+  void reclaimUnowned(InstanceId dead);
+  nlohmann::json statusOf(const Job& job) const;
+  bool send(Descriptor d);
+
+  ObjectStore& store_;
+  Endpoint& endpoint_;
+  Supervisor& supervisor_;
+  Metrics& metrics_;
+  Planner planner_;
+  mutable std::mutex mutex_;
+  std::map<std::string, std::unique_ptr<Job>> jobs_;
+  std::map<uint32_t, Job*> bySlot_;
+  uint32_t nextSlot_ = 1;
+};
+
+}  // namespace lifl::dataplane

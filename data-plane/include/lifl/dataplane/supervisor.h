@@ -1,0 +1,99 @@
+// The function supervisor: function instances are child processes of the agent, pre-started
+// in a warm pool and attached to the router. It hands instances out (a cold start when the
+// pool is empty, counted), takes them back, watches each through a pidfd and reports deaths
+// so that the agent can reclaim what a dead instance held.
+#pragma once
+
+#include <sys/types.h>
+
+#include <atomic>
+#include <chrono>
+#include <functional>
+#include <map>
+#include <mutex>
+#include <nlohmann/json.hpp>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "lifl/common/descriptor.h"
+#include "lifl/common/error.h"
+#include "lifl/common/unique_fd.h"
+#include "lifl/dataplane/endpoint.h"
+#include "lifl/dataplane/object_store.h"
+#include "lifl/dataplane/router.h"
+
+namespace lifl::dataplane {
+
+struct InstanceStatus {
+  InstanceId id = 0;
+  pid_t pid = 0;
+  bool busy = false;
+  std::string function;
+};
+
+struct SupervisorStats {
+  uint64_t warm = 0;
+  uint64_t busy = 0;
+  uint64_t coldStarts = 0;
+  uint64_t deaths = 0;
+};
+
+class Supervisor {
+ public:
+  using DeathHandler = std::function<void(InstanceId id, pid_t pid, int status)>;
+
+  /// @param executable the lifl binary, re-executed as `lifl instance ...`
+  Supervisor(Router& router, ObjectStore& store, Endpoint& agentEndpoint, std::string executable,
+             uint32_t warmTarget);
+  ~Supervisor();
+
+  void onDeath(DeathHandler handler) { onDeath_ = std::move(handler); }
+  /// Pre-starts the warm pool and starts watching children.
+  Result<void> start();
+  /// Takes an idle instance out of the warm pool, starting one (a counted cold start) when
+  /// none is warm. The instance has no function until assign().
+  Result<InstanceId> reserve();
+  /// Sends `function` with `params` to the instance; it replaces what the instance ran.
+  Result<void> assign(InstanceId id, const std::string& function, const nlohmann::json& params);
+  /// reserve() + assign().
+  Result<InstanceId> acquire(const std::string& function, const nlohmann::json& params);
+  /// Returns an instance to the warm pool.
+  void release(InstanceId id);
+  /// Kills every instance and waits for them (bounded).
+  void stop();
+
+  std::vector<InstanceStatus> instances() const;
+  SupervisorStats stats() const;
+  pid_t pidOf(InstanceId id) const;
+
+ private:
+  struct Child {
+    pid_t pid = 0;
+    UniqueFd pidfd;
+    bool busy = false;
+    std::string function;
+  };
+  Result<InstanceId> spawnLocked();
+  void watch();
+  void reap(InstanceId id);
+
+  Router& router_;
+  ObjectStore& store_;
+  Endpoint& endpoint_;
+  std::string executable_;
+  uint32_t warmTarget_;
+  DeathHandler onDeath_;
+
+  mutable std::mutex mutex_;
+  std::map<InstanceId, Child> children_;
+  InstanceId nextId_ = kFirstFunctionInstance;
+  uint64_t coldStarts_ = 0;
+  uint64_t deaths_ = 0;
+  UniqueFd epoll_;
+  UniqueFd wake_;
+  std::atomic<bool> stopping_{false};
+  std::thread watcher_;
+};
+
+}  // namespace lifl::dataplane

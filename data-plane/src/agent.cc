@@ -1,0 +1,98 @@
+#include "lifl/dataplane/agent.h"
+
+#include <unistd.h>
+
+#include "lifl/common/log.h"
+
+namespace lifl::dataplane {
+
+Result<std::unique_ptr<Agent>> Agent::start(AgentConfig config, Planner planner, std::string executable) {
+  std::unique_ptr<Agent> agent(new Agent(std::move(config)));
+  AgentConfig& c = agent->config_;
+  StoreConfig store{c.storePath, c.storeBytes, c.hugepages};
+  if (store.path.empty())
+    store.path = (c.hugepages ? c.hugepageDir : std::string("/dev/shm")) + "/lifl-" + std::to_string(::getpid());
+  LIFL_TRY(created, ObjectStore::create(store));
+  agent->store_ = std::move(created);
+  LIFL_TRY(router, makeRouter(c.router));
+  agent->router_ = std::move(router);
+  LIFL_TRY(sock, agent->router_->attach(kAgentInstance));
+  agent->endpoint_ = std::make_unique<Endpoint>(std::move(sock), kAgentInstance);
+  agent->metrics_ = std::make_unique<Metrics>();
+  agent->supervisor_ = std::make_unique<Supervisor>(*agent->router_, *agent->store_, *agent->endpoint_,
+                                                    std::move(executable), c.warmPool);
+  agent->jobs_ = std::make_unique<JobManager>(*agent->store_, *agent->endpoint_, *agent->supervisor_,
+                                              *agent->metrics_, std::move(planner));
+  agent->chains_ = std::make_unique<ChainManager>(*agent->store_, *agent->endpoint_, *agent->supervisor_);
+  Agent* self = agent.get();
+  agent->supervisor_->onDeath([self](InstanceId id, pid_t, int) { self->onInstanceDeath(id); });
+  agent->reader_ = std::thread([self] { self->readEndpoint(); });
+  LIFL_TRYV(agent->supervisor_->start());
+  LIFL_TRYV(agent->chains_->deploy(c.chains));
+  agent->gateway_ = std::make_unique<Gateway>(
+      c, *agent->jobs_, *agent->chains_, *agent->store_, *agent->metrics_,
+      GatewayHooks{[self] { return self->ready_.load(); }, [self] { self->refreshMetrics(); }});
+  LIFL_TRY(port, agent->gateway_->start());
+  agent->port_ = port;
+  agent->ready_ = true;
+  LIFL_INFO("agent ready: router " << agent->router_->name() << ", store " << store.path << " ("
+                                   << (c.storeBytes >> 20) << " MiB), " << c.warmPool
+                                   << " warm instances, http://" << c.bind << ":" << port);
+  return agent;
+}
+
+Agent::~Agent() { stop(); }
+
+void Agent::stop() {
+  if (stopping_.exchange(true)) return;
+  ready_ = false;
+  if (gateway_) gateway_->stop();
+  if (supervisor_) supervisor_->stop();
+  if (reader_.joinable()) reader_.join();
+}
+
+void Agent::onInstanceDeath(InstanceId id) {
+  metrics_->forgetInstance(id);
+  if (chains_->owns(id)) chains_->onInstanceDeath(id);
+  else jobs_->onInstanceDeath(id);
+}
+
+void Agent::readEndpoint() {
+  while (!stopping_) {
+    auto next = endpoint_->receive(200);
+    if (!next) {
+      if (!stopping_) LIFL_ERROR("agent endpoint: " << next.error().detail);
+      return;
+    }
+    if (!next.value()) continue;
+    const Descriptor& d = *next.value();
+    switch (d.kind) {
+      case DescriptorKind::Model: jobs_->onModel(d); break;
+      case DescriptorKind::Ack: jobs_->onAck(d); break;
+      case DescriptorKind::Reply:
+      case DescriptorKind::Failure: chains_->onReply(d); break;
+      default: LIFL_WARN("agent got an unexpected " << kindName(d.kind) << " from " << d.src);
+    }
+  }
+}
+
+void Agent::refreshMetrics() {
+  const auto s = store_->stats();
+  metrics_->setGauge("store_capacity_bytes", static_cast<double>(s.capacityBytes));
+  metrics_->setGauge("store_free_bytes", static_cast<double>(s.freeBytes));
+  metrics_->setGauge("store_live_objects", static_cast<double>(s.liveObjects));
+  metrics_->setGauge("store_live_bytes", static_cast<double>(s.liveBytes));
+  const auto sup = supervisor_->stats();
+  metrics_->setGauge("instances_warm", static_cast<double>(sup.warm));
+  metrics_->setGauge("instances_busy", static_cast<double>(sup.busy));
+  metrics_->setGauge("cold_starts", static_cast<double>(sup.coldStarts));
+  metrics_->setGauge("instance_deaths", static_cast<double>(sup.deaths));
+  for (const auto& inst : supervisor_->instances()) {
+    auto c = router_->counters(inst.id);
+    metrics_->routerCounters(inst.id, c.deliveredMsgs, c.deliveredBytes);
+  }
+  auto c = router_->counters(kAgentInstance);
+  metrics_->routerCounters(kAgentInstance, c.deliveredMsgs, c.deliveredBytes);
+}
+
+}  // namespace lifl::dataplane

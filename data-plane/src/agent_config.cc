@@ -1,0 +1,88 @@
+#include "lifl/dataplane/agent_config.h"
+
+#include <yaml-cpp/yaml.h>
+
+#include <fstream>
+#include <sstream>
+
+namespace lifl::dataplane {
+namespace {
+
+Error configError(const std::string& detail) { return badRequest("invalid_config", detail); }
+
+template <class T>
+void read(const YAML::Node& node, const char* key, T& out) {
+  if (node && node[key]) out = node[key].as<T>();
+}
+
+}  // namespace
+
+Result<AgentConfig> parseAgentConfig(const std::string& yaml) {
+  AgentConfig c;
+  try {
+    YAML::Node root = YAML::Load(yaml);
+    if (!root || root.IsNull()) return c;
+    if (!root.IsMap()) return configError("config must be a YAML mapping");
+    static const std::vector<std::string> kKeys = {"bind", "port", "data_dir", "router", "store",
+                                                   "functions", "gateway", "log_level"};
+    for (const auto& kv : root) {
+      const auto key = kv.first.as<std::string>();
+      if (std::find(kKeys.begin(), kKeys.end(), key) == kKeys.end())
+        return configError("unknown config key " + key);
+    }
+    read(root, "bind", c.bind);
+    int port = c.port;
+    read(root, "port", port);
+    if (port < 0 || port > 65535) return configError("port must be 0-65535");
+    c.port = static_cast<uint16_t>(port);
+    read(root, "data_dir", c.dataDir);
+    read(root, "router", c.router);
+    read(root, "log_level", c.logLevel);
+    if (auto s = root["store"]) {
+      read(s, "path", c.storePath);
+      read(s, "bytes", c.storeBytes);
+      read(s, "hugepages", c.hugepages);
+      read(s, "hugepage_dir", c.hugepageDir);
+    }
+    if (auto f = root["functions"]) {
+      read(f, "warm_pool", c.warmPool);
+      read(f, "chain_timeout_seconds", c.chainTimeoutSeconds);
+      read(f, "max_event_bytes", c.maxEventBytes);
+      if (auto chains = f["chains"]) {
+        if (!chains.IsSequence()) return configError("functions.chains must be a list");
+        for (const auto& ch : chains) {
+          ChainSpec spec;
+          spec.name = ch["name"].as<std::string>("");
+          if (spec.name.empty()) return configError("every chain needs a name");
+          if (!ch["functions"] || !ch["functions"].IsSequence() || ch["functions"].size() == 0)
+            return configError("chain " + spec.name + " needs a non-empty functions list");
+          for (const auto& fn : ch["functions"]) spec.functions.push_back(fn.as<std::string>());
+          c.chains.push_back(std::move(spec));
+        }
+      }
+    }
+    if (auto g = root["gateway"]) {
+      read(g, "threads", c.gatewayThreads);
+      read(g, "header_timeout_seconds", c.headerTimeoutSeconds);
+      read(g, "body_timeout_seconds", c.bodyTimeoutSeconds);
+      read(g, "max_connections", c.maxConnections);
+    }
+  } catch (const YAML::Exception& e) {
+    return configError(std::string("config: ") + e.what());
+  }
+  if (c.router != "ebpf" && c.router != "userspace") return configError("router must be ebpf or userspace");
+  if (c.gatewayThreads == 0 || c.gatewayThreads > 64) return configError("gateway.threads must be 1-64");
+  if (c.storeBytes < (16ull << 20)) return configError("store.bytes must be at least 16 MiB");
+  return c;
+}
+
+Result<AgentConfig> loadAgentConfig(const std::string& path) {
+  if (path.empty()) return AgentConfig{};
+  std::ifstream in(path);
+  if (!in) return configError("cannot read config file " + path);
+  std::stringstream text;
+  text << in.rdbuf();
+  return parseAgentConfig(text.str());
+}
+
+}  // namespace lifl::dataplane

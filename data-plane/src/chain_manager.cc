@@ -1,0 +1,122 @@
+#include "lifl/dataplane/chain_manager.h"
+
+#include "lifl/common/log.h"
+
+namespace lifl::dataplane {
+
+ChainManager::ChainManager(ObjectStore& store, Endpoint& endpoint, Supervisor& supervisor)
+    : store_(store), endpoint_(endpoint), supervisor_(supervisor) {}
+
+Result<void> ChainManager::deploy(std::vector<ChainSpec> chains) {
+  std::lock_guard lock(mutex_);
+  chains_ = std::move(chains);
+  hops_.assign(chains_.size(), {});
+  for (size_t c = 0; c < chains_.size(); ++c) LIFL_TRYV(deployLocked(c));
+  return success();
+}
+
+Result<void> ChainManager::deployLocked(size_t c) {
+  const auto& chain = chains_[c];
+  auto& hops = hops_[c];
+  for (InstanceId id : hops) supervisor_.release(id);
+  hops.assign(chain.functions.size(), 0);
+  for (size_t i = 0; i < hops.size(); ++i) {
+    LIFL_TRY(id, supervisor_.reserve());
+    hops[i] = id;
+  }
+  // Assign back to front is not needed: the router queues, and hops only receive events
+  // after the gateway sends the first one, which is after every assignment.
+  for (size_t i = 0; i < hops.size(); ++i) {
+    const InstanceId next = i + 1 < hops.size() ? hops[i + 1] : kAgentInstance;
+    LIFL_TRYV(supervisor_.assign(hops[i], chain.functions[i],
+                                 {{"chain", chain.name}, {"position", i}, {"next", next}}));
+  }
+  LIFL_INFO("chain " << chain.name << " deployed on " << hops.size() << " instances");
+  return success();
+}
+
+bool ChainManager::owns(InstanceId id) const {
+  std::lock_guard lock(mutex_);
+  for (const auto& hops : hops_)
+    for (InstanceId h : hops)
+      if (h == id) return true;
+  return false;
+}
+
+void ChainManager::onInstanceDeath(InstanceId id) {
+  std::lock_guard lock(mutex_);
+  for (size_t c = 0; c < hops_.size(); ++c) {
+    for (InstanceId h : hops_[c]) {
+      if (h != id) continue;
+      for (const auto& o : store_.ownedBy(id)) store_.release(o.handle());
+      if (auto r = deployLocked(c); !r) LIFL_ERROR("re-deploying chain: " << r.error().detail);
+      return;
+    }
+  }
+}
+
+Result<InstanceId> ChainManager::entry(const std::string& name) const {
+  std::lock_guard lock(mutex_);
+  for (size_t c = 0; c < chains_.size(); ++c)
+    if (chains_[c].name == name && !hops_[c].empty()) return hops_[c][0];
+  return notFound("unknown_function", "no function chain named " + name);
+}
+
+Result<uint64_t> ChainManager::invoke(const std::string& name, ObjectRef event,
+                                      std::shared_ptr<ChainCall> call) {
+  LIFL_TRY(first, entry(name));
+  uint64_t correlation = 0;
+  {
+    std::lock_guard lock(mutex_);
+    correlation = nextCorrelation_++;
+    pending_[correlation] = std::move(call);
+  }
+  event.setOwner(first);
+  Descriptor d{};
+  d.dst = first;
+  d.kind = DescriptorKind::Event;
+  d.correlation = correlation;
+  event.describe(d);
+  if (auto sent = endpoint_.send(d); !sent) {
+    forget(correlation);
+    store_.release(event.handle());
+    return sent.error();
+  }
+  return correlation;
+}
+
+void ChainManager::forget(uint64_t correlation) {
+  std::lock_guard lock(mutex_);
+  pending_.erase(correlation);
+}
+
+void ChainManager::onReply(const Descriptor& d) {
+  std::shared_ptr<ChainCall> call;
+  {
+    std::lock_guard lock(mutex_);
+    auto it = pending_.find(d.correlation);
+    if (it == pending_.end()) {  // the caller timed out: nobody will read the reply
+      store_.release(ObjectHandle{d.offset, d.length, d.generation});
+      return;
+    }
+    call = std::move(it->second);
+    pending_.erase(it);
+  }
+  std::function<void()> wake;
+  {
+    std::lock_guard lock(call->mutex);
+    call->done = true;
+    call->reply = d;
+    wake = call->wake;
+  }
+  if (wake) wake();
+}
+
+std::vector<std::string> ChainManager::names() const {
+  std::lock_guard lock(mutex_);
+  std::vector<std::string> out;
+  for (const auto& c : chains_) out.push_back(c.name);
+  return out;
+}
+
+}  // namespace lifl::dataplane

@@ -1,0 +1,601 @@
+// Boost.Beast gateway. One coroutine per connection, each on its own strand; the
+// io_context runs on `gateway.threads` threads. This is the only translation unit that
+// instantiates Beast's server side (build time on 2 cores).
+#include <utility>  // before Asio: g++ 12 needs std::exchange for asio::awaitable
+
+#include "lifl/dataplane/gateway.h"
+
+#include <boost/asio.hpp>
+#include <boost/beast.hpp>
+#include <charconv>
+#include <cstring>
+#include <optional>
+#include <thread>
+
+#include "lifl/common/base64.h"
+#include "lifl/common/job_spec.h"
+#include "lifl/common/log.h"
+#include "lifl/dataplane/event_object.h"
+
+namespace lifl::dataplane {
+
+namespace asio = boost::asio;
+namespace beast = boost::beast;
+namespace http = beast::http;
+using tcp = asio::ip::tcp;
+using asio::awaitable;
+using asio::use_awaitable;
+using Parser = http::request_parser<http::buffer_body>;
+
+namespace {
+
+constexpr uint64_t kDrainLimit = 1ull << 20;  // bodies we read and discard to keep a connection
+constexpr uint64_t kMaxJobSpecBytes = 4ull << 20;
+
+/// One request on a connection and what the handlers need to answer it.
+struct Exchange {
+  beast::tcp_stream& stream;
+  beast::flat_buffer& buffer;
+  Parser& parser;
+  bool keepAlive = true;
+  std::string route = "other";
+  int status = 0;
+};
+
+std::optional<uint64_t> parseUnsigned(std::string_view s) {
+  uint64_t v = 0;
+  if (s.empty()) return std::nullopt;
+  auto [p, ec] = std::from_chars(s.data(), s.data() + s.size(), v);
+  if (ec != std::errc() || p != s.data() + s.size()) return std::nullopt;
+  return v;
+}
+
+std::string_view header(const Parser& p, std::string_view name) {
+  auto it = p.get().find(beast::string_view(name.data(), name.size()));
+  if (it == p.get().end()) return {};
+  auto v = it->value();
+  return {v.data(), v.size()};
+}
+
+bool iequals(std::string_view a, std::string_view b) {
+  if (a.size() != b.size()) return false;
+  for (size_t i = 0; i < a.size(); ++i)
+    if (std::tolower(static_cast<unsigned char>(a[i])) != std::tolower(static_cast<unsigned char>(b[i])))
+      return false;
+  return true;
+}
+
+std::vector<std::string> splitPath(std::string_view target) {
+  if (auto q = target.find('?'); q != std::string_view::npos) target = target.substr(0, q);
+  std::vector<std::string> parts;
+  size_t i = 0;
+  while (i < target.size()) {
+    size_t j = target.find('/', i);
+    if (j == std::string_view::npos) j = target.size();
+    if (j > i) parts.emplace_back(target.substr(i, j - i));
+    i = j + 1;
+  }
+  return parts;
+}
+
+}  // namespace
+
+struct Gateway::Impl {
+  Impl(const AgentConfig& c, JobManager& j, ChainManager& ch, ObjectStore& s, Metrics& m, GatewayHooks h)
+      : config(c), jobs(j), chains(ch), store(s), metrics(m), hooks(std::move(h)) {}
+
+  const AgentConfig& config;
+  JobManager& jobs;
+  ChainManager& chains;
+  ObjectStore& store;
+  Metrics& metrics;
+  GatewayHooks hooks;
+  asio::io_context ioc;
+  std::optional<tcp::acceptor> acceptor;
+  std::vector<std::thread> threads;
+  std::atomic<uint32_t> connections{0};
+
+  // ---------------------------------------------------------------- responses
+  awaitable<void> write(Exchange& ex, http::status status, std::string body, std::string_view contentType,
+                        std::vector<std::pair<std::string, std::string>> headers = {}) {
+    http::response<http::string_body> res{status, ex.parser.get().version()};
+    res.set(http::field::server, "lifl");
+    res.set(http::field::content_type, beast::string_view(contentType.data(), contentType.size()));
+    for (auto& [k, v] : headers) res.set(k, v);
+    res.body() = std::move(body);
+    res.keep_alive(ex.keepAlive);
+    res.prepare_payload();
+    ex.status = static_cast<int>(status);
+    beast::error_code ec;
+    co_await http::async_write(ex.stream, res, asio::redirect_error(use_awaitable, ec));
+    if (ec) ex.keepAlive = false;
+  }
+
+  awaitable<void> writeJson(Exchange& ex, http::status status, const nlohmann::json& body) {
+    co_await write(ex, status, body.dump(), "application/json");
+  }
+
+  // Errors by value: a coroutine frame keeps its own copy (callers may pass temporaries).
+  awaitable<void> writeError(Exchange& ex, Error e) {
+    if (ex.route == "updates") metrics.updateRejected(e.code);
+    co_await write(ex, static_cast<http::status>(e.status), e.toJson(), "application/json");
+  }
+
+  // ---------------------------------------------------------------- bodies
+  /// Reads the body into [dst, dst+capacity). @return bytes read.
+  awaitable<Result<uint64_t>> readBodyInto(Exchange& ex, std::byte* dst, uint64_t capacity) {
+    auto& body = ex.parser.get().body();
+    body.data = dst;
+    body.size = capacity;
+    while (!ex.parser.is_done()) {
+      beast::error_code ec;
+      co_await http::async_read(ex.stream, ex.buffer, ex.parser, asio::redirect_error(use_awaitable, ec));
+      if (ec == http::error::need_buffer) {
+        if (body.size == 0) {
+          ex.keepAlive = false;
+          co_return makeError(413, "body_too_large", "the body is larger than this endpoint allows");
+        }
+        continue;
+      }
+      if (ec) {
+        ex.keepAlive = false;
+        if (ec == beast::error::timeout)
+          co_return makeError(408, "body_timeout", "the body did not arrive in time");
+        co_return badRequest("truncated_body", "the body ended early: " + ec.message());
+      }
+    }
+    co_return capacity - body.size;
+  }
+
+  awaitable<Result<std::string>> readBodyString(Exchange& ex, uint64_t limit) {
+    std::string out;
+    auto cl = ex.parser.content_length();
+    if (cl && *cl > limit) {
+      ex.keepAlive = false;
+      co_return makeError(413, "body_too_large", "the body is larger than " + std::to_string(limit) + " bytes");
+    }
+    out.resize(cl ? *cl : std::min<uint64_t>(limit, 64 << 10));
+    uint64_t have = 0;
+    for (;;) {
+      auto got = co_await readBodyInto(ex, reinterpret_cast<std::byte*>(out.data()) + have, out.size() - have);
+      if (got) {
+        out.resize(have + got.value());
+        co_return out;
+      }
+      if (got.error().status != 413 || out.size() >= limit || cl) co_return got.error();
+      // chunked body outgrew the buffer: grow and continue
+      have = out.size();
+      out.resize(std::min<uint64_t>(limit, out.size() * 2));
+      ex.keepAlive = true;
+    }
+  }
+
+  /// Before answering a request whose body we will not use: read and drop a small body so
+  /// the connection stays usable; close it for a large one.
+  awaitable<void> drainOrClose(Exchange& ex) {
+    if (ex.parser.is_done()) co_return;
+    auto cl = ex.parser.content_length();
+    if (!cl || *cl > kDrainLimit) {
+      ex.keepAlive = false;
+      co_return;
+    }
+    std::string sink(static_cast<size_t>(*cl), '\0');
+    auto r = co_await readBodyInto(ex, reinterpret_cast<std::byte*>(sink.data()), sink.size());
+    if (!r) ex.keepAlive = false;
+  }
+
+  awaitable<void> rejectBeforeBody(Exchange& ex, Error e) {
+    co_await drainOrClose(ex);
+    co_await writeError(ex, e);
+  }
+
+  awaitable<void> maybeContinue(Exchange& ex) {
+    if (!iequals(header(ex.parser, "expect"), "100-continue")) co_return;
+    static const std::string kContinue = "HTTP/1.1 100 Continue\r\n\r\n";
+    beast::error_code ec;
+    co_await asio::async_write(ex.stream, asio::buffer(kContinue), asio::redirect_error(use_awaitable, ec));
+  }
+
+  // ---------------------------------------------------------------- jobs
+  awaitable<void> createJob(Exchange& ex) {
+    auto body = co_await readBodyString(ex, kMaxJobSpecBytes);
+    if (!body) co_return co_await writeError(ex, body.error());
+    auto spec = parseJobSpec(body.value(), header(ex.parser, "content-type"));
+    if (!spec) co_return co_await writeError(ex, spec.error());
+    auto created = jobs.create(std::move(spec).value());
+    if (!created) co_return co_await writeError(ex, created.error());
+    co_await writeJson(ex, http::status::created, created.value());
+  }
+
+  awaitable<void> getModel(Exchange& ex, const std::string& id) {
+    auto lease = jobs.leaseModel(id);
+    if (!lease) co_return co_await writeError(ex, lease.error());
+    const ModelLease& m = lease.value();
+    http::response<http::buffer_body> res{http::status::ok, ex.parser.get().version()};
+    res.set(http::field::server, "lifl");
+    res.set(http::field::content_type, "application/octet-stream");
+    res.set(http::field::etag, "\"" + std::to_string(m.round) + "\"");
+    res.set("lifl-round", std::to_string(m.round));
+    res.body().data = m.object.data();  // served straight from the store
+    res.body().size = m.object.size();
+    res.body().more = false;
+    res.content_length(m.object.size());
+    res.keep_alive(ex.keepAlive);
+    ex.status = 200;
+    beast::error_code ec;
+    co_await http::async_write(ex.stream, res, asio::redirect_error(use_awaitable, ec));
+    jobs.returnModel(m);
+    if (ec) ex.keepAlive = false;
+  }
+
+  awaitable<void> putModel(Exchange& ex, const std::string& id) {
+    auto limit = jobs.admitModel(id);
+    if (!limit) co_return co_await rejectBeforeBody(ex, limit.error());
+    auto cl = ex.parser.content_length();
+    if (cl && *cl > limit.value()) {
+      ex.keepAlive = false;
+      co_return co_await writeError(ex, makeError(413, "body_too_large", "model body is larger than the model"));
+    }
+    co_await maybeContinue(ex);
+    const uint64_t capacity = cl ? *cl : limit.value();
+    auto object = store.allocate(capacity, ObjectKind::Model, kAgentInstance);
+    if (!object) co_return co_await rejectBeforeBody(ex, object.error());
+    ObjectRef temp = object.value();
+    auto got = co_await readBodyInto(ex, temp.data(), capacity);
+    Result<void> set = got ? (temp.setLength(got.value()), jobs.setModel(id, temp)) : Result<void>(got.error());
+    store.release(temp.handle());
+    if (!set) co_return co_await writeError(ex, set.error());
+    co_await write(ex, http::status::no_content, "", "application/json");
+  }
+
+  static Result<UpdateMeta> parseUpdateHeaders(const Parser& p) {
+    auto bad = [](std::string detail) { return badRequest("bad_header", std::move(detail)); };
+    if (header(p, "ce-specversion") != "1.0") return bad("ce-specversion must be 1.0");
+    if (header(p, "ce-type") != "dev.lifl.update") return bad("ce-type must be dev.lifl.update");
+    UpdateMeta m;
+    m.id = std::string(header(p, "ce-id"));
+    m.source = std::string(header(p, "ce-source"));
+    if (m.id.empty() || m.id.size() > 256) return bad("ce-id must be 1-256 characters");
+    if (m.source.empty() || m.source.size() > 256) return bad("ce-source must be 1-256 characters");
+    auto round = parseUnsigned(header(p, "ce-round"));
+    if (!round || *round > UINT32_MAX) return bad("ce-round must be a non-negative integer");
+    m.round = static_cast<uint32_t>(*round);
+    auto n = parseUnsigned(header(p, "ce-numexamples"));
+    if (!n || *n == 0 || *n > (1ull << 24))
+      return bad("ce-numexamples must be an integer from 1 to 16777216");
+    m.numExamples = *n;
+    auto ct = header(p, "content-type");
+    if (!ct.empty() && !iequals(ct, "application/octet-stream"))
+      return bad("Content-Type must be application/octet-stream (a safetensors body)");
+    return m;
+  }
+
+  awaitable<void> pushUpdate(Exchange& ex, const std::string& id) {
+    ex.route = "updates";
+    auto meta = parseUpdateHeaders(ex.parser);
+    if (!meta) co_return co_await rejectBeforeBody(ex, meta.error());
+    auto admission = jobs.admit(id, meta.value());
+    if (!admission) co_return co_await rejectBeforeBody(ex, admission.error());
+    const Admission& a = admission.value();
+    auto cl = ex.parser.content_length();
+    if (a.duplicate) {  // a retry of an accepted update: idempotent
+      if (cl && *cl > a.bodyLimit) ex.keepAlive = false;
+      else co_await drainOrClose(ex);
+      const nlohmann::json body = {{"accepted", true}, {"round", a.round}, {"duplicate", true}};
+      co_return co_await writeJson(ex, http::status::accepted, body);
+    }
+    auto fail = [&](const Error& e) {
+      jobs.abandon(id, meta.value());
+      return writeError(ex, e);
+    };
+    if (cl && *cl > a.bodyLimit) {
+      ex.keepAlive = false;
+      co_return co_await fail(makeError(413, "body_too_large",
+                                        "update body of " + std::to_string(*cl) +
+                                            " bytes is larger than the model allows (" +
+                                            std::to_string(a.bodyLimit) + ")"));
+    }
+    if ((cl && *cl == 0) || ex.parser.is_done())
+      co_return co_await fail(badRequest("malformed_safetensors", "the update body is empty"));
+    const uint64_t capacity = cl ? *cl : a.bodyLimit;
+    auto object = store.allocate(capacity, ObjectKind::Update, kAgentInstance);
+    if (!object) {
+      co_await drainOrClose(ex);
+      co_return co_await fail(object.error());
+    }
+    co_await maybeContinue(ex);
+    ObjectRef update = object.value();
+    auto got = co_await readBodyInto(ex, update.data(), capacity);  // socket -> store, once
+    if (!got) {
+      store.release(update.handle());
+      co_return co_await fail(got.error());
+    }
+    update.setLength(got.value());
+    auto round = jobs.commit(id, meta.value(), update);
+    if (!round) {
+      store.release(update.handle());
+      co_return co_await fail(round.error());
+    }
+    const nlohmann::json body = {{"accepted", true}, {"round", round.value()}};
+    co_await writeJson(ex, http::status::accepted, body);
+  }
+
+  // ---------------------------------------------------------------- functions
+  awaitable<void> invokeFunction(Exchange& ex, const std::string& name) {
+    ex.route = "functions";
+    auto first = chains.entry(name);
+    if (!first) co_return co_await rejectBeforeBody(ex, first.error());
+    const bool structured = header(ex.parser, "content-type").starts_with("application/cloudevents+json");
+    nlohmann::json attributes;
+    std::optional<ObjectRef> event;
+    if (structured) {
+      auto body = co_await readBodyString(ex, config.maxEventBytes);
+      if (!body) co_return co_await writeError(ex, body.error());
+      auto doc = nlohmann::json::parse(body.value(), nullptr, false);
+      if (doc.is_discarded() || !doc.is_object())
+        co_return co_await writeError(ex, badRequest("malformed_event", "structured event is not a JSON object"));
+      std::string data;
+      if (doc.contains("data_base64")) {
+        auto decoded = doc["data_base64"].is_string() ? base64Decode(doc["data_base64"].get<std::string>()) : std::nullopt;
+        if (!decoded) co_return co_await writeError(ex, badRequest("malformed_event", "data_base64 is not base64"));
+        data = std::move(*decoded);
+      } else if (doc.contains("data")) {
+        data = doc["data"].is_string() ? doc["data"].get<std::string>() : doc["data"].dump();
+      }
+      doc.erase("data");
+      doc.erase("data_base64");
+      attributes = std::move(doc);
+      if (auto e = checkAttributes(attributes); !e) co_return co_await writeError(ex, e.error());
+      auto made = makeEvent(store, first.value(), attributes, data.size());
+      if (!made) co_return co_await writeError(ex, made.error());
+      std::memcpy(made.value().second, data.data(), data.size());
+      event = made.value().first;
+    } else {
+      for (const auto& field : ex.parser.get()) {
+        std::string key(field.name_string());
+        for (auto& c : key) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+        if (key.rfind("ce-", 0) == 0) attributes[key.substr(3)] = std::string(field.value());
+      }
+      if (auto ct = header(ex.parser, "content-type"); !ct.empty()) attributes["datacontenttype"] = std::string(ct);
+      if (auto e = checkAttributes(attributes); !e) co_return co_await rejectBeforeBody(ex, e.error());
+      auto cl = ex.parser.content_length();
+      if (cl && *cl > config.maxEventBytes) {
+        ex.keepAlive = false;
+        co_return co_await writeError(ex, makeError(413, "body_too_large", "event data is too large"));
+      }
+      if (cl) {  // the body goes straight into the event object
+        auto made = makeEvent(store, first.value(), attributes, *cl);
+        if (!made) co_return co_await rejectBeforeBody(ex, made.error());
+        co_await maybeContinue(ex);
+        auto got = co_await readBodyInto(ex, made.value().second, *cl);
+        if (!got) {
+          store.release(made.value().first.handle());
+          co_return co_await writeError(ex, got.error());
+        }
+        event = made.value().first;
+      } else {
+        auto body = co_await readBodyString(ex, config.maxEventBytes);
+        if (!body) co_return co_await writeError(ex, body.error());
+        auto made = makeEvent(store, first.value(), attributes, body.value().size());
+        if (!made) co_return co_await writeError(ex, made.error());
+        std::memcpy(made.value().second, body.value().data(), body.value().size());
+        event = made.value().first;
+      }
+    }
+
+    auto call = std::make_shared<ChainCall>();
+    auto timer = std::make_shared<asio::steady_timer>(co_await asio::this_coro::executor);
+    timer->expires_after(std::chrono::duration_cast<std::chrono::steady_clock::duration>(
+        std::chrono::duration<double>(config.chainTimeoutSeconds)));
+    call->wake = [timer] { asio::post(timer->get_executor(), [timer] { timer->cancel(); }); };
+    auto correlation = chains.invoke(name, *event, call);
+    if (!correlation) co_return co_await writeError(ex, correlation.error());
+    bool done = false;
+    {
+      std::lock_guard lock(call->mutex);
+      done = call->done;
+    }
+    if (!done) {
+      beast::error_code ec;
+      co_await timer->async_wait(asio::redirect_error(use_awaitable, ec));
+      std::lock_guard lock(call->mutex);
+      done = call->done;
+    }
+    if (!done) {
+      chains.forget(correlation.value());
+      co_return co_await writeError(ex, makeError(504, "function_timeout", "the chain did not answer in time"));
+    }
+    co_await answerChain(ex, call->reply, structured);
+  }
+
+  static Result<void> checkAttributes(const nlohmann::json& a) {
+    for (const char* k : {"id", "source", "type"})
+      if (!a.contains(k) || !a[k].is_string() || a[k].get<std::string>().empty())
+        return badRequest("bad_header", std::string("the event needs a ") + k + " attribute");
+    if (!a.contains("specversion") || a["specversion"] != "1.0")
+      return badRequest("bad_header", "the event's specversion must be 1.0");
+    return success();
+  }
+
+  awaitable<void> answerChain(Exchange& ex, const Descriptor& reply, bool structured) {
+    auto object = store.resolve(reply);
+    if (!object) co_return co_await writeError(ex, internal("lost_reply", "the chain's reply object is gone"));
+    auto view = readEvent(object.value());
+    if (!view) {
+      store.release(object.value().handle());
+      co_return co_await writeError(ex, view.error());
+    }
+    EventView& ev = view.value();
+    if (reply.kind == DescriptorKind::Failure) {
+      Error e = makeError(ev.attributes.value("status", 500), ev.attributes.value("error", "function_failed"),
+                          ev.attributes.value("detail", "a function of the chain failed"));
+      store.release(object.value().handle());
+      co_return co_await writeError(ex, e);
+    }
+    std::string data(ev.text());
+    nlohmann::json attributes = ev.attributes;
+    store.release(object.value().handle());
+    if (structured) {
+      attributes["data"] = data;
+      co_return co_await write(ex, http::status::ok, attributes.dump(), "application/cloudevents+json");
+    }
+    std::vector<std::pair<std::string, std::string>> headers;
+    std::string contentType = "application/octet-stream";
+    for (auto& [k, v] : attributes.items()) {
+      if (k == "datacontenttype") contentType = v.is_string() ? v.get<std::string>() : v.dump();
+      else headers.emplace_back("ce-" + k, v.is_string() ? v.get<std::string>() : v.dump());
+    }
+    co_await write(ex, http::status::ok, std::move(data), contentType, std::move(headers));
+  }
+
+  // ---------------------------------------------------------------- routing
+  awaitable<void> dispatch(Exchange& ex) {
+    const auto method = ex.parser.get().method();
+    const auto target = ex.parser.get().target();
+    const auto path = splitPath(std::string_view(target.data(), target.size()));
+    auto methodNotAllowed = [&] {
+      return rejectBeforeBody(ex, makeError(405, "method_not_allowed", "method not allowed on this path"));
+    };
+    if (path.size() == 1 && (path[0] == "livez" || path[0] == "readyz")) {
+      ex.route = "health";
+      const bool ok = path[0] == "livez" || !hooks.ready || hooks.ready();
+      const nlohmann::json body = {{"status", ok ? "ok" : "starting"}};
+      co_return co_await writeJson(ex, ok ? http::status::ok : http::status::service_unavailable, body);
+    }
+    if (path.size() == 1 && path[0] == "metrics") {
+      ex.route = "metrics";
+      if (hooks.refreshMetrics) hooks.refreshMetrics();
+      co_return co_await write(ex, http::status::ok, metrics.serialize(), "text/plain; version=0.0.4");
+    }
+    if (path.size() >= 2 && path[0] == "v1" && path[1] == "jobs") {
+      ex.route = "jobs";
+      if (path.size() == 2) {
+        if (method == http::verb::post) co_return co_await createJob(ex);
+        if (method == http::verb::get) co_return co_await writeJson(ex, http::status::ok, jobs.list());
+        co_return co_await methodNotAllowed();
+      }
+      const std::string& id = path[2];
+      if (path.size() == 3) {
+        if (method == http::verb::get) {
+          auto s = jobs.status(id);
+          if (!s) co_return co_await writeError(ex, s.error());
+          co_return co_await writeJson(ex, http::status::ok, s.value());
+        }
+        if (method == http::verb::delete_) {
+          auto r = jobs.cancel(id);
+          if (!r) co_return co_await writeError(ex, r.error());
+          co_return co_await write(ex, http::status::no_content, "", "application/json");
+        }
+        co_return co_await methodNotAllowed();
+      }
+      if (path.size() == 4 && path[3] == "model") {
+        ex.route = "model";
+        if (method == http::verb::get) co_return co_await getModel(ex, id);
+        if (method == http::verb::put) co_return co_await putModel(ex, id);
+        co_return co_await methodNotAllowed();
+      }
+      if (path.size() == 4 && path[3] == "updates") {
+        if (method == http::verb::post) co_return co_await pushUpdate(ex, id);
+        co_return co_await methodNotAllowed();
+      }
+    }
+    if (path.size() == 3 && path[0] == "v1" && path[1] == "functions") {
+      if (method == http::verb::post) co_return co_await invokeFunction(ex, path[2]);
+      co_return co_await methodNotAllowed();
+    }
+    co_await rejectBeforeBody(ex, notFound("not_found", "no such endpoint"));
+  }
+
+  awaitable<void> session(tcp::socket socket) {
+    struct Count {
+      std::atomic<uint32_t>& n;
+      ~Count() { n--; }
+    } count{connections};
+    beast::tcp_stream stream(std::move(socket));
+    stream.socket().set_option(tcp::no_delay(true));
+    beast::flat_buffer buffer;
+    const auto headerTimeout = std::chrono::duration_cast<std::chrono::steady_clock::duration>(
+        std::chrono::duration<double>(config.headerTimeoutSeconds));
+    const auto bodyTimeout = std::chrono::duration_cast<std::chrono::steady_clock::duration>(
+        std::chrono::duration<double>(config.bodyTimeoutSeconds));
+    const bool overloaded = connections > config.maxConnections;
+    for (;;) {
+      Parser parser;
+      parser.header_limit(64 * 1024);
+      parser.body_limit(std::numeric_limits<std::uint64_t>::max());
+      stream.expires_after(headerTimeout);
+      beast::error_code ec;
+      co_await http::async_read_header(stream, buffer, parser, asio::redirect_error(use_awaitable, ec));
+      if (ec) {
+        if (ec != http::error::end_of_stream && ec != asio::error::eof && ec != beast::error::timeout &&
+            ec != asio::error::connection_reset && ec != asio::error::operation_aborted) {
+          Exchange ex{stream, buffer, parser, false};
+          co_await writeError(ex, badRequest("malformed_request", "cannot parse the HTTP request: " + ec.message()));
+        }
+        break;
+      }
+      stream.expires_after(bodyTimeout);
+      Exchange ex{stream, buffer, parser, parser.get().keep_alive()};
+      if (overloaded) {
+        ex.keepAlive = false;
+        co_await writeError(ex, unavailable("too_many_connections", "the gateway is at its connection limit"));
+        break;
+      }
+      co_await dispatch(ex);
+      metrics.request(ex.route, ex.status);
+      if (!ex.keepAlive) break;
+    }
+    beast::error_code ignored;
+    stream.socket().shutdown(tcp::socket::shutdown_send, ignored);
+  }
+
+  awaitable<void> listen() {
+    for (;;) {
+      beast::error_code ec;
+      tcp::socket socket = co_await acceptor->async_accept(asio::make_strand(ioc),
+                                                           asio::redirect_error(use_awaitable, ec));
+      if (ec) {
+        if (ec == asio::error::operation_aborted) co_return;
+        continue;
+      }
+      connections++;
+      auto executor = socket.get_executor();
+      asio::co_spawn(executor, session(std::move(socket)), asio::detached);
+    }
+  }
+};
+
+Gateway::Gateway(const AgentConfig& config, JobManager& jobs, ChainManager& chains, ObjectStore& store,
+                 Metrics& metrics, GatewayHooks hooks)
+    : impl_(std::make_unique<Impl>(config, jobs, chains, store, metrics, std::move(hooks))) {}
+
+Gateway::~Gateway() { stop(); }
+
+Result<uint16_t> Gateway::start() {
+  beast::error_code ec;
+  auto address = asio::ip::make_address(impl_->config.bind, ec);
+  if (ec) return badRequest("invalid_config", "bind address " + impl_->config.bind + " is not an IP address");
+  tcp::endpoint endpoint(address, impl_->config.port);
+  auto& acceptor = impl_->acceptor.emplace(impl_->ioc);
+  acceptor.open(endpoint.protocol(), ec);
+  if (!ec) acceptor.set_option(asio::socket_base::reuse_address(true), ec);
+  if (!ec) acceptor.bind(endpoint, ec);
+  if (!ec) acceptor.listen(asio::socket_base::max_listen_connections, ec);
+  if (ec)
+    return internal("bind_failed", "cannot listen on " + impl_->config.bind + ":" +
+                                       std::to_string(impl_->config.port) + ": " + ec.message());
+  const uint16_t port = acceptor.local_endpoint().port();
+  asio::co_spawn(impl_->ioc, impl_->listen(), asio::detached);
+  for (uint32_t i = 0; i < impl_->config.gatewayThreads; ++i)
+    impl_->threads.emplace_back([this] { impl_->ioc.run(); });
+  return port;
+}
+
+void Gateway::stop() {
+  if (!impl_ || impl_->threads.empty()) return;
+  impl_->ioc.stop();
+  for (auto& t : impl_->threads) t.join();
+  impl_->threads.clear();
+}
+
+}  // namespace lifl::dataplane

@@ -1,0 +1,473 @@
+#include "lifl/dataplane/job_manager.h"
+
+#include <bit>
+#include <cstring>
+
+#include "lifl/common/log.h"
+#include "lifl/dataplane/partial.h"
+#include "lifl/dataplane/safetensors.h"
+#include "lifl/gpu/accumulate.h"
+
+namespace lifl::dataplane {
+
+namespace {
+constexpr const char* kAggregator = "fl.aggregator";
+
+uint64_t splitmix64(uint64_t& s) {
+  uint64_t z = (s += 0x9e3779b97f4a7c15ull);
+  z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+  z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+  return z ^ (z >> 31);
+}
+std::string acceptKey(const UpdateMeta& m) { return m.source + '\n' + m.id; }
+}  // namespace
+
+JobManager::JobManager(ObjectStore& store, Endpoint& endpoint, Supervisor& supervisor,
+                       Metrics& metrics, Planner planner)
+    : store_(store), endpoint_(endpoint), supervisor_(supervisor), metrics_(metrics),
+      planner_(std::move(planner)) {}
+
+JobManager::~JobManager() = default;
+
+bool JobManager::send(Descriptor d) {
+  auto sent = endpoint_.send(d);
+  if (!sent) LIFL_WARN("send " << kindName(d.kind) << " to " << d.dst << ": " << sent.error().detail);
+  return static_cast<bool>(sent);
+}
+
+Result<JobManager::Job*> JobManager::find(const std::string& id) const {
+  auto it = jobs_.find(id);
+  if (it == jobs_.end()) return notFound("unknown_job", "no job named " + id);
+  return it->second.get();
+}
+
+Result<nlohmann::json> JobManager::create(JobSpec spec) {
+  std::lock_guard lock(mutex_);
+  if (jobs_.count(spec.id)) return conflict("job_exists", "a job named " + spec.id + " exists");
+  auto job = std::make_unique<Job>();
+  job->slot = nextSlot_++;
+  job->spec = std::move(spec);
+  LIFL_TRYV(createInitialModel(*job));
+  if (auto started = startRound(*job); !started) {
+    if (job->model) store_.release(*job->model);
+    return started.error();
+  }
+  Job* raw = job.get();
+  bySlot_[raw->slot] = raw;
+  jobs_[raw->spec.id] = std::move(job);
+  LIFL_INFO("job " << raw->spec.id << ": " << raw->spec.clientsPerRound << " clients x "
+                   << raw->spec.rounds << " rounds, " << raw->plan.leaves << " leaves"
+                   << (raw->plan.middles ? ", " + std::to_string(raw->plan.middles) + " middles" : "")
+                   << ", fan-in " << raw->spec.fanIn << ", " << raw->spec.modelElements()
+                   << " parameters");
+  return nlohmann::json{{"id", raw->spec.id}, {"round", 0}};
+}
+
+Result<void> JobManager::createInitialModel(Job& job) {
+  if (job.spec.init == ModelInit::None) return success();
+  const std::string header = modelHeader(job.spec);
+  const uint64_t n = job.spec.modelElements();
+  LIFL_TRY(model, store_.allocate(header.size() + n * sizeof(float), ObjectKind::Model, kAgentInstance));
+  std::memcpy(model.data(), header.data(), header.size());
+  auto* w = reinterpret_cast<float*>(model.data() + header.size());
+  if (job.spec.init == ModelInit::Zeros) {
+    std::memset(w, 0, n * sizeof(float));
+  } else {  // uniform in [-0.05, 0.05) from splitmix64(seed): documented in docs/api.md
+    uint64_t s = job.spec.seed;
+    for (uint64_t i = 0; i < n; ++i)
+      w[i] = static_cast<float>((static_cast<double>(splitmix64(s) >> 11) * 0x1.0p-53 - 0.5) * 0.1);
+  }
+  model.setTag(job.slot, 0);
+  model.seal();
+  job.model = model.handle();
+  return success();
+}
+
+nlohmann::json JobManager::aggregatorParams(const Job& job, size_t node, uint32_t expected) const {
+  const PlanNode& n = job.plan.nodes[node];
+  nlohmann::json tensors = nlohmann::json::array();
+  for (const auto& t : job.spec.tensors) tensors.push_back({{"name", t.name}, {"shape", t.shape}});
+  nlohmann::json p = {{"role", roleName(n.role)},
+                      {"parent", n.parent >= 0 ? job.instances[static_cast<size_t>(n.parent)] : 0},
+                      {"expected", expected},
+                      {"batch", job.spec.batch},
+                      {"job", job.slot},
+                      {"round", job.round},
+                      {"tensors", tensors},
+                      {"base", nullptr}};
+  if (n.role == AggregatorRole::Top && job.spec.update == UpdateMode::Delta && job.model)
+    p["base"] = {{"offset", job.model->offset}, {"length", job.model->length},
+                 {"generation", job.model->generation}};
+  return p;
+}
+
+Result<void> JobManager::startRound(Job& job) {
+  job.plan = planner_(job.spec);
+  // Reuse the instances of the previous round (warm, same processes); take more from the
+  // pool only when the tree grew, and give back what it no longer needs.
+  while (job.instances.size() > job.plan.nodes.size()) {
+    supervisor_.release(job.instances.back());
+    job.instances.pop_back();
+  }
+  while (job.instances.size() < job.plan.nodes.size()) {
+    LIFL_TRY(id, supervisor_.reserve());
+    job.instances.push_back(id);
+  }
+  for (size_t i = 0; i < job.plan.nodes.size(); ++i)
+    LIFL_TRYV(supervisor_.assign(job.instances[i], kAggregator,
+                                 aggregatorParams(job, i, job.plan.nodes[i].expected)));
+  job.received = 0;
+  job.sources.clear();
+  job.accepted.clear();
+  job.roundStarted = false;
+  return success();
+}
+
+void JobManager::finish(Job& job, State state) {
+  job.state = state;
+  for (InstanceId id : job.instances) supervisor_.release(id);
+  job.instances.clear();
+}
+
+nlohmann::json JobManager::statusOf(const Job& job) const {
+  const char* state = job.state == State::Done        ? "done"
+                      : job.state == State::Cancelled ? "cancelled"
+                      : job.state == State::Failed    ? "failed"
+                      : job.received + job.reserved > 0 ? "aggregating"
+                                                        : "waiting";
+  nlohmann::json history = nlohmann::json::array();
+  for (const auto& r : job.history)
+    history.push_back({{"round", r.round}, {"clients", r.clients}, {"weight", r.weight},
+                       {"seconds", r.seconds}});
+  nlohmann::json plan = job.plan.toJson();
+  plan["instances"] = job.instances;
+  nlohmann::json out = {{"id", job.spec.id},
+                        {"state", state},
+                        {"round", job.round},
+                        {"rounds", job.spec.rounds},
+                        {"received", job.received},
+                        {"expected", job.spec.clientsPerRound},
+                        {"strategy", job.spec.strategy},
+                        {"update", job.spec.update == UpdateMode::Delta ? "delta" : "weights"},
+                        {"plan", plan},
+                        {"has_model", job.model.has_value()},
+                        {"history", history},
+                        {"recoveries", job.recoveries},
+                        {"spec", job.spec.toJson()}};
+  if (!job.failure.empty()) out["failure"] = job.failure;
+  return out;
+}
+
+nlohmann::json JobManager::list() const {
+  std::lock_guard lock(mutex_);
+  nlohmann::json out = nlohmann::json::array();
+  for (const auto& [id, job] : jobs_) {
+    auto s = statusOf(*job);
+    out.push_back({{"id", id}, {"round", job->round}, {"state", s["state"]}});
+  }
+  return out;
+}
+
+Result<nlohmann::json> JobManager::status(const std::string& id) const {
+  std::lock_guard lock(mutex_);
+  LIFL_TRY(job, find(id));
+  return statusOf(*job);
+}
+
+Result<void> JobManager::cancel(const std::string& id) {
+  std::lock_guard lock(mutex_);
+  LIFL_TRY(job, find(id));
+  if (job->state == State::Active) finish(*job, State::Cancelled);
+  return success();
+}
+
+Result<uint64_t> JobManager::admitModel(const std::string& id) const {
+  std::lock_guard lock(mutex_);
+  LIFL_TRY(job, find(id));
+  if (job->state != State::Active || job->round != 0 || job->received + job->reserved != 0)
+    return conflict("model_locked", "the initial model can be set only before round 0 receives updates");
+  return maxUpdateBytes(job->spec);
+}
+
+Result<void> JobManager::setModel(const std::string& id, const ObjectRef& uploaded) {
+  Job* job = nullptr;
+  {
+    std::lock_guard lock(mutex_);
+    LIFL_TRY(found, find(id));
+    job = found;
+  }
+  LIFL_TRY(view, parseSafetensors(uploaded.data(), uploaded.size()));
+  LIFL_TRYV(checkMatchesModel(view, job->spec));
+  LIFL_TRYV(checkFinite(uploaded.data(), view));
+  const std::string header = modelHeader(job->spec);
+  const uint64_t n = job->spec.modelElements();
+  LIFL_TRY(model, store_.allocate(header.size() + n * sizeof(float), ObjectKind::Model, kAgentInstance));
+  std::memcpy(model.data(), header.data(), header.size());
+  auto* out = reinterpret_cast<float*>(model.data() + header.size());
+  std::memset(out, 0, n * sizeof(float));
+  uint64_t off = 0;
+  for (const auto& t : view.tensors) {  // widened to F32: 0 + 1*x is exact
+    kernels::accumulate(out + off, uploaded.data() + t.begin, *t.dtype, t.elements, 1.0f);
+    off += t.elements;
+  }
+  model.setTag(job->slot, 0);
+  model.seal();
+  std::lock_guard lock(mutex_);
+  if (job->state != State::Active || job->round != 0 || job->received + job->reserved != 0) {
+    store_.release(model.handle());
+    return conflict("model_locked", "the initial model can be set only before round 0 receives updates");
+  }
+  if (job->model) store_.release(*job->model);
+  job->model = model.handle();
+  // A delta job's top needs the base model: re-assign the tree with it.
+  if (job->spec.update == UpdateMode::Delta) LIFL_TRYV(startRound(*job));
+  return success();
+}
+
+Result<ModelLease> JobManager::leaseModel(const std::string& id) {
+  std::lock_guard lock(mutex_);
+  LIFL_TRY(job, find(id));
+  if (!job->model) return notFound("no_model", "job " + id + " has no model yet");
+  LIFL_TRY(model, store_.resolve(*job->model));
+  store_.retain(model);
+  return ModelLease{model, job->round};
+}
+
+void JobManager::returnModel(const ModelLease& lease) { store_.release(lease.object.handle()); }
+
+Result<Admission> JobManager::admit(const std::string& id, const UpdateMeta& meta) {
+  std::lock_guard lock(mutex_);
+  LIFL_TRY(job, find(id));
+  if (job->state != State::Active)
+    return conflict("job_finished", "job " + id + " is no longer taking updates");
+  if (job->accepted.count(acceptKey(meta))) return Admission{true, job->round, maxUpdateBytes(job->spec)};
+  if (meta.round != job->round)
+    return conflict("wrong_round", "update is for round " + std::to_string(meta.round) +
+                                       " but job " + id + " is at round " + std::to_string(job->round));
+  if (job->spec.update == UpdateMode::Delta && !job->model)
+    return conflict("no_model", "a delta job needs its initial model before updates");
+  if (auto s = job->sources.find(meta.source); s != job->sources.end()) {
+    if (s->second == meta.id)
+      return conflict("update_in_progress", "this update is still being received");
+    return conflict("duplicate_client",
+                    "client " + meta.source + " already sent a different update this round");
+  }
+  if (job->received + job->reserved >= job->spec.clientsPerRound)
+    return conflict("round_full", "round " + std::to_string(job->round) + " has all its updates");
+  job->sources[meta.source] = meta.id;
+  job->reserved++;
+  if (!job->roundStarted) {
+    job->roundStarted = true;
+    job->roundStart = std::chrono::steady_clock::now();
+  }
+  return Admission{false, job->round, maxUpdateBytes(job->spec)};
+}
+
+void JobManager::abandon(const std::string& id, const UpdateMeta& meta) {
+  std::lock_guard lock(mutex_);
+  auto found = find(id);
+  if (!found) return;
+  Job* job = found.value();
+  if (auto s = job->sources.find(meta.source); s != job->sources.end() && s->second == meta.id) {
+    job->sources.erase(s);
+    job->reserved--;
+  }
+}
+
+Result<uint32_t> JobManager::commit(const std::string& id, const UpdateMeta& meta, ObjectRef update) {
+  Job* job = nullptr;
+  {
+    std::lock_guard lock(mutex_);
+    LIFL_TRY(found, find(id));
+    job = found;
+  }
+  // Validation runs outside the lock (the spec never changes), so uploads proceed in parallel.
+  LIFL_TRY(view, parseSafetensors(update.data(), update.size()));
+  LIFL_TRYV(checkMatchesModel(view, job->spec));
+  LIFL_TRYV(checkFinite(update.data(), view));
+
+  std::lock_guard lock(mutex_);
+  if (job->state != State::Active)
+    return conflict("job_finished", "job " + id + " was cancelled while the update arrived");
+  const uint32_t k = job->received++;
+  job->reserved--;
+  job->accepted.insert(acceptKey(meta));
+  const InstanceId leaf = job->instances[std::min<size_t>(k / job->spec.fanIn, job->plan.leaves - 1)];
+  update.setTag(job->slot, job->round);
+  update.setValue(meta.numExamples);
+  update.setOwner(leaf);  // from here the leaf (or, if it dies, its replacement) is responsible
+  Descriptor d{};
+  d.dst = leaf;
+  d.kind = DescriptorKind::Update;
+  d.job = job->slot;
+  d.round = job->round;
+  d.value = meta.numExamples;
+  update.describe(d);
+  // A failed send means the leaf just died: the object is owned by it, and recovery
+  // re-delivers it to the replacement. The update is accepted either way.
+  send(d);
+  metrics_.updateAccepted(id, update.size());
+  return job->round;
+}
+
+void JobManager::onModel(const Descriptor& d) {
+  std::lock_guard lock(mutex_);
+  auto it = bySlot_.find(d.job);
+  auto model = store_.resolve(d);
+  if (!model) return;
+  if (it == bySlot_.end() || it->second->state != State::Active || d.round != it->second->round) {
+    store_.release(model.value().handle());  // a stale publication (e.g. from a replaced top)
+    return;
+  }
+  Job& job = *it->second;
+  model.value().setOwner(kAgentInstance);
+  if (job.model) store_.release(*job.model);
+  job.model = model.value().handle();
+  const double seconds =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - job.roundStart).count();
+  const auto clients = static_cast<uint32_t>(d.value);
+  job.history.push_back({job.round, clients, std::bit_cast<double>(d.correlation), seconds});
+  metrics_.roundCompleted(job.spec.id, seconds);
+  job.round++;
+  LIFL_INFO("job " << job.spec.id << ": round " << job.round << " of " << job.spec.rounds
+                   << " aggregated " << clients << " updates in " << seconds << " s");
+  if (clients != job.spec.clientsPerRound)
+    LIFL_ERROR("job " << job.spec.id << ": round covered " << clients << " updates, expected "
+                      << job.spec.clientsPerRound);
+  if (job.round >= job.spec.rounds) {
+    finish(job, State::Done);
+    return;
+  }
+  if (auto started = startRound(job); !started) {
+    job.failure = started.error().detail;
+    finish(job, State::Failed);
+  }
+}
+
+void JobManager::onAck(const Descriptor& d) {
+  // Acks for partials the agent re-sent on behalf of a dead aggregator: release the inputs.
+  auto partial = store_.resolve(d);
+  if (!partial) return;
+  PartialView view(partial.value());
+  if (!view.valid()) return;
+  for (uint32_t i = 0; i < view.header().inputCount; ++i) {
+    ObjectHandle h{view.inputs()[i].offset, 0, view.inputs()[i].generation};
+    auto in = store_.resolve(h);
+    if (in && in.value().container() == d.generation) store_.release(h);
+  }
+}
+
+void JobManager::onInstanceDeath(InstanceId dead) {
+  std::lock_guard lock(mutex_);
+  for (auto& [_, job] : jobs_) {
+    if (job->state != State::Active) continue;
+    for (size_t node = 0; node < job->instances.size(); ++node) {
+      if (job->instances[node] == dead) {
+        recover(*job, node, dead);
+        return;
+      }
+    }
+  }
+  reclaimUnowned(dead);
+}
+
+void JobManager::reclaimUnowned(InstanceId dead) {
+  for (const auto& object : store_.ownedBy(dead)) store_.release(object.handle());
+}
+
+// Recovery after an aggregator died (DESIGN.md invariant 4). What the dead instance owned
+// tells exactly where each accepted update is:
+//  - a sealed partial it produced covers its inputs: re-send it to the parent (which drops
+//    duplicates) and release the inputs when the parent acknowledges;
+//  - an unsealed partial was its accumulator: the sums in it are lost, so drop it...
+//  - ...and re-deliver every input not covered by a sealed partial to a replacement, which
+//    is assigned the same role for the clients not yet covered.
+void JobManager::recover(Job& job, size_t node, InstanceId dead) {
+  job.recoveries++;
+  std::unordered_map<uint64_t, ObjectRef> byGeneration;
+  store_.forEach([&](const ObjectRef& o) { byGeneration.emplace(o.handle().generation, o); });
+  const PlanNode& planNode = job.plan.nodes[node];
+  const InstanceId parent =
+      planNode.parent >= 0 ? job.instances[static_cast<size_t>(planNode.parent)] : 0;
+
+  std::vector<ObjectRef> redeliver;
+  uint32_t covered = 0;
+  for (const auto& o : store_.ownedBy(dead)) {
+    if (o.round() != job.round || o.job() != job.slot) {
+      if (o.kind() != ObjectKind::Model) store_.release(o.handle());  // a finished round's leftovers
+      continue;
+    }
+    if (o.kind() == ObjectKind::Model) continue;  // a publication on its way to the agent
+    if (o.kind() == ObjectKind::Control) {
+      store_.release(o.handle());
+      continue;
+    }
+    if (o.kind() == ObjectKind::Partial && o.producer() == dead) {
+      if (!o.sealed()) {
+        store_.release(o.handle());
+        continue;
+      }
+      covered += PartialView(o).header().clients;
+      Descriptor d{};
+      d.dst = parent;
+      d.kind = DescriptorKind::Partial;
+      d.job = job.slot;
+      d.round = job.round;
+      o.describe(d);
+      send(d);  // the parent acks to the agent, and onAck releases the inputs
+      continue;
+    }
+    // An input (an update or a child's partial).
+    auto container = byGeneration.find(o.container());
+    if (o.container() != 0 && container != byGeneration.end() && container->second.sealed()) {
+      if (container->second.owner() == dead) o.setOwner(kAgentInstance);  // released on ack
+      else store_.release(o.handle());  // the parent already holds their sum
+      continue;
+    }
+    redeliver.push_back(o);
+  }
+
+  const uint32_t remaining = planNode.expected > covered ? planNode.expected - covered : 0;
+  LIFL_WARN("job " << job.spec.id << ": " << roleName(planNode.role) << " " << dead << " died in round "
+                   << job.round << "; " << covered << " updates covered by sealed partials, "
+                   << redeliver.size() << " inputs to re-deliver");
+
+  auto replacement = supervisor_.reserve();
+  if (!replacement) {
+    job.failure = "cannot replace aggregator: " + replacement.error().detail;
+    LIFL_ERROR(job.failure);
+    finish(job, State::Failed);
+    return;
+  }
+  const InstanceId fresh = replacement.value();
+  job.instances[node] = fresh;
+  if (auto assigned = supervisor_.assign(fresh, kAggregator, aggregatorParams(job, node, remaining));
+      !assigned) {
+    job.failure = "cannot assign replacement: " + assigned.error().detail;
+    finish(job, State::Failed);
+    return;
+  }
+  for (size_t child = 0; child < job.plan.nodes.size(); ++child) {
+    if (job.plan.nodes[child].parent != static_cast<int>(node)) continue;
+    Descriptor d{};
+    d.dst = job.instances[child];
+    d.kind = DescriptorKind::Reparent;
+    d.job = job.slot;
+    d.round = job.round;
+    d.aux = fresh;
+    send(d);
+  }
+  for (const auto& o : redeliver) {
+    o.setOwner(fresh);
+    Descriptor d{};
+    d.dst = fresh;
+    d.kind = o.kind() == ObjectKind::Update ? DescriptorKind::Update : DescriptorKind::Partial;
+    d.job = job.slot;
+    d.round = job.round;
+    d.value = o.value();
+    o.describe(d);
+    send(d);
+  }
+}
+
+}  // namespace lifl::dataplane

@@ -1,0 +1,236 @@
+#include "lifl/dataplane/supervisor.h"
+
+#include <signal.h>
+#include <spawn.h>
+#include <sys/epoll.h>
+#include <sys/eventfd.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cstring>
+
+#include "lifl/common/log.h"
+
+extern char** environ;
+
+namespace lifl::dataplane {
+namespace {
+constexpr uint64_t kWakeKey = ~0ull;
+
+int pidfdOpen(pid_t pid) { return static_cast<int>(::syscall(SYS_pidfd_open, pid, 0)); }
+}  // namespace
+
+Supervisor::Supervisor(Router& router, ObjectStore& store, Endpoint& agentEndpoint,
+                       std::string executable, uint32_t warmTarget)
+    : router_(router),
+      store_(store),
+      endpoint_(agentEndpoint),
+      executable_(std::move(executable)),
+      warmTarget_(warmTarget),
+      epoll_(::epoll_create1(EPOLL_CLOEXEC)),
+      wake_(::eventfd(0, EFD_CLOEXEC)) {
+  epoll_event ev{};
+  ev.events = EPOLLIN;
+  ev.data.u64 = kWakeKey;
+  ::epoll_ctl(epoll_.get(), EPOLL_CTL_ADD, wake_.get(), &ev);
+}
+
+Supervisor::~Supervisor() { stop(); }
+
+Result<void> Supervisor::start() {
+  {
+    std::lock_guard lock(mutex_);
+    for (uint32_t i = 0; i < warmTarget_; ++i) LIFL_TRYV(spawnLocked());
+  }
+  watcher_ = std::thread([this] { watch(); });
+  return success();
+}
+
+Result<InstanceId> Supervisor::spawnLocked() {
+  const InstanceId id = nextId_++;
+  LIFL_TRY(sock, router_.attach(id));
+  posix_spawn_file_actions_t actions;
+  posix_spawn_file_actions_init(&actions);
+  posix_spawn_file_actions_adddup2(&actions, sock.get(), 3);  // dup2 clears FD_CLOEXEC
+  const std::string idArg = std::to_string(id), agentArg = std::to_string(::getpid());
+  std::vector<std::string> args = {executable_, "instance", "--id", idArg, "--fd", "3",
+                                   "--store", store_.path(), "--agent-pid", agentArg};
+  std::vector<char*> argv;
+  for (auto& a : args) argv.push_back(a.data());
+  argv.push_back(nullptr);
+  // Instances get a clean signal mask (the agent blocks SIGINT/SIGTERM for sigwait) and
+  // their own process group, so a terminal's Ctrl-C stops the agent, which then stops them.
+  posix_spawnattr_t attr;
+  posix_spawnattr_init(&attr);
+  sigset_t none;
+  sigemptyset(&none);
+  posix_spawnattr_setsigmask(&attr, &none);
+  posix_spawnattr_setpgroup(&attr, 0);
+  posix_spawnattr_setflags(&attr, POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETPGROUP);
+  pid_t pid = 0;
+  int rc = ::posix_spawn(&pid, executable_.c_str(), &actions, &attr, argv.data(), environ);
+  posix_spawn_file_actions_destroy(&actions);
+  posix_spawnattr_destroy(&attr);
+  if (rc != 0) {
+    router_.detach(id);
+    return systemError("spawn function instance", rc);
+  }
+  UniqueFd pidfd(pidfdOpen(pid));
+  if (!pidfd) return systemError("pidfd_open", errno);
+  epoll_event ev{};
+  ev.events = EPOLLIN;
+  ev.data.u64 = id;
+  ::epoll_ctl(epoll_.get(), EPOLL_CTL_ADD, pidfd.get(), &ev);
+  children_[id] = Child{pid, std::move(pidfd), false, {}};
+  LIFL_DEBUG("started instance " << id << " (pid " << pid << ")");
+  return id;
+}
+
+Result<void> Supervisor::assign(InstanceId id, const std::string& function,
+                                const nlohmann::json& params) {
+  const std::string text = nlohmann::json{{"function", function}, {"params", params}}.dump();
+  LIFL_TRY(object, store_.allocate(text.size(), ObjectKind::Control, id));
+  std::memcpy(object.data(), text.data(), text.size());
+  Descriptor d{};
+  d.dst = id;
+  d.kind = DescriptorKind::Assign;
+  object.describe(d);
+  if (auto sent = endpoint_.send(d); !sent) {
+    store_.release(object.handle());
+    return sent.error();
+  }
+  std::lock_guard lock(mutex_);
+  if (auto it = children_.find(id); it != children_.end()) {
+    it->second.busy = true;
+    it->second.function = function;
+  }
+  return success();
+}
+
+Result<InstanceId> Supervisor::reserve() {
+  std::lock_guard lock(mutex_);
+  for (auto& [id, child] : children_) {
+    if (!child.busy) {
+      child.busy = true;
+      return id;
+    }
+  }
+  LIFL_TRY(id, spawnLocked());
+  ++coldStarts_;
+  children_[id].busy = true;
+  return id;
+}
+
+Result<InstanceId> Supervisor::acquire(const std::string& function, const nlohmann::json& params) {
+  LIFL_TRY(id, reserve());
+  if (auto assigned = assign(id, function, params); !assigned) {
+    release(id);
+    return assigned.error();
+  }
+  return id;
+}
+
+void Supervisor::release(InstanceId id) {
+  Descriptor d{};
+  d.dst = id;
+  d.kind = DescriptorKind::Release;
+  (void)endpoint_.send(d);
+  std::lock_guard lock(mutex_);
+  if (auto it = children_.find(id); it != children_.end()) {
+    it->second.busy = false;
+    it->second.function.clear();
+  }
+}
+
+void Supervisor::watch() {
+  epoll_event events[16];
+  while (!stopping_) {
+    int n = ::epoll_wait(epoll_.get(), events, 16, 500);
+    for (int i = 0; i < n; ++i) {
+      if (events[i].data.u64 == kWakeKey) continue;
+      reap(static_cast<InstanceId>(events[i].data.u64));
+    }
+  }
+}
+
+void Supervisor::reap(InstanceId id) {
+  pid_t pid = 0;
+  {
+    std::lock_guard lock(mutex_);
+    auto it = children_.find(id);
+    if (it == children_.end()) return;
+    pid = it->second.pid;
+    ::epoll_ctl(epoll_.get(), EPOLL_CTL_DEL, it->second.pidfd.get(), nullptr);
+    children_.erase(it);
+    ++deaths_;
+  }
+  int status = 0;
+  ::waitpid(pid, &status, 0);
+  router_.detach(id);
+  if (stopping_) return;
+  LIFL_WARN("instance " << id << " (pid " << pid << ") exited: "
+                        << (WIFSIGNALED(status) ? "signal " + std::to_string(WTERMSIG(status))
+                                                : "status " + std::to_string(WEXITSTATUS(status))));
+  if (onDeath_) onDeath_(id, pid, status);
+  std::lock_guard lock(mutex_);
+  uint32_t idle = 0;
+  for (const auto& [_, c] : children_) idle += !c.busy;
+  if (idle < warmTarget_ && !stopping_) (void)spawnLocked();  // keep the pool warm
+}
+
+void Supervisor::stop() {
+  if (stopping_.exchange(true)) return;
+  uint64_t one = 1;
+  (void)!::write(wake_.get(), &one, sizeof(one));
+  if (watcher_.joinable()) watcher_.join();
+  std::lock_guard lock(mutex_);
+  for (auto& [id, child] : children_) {
+    Descriptor d{};
+    d.dst = id;
+    d.kind = DescriptorKind::Shutdown;
+    (void)endpoint_.send(d);
+  }
+  // Bounded wait for a clean exit, then SIGKILL what is left.
+  for (int tries = 0; tries < 50; ++tries) {
+    bool alive = false;
+    for (auto& [id, child] : children_) {
+      if (child.pid && ::waitpid(child.pid, nullptr, WNOHANG) == 0) alive = true;
+      else child.pid = 0;
+    }
+    if (!alive) break;
+    ::usleep(20'000);
+  }
+  for (auto& [id, child] : children_) {
+    if (child.pid) {
+      ::kill(child.pid, SIGKILL);
+      ::waitpid(child.pid, nullptr, 0);
+    }
+    router_.detach(id);
+  }
+  children_.clear();
+}
+
+std::vector<InstanceStatus> Supervisor::instances() const {
+  std::lock_guard lock(mutex_);
+  std::vector<InstanceStatus> out;
+  for (const auto& [id, c] : children_) out.push_back({id, c.pid, c.busy, c.function});
+  return out;
+}
+
+SupervisorStats Supervisor::stats() const {
+  std::lock_guard lock(mutex_);
+  SupervisorStats s;
+  for (const auto& [_, c] : children_) (c.busy ? s.busy : s.warm)++;
+  s.coldStarts = coldStarts_;
+  s.deaths = deaths_;
+  return s;
+}
+
+pid_t Supervisor::pidOf(InstanceId id) const {
+  std::lock_guard lock(mutex_);
+  auto it = children_.find(id);
+  return it == children_.end() ? 0 : it->second.pid;
+}
+
+}  // namespace lifl::dataplane
