@@ -31,7 +31,8 @@ Result<std::unique_ptr<Agent>> Agent::start(AgentConfig config, Planner planner,
   LIFL_TRYV(agent->chains_->deploy(c.chains));
   agent->gateway_ = std::make_unique<Gateway>(
       c, *agent->jobs_, *agent->chains_, *agent->store_, *agent->metrics_,
-      GatewayHooks{[self] { return self->ready_.load(); }, [self] { self->refreshMetrics(); }});
+      GatewayHooks{[self] { return self->ready_.load(); }, [self] { self->refreshMetrics(); },
+                   [self] { return self->describeInstances(); }});
   LIFL_TRY(port, agent->gateway_->start());
   agent->port_ = port;
   agent->ready_ = true;
@@ -74,6 +75,17 @@ void Agent::readEndpoint() {
       default: LIFL_WARN("agent got an unexpected " << kindName(d.kind) << " from " << d.src);
     }
   }
+}
+
+nlohmann::json Agent::describeInstances() const {
+  nlohmann::json out = nlohmann::json::array();
+  for (const auto& i : supervisor_->instances()) {
+    const auto c = router_->counters(i.id);
+    out.push_back({{"id", i.id}, {"pid", i.pid}, {"busy", i.busy}, {"function", i.function},
+                   {"delivered_messages", c.deliveredMsgs}, {"sent_messages", c.sentMsgs},
+                   {"dropped_messages", c.droppedMsgs}});
+  }
+  return out;
 }
 
 void Agent::refreshMetrics() {

@@ -1,14 +1,20 @@
 // The eBPF router: ebpf/router.bpf.c attached as the SK_MSG verdict of a SOCKHASH keyed by
 // instance id. Each attached instance gets one end of a loopback TCP connection; that
 // socket is inserted in the SOCKHASH, so what the instance sends is redirected by the
-// kernel into the destination instance's receive queue. The agent keeps the other end only
-// to hold the connection established; nothing ever flows through it.
+// kernel into the destination instance's receive queue. The agent keeps the other end to
+// hold the connection established; the only bytes that reach it are dead letters
+// (descriptors whose destination was gone), which a drain thread reads and discards.
 #include <arpa/inet.h>
 #include <bpf/bpf.h>
 #include <bpf/libbpf.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
+#include <sys/epoll.h>
+#include <sys/eventfd.h>
 #include <sys/socket.h>
+
+#include <atomic>
+#include <thread>
 
 #include <cerrno>
 #include <cstring>
@@ -76,8 +82,19 @@ class EbpfRouter final : public Router {
       return systemError("create counters for instance " + std::to_string(id), errno);
     if (bpf_map_update_elem(socksFd(), &key, &value, BPF_ANY) != 0)
       return systemError("insert instance " + std::to_string(id) + " in the sockhash", errno);
+    epoll_event ev{};
+    ev.events = EPOLLIN;
+    ev.data.u64 = id;
+    ::epoll_ctl(epoll_.get(), EPOLL_CTL_ADD, peer.get(), &ev);
     peers_[id] = std::move(peer);
     return sock;
+  }
+
+  ~EbpfRouter() override {
+    stop_ = true;
+    uint64_t one = 1;
+    (void)!::write(wake_.get(), &one, sizeof(one));
+    if (drain_.joinable()) drain_.join();
   }
 
   void detach(InstanceId id) override {
@@ -85,7 +102,10 @@ class EbpfRouter final : public Router {
     uint32_t key = id;
     bpf_map_delete_elem(socksFd(), &key);     // ENOENT when the socket already closed: fine
     bpf_map_delete_elem(countersFd(), &key);
-    peers_.erase(id);
+    if (auto it = peers_.find(id); it != peers_.end()) {
+      ::epoll_ctl(epoll_.get(), EPOLL_CTL_DEL, it->second.get(), nullptr);
+      peers_.erase(it);
+    }
   }
 
   RouteCounters counters(InstanceId id) const override {
@@ -104,7 +124,35 @@ class EbpfRouter final : public Router {
 
  private:
   EbpfRouter(Skeleton skel, UniqueFd listener, sockaddr_in addr)
-      : skel_(std::move(skel)), listener_(std::move(listener)), listenAddr_(addr) {}
+      : skel_(std::move(skel)),
+        listener_(std::move(listener)),
+        listenAddr_(addr),
+        epoll_(::epoll_create1(EPOLL_CLOEXEC)),
+        wake_(::eventfd(0, EFD_CLOEXEC)) {
+    epoll_event ev{};
+    ev.events = EPOLLIN;
+    ev.data.u64 = ~0ull;
+    ::epoll_ctl(epoll_.get(), EPOLL_CTL_ADD, wake_.get(), &ev);
+    drain_ = std::thread([this] { drainDeadLetters(); });
+  }
+
+  // Dead letters were already counted by the BPF program (dropped_msgs of the sender).
+  void drainDeadLetters() {
+    epoll_event events[16];
+    char sink[4096];
+    while (!stop_) {
+      int n = ::epoll_wait(epoll_.get(), events, 16, 500);
+      for (int i = 0; i < n; ++i) {
+        if (events[i].data.u64 == ~0ull) continue;
+        std::lock_guard lock(mutex_);
+        auto it = peers_.find(static_cast<InstanceId>(events[i].data.u64));
+        if (it == peers_.end()) continue;
+        ssize_t r = ::recv(it->second.get(), sink, sizeof(sink), MSG_DONTWAIT);
+        if (r == 0) ::epoll_ctl(epoll_.get(), EPOLL_CTL_DEL, it->second.get(), nullptr);  // instance gone
+        else if (r > 0) LIFL_DEBUG("dead letters from instance " << it->first << ": " << r / 64);
+      }
+    }
+  }
   int socksFd() const { return bpf_map__fd(skel_->maps.lifl_socks); }
   int countersFd() const { return bpf_map__fd(skel_->maps.lifl_counters); }
   static const std::vector<lifl_route_counters>& zeroCounters() {
@@ -118,6 +166,10 @@ class EbpfRouter final : public Router {
   sockaddr_in listenAddr_;
   mutable std::mutex mutex_;
   std::unordered_map<InstanceId, UniqueFd> peers_;
+  UniqueFd epoll_;
+  UniqueFd wake_;
+  std::atomic<bool> stop_{false};
+  std::thread drain_;
 };
 
 }  // namespace

@@ -19,7 +19,7 @@ Result<void> Endpoint::send(Descriptor d) {
     ssize_t n = ::send(fd_.get(), p, left, MSG_NOSIGNAL);
     if (n < 0) {
       if (errno == EINTR) continue;
-      if (errno == EACCES)  // the sk_msg program dropped it: no such destination
+      if (errno == EACCES)  // an sk_msg verdict refused it (ours passes dead letters instead)
         return unavailable("no_route", "instance " + std::to_string(d.dst) + " is not attached");
       return systemError("send descriptor", errno);
     }

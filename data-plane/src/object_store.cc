@@ -52,8 +52,6 @@ struct StoreRoot {
   RobustMutex listMutex;
   uint64_t head = 0;
   std::atomic<uint64_t> nextGeneration{1};
-  std::atomic<uint64_t> liveObjects{0};
-  std::atomic<uint64_t> liveBytes{0};
 };
 }  // namespace
 
@@ -176,8 +174,6 @@ Result<ObjectRef> ObjectStore::allocate(uint64_t bytes, ObjectKind kind, Instanc
     // sees a half-built object as live.
     h->generation.store(root.nextGeneration.fetch_add(1), std::memory_order_release);
   }
-  root.liveObjects.fetch_add(1, std::memory_order_relaxed);
-  root.liveBytes.fetch_add(bytes, std::memory_order_relaxed);
   return refFor(h);
 }
 
@@ -210,7 +206,6 @@ void ObjectStore::release(const ObjectHandle& handle) {
   } while (!h->refcount.compare_exchange_weak(count, count - 1, std::memory_order_acq_rel));
   if (count != 1) return;
   auto& root = *impl_->root;
-  const uint64_t capacity = h->capacity;
   {
     bip::scoped_lock<RobustMutex> lock(root.listMutex);
     if (h->generation.load() != handle.generation) return;
@@ -220,9 +215,9 @@ void ObjectStore::release(const ObjectHandle& handle) {
     h->generation.store(0, std::memory_order_release);
     h->magic = 0;
   }
+  // A kill between the unlink above and this line leaks the block (never a live object):
+  // the window is a few instructions, and the list, which reclaim trusts, stays exact.
   impl_->segment.deallocate(h);
-  root.liveObjects.fetch_sub(1, std::memory_order_relaxed);
-  root.liveBytes.fetch_sub(capacity, std::memory_order_relaxed);
 }
 
 void ObjectStore::forEach(const std::function<void(const ObjectRef&)>& visit) const {
@@ -244,10 +239,14 @@ std::vector<ObjectRef> ObjectStore::ownedBy(InstanceId owner) const {
 }
 
 StoreStats ObjectStore::stats() const {
-  const auto& root = *impl_->root;
-  return StoreStats{impl_->segment.get_size(), impl_->segment.get_free_memory(),
-                    root.liveObjects.load(std::memory_order_relaxed),
-                    root.liveBytes.load(std::memory_order_relaxed)};
+  // Counted from the live list rather than kept in counters: a process killed between
+  // linking an object and bumping a counter would make counters drift forever.
+  StoreStats s{impl_->segment.get_size(), impl_->segment.get_free_memory(), 0, 0};
+  forEach([&](const ObjectRef& o) {
+    s.liveObjects++;
+    s.liveBytes += o.capacity();
+  });
+  return s;
 }
 
 std::byte* ObjectStore::base() const {

@@ -37,6 +37,7 @@ class Agent {
   explicit Agent(AgentConfig config) : config_(std::move(config)) {}
   void readEndpoint();
   void refreshMetrics();
+  nlohmann::json describeInstances() const;
   void onInstanceDeath(InstanceId id);
 
   AgentConfig config_;

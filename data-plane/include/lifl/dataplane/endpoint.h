@@ -21,7 +21,8 @@ class Endpoint {
   int fd() const { return fd_.get(); }
 
   /// Sends one descriptor (src is set to this endpoint). Thread-safe.
-  /// @return 503 no_route when the destination is not attached (eBPF router).
+  /// A descriptor to an instance that is not attached is dropped and counted by the router
+  /// (RouteCounters::droppedMsgs of the sender), never an error: senders outlive peers.
   Result<void> send(Descriptor d);
   /// Waits up to `timeoutMs` (-1: forever) for the next descriptor.
   /// @return nullopt on timeout; an error when the router closed the socket.

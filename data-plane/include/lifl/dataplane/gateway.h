@@ -6,6 +6,7 @@
 #include <cstdint>
 #include <functional>
 #include <memory>
+#include <nlohmann/json.hpp>
 
 #include "lifl/common/error.h"
 #include "lifl/dataplane/agent_config.h"
@@ -19,6 +20,7 @@ namespace lifl::dataplane {
 struct GatewayHooks {
   std::function<bool()> ready;           ///< /readyz
   std::function<void()> refreshMetrics;  ///< called before /metrics is serialised
+  std::function<nlohmann::json()> instances;  ///< GET /v1/instances
 };
 
 class Gateway {

@@ -1,0 +1,168 @@
+"""Python client for LIFL (standard library + numpy; torch optional).
+
+    from lifl_client import Client
+    c = Client("http://127.0.0.1:8080")
+    c.create_job({"id": "demo", "model": {...}, "clients_per_round": 20, "rounds": 3})
+    c.push("demo", {"dense.weight": w, "dense.bias": b}, client="alice", num_examples=120)
+    model, round_ = c.pull("demo")
+
+Updates travel as safetensors bodies with CloudEvents binary-mode headers (API.md).
+A torch state dict can be pushed directly: tensors are converted with .detach().cpu().numpy().
+"""
+from __future__ import annotations
+
+import http.client
+import json
+import struct
+import urllib.parse
+import uuid
+
+import numpy as np
+
+_DTYPES = {"F32": np.float32, "F16": np.float16, "F64": np.float64, "I32": np.int32,
+           "I64": np.int64, "U8": np.uint8, "I8": np.int8}
+
+
+class LiflError(Exception):
+    """A non-2xx answer: `status`, `code` and `detail` from API.md's error body."""
+
+    def __init__(self, status: int, code: str, detail: str):
+        super().__init__(f"{status} {code}: {detail}")
+        self.status, self.code, self.detail = status, code, detail
+
+
+def bf16_bits(a: np.ndarray) -> np.ndarray:
+    """float32 -> bfloat16 bit patterns (uint16), rounding to nearest even."""
+    u = np.ascontiguousarray(a, dtype=np.float32).view(np.uint32).astype(np.uint64)
+    return ((u + 0x7FFF + ((u >> 16) & 1)) >> 16).astype(np.uint16)
+
+
+def bf16_to_f32(bits: np.ndarray) -> np.ndarray:
+    return (bits.astype(np.uint32) << 16).view(np.float32)
+
+
+def encode_safetensors(tensors: dict, dtype: str = "F32", metadata: dict | None = None) -> bytes:
+    """Serialises {name: array} as safetensors. dtype: F32, F16 or BF16 for every tensor."""
+    header, chunks, offset = {}, [], 0
+    for name in sorted(tensors):
+        arr = _to_numpy(tensors[name])
+        if dtype == "BF16":
+            raw = bf16_bits(arr).tobytes()
+        else:
+            raw = np.ascontiguousarray(arr, dtype={"F32": np.float32, "F16": np.float16}[dtype]).tobytes()
+        header[name] = {"dtype": dtype, "shape": list(arr.shape), "data_offsets": [offset, offset + len(raw)]}
+        chunks.append(raw)
+        offset += len(raw)
+    if metadata:
+        header["__metadata__"] = {k: str(v) for k, v in metadata.items()}
+    text = json.dumps(header, separators=(",", ":")).encode()
+    text += b" " * ((8 - len(text) % 8) % 8)
+    return struct.pack("<Q", len(text)) + text + b"".join(chunks)
+
+
+def decode_safetensors(body: bytes) -> dict:
+    (n,) = struct.unpack("<Q", body[:8])
+    header = json.loads(body[8:8 + n])
+    out = {}
+    for name, t in header.items():
+        if name == "__metadata__":
+            continue
+        b, e = t["data_offsets"]
+        raw = body[8 + n + b:8 + n + e]
+        if t["dtype"] == "BF16":
+            arr = bf16_to_f32(np.frombuffer(raw, dtype=np.uint16))
+        else:
+            arr = np.frombuffer(raw, dtype=_DTYPES[t["dtype"]])
+        out[name] = arr.reshape(t["shape"])
+    return out
+
+
+def _to_numpy(x):
+    if hasattr(x, "detach"):  # torch.Tensor
+        x = x.detach().cpu().numpy()
+    return np.asarray(x)
+
+
+class Client:
+    def __init__(self, url: str = "http://127.0.0.1:8080", timeout: float = 60.0):
+        u = urllib.parse.urlparse(url)
+        self.host, self.port, self.timeout = u.hostname, u.port or 8080, timeout
+        self._conn = None
+
+    def _request(self, method, path, body=None, headers=None):
+        for attempt in range(2):
+            if self._conn is None:
+                self._conn = http.client.HTTPConnection(self.host, self.port, timeout=self.timeout)
+            try:
+                self._conn.request(method, path, body=body, headers=headers or {})
+                resp = self._conn.getresponse()
+                data = resp.read()
+                if resp.getheader("Connection", "").lower() == "close":
+                    self.close()
+                return resp.status, dict((k.lower(), v) for k, v in resp.getheaders()), data
+            except (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError):
+                self.close()
+                if attempt == 1:
+                    raise
+
+    def close(self):
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+    def _check(self, status, data):
+        if status >= 300:
+            try:
+                doc = json.loads(data)
+                raise LiflError(status, doc.get("error", ""), doc.get("detail", ""))
+            except (ValueError, AttributeError):
+                raise LiflError(status, f"http_{status}", data[:200].decode(errors="replace"))
+
+    def create_job(self, spec: dict) -> dict:
+        status, _, data = self._request("POST", "/v1/jobs", json.dumps(spec), {"Content-Type": "application/json"})
+        self._check(status, data)
+        return json.loads(data)
+
+    def job(self, job_id: str) -> dict:
+        status, _, data = self._request("GET", f"/v1/jobs/{job_id}")
+        self._check(status, data)
+        return json.loads(data)
+
+    def set_model(self, job_id: str, tensors: dict, dtype: str = "F32"):
+        status, _, data = self._request("PUT", f"/v1/jobs/{job_id}/model", encode_safetensors(tensors, dtype),
+                                        {"Content-Type": "application/octet-stream"})
+        self._check(status, data)
+
+    def push(self, job_id: str, tensors: dict, client: str, num_examples: int = 1, round_: int | None = None,
+             ce_id: str | None = None, dtype: str = "F32") -> dict:
+        """Pushes one update; returns the gateway's 202 body. Raises LiflError on rejection."""
+        if round_ is None:
+            round_ = self.job(job_id)["round"]
+        return self.push_raw(job_id, encode_safetensors(tensors, dtype), client, num_examples, round_, ce_id)
+
+    def push_raw(self, job_id, body: bytes, client: str, num_examples=1, round_=0, ce_id=None, headers=None):
+        h = {"ce-specversion": "1.0", "ce-type": "dev.lifl.update", "ce-id": ce_id or uuid.uuid4().hex,
+             "ce-source": client, "ce-round": str(round_), "ce-numexamples": str(num_examples),
+             "Content-Type": "application/octet-stream"}
+        h.update(headers or {})
+        status, _, data = self._request("POST", f"/v1/jobs/{job_id}/updates", body, h)
+        self._check(status, data)
+        return json.loads(data)
+
+    def pull(self, job_id: str):
+        """Returns ({name: float32 array}, round)."""
+        status, headers, data = self._request("GET", f"/v1/jobs/{job_id}/model")
+        self._check(status, data)
+        return decode_safetensors(data), int(headers["lifl-round"])
+
+    def wait_round(self, job_id: str, round_: int, timeout: float = 60.0) -> dict:
+        """Polls (bounded) until the job has completed `round_` rounds."""
+        import time
+        deadline = time.monotonic() + timeout
+        while True:
+            st = self.job(job_id)
+            if st["round"] >= round_ or st["state"] in ("failed", "cancelled"):
+                return st
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"job {job_id} stayed at round {st['round']}: {st}")
+            time.sleep(0.02)

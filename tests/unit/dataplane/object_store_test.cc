@@ -1,0 +1,149 @@
+#include "lifl/dataplane/object_store.h"
+
+#include <gtest/gtest.h>
+#include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <cstring>
+#include <future>
+#include <random>
+
+namespace lifl::dataplane {
+namespace {
+
+class ObjectStoreTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    path_ = "/dev/shm/lifl-test-" + std::to_string(::getpid()) + "-" +
+            ::testing::UnitTest::GetInstance()->current_test_info()->name();
+    auto s = ObjectStore::create({path_, 64ull << 20, false});
+    ASSERT_TRUE(s) << s.error().toString();
+    store_ = std::move(s).value();
+  }
+  std::string path_;
+  std::unique_ptr<ObjectStore> store_;
+};
+
+TEST_F(ObjectStoreTest, AllocateResolveRelease) {
+  auto a = store_->allocate(1000, ObjectKind::Update, 7);
+  ASSERT_TRUE(a);
+  EXPECT_EQ(a.value().size(), 1000u);
+  EXPECT_EQ(reinterpret_cast<uintptr_t>(a.value().data()) % 64, 0u) << "payload is cache-line aligned";
+  std::memset(a.value().data(), 0xab, 1000);
+  Descriptor d{};
+  a.value().describe(d);
+  auto r = store_->resolve(d);
+  ASSERT_TRUE(r);
+  EXPECT_EQ(r.value().data(), a.value().data());
+  EXPECT_EQ(r.value().owner(), 7u);
+  EXPECT_EQ(store_->stats().liveObjects, 1u);
+  store_->release(a.value().handle());
+  EXPECT_EQ(store_->stats().liveObjects, 0u);
+  auto stale = store_->resolve(d);
+  ASSERT_FALSE(stale);
+  EXPECT_EQ(stale.error().code, "stale_object");
+  store_->release(a.value().handle());  // releasing a stale handle is a no-op
+  EXPECT_EQ(store_->stats().liveObjects, 0u);
+}
+
+TEST_F(ObjectStoreTest, GenerationsAreNeverReused) {
+  auto a = store_->allocate(4096, ObjectKind::Update, 1);
+  ASSERT_TRUE(a);
+  const ObjectHandle old = a.value().handle();
+  store_->release(old);
+  auto b = store_->allocate(4096, ObjectKind::Update, 1);  // likely the same memory
+  ASSERT_TRUE(b);
+  EXPECT_NE(b.value().handle().generation, old.generation);
+  EXPECT_FALSE(store_->resolve(old)) << "a descriptor of the freed object must not resolve";
+  EXPECT_TRUE(store_->resolve(b.value().handle()));
+}
+
+TEST_F(ObjectStoreTest, RefcountKeepsObjectAlive) {
+  auto a = store_->allocate(10, ObjectKind::Model, 1);
+  ASSERT_TRUE(a);
+  store_->retain(a.value());
+  EXPECT_EQ(a.value().refcount(), 2u);
+  store_->release(a.value().handle());
+  EXPECT_TRUE(store_->resolve(a.value().handle()));
+  store_->release(a.value().handle());
+  EXPECT_FALSE(store_->resolve(a.value().handle()));
+}
+
+TEST_F(ObjectStoreTest, RejectsForgedDescriptors) {
+  auto a = store_->allocate(64, ObjectKind::Update, 1);
+  ASSERT_TRUE(a);
+  ObjectHandle h = a.value().handle();
+  EXPECT_FALSE(store_->resolve(ObjectHandle{h.offset + 64, h.length, h.generation}));
+  EXPECT_FALSE(store_->resolve(ObjectHandle{h.offset, h.length + 1'000'000, h.generation}));
+  EXPECT_FALSE(store_->resolve(ObjectHandle{1ull << 40, 8, h.generation}));
+  EXPECT_FALSE(store_->resolve(ObjectHandle{h.offset, h.length, 0}));
+}
+
+TEST_F(ObjectStoreTest, FullStoreAnswers503) {
+  auto big = store_->allocate(1ull << 30, ObjectKind::Update, 1);
+  ASSERT_FALSE(big);
+  EXPECT_EQ(big.error().status, 503);
+  EXPECT_EQ(big.error().code, "store_full");
+  EXPECT_TRUE(store_->allocate(1024, ObjectKind::Update, 1)) << "a failed allocation disturbs nothing";
+}
+
+TEST_F(ObjectStoreTest, ReclaimsWhatADeadProcessOwned) {
+  auto kept = store_->allocate(100, ObjectKind::Update, 1);
+  ASSERT_TRUE(kept);
+  pid_t pid = ::fork();
+  if (pid == 0) {
+    auto s = ObjectStore::open(path_);
+    if (!s) _exit(2);
+    for (int i = 0; i < 5; ++i)
+      if (!s.value()->allocate(1000 + i, ObjectKind::Partial, 42)) _exit(3);
+    ::kill(::getpid(), SIGKILL);  // dies holding them
+  }
+  int status = 0;
+  ASSERT_EQ(::waitpid(pid, &status, 0), pid);
+  ASSERT_TRUE(WIFSIGNALED(status));
+  auto owned = store_->ownedBy(42);
+  ASSERT_EQ(owned.size(), 5u);
+  for (const auto& o : owned) {
+    EXPECT_EQ(o.kind(), ObjectKind::Partial);
+    store_->release(o.handle());
+  }
+  EXPECT_EQ(store_->stats().liveObjects, 1u) << "only the parent's object is left";
+  EXPECT_TRUE(store_->resolve(kept.value().handle()));
+}
+
+// kill -9 of a process at any point inside allocate/release must never wedge the store:
+// its locks are robust mutexes. 20 random kill points; each time the parent must still
+// allocate within a bounded time.
+TEST_F(ObjectStoreTest, SurvivesKillInsideAllocator) {
+  std::mt19937 rng(12345);
+  for (int trial = 0; trial < 20; ++trial) {
+    pid_t pid = ::fork();
+    if (pid == 0) {
+      auto s = ObjectStore::open(path_);
+      if (!s) _exit(2);
+      std::mt19937 r(static_cast<unsigned>(trial));
+      for (;;) {
+        auto o = s.value()->allocate(64 + r() % 8192, ObjectKind::Update, 99);
+        if (o && (r() & 1)) s.value()->release(o.value().handle());
+      }
+    }
+    ::usleep(1000 + rng() % 20000);
+    ::kill(pid, SIGKILL);
+    ::waitpid(pid, nullptr, 0);
+    auto done = std::async(std::launch::async, [&] {
+      for (const auto& leaked : store_->ownedBy(99)) store_->release(leaked.handle());
+      auto o = store_->allocate(128, ObjectKind::Update, 1);
+      if (o) store_->release(o.value().handle());
+      return static_cast<bool>(o);
+    });
+    ASSERT_EQ(done.wait_for(std::chrono::seconds(5)), std::future_status::ready)
+        << "store wedged after kill in trial " << trial;
+    EXPECT_TRUE(done.get());
+  }
+  EXPECT_EQ(store_->stats().liveObjects, 0u);
+}
+
+}  // namespace
+}  // namespace lifl::dataplane
