@@ -1,0 +1,153 @@
+"""Test harness: runs a real `lifl up` process on loopback and checks results against numpy.
+
+Every wait is bounded. The platform's log goes to a temporary file that is printed when a
+test fails, so CI output shows what the agent and its function instances said.
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import tempfile
+import time
+import unittest
+import urllib.request
+
+import numpy as np
+
+from lifl_client import Client, bf16_bits, bf16_to_f32
+
+LIFL_BIN = os.environ.get("LIFL_BIN", os.path.join(os.path.dirname(__file__), "../../build/bin/lifl"))
+
+
+class Platform:
+    """`lifl up` on a free port, with an optional YAML config."""
+
+    def __init__(self, router="ebpf", config: str | None = None, warm_pool=4, store_bytes=1 << 30):
+        self.tmp = tempfile.TemporaryDirectory(prefix="lifl-test-")
+        self.port_file = os.path.join(self.tmp.name, "port")
+        self.log_path = os.path.join(self.tmp.name, "lifl.log")
+        args = [LIFL_BIN, "up", "--port", "0", "--port-file", self.port_file, "--router", router,
+                "--data-dir", self.tmp.name, "--warm-pool", str(warm_pool), "--store-bytes", str(store_bytes)]
+        if config:
+            cfg = os.path.join(self.tmp.name, "config.yaml")
+            with open(cfg, "w") as f:
+                f.write(config)
+            args += ["--config", cfg]
+        self.log = open(self.log_path, "w")
+        self.proc = subprocess.Popen(args, stdout=self.log, stderr=subprocess.STDOUT)
+        self.url = self._wait_ready(30)
+        self.client = Client(self.url)
+
+    def _wait_ready(self, timeout):
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"lifl up exited with {self.proc.returncode}:\n{self.log_tail()}")
+            if os.path.exists(self.port_file):
+                with open(self.port_file) as f:
+                    url = f"http://127.0.0.1:{f.read().strip()}"
+                try:
+                    with urllib.request.urlopen(url + "/readyz", timeout=2) as r:
+                        if r.status == 200:
+                            return url
+                except OSError:
+                    pass
+            time.sleep(0.02)
+        raise TimeoutError(f"lifl up not ready in {timeout} s:\n{self.log_tail()}")
+
+    def instances(self) -> list:
+        with urllib.request.urlopen(self.url + "/v1/instances", timeout=5) as r:
+            return json.loads(r.read())
+
+    def pid_of(self, instance_id: int) -> int:
+        for i in self.instances():
+            if i["id"] == instance_id:
+                return i["pid"]
+        raise KeyError(instance_id)
+
+    def metrics(self) -> str:
+        with urllib.request.urlopen(self.url + "/metrics", timeout=5) as r:
+            return r.read().decode()
+
+    def log_tail(self, lines=60) -> str:
+        self.log.flush()
+        with open(self.log_path) as f:
+            return "".join(f.readlines()[-lines:])
+
+    def stop(self):
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=5)
+        self.client.close()
+        self.log.close()
+        self.tmp.cleanup()
+
+
+class PlatformTestCase(unittest.TestCase):
+    """Starts one platform per test; prints its log when the test fails."""
+    router = "ebpf"
+    config = None
+    warm_pool = 4
+
+    def setUp(self):
+        self.platform = Platform(router=self.router, config=self.config, warm_pool=self.warm_pool)
+        self.client = self.platform.client
+
+    def tearDown(self):
+        outcome = getattr(self, "_outcome", None)
+        if outcome is not None and not getattr(outcome, "success", True):
+            print(f"\n---- lifl log ({self.id()}) ----\n{self.platform.log_tail()}")
+        self.platform.stop()
+
+
+# ---------------------------------------------------------------------------- FL helpers
+
+MODEL = {"conv.weight": (8, 3, 3, 3), "fc.weight": (10, 96), "fc.bias": (10,)}
+
+
+def job_spec(job_id, clients=50, rounds=3, fan_in=8, model=MODEL, **extra):
+    spec = {"id": job_id,
+            "model": {"tensors": {n: {"dtype": "F32", "shape": list(s)} for n, s in model.items()},
+                      "init": "zeros"},
+            "clients_per_round": clients, "rounds": rounds, "hierarchy": {"fan_in": fan_in}}
+    spec.update(extra)
+    return spec
+
+
+def random_update(rng, model=MODEL, dtype="F32"):
+    """A client update and the exact values the platform will widen it to."""
+    tensors = {n: rng.standard_normal(s).astype(np.float32) for n, s in model.items()}
+    if dtype == "F16":
+        exact = {n: t.astype(np.float16).astype(np.float64) for n, t in tensors.items()}
+    elif dtype == "BF16":
+        exact = {n: bf16_to_f32(bf16_bits(t)).reshape(t.shape).astype(np.float64) for n, t in tensors.items()}
+    else:
+        exact = {n: t.astype(np.float64) for n, t in tensors.items()}
+    return tensors, exact
+
+
+def fedavg(updates):
+    """Independent double-precision FedAvg: sum(n_i * w_i) / sum(n_i)."""
+    total = sum(n for n, _ in updates)
+    names = updates[0][1].keys()
+    return {k: sum(n * u[k] for n, u in updates) / total for k in names}
+
+
+# fp32 accumulation of at most a few hundred weighted terms: the error is bounded by about
+# n_terms * 2^-24 relative to the largest partial sum, so 2e-5 of the tensor's largest
+# magnitude is a safe, still tight, bound (a lost or doubled update moves values by ~1e-2).
+RTOL = 2e-5
+
+
+def assert_model_equal(test, got, ref, rtol=RTOL):
+    test.assertEqual(sorted(got), sorted(ref))
+    for k in ref:
+        scale = max(float(np.max(np.abs(ref[k]))), 1e-12)
+        err = float(np.max(np.abs(got[k].astype(np.float64) - ref[k])))
+        test.assertLessEqual(err / scale, rtol, f"tensor {k}: max error {err:.3e} vs scale {scale:.3e}")
