@@ -13,6 +13,7 @@ std::string_view kindName(DescriptorKind kind) {
     case DescriptorKind::Ack: return "ack";
     case DescriptorKind::Model: return "model";
     case DescriptorKind::Reparent: return "reparent";
+    case DescriptorKind::Flush: return "flush";
     case DescriptorKind::Event: return "event";
     case DescriptorKind::Reply: return "reply";
     case DescriptorKind::Failure: return "failure";

@@ -32,7 +32,8 @@ Result<std::unique_ptr<Agent>> Agent::start(AgentConfig config, Planner planner,
   agent->gateway_ = std::make_unique<Gateway>(
       c, *agent->jobs_, *agent->chains_, *agent->store_, *agent->metrics_,
       GatewayHooks{[self] { return self->ready_.load(); }, [self] { self->refreshMetrics(); },
-                   [self] { return self->describeInstances(); }});
+                   [self] { return self->describeInstances(); },
+                   [self] { return self->describeStore(); }});
   LIFL_TRY(port, agent->gateway_->start());
   agent->port_ = port;
   agent->ready_ = true;
@@ -86,6 +87,22 @@ nlohmann::json Agent::describeInstances() const {
                    {"dropped_messages", c.droppedMsgs}});
   }
   return out;
+}
+
+nlohmann::json Agent::describeStore() const {
+  static constexpr const char* kKinds[] = {"?", "update", "partial", "model", "event", "control"};
+  const auto stats = store_->stats();
+  nlohmann::json objects = nlohmann::json::array();
+  store_->forEach([&](const ObjectRef& o) {
+    if (objects.size() >= 1000) return;  // a bounded answer
+    const auto kind = static_cast<size_t>(o.kind());
+    objects.push_back({{"generation", o.handle().generation}, {"kind", kKinds[kind < 6 ? kind : 0]},
+                       {"bytes", o.capacity()}, {"owner", o.owner()}, {"producer", o.producer()},
+                       {"job", o.job()}, {"round", o.round()}, {"sealed", o.sealed()},
+                       {"container", o.container()}, {"refcount", o.refcount()}});
+  });
+  return {{"capacity_bytes", stats.capacityBytes}, {"free_bytes", stats.freeBytes},
+          {"live_objects", stats.liveObjects}, {"live_bytes", stats.liveBytes}, {"objects", objects}};
 }
 
 void Agent::refreshMetrics() {

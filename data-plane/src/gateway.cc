@@ -504,6 +504,11 @@ struct Gateway::Impl {
       if (method != http::verb::get) co_return co_await methodNotAllowed();
       co_return co_await writeJson(ex, http::status::ok, hooks.instances());
     }
+    if (path.size() == 2 && path[0] == "v1" && path[1] == "store" && hooks.store) {
+      ex.route = "store";
+      if (method != http::verb::get) co_return co_await methodNotAllowed();
+      co_return co_await writeJson(ex, http::status::ok, hooks.store());
+    }
     if (path.size() == 3 && path[0] == "v1" && path[1] == "functions") {
       if (method == http::verb::post) co_return co_await invokeFunction(ex, path[2]);
       co_return co_await methodNotAllowed();

@@ -117,6 +117,7 @@ Result<void> JobManager::startRound(Job& job) {
     LIFL_TRYV(supervisor_.assign(job.instances[i], kAggregator,
                                  aggregatorParams(job, i, job.plan.nodes[i].expected)));
   job.received = 0;
+  job.routed.assign(job.plan.leaves, 0);
   job.sources.clear();
   job.accepted.clear();
   job.roundStarted = false;
@@ -292,7 +293,8 @@ Result<uint32_t> JobManager::commit(const std::string& id, const UpdateMeta& met
   const uint32_t k = job->received++;
   job->reserved--;
   job->accepted.insert(acceptKey(meta));
-  const InstanceId leaf = job->instances[std::min<size_t>(k / job->spec.fanIn, job->plan.leaves - 1)];
+  const size_t slot = std::min<size_t>(k / job->spec.fanIn, job->plan.leaves - 1);
+  const InstanceId leaf = job->instances[slot];
   update.setTag(job->slot, job->round);
   update.setValue(meta.numExamples);
   update.setOwner(leaf);  // from here the leaf (or, if it dies, its replacement) is responsible
@@ -306,8 +308,18 @@ Result<uint32_t> JobManager::commit(const std::string& id, const UpdateMeta& met
   // A failed send means the leaf just died: the object is owned by it, and recovery
   // re-delivers it to the replacement. The update is accepted either way.
   send(d);
+  if (++job->routed[slot] == job->plan.nodes[slot].expected) sendFlush(*job, slot);
   metrics_.updateAccepted(id, update.size());
   return job->round;
+}
+
+void JobManager::sendFlush(const Job& job, size_t leaf) {
+  Descriptor d{};
+  d.dst = job.instances[leaf];
+  d.kind = DescriptorKind::Flush;
+  d.job = job.slot;
+  d.round = job.round;
+  send(d);  // after the slot's updates on the same socket: the router keeps the order
 }
 
 void JobManager::onModel(const Descriptor& d) {
@@ -345,16 +357,17 @@ void JobManager::onModel(const Descriptor& d) {
 }
 
 void JobManager::onAck(const Descriptor& d) {
-  // Acks for partials the agent re-sent on behalf of a dead aggregator: release the inputs.
-  auto partial = store_.resolve(d);
-  if (!partial) return;
-  PartialView view(partial.value());
-  if (!view.valid()) return;
-  for (uint32_t i = 0; i < view.header().inputCount; ++i) {
-    ObjectHandle h{view.inputs()[i].offset, 0, view.inputs()[i].generation};
+  // Acks for partials the agent re-sent on behalf of a dead aggregator: release the inputs
+  // recorded at recovery (the partial itself may already be freed by its parent).
+  std::lock_guard lock(mutex_);
+  auto it = resentInputs_.find(d.generation);
+  if (it == resentInputs_.end()) return;
+  for (const auto& h : it->second) {
     auto in = store_.resolve(h);
-    if (in && in.value().container() == d.generation) store_.release(h);
+    if (in && in.value().container() == d.generation && in.value().owner() == kAgentInstance)
+      store_.release(h);
   }
+  resentInputs_.erase(it);
 }
 
 void JobManager::onInstanceDeath(InstanceId dead) {
@@ -384,48 +397,58 @@ void JobManager::reclaimUnowned(InstanceId dead) {
 //    is assigned the same role for the clients not yet covered.
 void JobManager::recover(Job& job, size_t node, InstanceId dead) {
   job.recoveries++;
-  std::unordered_map<uint64_t, ObjectRef> byGeneration;
-  store_.forEach([&](const ObjectRef& o) { byGeneration.emplace(o.handle().generation, o); });
   const PlanNode& planNode = job.plan.nodes[node];
   const InstanceId parent =
       planNode.parent >= 0 ? job.instances[static_cast<size_t>(planNode.parent)] : 0;
+  const auto owned = store_.ownedBy(dead);
 
-  std::vector<ObjectRef> redeliver;
+  // Classify first, act after: releasing while classifying would let a later lookup read a
+  // freed header.
+  std::unordered_map<uint64_t, ObjectRef> live;
+  store_.forEach([&](const ObjectRef& o) { live.emplace(o.handle().generation, o); });
+
+  // Clients already inside sealed partials of the dead instance, wherever they are now (its
+  // parent holds the ones it acknowledged until its own batch is acknowledged).
   uint32_t covered = 0;
-  for (const auto& o : store_.ownedBy(dead)) {
-    if (o.round() != job.round || o.job() != job.slot) {
-      if (o.kind() != ObjectKind::Model) store_.release(o.handle());  // a finished round's leftovers
-      continue;
-    }
+  for (const auto& [gen, o] : live)
+    if (o.kind() == ObjectKind::Partial && o.producer() == dead && o.sealed() && o.round() == job.round &&
+        o.job() == job.slot)
+      covered += PartialView(o).header().clients;
+
+  std::vector<ObjectRef> redeliver, release;
+  for (const auto& o : owned) {
     if (o.kind() == ObjectKind::Model) continue;  // a publication on its way to the agent
-    if (o.kind() == ObjectKind::Control) {
-      store_.release(o.handle());
+    if (o.round() != job.round || o.job() != job.slot || o.kind() == ObjectKind::Control) {
+      release.push_back(o);  // a finished round's leftovers, an unread assignment
       continue;
     }
     if (o.kind() == ObjectKind::Partial && o.producer() == dead) {
       if (!o.sealed()) {
-        store_.release(o.handle());
+        release.push_back(o);  // the dead accumulator: its inputs are re-delivered below
         continue;
       }
-      covered += PartialView(o).header().clients;
+      resentInputs_[o.handle().generation];  // its inputs are added below
       Descriptor d{};
       d.dst = parent;
       d.kind = DescriptorKind::Partial;
       d.job = job.slot;
       d.round = job.round;
       o.describe(d);
-      send(d);  // the parent acks to the agent, and onAck releases the inputs
+      send(d);  // the parent acks to the agent (duplicates too); onAck releases the inputs
       continue;
     }
-    // An input (an update or a child's partial).
-    auto container = byGeneration.find(o.container());
-    if (o.container() != 0 && container != byGeneration.end() && container->second.sealed()) {
-      if (container->second.owner() == dead) o.setOwner(kAgentInstance);  // released on ack
-      else store_.release(o.handle());  // the parent already holds their sum
-      continue;
+    // An input: an update, or a child's partial.
+    auto container = o.container() ? live.find(o.container()) : live.end();
+    if (o.container() == 0 || (container != live.end() && !container->second.sealed())) {
+      redeliver.push_back(o);  // not counted anywhere yet
+    } else if (container != live.end() && container->second.owner() == dead) {
+      o.setOwner(kAgentInstance);  // in a sealed partial re-sent above: held until its ack
+      resentInputs_[o.container()].push_back(o.handle());
+    } else {
+      release.push_back(o);  // in a partial its parent already folded
     }
-    redeliver.push_back(o);
   }
+  for (const auto& o : release) store_.release(o.handle());
 
   const uint32_t remaining = planNode.expected > covered ? planNode.expected - covered : 0;
   LIFL_WARN("job " << job.spec.id << ": " << roleName(planNode.role) << " " << dead << " died in round "
@@ -468,6 +491,7 @@ void JobManager::recover(Job& job, size_t node, InstanceId dead) {
     o.describe(d);
     send(d);
   }
+  if (planNode.role == AggregatorRole::Leaf && job.routed[node] == planNode.expected) sendFlush(job, node);
 }
 
 }  // namespace lifl::dataplane

@@ -7,6 +7,7 @@
 // batch is sealing that object and sending its descriptor: no copy. Inputs stay in the store
 // until the parent acknowledges the partial holding them (invariant 4); duplicates, from
 // re-delivery after a crash, are recognised by generation and dropped (and re-acknowledged).
+#include <algorithm>
 #include <bit>
 #include <unordered_set>
 #include <vector>
@@ -40,6 +41,9 @@ class Aggregator final : public Function {
       case DescriptorKind::Partial: return foldPartial(ctx, d);
       case DescriptorKind::Ack: return onAck(ctx, d);
       case DescriptorKind::Reparent: return reparent(ctx, d.aux);
+      case DescriptorKind::Flush:
+        flushed_ = true;
+        return acc_ ? maybeForward(ctx) : success();
       default:
         return badRequest("unexpected_descriptor",
                           "aggregator got a " + std::string(kindName(d.kind)) + " descriptor");
@@ -106,7 +110,7 @@ class Aggregator final : public Function {
       acc.inputs()[h.inputCount] = InputRecord{input.handle().offset, input.handle().generation};
     }
     h.inputCount++;
-    topInputs_.push_back(input.handle());
+    batchInputs_.push_back(input.handle());
     seen_.insert(input.handle().generation);
     folded_ += clients;
     return maybeForward(ctx);
@@ -152,9 +156,12 @@ class Aggregator final : public Function {
     return recordInput(ctx, input, partial.header().weightSum, partial.header().clients);
   }
 
+  // A leaf is done when the agent says every update of its slot was routed (Flush): it
+  // cannot count to its fan-in, because after a crash its replacement gets only the
+  // updates not yet covered. Middles and the top count clients, which recovery keeps exact.
   Result<void> maybeForward(Context& ctx) {
     const auto inputs = PartialView(*acc_).header().inputCount;
-    const bool done = folded_ >= expected_;
+    const bool done = role_ == Role::Leaf ? flushed_ : folded_ >= expected_;
     if (role_ == Role::Top) return done ? publish(ctx) : success();
     if (done || (batch_ && inputs >= batch_)) return forward(ctx);
     return success();
@@ -169,8 +176,10 @@ class Aggregator final : public Function {
       if (in) in.value().setContainer(partial.handle().generation);
     }
     partial.seal();  // after the container links: a sealed partial covers all its inputs
-    unacked_.push_back(partial.handle());
-    topInputs_.clear();
+    // The inputs are remembered here, not read back from the partial on ack: the parent
+    // may free the partial (the top does at publication) before its ack arrives.
+    unacked_.push_back({partial.handle(), std::move(batchInputs_)});
+    batchInputs_.clear();
     return send(ctx, partial);
   }
 
@@ -185,23 +194,21 @@ class Aggregator final : public Function {
   }
 
   Result<void> onAck(Context& ctx, const Descriptor& d) {
-    auto partial = ctx.store().resolve(d);
-    if (!partial) return success();  // already handled
-    PartialView view(partial.value());
-    if (!view.valid()) return badRequest("malformed_partial", "ack names a bad partial");
-    for (uint32_t i = 0; i < view.header().inputCount; ++i) {
-      ObjectHandle h{view.inputs()[i].offset, 0, view.inputs()[i].generation};
+    auto it = std::find_if(unacked_.begin(), unacked_.end(),
+                           [&](const Unacked& u) { return u.partial.generation == d.generation; });
+    if (it == unacked_.end()) return success();  // a repeated ack
+    for (const auto& h : it->inputs) {
       auto in = ctx.store().resolve(h);
       if (in && in.value().container() == d.generation) ctx.store().release(h);
     }
-    std::erase_if(unacked_, [&](const ObjectHandle& h) { return h.generation == d.generation; });
+    unacked_.erase(it);
     return success();
   }
 
   Result<void> reparent(Context& ctx, InstanceId parent) {
     parent_ = parent;
-    for (const auto& h : unacked_) {  // the old parent may have died before folding these
-      auto partial = ctx.store().resolve(h);
+    for (const auto& u : unacked_) {  // the old parent may have died before folding these
+      auto partial = ctx.store().resolve(u.partial);
       if (partial) (void)send(ctx, partial.value());
     }
     return success();
@@ -231,8 +238,8 @@ class Aggregator final : public Function {
     model.describe(d);
     LIFL_TRYV(ctx.emit(d));
     // The round is final: the inputs and the accumulator are no longer needed.
-    for (const auto& h : topInputs_) ctx.store().release(h);
-    topInputs_.clear();
+    for (const auto& h : batchInputs_) ctx.store().release(h);
+    batchInputs_.clear();
     ctx.store().release(acc_->handle());
     acc_.reset();
     return success();
@@ -249,11 +256,16 @@ class Aggregator final : public Function {
   uint64_t elements_ = 0;
   std::optional<ObjectHandle> base_;
 
-  std::optional<ObjectRef> acc_;        ///< the partial under construction
-  uint32_t folded_ = 0;                 ///< clients folded in this assignment
-  std::unordered_set<uint64_t> seen_;   ///< generations of inputs folded (duplicate filter)
-  std::vector<ObjectHandle> unacked_;   ///< sealed partials the parent has not acknowledged
-  std::vector<ObjectHandle> topInputs_; ///< inputs of the current batch (released by the top)
+  struct Unacked {
+    ObjectHandle partial;
+    std::vector<ObjectHandle> inputs;
+  };
+  std::optional<ObjectRef> acc_;          ///< the partial under construction
+  uint32_t folded_ = 0;                   ///< clients folded in this assignment
+  bool flushed_ = false;                  ///< leaf: no more updates will come
+  std::unordered_set<uint64_t> seen_;     ///< generations of inputs folded (duplicate filter)
+  std::vector<Unacked> unacked_;          ///< sealed partials the parent has not acknowledged
+  std::vector<ObjectHandle> batchInputs_; ///< inputs folded into acc_
 };
 
 }  // namespace

@@ -28,6 +28,7 @@ enum class DescriptorKind : uint16_t {
   Ack = 12,      ///< parent -> child: the partial is folded, release its inputs
   Model = 13,    ///< top -> agent: the new global model (safetensors)
   Reparent = 14, ///< agent -> instance: send later partials to `aux`
+  Flush = 15,    ///< agent -> leaf: every update of the leaf's slot has been routed to it
   Event = 20,    ///< a function-chain event (payload object), hop to hop
   Reply = 21,    ///< last hop -> agent: the chain's output event
   Failure = 22,  ///< a hop failed; object holds the JSON error

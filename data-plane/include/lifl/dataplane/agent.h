@@ -38,6 +38,7 @@ class Agent {
   void readEndpoint();
   void refreshMetrics();
   nlohmann::json describeInstances() const;
+  nlohmann::json describeStore() const;
   void onInstanceDeath(InstanceId id);
 
   AgentConfig config_;

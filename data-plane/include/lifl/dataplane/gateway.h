@@ -21,6 +21,7 @@ struct GatewayHooks {
   std::function<bool()> ready;           ///< /readyz
   std::function<void()> refreshMetrics;  ///< called before /metrics is serialised
   std::function<nlohmann::json()> instances;  ///< GET /v1/instances
+  std::function<nlohmann::json()> store;      ///< GET /v1/store
 };
 
 class Gateway {

@@ -100,6 +100,7 @@ class JobManager {
     std::optional<ObjectHandle> model;
     Plan plan;
     std::vector<InstanceId> instances;  ///< per plan node
+    std::vector<uint32_t> routed;       ///< per leaf: updates routed to it this round
     std::chrono::steady_clock::time_point roundStart;
     bool roundStarted = false;
     std::vector<RoundRecord> history;
@@ -112,6 +113,7 @@ class JobManager {
   Result<void> startRound(Job& job);
   nlohmann::json aggregatorParams(const Job& job, size_t node, uint32_t expected) const;
   void finish(Job& job, State state);
+  void sendFlush(const Job& job, size_t leaf);
   void recover(Job& job, size_t node, InstanceId dead);
   void reclaimUnowned(InstanceId dead);
   nlohmann::json statusOf(const Job& job) const;
@@ -125,6 +127,8 @@ class JobManager {
   mutable std::mutex mutex_;
   std::map<std::string, std::unique_ptr<Job>> jobs_;
   std::map<uint32_t, Job*> bySlot_;
+  /// Partials the agent re-sent for a dead aggregator -> the inputs to release on their ack.
+  std::unordered_map<uint64_t, std::vector<ObjectHandle>> resentInputs_;
   uint32_t nextSlot_ = 1;
 };
 
