@@ -1,0 +1,116 @@
+"""The lifl CLI as a user drives it: --help everywhere, job/push/pull/status against a running
+`lifl up`, `lifl bench clients`, and a clean stop that leaves nothing behind."""
+import glob
+import os
+import signal
+import subprocess
+import tempfile
+import unittest
+
+import numpy as np
+
+from lifl_client import decode_safetensors, encode_safetensors
+from lifl_harness import LIFL_BIN, Platform, PlatformTestCase, assert_model_equal, fedavg
+
+SPEC_YAML = """
+id: cli
+model:
+  tensors:
+    w: {dtype: F32, shape: [4, 5]}
+    b: {dtype: F32, shape: [5]}
+  init: zeros
+clients_per_round: 3
+rounds: 1
+hierarchy: {fan_in: 2}
+"""
+
+
+def lifl(*args, timeout=60):
+    return subprocess.run([LIFL_BIN, *args], capture_output=True, text=True, timeout=timeout)
+
+
+class Help(unittest.TestCase):
+    def test_every_command_answers_help(self):
+        for cmd in ([], ["up"], ["push"], ["pull"], ["job"], ["status"], ["bench"], ["instance"]):
+            r = lifl(*cmd, "--help")
+            self.assertEqual(r.returncode, 0, f"lifl {cmd} --help: {r.stderr}")
+            self.assertIn("usage", r.stdout)
+        r = lifl("frobnicate")
+        self.assertNotEqual(r.returncode, 0)
+        self.assertIn("unknown command", r.stderr)
+
+    def test_bad_flags_are_clear_errors(self):
+        r = lifl("up", "--router", "carrier-pigeon", "--port", "0")
+        self.assertNotEqual(r.returncode, 0)
+        self.assertIn("invalid_config", r.stderr)
+        r = lifl("push", "--job", "x", "--file", "/nonexistent", "--client", "c")
+        self.assertNotEqual(r.returncode, 0)
+        self.assertIn("cannot read", r.stderr)
+
+
+class Cli(PlatformTestCase):
+    def test_job_push_pull_status(self):
+        url = self.platform.url
+        with tempfile.TemporaryDirectory() as d:
+            spec = os.path.join(d, "spec.yaml")
+            with open(spec, "w") as f:
+                f.write(SPEC_YAML)
+            r = lifl("job", "create", spec, "--url", url)
+            self.assertEqual(r.returncode, 0, r.stderr)
+            rng = np.random.default_rng(5)
+            updates = []
+            for c in range(3):
+                t = {"w": rng.standard_normal((4, 5)).astype(np.float32), "b": rng.standard_normal(5).astype(np.float32)}
+                path = os.path.join(d, f"u{c}.safetensors")
+                with open(path, "wb") as f:
+                    f.write(encode_safetensors(t))
+                r = lifl("push", "--job", "cli", "--file", path, "--client", f"c{c}", "--examples", str(c + 1), "--url", url)
+                self.assertEqual(r.returncode, 0, r.stderr)
+                self.assertIn('"accepted":true', r.stdout)
+                updates.append((c + 1, {k: v.astype(np.float64) for k, v in t.items()}))
+            self.client.wait_round("cli", 1)
+            out = os.path.join(d, "model.safetensors")
+            r = lifl("pull", "--job", "cli", "--out", out, "--url", url)
+            self.assertEqual(r.returncode, 0, r.stderr)
+            self.assertIn("round 1", r.stdout)
+            with open(out, "rb") as f:
+                assert_model_equal(self, decode_safetensors(f.read()), fedavg(updates))
+            r = lifl("status", "--url", url)
+            self.assertEqual(r.returncode, 0, r.stderr)
+            self.assertIn("ready", r.stdout)
+            self.assertRegex(r.stdout, r"job cli\s+round 1\s+done")
+            r = lifl("job", "status", "cli", "--url", url)
+            self.assertIn('"state": "done"', r.stdout)
+            r = lifl("push", "--job", "cli", "--file", out, "--client", "late", "--url", url)
+            self.assertNotEqual(r.returncode, 0)
+            self.assertIn("job_finished", r.stderr)
+
+    def test_bench_clients_against_running_platform(self):
+        r = lifl("bench", "clients", "--clients", "10", "--params", "5000", "--rounds", "2", "--fan-in", "4",
+                 "--url", self.platform.url, timeout=120)
+        self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
+        self.assertIn("PASS", r.stdout)
+
+
+class Lifecycle(unittest.TestCase):
+    def test_clean_stop(self):
+        before = set(glob.glob("/dev/shm/lifl-*"))
+        p = Platform(warm_pool=3)
+        pids = [i["pid"] for i in p.instances()]
+        self.assertEqual(len(pids), 3)
+        p.proc.send_signal(signal.SIGTERM)
+        self.assertEqual(p.proc.wait(timeout=15), 0)
+        for pid in pids:  # every function instance is gone
+            self.assertFalse(os.path.exists(f"/proc/{pid}") and open(f"/proc/{pid}/stat").read().split()[2] != "Z")
+        self.assertEqual(set(glob.glob("/dev/shm/lifl-*")) - before, set(), "the store segment is removed")
+        p.stop()
+
+    def test_embedded_bench(self):
+        r = lifl("bench", "clients", "--clients", "6", "--params", "2000", "--rounds", "1", "--router", "userspace",
+                 timeout=120)
+        self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
+        self.assertIn("PASS", r.stdout)
+
+
+if __name__ == "__main__":
+    unittest.main()
