@@ -50,18 +50,20 @@ void Agent::stop() {
   ready_ = false;
   if (gateway_) gateway_->stop();
   if (supervisor_) supervisor_->stop();
+  if (endpoint_) endpoint_->shutdownReceive();
   if (reader_.joinable()) reader_.join();
 }
 
 void Agent::onInstanceDeath(InstanceId id) {
   metrics_->forgetInstance(id);
+  if (uint32_t n = store_->reclaimIncomplete(id)) LIFL_WARN("reclaimed " << n << " objects instance " << id << " left half-built");
   if (chains_->owns(id)) chains_->onInstanceDeath(id);
   else jobs_->onInstanceDeath(id);
 }
 
 void Agent::readEndpoint() {
   while (!stopping_) {
-    auto next = endpoint_->receive(200);
+    auto next = endpoint_->receive(-1);  // woken by shutdownReceive() at stop
     if (!next) {
       if (!stopping_) LIFL_ERROR("agent endpoint: " << next.error().detail);
       return;

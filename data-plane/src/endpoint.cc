@@ -29,6 +29,8 @@ Result<void> Endpoint::send(Descriptor d) {
   return success();
 }
 
+void Endpoint::shutdownReceive() { ::shutdown(fd_.get(), SHUT_RD); }
+
 Result<std::optional<Descriptor>> Endpoint::receive(int timeoutMs) {
   while (end_ - begin_ < sizeof(Descriptor)) {
     if (begin_ > 0) {  // keep the partial frame at the start of the buffer
@@ -36,13 +38,17 @@ Result<std::optional<Descriptor>> Endpoint::receive(int timeoutMs) {
       end_ -= begin_;
       begin_ = 0;
     }
-    pollfd pfd{fd_.get(), POLLIN, 0};
-    int rc = ::poll(&pfd, 1, timeoutMs);
-    if (rc < 0) {
-      if (errno == EINTR) continue;
-      return systemError("poll endpoint", errno);
+    // Without a timeout, block in recv itself: one syscall per wake-up instead of poll+recv,
+    // which is measurable on a 4 us hop (bench_hop).
+    if (timeoutMs >= 0) {
+      pollfd pfd{fd_.get(), POLLIN, 0};
+      int rc = ::poll(&pfd, 1, timeoutMs);
+      if (rc < 0) {
+        if (errno == EINTR) continue;
+        return systemError("poll endpoint", errno);
+      }
+      if (rc == 0) return std::optional<Descriptor>{};
     }
-    if (rc == 0) return std::optional<Descriptor>{};
     ssize_t n = ::recv(fd_.get(), buffer_ + end_, sizeof(buffer_) - end_, 0);
     if (n < 0) {
       if (errno == EINTR || errno == EAGAIN) continue;

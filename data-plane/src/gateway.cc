@@ -40,6 +40,7 @@ struct Exchange {
   bool keepAlive = true;
   std::string route = "other";
   int status = 0;
+  bool bodyRead = false;  ///< the body was read past the parser (fixed-length fast path)
 };
 
 std::optional<uint64_t> parseUnsigned(std::string_view s) {
@@ -123,7 +124,35 @@ struct Gateway::Impl {
 
   // ---------------------------------------------------------------- bodies
   /// Reads the body into [dst, dst+capacity). @return bytes read.
+  /// A Content-Length body is read from the socket straight into dst (after the few bytes
+  /// that arrived with the header): no intermediate buffer, large recv calls. Beast's parser
+  /// would pass it through its 64 KiB read buffer, a second copy and 5x slower here.
   awaitable<Result<uint64_t>> readBodyInto(Exchange& ex, std::byte* dst, uint64_t capacity) {
+    if (auto cl = ex.parser.content_length(); cl && !ex.parser.chunked()) {
+      if (*cl > capacity) {
+        ex.keepAlive = false;
+        co_return makeError(413, "body_too_large", "the body is larger than this endpoint allows");
+      }
+      const uint64_t buffered = std::min<uint64_t>(ex.buffer.size(), *cl);
+      std::memcpy(dst, ex.buffer.data().data(), buffered);
+      ex.buffer.consume(buffered);
+      ex.bodyRead = true;
+      beast::error_code ec;
+      // asio's transfer_all() caps each recv at 64 KiB; large recvs halve the syscalls.
+      const uint64_t want = *cl - buffered;
+      auto upTo16MiB = [want](const beast::error_code& e, std::size_t done) -> std::size_t {
+        return e || done >= want ? 0 : std::min<std::size_t>(want - done, 16u << 20);
+      };
+      co_await asio::async_read(ex.stream, asio::buffer(dst + buffered, want), upTo16MiB,
+                                asio::redirect_error(use_awaitable, ec));
+      if (ec) {
+        ex.keepAlive = false;
+        if (ec == beast::error::timeout)
+          co_return makeError(408, "body_timeout", "the body did not arrive in time");
+        co_return badRequest("truncated_body", "the body ended early: " + ec.message());
+      }
+      co_return *cl;
+    }
     auto& body = ex.parser.get().body();
     body.data = dst;
     body.size = capacity;
@@ -173,7 +202,7 @@ struct Gateway::Impl {
   /// Before answering a request whose body we will not use: read and drop a small body so
   /// the connection stays usable; close it for a large one.
   awaitable<void> drainOrClose(Exchange& ex) {
-    if (ex.parser.is_done()) co_return;
+    if (ex.bodyRead || ex.parser.is_done()) co_return;
     auto cl = ex.parser.content_length();
     if (!cl || *cl > kDrainLimit) {
       ex.keepAlive = false;
@@ -295,7 +324,7 @@ struct Gateway::Impl {
                                             " bytes is larger than the model allows (" +
                                             std::to_string(a.bodyLimit) + ")"));
     }
-    if ((cl && *cl == 0) || ex.parser.is_done())
+    if ((cl && *cl == 0) || (!cl && ex.parser.is_done()))
       co_return co_await fail(badRequest("malformed_safetensors", "the update body is empty"));
     const uint64_t capacity = cl ? *cl : a.bodyLimit;
     auto object = store.allocate(capacity, ObjectKind::Update, kAgentInstance);
@@ -305,13 +334,19 @@ struct Gateway::Impl {
     }
     co_await maybeContinue(ex);
     ObjectRef update = object.value();
+    const auto t0 = std::chrono::steady_clock::now();
     auto got = co_await readBodyInto(ex, update.data(), capacity);  // socket -> store, once
+    const auto t1 = std::chrono::steady_clock::now();
     if (!got) {
       store.release(update.handle());
       co_return co_await fail(got.error());
     }
     update.setLength(got.value());
     auto round = jobs.commit(id, meta.value(), update);
+    using Ms = std::chrono::duration<double, std::milli>;
+    const double readMs = Ms(t1 - t0).count(), commitMs = Ms(std::chrono::steady_clock::now() - t1).count();
+    LIFL_DEBUG("update " << meta.value().id << ": " << got.value() << " bytes read in " << readMs
+                         << " ms, validated and routed in " << commitMs << " ms");
     if (!round) {
       store.release(update.handle());
       co_return co_await fail(round.error());

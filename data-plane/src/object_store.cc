@@ -1,15 +1,15 @@
 #include "lifl/dataplane/object_store.h"
 
+#include <fcntl.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include <boost/interprocess/indexes/iset_index.hpp>
-#include <boost/interprocess/managed_mapped_file.hpp>
-#include <boost/interprocess/mem_algo/rbtree_best_fit.hpp>
-#include <boost/interprocess/sync/scoped_lock.hpp>
-#include <mutex>
+#include <boost/interprocess/file_mapping.hpp>
+#include <boost/interprocess/mapped_region.hpp>
+#include <cstring>
 
-#include "lifl/dataplane/robust_mutex.h"
+#include "lifl/common/unique_fd.h"
+#include "lifl/dataplane/shm_heap.h"
 
 namespace lifl::dataplane {
 
@@ -17,17 +17,13 @@ namespace bip = boost::interprocess;
 
 namespace {
 constexpr uint64_t kHeaderMagic = 0x4c49464c4f424a31ull;  // "LIFLOBJ1"
-constexpr uint64_t kRootMagic = 0x4c49464c524f4f54ull;    // "LIFLROOT"
 constexpr uint64_t kHugePage = 2ull << 20;
-constexpr uint64_t kAlign = 64;
-
-using Algorithm = bip::rbtree_best_fit<RobustMutexFamily, bip::offset_ptr<void>>;
-using Segment = bip::basic_managed_mapped_file<char, Algorithm, bip::iset_index>;
+constexpr uint32_t kDefaultSlots = 1u << 16;  // live objects per node
 }  // namespace
 
 struct alignas(64) ObjectHeader {
   uint64_t magic;
-  std::atomic<uint64_t> generation;
+  std::atomic<uint64_t> generation;  // 0 while being built or freed
   uint64_t capacity;
   std::atomic<uint64_t> length;
   std::atomic<uint64_t> container;
@@ -38,31 +34,25 @@ struct alignas(64) ObjectHeader {
   std::atomic<uint16_t> flags;
   std::atomic<uint32_t> job;
   std::atomic<uint32_t> round;
-  uint64_t prev;  // offsets of neighbours in the live-object list; 0: none
-  uint64_t next;
+  uint32_t slot;        // index in the heap's live table
+  uint8_t sizeClass;    // the heap block's class
+  uint8_t pad[3];
   std::atomic<uint64_t> value;  // kind-specific: an update's weight (ce-numexamples)
-  uint64_t reserved[5];
+  uint64_t reserved[6];
 };
 static_assert(sizeof(ObjectHeader) == 128, "object header is two cache lines");
 static_assert(std::atomic<uint64_t>::is_always_lock_free, "shared atomics must be lock-free");
 
-namespace {
-struct StoreRoot {
-  uint64_t magic = kRootMagic;
-  RobustMutex listMutex;
-  uint64_t head = 0;
-  std::atomic<uint64_t> nextGeneration{1};
-};
-}  // namespace
-
 struct ObjectStore::Impl {
-  Segment segment;
-  StoreRoot* root = nullptr;
+  bip::file_mapping file;
+  bip::mapped_region region;
+  ShmHeap* heap = nullptr;
 
-  ObjectHeader* at(uint64_t offset) const {
-    return static_cast<ObjectHeader*>(segment.get_address_from_handle(offset));
+  std::byte* base() const { return static_cast<std::byte*>(region.get_address()); }
+  ObjectHeader* at(uint64_t offset) const { return reinterpret_cast<ObjectHeader*>(base() + offset); }
+  uint64_t offsetOf(const ObjectHeader* h) const {
+    return static_cast<uint64_t>(reinterpret_cast<const std::byte*>(h) - base());
   }
-  uint64_t offsetOf(const ObjectHeader* h) const { return segment.get_handle_from_address(h); }
 };
 
 // ---- ObjectRef ----
@@ -112,29 +102,35 @@ Result<std::unique_ptr<ObjectStore>> ObjectStore::create(const StoreConfig& conf
   if (bytes < (16ull << 20)) return makeError(400, "invalid_config", "store size must be >= 16 MiB");
   if (config.hugepages) bytes = (bytes + kHugePage - 1) / kHugePage * kHugePage;
   bip::file_mapping::remove(config.path.c_str());
+  {  // owner-only permissions: other users on the node must not read client updates
+    UniqueFd fd(::open(config.path.c_str(), O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0600));
+    if (!fd) return systemError("create the object store " + config.path, errno);
+    if (::ftruncate(fd.get(), static_cast<off_t>(bytes)) != 0)
+      return systemError("size the object store " + config.path, errno);
+  }
   auto impl = std::make_unique<Impl>();
   try {
-    // Owner-only permissions: other users on the node must not read client updates.
-    impl->segment = Segment(bip::create_only, config.path.c_str(), bytes, nullptr,
-                            bip::permissions(0600));
-    impl->root = impl->segment.find_or_construct<StoreRoot>("lifl.root")();
+    impl->file = bip::file_mapping(config.path.c_str(), bip::read_write);
+    impl->region = bip::mapped_region(impl->file, bip::read_write, 0, bytes);
   } catch (const bip::interprocess_exception& e) {
-    return internal("store_create_failed",
-                    "cannot create the object store at " + config.path + ": " + e.what());
+    bip::file_mapping::remove(config.path.c_str());
+    return internal("store_create_failed", "cannot map the object store " + config.path + ": " + e.what());
   }
+  impl->heap = ShmHeap::format(impl->base(), bytes, kDefaultSlots);
+  if (!impl->heap) return makeError(400, "invalid_config", "store too small for its object table");
   return std::unique_ptr<ObjectStore>(new ObjectStore(std::move(impl), config.path, true));
 }
 
 Result<std::unique_ptr<ObjectStore>> ObjectStore::open(const std::string& path) {
   auto impl = std::make_unique<Impl>();
   try {
-    impl->segment = Segment(bip::open_only, path.c_str());
-    impl->root = impl->segment.find<StoreRoot>("lifl.root").first;
+    impl->file = bip::file_mapping(path.c_str(), bip::read_write);
+    impl->region = bip::mapped_region(impl->file, bip::read_write);
   } catch (const bip::interprocess_exception& e) {
     return internal("store_open_failed", "cannot open the object store " + path + ": " + e.what());
   }
-  if (!impl->root || impl->root->magic != kRootMagic)
-    return internal("store_open_failed", "segment " + path + " is not a LIFL object store");
+  impl->heap = ShmHeap::attach(impl->base(), impl->region.get_size());
+  if (!impl->heap) return internal("store_open_failed", "segment " + path + " is not a LIFL object store");
   return std::unique_ptr<ObjectStore>(new ObjectStore(std::move(impl), path, false));
 }
 
@@ -145,16 +141,12 @@ ObjectRef ObjectStore::refFor(ObjectHeader* h) const {
 }
 
 Result<ObjectRef> ObjectStore::allocate(uint64_t bytes, ObjectKind kind, InstanceId owner) {
-  void* p = nullptr;
-  try {
-    p = impl_->segment.allocate_aligned(sizeof(ObjectHeader) + bytes, kAlign, std::nothrow);
-  } catch (const bip::interprocess_exception&) {
-    p = nullptr;
-  }
-  if (!p)
+  uint8_t sizeClass = 0;
+  const uint64_t off = impl_->heap->allocate(sizeof(ObjectHeader) + bytes, sizeClass);
+  if (off == 0)
     return unavailable("store_full", "the object store has no room for " + std::to_string(bytes) +
                                          " more bytes; retry later");
-  auto* h = new (p) ObjectHeader{};
+  auto* h = new (impl_->at(off)) ObjectHeader{};
   h->magic = kHeaderMagic;
   h->capacity = bytes;
   h->length.store(bytes);
@@ -162,24 +154,21 @@ Result<ObjectRef> ObjectStore::allocate(uint64_t bytes, ObjectKind kind, Instanc
   h->owner.store(owner);
   h->producer = owner;
   h->kind = static_cast<uint16_t>(kind);
-  auto& root = *impl_->root;
-  {
-    bip::scoped_lock<RobustMutex> lock(root.listMutex);
-    uint64_t self = impl_->offsetOf(h);
-    h->next = root.head;
-    h->prev = 0;
-    if (root.head) impl_->at(root.head)->prev = self;
-    root.head = self;
-    // The generation is published last, under the lock: a concurrent reclaim walk never
-    // sees a half-built object as live.
-    h->generation.store(root.nextGeneration.fetch_add(1), std::memory_order_release);
+  h->sizeClass = sizeClass;
+  h->slot = impl_->heap->registerLive(off);
+  if (h->slot == UINT32_MAX) {
+    h->magic = 0;
+    impl_->heap->free(off, sizeClass);
+    return unavailable("store_full", "the object store's table of live objects is full; retry later");
   }
+  // Published last: until it has a generation the object is invisible to descriptors.
+  h->generation.store(impl_->heap->nextGeneration(), std::memory_order_release);
   return refFor(h);
 }
 
 Result<ObjectRef> ObjectStore::resolve(const ObjectHandle& handle) const {
-  const uint64_t size = impl_->segment.get_size();
-  if (handle.generation == 0 || handle.offset % kAlign != 0 ||
+  const uint64_t size = impl_->region.get_size();
+  if (handle.generation == 0 || handle.offset % ShmHeap::kAlign != 0 ||
       handle.offset + sizeof(ObjectHeader) > size || handle.offset == 0)
     return makeError(410, "stale_object", "descriptor does not name an object in this store");
   auto* h = impl_->at(handle.offset);
@@ -205,29 +194,34 @@ void ObjectStore::release(const ObjectHandle& handle) {
     if (count == 0) return;  // a concurrent release is freeing it
   } while (!h->refcount.compare_exchange_weak(count, count - 1, std::memory_order_acq_rel));
   if (count != 1) return;
-  auto& root = *impl_->root;
-  {
-    bip::scoped_lock<RobustMutex> lock(root.listMutex);
-    if (h->generation.load() != handle.generation) return;
-    if (h->prev) impl_->at(h->prev)->next = h->next;
-    else root.head = h->next;
-    if (h->next) impl_->at(h->next)->prev = h->prev;
-    h->generation.store(0, std::memory_order_release);
-    h->magic = 0;
-  }
-  // A kill between the unlink above and this line leaks the block (never a live object):
-  // the window is a few instructions, and the list, which reclaim trusts, stays exact.
-  impl_->segment.deallocate(h);
+  // Stale first (descriptors stop resolving), then out of the live table, then back to the
+  // heap. A kill in between leaks the block; it never corrupts anything.
+  uint64_t gen = handle.generation;
+  if (!h->generation.compare_exchange_strong(gen, 0, std::memory_order_acq_rel)) return;
+  h->magic = 0;
+  impl_->heap->unregisterLive(h->slot, handle.offset);
+  impl_->heap->free(handle.offset, h->sizeClass);
 }
 
 void ObjectStore::forEach(const std::function<void(const ObjectRef&)>& visit) const {
-  auto& root = *impl_->root;
-  bip::scoped_lock<RobustMutex> lock(root.listMutex);
-  for (uint64_t off = root.head; off != 0;) {
+  impl_->heap->forEachLive([&](uint64_t off) {
     auto* h = impl_->at(off);
-    off = h->next;
-    if (h->generation.load(std::memory_order_acquire) != 0) visit(refFor(h));
-  }
+    if (h->magic == kHeaderMagic && h->generation.load(std::memory_order_acquire) != 0) visit(refFor(h));
+  });
+}
+
+uint32_t ObjectStore::reclaimIncomplete(InstanceId dead) {
+  uint32_t reclaimed = 0;
+  impl_->heap->forEachLive([&](uint64_t off) {
+    auto* h = impl_->at(off);
+    // Generation 0 in the live table: allocate() or release() was cut short by the death.
+    if (h->generation.load(std::memory_order_acquire) != 0 || h->owner.load() != dead) return;
+    h->magic = 0;
+    impl_->heap->unregisterLive(h->slot, off);
+    impl_->heap->free(off, h->sizeClass);
+    ++reclaimed;
+  });
+  return reclaimed;
 }
 
 std::vector<ObjectRef> ObjectStore::ownedBy(InstanceId owner) const {
@@ -239,9 +233,7 @@ std::vector<ObjectRef> ObjectStore::ownedBy(InstanceId owner) const {
 }
 
 StoreStats ObjectStore::stats() const {
-  // Counted from the live list rather than kept in counters: a process killed between
-  // linking an object and bumping a counter would make counters drift forever.
-  StoreStats s{impl_->segment.get_size(), impl_->segment.get_free_memory(), 0, 0};
+  StoreStats s{impl_->heap->capacity(), impl_->heap->freeBytes(), 0, 0};
   forEach([&](const ObjectRef& o) {
     s.liveObjects++;
     s.liveBytes += o.capacity();
@@ -249,9 +241,7 @@ StoreStats ObjectStore::stats() const {
   return s;
 }
 
-std::byte* ObjectStore::base() const {
-  return static_cast<std::byte*>(impl_->segment.get_address());
-}
-uint64_t ObjectStore::mappedBytes() const { return impl_->segment.get_size(); }
+std::byte* ObjectStore::base() const { return impl_->base(); }
+uint64_t ObjectStore::mappedBytes() const { return impl_->region.get_size(); }
 
 }  // namespace lifl::dataplane

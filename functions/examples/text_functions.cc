@@ -70,9 +70,21 @@ class Rot13 final : public ChainFunction {
   }
 };
 
+/// Bounces every descriptor back to its sender, untouched. A raw Function (not a chain
+/// step): the smallest possible function, used to measure one router hop plus the runtime.
+class Echo final : public Function {
+ public:
+  Result<void> onEvent(Context& ctx, const Descriptor& d) override {
+    Descriptor back = d;
+    back.dst = d.src;
+    return ctx.emit(back);
+  }
+};
+
 }  // namespace
 
 void registerExampleFunctions(FunctionRegistry& registry) {
+  registry.add("example.echo", [] { return std::make_unique<Echo>(); });
   registry.add("example.upper", [] { return std::make_unique<Upper>(); });
   registry.add("example.reverse", [] { return std::make_unique<Reverse>(); });
   registry.add("example.rot13", [] { return std::make_unique<Rot13>(); });

@@ -113,9 +113,9 @@ TEST_F(ObjectStoreTest, ReclaimsWhatADeadProcessOwned) {
   EXPECT_TRUE(store_->resolve(kept.value().handle()));
 }
 
-// kill -9 of a process at any point inside allocate/release must never wedge the store:
-// its locks are robust mutexes. 20 random kill points; each time the parent must still
-// allocate within a bounded time.
+// kill -9 of a process at any point inside allocate/release must never wedge or corrupt the
+// store. 20 random kill points; each time the parent must still allocate and free within a
+// bounded time, and everything the child held is reclaimable.
 TEST_F(ObjectStoreTest, SurvivesKillInsideAllocator) {
   std::mt19937 rng(12345);
   for (int trial = 0; trial < 20; ++trial) {
@@ -133,6 +133,7 @@ TEST_F(ObjectStoreTest, SurvivesKillInsideAllocator) {
     ::kill(pid, SIGKILL);
     ::waitpid(pid, nullptr, 0);
     auto done = std::async(std::launch::async, [&] {
+      store_->reclaimIncomplete(99);
       for (const auto& leaked : store_->ownedBy(99)) store_->release(leaked.handle());
       auto o = store_->allocate(128, ObjectKind::Update, 1);
       if (o) store_->release(o.value().handle());

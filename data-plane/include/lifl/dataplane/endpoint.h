@@ -25,8 +25,11 @@ class Endpoint {
   /// (RouteCounters::droppedMsgs of the sender), never an error: senders outlive peers.
   Result<void> send(Descriptor d);
   /// Waits up to `timeoutMs` (-1: forever) for the next descriptor.
-  /// @return nullopt on timeout; an error when the router closed the socket.
+  /// @return nullopt on timeout; an error when the router closed the socket or shutdown()
+  /// was called.
   Result<std::optional<Descriptor>> receive(int timeoutMs);
+  /// Wakes a receive(-1) blocked in another thread (it returns an error); sends still work.
+  void shutdownReceive();
 
  private:
   UniqueFd fd_;

@@ -1,6 +1,7 @@
 // The node's shared-memory object store: one segment per node (a file on tmpfs, or on
-// hugetlbfs for hugepage backing), variable-size objects carved out by Boost.Interprocess's
-// best-fit allocator. Every object has a 128-byte header with a generation (never reused),
+// hugetlbfs for hugepage backing, mapped with Boost.Interprocess), variable-size objects from
+// a crash-consistent heap (shm_heap.h): instances may be killed inside allocate() or
+// release() without corrupting anything. Every object has a 128-byte header with a generation (never reused),
 // a reference count, an owner (the instance responsible for it), its producer, and the
 // partial that contains it once it has been folded (DESIGN.md invariant 4). Objects are
 // named across processes by (offset, length, generation) descriptors, never by pointers.
@@ -113,6 +114,9 @@ class ObjectStore {
 
   /// Live objects owned by `owner` (the agent's reclaim walk after an instance dies).
   std::vector<ObjectRef> ownedBy(InstanceId owner) const;
+  /// Finishes the allocations and frees that a dead instance left half done.
+  /// @pre the instance is dead. @return objects freed.
+  uint32_t reclaimIncomplete(InstanceId dead);
   /// Visits every live object under the list lock. Keep the visitor short.
   void forEach(const std::function<void(const ObjectRef&)>& visit) const;
 

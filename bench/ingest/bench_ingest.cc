@@ -1,0 +1,205 @@
+// Ingest throughput: 45 MB updates (ResNet-18 size) pushed over HTTP to a `lifl up` process
+// and accepted (written from the socket into the store, validated, routed to a leaf that
+// folds it), against raw loopback TCP moving the same bytes into memory, in the same run.
+// Also 4 concurrent uploaders, and the platform's CPU-seconds per GB (agent + instances).
+#include <arpa/inet.h>
+#include <limits.h>
+#include <netinet/in.h>
+#include <signal.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <cstdio>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <random>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "bench_util.h"
+#include "lifl/cli/http_client.h"
+#include "lifl/common/safetensors_header.h"
+#include "lifl/common/unique_fd.h"
+
+namespace {
+
+using namespace lifl;
+using bench::now;
+
+double rawTcpGBps(const std::vector<char>& payload, int streams, int perStream) {
+  UniqueFd l(::socket(AF_INET, SOCK_STREAM, 0));
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  ::bind(l.get(), reinterpret_cast<sockaddr*>(&a), sizeof(a));
+  ::listen(l.get(), streams);
+  socklen_t len = sizeof(a);
+  ::getsockname(l.get(), reinterpret_cast<sockaddr*>(&a), &len);
+  std::vector<std::thread> threads;
+  const double t0 = now();
+  for (int s = 0; s < streams; ++s) {
+    threads.emplace_back([&] {  // receiver: into a buffer of the body's size, like the gateway
+      UniqueFd fd(::accept(l.get(), nullptr, nullptr));
+      std::vector<char> sink(payload.size());
+      for (int i = 0; i < perStream; ++i) {
+        size_t got = 0;
+        while (got < sink.size()) {
+          ssize_t r = ::recv(fd.get(), sink.data() + got, sink.size() - got, 0);
+          if (r <= 0) return;
+          got += static_cast<size_t>(r);
+        }
+      }
+    });
+    threads.emplace_back([&] {
+      UniqueFd fd(::socket(AF_INET, SOCK_STREAM, 0));
+      ::connect(fd.get(), reinterpret_cast<sockaddr*>(&a), sizeof(a));
+      for (int i = 0; i < perStream; ++i) {
+        size_t sent = 0;
+        while (sent < payload.size()) {
+          ssize_t w = ::send(fd.get(), payload.data() + sent, payload.size() - sent, 0);
+          if (w <= 0) return;
+          sent += static_cast<size_t>(w);
+        }
+      }
+    });
+  }
+  for (auto& t : threads) t.join();
+  return static_cast<double>(payload.size()) * streams * perStream / (now() - t0) / 1e9;
+}
+
+struct Platform {
+  pid_t pid = -1;
+  std::string url;
+  Platform(const std::string& lifl, const std::string& dir) {
+    const std::string portFile = dir + "/port";
+    pid = fork();
+    if (pid == 0) {
+      execl(lifl.c_str(), "lifl", "up", "--port", "0", "--port-file", portFile.c_str(), "--store-bytes",
+            std::to_string(6ull << 30).c_str(), "--warm-pool", "8", "--data-dir", dir.c_str(), nullptr);
+      _exit(127);
+    }
+    for (int i = 0; i < 500 && url.empty(); ++i) {
+      std::ifstream f(portFile);
+      int port = 0;
+      if (f >> port && port > 0) url = "http://127.0.0.1:" + std::to_string(port);
+      else ::usleep(20000);
+    }
+  }
+  ~Platform() {
+    if (pid > 0) {
+      ::kill(pid, SIGTERM);
+      ::waitpid(pid, nullptr, 0);
+    }
+  }
+  double cpu(cli::HttpClient& c) {  // agent + every function instance
+    double total = bench::pidCpu(pid);
+    auto r = c.get("/v1/instances");
+    if (r && r.value().status == 200)
+      for (const auto& i : nlohmann::json::parse(r.value().body)) total += bench::pidCpu(i["pid"].get<pid_t>());
+    return total;
+  }
+};
+
+struct IngestResult {
+  double gbps = 0, cpuPerGB = 0;
+};
+
+IngestResult pushUpdates(Platform& p, const std::string& job, const std::vector<char>& body, int uploaders,
+                         int perUploader, size_t params) {
+  auto control = cli::HttpClient::connect(p.url);
+  nlohmann::json spec = {{"id", job},
+                         {"model", {{"tensors", {{"w", {{"dtype", "F32"}, {"shape", {params}}}}}}, {"init", "zeros"}}},
+                         {"clients_per_round", uploaders * perUploader},
+                         {"rounds", 1},
+                         {"hierarchy", {{"fan_in", 8}, {"batch", 2}}}};
+  const std::string text = spec.dump();
+  auto created = control.value()->request("POST", "/v1/jobs", {{"Content-Type", "application/json"}}, text.data(), text.size());
+  if (!created || created.value().status != 201) {
+    std::fprintf(stderr, "job creation failed\n");
+    return {};
+  }
+  std::vector<std::unique_ptr<cli::HttpClient>> clients;
+  for (int u = 0; u < uploaders; ++u) clients.push_back(std::move(cli::HttpClient::connect(p.url)).value());
+  std::atomic<int> failures{0};
+  const double c0 = p.cpu(*control.value()), t0 = now();
+  std::vector<std::thread> threads;
+  for (int u = 0; u < uploaders; ++u) {
+    threads.emplace_back([&, u] {
+      for (int i = 0; i < perUploader; ++i) {
+        const std::string who = "u" + std::to_string(u) + "-" + std::to_string(i);
+        cli::HeaderList h = {{"ce-specversion", "1.0"}, {"ce-type", "dev.lifl.update"}, {"ce-id", who},
+                             {"ce-source", who}, {"ce-round", "0"}, {"ce-numexamples", "1"},
+                             {"Content-Type", "application/octet-stream"}};
+        auto r = clients[u]->request("POST", "/v1/jobs/" + job + "/updates", h, body.data(), body.size());
+        if (!r || r.value().status != 202) failures++;
+      }
+    });
+  }
+  for (auto& t : threads) t.join();
+  const double wall = now() - t0;
+  const double used = p.cpu(*control.value()) - c0;
+  if (failures) std::fprintf(stderr, "%d updates failed\n", failures.load());
+  const double gb = static_cast<double>(body.size()) * uploaders * perUploader / 1e9;
+  // Wait (bounded) for the round so the next measurement starts from a quiet platform.
+  for (int i = 0; i < 3000; ++i) {
+    auto s = control.value()->get("/v1/jobs/" + job);
+    if (s && nlohmann::json::parse(s.value().body).value("round", 0) >= 1) break;
+    ::usleep(10000);
+  }
+  return {gb / wall, used / gb};
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  const size_t params = argc > 1 ? std::strtoull(argv[1], nullptr, 10) : 11'200'000;
+  const int perStream = argc > 2 ? std::atoi(argv[2]) : 16;
+  char self[PATH_MAX];
+  ssize_t n = ::readlink("/proc/self/exe", self, sizeof(self) - 1);
+  self[n > 0 ? n : 0] = '\0';
+  const std::string lifl = std::getenv("LIFL_BIN") ? std::getenv("LIFL_BIN")
+                                                  : std::filesystem::path(self).parent_path().string() + "/lifl";
+  std::vector<TensorSpec> tensors = {{"w", {static_cast<int64_t>(params)}, params}};
+  const std::string header = f32SafetensorsHeader(tensors);
+  std::vector<char> body(header.size() + params * 4);
+  std::memcpy(body.data(), header.data(), header.size());
+  std::mt19937 rng(3);
+  std::uniform_real_distribution<float> d(-1, 1);
+  auto* v = reinterpret_cast<float*>(body.data() + header.size());
+  for (size_t i = 0; i < params; ++i) v[i] = d(rng);
+
+  const double raw1 = rawTcpGBps(body, 1, perStream);
+  const double raw4 = rawTcpGBps(body, 4, perStream / 4);
+  const std::string dir = "/tmp/lifl-bench-ingest-" + std::to_string(getpid());
+  std::filesystem::create_directories(dir);
+  IngestResult one, four;
+  {
+    Platform p(lifl, dir);
+    if (p.url.empty()) {
+      std::fprintf(stderr, "lifl up did not start\n");
+      return 1;
+    }
+    one = pushUpdates(p, "ingest1", body, 1, perStream, params);
+    four = pushUpdates(p, "ingest4", body, 4, perStream / 4, params);
+  }
+  std::filesystem::remove_all(dir);
+
+  std::printf("ingest of %.1f MB updates, %d per measurement (eBPF router, leaves folding as updates arrive)\n",
+              static_cast<double>(body.size()) / 1e6, perStream);
+  bench::rule(96);
+  std::printf("%-58s %10s %12s %12s\n", "path", "GB/s", "vs raw TCP", "CPU s/GB");
+  bench::rule(96);
+  std::printf("%-58s %10.2f %12s %12s\n", "raw loopback TCP, 1 stream, into memory", raw1, "baseline", "-");
+  std::printf("%-58s %10.2f %11.2fx %12.3f\n", "LIFL gateway, 1 connection (accepted: 202)", one.gbps, one.gbps / raw1, one.cpuPerGB);
+  std::printf("%-58s %10.2f %12s %12s\n", "raw loopback TCP, 4 streams", raw4, "baseline", "-");
+  std::printf("%-58s %10.2f %11.2fx %12.3f\n", "LIFL gateway, 4 concurrent uploaders", four.gbps, four.gbps / raw4, four.cpuPerGB);
+  bench::rule(96);
+  std::printf("targets: 1 connection >= 0.8 of raw TCP -> %.2f %s; 4 uploaders >= 5 GB/s -> %.2f %s\n",
+              one.gbps / raw1, one.gbps / raw1 >= 0.8 ? "met" : "MISSED", four.gbps, four.gbps >= 5 ? "met" : "MISSED");
+  return 0;
+}
