@@ -335,6 +335,7 @@ struct Gateway::Impl {
     co_await maybeContinue(ex);
     ObjectRef update = object.value();
     const auto t0 = std::chrono::steady_clock::now();
+    update.prefault(/*forWrite=*/true);
     auto got = co_await readBodyInto(ex, update.data(), capacity);  // socket -> store, once
     const auto t1 = std::chrono::steady_clock::now();
     if (!got) {

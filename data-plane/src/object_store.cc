@@ -1,6 +1,7 @@
 #include "lifl/dataplane/object_store.h"
 
 #include <fcntl.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -79,6 +80,14 @@ void ObjectRef::setTag(uint32_t job, uint32_t round) const {
 }
 uint64_t ObjectRef::value() const { return header_->value.load(std::memory_order_acquire); }
 void ObjectRef::setValue(uint64_t v) const { header_->value.store(v, std::memory_order_release); }
+void ObjectRef::prefault(bool forWrite) const {
+  static const uintptr_t kPage = static_cast<uintptr_t>(::sysconf(_SC_PAGESIZE));
+  const auto begin = reinterpret_cast<uintptr_t>(data_) & ~(kPage - 1);
+  const auto end = reinterpret_cast<uintptr_t>(data_) + handle_.length;
+  if (end > begin)
+    (void)::madvise(reinterpret_cast<void*>(begin), end - begin, forWrite ? MADV_POPULATE_WRITE : MADV_POPULATE_READ);
+}
+
 void ObjectRef::seal() const { header_->flags.fetch_or(kObjectSealed, std::memory_order_acq_rel); }
 void ObjectRef::setLength(uint64_t length) {
   LIFL_CHECK(length <= header_->capacity, "object length beyond its capacity");

@@ -95,8 +95,9 @@ class Aggregator final : public Function {
     view.header().inputCapacity = capacity;
     view.header().elements = elements_;
     view.header().accOffset = dataplane::partialAccOffset(capacity);
-    std::memset(view.acc(), 0, elements_ * sizeof(float));
-    acc_ = object;
+    object.prefault(/*forWrite=*/true);
+    acc_ = object;  // not zeroed: the first input is assigned, not added (accFresh_)
+    accFresh_ = true;
     return success();
   }
 
@@ -119,16 +120,19 @@ class Aggregator final : public Function {
   Result<void> foldUpdate(Context& ctx, const Descriptor& d) {
     if (seen_.count(d.generation)) return success();  // re-delivered after a crash
     LIFL_TRY(input, ctx.store().resolve(d));
+    input.prefault(/*forWrite=*/false);
     LIFL_TRY(view, dataplane::parseSafetensors(input.data(), input.size()));
     if (view.tensors.size() != spec_.tensors.size())
       return unprocessable("tensor_mismatch", "update does not match the model");
     LIFL_TRYV(ensureAccumulator(ctx));
     float* acc = PartialView(*acc_).acc();
     const float w = static_cast<float>(d.value);
-    for (size_t i = 0; i < spec_.tensors.size(); ++i) {
+    for (size_t i = 0; i < spec_.tensors.size(); ++i) {  // the tensors cover every element
       const auto& tv = view.tensors[i];
-      kernels::accumulate(acc + offsets_[i], input.data() + tv.begin, *tv.dtype, tv.elements, w);
+      if (accFresh_) kernels::assign(acc + offsets_[i], input.data() + tv.begin, *tv.dtype, tv.elements, w);
+      else kernels::accumulate(acc + offsets_[i], input.data() + tv.begin, *tv.dtype, tv.elements, w);
     }
+    accFresh_ = false;
     return recordInput(ctx, input, static_cast<double>(d.value), 1);
   }
 
@@ -146,11 +150,14 @@ class Aggregator final : public Function {
       return success();
     }
     LIFL_TRY(input, ctx.store().resolve(d));
+    input.prefault(/*forWrite=*/false);
     PartialView partial(input);
     if (!partial.valid() || partial.header().elements != elements_ || !input.sealed())
       return badRequest("malformed_partial", "partial does not match this aggregator");
     LIFL_TRYV(ensureAccumulator(ctx));
-    kernels::addInto(PartialView(*acc_).acc(), partial.acc(), elements_);
+    if (accFresh_) std::memcpy(PartialView(*acc_).acc(), partial.acc(), elements_ * sizeof(float));
+    else kernels::addInto(PartialView(*acc_).acc(), partial.acc(), elements_);
+    accFresh_ = false;
     input.setOwner(ctx.self());  // ours until our own partial is acknowledged
     (void)ctx.emit(ack);         // a lost ack is recovered by the child's re-send
     return recordInput(ctx, input, partial.header().weightSum, partial.header().clients);
@@ -263,6 +270,7 @@ class Aggregator final : public Function {
   std::optional<ObjectRef> acc_;          ///< the partial under construction
   uint32_t folded_ = 0;                   ///< clients folded in this assignment
   bool flushed_ = false;                  ///< leaf: no more updates will come
+  bool accFresh_ = false;                 ///< acc_ holds no input yet (its memory is garbage)
   std::unordered_set<uint64_t> seen_;     ///< generations of inputs folded (duplicate filter)
   std::vector<Unacked> unacked_;          ///< sealed partials the parent has not acknowledged
   std::vector<ObjectHandle> batchInputs_; ///< inputs folded into acc_

@@ -27,6 +27,18 @@ LIFL_CLONES void accumulateBF16(float* __restrict acc, const uint16_t* __restric
   }
 }
 
+LIFL_CLONES void assignF32(float* __restrict acc, const float* __restrict x, uint64_t n, float w) {
+  for (uint64_t i = 0; i < n; ++i) acc[i] = w * x[i];
+}
+
+LIFL_CLONES void assignF16(float* __restrict acc, const _Float16* __restrict x, uint64_t n, float w) {
+  for (uint64_t i = 0; i < n; ++i) acc[i] = w * static_cast<float>(x[i]);
+}
+
+LIFL_CLONES void assignBF16(float* __restrict acc, const uint16_t* __restrict x, uint64_t n, float w) {
+  for (uint64_t i = 0; i < n; ++i) acc[i] = w * std::bit_cast<float>(static_cast<uint32_t>(x[i]) << 16);
+}
+
 LIFL_CLONES void addF32(float* __restrict acc, const float* __restrict x, uint64_t n) {
   for (uint64_t i = 0; i < n; ++i) acc[i] += x[i];
 }
@@ -47,6 +59,14 @@ void accumulate(float* acc, const void* x, DType dtype, uint64_t n, float w) {
     case DType::F32: return accumulateF32(acc, static_cast<const float*>(x), n, w);
     case DType::F16: return accumulateF16(acc, static_cast<const _Float16*>(x), n, w);
     case DType::BF16: return accumulateBF16(acc, static_cast<const uint16_t*>(x), n, w);
+  }
+}
+
+void assign(float* acc, const void* x, DType dtype, uint64_t n, float w) {
+  switch (dtype) {
+    case DType::F32: return assignF32(acc, static_cast<const float*>(x), n, w);
+    case DType::F16: return assignF16(acc, static_cast<const _Float16*>(x), n, w);
+    case DType::BF16: return assignBF16(acc, static_cast<const uint16_t*>(x), n, w);
   }
 }
 

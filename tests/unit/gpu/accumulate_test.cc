@@ -41,6 +41,10 @@ TEST_P(AccumulateTest, MatchesDoubleLoop) {
                         : GetParam() == DType::F16 ? static_cast<const void*>(xh.data())
                                                    : static_cast<const void*>(xb.data());
     const float w = 37.0f;
+    std::vector<float> assigned(n, std::nanf(""));  // poisoned: every element must be written
+    assign(assigned.data(), input, GetParam(), n, w);
+    for (uint64_t i = 0; i < n; ++i)
+      ASSERT_LE(std::abs(assigned[i] - w * x[i]), 1.2e-7 * std::abs(w * x[i]) + 1e-30) << "assign i=" << i;
     accumulate(acc.data(), input, GetParam(), n, w);
     for (uint64_t i = 0; i < n; ++i) {
       const double expect = ref[i] + w * x[i];

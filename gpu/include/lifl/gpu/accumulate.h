@@ -14,6 +14,9 @@ namespace lifl::kernels {
 /// @pre acc and x do not overlap.
 void accumulate(float* acc, const void* x, DType dtype, uint64_t n, float w);
 
+/// acc[i] = w * x[i]: the first input of a fresh accumulator (saves zeroing it first).
+void assign(float* acc, const void* x, DType dtype, uint64_t n, float w);
+
 /// acc[i] += x[i] (folding a partial sum into its parent).
 void addInto(float* acc, const float* x, uint64_t n);
 
