@@ -16,6 +16,7 @@
 #include "lifl/cli/commands.h"
 #include "lifl/cli/embedded.h"
 #include "lifl/cli/http_client.h"
+#include "lifl/common/log.h"
 #include "lifl/common/safetensors_header.h"
 
 namespace lifl::cli {
@@ -87,13 +88,18 @@ int cmdBench(int argc, char** argv) {
   if (clients.value() == 0 || params.value() < 2 || rounds.value() == 0 || uploaders.value() == 0)
     return fail(badRequest("bad_arguments", "clients, rounds and uploaders must be positive, params >= 2"));
 
+  std::setvbuf(stdout, nullptr, _IOLBF, 0);  // results interleave with the progress on stderr
   std::unique_ptr<dataplane::Agent> embedded;
   std::string url = a.get("url");
   if (url.empty()) {
+    if (!std::getenv("LIFL_LOG")) log::setLevel(log::Level::Warn);  // the table tells the story
     auto agent = startAgent(a, /*defaultPort=*/0);
     if (!agent) return fail(agent.error());
     embedded = std::move(agent).value();
     url = "http://127.0.0.1:" + std::to_string(embedded->port());
+    std::printf("platform up in this process: %s router, object store of %llu MiB, %u warm function instances\n",
+                embedded->config().router.c_str(),
+                static_cast<unsigned long long>(embedded->config().storeBytes >> 20), embedded->config().warmPool);
   }
 
   Simulation sim;
@@ -120,6 +126,11 @@ int cmdBench(int argc, char** argv) {
   if (!created) return fail(created.error());
   if (created.value().status != 201) return fail(errorOf(created.value()));
 
+  if (auto st = jobStatus(*control.value(), job); st) {
+    const auto& plan = st.value()["plan"];
+    std::printf("aggregation tree: %u leaf aggregators (fan-in %u) under one top, function instances %s\n",
+                plan.value("leaves", 0u), plan.value("fan_in", 0u), plan["instances"].dump().c_str());
+  }
   const uint32_t n = static_cast<uint32_t>(clients.value());
   const uint32_t threads = static_cast<uint32_t>(std::min<uint64_t>(uploaders.value(), n));
   const uint64_t bodyBytes = sim.header.size() + sim.params * sizeof(float);
@@ -130,7 +141,7 @@ int cmdBench(int argc, char** argv) {
   double worst = 0;
   bool ok = true;
   for (uint32_t round = 0; round < rounds.value() && ok; ++round) {
-    std::printf("round %u\n", round + 1);
+    std::printf("round %u: %u clients pushing\n", round + 1, n);
     std::vector<std::vector<double>> partial(threads, std::vector<double>(sim.params, 0.0));
     std::vector<double> weights(threads, 0.0);
     std::atomic<uint32_t> done{0};
@@ -214,9 +225,17 @@ int cmdBench(int argc, char** argv) {
     }
     const double rel = maxErr / std::max(maxRef, 1e-30);
     worst = std::max(worst, rel);
-    std::printf("  round %u done in %.3f s (uploads %.3f s, %.0f MB/s); max |model - fedavg| / max|fedavg| = %.2e\n",
+    std::printf("  round %u done in %.3f s (uploads %.3f s, %.0f MB/s); new global model pulled;\n"
+                "  max |model - fedavg| / max|fedavg| = %.2e against a double-precision FedAvg\n",
                 round + 1, roundSeconds, pushSeconds, static_cast<double>(sent) / pushSeconds / 1e6, rel);
     if (rel > 1e-5) ok = false;
+  }
+  if (auto inst = control.value()->get("/v1/instances"); inst && inst.value().status == 200) {
+    uint64_t delivered = 0;
+    for (const auto& i : nlohmann::json::parse(inst.value().body)) delivered += i.value("delivered_messages", 0ull);
+    std::printf("router: %llu descriptors delivered to function instances (per-instance router counters); "
+                "the updates themselves were written once, into shared memory\n",
+                static_cast<unsigned long long>(delivered));
   }
   std::printf("%s: %llu rounds, worst relative error %.2e (tolerance 1e-5, fp32 accumulation)\n",
               ok ? "PASS" : "FAIL", static_cast<unsigned long long>(rounds.value()), worst);

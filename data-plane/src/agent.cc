@@ -48,6 +48,7 @@ Agent::~Agent() { stop(); }
 void Agent::stop() {
   if (stopping_.exchange(true)) return;
   ready_ = false;
+  if (supervisor_) supervisor_->beginShutdown();  // deaths from here on are the shutdown's
   if (gateway_) gateway_->stop();
   if (supervisor_) supervisor_->stop();
   if (endpoint_) endpoint_->shutdownReceive();

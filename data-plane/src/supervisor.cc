@@ -48,6 +48,7 @@ Result<void> Supervisor::start() {
 }
 
 Result<InstanceId> Supervisor::spawnLocked() {
+  if (stopping_) return unavailable("shutting_down", "the agent is stopping");
   const InstanceId id = nextId_++;
   LIFL_TRY(sock, router_.attach(id));
   posix_spawn_file_actions_t actions;
@@ -59,6 +60,8 @@ Result<InstanceId> Supervisor::spawnLocked() {
   std::vector<char*> argv;
   for (auto& a : args) argv.push_back(a.data());
   argv.push_back(nullptr);
+  // Note: PR_SET_PDEATHSIG in the instance fires when the *thread* that spawned it exits;
+  // every thread that spawns (gateway, endpoint reader, watcher) lives as long as the agent.
   // Instances get a clean signal mask (the agent blocks SIGINT/SIGTERM for sigwait) and
   // their own process group, so a terminal's Ctrl-C stops the agent, which then stops them.
   posix_spawnattr_t attr;
@@ -180,7 +183,12 @@ void Supervisor::reap(InstanceId id) {
 }
 
 void Supervisor::stop() {
-  if (stopping_.exchange(true)) return;
+  stopping_ = true;
+  {
+    std::lock_guard lock(mutex_);
+    if (stopped_) return;
+    stopped_ = true;
+  }
   uint64_t one = 1;
   (void)!::write(wake_.get(), &one, sizeof(one));
   if (watcher_.joinable()) watcher_.join();

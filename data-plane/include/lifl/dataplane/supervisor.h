@@ -60,6 +60,8 @@ class Supervisor {
   Result<InstanceId> acquire(const std::string& function, const nlohmann::json& params);
   /// Returns an instance to the warm pool.
   void release(InstanceId id);
+  /// Stops reacting to deaths and refuses new instances (first step of a shutdown).
+  void beginShutdown() { stopping_ = true; }
   /// Kills every instance and waits for them (bounded).
   void stop();
 
@@ -93,6 +95,7 @@ class Supervisor {
   UniqueFd epoll_;
   UniqueFd wake_;
   std::atomic<bool> stopping_{false};
+  bool stopped_ = false;
   std::thread watcher_;
 };
 
