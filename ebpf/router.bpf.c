@@ -18,41 +18,37 @@
 #endif
 
 SEC("sk_msg")
-int lifl_route(struct sk_msg_md *msg)
-{
-	__u32 ids[2];
-	void *data, *data_end;
+int lifl_route(struct sk_msg_md* msg) {
+  __u32 ids[2];
+  void *data, *data_end;
 
-	if (msg->size < LIFL_DESCRIPTOR_SIZE) {
-		bpf_msg_cork_bytes(msg, LIFL_DESCRIPTOR_SIZE);
-		return SK_PASS;
-	}
-	bpf_msg_apply_bytes(msg, LIFL_DESCRIPTOR_SIZE);
+  if (msg->size < LIFL_DESCRIPTOR_SIZE) {
+    bpf_msg_cork_bytes(msg, LIFL_DESCRIPTOR_SIZE);
+    return SK_PASS;
+  }
+  bpf_msg_apply_bytes(msg, LIFL_DESCRIPTOR_SIZE);
 
-	data = msg->data;
-	data_end = msg->data_end;
-	if (data + 8 > data_end) {
-		/* the first 8 bytes straddle a scatterlist entry: make them linear */
-		if (bpf_msg_pull_data(msg, 0, 8, 0))
-			return SK_PASS; /* dead letter, see below */
-		data = msg->data;
-		data_end = msg->data_end;
-		if (data + 8 > data_end)
-			return SK_PASS; /* dead letter, see below */
-	}
-	__builtin_memcpy(ids, data, sizeof(ids));
+  data = msg->data;
+  data_end = msg->data_end;
+  if (data + 8 > data_end) {
+    /* the first 8 bytes straddle a scatterlist entry: make them linear */
+    if (bpf_msg_pull_data(msg, 0, 8, 0)) return SK_PASS; /* dead letter, see below */
+    data = msg->data;
+    data_end = msg->data_end;
+    if (data + 8 > data_end) return SK_PASS; /* dead letter, see below */
+  }
+  __builtin_memcpy(ids, data, sizeof(ids));
 
-	/* Never answer SK_DROP for a missing destination: the kernel keeps a dropping verdict
-	 * on the sender's psock (apply_bytes exhausted, eval not reset), so every later send on
-	 * that socket would fail with EACCES. An instance that sends to a peer that just died
-	 * must keep working, so a failed redirect becomes SK_PASS: the descriptor goes to the
-	 * agent's end of the sender's connection (msg->sk_redir is only set on success), where
-	 * the router drains it as a dead letter. */
-	long verdict = bpf_msg_redirect_hash(msg, &lifl_socks, &ids[0], BPF_F_INGRESS);
-	if (verdict == SK_PASS)
-		count_delivery(ids[0], LIFL_DESCRIPTOR_SIZE);
-	count_send(ids[1], verdict != SK_PASS);
-	return SK_PASS;
+  /* Never answer SK_DROP for a missing destination: the kernel keeps a dropping verdict
+   * on the sender's psock (apply_bytes exhausted, eval not reset), so every later send on
+   * that socket would fail with EACCES. An instance that sends to a peer that just died
+   * must keep working, so a failed redirect becomes SK_PASS: the descriptor goes to the
+   * agent's end of the sender's connection (msg->sk_redir is only set on success), where
+   * the router drains it as a dead letter. */
+  long verdict = bpf_msg_redirect_hash(msg, &lifl_socks, &ids[0], BPF_F_INGRESS);
+  if (verdict == SK_PASS) count_delivery(ids[0], LIFL_DESCRIPTOR_SIZE);
+  count_send(ids[1], verdict != SK_PASS);
+  return SK_PASS;
 }
 
 char LICENSE[] SEC("license") = "GPL";

@@ -26,7 +26,8 @@ struct Aligned {
 };
 template <class T>
 std::unique_ptr<T[], Aligned> alloc(size_t n) {
-  return std::unique_ptr<T[], Aligned>(static_cast<T*>(std::aligned_alloc(64, (n * sizeof(T) + 63) / 64 * 64)));
+  return std::unique_ptr<T[], Aligned>(
+      static_cast<T*>(std::aligned_alloc(64, (n * sizeof(T) + 63) / 64 * 64)));
 }
 
 template <class F>
@@ -44,7 +45,9 @@ double numpyFedAvgGBps(size_t n, int k) {
   std::string cmd =
       "/usr/bin/python3 -c \""
       "import numpy as np, time\n"
-      "n, k = " + std::to_string(n) + ", " + std::to_string(k) + "\n"
+      "n, k = " +
+      std::to_string(n) + ", " + std::to_string(k) +
+      "\n"
       "rng = np.random.default_rng(0)\n"
       "xs = [rng.standard_normal(n, dtype=np.float32) for _ in range(k)]\n"
       "w = [float(i + 1) for i in range(k)]\n"
@@ -85,9 +88,12 @@ int main(int argc, char** argv) {
   auto gbps = [&](double s, double b) { return b / s / 1e9; };
 
   const double tRoof = bestSeconds(reps, [&] { roofline_accumulate(acc.get(), x.get(), n, 0.5f); });
-  const double tLifl = bestSeconds(reps, [&] { lifl::kernels::accumulate(acc.get(), x.get(), DType::F32, n, 0.5f); });
-  const double tF16 = bestSeconds(reps, [&] { lifl::kernels::accumulate(acc.get(), xh.get(), DType::F16, n, 0.5f); });
-  const double tBF16 = bestSeconds(reps, [&] { lifl::kernels::accumulate(acc.get(), xb.get(), DType::BF16, n, 0.5f); });
+  const double tLifl = bestSeconds(
+      reps, [&] { lifl::kernels::accumulate(acc.get(), x.get(), DType::F32, n, 0.5f); });
+  const double tF16 = bestSeconds(
+      reps, [&] { lifl::kernels::accumulate(acc.get(), xh.get(), DType::F16, n, 0.5f); });
+  const double tBF16 = bestSeconds(
+      reps, [&] { lifl::kernels::accumulate(acc.get(), xb.get(), DType::BF16, n, 0.5f); });
   const double tFinite = bestSeconds(reps, [&] {
     volatile uint64_t bad = lifl::kernels::countNonFinite(x.get(), DType::F32, n);
     (void)bad;
@@ -100,26 +106,34 @@ int main(int argc, char** argv) {
   }
   const double tFedAvg = bestSeconds(5, [&] {
     std::memset(acc.get(), 0, n * sizeof(float));
-    for (int i = 0; i < k; ++i) lifl::kernels::accumulate(acc.get(), xs[i].get(), DType::F32, n, float(i + 1));
+    for (int i = 0; i < k; ++i)
+      lifl::kernels::accumulate(acc.get(), xs[i].get(), DType::F32, n, float(i + 1));
   });
   const double numpy = numpyFedAvgGBps(n, k);
 
-  std::printf("aggregation kernel, n = %zu fp32 elements (%.1f MB per update), best of %d runs\n", n,
-              4.0 * static_cast<double>(n) / 1e6, reps);
+  std::printf("aggregation kernel, n = %zu fp32 elements (%.1f MB per update), best of %d runs\n",
+              n, 4.0 * static_cast<double>(n) / 1e6, reps);
   lifl::bench::rule(88);
   std::printf("%-44s %12s %14s\n", "kernel", "GB/s", "vs baseline");
   lifl::bench::rule(88);
-  std::printf("%-44s %12.2f %14s\n", "C roofline acc += w*x (-O3 -march=native)", gbps(tRoof, bytes), "baseline");
-  std::printf("%-44s %12.2f %13.2fx\n", "LIFL accumulate, F32 input", gbps(tLifl, bytes), tRoof / tLifl);
-  std::printf("%-44s %12.2f %14s\n", "LIFL accumulate, F16 input (widened)", gbps(tF16, 10.0 * n), "(10 B/elem)");
-  std::printf("%-44s %12.2f %14s\n", "LIFL accumulate, BF16 input (widened)", gbps(tBF16, 10.0 * n), "(10 B/elem)");
-  std::printf("%-44s %12.2f %14s\n", "LIFL NaN/Inf check, F32", gbps(tFinite, 4.0 * n), "(4 B/elem)");
+  std::printf("%-44s %12.2f %14s\n", "C roofline acc += w*x (-O3 -march=native)",
+              gbps(tRoof, bytes), "baseline");
+  std::printf("%-44s %12.2f %13.2fx\n", "LIFL accumulate, F32 input", gbps(tLifl, bytes),
+              tRoof / tLifl);
+  std::printf("%-44s %12.2f %14s\n", "LIFL accumulate, F16 input (widened)", gbps(tF16, 10.0 * n),
+              "(10 B/elem)");
+  std::printf("%-44s %12.2f %14s\n", "LIFL accumulate, BF16 input (widened)", gbps(tBF16, 10.0 * n),
+              "(10 B/elem)");
+  std::printf("%-44s %12.2f %14s\n", "LIFL NaN/Inf check, F32", gbps(tFinite, 4.0 * n),
+              "(4 B/elem)");
   lifl::bench::rule(88);
   std::printf("%-44s %12.2f %14s\n", "numpy FedAvg of 8 updates (acc += w*x)", numpy, "baseline");
-  std::printf("%-44s %12.2f %13.2fx\n", "LIFL FedAvg of 8 updates", gbps(tFedAvg, bytes * k), numpy > 0 ? gbps(tFedAvg, bytes * k) / numpy : 0.0);
+  std::printf("%-44s %12.2f %13.2fx\n", "LIFL FedAvg of 8 updates", gbps(tFedAvg, bytes * k),
+              numpy > 0 ? gbps(tFedAvg, bytes * k) / numpy : 0.0);
   lifl::bench::rule(88);
-  std::printf("targets: LIFL/roofline >= 0.90 -> %.2f %s; LIFL/numpy >= 2.5 -> %.2f %s\n", tRoof / tLifl,
-              tRoof / tLifl >= 0.9 ? "met" : "MISSED", gbps(tFedAvg, bytes * k) / numpy,
+  std::printf("targets: LIFL/roofline >= 0.90 -> %.2f %s; LIFL/numpy >= 2.5 -> %.2f %s\n",
+              tRoof / tLifl, tRoof / tLifl >= 0.9 ? "met" : "MISSED",
+              gbps(tFedAvg, bytes * k) / numpy,
               gbps(tFedAvg, bytes * k) / numpy >= 2.5 ? "met" : "MISSED");
   return 0;
 }

@@ -51,7 +51,8 @@ Row measure(const std::string& name, int iters, const std::function<bool()>& rtt
   Row row{name};
   for (int i = 0; i < kWarmup; ++i)
     if (!rtt()) {
-      std::fprintf(stderr, "%s: round trip failed during warm-up (%s)\n", name.c_str(), std::strerror(errno));
+      std::fprintf(stderr, "%s: round trip failed during warm-up (%s)\n", name.c_str(),
+                   std::strerror(errno));
       return row;
     }
   std::vector<double> samples;
@@ -122,7 +123,8 @@ std::thread echoThread(int fd, bool swapIds) {
 }
 
 Row routerWithRuntime(const std::string& kind, const std::string& lifl, int iters) {
-  auto store = ObjectStore::create({"/dev/shm/lifl-bench-hop-" + std::to_string(getpid()), 64ull << 20, false});
+  auto store = ObjectStore::create(
+      {"/dev/shm/lifl-bench-hop-" + std::to_string(getpid()), 64ull << 20, false});
   auto router = makeRouter(kind);
   if (!store || !router) {
     std::fprintf(stderr, "%s router unavailable: %s\n", kind.c_str(),
@@ -162,7 +164,10 @@ Row rawSkMsg(int iters) {
   const int fd = a.value().get();
   Row row = measure(
       "raw sk_msg ping-pong, 2 sockets (no runtime)", iters,
-      [&] { return sendAll(fd, &d, sizeof(d)) && recvAll(fd, &d, sizeof(d)) && (std::swap(d.dst, d.src), true); },
+      [&] {
+        return sendAll(fd, &d, sizeof(d)) && recvAll(fd, &d, sizeof(d)) &&
+               (std::swap(d.dst, d.src), true);
+      },
       bench::processCpu);
   ::shutdown(b.value().get(), SHUT_RDWR);
   router.value()->detach(101);
@@ -186,7 +191,8 @@ Row tcpPingPong(int iters) {
 }
 
 // ---- HTTP through nginx ----------------------------------------------------------------
-constexpr char kResponse[] = "HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Type: text/plain\r\n\r\nok";
+constexpr char kResponse[] =
+    "HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Type: text/plain\r\n\r\nok";
 
 bool readHttpResponse(int fd, std::string& buf) {
   for (;;) {
@@ -278,7 +284,8 @@ UniqueFd connectTo(uint16_t port) {
   return fd;
 }
 
-Row httpRoundTrips(const std::string& name, uint16_t port, int iters, const std::function<double()>& cpu) {
+Row httpRoundTrips(const std::string& name, uint16_t port, int iters,
+                   const std::function<double()>& cpu) {
   UniqueFd fd = connectTo(port);
   static const char kRequest[] = "GET / HTTP/1.1\r\nHost: bench\r\n\r\n";
   std::string buf;
@@ -294,15 +301,18 @@ pid_t startNginx(const std::string& dir, uint16_t backendPort, uint16_t& proxyPo
   std::ofstream conf(dir + "/nginx.conf");
   conf << "worker_processes 1;\ndaemon off;\nmaster_process off;\npid " << dir << "/nginx.pid;\n"
        << "error_log " << dir << "/logs/error.log info;\nevents { worker_connections 64; }\n"
-       << "http {\n access_log off;\n keepalive_requests 100000000;\n client_body_temp_path " << dir << "/tmp;\n proxy_temp_path " << dir
+       << "http {\n access_log off;\n keepalive_requests 100000000;\n client_body_temp_path " << dir
+       << "/tmp;\n proxy_temp_path " << dir
        << "/tmp;\n upstream backend { server 127.0.0.1:" << backendPort
        << "; keepalive 16; keepalive_requests 100000000; }\n"
-       << " server {\n  listen 127.0.0.1:" << proxyPort << ";\n  location / {\n   proxy_pass http://backend;\n"
+       << " server {\n  listen 127.0.0.1:" << proxyPort
+       << ";\n  location / {\n   proxy_pass http://backend;\n"
        << "   proxy_http_version 1.1;\n   proxy_set_header Connection \"\";\n  }\n }\n}\n";
   conf.close();
   pid_t pid = fork();
   if (pid == 0) {
-    execl("/usr/sbin/nginx", "nginx", "-p", dir.c_str(), "-c", (dir + "/nginx.conf").c_str(), nullptr);
+    execl("/usr/sbin/nginx", "nginx", "-p", dir.c_str(), "-c", (dir + "/nginx.conf").c_str(),
+          nullptr);
     _exit(127);
   }
   return pid;
@@ -323,8 +333,10 @@ int main(int argc, char** argv) {
   int iters = 50000;
   bool pinned = true;
   for (int i = 1; i < argc; ++i) {
-    if (!std::strcmp(argv[i], "--spread")) pinned = false;
-    else iters = std::atoi(argv[i]);
+    if (!std::strcmp(argv[i], "--spread"))
+      pinned = false;
+    else
+      iters = std::atoi(argv[i]);
   }
   // Pinned (default): every thread and process of every path on CPU 0, as the reference
   // figures are taken ("same vCPU"); a wake-up then costs a context switch, not an IPI to
@@ -339,8 +351,9 @@ int main(int argc, char** argv) {
   char self[PATH_MAX];
   ssize_t n = ::readlink("/proc/self/exe", self, sizeof(self) - 1);
   self[n > 0 ? n : 0] = '\0';
-  const std::string lifl = std::getenv("LIFL_BIN") ? std::getenv("LIFL_BIN")
-                                                  : std::filesystem::path(self).parent_path().string() + "/lifl";
+  const std::string lifl = std::getenv("LIFL_BIN")
+                               ? std::getenv("LIFL_BIN")
+                               : std::filesystem::path(self).parent_path().string() + "/lifl";
 
   Row ebpf = routerWithRuntime("ebpf", lifl, iters);
   Row user = routerWithRuntime("userspace", lifl, iters);
@@ -348,7 +361,8 @@ int main(int argc, char** argv) {
   Row tcp = tcpPingPong(iters);
 
   Backend backend;
-  Row direct = httpRoundTrips("HTTP request, direct to the backend", backend.port, iters / 2, bench::processCpu);
+  Row direct = httpRoundTrips("HTTP request, direct to the backend", backend.port, iters / 2,
+                              bench::processCpu);
   Row proxied{"HTTP request through nginx reverse proxy"};
   double nginxCpuPerReq = 0;
   if (std::filesystem::exists("/usr/sbin/nginx")) {
@@ -366,7 +380,8 @@ int main(int argc, char** argv) {
       const int reqs = iters / 2;
       const double c0 = bench::pidCpu(nginx);
       for (int i = 0; i < reqs; ++i)
-        if (!sendAll(fd.get(), kRequest, sizeof(kRequest) - 1) || !readHttpResponse(fd.get(), buf)) break;
+        if (!sendAll(fd.get(), kRequest, sizeof(kRequest) - 1) || !readHttpResponse(fd.get(), buf))
+          break;
       nginxCpuPerReq = (bench::pidCpu(nginx) - c0) / reqs * 1e6;
     }
     ::kill(nginx, SIGTERM);
@@ -374,10 +389,13 @@ int main(int argc, char** argv) {
     if (!std::getenv("LIFL_BENCH_KEEP")) std::filesystem::remove_all(dir);
   }
 
-  std::printf("round trips (= 2 hops) of a 64-byte descriptor/request, %d iterations after %d warm-up, %s\n",
-              iters, kWarmup, pinned ? "all on one vCPU" : "threads spread by the scheduler");
+  std::printf(
+      "round trips (= 2 hops) of a 64-byte descriptor/request, %d iterations after %d warm-up, "
+      "%s\n",
+      iters, kWarmup, pinned ? "all on one vCPU" : "threads spread by the scheduler");
   bench::rule(100);
-  std::printf("%-52s %9s %9s %12s %12s\n", "path", "p50 us", "p99 us", "round trips/s", "CPU us/rt");
+  std::printf("%-52s %9s %9s %12s %12s\n", "path", "p50 us", "p99 us", "round trips/s",
+              "CPU us/rt");
   bench::rule(100);
   for (const Row* r : {&ebpf, &user, &raw, &tcp, &direct, &proxied}) print(*r);
   bench::rule(100);
@@ -391,13 +409,17 @@ int main(int argc, char** argv) {
     // the CPU of both ends (their own send/recv included, so LIFL's side is overstated).
     const double added = proxied.p50 - direct.p50;
     const double hop = ebpf.p50 / 2, hopCpu = ebpf.cpuUs / 2;
-    std::printf("nginx hop: adds %.2f us p50 and %.2f us of proxy CPU per request\n", added, nginxCpuPerReq);
-    std::printf("LIFL hop:  %.2f us p50 and %.2f us CPU (both ends, runtime included)\n", hop, hopCpu);
-    std::printf("latency: nginx / LIFL = %.1fx (target >= 5); CPU: nginx / LIFL = %.1fx (target >= 10)\n",
-                added / hop, nginxCpuPerReq / hopCpu);
+    std::printf("nginx hop: adds %.2f us p50 and %.2f us of proxy CPU per request\n", added,
+                nginxCpuPerReq);
+    std::printf("LIFL hop:  %.2f us p50 and %.2f us CPU (both ends, runtime included)\n", hop,
+                hopCpu);
+    std::printf(
+        "latency: nginx / LIFL = %.1fx (target >= 5); CPU: nginx / LIFL = %.1fx (target >= 10)\n",
+        added / hop, nginxCpuPerReq / hopCpu);
     if (raw.ok)
-      std::printf("what the router and runtime add over a raw sk_msg hop: %.2f us latency, %.2f us CPU\n",
-                  (ebpf.p50 - raw.p50) / 2, (ebpf.cpuUs - raw.cpuUs) / 2);
+      std::printf(
+          "what the router and runtime add over a raw sk_msg hop: %.2f us latency, %.2f us CPU\n",
+          (ebpf.p50 - raw.p50) / 2, (ebpf.cpuUs - raw.cpuUs) / 2);
   }
   return 0;
 }

@@ -83,18 +83,21 @@ struct Platform {
       const char* config = std::getenv("LIFL_BENCH_CONFIG");
       const std::string bytes = std::to_string(6ull << 30);
       if (config)
-        execl(lifl.c_str(), "lifl", "up", "--port", "0", "--port-file", portFile.c_str(), "--config", config,
-              "--warm-pool", "8", "--data-dir", dir.c_str(), nullptr);
+        execl(lifl.c_str(), "lifl", "up", "--port", "0", "--port-file", portFile.c_str(),
+              "--config", config, "--warm-pool", "8", "--data-dir", dir.c_str(), nullptr);
       else
-        execl(lifl.c_str(), "lifl", "up", "--port", "0", "--port-file", portFile.c_str(), "--store-bytes",
-              bytes.c_str(), "--warm-pool", "8", "--data-dir", dir.c_str(), nullptr);
+        execl(lifl.c_str(), "lifl", "up", "--port", "0", "--port-file", portFile.c_str(),
+              "--store-bytes", bytes.c_str(), "--warm-pool", "8", "--data-dir", dir.c_str(),
+              nullptr);
       _exit(127);
     }
     for (int i = 0; i < 500 && url.empty(); ++i) {
       std::ifstream f(portFile);
       int port = 0;
-      if (f >> port && port > 0) url = "http://127.0.0.1:" + std::to_string(port);
-      else ::usleep(20000);
+      if (f >> port && port > 0)
+        url = "http://127.0.0.1:" + std::to_string(port);
+      else
+        ::usleep(20000);
     }
   }
   ~Platform() {
@@ -107,7 +110,8 @@ struct Platform {
     double total = bench::pidCpu(pid);
     auto r = c.get("/v1/instances");
     if (r && r.value().status == 200)
-      for (const auto& i : nlohmann::json::parse(r.value().body)) total += bench::pidCpu(i["pid"].get<pid_t>());
+      for (const auto& i : nlohmann::json::parse(r.value().body))
+        total += bench::pidCpu(i["pid"].get<pid_t>());
     return total;
   }
 };
@@ -116,22 +120,25 @@ struct IngestResult {
   double gbps = 0, cpuPerGB = 0;
 };
 
-IngestResult pushUpdates(Platform& p, const std::string& job, const std::vector<char>& body, int uploaders,
-                         int perUploader, size_t params) {
+IngestResult pushUpdates(Platform& p, const std::string& job, const std::vector<char>& body,
+                         int uploaders, int perUploader, size_t params) {
   auto control = cli::HttpClient::connect(p.url);
-  nlohmann::json spec = {{"id", job},
-                         {"model", {{"tensors", {{"w", {{"dtype", "F32"}, {"shape", {params}}}}}}, {"init", "zeros"}}},
-                         {"clients_per_round", uploaders * perUploader},
-                         {"rounds", 1},
-                         {"hierarchy", {{"fan_in", 8}, {"batch", 2}}}};
+  nlohmann::json spec = {
+      {"id", job},
+      {"model", {{"tensors", {{"w", {{"dtype", "F32"}, {"shape", {params}}}}}}, {"init", "zeros"}}},
+      {"clients_per_round", uploaders * perUploader},
+      {"rounds", 1},
+      {"hierarchy", {{"fan_in", 8}, {"batch", 2}}}};
   const std::string text = spec.dump();
-  auto created = control.value()->request("POST", "/v1/jobs", {{"Content-Type", "application/json"}}, text.data(), text.size());
+  auto created = control.value()->request(
+      "POST", "/v1/jobs", {{"Content-Type", "application/json"}}, text.data(), text.size());
   if (!created || created.value().status != 201) {
     std::fprintf(stderr, "job creation failed\n");
     return {};
   }
   std::vector<std::unique_ptr<cli::HttpClient>> clients;
-  for (int u = 0; u < uploaders; ++u) clients.push_back(std::move(cli::HttpClient::connect(p.url)).value());
+  for (int u = 0; u < uploaders; ++u)
+    clients.push_back(std::move(cli::HttpClient::connect(p.url)).value());
   std::atomic<int> failures{0};
   const double c0 = p.cpu(*control.value()), t0 = now();
   std::vector<std::thread> threads;
@@ -139,10 +146,15 @@ IngestResult pushUpdates(Platform& p, const std::string& job, const std::vector<
     threads.emplace_back([&, u] {
       for (int i = 0; i < perUploader; ++i) {
         const std::string who = "u" + std::to_string(u) + "-" + std::to_string(i);
-        cli::HeaderList h = {{"ce-specversion", "1.0"}, {"ce-type", "dev.lifl.update"}, {"ce-id", who},
-                             {"ce-source", who}, {"ce-round", "0"}, {"ce-numexamples", "1"},
+        cli::HeaderList h = {{"ce-specversion", "1.0"},
+                             {"ce-type", "dev.lifl.update"},
+                             {"ce-id", who},
+                             {"ce-source", who},
+                             {"ce-round", "0"},
+                             {"ce-numexamples", "1"},
                              {"Content-Type", "application/octet-stream"}};
-        auto r = clients[u]->request("POST", "/v1/jobs/" + job + "/updates", h, body.data(), body.size());
+        auto r = clients[u]->request("POST", "/v1/jobs/" + job + "/updates", h, body.data(),
+                                     body.size());
         if (!r || r.value().status != 202) failures++;
       }
     });
@@ -169,8 +181,9 @@ int main(int argc, char** argv) {
   char self[PATH_MAX];
   ssize_t n = ::readlink("/proc/self/exe", self, sizeof(self) - 1);
   self[n > 0 ? n : 0] = '\0';
-  const std::string lifl = std::getenv("LIFL_BIN") ? std::getenv("LIFL_BIN")
-                                                  : std::filesystem::path(self).parent_path().string() + "/lifl";
+  const std::string lifl = std::getenv("LIFL_BIN")
+                               ? std::getenv("LIFL_BIN")
+                               : std::filesystem::path(self).parent_path().string() + "/lifl";
   std::vector<TensorSpec> tensors = {{"w", {static_cast<int64_t>(params)}, params}};
   const std::string header = f32SafetensorsHeader(tensors);
   std::vector<char> body(header.size() + params * 4);
@@ -199,19 +212,27 @@ int main(int argc, char** argv) {
   }
   std::filesystem::remove_all(dir);
 
-  std::printf("ingest of %.1f MB updates, %d per measurement (eBPF router, leaves folding as updates arrive)\n",
-              static_cast<double>(body.size()) / 1e6, perStream);
+  std::printf(
+      "ingest of %.1f MB updates, %d per measurement (eBPF router, leaves folding as updates "
+      "arrive)\n",
+      static_cast<double>(body.size()) / 1e6, perStream);
   bench::rule(96);
   std::printf("%-58s %10s %12s %12s\n", "path", "GB/s", "vs raw TCP", "CPU s/GB");
   bench::rule(96);
-  std::printf("%-58s %10.2f %12s %12s\n", "raw loopback TCP, 1 stream, into memory", raw1, "baseline", "-");
-  std::printf("%-58s %10.2f %11.2fx %12.3f\n", "LIFL gateway, 1 connection, fresh store (first job)", cold.gbps,
-              cold.gbps / raw1, cold.cpuPerGB);
-  std::printf("%-58s %10.2f %11.2fx %12.3f\n", "LIFL gateway, 1 connection (accepted: 202)", one.gbps, one.gbps / raw1, one.cpuPerGB);
+  std::printf("%-58s %10.2f %12s %12s\n", "raw loopback TCP, 1 stream, into memory", raw1,
+              "baseline", "-");
+  std::printf("%-58s %10.2f %11.2fx %12.3f\n",
+              "LIFL gateway, 1 connection, fresh store (first job)", cold.gbps, cold.gbps / raw1,
+              cold.cpuPerGB);
+  std::printf("%-58s %10.2f %11.2fx %12.3f\n", "LIFL gateway, 1 connection (accepted: 202)",
+              one.gbps, one.gbps / raw1, one.cpuPerGB);
   std::printf("%-58s %10.2f %12s %12s\n", "raw loopback TCP, 4 streams", raw4, "baseline", "-");
-  std::printf("%-58s %10.2f %11.2fx %12.3f\n", "LIFL gateway, 4 concurrent uploaders", four.gbps, four.gbps / raw4, four.cpuPerGB);
+  std::printf("%-58s %10.2f %11.2fx %12.3f\n", "LIFL gateway, 4 concurrent uploaders", four.gbps,
+              four.gbps / raw4, four.cpuPerGB);
   bench::rule(96);
-  std::printf("targets: 1 connection >= 0.8 of raw TCP -> %.2f %s; 4 uploaders >= 5 GB/s -> %.2f %s\n",
-              one.gbps / raw1, one.gbps / raw1 >= 0.8 ? "met" : "MISSED", four.gbps, four.gbps >= 5 ? "met" : "MISSED");
+  std::printf(
+      "targets: 1 connection >= 0.8 of raw TCP -> %.2f %s; 4 uploaders >= 5 GB/s -> %.2f %s\n",
+      one.gbps / raw1, one.gbps / raw1 >= 0.8 ? "met" : "MISSED", four.gbps,
+      four.gbps >= 5 ? "met" : "MISSED");
   return 0;
 }

@@ -7,10 +7,9 @@
 #include <cmath>
 #include <cstdio>
 #include <cstring>
+#include <nlohmann/json.hpp>
 #include <thread>
 #include <vector>
-
-#include <nlohmann/json.hpp>
 
 #include "lifl/cli/args.h"
 #include "lifl/cli/commands.h"
@@ -86,7 +85,8 @@ int cmdBench(int argc, char** argv) {
   for (auto* r : {&clients, &params, &rounds, &fanIn, &uploaders})
     if (!*r) return fail(r->error());
   if (clients.value() == 0 || params.value() < 2 || rounds.value() == 0 || uploaders.value() == 0)
-    return fail(badRequest("bad_arguments", "clients, rounds and uploaders must be positive, params >= 2"));
+    return fail(
+        badRequest("bad_arguments", "clients, rounds and uploaders must be positive, params >= 2"));
 
   std::setvbuf(stdout, nullptr, _IOLBF, 0);  // results interleave with the progress on stderr
   std::unique_ptr<dataplane::Agent> embedded;
@@ -97,9 +97,12 @@ int cmdBench(int argc, char** argv) {
     if (!agent) return fail(agent.error());
     embedded = std::move(agent).value();
     url = "http://127.0.0.1:" + std::to_string(embedded->port());
-    std::printf("platform up in this process: %s router, object store of %llu MiB, %u warm function instances\n",
-                embedded->config().router.c_str(),
-                static_cast<unsigned long long>(embedded->config().storeBytes >> 20), embedded->config().warmPool);
+    std::printf(
+        "platform up in this process: %s router, object store of %llu MiB, %u warm function "
+        "instances\n",
+        embedded->config().router.c_str(),
+        static_cast<unsigned long long>(embedded->config().storeBytes >> 20),
+        embedded->config().warmPool);
   }
 
   Simulation sim;
@@ -112,32 +115,35 @@ int cmdBench(int argc, char** argv) {
 
   auto control = HttpClient::connect(url);
   if (!control) return fail(control.error());
-  nlohmann::json spec = {
-      {"id", job},
-      {"model", {{"tensors", {{"layer.bias", {{"dtype", "F32"}, {"shape", {bias}}}},
-                              {"layer.weight", {{"dtype", "F32"}, {"shape", {sim.params - bias}}}}}},
-                 {"init", "zeros"}}},
-      {"clients_per_round", clients.value()},
-      {"rounds", rounds.value()},
-      {"hierarchy", {{"fan_in", fanIn.value()}}}};
+  nlohmann::json spec = {{"id", job},
+                         {"model",
+                          {{"tensors",
+                            {{"layer.bias", {{"dtype", "F32"}, {"shape", {bias}}}},
+                             {"layer.weight", {{"dtype", "F32"}, {"shape", {sim.params - bias}}}}}},
+                           {"init", "zeros"}}},
+                         {"clients_per_round", clients.value()},
+                         {"rounds", rounds.value()},
+                         {"hierarchy", {{"fan_in", fanIn.value()}}}};
   const std::string specText = spec.dump();
-  auto created = control.value()->request("POST", "/v1/jobs", {{"Content-Type", "application/json"}},
-                                          specText.data(), specText.size());
+  auto created = control.value()->request(
+      "POST", "/v1/jobs", {{"Content-Type", "application/json"}}, specText.data(), specText.size());
   if (!created) return fail(created.error());
   if (created.value().status != 201) return fail(errorOf(created.value()));
 
   if (auto st = jobStatus(*control.value(), job); st) {
     const auto& plan = st.value()["plan"];
-    std::printf("aggregation tree: %u leaf aggregators (fan-in %u) under one top, function instances %s\n",
-                plan.value("leaves", 0u), plan.value("fan_in", 0u), plan["instances"].dump().c_str());
+    std::printf(
+        "aggregation tree: %u leaf aggregators (fan-in %u) under one top, function instances %s\n",
+        plan.value("leaves", 0u), plan.value("fan_in", 0u), plan["instances"].dump().c_str());
   }
   const uint32_t n = static_cast<uint32_t>(clients.value());
   const uint32_t threads = static_cast<uint32_t>(std::min<uint64_t>(uploaders.value(), n));
   const uint64_t bodyBytes = sim.header.size() + sim.params * sizeof(float);
-  std::printf("job %s: %u clients x %llu rounds, %llu parameters (%.1f MB per update), fan-in %llu, %s\n",
-              job.c_str(), n, static_cast<unsigned long long>(rounds.value()),
-              static_cast<unsigned long long>(sim.params), static_cast<double>(bodyBytes) / 1e6,
-              static_cast<unsigned long long>(fanIn.value()), url.c_str());
+  std::printf(
+      "job %s: %u clients x %llu rounds, %llu parameters (%.1f MB per update), fan-in %llu, %s\n",
+      job.c_str(), n, static_cast<unsigned long long>(rounds.value()),
+      static_cast<unsigned long long>(sim.params), static_cast<double>(bodyBytes) / 1e6,
+      static_cast<unsigned long long>(fanIn.value()), url.c_str());
   double worst = 0;
   bool ok = true;
   for (uint32_t round = 0; round < rounds.value() && ok; ++round) {
@@ -165,15 +171,19 @@ int cmdBench(int argc, char** argv) {
         auto* values = reinterpret_cast<float*>(body.data() + sim.header.size());
         for (uint32_t c = t; c < n && !failed; c += threads) {
           const uint64_t w = sim.fill(round, c, values);
-          for (uint64_t i = 0; i < sim.params; ++i) partial[t][i] += static_cast<double>(w) * values[i];
+          for (uint64_t i = 0; i < sim.params; ++i)
+            partial[t][i] += static_cast<double>(w) * values[i];
           weights[t] += static_cast<double>(w);
           const std::string id = "sim-" + std::to_string(c) + "-r" + std::to_string(round);
-          HeaderList headers = {{"ce-specversion", "1.0"}, {"ce-type", "dev.lifl.update"},
-                                {"ce-id", id}, {"ce-source", "sim-" + std::to_string(c)},
+          HeaderList headers = {{"ce-specversion", "1.0"},
+                                {"ce-type", "dev.lifl.update"},
+                                {"ce-id", id},
+                                {"ce-source", "sim-" + std::to_string(c)},
                                 {"ce-round", std::to_string(round)},
                                 {"ce-numexamples", std::to_string(w)},
                                 {"Content-Type", "application/octet-stream"}};
-          auto r = client.value()->request("POST", "/v1/jobs/" + job + "/updates", headers, body.data(), body.size());
+          auto r = client.value()->request("POST", "/v1/jobs/" + job + "/updates", headers,
+                                           body.data(), body.size());
           if (!r || r.value().status != 202) {
             std::lock_guard lock(failureMutex);
             failure = r ? errorOf(r.value()).toString() : r.error().toString();
@@ -187,10 +197,13 @@ int cmdBench(int argc, char** argv) {
     }
     while (done < n && !failed) {
       std::this_thread::sleep_for(std::chrono::milliseconds(100));
-      progress(done, n, std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count(), sent);
+      progress(done, n,
+               std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count(),
+               sent);
     }
     for (auto& w : workers) w.join();
-    const double pushSeconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+    const double pushSeconds =
+        std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
     progress(done, n, pushSeconds, sent);
     std::fprintf(stderr, "\n");
     if (failed) {
@@ -203,18 +216,23 @@ int cmdBench(int argc, char** argv) {
       auto status = jobStatus(*control.value(), job);
       if (!status) return fail(status.error());
       if (status.value().value("round", 0u) > round) break;
-      if (status.value().value("state", "") == "failed") return fail(internal("job_failed", status.value().dump()));
-      if (std::chrono::steady_clock::now() > deadline) return fail(internal("timeout", "the round did not finish in 300 s"));
+      if (status.value().value("state", "") == "failed")
+        return fail(internal("job_failed", status.value().dump()));
+      if (std::chrono::steady_clock::now() > deadline)
+        return fail(internal("timeout", "the round did not finish in 300 s"));
       std::this_thread::sleep_for(std::chrono::milliseconds(5));
     }
-    const double roundSeconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+    const double roundSeconds =
+        std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
     auto model = control.value()->get("/v1/jobs/" + job + "/model");
-    if (!model || model.value().status != 200) return fail(model ? errorOf(model.value()) : model.error());
+    if (!model || model.value().status != 200)
+      return fail(model ? errorOf(model.value()) : model.error());
     // Independent reference: sum_i n_i x_i / sum_i n_i in double precision.
     double w = 0;
     for (double x : weights) w += x;
     const auto* got = reinterpret_cast<const float*>(model.value().body.data() + sim.header.size());
-    if (model.value().body.size() != bodyBytes) return fail(internal("bad_model", "model has the wrong size"));
+    if (model.value().body.size() != bodyBytes)
+      return fail(internal("bad_model", "model has the wrong size"));
     double maxErr = 0, maxRef = 0;
     for (uint64_t i = 0; i < sim.params; ++i) {
       double ref = 0;
@@ -225,17 +243,20 @@ int cmdBench(int argc, char** argv) {
     }
     const double rel = maxErr / std::max(maxRef, 1e-30);
     worst = std::max(worst, rel);
-    std::printf("  round %u done in %.3f s (uploads %.3f s, %.0f MB/s); new global model pulled;\n"
-                "  max |model - fedavg| / max|fedavg| = %.2e against a double-precision FedAvg\n",
-                round + 1, roundSeconds, pushSeconds, static_cast<double>(sent) / pushSeconds / 1e6, rel);
+    std::printf(
+        "  round %u done in %.3f s (uploads %.3f s, %.0f MB/s); new global model pulled;\n"
+        "  max |model - fedavg| / max|fedavg| = %.2e against a double-precision FedAvg\n",
+        round + 1, roundSeconds, pushSeconds, static_cast<double>(sent) / pushSeconds / 1e6, rel);
     if (rel > 1e-5) ok = false;
   }
   if (auto inst = control.value()->get("/v1/instances"); inst && inst.value().status == 200) {
     uint64_t delivered = 0;
-    for (const auto& i : nlohmann::json::parse(inst.value().body)) delivered += i.value("delivered_messages", 0ull);
-    std::printf("router: %llu descriptors delivered to function instances (per-instance router counters); "
-                "the updates themselves were written once, into shared memory\n",
-                static_cast<unsigned long long>(delivered));
+    for (const auto& i : nlohmann::json::parse(inst.value().body))
+      delivered += i.value("delivered_messages", 0ull);
+    std::printf(
+        "router: %llu descriptors delivered to function instances (per-instance router counters); "
+        "the updates themselves were written once, into shared memory\n",
+        static_cast<unsigned long long>(delivered));
   }
   std::printf("%s: %llu rounds, worst relative error %.2e (tolerance 1e-5, fp32 accumulation)\n",
               ok ? "PASS" : "FAIL", static_cast<unsigned long long>(rounds.value()), worst);

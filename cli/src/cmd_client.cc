@@ -2,13 +2,13 @@
 #include <cstdio>
 #include <fstream>
 #include <iostream>
+#include <nlohmann/json.hpp>
 #include <random>
 #include <sstream>
 
 #include "lifl/cli/args.h"
 #include "lifl/cli/commands.h"
 #include "lifl/cli/http_client.h"
-#include <nlohmann/json.hpp>
 
 namespace lifl::cli {
 namespace {
@@ -43,10 +43,11 @@ int cmdPush(int argc, char** argv) {
   if (!parsed) return fail(parsed.error());
   const Args& a = parsed.value();
   if (a.wantsHelp() || !a.has("job") || !a.has("file") || !a.has("client")) {
-    std::puts("usage: lifl push --job JOB --file UPDATE.safetensors --client ID\n"
-              "                 [--examples N] [--round R] [--id CE_ID] [--url http://127.0.0.1:8080]\n"
-              "Pushes one client update as a CloudEvent (binary mode). --round defaults to the job's\n"
-              "current round; --examples (the FedAvg weight) to 1; --id to a fresh unique id.");
+    std::puts(
+        "usage: lifl push --job JOB --file UPDATE.safetensors --client ID\n"
+        "                 [--examples N] [--round R] [--id CE_ID] [--url http://127.0.0.1:8080]\n"
+        "Pushes one client update as a CloudEvent (binary mode). --round defaults to the job's\n"
+        "current round; --examples (the FedAvg weight) to 1; --id to a fresh unique id.");
     return a.wantsHelp() ? 0 : 1;
   }
   auto body = readFile(a.get("file"));
@@ -63,9 +64,13 @@ int cmdPush(int argc, char** argv) {
     round = std::to_string(status.value().value("round", 0));
   }
   std::string id = a.get("id");
-  if (id.empty()) id = a.get("client") + "-r" + round + "-" + std::to_string(std::random_device{}());
-  HeaderList headers = {{"ce-specversion", "1.0"}, {"ce-type", "dev.lifl.update"}, {"ce-id", id},
-                        {"ce-source", a.get("client")}, {"ce-round", round},
+  if (id.empty())
+    id = a.get("client") + "-r" + round + "-" + std::to_string(std::random_device{}());
+  HeaderList headers = {{"ce-specversion", "1.0"},
+                        {"ce-type", "dev.lifl.update"},
+                        {"ce-id", id},
+                        {"ce-source", a.get("client")},
+                        {"ce-round", round},
                         {"ce-numexamples", std::to_string(examples.value())},
                         {"Content-Type", "application/octet-stream"}};
   auto r = expect2xx(client.value()->request("POST", "/v1/jobs/" + job + "/updates", headers,
@@ -80,8 +85,9 @@ int cmdPull(int argc, char** argv) {
   if (!parsed) return fail(parsed.error());
   const Args& a = parsed.value();
   if (a.wantsHelp() || !a.has("job")) {
-    std::puts("usage: lifl pull --job JOB [--out model.safetensors] [--url http://127.0.0.1:8080]\n"
-              "Downloads the job's current global model (safetensors) and prints its round.");
+    std::puts(
+        "usage: lifl pull --job JOB [--out model.safetensors] [--url http://127.0.0.1:8080]\n"
+        "Downloads the job's current global model (safetensors) and prints its round.");
     return a.wantsHelp() ? 0 : 1;
   }
   auto client = HttpClient::connect(a.get("url", kDefaultUrl));
@@ -103,9 +109,10 @@ int cmdJob(int argc, char** argv) {
   const Args& a = parsed.value();
   const auto& pos = a.positionals();
   if (a.wantsHelp() || pos.empty()) {
-    std::puts("usage: lifl job create SPEC.json|SPEC.yaml [--url URL]\n"
-              "       lifl job list | status ID | cancel ID [--url URL]\n"
-              "Manages FL jobs through the jobs API (API.md).");
+    std::puts(
+        "usage: lifl job create SPEC.json|SPEC.yaml [--url URL]\n"
+        "       lifl job list | status ID | cancel ID [--url URL]\n"
+        "Manages FL jobs through the jobs API (API.md).");
     return a.wantsHelp() ? 0 : 1;
   }
   auto client = HttpClient::connect(a.get("url", kDefaultUrl));

@@ -8,8 +8,9 @@ int cmdInstance(int argc, char** argv) {
   auto args = Args::parse(argc, argv, 2);
   if (!args) return fail(args.error());
   if (args.value().wantsHelp()) {
-    std::puts("usage: lifl instance --id N --fd FD --store PATH --agent-pid PID\n"
-              "Started by the agent: runs one function instance of the warm pool. Not for users.");
+    std::puts(
+        "usage: lifl instance --id N --fd FD --store PATH --agent-pid PID\n"
+        "Started by the agent: runs one function instance of the warm pool. Not for users.");
     return 0;
   }
   auto id = args.value().getUnsigned("id", 0);

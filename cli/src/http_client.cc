@@ -1,5 +1,3 @@
-#include <utility>
-
 #include "lifl/cli/http_client.h"
 
 #include <boost/asio/connect.hpp>
@@ -7,6 +5,7 @@
 #include <boost/beast/core.hpp>
 #include <boost/beast/http.hpp>
 #include <nlohmann/json.hpp>
+#include <utility>
 
 namespace lifl::cli {
 
@@ -32,7 +31,8 @@ HttpClient::~HttpClient() {
 
 Result<std::pair<std::string, std::string>> parseUrl(const std::string& url) {
   std::string rest = url;
-  if (rest.rfind("http://", 0) == 0) rest = rest.substr(7);
+  if (rest.rfind("http://", 0) == 0)
+    rest = rest.substr(7);
   else if (rest.find("://") != std::string::npos)
     return badRequest("bad_arguments", "only http:// URLs are supported: " + url);
   if (auto slash = rest.find('/'); slash != std::string::npos) rest = rest.substr(0, slash);
@@ -55,12 +55,13 @@ Result<void> HttpClient::reconnect() {
   beast::error_code ec;
   tcp::resolver resolver(impl_->ioc);
   auto results = resolver.resolve(impl_->host, impl_->port, ec);
-  if (ec) return unavailable("connect_failed", "cannot resolve " + impl_->host + ": " + ec.message());
+  if (ec)
+    return unavailable("connect_failed", "cannot resolve " + impl_->host + ": " + ec.message());
   impl_->stream.emplace(impl_->ioc);
   impl_->stream->connect(results, ec);
   if (ec)
-    return unavailable("connect_failed",
-                       "cannot connect to " + impl_->host + ":" + impl_->port + ": " + ec.message());
+    return unavailable("connect_failed", "cannot connect to " + impl_->host + ":" + impl_->port +
+                                             ": " + ec.message());
   impl_->stream->socket().set_option(tcp::no_delay(true));
   impl_->buffer.clear();
   return success();
@@ -91,9 +92,13 @@ Result<HttpResponse> HttpClient::request(std::string_view method, const std::str
       // A server may close an idle keep-alive connection, or answer early (413) and close:
       // take what it said if anything, else retry once on a fresh connection.
       impl_->stream.reset();
-      if (parser.is_header_done()) ec = {};
-      else if (attempt == 0) continue;
-      else return unavailable("request_failed", std::string(method) + " " + target + ": " + ec.message());
+      if (parser.is_header_done())
+        ec = {};
+      else if (attempt == 0)
+        continue;
+      else
+        return unavailable("request_failed",
+                           std::string(method) + " " + target + ": " + ec.message());
     }
     auto res = parser.release();
     HttpResponse out;

@@ -123,13 +123,15 @@ Result<JobSpec> jobSpecFromJson(const json& doc) {
     return specError("model.tensors must be a non-empty object");
   uint64_t total = 0;
   for (const auto& [name, t] : tensors->items()) {
-    if (name.empty() || name.size() > 256) return specError("tensor names must be 1-256 characters");
+    if (name.empty() || name.size() > 256)
+      return specError("tensor names must be 1-256 characters");
     if (!t.is_object()) return specError("tensor " + name + " must be an object");
     auto dtype = t.find("dtype");
     if (dtype != t.end() && (!dtype->is_string() || dtype->get<std::string>() != "F32"))
       return specError("tensor " + name + ": the global model is held in F32");
     auto shape = t.find("shape");
-    if (shape == t.end() || !shape->is_array()) return specError("tensor " + name + " needs a shape");
+    if (shape == t.end() || !shape->is_array())
+      return specError("tensor " + name + " needs a shape");
     TensorSpec ts{name, {}, 1};
     for (const auto& d : *shape) {
       if (!d.is_number_integer() || d.get<int64_t>() <= 0 || d.get<int64_t>() > (1ll << 32))
@@ -148,9 +150,12 @@ Result<JobSpec> jobSpecFromJson(const json& doc) {
   auto init = model->find("init");
   if (init != model->end() && !init->is_null()) {
     std::string v = init->is_string() ? init->get<std::string>() : "";
-    if (v == "zeros") spec.init = ModelInit::Zeros;
-    else if (v == "random") spec.init = ModelInit::Random;
-    else return specError("model.init must be zeros or random");
+    if (v == "zeros")
+      spec.init = ModelInit::Zeros;
+    else if (v == "random")
+      spec.init = ModelInit::Random;
+    else
+      return specError("model.init must be zeros or random");
   }
   LIFL_TRY(seed, getUnsigned<uint64_t>(*model, "seed", 0, 0, UINT32_MAX));
   spec.seed = seed;
@@ -165,9 +170,12 @@ Result<JobSpec> jobSpecFromJson(const json& doc) {
   auto update = doc.find("update");
   if (update != doc.end()) {
     std::string v = update->is_string() ? update->get<std::string>() : "";
-    if (v == "weights") spec.update = UpdateMode::Weights;
-    else if (v == "delta") spec.update = UpdateMode::Delta;
-    else return specError("update must be weights or delta");
+    if (v == "weights")
+      spec.update = UpdateMode::Weights;
+    else if (v == "delta")
+      spec.update = UpdateMode::Delta;
+    else
+      return specError("update must be weights or delta");
   }
   auto strategy = doc.find("strategy");
   if (strategy != doc.end()) {

@@ -16,10 +16,14 @@ std::string g_tag = "lifl";
 std::mutex g_mutex;
 const char* levelName(Level l) {
   switch (l) {
-    case Level::Debug: return "debug";
-    case Level::Info: return "info";
-    case Level::Warn: return "warn";
-    case Level::Error: return "error";
+    case Level::Debug:
+      return "debug";
+    case Level::Info:
+      return "info";
+    case Level::Warn:
+      return "warn";
+    case Level::Error:
+      return "error";
   }
   return "?";
 }
@@ -30,10 +34,14 @@ void setLevel(Level level) { g_level = static_cast<int>(level); }
 void setLevelFromEnv() {
   const char* v = std::getenv("LIFL_LOG");
   if (!v) return;
-  if (!std::strcmp(v, "debug")) setLevel(Level::Debug);
-  else if (!std::strcmp(v, "info")) setLevel(Level::Info);
-  else if (!std::strcmp(v, "warn")) setLevel(Level::Warn);
-  else if (!std::strcmp(v, "error")) setLevel(Level::Error);
+  if (!std::strcmp(v, "debug"))
+    setLevel(Level::Debug);
+  else if (!std::strcmp(v, "info"))
+    setLevel(Level::Info);
+  else if (!std::strcmp(v, "warn"))
+    setLevel(Level::Warn);
+  else if (!std::strcmp(v, "error"))
+    setLevel(Level::Error);
 }
 
 void setTag(std::string tag) {
@@ -41,7 +49,9 @@ void setTag(std::string tag) {
   g_tag = std::move(tag);
 }
 
-bool enabled(Level level) { return static_cast<int>(level) >= g_level.load(std::memory_order_relaxed); }
+bool enabled(Level level) {
+  return static_cast<int>(level) >= g_level.load(std::memory_order_relaxed);
+}
 
 void write(Level level, const std::string& message) {
   using namespace std::chrono;

@@ -10,7 +10,8 @@ std::string f32SafetensorsHeader(const std::vector<TensorSpec>& tensors) {
   uint64_t offset = 0;
   for (const auto& t : tensors) {
     const uint64_t bytes = t.elements * sizeof(float);
-    header[t.name] = {{"dtype", "F32"}, {"shape", t.shape}, {"data_offsets", {offset, offset + bytes}}};
+    header[t.name] = {
+        {"dtype", "F32"}, {"shape", t.shape}, {"data_offsets", {offset, offset + bytes}}};
     offset += bytes;
   }
   std::string text = header.dump();

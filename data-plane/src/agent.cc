@@ -6,12 +6,14 @@
 
 namespace lifl::dataplane {
 
-Result<std::unique_ptr<Agent>> Agent::start(AgentConfig config, Planner planner, std::string executable) {
+Result<std::unique_ptr<Agent>> Agent::start(AgentConfig config, Planner planner,
+                                            std::string executable) {
   std::unique_ptr<Agent> agent(new Agent(std::move(config)));
   AgentConfig& c = agent->config_;
   StoreConfig store{c.storePath, c.storeBytes, c.hugepages};
   if (store.path.empty())
-    store.path = (c.hugepages ? c.hugepageDir : std::string("/dev/shm")) + "/lifl-" + std::to_string(::getpid());
+    store.path = (c.hugepages ? c.hugepageDir : std::string("/dev/shm")) + "/lifl-" +
+                 std::to_string(::getpid());
   LIFL_TRY(created, ObjectStore::create(store));
   agent->store_ = std::move(created);
   LIFL_TRY(router, makeRouter(c.router));
@@ -19,11 +21,12 @@ Result<std::unique_ptr<Agent>> Agent::start(AgentConfig config, Planner planner,
   LIFL_TRY(sock, agent->router_->attach(kAgentInstance));
   agent->endpoint_ = std::make_unique<Endpoint>(std::move(sock), kAgentInstance);
   agent->metrics_ = std::make_unique<Metrics>();
-  agent->supervisor_ = std::make_unique<Supervisor>(*agent->router_, *agent->store_, *agent->endpoint_,
-                                                    std::move(executable), c.warmPool);
-  agent->jobs_ = std::make_unique<JobManager>(*agent->store_, *agent->endpoint_, *agent->supervisor_,
-                                              *agent->metrics_, std::move(planner));
-  agent->chains_ = std::make_unique<ChainManager>(*agent->store_, *agent->endpoint_, *agent->supervisor_);
+  agent->supervisor_ = std::make_unique<Supervisor>(
+      *agent->router_, *agent->store_, *agent->endpoint_, std::move(executable), c.warmPool);
+  agent->jobs_ = std::make_unique<JobManager>(
+      *agent->store_, *agent->endpoint_, *agent->supervisor_, *agent->metrics_, std::move(planner));
+  agent->chains_ =
+      std::make_unique<ChainManager>(*agent->store_, *agent->endpoint_, *agent->supervisor_);
   Agent* self = agent.get();
   agent->supervisor_->onDeath([self](InstanceId id, pid_t, int) { self->onInstanceDeath(id); });
   agent->reader_ = std::thread([self] { self->readEndpoint(); });
@@ -57,9 +60,12 @@ void Agent::stop() {
 
 void Agent::onInstanceDeath(InstanceId id) {
   metrics_->forgetInstance(id);
-  if (uint32_t n = store_->reclaimIncomplete(id)) LIFL_WARN("reclaimed " << n << " objects instance " << id << " left half-built");
-  if (chains_->owns(id)) chains_->onInstanceDeath(id);
-  else jobs_->onInstanceDeath(id);
+  if (uint32_t n = store_->reclaimIncomplete(id))
+    LIFL_WARN("reclaimed " << n << " objects instance " << id << " left half-built");
+  if (chains_->owns(id))
+    chains_->onInstanceDeath(id);
+  else
+    jobs_->onInstanceDeath(id);
 }
 
 void Agent::readEndpoint() {
@@ -72,11 +78,18 @@ void Agent::readEndpoint() {
     if (!next.value()) continue;
     const Descriptor& d = *next.value();
     switch (d.kind) {
-      case DescriptorKind::Model: jobs_->onModel(d); break;
-      case DescriptorKind::Ack: jobs_->onAck(d); break;
+      case DescriptorKind::Model:
+        jobs_->onModel(d);
+        break;
+      case DescriptorKind::Ack:
+        jobs_->onAck(d);
+        break;
       case DescriptorKind::Reply:
-      case DescriptorKind::Failure: chains_->onReply(d); break;
-      default: LIFL_WARN("agent got an unexpected " << kindName(d.kind) << " from " << d.src);
+      case DescriptorKind::Failure:
+        chains_->onReply(d);
+        break;
+      default:
+        LIFL_WARN("agent got an unexpected " << kindName(d.kind) << " from " << d.src);
     }
   }
 }
@@ -85,8 +98,12 @@ nlohmann::json Agent::describeInstances() const {
   nlohmann::json out = nlohmann::json::array();
   for (const auto& i : supervisor_->instances()) {
     const auto c = router_->counters(i.id);
-    out.push_back({{"id", i.id}, {"pid", i.pid}, {"busy", i.busy}, {"function", i.function},
-                   {"delivered_messages", c.deliveredMsgs}, {"sent_messages", c.sentMsgs},
+    out.push_back({{"id", i.id},
+                   {"pid", i.pid},
+                   {"busy", i.busy},
+                   {"function", i.function},
+                   {"delivered_messages", c.deliveredMsgs},
+                   {"sent_messages", c.sentMsgs},
                    {"dropped_messages", c.droppedMsgs}});
   }
   return out;
@@ -99,13 +116,22 @@ nlohmann::json Agent::describeStore() const {
   store_->forEach([&](const ObjectRef& o) {
     if (objects.size() >= 1000) return;  // a bounded answer
     const auto kind = static_cast<size_t>(o.kind());
-    objects.push_back({{"generation", o.handle().generation}, {"kind", kKinds[kind < 6 ? kind : 0]},
-                       {"bytes", o.capacity()}, {"owner", o.owner()}, {"producer", o.producer()},
-                       {"job", o.job()}, {"round", o.round()}, {"sealed", o.sealed()},
-                       {"container", o.container()}, {"refcount", o.refcount()}});
+    objects.push_back({{"generation", o.handle().generation},
+                       {"kind", kKinds[kind < 6 ? kind : 0]},
+                       {"bytes", o.capacity()},
+                       {"owner", o.owner()},
+                       {"producer", o.producer()},
+                       {"job", o.job()},
+                       {"round", o.round()},
+                       {"sealed", o.sealed()},
+                       {"container", o.container()},
+                       {"refcount", o.refcount()}});
   });
-  return {{"capacity_bytes", stats.capacityBytes}, {"free_bytes", stats.freeBytes},
-          {"live_objects", stats.liveObjects}, {"live_bytes", stats.liveBytes}, {"objects", objects}};
+  return {{"capacity_bytes", stats.capacityBytes},
+          {"free_bytes", stats.freeBytes},
+          {"live_objects", stats.liveObjects},
+          {"live_bytes", stats.liveBytes},
+          {"objects", objects}};
 }
 
 void Agent::refreshMetrics() {

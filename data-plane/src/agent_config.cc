@@ -23,8 +23,8 @@ Result<AgentConfig> parseAgentConfig(const std::string& yaml) {
     YAML::Node root = YAML::Load(yaml);
     if (!root || root.IsNull()) return c;
     if (!root.IsMap()) return configError("config must be a YAML mapping");
-    static const std::vector<std::string> kKeys = {"bind", "port", "data_dir", "router", "store",
-                                                   "functions", "gateway", "log_level"};
+    static const std::vector<std::string> kKeys = {"bind",  "port",      "data_dir", "router",
+                                                   "store", "functions", "gateway",  "log_level"};
     for (const auto& kv : root) {
       const auto key = kv.first.as<std::string>();
       if (std::find(kKeys.begin(), kKeys.end(), key) == kKeys.end())
@@ -70,8 +70,10 @@ Result<AgentConfig> parseAgentConfig(const std::string& yaml) {
   } catch (const YAML::Exception& e) {
     return configError(std::string("config: ") + e.what());
   }
-  if (c.router != "ebpf" && c.router != "userspace") return configError("router must be ebpf or userspace");
-  if (c.gatewayThreads == 0 || c.gatewayThreads > 64) return configError("gateway.threads must be 1-64");
+  if (c.router != "ebpf" && c.router != "userspace")
+    return configError("router must be ebpf or userspace");
+  if (c.gatewayThreads == 0 || c.gatewayThreads > 64)
+    return configError("gateway.threads must be 1-64");
   if (c.storeBytes < (16ull << 20)) return configError("store.bytes must be at least 16 MiB");
   return c;
 }

@@ -14,11 +14,10 @@
 #include <sys/socket.h>
 
 #include <atomic>
-#include <thread>
-
 #include <cerrno>
 #include <cstring>
 #include <mutex>
+#include <thread>
 #include <unordered_map>
 #include <vector>
 
@@ -59,7 +58,8 @@ class EbpfRouter final : public Router {
       return systemError("bind/listen router listener", errno);
     socklen_t len = sizeof(addr);
     ::getsockname(listener.get(), reinterpret_cast<sockaddr*>(&addr), &len);
-    auto router = std::unique_ptr<EbpfRouter>(new EbpfRouter(std::move(skel), std::move(listener), addr));
+    auto router =
+        std::unique_ptr<EbpfRouter>(new EbpfRouter(std::move(skel), std::move(listener), addr));
     return std::unique_ptr<Router>(std::move(router));
   }
 
@@ -69,7 +69,8 @@ class EbpfRouter final : public Router {
     std::lock_guard lock(mutex_);
     UniqueFd sock(::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0));
     if (!sock) return systemError("socket", errno);
-    if (::connect(sock.get(), reinterpret_cast<const sockaddr*>(&listenAddr_), sizeof(listenAddr_)) != 0)
+    if (::connect(sock.get(), reinterpret_cast<const sockaddr*>(&listenAddr_),
+                  sizeof(listenAddr_)) != 0)
       return systemError("connect to router listener", errno);
     UniqueFd peer(::accept4(listener_.get(), nullptr, nullptr, SOCK_CLOEXEC));
     if (!peer) return systemError("accept router connection", errno);
@@ -100,7 +101,7 @@ class EbpfRouter final : public Router {
   void detach(InstanceId id) override {
     std::lock_guard lock(mutex_);
     uint32_t key = id;
-    bpf_map_delete_elem(socksFd(), &key);     // ENOENT when the socket already closed: fine
+    bpf_map_delete_elem(socksFd(), &key);  // ENOENT when the socket already closed: fine
     bpf_map_delete_elem(countersFd(), &key);
     if (auto it = peers_.find(id); it != peers_.end()) {
       ::epoll_ctl(epoll_.get(), EPOLL_CTL_DEL, it->second.get(), nullptr);
@@ -148,8 +149,10 @@ class EbpfRouter final : public Router {
         auto it = peers_.find(static_cast<InstanceId>(events[i].data.u64));
         if (it == peers_.end()) continue;
         ssize_t r = ::recv(it->second.get(), sink, sizeof(sink), MSG_DONTWAIT);
-        if (r == 0) ::epoll_ctl(epoll_.get(), EPOLL_CTL_DEL, it->second.get(), nullptr);  // instance gone
-        else if (r > 0) LIFL_DEBUG("dead letters from instance " << it->first << ": " << r / 64);
+        if (r == 0)
+          ::epoll_ctl(epoll_.get(), EPOLL_CTL_DEL, it->second.get(), nullptr);  // instance gone
+        else if (r > 0)
+          LIFL_DEBUG("dead letters from instance " << it->first << ": " << r / 64);
       }
     }
   }

@@ -6,7 +6,8 @@ namespace lifl::dataplane {
 
 Result<EventView> readEvent(const ObjectRef& object) {
   uint32_t metaLen = 0;
-  if (object.size() < sizeof(metaLen)) return badRequest("malformed_event", "event object too small");
+  if (object.size() < sizeof(metaLen))
+    return badRequest("malformed_event", "event object too small");
   std::memcpy(&metaLen, object.data(), sizeof(metaLen));
   if (metaLen > object.size() - sizeof(metaLen))
     return badRequest("malformed_event", "event attributes run past the object");
@@ -20,10 +21,9 @@ Result<EventView> readEvent(const ObjectRef& object) {
   return view;
 }
 
-Result<std::pair<ObjectRef, std::byte*>> makeEvent(ObjectStore& store,
-                                                              InstanceId owner,
-                                                              const nlohmann::json& attributes,
-                                                              uint64_t dataSize) {
+Result<std::pair<ObjectRef, std::byte*>> makeEvent(ObjectStore& store, InstanceId owner,
+                                                   const nlohmann::json& attributes,
+                                                   uint64_t dataSize) {
   const std::string meta = attributes.dump();
   const uint32_t metaLen = static_cast<uint32_t>(meta.size());
   LIFL_TRY(object, store.allocate(sizeof(metaLen) + metaLen + dataSize, ObjectKind::Event, owner));

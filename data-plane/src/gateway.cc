@@ -1,8 +1,6 @@
 // Boost.Beast gateway. One coroutine per connection, each on its own strand; the
 // io_context runs on `gateway.threads` threads. This is the only translation unit that
 // instantiates Beast's server side (build time on 2 cores).
-#include <utility>  // before Asio: g++ 12 needs std::exchange for asio::awaitable
-
 #include "lifl/dataplane/gateway.h"
 
 #include <boost/asio.hpp>
@@ -11,6 +9,7 @@
 #include <cstring>
 #include <optional>
 #include <thread>
+#include <utility>  // before Asio: g++ 12 needs std::exchange for asio::awaitable
 
 #include "lifl/common/base64.h"
 #include "lifl/common/job_spec.h"
@@ -61,7 +60,8 @@ std::string_view header(const Parser& p, std::string_view name) {
 bool iequals(std::string_view a, std::string_view b) {
   if (a.size() != b.size()) return false;
   for (size_t i = 0; i < a.size(); ++i)
-    if (std::tolower(static_cast<unsigned char>(a[i])) != std::tolower(static_cast<unsigned char>(b[i])))
+    if (std::tolower(static_cast<unsigned char>(a[i])) !=
+        std::tolower(static_cast<unsigned char>(b[i])))
       return false;
   return true;
 }
@@ -82,7 +82,8 @@ std::vector<std::string> splitPath(std::string_view target) {
 }  // namespace
 
 struct Gateway::Impl {
-  Impl(const AgentConfig& c, JobManager& j, ChainManager& ch, ObjectStore& s, Metrics& m, GatewayHooks h)
+  Impl(const AgentConfig& c, JobManager& j, ChainManager& ch, ObjectStore& s, Metrics& m,
+       GatewayHooks h)
       : config(c), jobs(j), chains(ch), store(s), metrics(m), hooks(std::move(h)) {}
 
   const AgentConfig& config;
@@ -97,7 +98,8 @@ struct Gateway::Impl {
   std::atomic<uint32_t> connections{0};
 
   // ---------------------------------------------------------------- responses
-  awaitable<void> write(Exchange& ex, http::status status, std::string body, std::string_view contentType,
+  awaitable<void> write(Exchange& ex, http::status status, std::string body,
+                        std::string_view contentType,
                         std::vector<std::pair<std::string, std::string>> headers = {}) {
     http::response<http::string_body> res{status, ex.parser.get().version()};
     res.set(http::field::server, "lifl");
@@ -158,11 +160,13 @@ struct Gateway::Impl {
     body.size = capacity;
     while (!ex.parser.is_done()) {
       beast::error_code ec;
-      co_await http::async_read(ex.stream, ex.buffer, ex.parser, asio::redirect_error(use_awaitable, ec));
+      co_await http::async_read(ex.stream, ex.buffer, ex.parser,
+                                asio::redirect_error(use_awaitable, ec));
       if (ec == http::error::need_buffer) {
         if (body.size == 0) {
           ex.keepAlive = false;
-          co_return makeError(413, "body_too_large", "the body is larger than this endpoint allows");
+          co_return makeError(413, "body_too_large",
+                              "the body is larger than this endpoint allows");
         }
         continue;
       }
@@ -181,12 +185,14 @@ struct Gateway::Impl {
     auto cl = ex.parser.content_length();
     if (cl && *cl > limit) {
       ex.keepAlive = false;
-      co_return makeError(413, "body_too_large", "the body is larger than " + std::to_string(limit) + " bytes");
+      co_return makeError(413, "body_too_large",
+                          "the body is larger than " + std::to_string(limit) + " bytes");
     }
     out.resize(cl ? *cl : std::min<uint64_t>(limit, 64 << 10));
     uint64_t have = 0;
     for (;;) {
-      auto got = co_await readBodyInto(ex, reinterpret_cast<std::byte*>(out.data()) + have, out.size() - have);
+      auto got = co_await readBodyInto(ex, reinterpret_cast<std::byte*>(out.data()) + have,
+                                       out.size() - have);
       if (got) {
         out.resize(have + got.value());
         co_return out;
@@ -222,7 +228,8 @@ struct Gateway::Impl {
     if (!iequals(header(ex.parser, "expect"), "100-continue")) co_return;
     static const std::string kContinue = "HTTP/1.1 100 Continue\r\n\r\n";
     beast::error_code ec;
-    co_await asio::async_write(ex.stream, asio::buffer(kContinue), asio::redirect_error(use_awaitable, ec));
+    co_await asio::async_write(ex.stream, asio::buffer(kContinue),
+                               asio::redirect_error(use_awaitable, ec));
   }
 
   // ---------------------------------------------------------------- jobs
@@ -263,7 +270,8 @@ struct Gateway::Impl {
     auto cl = ex.parser.content_length();
     if (cl && *cl > limit.value()) {
       ex.keepAlive = false;
-      co_return co_await writeError(ex, makeError(413, "body_too_large", "model body is larger than the model"));
+      co_return co_await writeError(
+          ex, makeError(413, "body_too_large", "model body is larger than the model"));
     }
     co_await maybeContinue(ex);
     const uint64_t capacity = cl ? *cl : limit.value();
@@ -271,7 +279,8 @@ struct Gateway::Impl {
     if (!object) co_return co_await rejectBeforeBody(ex, object.error());
     ObjectRef temp = object.value();
     auto got = co_await readBodyInto(ex, temp.data(), capacity);
-    Result<void> set = got ? (temp.setLength(got.value()), jobs.setModel(id, temp)) : Result<void>(got.error());
+    Result<void> set =
+        got ? (temp.setLength(got.value()), jobs.setModel(id, temp)) : Result<void>(got.error());
     store.release(temp.handle());
     if (!set) co_return co_await writeError(ex, set.error());
     co_await write(ex, http::status::no_content, "", "application/json");
@@ -308,8 +317,10 @@ struct Gateway::Impl {
     const Admission& a = admission.value();
     auto cl = ex.parser.content_length();
     if (a.duplicate) {  // a retry of an accepted update: idempotent
-      if (cl && *cl > a.bodyLimit) ex.keepAlive = false;
-      else co_await drainOrClose(ex);
+      if (cl && *cl > a.bodyLimit)
+        ex.keepAlive = false;
+      else
+        co_await drainOrClose(ex);
       const nlohmann::json body = {{"accepted", true}, {"round", a.round}, {"duplicate", true}};
       co_return co_await writeJson(ex, http::status::accepted, body);
     }
@@ -345,7 +356,8 @@ struct Gateway::Impl {
     update.setLength(got.value());
     auto round = jobs.commit(id, meta.value(), update);
     using Ms = std::chrono::duration<double, std::milli>;
-    const double readMs = Ms(t1 - t0).count(), commitMs = Ms(std::chrono::steady_clock::now() - t1).count();
+    const double readMs = Ms(t1 - t0).count(),
+                 commitMs = Ms(std::chrono::steady_clock::now() - t1).count();
     LIFL_DEBUG("update " << meta.value().id << ": " << got.value() << " bytes read in " << readMs
                          << " ms, validated and routed in " << commitMs << " ms");
     if (!round) {
@@ -361,7 +373,8 @@ struct Gateway::Impl {
     ex.route = "functions";
     auto first = chains.entry(name);
     if (!first) co_return co_await rejectBeforeBody(ex, first.error());
-    const bool structured = header(ex.parser, "content-type").starts_with("application/cloudevents+json");
+    const bool structured =
+        header(ex.parser, "content-type").starts_with("application/cloudevents+json");
     nlohmann::json attributes;
     std::optional<ObjectRef> event;
     if (structured) {
@@ -369,11 +382,16 @@ struct Gateway::Impl {
       if (!body) co_return co_await writeError(ex, body.error());
       auto doc = nlohmann::json::parse(body.value(), nullptr, false);
       if (doc.is_discarded() || !doc.is_object())
-        co_return co_await writeError(ex, badRequest("malformed_event", "structured event is not a JSON object"));
+        co_return co_await writeError(
+            ex, badRequest("malformed_event", "structured event is not a JSON object"));
       std::string data;
       if (doc.contains("data_base64")) {
-        auto decoded = doc["data_base64"].is_string() ? base64Decode(doc["data_base64"].get<std::string>()) : std::nullopt;
-        if (!decoded) co_return co_await writeError(ex, badRequest("malformed_event", "data_base64 is not base64"));
+        auto decoded = doc["data_base64"].is_string()
+                           ? base64Decode(doc["data_base64"].get<std::string>())
+                           : std::nullopt;
+        if (!decoded)
+          co_return co_await writeError(ex,
+                                        badRequest("malformed_event", "data_base64 is not base64"));
         data = std::move(*decoded);
       } else if (doc.contains("data")) {
         data = doc["data"].is_string() ? doc["data"].get<std::string>() : doc["data"].dump();
@@ -392,12 +410,15 @@ struct Gateway::Impl {
         for (auto& c : key) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
         if (key.rfind("ce-", 0) == 0) attributes[key.substr(3)] = std::string(field.value());
       }
-      if (auto ct = header(ex.parser, "content-type"); !ct.empty()) attributes["datacontenttype"] = std::string(ct);
-      if (auto e = checkAttributes(attributes); !e) co_return co_await rejectBeforeBody(ex, e.error());
+      if (auto ct = header(ex.parser, "content-type"); !ct.empty())
+        attributes["datacontenttype"] = std::string(ct);
+      if (auto e = checkAttributes(attributes); !e)
+        co_return co_await rejectBeforeBody(ex, e.error());
       auto cl = ex.parser.content_length();
       if (cl && *cl > config.maxEventBytes) {
         ex.keepAlive = false;
-        co_return co_await writeError(ex, makeError(413, "body_too_large", "event data is too large"));
+        co_return co_await writeError(ex,
+                                      makeError(413, "body_too_large", "event data is too large"));
       }
       if (cl) {  // the body goes straight into the event object
         auto made = makeEvent(store, first.value(), attributes, *cl);
@@ -439,7 +460,8 @@ struct Gateway::Impl {
     }
     if (!done) {
       chains.forget(correlation.value());
-      co_return co_await writeError(ex, makeError(504, "function_timeout", "the chain did not answer in time"));
+      co_return co_await writeError(
+          ex, makeError(504, "function_timeout", "the chain did not answer in time"));
     }
     co_await answerChain(ex, call->reply, structured);
   }
@@ -455,7 +477,8 @@ struct Gateway::Impl {
 
   awaitable<void> answerChain(Exchange& ex, const Descriptor& reply, bool structured) {
     auto object = store.resolve(reply);
-    if (!object) co_return co_await writeError(ex, internal("lost_reply", "the chain's reply object is gone"));
+    if (!object)
+      co_return co_await writeError(ex, internal("lost_reply", "the chain's reply object is gone"));
     auto view = readEvent(object.value());
     if (!view) {
       store.release(object.value().handle());
@@ -463,7 +486,8 @@ struct Gateway::Impl {
     }
     EventView& ev = view.value();
     if (reply.kind == DescriptorKind::Failure) {
-      Error e = makeError(ev.attributes.value("status", 500), ev.attributes.value("error", "function_failed"),
+      Error e = makeError(ev.attributes.value("status", 500),
+                          ev.attributes.value("error", "function_failed"),
                           ev.attributes.value("detail", "a function of the chain failed"));
       store.release(object.value().handle());
       co_return co_await writeError(ex, e);
@@ -473,13 +497,16 @@ struct Gateway::Impl {
     store.release(object.value().handle());
     if (structured) {
       attributes["data"] = data;
-      co_return co_await write(ex, http::status::ok, attributes.dump(), "application/cloudevents+json");
+      co_return co_await write(ex, http::status::ok, attributes.dump(),
+                               "application/cloudevents+json");
     }
     std::vector<std::pair<std::string, std::string>> headers;
     std::string contentType = "application/octet-stream";
     for (auto& [k, v] : attributes.items()) {
-      if (k == "datacontenttype") contentType = v.is_string() ? v.get<std::string>() : v.dump();
-      else headers.emplace_back("ce-" + k, v.is_string() ? v.get<std::string>() : v.dump());
+      if (k == "datacontenttype")
+        contentType = v.is_string() ? v.get<std::string>() : v.dump();
+      else
+        headers.emplace_back("ce-" + k, v.is_string() ? v.get<std::string>() : v.dump());
     }
     co_await write(ex, http::status::ok, std::move(data), contentType, std::move(headers));
   }
@@ -490,24 +517,28 @@ struct Gateway::Impl {
     const auto target = ex.parser.get().target();
     const auto path = splitPath(std::string_view(target.data(), target.size()));
     auto methodNotAllowed = [&] {
-      return rejectBeforeBody(ex, makeError(405, "method_not_allowed", "method not allowed on this path"));
+      return rejectBeforeBody(
+          ex, makeError(405, "method_not_allowed", "method not allowed on this path"));
     };
     if (path.size() == 1 && (path[0] == "livez" || path[0] == "readyz")) {
       ex.route = "health";
       const bool ok = path[0] == "livez" || !hooks.ready || hooks.ready();
       const nlohmann::json body = {{"status", ok ? "ok" : "starting"}};
-      co_return co_await writeJson(ex, ok ? http::status::ok : http::status::service_unavailable, body);
+      co_return co_await writeJson(ex, ok ? http::status::ok : http::status::service_unavailable,
+                                   body);
     }
     if (path.size() == 1 && path[0] == "metrics") {
       ex.route = "metrics";
       if (hooks.refreshMetrics) hooks.refreshMetrics();
-      co_return co_await write(ex, http::status::ok, metrics.serialize(), "text/plain; version=0.0.4");
+      co_return co_await write(ex, http::status::ok, metrics.serialize(),
+                               "text/plain; version=0.0.4");
     }
     if (path.size() >= 2 && path[0] == "v1" && path[1] == "jobs") {
       ex.route = "jobs";
       if (path.size() == 2) {
         if (method == http::verb::post) co_return co_await createJob(ex);
-        if (method == http::verb::get) co_return co_await writeJson(ex, http::status::ok, jobs.list());
+        if (method == http::verb::get)
+          co_return co_await writeJson(ex, http::status::ok, jobs.list());
         co_return co_await methodNotAllowed();
       }
       const std::string& id = path[2];
@@ -571,12 +602,15 @@ struct Gateway::Impl {
       parser.body_limit(std::numeric_limits<std::uint64_t>::max());
       stream.expires_after(headerTimeout);
       beast::error_code ec;
-      co_await http::async_read_header(stream, buffer, parser, asio::redirect_error(use_awaitable, ec));
+      co_await http::async_read_header(stream, buffer, parser,
+                                       asio::redirect_error(use_awaitable, ec));
       if (ec) {
-        if (ec != http::error::end_of_stream && ec != asio::error::eof && ec != beast::error::timeout &&
-            ec != asio::error::connection_reset && ec != asio::error::operation_aborted) {
+        if (ec != http::error::end_of_stream && ec != asio::error::eof &&
+            ec != beast::error::timeout && ec != asio::error::connection_reset &&
+            ec != asio::error::operation_aborted) {
           Exchange ex{stream, buffer, parser, false};
-          co_await writeError(ex, badRequest("malformed_request", "cannot parse the HTTP request: " + ec.message()));
+          co_await writeError(ex, badRequest("malformed_request",
+                                             "cannot parse the HTTP request: " + ec.message()));
         }
         break;
       }
@@ -584,7 +618,8 @@ struct Gateway::Impl {
       Exchange ex{stream, buffer, parser, parser.get().keep_alive()};
       if (overloaded) {
         ex.keepAlive = false;
-        co_await writeError(ex, unavailable("too_many_connections", "the gateway is at its connection limit"));
+        co_await writeError(
+            ex, unavailable("too_many_connections", "the gateway is at its connection limit"));
         break;
       }
       co_await dispatch(ex);
@@ -611,8 +646,8 @@ struct Gateway::Impl {
   }
 };
 
-Gateway::Gateway(const AgentConfig& config, JobManager& jobs, ChainManager& chains, ObjectStore& store,
-                 Metrics& metrics, GatewayHooks hooks)
+Gateway::Gateway(const AgentConfig& config, JobManager& jobs, ChainManager& chains,
+                 ObjectStore& store, Metrics& metrics, GatewayHooks hooks)
     : impl_(std::make_unique<Impl>(config, jobs, chains, store, metrics, std::move(hooks))) {}
 
 Gateway::~Gateway() { stop(); }
@@ -620,7 +655,9 @@ Gateway::~Gateway() { stop(); }
 Result<uint16_t> Gateway::start() {
   beast::error_code ec;
   auto address = asio::ip::make_address(impl_->config.bind, ec);
-  if (ec) return badRequest("invalid_config", "bind address " + impl_->config.bind + " is not an IP address");
+  if (ec)
+    return badRequest("invalid_config",
+                      "bind address " + impl_->config.bind + " is not an IP address");
   tcp::endpoint endpoint(address, impl_->config.port);
   auto& acceptor = impl_->acceptor.emplace(impl_->ioc);
   acceptor.open(endpoint.protocol(), ec);

@@ -24,14 +24,18 @@ std::string acceptKey(const UpdateMeta& m) { return m.source + '\n' + m.id; }
 
 JobManager::JobManager(ObjectStore& store, Endpoint& endpoint, Supervisor& supervisor,
                        Metrics& metrics, Planner planner)
-    : store_(store), endpoint_(endpoint), supervisor_(supervisor), metrics_(metrics),
+    : store_(store),
+      endpoint_(endpoint),
+      supervisor_(supervisor),
+      metrics_(metrics),
       planner_(std::move(planner)) {}
 
 JobManager::~JobManager() = default;
 
 bool JobManager::send(Descriptor d) {
   auto sent = endpoint_.send(d);
-  if (!sent) LIFL_WARN("send " << kindName(d.kind) << " to " << d.dst << ": " << sent.error().detail);
+  if (!sent)
+    LIFL_WARN("send " << kindName(d.kind) << " to " << d.dst << ": " << sent.error().detail);
   return static_cast<bool>(sent);
 }
 
@@ -55,11 +59,12 @@ Result<nlohmann::json> JobManager::create(JobSpec spec) {
   Job* raw = job.get();
   bySlot_[raw->slot] = raw;
   jobs_[raw->spec.id] = std::move(job);
-  LIFL_INFO("job " << raw->spec.id << ": " << raw->spec.clientsPerRound << " clients x "
-                   << raw->spec.rounds << " rounds, " << raw->plan.leaves << " leaves"
-                   << (raw->plan.middles ? ", " + std::to_string(raw->plan.middles) + " middles" : "")
-                   << ", fan-in " << raw->spec.fanIn << ", " << raw->spec.modelElements()
-                   << " parameters");
+  LIFL_INFO(
+      "job " << raw->spec.id << ": " << raw->spec.clientsPerRound << " clients x "
+             << raw->spec.rounds << " rounds, " << raw->plan.leaves << " leaves"
+             << (raw->plan.middles ? ", " + std::to_string(raw->plan.middles) + " middles" : "")
+             << ", fan-in " << raw->spec.fanIn << ", " << raw->spec.modelElements()
+             << " parameters");
   return nlohmann::json{{"id", raw->spec.id}, {"round", 0}};
 }
 
@@ -67,7 +72,8 @@ Result<void> JobManager::createInitialModel(Job& job) {
   if (job.spec.init == ModelInit::None) return success();
   const std::string header = modelHeader(job.spec);
   const uint64_t n = job.spec.modelElements();
-  LIFL_TRY(model, store_.allocate(header.size() + n * sizeof(float), ObjectKind::Model, kAgentInstance));
+  LIFL_TRY(model,
+           store_.allocate(header.size() + n * sizeof(float), ObjectKind::Model, kAgentInstance));
   std::memcpy(model.data(), header.data(), header.size());
   auto* w = reinterpret_cast<float*>(model.data() + header.size());
   if (job.spec.init == ModelInit::Zeros) {
@@ -96,7 +102,8 @@ nlohmann::json JobManager::aggregatorParams(const Job& job, size_t node, uint32_
                       {"tensors", tensors},
                       {"base", nullptr}};
   if (n.role == AggregatorRole::Top && job.spec.update == UpdateMode::Delta && job.model)
-    p["base"] = {{"offset", job.model->offset}, {"length", job.model->length},
+    p["base"] = {{"offset", job.model->offset},
+                 {"length", job.model->length},
                  {"generation", job.model->generation}};
   return p;
 }
@@ -131,15 +138,15 @@ void JobManager::finish(Job& job, State state) {
 }
 
 nlohmann::json JobManager::statusOf(const Job& job) const {
-  const char* state = job.state == State::Done        ? "done"
-                      : job.state == State::Cancelled ? "cancelled"
-                      : job.state == State::Failed    ? "failed"
+  const char* state = job.state == State::Done          ? "done"
+                      : job.state == State::Cancelled   ? "cancelled"
+                      : job.state == State::Failed      ? "failed"
                       : job.received + job.reserved > 0 ? "aggregating"
                                                         : "waiting";
   nlohmann::json history = nlohmann::json::array();
   for (const auto& r : job.history)
-    history.push_back({{"round", r.round}, {"clients", r.clients}, {"weight", r.weight},
-                       {"seconds", r.seconds}});
+    history.push_back(
+        {{"round", r.round}, {"clients", r.clients}, {"weight", r.weight}, {"seconds", r.seconds}});
   nlohmann::json plan = job.plan.toJson();
   plan["instances"] = job.instances;
   nlohmann::json out = {{"id", job.spec.id},
@@ -186,7 +193,8 @@ Result<uint64_t> JobManager::admitModel(const std::string& id) const {
   std::lock_guard lock(mutex_);
   LIFL_TRY(job, find(id));
   if (job->state != State::Active || job->round != 0 || job->received + job->reserved != 0)
-    return conflict("model_locked", "the initial model can be set only before round 0 receives updates");
+    return conflict("model_locked",
+                    "the initial model can be set only before round 0 receives updates");
   return maxUpdateBytes(job->spec);
 }
 
@@ -202,7 +210,8 @@ Result<void> JobManager::setModel(const std::string& id, const ObjectRef& upload
   LIFL_TRYV(checkFinite(uploaded.data(), view));
   const std::string header = modelHeader(job->spec);
   const uint64_t n = job->spec.modelElements();
-  LIFL_TRY(model, store_.allocate(header.size() + n * sizeof(float), ObjectKind::Model, kAgentInstance));
+  LIFL_TRY(model,
+           store_.allocate(header.size() + n * sizeof(float), ObjectKind::Model, kAgentInstance));
   std::memcpy(model.data(), header.data(), header.size());
   auto* out = reinterpret_cast<float*>(model.data() + header.size());
   std::memset(out, 0, n * sizeof(float));
@@ -216,7 +225,8 @@ Result<void> JobManager::setModel(const std::string& id, const ObjectRef& upload
   std::lock_guard lock(mutex_);
   if (job->state != State::Active || job->round != 0 || job->received + job->reserved != 0) {
     store_.release(model.handle());
-    return conflict("model_locked", "the initial model can be set only before round 0 receives updates");
+    return conflict("model_locked",
+                    "the initial model can be set only before round 0 receives updates");
   }
   if (job->model) store_.release(*job->model);
   job->model = model.handle();
@@ -241,10 +251,12 @@ Result<Admission> JobManager::admit(const std::string& id, const UpdateMeta& met
   LIFL_TRY(job, find(id));
   if (job->state != State::Active)
     return conflict("job_finished", "job " + id + " is no longer taking updates");
-  if (job->accepted.count(acceptKey(meta))) return Admission{true, job->round, maxUpdateBytes(job->spec)};
+  if (job->accepted.count(acceptKey(meta)))
+    return Admission{true, job->round, maxUpdateBytes(job->spec)};
   if (meta.round != job->round)
     return conflict("wrong_round", "update is for round " + std::to_string(meta.round) +
-                                       " but job " + id + " is at round " + std::to_string(job->round));
+                                       " but job " + id + " is at round " +
+                                       std::to_string(job->round));
   if (job->spec.update == UpdateMode::Delta && !job->model)
     return conflict("no_model", "a delta job needs its initial model before updates");
   if (auto s = job->sources.find(meta.source); s != job->sources.end()) {
@@ -275,7 +287,8 @@ void JobManager::abandon(const std::string& id, const UpdateMeta& meta) {
   }
 }
 
-Result<uint32_t> JobManager::commit(const std::string& id, const UpdateMeta& meta, ObjectRef update) {
+Result<uint32_t> JobManager::commit(const std::string& id, const UpdateMeta& meta,
+                                    ObjectRef update) {
   Job* job = nullptr;
   {
     std::lock_guard lock(mutex_);
@@ -411,8 +424,8 @@ void JobManager::recover(Job& job, size_t node, InstanceId dead) {
   // parent holds the ones it acknowledged until its own batch is acknowledged).
   uint32_t covered = 0;
   for (const auto& [gen, o] : live)
-    if (o.kind() == ObjectKind::Partial && o.producer() == dead && o.sealed() && o.round() == job.round &&
-        o.job() == job.slot)
+    if (o.kind() == ObjectKind::Partial && o.producer() == dead && o.sealed() &&
+        o.round() == job.round && o.job() == job.slot)
       covered += PartialView(o).header().clients;
 
   std::vector<ObjectRef> redeliver, release;
@@ -451,9 +464,10 @@ void JobManager::recover(Job& job, size_t node, InstanceId dead) {
   for (const auto& o : release) store_.release(o.handle());
 
   const uint32_t remaining = planNode.expected > covered ? planNode.expected - covered : 0;
-  LIFL_WARN("job " << job.spec.id << ": " << roleName(planNode.role) << " " << dead << " died in round "
-                   << job.round << "; " << covered << " updates covered by sealed partials, "
-                   << redeliver.size() << " inputs to re-deliver");
+  LIFL_WARN("job " << job.spec.id << ": " << roleName(planNode.role) << " " << dead
+                   << " died in round " << job.round << "; " << covered
+                   << " updates covered by sealed partials, " << redeliver.size()
+                   << " inputs to re-deliver");
 
   auto replacement = supervisor_.reserve();
   if (!replacement) {
@@ -464,7 +478,8 @@ void JobManager::recover(Job& job, size_t node, InstanceId dead) {
   }
   const InstanceId fresh = replacement.value();
   job.instances[node] = fresh;
-  if (auto assigned = supervisor_.assign(fresh, kAggregator, aggregatorParams(job, node, remaining));
+  if (auto assigned =
+          supervisor_.assign(fresh, kAggregator, aggregatorParams(job, node, remaining));
       !assigned) {
     job.failure = "cannot assign replacement: " + assigned.error().detail;
     finish(job, State::Failed);
@@ -491,7 +506,8 @@ void JobManager::recover(Job& job, size_t node, InstanceId dead) {
     o.describe(d);
     send(d);
   }
-  if (planNode.role == AggregatorRole::Leaf && job.routed[node] == planNode.expected) sendFlush(job, node);
+  if (planNode.role == AggregatorRole::Leaf && job.routed[node] == planNode.expected)
+    sendFlush(job, node);
 }
 
 }  // namespace lifl::dataplane

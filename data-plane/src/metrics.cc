@@ -10,25 +10,40 @@ using prometheus::BuildHistogram;
 
 Metrics::Metrics()
     : registry_(std::make_shared<prometheus::Registry>()),
-      accepted_(BuildCounter().Name("lifl_updates_accepted_total")
-                    .Help("Client updates accepted (HTTP 202)").Register(*registry_)),
-      ingestBytes_(BuildCounter().Name("lifl_ingest_bytes_total")
-                       .Help("Update bytes written into the object store").Register(*registry_)),
-      rejected_(BuildCounter().Name("lifl_updates_rejected_total")
-                    .Help("Client updates rejected, by error code").Register(*registry_)),
-      rounds_(BuildCounter().Name("lifl_rounds_completed_total")
-                  .Help("Aggregation rounds completed").Register(*registry_)),
-      roundSeconds_(BuildHistogram().Name("lifl_round_duration_seconds")
+      accepted_(BuildCounter()
+                    .Name("lifl_updates_accepted_total")
+                    .Help("Client updates accepted (HTTP 202)")
+                    .Register(*registry_)),
+      ingestBytes_(BuildCounter()
+                       .Name("lifl_ingest_bytes_total")
+                       .Help("Update bytes written into the object store")
+                       .Register(*registry_)),
+      rejected_(BuildCounter()
+                    .Name("lifl_updates_rejected_total")
+                    .Help("Client updates rejected, by error code")
+                    .Register(*registry_)),
+      rounds_(BuildCounter()
+                  .Name("lifl_rounds_completed_total")
+                  .Help("Aggregation rounds completed")
+                  .Register(*registry_)),
+      roundSeconds_(BuildHistogram()
+                        .Name("lifl_round_duration_seconds")
                         .Help("Time from a round's first accepted update to its new model")
                         .Register(*registry_)),
-      requests_(BuildCounter().Name("lifl_http_requests_total")
-                    .Help("HTTP requests by route and status").Register(*registry_)),
-      routed_(BuildCounter().Name("lifl_router_delivered_messages_total")
+      requests_(BuildCounter()
+                    .Name("lifl_http_requests_total")
+                    .Help("HTTP requests by route and status")
+                    .Register(*registry_)),
+      routed_(BuildCounter()
+                  .Name("lifl_router_delivered_messages_total")
                   .Help("Descriptors delivered into each instance (eBPF counters)")
                   .Register(*registry_)),
-      routedBytes_(BuildCounter().Name("lifl_router_delivered_bytes_total")
-                       .Help("Descriptor bytes delivered into each instance").Register(*registry_)),
-      gauges_(BuildGauge().Name("lifl_agent_state")
+      routedBytes_(BuildCounter()
+                       .Name("lifl_router_delivered_bytes_total")
+                       .Help("Descriptor bytes delivered into each instance")
+                       .Register(*registry_)),
+      gauges_(BuildGauge()
+                  .Name("lifl_agent_state")
                   .Help("Agent gauges: store bytes, instances, cold starts (label: what)")
                   .Register(*registry_)) {}
 
@@ -37,12 +52,15 @@ void Metrics::updateAccepted(const std::string& job, uint64_t bytes) {
   ingestBytes_.Add({{"job", job}}).Increment(static_cast<double>(bytes));
 }
 
-void Metrics::updateRejected(const std::string& code) { rejected_.Add({{"code", code}}).Increment(); }
+void Metrics::updateRejected(const std::string& code) {
+  rejected_.Add({{"code", code}}).Increment();
+}
 
 void Metrics::roundCompleted(const std::string& job, double seconds) {
   rounds_.Add({{"job", job}}).Increment();
   roundSeconds_
-      .Add({{"job", job}}, prometheus::Histogram::BucketBoundaries{0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300})
+      .Add({{"job", job}}, prometheus::Histogram::BucketBoundaries{0.01, 0.05, 0.1, 0.25, 0.5, 1,
+                                                                   2.5, 5, 10, 30, 60, 300})
       .Observe(seconds);
 }
 
@@ -54,7 +72,8 @@ void Metrics::routerCounters(InstanceId instance, uint64_t msgs, uint64_t bytes)
   std::lock_guard lock(mutex_);
   auto& last = lastRouter_[instance];
   const std::string id = std::to_string(instance);
-  if (msgs > last.first) routed_.Add({{"instance", id}}).Increment(static_cast<double>(msgs - last.first));
+  if (msgs > last.first)
+    routed_.Add({{"instance", id}}).Increment(static_cast<double>(msgs - last.first));
   if (bytes > last.second)
     routedBytes_.Add({{"instance", id}}).Increment(static_cast<double>(bytes - last.second));
   last = {msgs, bytes};

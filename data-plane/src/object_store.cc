@@ -35,8 +35,8 @@ struct alignas(64) ObjectHeader {
   std::atomic<uint16_t> flags;
   std::atomic<uint32_t> job;
   std::atomic<uint32_t> round;
-  uint32_t slot;        // index in the heap's live table
-  uint8_t sizeClass;    // the heap block's class
+  uint32_t slot;      // index in the heap's live table
+  uint8_t sizeClass;  // the heap block's class
   uint8_t pad[3];
   std::atomic<uint64_t> value;  // kind-specific: an update's weight (ce-numexamples)
   uint64_t reserved[6];
@@ -50,7 +50,9 @@ struct ObjectStore::Impl {
   ShmHeap* heap = nullptr;
 
   std::byte* base() const { return static_cast<std::byte*>(region.get_address()); }
-  ObjectHeader* at(uint64_t offset) const { return reinterpret_cast<ObjectHeader*>(base() + offset); }
+  ObjectHeader* at(uint64_t offset) const {
+    return reinterpret_cast<ObjectHeader*>(base() + offset);
+  }
   uint64_t offsetOf(const ObjectHeader* h) const {
     return static_cast<uint64_t>(reinterpret_cast<const std::byte*>(h) - base());
   }
@@ -85,7 +87,8 @@ void ObjectRef::prefault(bool forWrite) const {
   const auto begin = reinterpret_cast<uintptr_t>(data_) & ~(kPage - 1);
   const auto end = reinterpret_cast<uintptr_t>(data_) + handle_.length;
   if (end > begin)
-    (void)::madvise(reinterpret_cast<void*>(begin), end - begin, forWrite ? MADV_POPULATE_WRITE : MADV_POPULATE_READ);
+    (void)::madvise(reinterpret_cast<void*>(begin), end - begin,
+                    forWrite ? MADV_POPULATE_WRITE : MADV_POPULATE_READ);
 }
 
 void ObjectRef::seal() const { header_->flags.fetch_or(kObjectSealed, std::memory_order_acq_rel); }
@@ -108,7 +111,8 @@ ObjectStore::~ObjectStore() {
 
 Result<std::unique_ptr<ObjectStore>> ObjectStore::create(const StoreConfig& config) {
   uint64_t bytes = config.bytes;
-  if (bytes < (16ull << 20)) return makeError(400, "invalid_config", "store size must be >= 16 MiB");
+  if (bytes < (16ull << 20))
+    return makeError(400, "invalid_config", "store size must be >= 16 MiB");
   if (config.hugepages) bytes = (bytes + kHugePage - 1) / kHugePage * kHugePage;
   bip::file_mapping::remove(config.path.c_str());
   {  // owner-only permissions: other users on the node must not read client updates
@@ -123,7 +127,8 @@ Result<std::unique_ptr<ObjectStore>> ObjectStore::create(const StoreConfig& conf
     impl->region = bip::mapped_region(impl->file, bip::read_write, 0, bytes);
   } catch (const bip::interprocess_exception& e) {
     bip::file_mapping::remove(config.path.c_str());
-    return internal("store_create_failed", "cannot map the object store " + config.path + ": " + e.what());
+    return internal("store_create_failed",
+                    "cannot map the object store " + config.path + ": " + e.what());
   }
   impl->heap = ShmHeap::format(impl->base(), bytes, kDefaultSlots);
   if (!impl->heap) return makeError(400, "invalid_config", "store too small for its object table");
@@ -139,7 +144,8 @@ Result<std::unique_ptr<ObjectStore>> ObjectStore::open(const std::string& path) 
     return internal("store_open_failed", "cannot open the object store " + path + ": " + e.what());
   }
   impl->heap = ShmHeap::attach(impl->base(), impl->region.get_size());
-  if (!impl->heap) return internal("store_open_failed", "segment " + path + " is not a LIFL object store");
+  if (!impl->heap)
+    return internal("store_open_failed", "segment " + path + " is not a LIFL object store");
   return std::unique_ptr<ObjectStore>(new ObjectStore(std::move(impl), path, false));
 }
 
@@ -168,7 +174,8 @@ Result<ObjectRef> ObjectStore::allocate(uint64_t bytes, ObjectKind kind, Instanc
   if (h->slot == UINT32_MAX) {
     h->magic = 0;
     impl_->heap->free(off, sizeClass);
-    return unavailable("store_full", "the object store's table of live objects is full; retry later");
+    return unavailable("store_full",
+                       "the object store's table of live objects is full; retry later");
   }
   // Published last: until it has a generation the object is invisible to descriptors.
   h->generation.store(impl_->heap->nextGeneration(), std::memory_order_release);
@@ -215,7 +222,8 @@ void ObjectStore::release(const ObjectHandle& handle) {
 void ObjectStore::forEach(const std::function<void(const ObjectRef&)>& visit) const {
   impl_->heap->forEachLive([&](uint64_t off) {
     auto* h = impl_->at(off);
-    if (h->magic == kHeaderMagic && h->generation.load(std::memory_order_acquire) != 0) visit(refFor(h));
+    if (h->magic == kHeaderMagic && h->generation.load(std::memory_order_acquire) != 0)
+      visit(refFor(h));
   });
 }
 

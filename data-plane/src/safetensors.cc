@@ -13,15 +13,17 @@ namespace {
 
 using nlohmann::json;
 
-Error malformed(std::string detail) { return badRequest("malformed_safetensors", std::move(detail)); }
+Error malformed(std::string detail) {
+  return badRequest("malformed_safetensors", std::move(detail));
+}
 
 // Element sizes of every dtype the safetensors format defines, so that files with dtypes we
 // do not aggregate are still parsed exactly and rejected with the right code.
 const std::unordered_map<std::string, uint32_t>& knownDtypes() {
   static const std::unordered_map<std::string, uint32_t> k = {
-      {"BOOL", 1}, {"U8", 1},  {"I8", 1},  {"F8_E5M2", 1}, {"F8_E4M3", 1}, {"I16", 2},
-      {"U16", 2},  {"F16", 2}, {"BF16", 2}, {"I32", 4},    {"U32", 4},     {"F32", 4},
-      {"F64", 8},  {"I64", 8}, {"U64", 8}};
+      {"BOOL", 1}, {"U8", 1},  {"I8", 1},  {"F8_E5M2", 1}, {"F8_E4M3", 1},
+      {"I16", 2},  {"U16", 2}, {"F16", 2}, {"BF16", 2},    {"I32", 4},
+      {"U32", 4},  {"F32", 4}, {"F64", 8}, {"I64", 8},     {"U64", 8}};
   return k;
 }
 
@@ -67,7 +69,8 @@ Result<SafetensorsView> parseSafetensors(const std::byte* data, uint64_t size) {
     tv.name = name;
     tv.dtypeName = dt->get<std::string>();
     auto known = knownDtypes().find(tv.dtypeName);
-    if (known == knownDtypes().end()) return malformed("tensor " + name + " has unknown dtype " + tv.dtypeName);
+    if (known == knownDtypes().end())
+      return malformed("tensor " + name + " has unknown dtype " + tv.dtypeName);
     tv.dtype = parseDType(tv.dtypeName);
     tv.elements = 1;
     for (const auto& d : *sh) {

@@ -7,7 +7,7 @@ namespace lifl::dataplane {
 namespace {
 
 constexpr uint64_t kMagic = 0x4c49464c48454150ull;  // "LIFLHEAP"
-constexpr uint32_t kTagShift = 34;                   // head = tag << 34 | offset / 64
+constexpr uint32_t kTagShift = 34;                  // head = tag << 34 | offset / 64
 constexpr uint64_t kOffsetMask = (uint64_t{1} << kTagShift) - 1;
 
 /// The first 8 bytes of a free block link it to the next one on its list.
@@ -64,10 +64,12 @@ uint64_t ShmHeap::pop(uint32_t c) {
     if (off == 0) return 0;
     // The block may be popped and reused by another process meanwhile: then `next` is
     // garbage, but the tag has moved on and the CAS fails.
-    const uint64_t next = reinterpret_cast<FreeBlock*>(at(this, off))->next.load(std::memory_order_relaxed);
+    const uint64_t next =
+        reinterpret_cast<FreeBlock*>(at(this, off))->next.load(std::memory_order_relaxed);
     const uint64_t tagged = (((head >> kTagShift) + 1) << kTagShift) | (next / kAlign);
     if (freeLists_[c].compare_exchange_weak(head, tagged, std::memory_order_acq_rel)) {
-      freeListBytes_.fetch_sub(static_cast<int64_t>(classBytes(static_cast<uint8_t>(c))), std::memory_order_relaxed);
+      freeListBytes_.fetch_sub(static_cast<int64_t>(classBytes(static_cast<uint8_t>(c))),
+                               std::memory_order_relaxed);
       return off;
     }
   }
@@ -79,10 +81,12 @@ void ShmHeap::push(uint32_t c, uint64_t offset) {
   for (;;) {
     block->next.store((head & kOffsetMask) * kAlign, std::memory_order_relaxed);
     const uint64_t tagged = (((head >> kTagShift) + 1) << kTagShift) | (offset / kAlign);
-    if (freeLists_[c].compare_exchange_weak(head, tagged, std::memory_order_release, std::memory_order_relaxed))
+    if (freeLists_[c].compare_exchange_weak(head, tagged, std::memory_order_release,
+                                            std::memory_order_relaxed))
       break;
   }
-  freeListBytes_.fetch_add(static_cast<int64_t>(classBytes(static_cast<uint8_t>(c))), std::memory_order_relaxed);
+  freeListBytes_.fetch_add(static_cast<int64_t>(classBytes(static_cast<uint8_t>(c))),
+                           std::memory_order_relaxed);
 }
 
 uint64_t ShmHeap::allocate(uint64_t bytes, uint8_t& sizeClass) {
@@ -134,7 +138,8 @@ void ShmHeap::unregisterLive(uint32_t slot, uint64_t offset) {
 
 uint64_t ShmHeap::freeBytes() const {
   const int64_t lists = freeListBytes_.load(std::memory_order_relaxed);
-  return end_ - bump_.load(std::memory_order_relaxed) + static_cast<uint64_t>(lists > 0 ? lists : 0);
+  return end_ - bump_.load(std::memory_order_relaxed) +
+         static_cast<uint64_t>(lists > 0 ? lists : 0);
 }
 
 }  // namespace lifl::dataplane

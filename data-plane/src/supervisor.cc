@@ -55,8 +55,8 @@ Result<InstanceId> Supervisor::spawnLocked() {
   posix_spawn_file_actions_init(&actions);
   posix_spawn_file_actions_adddup2(&actions, sock.get(), 3);  // dup2 clears FD_CLOEXEC
   const std::string idArg = std::to_string(id), agentArg = std::to_string(::getpid());
-  std::vector<std::string> args = {executable_, "instance", "--id", idArg, "--fd", "3",
-                                   "--store", store_.path(), "--agent-pid", agentArg};
+  std::vector<std::string> args = {executable_, "instance", "--id",        idArg,         "--fd",
+                                   "3",         "--store",  store_.path(), "--agent-pid", agentArg};
   std::vector<char*> argv;
   for (auto& a : args) argv.push_back(a.data());
   argv.push_back(nullptr);
@@ -203,8 +203,10 @@ void Supervisor::stop() {
   for (int tries = 0; tries < 50; ++tries) {
     bool alive = false;
     for (auto& [id, child] : children_) {
-      if (child.pid && ::waitpid(child.pid, nullptr, WNOHANG) == 0) alive = true;
-      else child.pid = 0;
+      if (child.pid && ::waitpid(child.pid, nullptr, WNOHANG) == 0)
+        alive = true;
+      else
+        child.pid = 0;
     }
     if (!alive) break;
     ::usleep(20'000);

@@ -62,8 +62,10 @@ class Rot13 final : public ChainFunction {
     Output out{in.attributes, std::string(in.text())};
     for (auto& ch : out.data) {
       unsigned char c = static_cast<unsigned char>(ch);
-      if (c >= 'a' && c <= 'z') ch = static_cast<char>('a' + (c - 'a' + 13) % 26);
-      else if (c >= 'A' && c <= 'Z') ch = static_cast<char>('A' + (c - 'A' + 13) % 26);
+      if (c >= 'a' && c <= 'z')
+        ch = static_cast<char>('a' + (c - 'a' + 13) % 26);
+      else if (c >= 'A' && c <= 'Z')
+        ch = static_cast<char>('A' + (c - 'A' + 13) % 26);
     }
     out.attributes["type"] = "dev.lifl.example.rot13";
     return out;

@@ -37,10 +37,14 @@ class Aggregator final : public Function {
       LIFL_TRYV(configure(ctx.params()));
     }
     switch (d.kind) {
-      case DescriptorKind::Update: return foldUpdate(ctx, d);
-      case DescriptorKind::Partial: return foldPartial(ctx, d);
-      case DescriptorKind::Ack: return onAck(ctx, d);
-      case DescriptorKind::Reparent: return reparent(ctx, d.aux);
+      case DescriptorKind::Update:
+        return foldUpdate(ctx, d);
+      case DescriptorKind::Partial:
+        return foldPartial(ctx, d);
+      case DescriptorKind::Ack:
+        return onAck(ctx, d);
+      case DescriptorKind::Reparent:
+        return reparent(ctx, d.aux);
       case DescriptorKind::Flush:
         flushed_ = true;
         return acc_ ? maybeForward(ctx) : success();
@@ -66,7 +70,8 @@ class Aggregator final : public Function {
         spec_.tensors.push_back(std::move(ts));
       }
       if (p.contains("base") && !p["base"].is_null())
-        base_ = ObjectHandle{p["base"].at("offset"), p["base"].at("length"), p["base"].at("generation")};
+        base_ = ObjectHandle{p["base"].at("offset"), p["base"].at("length"),
+                             p["base"].at("generation")};
     } catch (const nlohmann::json::exception& e) {
       return badRequest("malformed_assignment", std::string("aggregator params: ") + e.what());
     }
@@ -88,7 +93,8 @@ class Aggregator final : public Function {
   Result<void> ensureAccumulator(Context& ctx) {
     if (acc_) return success();
     const uint32_t capacity = role_ == Role::Top ? 0 : batchCapacity();
-    LIFL_TRY(object, ctx.allocate(dataplane::partialBytes(elements_, capacity), ObjectKind::Partial));
+    LIFL_TRY(object,
+             ctx.allocate(dataplane::partialBytes(elements_, capacity), ObjectKind::Partial));
     object.setTag(job_, round_);
     PartialView view(object);
     view.header() = dataplane::PartialHeader{};
@@ -129,8 +135,10 @@ class Aggregator final : public Function {
     const float w = static_cast<float>(d.value);
     for (size_t i = 0; i < spec_.tensors.size(); ++i) {  // the tensors cover every element
       const auto& tv = view.tensors[i];
-      if (accFresh_) kernels::assign(acc + offsets_[i], input.data() + tv.begin, *tv.dtype, tv.elements, w);
-      else kernels::accumulate(acc + offsets_[i], input.data() + tv.begin, *tv.dtype, tv.elements, w);
+      if (accFresh_)
+        kernels::assign(acc + offsets_[i], input.data() + tv.begin, *tv.dtype, tv.elements, w);
+      else
+        kernels::accumulate(acc + offsets_[i], input.data() + tv.begin, *tv.dtype, tv.elements, w);
     }
     accFresh_ = false;
     return recordInput(ctx, input, static_cast<double>(d.value), 1);
@@ -155,8 +163,10 @@ class Aggregator final : public Function {
     if (!partial.valid() || partial.header().elements != elements_ || !input.sealed())
       return badRequest("malformed_partial", "partial does not match this aggregator");
     LIFL_TRYV(ensureAccumulator(ctx));
-    if (accFresh_) std::memcpy(PartialView(*acc_).acc(), partial.acc(), elements_ * sizeof(float));
-    else kernels::addInto(PartialView(*acc_).acc(), partial.acc(), elements_);
+    if (accFresh_)
+      std::memcpy(PartialView(*acc_).acc(), partial.acc(), elements_ * sizeof(float));
+    else
+      kernels::addInto(PartialView(*acc_).acc(), partial.acc(), elements_);
     accFresh_ = false;
     input.setOwner(ctx.self());  // ours until our own partial is acknowledged
     (void)ctx.emit(ack);         // a lost ack is recovered by the child's re-send
@@ -179,7 +189,8 @@ class Aggregator final : public Function {
     acc_.reset();
     PartialView view(partial);
     for (uint32_t i = 0; i < view.header().inputCount; ++i) {
-      auto in = ctx.store().resolve(ObjectHandle{view.inputs()[i].offset, 0, view.inputs()[i].generation});
+      auto in = ctx.store().resolve(
+          ObjectHandle{view.inputs()[i].offset, 0, view.inputs()[i].generation});
       if (in) in.value().setContainer(partial.handle().generation);
     }
     partial.seal();  // after the container links: a sealed partial covers all its inputs
@@ -267,13 +278,13 @@ class Aggregator final : public Function {
     ObjectHandle partial;
     std::vector<ObjectHandle> inputs;
   };
-  std::optional<ObjectRef> acc_;          ///< the partial under construction
-  uint32_t folded_ = 0;                   ///< clients folded in this assignment
-  bool flushed_ = false;                  ///< leaf: no more updates will come
-  bool accFresh_ = false;                 ///< acc_ holds no input yet (its memory is garbage)
-  std::unordered_set<uint64_t> seen_;     ///< generations of inputs folded (duplicate filter)
-  std::vector<Unacked> unacked_;          ///< sealed partials the parent has not acknowledged
-  std::vector<ObjectHandle> batchInputs_; ///< inputs folded into acc_
+  std::optional<ObjectRef> acc_;           ///< the partial under construction
+  uint32_t folded_ = 0;                    ///< clients folded in this assignment
+  bool flushed_ = false;                   ///< leaf: no more updates will come
+  bool accFresh_ = false;                  ///< acc_ holds no input yet (its memory is garbage)
+  std::unordered_set<uint64_t> seen_;      ///< generations of inputs folded (duplicate filter)
+  std::vector<Unacked> unacked_;           ///< sealed partials the parent has not acknowledged
+  std::vector<ObjectHandle> batchInputs_;  ///< inputs folded into acc_
 };
 
 }  // namespace

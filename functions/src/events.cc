@@ -6,8 +6,8 @@ namespace lifl::fn {
 
 Result<void> ChainFunction::onEvent(Context& ctx, const Descriptor& d) {
   if (d.kind != DescriptorKind::Event)
-    return badRequest("unexpected_descriptor", "chain functions take events, not " +
-                                                   std::string(kindName(d.kind)));
+    return badRequest("unexpected_descriptor",
+                      "chain functions take events, not " + std::string(kindName(d.kind)));
   LIFL_TRY(input, ctx.store().resolve(d));
   const InstanceId next = ctx.params().value("next", kAgentInstance);
   Descriptor out;

@@ -24,7 +24,8 @@ Result<Assignment> readAssignment(dataplane::ObjectStore& store, const Descripto
   store.release(object.handle());
   if (doc.is_discarded() || !doc.is_object() || !doc.contains("function"))
     return badRequest("malformed_assignment", "assignment is not a JSON object with a function");
-  return Assignment{doc["function"].get<std::string>(), doc.value("params", nlohmann::json::object())};
+  return Assignment{doc["function"].get<std::string>(),
+                    doc.value("params", nlohmann::json::object())};
 }
 
 }  // namespace

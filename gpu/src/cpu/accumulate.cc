@@ -1,7 +1,7 @@
+#include "lifl/gpu/accumulate.h"
+
 #include <bit>
 #include <cstring>
-
-#include "lifl/gpu/accumulate.h"
 
 // One clone per x86-64 level: v4 (AVX-512), v3 (AVX2 + F16C + FMA), baseline. The loops are
 // written so that GCC vectorises each clone; bench/aggregation checks the achieved GB/s
@@ -11,7 +11,8 @@
 namespace lifl::kernels {
 namespace {
 
-LIFL_CLONES void accumulateF32(float* __restrict acc, const float* __restrict x, uint64_t n, float w) {
+LIFL_CLONES void accumulateF32(float* __restrict acc, const float* __restrict x, uint64_t n,
+                               float w) {
   for (uint64_t i = 0; i < n; ++i) acc[i] += w * x[i];
 }
 
@@ -31,12 +32,15 @@ LIFL_CLONES void assignF32(float* __restrict acc, const float* __restrict x, uin
   for (uint64_t i = 0; i < n; ++i) acc[i] = w * x[i];
 }
 
-LIFL_CLONES void assignF16(float* __restrict acc, const _Float16* __restrict x, uint64_t n, float w) {
+LIFL_CLONES void assignF16(float* __restrict acc, const _Float16* __restrict x, uint64_t n,
+                           float w) {
   for (uint64_t i = 0; i < n; ++i) acc[i] = w * static_cast<float>(x[i]);
 }
 
-LIFL_CLONES void assignBF16(float* __restrict acc, const uint16_t* __restrict x, uint64_t n, float w) {
-  for (uint64_t i = 0; i < n; ++i) acc[i] = w * std::bit_cast<float>(static_cast<uint32_t>(x[i]) << 16);
+LIFL_CLONES void assignBF16(float* __restrict acc, const uint16_t* __restrict x, uint64_t n,
+                            float w) {
+  for (uint64_t i = 0; i < n; ++i)
+    acc[i] = w * std::bit_cast<float>(static_cast<uint32_t>(x[i]) << 16);
 }
 
 LIFL_CLONES void addF32(float* __restrict acc, const float* __restrict x, uint64_t n) {
@@ -47,8 +51,8 @@ LIFL_CLONES void scaleF32(float* __restrict out, const float* __restrict acc, ui
   for (uint64_t i = 0; i < n; ++i) out[i] = acc[i] * s;
 }
 
-LIFL_CLONES void scaleAddF32(float* __restrict out, const float* __restrict acc, uint64_t n, float s,
-                             const float* __restrict base) {
+LIFL_CLONES void scaleAddF32(float* __restrict out, const float* __restrict acc, uint64_t n,
+                             float s, const float* __restrict base) {
   for (uint64_t i = 0; i < n; ++i) out[i] = base[i] + acc[i] * s;
 }
 
@@ -56,25 +60,33 @@ LIFL_CLONES void scaleAddF32(float* __restrict out, const float* __restrict acc,
 
 void accumulate(float* acc, const void* x, DType dtype, uint64_t n, float w) {
   switch (dtype) {
-    case DType::F32: return accumulateF32(acc, static_cast<const float*>(x), n, w);
-    case DType::F16: return accumulateF16(acc, static_cast<const _Float16*>(x), n, w);
-    case DType::BF16: return accumulateBF16(acc, static_cast<const uint16_t*>(x), n, w);
+    case DType::F32:
+      return accumulateF32(acc, static_cast<const float*>(x), n, w);
+    case DType::F16:
+      return accumulateF16(acc, static_cast<const _Float16*>(x), n, w);
+    case DType::BF16:
+      return accumulateBF16(acc, static_cast<const uint16_t*>(x), n, w);
   }
 }
 
 void assign(float* acc, const void* x, DType dtype, uint64_t n, float w) {
   switch (dtype) {
-    case DType::F32: return assignF32(acc, static_cast<const float*>(x), n, w);
-    case DType::F16: return assignF16(acc, static_cast<const _Float16*>(x), n, w);
-    case DType::BF16: return assignBF16(acc, static_cast<const uint16_t*>(x), n, w);
+    case DType::F32:
+      return assignF32(acc, static_cast<const float*>(x), n, w);
+    case DType::F16:
+      return assignF16(acc, static_cast<const _Float16*>(x), n, w);
+    case DType::BF16:
+      return assignBF16(acc, static_cast<const uint16_t*>(x), n, w);
   }
 }
 
 void addInto(float* acc, const float* x, uint64_t n) { addF32(acc, x, n); }
 
 void scaleInto(float* out, const float* acc, uint64_t n, double scale, const float* base) {
-  if (base) scaleAddF32(out, acc, n, static_cast<float>(scale), base);
-  else scaleF32(out, acc, n, static_cast<float>(scale));
+  if (base)
+    scaleAddF32(out, acc, n, static_cast<float>(scale), base);
+  else
+    scaleF32(out, acc, n, static_cast<float>(scale));
 }
 
 }  // namespace lifl::kernels

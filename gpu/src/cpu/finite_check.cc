@@ -25,9 +25,12 @@ LIFL_CLONES uint64_t nonFinite16(const uint16_t* __restrict x, uint64_t n, uint1
 
 uint64_t countNonFinite(const void* x, DType dtype, uint64_t n) {
   switch (dtype) {
-    case DType::F32: return nonFinite32(static_cast<const uint32_t*>(x), n);
-    case DType::F16: return nonFinite16(static_cast<const uint16_t*>(x), n, 0x7c00);
-    case DType::BF16: return nonFinite16(static_cast<const uint16_t*>(x), n, 0x7f80);
+    case DType::F32:
+      return nonFinite32(static_cast<const uint32_t*>(x), n);
+    case DType::F16:
+      return nonFinite16(static_cast<const uint16_t*>(x), n, 0x7c00);
+    case DType::BF16:
+      return nonFinite16(static_cast<const uint16_t*>(x), n, 0x7f80);
   }
   return 0;
 }

@@ -36,7 +36,8 @@ clients_per_round: 5
 rounds: 2
 update: delta
 hierarchy: {fan_in: 2, levels: 3}
-)", "application/yaml");
+)",
+                           "application/yaml");
   ASSERT_TRUE(spec) << spec.error().toString();
   EXPECT_EQ(spec.value().tensors[0].elements, 12u);
   EXPECT_EQ(spec.value().update, UpdateMode::Delta);
@@ -54,15 +55,32 @@ TEST(JobSpec, RejectsBadSpecs) {
       {.name = "not json", .body = "{", .status = 400},
       {.name = "array", .body = "[]", .status = 422},
       {.name = "no id", .body = R"({"model":{"tensors":{"w":{"shape":[1]}}}})", .status = 422},
-      {.name = "bad id", .body = R"({"id":"a b","model":{"tensors":{"w":{"shape":[1]}}}})", .status = 422},
+      {.name = "bad id",
+       .body = R"({"id":"a b","model":{"tensors":{"w":{"shape":[1]}}}})",
+       .status = 422},
       {.name = "no tensors", .body = R"({"id":"a","model":{"tensors":{}}})", .status = 422},
-      {.name = "zero dim", .body = R"({"id":"a","model":{"tensors":{"w":{"shape":[0]}}}})", .status = 422},
-      {.name = "f16 model", .body = R"({"id":"a","model":{"tensors":{"w":{"dtype":"F16","shape":[1]}}}})", .status = 422},
-      {.name = "bad init", .body = R"({"id":"a","model":{"tensors":{"w":{"shape":[1]}},"init":"ones"}})", .status = 422},
-      {.name = "zero clients", .body = R"({"id":"a","model":{"tensors":{"w":{"shape":[1]}}},"clients_per_round":0})", .status = 422},
-      {.name = "fan-in 1", .body = R"({"id":"a","model":{"tensors":{"w":{"shape":[1]}}},"hierarchy":{"fan_in":1}})", .status = 422},
-      {.name = "strategy", .body = R"({"id":"a","model":{"tensors":{"w":{"shape":[1]}}},"strategy":{"name":"krum"}})", .status = 422},
-      {.name = "min > per round", .body = R"({"id":"a","model":{"tensors":{"w":{"shape":[1]}}},"clients_per_round":2,"min_clients":3})", .status = 422},
+      {.name = "zero dim",
+       .body = R"({"id":"a","model":{"tensors":{"w":{"shape":[0]}}}})",
+       .status = 422},
+      {.name = "f16 model",
+       .body = R"({"id":"a","model":{"tensors":{"w":{"dtype":"F16","shape":[1]}}}})",
+       .status = 422},
+      {.name = "bad init",
+       .body = R"({"id":"a","model":{"tensors":{"w":{"shape":[1]}},"init":"ones"}})",
+       .status = 422},
+      {.name = "zero clients",
+       .body = R"({"id":"a","model":{"tensors":{"w":{"shape":[1]}}},"clients_per_round":0})",
+       .status = 422},
+      {.name = "fan-in 1",
+       .body = R"({"id":"a","model":{"tensors":{"w":{"shape":[1]}}},"hierarchy":{"fan_in":1}})",
+       .status = 422},
+      {.name = "strategy",
+       .body = R"({"id":"a","model":{"tensors":{"w":{"shape":[1]}}},"strategy":{"name":"krum"}})",
+       .status = 422},
+      {.name = "min > per round",
+       .body =
+           R"({"id":"a","model":{"tensors":{"w":{"shape":[1]}}},"clients_per_round":2,"min_clients":3})",
+       .status = 422},
   };
   for (const auto& c : cases) {
     auto spec = parseJobSpec(c.body, "application/json");

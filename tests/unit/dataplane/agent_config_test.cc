@@ -31,9 +31,10 @@ gateway: {threads: 3}
 }
 
 TEST(AgentConfig, RejectsBadConfigs) {
-  for (const char* bad : {"router: dpdk", "prot: 80", "store: {bytes: 10}", "port: 70000",
-                          "functions: {chains: [{name: x}]}", "functions: {chains: [{functions: [a]}]}",
-                          "gateway: {threads: 0}", "[1, 2]", "port: {a: 1}"}) {
+  for (const char* bad :
+       {"router: dpdk", "prot: 80", "store: {bytes: 10}", "port: 70000",
+        "functions: {chains: [{name: x}]}", "functions: {chains: [{functions: [a]}]}",
+        "gateway: {threads: 0}", "[1, 2]", "port: {a: 1}"}) {
     auto c = parseAgentConfig(bad);
     ASSERT_FALSE(c) << bad;
     EXPECT_EQ(c.error().code, "invalid_config") << bad;

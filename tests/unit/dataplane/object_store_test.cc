@@ -30,7 +30,8 @@ TEST_F(ObjectStoreTest, AllocateResolveRelease) {
   auto a = store_->allocate(1000, ObjectKind::Update, 7);
   ASSERT_TRUE(a);
   EXPECT_EQ(a.value().size(), 1000u);
-  EXPECT_EQ(reinterpret_cast<uintptr_t>(a.value().data()) % 64, 0u) << "payload is cache-line aligned";
+  EXPECT_EQ(reinterpret_cast<uintptr_t>(a.value().data()) % 64, 0u)
+      << "payload is cache-line aligned";
   std::memset(a.value().data(), 0xab, 1000);
   Descriptor d{};
   a.value().describe(d);
@@ -86,7 +87,8 @@ TEST_F(ObjectStoreTest, FullStoreAnswers503) {
   ASSERT_FALSE(big);
   EXPECT_EQ(big.error().status, 503);
   EXPECT_EQ(big.error().code, "store_full");
-  EXPECT_TRUE(store_->allocate(1024, ObjectKind::Update, 1)) << "a failed allocation disturbs nothing";
+  EXPECT_TRUE(store_->allocate(1024, ObjectKind::Update, 1))
+      << "a failed allocation disturbs nothing";
 }
 
 TEST_F(ObjectStoreTest, ReclaimsWhatADeadProcessOwned) {

@@ -36,8 +36,10 @@ JobSpec specWith(std::vector<std::pair<std::string, std::vector<int64_t>>> tenso
 }
 
 TEST(Safetensors, ParsesValidFiles) {
-  auto s = file(R"({"__metadata__":{"format":"pt"},"b":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},)"
-                R"("a":{"dtype":"BF16","shape":[2,2],"data_offsets":[8,16]}})", 16);
+  auto s = file(
+      R"({"__metadata__":{"format":"pt"},"b":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},)"
+      R"("a":{"dtype":"BF16","shape":[2,2],"data_offsets":[8,16]}})",
+      16);
   auto v = parse(s);
   ASSERT_TRUE(v) << v.error().toString();
   ASSERT_EQ(v.value().tensors.size(), 2u);
@@ -77,17 +79,23 @@ TEST(Safetensors, RejectsMalformedFilesWith400) {
       {"offsets wrong arity", file(R"({"w":{"dtype":"F32","shape":[2],"data_offsets":[0]}})", 8)},
       {"begin after end", file(R"({"w":{"dtype":"F32","shape":[2],"data_offsets":[8,0]}})", 8)},
       {"end past the body", file(R"({"w":{"dtype":"F32","shape":[2],"data_offsets":[0,16]}})", 8)},
-      {"size does not match shape", file(R"({"w":{"dtype":"F32","shape":[3],"data_offsets":[0,8]}})", 8)},
+      {"size does not match shape",
+       file(R"({"w":{"dtype":"F32","shape":[3],"data_offsets":[0,8]}})", 8)},
       {"overlapping tensors", file(R"({"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},)"
-                                   R"("b":{"dtype":"F32","shape":[2],"data_offsets":[4,12]}})", 12)},
+                                   R"("b":{"dtype":"F32","shape":[2],"data_offsets":[4,12]}})",
+                                   12)},
       {"gap between tensors", file(R"({"a":{"dtype":"F32","shape":[1],"data_offsets":[0,4]},)"
-                                   R"("b":{"dtype":"F32","shape":[1],"data_offsets":[8,12]}})", 12)},
+                                   R"("b":{"dtype":"F32","shape":[1],"data_offsets":[8,12]}})",
+                                   12)},
       {"trailing bytes", file(ok, 12)},
       {"truncated data", file(ok, 4)},
-      {"shape overflows", file(R"({"w":{"dtype":"F32","shape":[4294967296,4294967296],"data_offsets":[0,8]}})", 8)},
-      {"metadata value not a string", file(R"({"__metadata__":{"k":1},"w":{"dtype":"F32","shape":[2],"data_offsets":[0,8]}})", 8)},
+      {"shape overflows",
+       file(R"({"w":{"dtype":"F32","shape":[4294967296,4294967296],"data_offsets":[0,8]}})", 8)},
+      {"metadata value not a string",
+       file(R"({"__metadata__":{"k":1},"w":{"dtype":"F32","shape":[2],"data_offsets":[0,8]}})", 8)},
       {"misaligned tensor", file(R"({"a":{"dtype":"U8","shape":[1],"data_offsets":[0,1]},)"
-                                 R"("b":{"dtype":"F32","shape":[1],"data_offsets":[1,5]}})", 5)},
+                                 R"("b":{"dtype":"F32","shape":[1],"data_offsets":[1,5]}})",
+                                 5)},
   };
   static_assert(std::size(cases) >= 15);
   for (const auto& c : cases) {

@@ -35,16 +35,19 @@ TEST_P(AccumulateTest, MatchesDoubleLoop) {
       xf[i] = v;
       xh[i] = static_cast<_Float16>(v);
       xb[i] = toBf16(v);
-      x[i] = GetParam() == DType::F32 ? v : GetParam() == DType::F16 ? static_cast<double>(xh[i]) : fromBf16(xb[i]);
+      x[i] = GetParam() == DType::F32   ? v
+             : GetParam() == DType::F16 ? static_cast<double>(xh[i])
+                                        : fromBf16(xb[i]);
     }
-    const void* input = GetParam() == DType::F32 ? static_cast<const void*>(xf.data())
+    const void* input = GetParam() == DType::F32   ? static_cast<const void*>(xf.data())
                         : GetParam() == DType::F16 ? static_cast<const void*>(xh.data())
                                                    : static_cast<const void*>(xb.data());
     const float w = 37.0f;
     std::vector<float> assigned(n, std::nanf(""));  // poisoned: every element must be written
     assign(assigned.data(), input, GetParam(), n, w);
     for (uint64_t i = 0; i < n; ++i)
-      ASSERT_LE(std::abs(assigned[i] - w * x[i]), 1.2e-7 * std::abs(w * x[i]) + 1e-30) << "assign i=" << i;
+      ASSERT_LE(std::abs(assigned[i] - w * x[i]), 1.2e-7 * std::abs(w * x[i]) + 1e-30)
+          << "assign i=" << i;
     accumulate(acc.data(), input, GetParam(), n, w);
     for (uint64_t i = 0; i < n; ++i) {
       const double expect = ref[i] + w * x[i];
@@ -66,7 +69,7 @@ TEST_P(AccumulateTest, CountsNonFinite) {
     h[where[k]] = static_cast<_Float16>(bad[k]);
     b[where[k]] = toBf16(bad[k]);
   }
-  const void* input = GetParam() == DType::F32 ? static_cast<const void*>(f.data())
+  const void* input = GetParam() == DType::F32   ? static_cast<const void*>(f.data())
                       : GetParam() == DType::F16 ? static_cast<const void*>(h.data())
                                                  : static_cast<const void*>(b.data());
   EXPECT_EQ(countNonFinite(input, GetParam(), n), 3u);
@@ -76,7 +79,8 @@ TEST_P(AccumulateTest, CountsNonFinite) {
   EXPECT_EQ(countNonFinite(big.data(), DType::F32, big.size()), 0u);
 }
 
-INSTANTIATE_TEST_SUITE_P(DTypes, AccumulateTest, ::testing::Values(DType::F32, DType::F16, DType::BF16),
+INSTANTIATE_TEST_SUITE_P(DTypes, AccumulateTest,
+                         ::testing::Values(DType::F32, DType::F16, DType::BF16),
                          [](const auto& info) { return std::string(dtypeName(info.param)); });
 
 TEST(Accumulate, AddIntoAndScale) {
@@ -95,7 +99,8 @@ TEST(Accumulate, AddIntoAndScale) {
     ASSERT_NEAR(acc[i], static_cast<double>(before[i]) + x[i], 2.5e-7 * 2);
   const double s = 1.0 / 3.0;
   scaleInto(out.data(), acc.data(), n, s, nullptr);
-  for (uint64_t i = 0; i < n; ++i) ASSERT_NEAR(out[i], acc[i] * s, 1e-7 * std::abs(acc[i] * s) + 1e-12);
+  for (uint64_t i = 0; i < n; ++i)
+    ASSERT_NEAR(out[i], acc[i] * s, 1e-7 * std::abs(acc[i] * s) + 1e-12);
   scaleInto(out.data(), acc.data(), n, s, base.data());
   for (uint64_t i = 0; i < n; ++i) ASSERT_NEAR(out[i], base[i] + acc[i] * s, 5e-7);
 }

@@ -15,7 +15,8 @@ namespace lifl::cli {
 class Args {
  public:
   /// @param flags options that take no value
-  static Result<Args> parse(int argc, char** argv, int first, const std::set<std::string>& flags = {});
+  static Result<Args> parse(int argc, char** argv, int first,
+                            const std::set<std::string>& flags = {});
   bool has(const std::string& key) const { return options_.count(key) != 0; }
   std::string get(const std::string& key, const std::string& fallback = "") const;
   Result<uint64_t> getUnsigned(const std::string& key, uint64_t fallback) const;

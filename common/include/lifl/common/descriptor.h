@@ -20,23 +20,23 @@ inline constexpr InstanceId kFirstFunctionInstance = 16;
 
 enum class DescriptorKind : uint16_t {
   Invalid = 0,
-  Assign = 1,    ///< agent -> instance: take a role; object holds the JSON assignment
-  Release = 2,   ///< agent -> instance: drop the role, go back to the warm pool
-  Shutdown = 3,  ///< agent -> instance: exit
-  Update = 10,   ///< gateway -> leaf: one client update (safetensors)
-  Partial = 11,  ///< child -> parent: (sum w*x, sum w) of a batch of inputs
-  Ack = 12,      ///< parent -> child: the partial is folded, release its inputs
-  Model = 13,    ///< top -> agent: the new global model (safetensors)
-  Reparent = 14, ///< agent -> instance: send later partials to `aux`
-  Flush = 15,    ///< agent -> leaf: every update of the leaf's slot has been routed to it
-  Event = 20,    ///< a function-chain event (payload object), hop to hop
-  Reply = 21,    ///< last hop -> agent: the chain's output event
-  Failure = 22,  ///< a hop failed; object holds the JSON error
+  Assign = 1,     ///< agent -> instance: take a role; object holds the JSON assignment
+  Release = 2,    ///< agent -> instance: drop the role, go back to the warm pool
+  Shutdown = 3,   ///< agent -> instance: exit
+  Update = 10,    ///< gateway -> leaf: one client update (safetensors)
+  Partial = 11,   ///< child -> parent: (sum w*x, sum w) of a batch of inputs
+  Ack = 12,       ///< parent -> child: the partial is folded, release its inputs
+  Model = 13,     ///< top -> agent: the new global model (safetensors)
+  Reparent = 14,  ///< agent -> instance: send later partials to `aux`
+  Flush = 15,     ///< agent -> leaf: every update of the leaf's slot has been routed to it
+  Event = 20,     ///< a function-chain event (payload object), hop to hop
+  Reply = 21,     ///< last hop -> agent: the chain's output event
+  Failure = 22,   ///< a hop failed; object holds the JSON error
 };
 
 struct Descriptor {
-  uint32_t dst = 0;          ///< destination instance id; routed on by the BPF program
-  uint32_t src = 0;          ///< sending instance id
+  uint32_t dst = 0;  ///< destination instance id; routed on by the BPF program
+  uint32_t src = 0;  ///< sending instance id
   DescriptorKind kind = DescriptorKind::Invalid;
   uint16_t flags = 0;
   uint32_t job = 0;          ///< node-local job slot

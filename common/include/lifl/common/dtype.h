@@ -17,9 +17,12 @@ inline std::optional<DType> parseDType(std::string_view s) {
 }
 inline std::string_view dtypeName(DType d) {
   switch (d) {
-    case DType::F32: return "F32";
-    case DType::F16: return "F16";
-    case DType::BF16: return "BF16";
+    case DType::F32:
+      return "F32";
+    case DType::F16:
+      return "F16";
+    case DType::BF16:
+      return "BF16";
   }
   return "?";
 }

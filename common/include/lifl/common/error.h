@@ -4,19 +4,18 @@
 // abort through LIFL_CHECK. Client input never reaches LIFL_CHECK.
 #pragma once
 
-#include <utility>  // before Boost.Outcome/Asio: g++ 12 misses std::exchange otherwise
-
 #include <boost/outcome.hpp>
 #include <string>
+#include <utility>  // before Boost.Outcome/Asio: g++ 12 misses std::exchange otherwise
 
 namespace lifl {
 
 namespace outcome = BOOST_OUTCOME_V2_NAMESPACE;
 
 struct Error {
-  int status = 500;         ///< HTTP status the gateway answers with
-  std::string code;         ///< short machine-readable code, e.g. "malformed_safetensors"
-  std::string detail;       ///< one sentence for a person
+  int status = 500;    ///< HTTP status the gateway answers with
+  std::string code;    ///< short machine-readable code, e.g. "malformed_safetensors"
+  std::string detail;  ///< one sentence for a person
 
   /// Returns the error with `context` prepended to its detail, for adding context on the way up.
   Error withContext(const std::string& context) const;
@@ -62,14 +61,14 @@ Error systemError(const std::string& what, int err);
 
 }  // namespace lifl
 
-#define LIFL_CHECK(cond, why)                                            \
-  do {                                                                   \
+#define LIFL_CHECK(cond, why)                                           \
+  do {                                                                  \
     if (!(cond)) ::lifl::checkFailed(#cond, (why), __FILE__, __LINE__); \
   } while (0)
 
 #define LIFL_TRY BOOST_OUTCOME_TRY
 // Wrapped so that it is one statement (safe after an unbraced if/for).
-#define LIFL_TRYV(...)                \
-  do {                                \
-    BOOST_OUTCOME_TRYV(__VA_ARGS__);  \
+#define LIFL_TRYV(...)               \
+  do {                               \
+    BOOST_OUTCOME_TRYV(__VA_ARGS__); \
   } while (0)

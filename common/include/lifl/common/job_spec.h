@@ -33,8 +33,8 @@ struct JobSpec {
   UpdateMode update = UpdateMode::Weights;
   std::string strategy = "fedavg";
   uint32_t fanIn = 8;
-  uint32_t levels = 2;      ///< 2: leaves + top; 3: leaves + middles + top
-  uint32_t batch = 0;       ///< partial batch size; 0: a leaf forwards once, at its fan-in
+  uint32_t levels = 2;  ///< 2: leaves + top; 3: leaves + middles + top
+  uint32_t batch = 0;   ///< partial batch size; 0: a leaf forwards once, at its fan-in
   double deadlineSeconds = 600;
   std::string device = "cpu";
 

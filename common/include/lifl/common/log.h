@@ -17,13 +17,13 @@ void write(Level level, const std::string& message);
 
 }  // namespace lifl::log
 
-#define LIFL_LOG(level, expr)                                        \
-  do {                                                               \
-    if (::lifl::log::enabled(::lifl::log::Level::level)) {           \
-      std::ostringstream lifl_log_os_;                               \
-      lifl_log_os_ << expr;                                          \
+#define LIFL_LOG(level, expr)                                            \
+  do {                                                                   \
+    if (::lifl::log::enabled(::lifl::log::Level::level)) {               \
+      std::ostringstream lifl_log_os_;                                   \
+      lifl_log_os_ << expr;                                              \
       ::lifl::log::write(::lifl::log::Level::level, lifl_log_os_.str()); \
-    }                                                                \
+    }                                                                    \
   } while (0)
 #define LIFL_DEBUG(expr) LIFL_LOG(Debug, expr)
 #define LIFL_INFO(expr) LIFL_LOG(Info, expr)

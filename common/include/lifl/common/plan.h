@@ -12,8 +12,8 @@ enum class AggregatorRole { Leaf, Middle, Top };
 
 struct PlanNode {
   AggregatorRole role = AggregatorRole::Leaf;
-  int parent = -1;           ///< index into Plan::nodes; -1 for the top
-  uint32_t expected = 0;     ///< client updates this aggregator covers in the round
+  int parent = -1;        ///< index into Plan::nodes; -1 for the top
+  uint32_t expected = 0;  ///< client updates this aggregator covers in the round
 };
 
 struct Plan {

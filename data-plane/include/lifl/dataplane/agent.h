@@ -24,7 +24,8 @@ class Agent {
  public:
   /// Starts everything; the gateway answers /readyz 200 when this returns.
   /// @param executable the lifl binary, re-executed for function instances
-  static Result<std::unique_ptr<Agent>> start(AgentConfig config, Planner planner, std::string executable);
+  static Result<std::unique_ptr<Agent>> start(AgentConfig config, Planner planner,
+                                              std::string executable);
   ~Agent();
   Agent(const Agent&) = delete;
   Agent& operator=(const Agent&) = delete;

@@ -16,7 +16,8 @@ struct AgentConfig {
   std::string dataDir = "/tmp/lifl";
   std::string router = "ebpf";
   // store
-  std::string storePath;  ///< default: /dev/shm/lifl-<port>-<pid>, or <hugepage dir>/... with hugepages
+  std::string
+      storePath;  ///< default: /dev/shm/lifl-<port>-<pid>, or <hugepage dir>/... with hugepages
   uint64_t storeBytes = 2ull << 30;
   bool hugepages = false;
   std::string hugepageDir = "/dev/hugepages";

@@ -41,7 +41,8 @@ class ChainManager {
   void onInstanceDeath(InstanceId id);
 
   /// Sends an event object (already written, owned by the first hop) down chain `name`.
-  Result<uint64_t> invoke(const std::string& name, ObjectRef event, std::shared_ptr<ChainCall> call);
+  Result<uint64_t> invoke(const std::string& name, ObjectRef event,
+                          std::shared_ptr<ChainCall> call);
   /// First hop of the chain (the event's owner), or 404.
   Result<InstanceId> entry(const std::string& name) const;
   void forget(uint64_t correlation);

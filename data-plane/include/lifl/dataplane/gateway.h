@@ -18,8 +18,8 @@
 namespace lifl::dataplane {
 
 struct GatewayHooks {
-  std::function<bool()> ready;           ///< /readyz
-  std::function<void()> refreshMetrics;  ///< called before /metrics is serialised
+  std::function<bool()> ready;                ///< /readyz
+  std::function<void()> refreshMetrics;       ///< called before /metrics is serialised
   std::function<nlohmann::json()> instances;  ///< GET /v1/instances
   std::function<nlohmann::json()> store;      ///< GET /v1/store
 };

@@ -96,7 +96,7 @@ class JobManager {
     uint32_t received = 0;
     uint32_t reserved = 0;
     std::unordered_map<std::string, std::string> sources;  ///< ce-source -> ce-id this round
-    std::unordered_set<std::string> accepted;                ///< source + '\n' + id this round
+    std::unordered_set<std::string> accepted;              ///< source + '\n' + id this round
     std::optional<ObjectHandle> model;
     Plan plan;
     std::vector<InstanceId> instances;  ///< per plan node

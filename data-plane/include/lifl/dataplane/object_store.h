@@ -1,10 +1,10 @@
 // The node's shared-memory object store: one segment per node (a file on tmpfs, or on
 // hugetlbfs for hugepage backing, mapped with Boost.Interprocess), variable-size objects from
 // a crash-consistent heap (shm_heap.h): instances may be killed inside allocate() or
-// release() without corrupting anything. Every object has a 128-byte header with a generation (never reused),
-// a reference count, an owner (the instance responsible for it), its producer, and the
-// partial that contains it once it has been folded (DESIGN.md invariant 4). Objects are
-// named across processes by (offset, length, generation) descriptors, never by pointers.
+// release() without corrupting anything. Every object has a 128-byte header with a generation
+// (never reused), a reference count, an owner (the instance responsible for it), its producer, and
+// the partial that contains it once it has been folded (DESIGN.md invariant 4). Objects are named
+// across processes by (offset, length, generation) descriptors, never by pointers.
 #pragma once
 
 #include <atomic>
@@ -20,9 +20,9 @@
 namespace lifl::dataplane {
 
 struct StoreConfig {
-  std::string path;          ///< the segment file, e.g. /dev/shm/lifl-<node>
+  std::string path;  ///< the segment file, e.g. /dev/shm/lifl-<node>
   uint64_t bytes = 1ull << 30;
-  bool hugepages = false;    ///< path is on hugetlbfs; size is rounded to 2 MiB
+  bool hugepages = false;  ///< path is on hugetlbfs; size is rounded to 2 MiB
 };
 
 enum class ObjectKind : uint16_t { Update = 1, Partial = 2, Model = 3, Event = 4, Control = 5 };

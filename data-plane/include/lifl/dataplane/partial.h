@@ -16,13 +16,13 @@
 namespace lifl::dataplane {
 
 struct PartialHeader {
-  double weightSum = 0;     ///< sum of n_i over the inputs
-  uint32_t clients = 0;     ///< client updates covered
+  double weightSum = 0;  ///< sum of n_i over the inputs
+  uint32_t clients = 0;  ///< client updates covered
   uint32_t inputCount = 0;
   uint32_t inputCapacity = 0;
   uint32_t reserved0 = 0;
   uint64_t elements = 0;
-  uint64_t accOffset = 0;   ///< byte offset of acc[] in the payload
+  uint64_t accOffset = 0;  ///< byte offset of acc[] in the payload
   uint64_t reserved[3] = {};
 };
 static_assert(sizeof(PartialHeader) == 64);

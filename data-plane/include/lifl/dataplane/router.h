@@ -15,10 +15,10 @@
 namespace lifl::dataplane {
 
 struct RouteCounters {
-  uint64_t deliveredMsgs = 0;   ///< descriptors delivered into the instance
+  uint64_t deliveredMsgs = 0;  ///< descriptors delivered into the instance
   uint64_t deliveredBytes = 0;
-  uint64_t sentMsgs = 0;        ///< descriptors the instance sent
-  uint64_t droppedMsgs = 0;     ///< sent to a destination that is not attached
+  uint64_t sentMsgs = 0;     ///< descriptors the instance sent
+  uint64_t droppedMsgs = 0;  ///< sent to a destination that is not attached
 };
 
 enum class RouterKind { Ebpf, Userspace };

@@ -18,11 +18,11 @@ namespace lifl::dataplane {
 
 struct TensorView {
   std::string name;
-  std::string dtypeName;  ///< as written in the file
+  std::string dtypeName;       ///< as written in the file
   std::optional<DType> dtype;  ///< empty for dtypes LIFL does not aggregate (I8, F64, ...)
   std::vector<int64_t> shape;
   uint64_t elements = 0;
-  uint64_t begin = 0;     ///< absolute byte offsets in the buffer
+  uint64_t begin = 0;  ///< absolute byte offsets in the buffer
   uint64_t end = 0;
 };
 
