@@ -12,10 +12,10 @@
 /* Per-instance counters (the "eBPF sidecar"), one per CPU in a PERCPU_HASH keyed by
  * instance id; the agent sums over CPUs. */
 struct lifl_route_counters {
-	unsigned long long delivered_msgs;  /* descriptors redirected into this instance */
-	unsigned long long delivered_bytes;
-	unsigned long long sent_msgs;       /* descriptors this instance sent */
-	unsigned long long dropped_msgs;    /* sent by this instance to a missing destination */
+  unsigned long long delivered_msgs; /* descriptors redirected into this instance */
+  unsigned long long delivered_bytes;
+  unsigned long long sent_msgs;    /* descriptors this instance sent */
+  unsigned long long dropped_msgs; /* sent by this instance to a missing destination */
 };
 
 #endif
