@@ -348,12 +348,7 @@ int main(int argc, char** argv) {
     CPU_SET(0, &set);
     sched_setaffinity(0, sizeof(set), &set);  // inherited by threads, instances and nginx
   }
-  char self[PATH_MAX];
-  ssize_t n = ::readlink("/proc/self/exe", self, sizeof(self) - 1);
-  self[n > 0 ? n : 0] = '\0';
-  const std::string lifl = std::getenv("LIFL_BIN")
-                               ? std::getenv("LIFL_BIN")
-                               : std::filesystem::path(self).parent_path().string() + "/lifl";
+  const std::string lifl = bench::liflBinary();
 
   Row ebpf = routerWithRuntime("ebpf", lifl, iters);
   Row user = routerWithRuntime("userspace", lifl, iters);

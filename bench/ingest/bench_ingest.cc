@@ -178,12 +178,7 @@ IngestResult pushUpdates(Platform& p, const std::string& job, const std::vector<
 int main(int argc, char** argv) {
   const size_t params = argc > 1 ? std::strtoull(argv[1], nullptr, 10) : 11'200'000;
   const int perStream = argc > 2 ? std::atoi(argv[2]) : 16;
-  char self[PATH_MAX];
-  ssize_t n = ::readlink("/proc/self/exe", self, sizeof(self) - 1);
-  self[n > 0 ? n : 0] = '\0';
-  const std::string lifl = std::getenv("LIFL_BIN")
-                               ? std::getenv("LIFL_BIN")
-                               : std::filesystem::path(self).parent_path().string() + "/lifl";
+  const std::string lifl = bench::liflBinary();
   std::vector<TensorSpec> tensors = {{"w", {static_cast<int64_t>(params)}, params}};
   const std::string header = f32SafetensorsHeader(tensors);
   std::vector<char> body(header.size() + params * 4);

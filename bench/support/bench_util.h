@@ -7,6 +7,7 @@
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
+#include <cstdlib>
 #include <fstream>
 #include <sstream>
 #include <string>
@@ -41,6 +42,16 @@ inline double pidCpu(pid_t pid) {
     if (i == 15) stime = std::stod(field);
   }
   return (utime + stime) / static_cast<double>(sysconf(_SC_CLK_TCK));
+}
+
+/// The lifl binary: $LIFL_BIN, else the one beside this benchmark (both in build/bin).
+inline std::string liflBinary() {
+  if (const char* env = std::getenv("LIFL_BIN")) return env;
+  char self[4096];
+  ssize_t n = ::readlink("/proc/self/exe", self, sizeof(self) - 1);
+  self[n > 0 ? n : 0] = '\0';
+  std::string path(self);
+  return path.substr(0, path.rfind('/') + 1) + "lifl";
 }
 
 inline double percentile(std::vector<double> v, double p) {

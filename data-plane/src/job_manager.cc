@@ -198,16 +198,24 @@ Result<uint64_t> JobManager::admitModel(const std::string& id) const {
   return maxUpdateBytes(job->spec);
 }
 
-Result<void> JobManager::setModel(const std::string& id, const ObjectRef& uploaded) {
+Result<std::pair<JobManager::Job*, SafetensorsView>> JobManager::validated(
+    const std::string& id, const ObjectRef& body) const {
   Job* job = nullptr;
   {
     std::lock_guard lock(mutex_);
     LIFL_TRY(found, find(id));
     job = found;
   }
-  LIFL_TRY(view, parseSafetensors(uploaded.data(), uploaded.size()));
+  // Outside the lock (a job's spec never changes), so uploads are validated in parallel.
+  LIFL_TRY(view, parseSafetensors(body.data(), body.size()));
   LIFL_TRYV(checkMatchesModel(view, job->spec));
-  LIFL_TRYV(checkFinite(uploaded.data(), view));
+  LIFL_TRYV(checkFinite(body.data(), view));
+  return std::make_pair(job, std::move(view));
+}
+
+Result<void> JobManager::setModel(const std::string& id, const ObjectRef& uploaded) {
+  LIFL_TRY(checked, validated(id, uploaded));
+  auto& [job, view] = checked;
   const std::string header = modelHeader(job->spec);
   const uint64_t n = job->spec.modelElements();
   LIFL_TRY(model,
@@ -289,17 +297,8 @@ void JobManager::abandon(const std::string& id, const UpdateMeta& meta) {
 
 Result<uint32_t> JobManager::commit(const std::string& id, const UpdateMeta& meta,
                                     ObjectRef update) {
-  Job* job = nullptr;
-  {
-    std::lock_guard lock(mutex_);
-    LIFL_TRY(found, find(id));
-    job = found;
-  }
-  // Validation runs outside the lock (the spec never changes), so uploads proceed in parallel.
-  LIFL_TRY(view, parseSafetensors(update.data(), update.size()));
-  LIFL_TRYV(checkMatchesModel(view, job->spec));
-  LIFL_TRYV(checkFinite(update.data(), view));
-
+  LIFL_TRY(checked, validated(id, update));
+  Job* job = checked.first;
   std::lock_guard lock(mutex_);
   if (job->state != State::Active)
     return conflict("job_finished", "job " + id + " was cancelled while the update arrived");

@@ -23,6 +23,7 @@
 #include "lifl/dataplane/endpoint.h"
 #include "lifl/dataplane/metrics.h"
 #include "lifl/dataplane/object_store.h"
+#include "lifl/dataplane/safetensors.h"
 #include "lifl/dataplane/supervisor.h"
 
 namespace lifl::dataplane {
@@ -109,6 +110,9 @@ class JobManager {
   };
 
   Result<Job*> find(const std::string& id) const;
+  /// The job and the body parsed and checked against its model (400/404/422).
+  Result<std::pair<Job*, SafetensorsView>> validated(const std::string& id,
+                                                     const ObjectRef& body) const;
   Result<void> createInitialModel(Job& job);
   Result<void> startRound(Job& job);
   nlohmann::json aggregatorParams(const Job& job, size_t node, uint32_t expected) const;
