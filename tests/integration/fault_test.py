@@ -20,13 +20,17 @@ class KillAggregators(PlatformTestCase):
     warm_pool = 6
 
     def trial(self, job, rng, victim_role, kill_after, batch):
-        self.client.create_job(job_spec(job, clients=CLIENTS, rounds=1, hierarchy={"fan_in": 8, "batch": batch}))
+        levels = 3 if victim_role == "middle" else 2
+        fan_in = 4 if levels == 3 else 8
+        self.client.create_job(job_spec(job, clients=CLIENTS, rounds=1,
+                                        hierarchy={"fan_in": fan_in, "batch": batch, "levels": levels}))
         status = self.client.job(job)
-        leaves = status["plan"]["leaves"]
+        leaves, middles = status["plan"]["leaves"], status["plan"]["middles"]
         instances = status["plan"]["instances"]
-        victims = [instances[rng.randrange(leaves)]] if victim_role == "leaf" else [instances[-1]]
-        if victim_role == "two-leaves":
-            victims = rng.sample(instances[:leaves], 2)
+        victims = {"leaf": lambda: [instances[rng.randrange(leaves)]],
+                   "two-leaves": lambda: rng.sample(instances[:leaves], 2),
+                   "middle": lambda: [instances[leaves + rng.randrange(middles)]],
+                   "top": lambda: [instances[-1]]}[victim_role]()
         data_rng = np.random.default_rng(rng.randrange(1 << 30))
         updates = [random_update(data_rng) for _ in range(CLIENTS)]
         weights = [int(data_rng.integers(1, 300)) for _ in range(CLIENTS)]
@@ -63,8 +67,8 @@ class KillAggregators(PlatformTestCase):
         seed = int(os.environ.get("LIFL_FAULT_SEED", random.randrange(1 << 30)))
         print(f"\nfault seed {seed} (router {self.router})")
         rng = random.Random(seed)
-        plans = [("leaf", 1), ("leaf", 3), ("leaf", 12), ("leaf", 30), ("two-leaves", 20), ("top", 25)]
-        for i, (role, _) in enumerate(plans):
+        roles = ["leaf"] * 4 + ["two-leaves"] * 2 + ["middle"] * 2 + ["top"] * 2
+        for i, role in enumerate(roles):
             with self.subTest(trial=i, role=role):
                 self.trial(f"kill{i}", rng, role, kill_after=rng.randrange(1, CLIENTS - 1),
                            batch=rng.choice([0, 2, 3]))
