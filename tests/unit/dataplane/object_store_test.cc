@@ -150,3 +150,54 @@ TEST_F(ObjectStoreTest, SurvivesKillInsideAllocator) {
 
 }  // namespace
 }  // namespace lifl::dataplane
+
+namespace lifl::dataplane {
+namespace {
+
+// Hugepage backing: reserves a few 2 MiB pages and mounts a private hugetlbfs for the test,
+// restoring both afterwards. Needs root (CI is root); skipped with a message elsewhere.
+TEST(ObjectStoreHugepages, AllocatesOnHugetlbfs) {
+  if (::geteuid() != 0) GTEST_SKIP() << "hugepage test needs root to reserve pages; skipped";
+  const char* knob = "/proc/sys/vm/nr_hugepages";
+  long before = 0;
+  {
+    FILE* f = std::fopen(knob, "r");
+    ASSERT_NE(f, nullptr);
+    ASSERT_EQ(std::fscanf(f, "%ld", &before), 1);
+    std::fclose(f);
+  }
+  auto setPages = [&](long n) {
+    FILE* f = std::fopen(knob, "w");
+    if (!f) return false;
+    std::fprintf(f, "%ld\n", n);
+    return std::fclose(f) == 0;
+  };
+  if (!setPages(before + 16)) GTEST_SKIP() << "cannot reserve hugepages on this host; skipped";
+  char dir[] = "/tmp/lifl-huge-XXXXXX";
+  ASSERT_NE(::mkdtemp(dir), nullptr);
+  const std::string mount = std::string("mount -t hugetlbfs -o pagesize=2M nodev ") + dir;
+  if (std::system(mount.c_str()) != 0) {
+    setPages(before);
+    ::rmdir(dir);
+    GTEST_SKIP() << "cannot mount hugetlbfs; skipped";
+  }
+  {
+    auto store = ObjectStore::create({std::string(dir) + "/store", 17ull << 20, true});
+    ASSERT_TRUE(store) << store.error().toString();
+    EXPECT_EQ(store.value()->mappedBytes() % (2u << 20), 0u) << "rounded to whole hugepages";
+    auto a = store.value()->allocate(5u << 20, ObjectKind::Update, 3);
+    ASSERT_TRUE(a) << a.error().toString();
+    std::memset(a.value().data(), 0x5a, 5u << 20);
+    auto r = store.value()->resolve(a.value().handle());
+    ASSERT_TRUE(r);
+    EXPECT_EQ(r.value().data()[(5u << 20) - 1], std::byte{0x5a});
+    store.value()->release(a.value().handle());
+    EXPECT_EQ(store.value()->stats().liveObjects, 0u);
+  }
+  EXPECT_EQ(std::system((std::string("umount ") + dir).c_str()), 0);
+  ::rmdir(dir);
+  EXPECT_TRUE(setPages(before));
+}
+
+}  // namespace
+}  // namespace lifl::dataplane
