@@ -133,14 +133,25 @@ class BadInput(PlatformTestCase):
         status, err = self.raw(b"NOT HTTP AT ALL\r\n\r\n")
         self.assertEqual((status, err["error"]), (400, "malformed_request"))
 
+        # A chunked upload (no Content-Length) is accepted as well.
+        chunked_tensors, chunked_exact = random_update(self.rng)
+        chunked = encode_safetensors(chunked_tensors)
+        pieces = b"".join(b"%x\r\n" % len(chunked[i:i + 7000]) + chunked[i:i + 7000] + b"\r\n"
+                          for i in range(0, len(chunked), 7000)) + b"0\r\n\r\n"
+        head = self.update_headers(0, source="chunky", ce_id="ch1").replace(
+            b"Content-Length: 0", b"Transfer-Encoding: chunked")
+        status, reply = self.raw(head + pieces)
+        self.assertEqual((status, reply), (202, {"accepted": True, "round": 0}))
+        self.accepted.append((3, chunked_exact))
+
         # A retry of an accepted update (same ce-id) is idempotent: 202 again, counted once.
         reply = self.client.push_raw("j", body, "good0", ce_id="first")
         self.assertEqual(reply, {"accepted": True, "round": 0, "duplicate": True})
-        self.assertEqual(self.client.job("j")["received"], 1)
+        self.assertEqual(self.client.job("j")["received"], 2)
 
         # The quitter's slot was released: it can push again, and the round completes.
-        self.wait_for(lambda: self.client.job("j")["received"] == 1)
-        for c in range(1, CLIENTS - 1):
+        self.wait_for(lambda: self.client.job("j")["received"] == 2)
+        for c in range(1, CLIENTS - 2):
             self.push_good(c)
         tensors_q, exact_q = random_update(self.rng)
         self.client.push("j", tensors_q, client="quitter", num_examples=5, round_=0, ce_id="q2")
