@@ -128,7 +128,7 @@ IngestResult pushUpdates(Platform& p, const std::string& job, const std::vector<
       {"model", {{"tensors", {{"w", {{"dtype", "F32"}, {"shape", {params}}}}}}, {"init", "zeros"}}},
       {"clients_per_round", uploaders * perUploader},
       {"rounds", 1},
-      {"hierarchy", {{"fan_in", 8}, {"batch", 2}}}};
+      {"hierarchy", {{"fan_in", 8}}}};  // the default: a leaf forwards once
   const std::string text = spec.dump();
   auto created = control.value()->request(
       "POST", "/v1/jobs", {{"Content-Type", "application/json"}}, text.data(), text.size());
