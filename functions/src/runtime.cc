@@ -72,9 +72,13 @@ int runInstance(const InstanceOptions& options) {
         break;
       }
       case DescriptorKind::Release:
+        // Back to the pool clean: whatever the role still held (a cancelled round's inputs
+        // and accumulator) is freed here, in order after every descriptor it received.
         function.reset();
         context.reset();
         functionName.clear();
+        for (const auto& held : store.value()->ownedBy(options.id))
+          store.value()->release(held.handle());
         break;
       case DescriptorKind::Shutdown:
         return 0;

@@ -81,6 +81,27 @@ class FedAvgEbpf(PlatformTestCase):
         self.assertIn("lifl_round_duration_seconds", text)
 
 
+    def test_cancel_mid_round_frees_everything(self):
+        self.client.create_job(job_spec("cancelled", clients=20, rounds=2))
+        rng = np.random.default_rng(9)
+        for c in range(11):
+            self.client.push("cancelled", random_update(rng)[0], client=f"x{c}", num_examples=2, round_=0)
+        status, _, _ = self.client._request("DELETE", "/v1/jobs/cancelled")
+        self.assertEqual(status, 204)
+        self.assertEqual(self.client.job("cancelled")["state"], "cancelled")
+        import time, json, urllib.request
+        deadline = time.monotonic() + 10
+        while True:  # only the job's (initial) model is left in the store
+            with urllib.request.urlopen(self.platform.url + "/v1/store") as r:
+                objects = json.loads(r.read())["objects"]
+            if [o["kind"] for o in objects] == ["model"]:
+                break
+            self.assertLess(time.monotonic(), deadline, f"objects left after cancel: {objects}")
+            time.sleep(0.05)
+        with self.assertRaises(Exception):
+            self.client.push("cancelled", random_update(rng)[0], client="late", round_=0)
+
+
 class FedAvgUserspace(FedAvgEbpf):
     router = "userspace"
 
