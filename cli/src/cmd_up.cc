@@ -58,10 +58,6 @@ Result<dataplane::AgentConfig> configFromArgs(const Args& args, uint16_t default
   return config;
 }
 
-Plan planRound(const JobSpec& spec) {
-  return control::planFixedTree(spec.clientsPerRound, spec.fanIn, spec.levels);
-}
-
 }  // namespace
 
 Result<std::unique_ptr<dataplane::Agent>> startAgent(const Args& args, uint16_t defaultPort) {
@@ -69,7 +65,7 @@ Result<std::unique_ptr<dataplane::Agent>> startAgent(const Args& args, uint16_t 
   log::setLevelFromEnv();
   std::error_code ec;
   std::filesystem::create_directories(config.dataDir, ec);
-  return dataplane::Agent::start(config, planRound, selfExecutable());
+  return dataplane::Agent::start(config, control::planTree, selfExecutable());
 }
 
 int cmdUp(int argc, char** argv) {

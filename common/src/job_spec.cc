@@ -190,7 +190,7 @@ Result<JobSpec> jobSpecFromJson(const json& doc) {
     if (!hierarchy->is_object()) return specError("hierarchy must be an object");
     LIFL_TRY(fan, getUnsigned<uint32_t>(*hierarchy, "fan_in", 8, 2, 4096));
     spec.fanIn = fan;
-    LIFL_TRY(levels, getUnsigned<uint32_t>(*hierarchy, "levels", 2, 2, 3));
+    LIFL_TRY(levels, getUnsigned<uint32_t>(*hierarchy, "levels", 0, 2, 3));
     spec.levels = levels;
     LIFL_TRY(batch, getUnsigned<uint32_t>(*hierarchy, "batch", 0, 0, 4096));
     spec.batch = batch;

@@ -1,44 +1,55 @@
 #include "lifl/control/planner.h"
 
 #include <algorithm>
-
-namespace lifl {
-
-nlohmann::json Plan::toJson() const {
-  nlohmann::json nodesJson = nlohmann::json::array();
-  for (const auto& n : nodes)
-    nodesJson.push_back(
-        {{"role", roleName(n.role)}, {"parent", n.parent}, {"expected", n.expected}});
-  return {{"levels", middles ? 3 : 2},
-          {"fan_in", fanIn},
-          {"leaves", leaves},
-          {"middles", middles},
-          {"nodes", nodesJson}};
-}
-
-}  // namespace lifl
+#include <cmath>
 
 namespace lifl::control {
 
-Plan planFixedTree(uint32_t expectedUpdates, uint32_t fanIn, uint32_t levels) {
+namespace {
+
+/// leaves of `leafFanIn` updates each (the last the remainder), middles of `middleFanIn`
+/// leaves each when `middles`, one top.
+Plan buildTree(uint32_t n, uint32_t leafFanIn, uint32_t middleFanIn, bool middles) {
   Plan plan;
-  plan.fanIn = fanIn;
-  const uint32_t n = std::max<uint32_t>(expectedUpdates, 1);
-  plan.leaves = (n + fanIn - 1) / fanIn;
-  plan.middles = levels >= 3 && plan.leaves > 1 ? (plan.leaves + fanIn - 1) / fanIn : 0;
+  plan.fanIn = leafFanIn;
+  plan.leaves = (n + leafFanIn - 1) / leafFanIn;
+  plan.middles = middles && plan.leaves > 1 ? (plan.leaves + middleFanIn - 1) / middleFanIn : 0;
+  const uint32_t fanIn = leafFanIn;
   const int top = static_cast<int>(plan.leaves + plan.middles);
   for (uint32_t i = 0; i < plan.leaves; ++i) {
     const uint32_t covered = std::min(fanIn, n - i * fanIn);
-    const int parent = plan.middles ? static_cast<int>(plan.leaves + i / fanIn) : top;
+    const int parent = plan.middles ? static_cast<int>(plan.leaves + i / middleFanIn) : top;
     plan.nodes.push_back({AggregatorRole::Leaf, parent, covered});
   }
   for (uint32_t m = 0; m < plan.middles; ++m) {
     uint32_t covered = 0;
-    for (uint32_t i = m * fanIn; i < std::min(plan.leaves, (m + 1) * fanIn); ++i)
+    for (uint32_t i = m * middleFanIn; i < std::min(plan.leaves, (m + 1) * middleFanIn); ++i)
       covered += plan.nodes[i].expected;
     plan.nodes.push_back({AggregatorRole::Middle, top, covered});
   }
   plan.nodes.push_back({AggregatorRole::Top, -1, n});
+  return plan;
+}
+
+}  // namespace
+
+Plan planFixedTree(uint32_t expectedUpdates, uint32_t fanIn, uint32_t levels) {
+  return buildTree(std::max<uint32_t>(expectedUpdates, 1), fanIn, fanIn, levels >= 3);
+}
+
+Plan planTree(const PlanRequest& r) {
+  const uint32_t n = std::max<uint32_t>(r.expectedUpdates, 1);
+  const uint32_t maxFanIn = std::max<uint32_t>(r.maxFanIn, 2);
+  uint32_t leaves = (n + maxFanIn - 1) / maxFanIn;
+  if (r.arrivalRate > 0 && r.leafThroughput > 0) {
+    const double needed = std::ceil(r.arrivalRate * 1.25 / r.leafThroughput);
+    leaves = std::max<uint32_t>(leaves, static_cast<uint32_t>(std::min<double>(needed, n)));
+  }
+  const uint32_t leafFanIn = (n + leaves - 1) / leaves;
+  const bool middles = r.levels ? r.levels >= 3 : (n + leafFanIn - 1) / leafFanIn > maxFanIn;
+  Plan plan = buildTree(n, leafFanIn, maxFanIn, middles);
+  plan.arrivalRate = r.arrivalRate;
+  plan.leafThroughput = r.leafThroughput;
   return plan;
 }
 

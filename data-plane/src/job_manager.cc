@@ -109,7 +109,8 @@ nlohmann::json JobManager::aggregatorParams(const Job& job, size_t node, uint32_
 }
 
 Result<void> JobManager::startRound(Job& job) {
-  job.plan = planner_(job.spec);
+  job.plan = planner_(PlanRequest{job.spec.clientsPerRound, job.spec.fanIn, job.spec.levels,
+                                  job.arrivalRate, job.leafThroughput});
   // Reuse the instances of the previous round (warm, same processes); take more from the
   // pool only when the tree grew, and give back what it no longer needs.
   while (job.instances.size() > job.plan.nodes.size()) {
@@ -305,7 +306,8 @@ Result<uint32_t> JobManager::commit(const std::string& id, const UpdateMeta& met
   const uint32_t k = job->received++;
   job->reserved--;
   job->accepted.insert(acceptKey(meta));
-  const size_t slot = std::min<size_t>(k / job->spec.fanIn, job->plan.leaves - 1);
+  const size_t slot = std::min<size_t>(k / job->plan.fanIn, job->plan.leaves - 1);
+  job->lastArrival = std::chrono::steady_clock::now();
   const InstanceId leaf = job->instances[slot];
   update.setTag(job->slot, job->round);
   update.setValue(meta.numExamples);
@@ -351,6 +353,9 @@ void JobManager::onModel(const Descriptor& d) {
       std::chrono::duration<double>(std::chrono::steady_clock::now() - job.roundStart).count();
   const auto clients = static_cast<uint32_t>(d.value);
   job.history.push_back({job.round, clients, std::bit_cast<double>(d.correlation), seconds});
+  const double arrivals = std::chrono::duration<double>(job.lastArrival - job.roundStart).count();
+  if (arrivals > 0) job.arrivalRate = clients / arrivals;
+  if (d.aux > 0) job.leafThroughput = 1e9 / d.aux;  // aux: the leaves' ns per update
   metrics_.roundCompleted(job.spec.id, seconds);
   job.round++;
   LIFL_INFO("job " << job.spec.id << ": round " << job.round << " of " << job.spec.rounds

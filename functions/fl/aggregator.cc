@@ -9,6 +9,7 @@
 // re-delivery after a crash, are recognised by generation and dropped (and re-acknowledged).
 #include <algorithm>
 #include <bit>
+#include <chrono>
 #include <unordered_set>
 #include <vector>
 
@@ -131,6 +132,7 @@ class Aggregator final : public Function {
     if (view.tensors.size() != spec_.tensors.size())
       return unprocessable("tensor_mismatch", "update does not match the model");
     LIFL_TRYV(ensureAccumulator(ctx));
+    const auto started = std::chrono::steady_clock::now();
     float* acc = PartialView(*acc_).acc();
     const float w = static_cast<float>(d.value);
     for (size_t i = 0; i < spec_.tensors.size(); ++i) {  // the tensors cover every element
@@ -141,6 +143,8 @@ class Aggregator final : public Function {
         kernels::accumulate(acc + offsets_[i], input.data() + tv.begin, *tv.dtype, tv.elements, w);
     }
     accFresh_ = false;
+    PartialView(*acc_).header().foldSeconds +=
+        std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
     return recordInput(ctx, input, static_cast<double>(d.value), 1);
   }
 
@@ -168,6 +172,7 @@ class Aggregator final : public Function {
     else
       kernels::addInto(PartialView(*acc_).acc(), partial.acc(), elements_);
     accFresh_ = false;
+    PartialView(*acc_).header().foldSeconds += partial.header().foldSeconds;
     input.setOwner(ctx.self());  // ours until our own partial is acknowledged
     (void)ctx.emit(ack);         // a lost ack is recovered by the child's re-send
     return recordInput(ctx, input, partial.header().weightSum, partial.header().clients);
@@ -253,6 +258,9 @@ class Aggregator final : public Function {
     d.round = round_;
     d.value = acc.header().clients;
     d.correlation = std::bit_cast<uint64_t>(acc.header().weightSum);
+    // The leaves' mean fold time per update (ns), for the planner's throughput estimate.
+    const double perUpdate = acc.header().foldSeconds / std::max<uint32_t>(acc.header().clients, 1);
+    d.aux = static_cast<uint32_t>(std::clamp(perUpdate * 1e9, 1.0, 4e9));
     model.describe(d);
     LIFL_TRYV(ctx.emit(d));
     // The round is final: the inputs and the accumulator are no longer needed.

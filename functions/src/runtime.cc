@@ -77,8 +77,8 @@ int runInstance(const InstanceOptions& options) {
         function.reset();
         context.reset();
         functionName.clear();
-        for (const auto& held : store.value()->ownedBy(options.id))
-          store.value()->release(held.handle());
+        for (const auto& held : store.value()->ownedBy(options.id))  // not a queued Assign
+          if (held.kind() != dataplane::ObjectKind::Control) store.value()->release(held.handle());
         break;
       case DescriptorKind::Shutdown:
         return 0;

@@ -39,5 +39,40 @@ TEST(Planner, ThreeLevelTreeSumsChildren) {
   EXPECT_EQ(middleSum, 50u);
 }
 
+TEST(Planner, WithoutMeasurementsTheJobsFanInDecides) {
+  Plan p = planTree({.expectedUpdates = 50, .maxFanIn = 8});
+  EXPECT_EQ(p.leaves, 7u);
+  EXPECT_EQ(p.middles, 0u);
+  EXPECT_EQ(p.fanIn, 8u);
+}
+
+TEST(Planner, MoreLeavesWhenArrivalsOutpaceFolding) {
+  // 200 updates/s arriving, one leaf folds 20/s: 200 * 1.25 / 20 = 12.5 -> 13 leaves.
+  Plan p =
+      planTree({.expectedUpdates = 100, .maxFanIn = 16, .arrivalRate = 200, .leafThroughput = 20});
+  EXPECT_EQ(p.leaves, 13u);
+  EXPECT_EQ(p.fanIn, 8u);  // ceil(100 / 13)
+  uint32_t covered = 0;
+  for (uint32_t i = 0; i < p.leaves; ++i) covered += p.nodes[i].expected;
+  EXPECT_EQ(covered, 100u);
+  // Fast folding: the fan-in bound decides.
+  Plan q =
+      planTree({.expectedUpdates = 100, .maxFanIn = 16, .arrivalRate = 200, .leafThroughput = 1e6});
+  EXPECT_EQ(q.leaves, 7u);
+  // Never more leaves than updates.
+  Plan r = planTree({.expectedUpdates = 5, .maxFanIn = 8, .arrivalRate = 1e6, .leafThroughput = 1});
+  EXPECT_EQ(r.leaves, 5u);
+}
+
+TEST(Planner, AddsMiddlesWhenTheTopWouldBeTooWide) {
+  Plan p = planTree({.expectedUpdates = 1000, .maxFanIn = 8});
+  EXPECT_EQ(p.leaves, 125u);
+  EXPECT_EQ(p.middles, 16u);  // ceil(125 / 8): the top has 16 children
+  Plan fixed = planTree({.expectedUpdates = 1000, .maxFanIn = 8, .levels = 2});
+  EXPECT_EQ(fixed.middles, 0u) << "the job can fix the levels";
+  Plan small = planTree({.expectedUpdates = 40, .maxFanIn = 8});
+  EXPECT_EQ(small.middles, 0u);
+}
+
 }  // namespace
 }  // namespace lifl::control

@@ -45,7 +45,7 @@ struct Descriptor {
   uint64_t generation = 0;   ///< object generation; a stale descriptor fails to resolve
   uint64_t correlation = 0;  ///< request id (chains) or update sequence (aggregation)
   uint32_t round = 0;        ///< FL round the message belongs to
-  uint32_t aux = 0;          ///< kind-specific (Reparent: new parent id)
+  uint32_t aux = 0;          ///< kind-specific (Reparent: new parent; Model: fold ns/update)
   uint64_t value = 0;        ///< kind-specific (Update: ce-numexamples; Model: client count)
 
   bool hasObject() const { return generation != 0; }

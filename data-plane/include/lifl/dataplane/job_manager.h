@@ -28,8 +28,8 @@
 
 namespace lifl::dataplane {
 
-/// Chooses the tree for a round of `expected` updates (injected: the control plane's planner).
-using Planner = std::function<Plan(const JobSpec& spec)>;
+/// Chooses the tree of a round (injected: the control plane's planner).
+using Planner = std::function<Plan(const PlanRequest& request)>;
 
 /// The CloudEvents attributes of one pushed update.
 struct UpdateMeta {
@@ -103,6 +103,9 @@ class JobManager {
     std::vector<InstanceId> instances;  ///< per plan node
     std::vector<uint32_t> routed;       ///< per leaf: updates routed to it this round
     std::chrono::steady_clock::time_point roundStart;
+    std::chrono::steady_clock::time_point lastArrival;
+    double arrivalRate = 0;     ///< updates/s of the last completed round
+    double leafThroughput = 0;  ///< updates/s one leaf folds, measured last round
     bool roundStarted = false;
     std::vector<RoundRecord> history;
     uint64_t recoveries = 0;

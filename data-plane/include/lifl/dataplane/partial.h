@@ -23,7 +23,8 @@ struct PartialHeader {
   uint32_t reserved0 = 0;
   uint64_t elements = 0;
   uint64_t accOffset = 0;  ///< byte offset of acc[] in the payload
-  uint64_t reserved[3] = {};
+  double foldSeconds = 0;  ///< time the leaves below spent folding these clients' updates
+  uint64_t reserved[2] = {};
 };
 static_assert(sizeof(PartialHeader) == 64);
 
