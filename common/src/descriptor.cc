@@ -24,6 +24,8 @@ std::string_view kindName(DescriptorKind kind) {
       return "reparent";
     case DescriptorKind::Flush:
       return "flush";
+    case DescriptorKind::Retarget:
+      return "retarget";
     case DescriptorKind::Event:
       return "event";
     case DescriptorKind::Reply:

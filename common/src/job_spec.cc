@@ -83,6 +83,7 @@ json JobSpec::toJson() const {
               {"strategy", {{"name", strategy}}},
               {"hierarchy", {{"fan_in", fanIn}, {"levels", levels}, {"batch", batch}}},
               {"deadline_seconds", deadlineSeconds},
+              {"late", late == LatePolicy::NextRound ? "next_round" : "drop"},
               {"device", device}};
 }
 
@@ -200,6 +201,16 @@ Result<JobSpec> jobSpecFromJson(const json& doc) {
     if (!deadline->is_number() || deadline->get<double>() <= 0)
       return specError("deadline_seconds must be a positive number");
     spec.deadlineSeconds = deadline->get<double>();
+  }
+  auto late = doc.find("late");
+  if (late != doc.end()) {
+    std::string v = late->is_string() ? late->get<std::string>() : "";
+    if (v == "drop")
+      spec.late = LatePolicy::Drop;
+    else if (v == "next_round")
+      spec.late = LatePolicy::NextRound;
+    else
+      return specError("late must be drop or next_round");
   }
   auto device = doc.find("device");
   if (device != doc.end()) {

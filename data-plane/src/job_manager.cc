@@ -2,6 +2,7 @@
 
 #include <bit>
 #include <cstring>
+#include <utility>
 
 #include "lifl/common/log.h"
 #include "lifl/dataplane/partial.h"
@@ -28,9 +29,17 @@ JobManager::JobManager(ObjectStore& store, Endpoint& endpoint, Supervisor& super
       endpoint_(endpoint),
       supervisor_(supervisor),
       metrics_(metrics),
-      planner_(std::move(planner)) {}
+      planner_(std::move(planner)),
+      deadlines_([this] { watchDeadlines(); }) {}
 
-JobManager::~JobManager() = default;
+JobManager::~JobManager() {
+  {
+    std::lock_guard lock(mutex_);
+    stopping_ = true;
+  }
+  stopDeadlines_.notify_all();
+  deadlines_.join();
+}
 
 bool JobManager::send(Descriptor d) {
   auto sent = endpoint_.send(d);
@@ -126,14 +135,27 @@ Result<void> JobManager::startRound(Job& job) {
                                  aggregatorParams(job, i, job.plan.nodes[i].expected)));
   job.received = 0;
   job.routed.assign(job.plan.leaves, 0);
-  job.sources.clear();
-  job.accepted.clear();
-  job.roundStarted = false;
+  // Late updates parked while the previous round closed are this round's first.
+  job.sources = std::move(job.parkedSources);
+  job.acceptedBefore = std::exchange(job.accepted, std::move(job.parkedAccepted));
+  job.reserved = job.parkedReserved;
+  job.parkedSources.clear();
+  job.parkedAccepted.clear();
+  job.parkedReserved = 0;
+  job.closing = false;
+  job.roundOpened = std::chrono::steady_clock::now();
+  job.roundStarted = !job.parked.empty();
+  if (job.roundStarted) job.roundStart = job.roundOpened;
+  for (auto& p : std::exchange(job.parked, {})) {
+    auto update = store_.resolve(p.object);
+    if (update) route(job, update.value(), p.meta);
+  }
   return success();
 }
 
 void JobManager::finish(Job& job, State state) {
   job.state = state;
+  for (const auto& p : std::exchange(job.parked, {})) store_.release(p.object);
   for (InstanceId id : job.instances) supervisor_.release(id);
   job.instances.clear();
 }
@@ -146,23 +168,30 @@ nlohmann::json JobManager::statusOf(const Job& job) const {
                                                         : "waiting";
   nlohmann::json history = nlohmann::json::array();
   for (const auto& r : job.history)
-    history.push_back(
-        {{"round", r.round}, {"clients", r.clients}, {"weight", r.weight}, {"seconds", r.seconds}});
+    history.push_back({{"round", r.round},
+                       {"clients", r.clients},
+                       {"weight", r.weight},
+                       {"seconds", r.seconds},
+                       {"closed", r.byDeadline ? "deadline" : "complete"}});
   nlohmann::json plan = job.plan.toJson();
   plan["instances"] = job.instances;
-  nlohmann::json out = {{"id", job.spec.id},
-                        {"state", state},
-                        {"round", job.round},
-                        {"rounds", job.spec.rounds},
-                        {"received", job.received},
-                        {"expected", job.spec.clientsPerRound},
-                        {"strategy", job.spec.strategy},
-                        {"update", job.spec.update == UpdateMode::Delta ? "delta" : "weights"},
-                        {"plan", plan},
-                        {"has_model", job.model.has_value()},
-                        {"history", history},
-                        {"recoveries", job.recoveries},
-                        {"spec", job.spec.toJson()}};
+  nlohmann::json out = {
+      {"id", job.spec.id},
+      {"state", state},
+      {"round", job.round},
+      {"rounds", job.spec.rounds},
+      {"received", job.received},
+      {"expected", job.spec.clientsPerRound},
+      {"strategy", job.spec.strategy},
+      {"update", job.spec.update == UpdateMode::Delta ? "delta" : "weights"},
+      {"plan", plan},
+      {"has_model", job.model.has_value()},
+      {"history", history},
+      {"recoveries", job.recoveries},
+      {"late",
+       {{"dropped", job.lateDropped}, {"folded", job.lateFolded}, {"waiting", job.parked.size()}}},
+      {"closing", job.closing},
+      {"spec", job.spec.toJson()}};
   if (!job.failure.empty()) out["failure"] = job.failure;
   return out;
 }
@@ -255,34 +284,50 @@ Result<ModelLease> JobManager::leaseModel(const std::string& id) {
 
 void JobManager::returnModel(const ModelLease& lease) { store_.release(lease.object.handle()); }
 
-Result<Admission> JobManager::admit(const std::string& id, const UpdateMeta& meta) {
+Result<Admission> JobManager::admit(const std::string& id, UpdateMeta& meta) {
   std::lock_guard lock(mutex_);
   LIFL_TRY(job, find(id));
   if (job->state != State::Active)
     return conflict("job_finished", "job " + id + " is no longer taking updates");
-  if (job->accepted.count(acceptKey(meta)))
+  const std::string key = acceptKey(meta);
+  if (job->accepted.count(key) || job->parkedAccepted.count(key))
     return Admission{true, job->round, maxUpdateBytes(job->spec)};
-  if (meta.round != job->round)
+  if (job->round > 0 && job->acceptedBefore.count(key))  // a retry after its round closed
+    return Admission{true, job->round - 1, maxUpdateBytes(job->spec)};
+  if (meta.round > job->round)
     return conflict("wrong_round", "update is for round " + std::to_string(meta.round) +
                                        " but job " + id + " is at round " +
                                        std::to_string(job->round));
+  // Late: for a round that has closed (at its deadline, or complete).
+  meta.late = meta.round < job->round || job->closing;
+  if (meta.late && job->spec.late == LatePolicy::Drop) {
+    job->lateDropped++;
+    return conflict("late_update", "round " + std::to_string(meta.round) +
+                                       " has closed; this job drops late updates");
+  }
   if (job->spec.update == UpdateMode::Delta && !job->model)
     return conflict("no_model", "a delta job needs its initial model before updates");
-  if (auto s = job->sources.find(meta.source); s != job->sources.end()) {
+  // While the closed round is aggregated, a late update waits for the next one (parked).
+  meta.parked = job->closing;
+  auto& sources = meta.parked ? job->parkedSources : job->sources;
+  if (auto s = sources.find(meta.source); s != sources.end()) {
     if (s->second == meta.id)
       return conflict("update_in_progress", "this update is still being received");
     return conflict("duplicate_client",
                     "client " + meta.source + " already sent a different update this round");
   }
-  if (job->received + job->reserved >= job->spec.clientsPerRound)
+  const uint32_t taken = meta.parked
+                             ? static_cast<uint32_t>(job->parked.size()) + job->parkedReserved
+                             : job->received + job->reserved;
+  if (taken >= job->spec.clientsPerRound)
     return conflict("round_full", "round " + std::to_string(job->round) + " has all its updates");
-  job->sources[meta.source] = meta.id;
-  job->reserved++;
-  if (!job->roundStarted) {
+  sources[meta.source] = meta.id;
+  (meta.parked ? job->parkedReserved : job->reserved)++;
+  if (!meta.parked && !job->roundStarted) {
     job->roundStarted = true;
     job->roundStart = std::chrono::steady_clock::now();
   }
-  return Admission{false, job->round, maxUpdateBytes(job->spec)};
+  return Admission{false, meta.parked ? job->round + 1 : job->round, maxUpdateBytes(job->spec)};
 }
 
 void JobManager::abandon(const std::string& id, const UpdateMeta& meta) {
@@ -290,9 +335,12 @@ void JobManager::abandon(const std::string& id, const UpdateMeta& meta) {
   auto found = find(id);
   if (!found) return;
   Job* job = found.value();
-  if (auto s = job->sources.find(meta.source); s != job->sources.end() && s->second == meta.id) {
-    job->sources.erase(s);
-    job->reserved--;
+  // A parked reservation moves into the round's when that round starts.
+  const bool parked = meta.parked && job->closing;
+  auto& sources = parked ? job->parkedSources : job->sources;
+  if (auto s = sources.find(meta.source); s != sources.end() && s->second == meta.id) {
+    sources.erase(s);
+    (parked ? job->parkedReserved : job->reserved)--;
   }
 }
 
@@ -303,28 +351,59 @@ Result<uint32_t> JobManager::commit(const std::string& id, const UpdateMeta& met
   std::lock_guard lock(mutex_);
   if (job->state != State::Active)
     return conflict("job_finished", "job " + id + " was cancelled while the update arrived");
-  const uint32_t k = job->received++;
+  if (job->closing && !meta.parked) {
+    // Admitted before the deadline, complete after it: too late for the closed round.
+    if (job->spec.late == LatePolicy::Drop) {
+      job->lateDropped++;
+      return conflict("late_update", "round " + std::to_string(job->round) +
+                                         " closed at its deadline while this update arrived");
+    }
+    job->sources.erase(meta.source);
+    job->reserved--;
+    job->parkedSources[meta.source] = meta.id;
+    job->parkedReserved++;
+    UpdateMeta moved = meta;
+    moved.late = moved.parked = true;
+    job->parkedAccepted.insert(acceptKey(moved));
+    job->parkedReserved--;
+    update.setOwner(kAgentInstance);
+    job->parked.push_back({update.handle(), moved});
+    return job->round + 1;
+  }
+  if (meta.parked && job->closing) {
+    job->parkedReserved--;
+    job->parkedAccepted.insert(acceptKey(meta));
+    update.setOwner(kAgentInstance);  // held by the agent until the next round's tree exists
+    job->parked.push_back({update.handle(), meta});
+    return job->round + 1;
+  }
   job->reserved--;
-  job->accepted.insert(acceptKey(meta));
-  const size_t slot = std::min<size_t>(k / job->plan.fanIn, job->plan.leaves - 1);
-  job->lastArrival = std::chrono::steady_clock::now();
-  const InstanceId leaf = job->instances[slot];
-  update.setTag(job->slot, job->round);
+  route(*job, update, meta);
+  metrics_.updateAccepted(id, update.size());
+  return job->round;
+}
+
+void JobManager::route(Job& job, ObjectRef update, const UpdateMeta& meta) {
+  const uint32_t k = job.received++;
+  job.accepted.insert(acceptKey(meta));
+  if (meta.late) job.lateFolded++;
+  const size_t slot = std::min<size_t>(k / job.plan.fanIn, job.plan.leaves - 1);
+  job.lastArrival = std::chrono::steady_clock::now();
+  const InstanceId leaf = job.instances[slot];
+  update.setTag(job.slot, job.round);
   update.setValue(meta.numExamples);
   update.setOwner(leaf);  // from here the leaf (or, if it dies, its replacement) is responsible
   Descriptor d{};
   d.dst = leaf;
   d.kind = DescriptorKind::Update;
-  d.job = job->slot;
-  d.round = job->round;
+  d.job = job.slot;
+  d.round = job.round;
   d.value = meta.numExamples;
   update.describe(d);
   // A failed send means the leaf just died: the object is owned by it, and recovery
   // re-delivers it to the replacement. The update is accepted either way.
   send(d);
-  if (++job->routed[slot] == job->plan.nodes[slot].expected) sendFlush(*job, slot);
-  metrics_.updateAccepted(id, update.size());
-  return job->round;
+  if (++job.routed[slot] == job.plan.nodes[slot].expected) sendFlush(job, slot);
 }
 
 void JobManager::sendFlush(const Job& job, size_t leaf) {
@@ -352,7 +431,8 @@ void JobManager::onModel(const Descriptor& d) {
   const double seconds =
       std::chrono::duration<double>(std::chrono::steady_clock::now() - job.roundStart).count();
   const auto clients = static_cast<uint32_t>(d.value);
-  job.history.push_back({job.round, clients, std::bit_cast<double>(d.correlation), seconds});
+  job.history.push_back(
+      {job.round, clients, std::bit_cast<double>(d.correlation), seconds, job.closing});
   const double arrivals = std::chrono::duration<double>(job.lastArrival - job.roundStart).count();
   if (arrivals > 0) job.arrivalRate = clients / arrivals;
   if (d.aux > 0) job.leafThroughput = 1e9 / d.aux;  // aux: the leaves' ns per update
@@ -360,7 +440,7 @@ void JobManager::onModel(const Descriptor& d) {
   job.round++;
   LIFL_INFO("job " << job.spec.id << ": round " << job.round << " of " << job.spec.rounds
                    << " aggregated " << clients << " updates in " << seconds << " s");
-  if (clients != job.spec.clientsPerRound)
+  if (!job.closing && clients != job.spec.clientsPerRound)
     LIFL_ERROR("job " << job.spec.id << ": round covered " << clients << " updates, expected "
                       << job.spec.clientsPerRound);
   if (job.round >= job.spec.rounds) {
@@ -371,6 +451,62 @@ void JobManager::onModel(const Descriptor& d) {
     job.failure = started.error().detail;
     finish(job, State::Failed);
   }
+}
+
+void JobManager::watchDeadlines() {
+  std::unique_lock lock(mutex_);
+  while (!stopping_) {
+    stopDeadlines_.wait_for(lock, std::chrono::milliseconds(50));
+    const auto now = std::chrono::steady_clock::now();
+    for (auto& [_, job] : jobs_) {
+      if (job->state != State::Active || job->closing) continue;
+      const double open = std::chrono::duration<double>(now - job->roundOpened).count();
+      if (open < job->spec.deadlineSeconds) continue;
+      if (job->received >= job->spec.requiredClients() && job->received > 0) {
+        closeAtDeadline(*job);
+      } else {
+        failRound(*job, "round " + std::to_string(job->round) + " reached its deadline of " +
+                            std::to_string(job->spec.deadlineSeconds) + " s with " +
+                            std::to_string(job->received) + " of the " +
+                            std::to_string(job->spec.requiredClients()) + " updates it needs");
+      }
+    }
+  }
+}
+
+// Closes a round at its deadline with the updates routed so far: leaves that will get no
+// more updates are flushed, and every middle and the top are told how many clients their
+// subtree now covers. Updates still arriving are late (dropped, or parked for the next
+// round). The tree's expectations are rewritten so that a crash recovery uses them too.
+void JobManager::closeAtDeadline(Job& job) {
+  job.closing = true;
+  LIFL_INFO("job " << job.spec.id << ": round " << job.round << " closes at its deadline with "
+                   << job.received << " of " << job.spec.clientsPerRound << " updates");
+  std::vector<uint32_t> covered(job.plan.nodes.size(), 0);
+  for (size_t leaf = 0; leaf < job.plan.leaves; ++leaf) {
+    covered[leaf] = job.routed[leaf];
+    if (job.routed[leaf] < job.plan.nodes[leaf].expected) sendFlush(job, leaf);  // else sent
+  }
+  for (size_t node = 0; node < job.plan.nodes.size(); ++node) {
+    job.plan.nodes[node].expected = covered[node];
+    if (node >= job.plan.leaves) {  // nodes are ordered children first
+      Descriptor d{};
+      d.dst = job.instances[node];
+      d.kind = DescriptorKind::Retarget;
+      d.job = job.slot;
+      d.round = job.round;
+      d.value = covered[node];
+      send(d);
+    }
+    if (job.plan.nodes[node].parent >= 0)
+      covered[static_cast<size_t>(job.plan.nodes[node].parent)] += covered[node];
+  }
+}
+
+void JobManager::failRound(Job& job, std::string reason) {
+  LIFL_ERROR("job " << job.spec.id << ": " << reason);
+  job.failure = std::move(reason);
+  finish(job, State::Failed);  // released instances free what they held
 }
 
 void JobManager::onAck(const Descriptor& d) {

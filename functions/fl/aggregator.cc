@@ -49,6 +49,9 @@ class Aggregator final : public Function {
       case DescriptorKind::Flush:
         flushed_ = true;
         return acc_ ? maybeForward(ctx) : success();
+      case DescriptorKind::Retarget:  // the round closed at its deadline with fewer clients
+        expected_ = static_cast<uint32_t>(d.value);
+        return acc_ ? maybeForward(ctx) : success();
       default:
         return badRequest("unexpected_descriptor",
                           "aggregator got a " + std::string(kindName(d.kind)) + " descriptor");

@@ -21,6 +21,8 @@ struct TensorSpec {
 
 enum class ModelInit { None, Zeros, Random };
 enum class UpdateMode { Weights, Delta };
+/// What happens to an update that arrives after its round closed at the deadline.
+enum class LatePolicy { Drop, NextRound };
 
 struct JobSpec {
   std::string id;
@@ -36,9 +38,11 @@ struct JobSpec {
   uint32_t levels = 2;  ///< 2: leaves + top; 3: leaves + middles + top
   uint32_t batch = 0;   ///< partial batch size; 0: a leaf forwards once, at its fan-in
   double deadlineSeconds = 600;
+  LatePolicy late = LatePolicy::Drop;
   std::string device = "cpu";
 
   uint64_t modelElements() const;
+  uint32_t requiredClients() const { return minClients ? minClients : clientsPerRound; }
   nlohmann::json toJson() const;
 };
 

@@ -6,6 +6,7 @@
 #pragma once
 
 #include <chrono>
+#include <condition_variable>
 #include <functional>
 #include <map>
 #include <memory>
@@ -14,6 +15,7 @@
 #include <optional>
 #include <set>
 #include <string>
+#include <thread>
 #include <unordered_map>
 #include <unordered_set>
 #include <vector>
@@ -37,6 +39,10 @@ struct UpdateMeta {
   std::string source;
   uint32_t round = 0;
   uint64_t numExamples = 0;
+  // Set by admit(): the update's round closed at its deadline (late), and it waits for the
+  // next round to start (parked) under the job's `late: next_round` policy.
+  bool late = false;
+  bool parked = false;
 };
 
 struct Admission {
@@ -70,7 +76,8 @@ class JobManager {
   void returnModel(const ModelLease& lease);
 
   /// Header-time admission of an update: 404/409 here, before any body byte is read.
-  Result<Admission> admit(const std::string& id, const UpdateMeta& meta);
+  /// Fills meta.late / meta.parked for commit() and abandon().
+  Result<Admission> admit(const std::string& id, UpdateMeta& meta);
   /// Frees the reservation of an admitted update whose body failed.
   void abandon(const std::string& id, const UpdateMeta& meta);
   /// Validates the body (400/422) and, if good, routes it to its leaf: the update is accepted.
@@ -88,6 +95,11 @@ class JobManager {
     uint32_t clients;
     double weight;
     double seconds;
+    bool byDeadline;
+  };
+  struct Parked {  ///< a late update waiting for the next round
+    ObjectHandle object;
+    UpdateMeta meta;
   };
   struct Job {
     uint32_t slot = 0;
@@ -98,12 +110,22 @@ class JobManager {
     uint32_t reserved = 0;
     std::unordered_map<std::string, std::string> sources;  ///< ce-source -> ce-id this round
     std::unordered_set<std::string> accepted;              ///< source + '\n' + id this round
+    std::unordered_set<std::string> acceptedBefore;        ///< the previous round's (retries)
     std::optional<ObjectHandle> model;
     Plan plan;
     std::vector<InstanceId> instances;  ///< per plan node
     std::vector<uint32_t> routed;       ///< per leaf: updates routed to it this round
-    std::chrono::steady_clock::time_point roundStart;
+    std::chrono::steady_clock::time_point roundOpened;  ///< the deadline counts from here
+    std::chrono::steady_clock::time_point roundStart;   ///< first update admitted
     std::chrono::steady_clock::time_point lastArrival;
+    bool closing = false;  ///< closed at the deadline; its model is being aggregated
+    // Late updates folded into the next round (late: next_round), waiting while closing.
+    std::vector<Parked> parked;
+    std::unordered_map<std::string, std::string> parkedSources;
+    std::unordered_set<std::string> parkedAccepted;
+    uint32_t parkedReserved = 0;
+    uint64_t lateDropped = 0;
+    uint64_t lateFolded = 0;
     double arrivalRate = 0;     ///< updates/s of the last completed round
     double leafThroughput = 0;  ///< updates/s one leaf folds, measured last round
     bool roundStarted = false;
@@ -121,6 +143,12 @@ class JobManager {
   nlohmann::json aggregatorParams(const Job& job, size_t node, uint32_t expected) const;
   void finish(Job& job, State state);
   void sendFlush(const Job& job, size_t leaf);
+  /// Routes an accepted update to its leaf (the update is then the leaf's responsibility).
+  void route(Job& job, ObjectRef update, const UpdateMeta& meta);
+  /// Deadline thread: closes (or fails) rounds whose deadline has passed.
+  void watchDeadlines();
+  void closeAtDeadline(Job& job);
+  void failRound(Job& job, std::string reason);
   void recover(Job& job, size_t node, InstanceId dead);
   void reclaimUnowned(InstanceId dead);
   nlohmann::json statusOf(const Job& job) const;
@@ -137,6 +165,9 @@ class JobManager {
   /// Partials the agent re-sent for a dead aggregator -> the inputs to release on their ack.
   std::unordered_map<uint64_t, std::vector<ObjectHandle>> resentInputs_;
   uint32_t nextSlot_ = 1;
+  std::condition_variable stopDeadlines_;
+  bool stopping_ = false;
+  std::thread deadlines_;
 };
 
 }  // namespace lifl::dataplane
