@@ -74,17 +74,18 @@ json JobSpec::toJson() const {
     model["init"] = "random";
     model["seed"] = seed;
   }
-  return json{{"id", id},
-              {"model", model},
-              {"clients_per_round", clientsPerRound},
-              {"min_clients", minClients ? minClients : clientsPerRound},
-              {"rounds", rounds},
-              {"update", update == UpdateMode::Delta ? "delta" : "weights"},
-              {"strategy", {{"name", strategy}}},
-              {"hierarchy", {{"fan_in", fanIn}, {"levels", levels}, {"batch", batch}}},
-              {"deadline_seconds", deadlineSeconds},
-              {"late", late == LatePolicy::NextRound ? "next_round" : "drop"},
-              {"device", device}};
+  return json{
+      {"id", id},
+      {"model", model},
+      {"clients_per_round", clientsPerRound},
+      {"min_clients", minClients ? minClients : clientsPerRound},
+      {"rounds", rounds},
+      {"update", update == UpdateMode::Delta ? "delta" : "weights"},
+      {"strategy", {{"name", strategy}}},
+      {"hierarchy", {{"fan_in", fanIn}, {"levels", levels}, {"batch", batch}, {"eager", eager}}},
+      {"deadline_seconds", deadlineSeconds},
+      {"late", late == LatePolicy::NextRound ? "next_round" : "drop"},
+      {"device", device}};
 }
 
 Result<json> yamlToJson(std::string_view text) {
@@ -191,8 +192,12 @@ Result<JobSpec> jobSpecFromJson(const json& doc) {
     if (!hierarchy->is_object()) return specError("hierarchy must be an object");
     LIFL_TRY(fan, getUnsigned<uint32_t>(*hierarchy, "fan_in", 8, 2, 4096));
     spec.fanIn = fan;
-    LIFL_TRY(levels, getUnsigned<uint32_t>(*hierarchy, "levels", 0, 2, 3));
+    LIFL_TRY(levels, getUnsigned<uint32_t>(*hierarchy, "levels", 0, 1, 3));
     spec.levels = levels;
+    if (auto eager = hierarchy->find("eager"); eager != hierarchy->end()) {
+      if (!eager->is_boolean()) return specError("hierarchy.eager must be true or false");
+      spec.eager = eager->get<bool>();
+    }
     LIFL_TRY(batch, getUnsigned<uint32_t>(*hierarchy, "batch", 0, 0, 4096));
     spec.batch = batch;
   }

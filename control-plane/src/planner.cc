@@ -39,6 +39,13 @@ Plan planFixedTree(uint32_t expectedUpdates, uint32_t fanIn, uint32_t levels) {
 
 Plan planTree(const PlanRequest& r) {
   const uint32_t n = std::max<uint32_t>(r.expectedUpdates, 1);
+  if (r.levels == 1) {  // one aggregator takes every update (the baseline of bench_round)
+    Plan single;
+    single.fanIn = n;
+    single.leaves = 1;  // one routing slot, which is the top itself
+    single.nodes.push_back({AggregatorRole::Top, -1, n});
+    return single;
+  }
   const uint32_t maxFanIn = std::max<uint32_t>(r.maxFanIn, 2);
   uint32_t leaves = (n + maxFanIn - 1) / maxFanIn;
   if (r.arrivalRate > 0 && r.leafThroughput > 0) {

@@ -106,6 +106,7 @@ nlohmann::json JobManager::aggregatorParams(const Job& job, size_t node, uint32_
                       {"parent", n.parent >= 0 ? job.instances[static_cast<size_t>(n.parent)] : 0},
                       {"expected", expected},
                       {"batch", job.spec.batch},
+                      {"eager", job.spec.eager},
                       {"job", job.slot},
                       {"round", job.round},
                       {"tensors", tensors},
@@ -483,13 +484,12 @@ void JobManager::closeAtDeadline(Job& job) {
   LIFL_INFO("job " << job.spec.id << ": round " << job.round << " closes at its deadline with "
                    << job.received << " of " << job.spec.clientsPerRound << " updates");
   std::vector<uint32_t> covered(job.plan.nodes.size(), 0);
-  for (size_t leaf = 0; leaf < job.plan.leaves; ++leaf) {
-    covered[leaf] = job.routed[leaf];
-    if (job.routed[leaf] < job.plan.nodes[leaf].expected) sendFlush(job, leaf);  // else sent
-  }
-  for (size_t node = 0; node < job.plan.nodes.size(); ++node) {
-    job.plan.nodes[node].expected = covered[node];
-    if (node >= job.plan.leaves) {  // nodes are ordered children first
+  for (size_t node = 0; node < job.plan.nodes.size(); ++node) {  // children before parents
+    PlanNode& n = job.plan.nodes[node];
+    if (node < job.plan.leaves) covered[node] += job.routed[node];  // a routing slot
+    if (n.role == AggregatorRole::Leaf) {
+      if (job.routed[node] < n.expected) sendFlush(job, node);  // a full slot was flushed
+    } else {
       Descriptor d{};
       d.dst = job.instances[node];
       d.kind = DescriptorKind::Retarget;
@@ -498,8 +498,8 @@ void JobManager::closeAtDeadline(Job& job) {
       d.value = covered[node];
       send(d);
     }
-    if (job.plan.nodes[node].parent >= 0)
-      covered[static_cast<size_t>(job.plan.nodes[node].parent)] += covered[node];
+    n.expected = covered[node];
+    if (n.parent >= 0) covered[static_cast<size_t>(n.parent)] += covered[node];
   }
 }
 

@@ -11,6 +11,7 @@
 #include <bit>
 #include <chrono>
 #include <unordered_set>
+#include <utility>
 #include <vector>
 
 #include "lifl/common/job_spec.h"
@@ -48,9 +49,11 @@ class Aggregator final : public Function {
         return reparent(ctx, d.aux);
       case DescriptorKind::Flush:
         flushed_ = true;
+        if (!pending_.empty()) return foldPending(ctx);
         return acc_ ? maybeForward(ctx) : success();
       case DescriptorKind::Retarget:  // the round closed at its deadline with fewer clients
         expected_ = static_cast<uint32_t>(d.value);
+        if (!pending_.empty() && lazyDone()) return foldPending(ctx);
         return acc_ ? maybeForward(ctx) : success();
       default:
         return badRequest("unexpected_descriptor",
@@ -66,6 +69,7 @@ class Aggregator final : public Function {
       parent_ = p.value("parent", 0u);
       expected_ = p.at("expected");
       batch_ = p.value("batch", 0u);
+      eager_ = p.value("eager", true);
       job_ = p.value("job", 0u);
       round_ = p.value("round", 0u);
       for (const auto& t : p.at("tensors")) {
@@ -129,7 +133,27 @@ class Aggregator final : public Function {
 
   Result<void> foldUpdate(Context& ctx, const Descriptor& d) {
     if (seen_.count(d.generation)) return success();  // re-delivered after a crash
-    LIFL_TRY(input, ctx.store().resolve(d));
+    if (!eager_) {
+      // Lazy (the buffered baseline of bench_round): hold every update, fold all at the end.
+      seen_.insert(d.generation);
+      pending_.push_back({ObjectHandle{d.offset, d.length, d.generation}, d.value});
+      return lazyDone() ? foldPending(ctx) : success();
+    }
+    return foldOne(ctx, ObjectHandle{d.offset, d.length, d.generation}, d.value);
+  }
+
+  bool lazyDone() const {
+    return role_ == Role::Leaf ? flushed_ : folded_ + pending_.size() >= expected_;
+  }
+
+  Result<void> foldPending(Context& ctx) {
+    for (const auto& [handle, weight] : std::exchange(pending_, {}))
+      LIFL_TRYV(foldOne(ctx, handle, weight));
+    return success();
+  }
+
+  Result<void> foldOne(Context& ctx, const ObjectHandle& handle, uint64_t weight) {
+    LIFL_TRY(input, ctx.store().resolve(handle));
     input.prefault(/*forWrite=*/false);
     LIFL_TRY(view, dataplane::parseSafetensors(input.data(), input.size()));
     if (view.tensors.size() != spec_.tensors.size())
@@ -137,7 +161,7 @@ class Aggregator final : public Function {
     LIFL_TRYV(ensureAccumulator(ctx));
     const auto started = std::chrono::steady_clock::now();
     float* acc = PartialView(*acc_).acc();
-    const float w = static_cast<float>(d.value);
+    const float w = static_cast<float>(weight);
     for (size_t i = 0; i < spec_.tensors.size(); ++i) {  // the tensors cover every element
       const auto& tv = view.tensors[i];
       if (accFresh_)
@@ -148,7 +172,8 @@ class Aggregator final : public Function {
     accFresh_ = false;
     PartialView(*acc_).header().foldSeconds +=
         std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
-    return recordInput(ctx, input, static_cast<double>(d.value), 1);
+    seen_.erase(input.handle().generation);  // recordInput marks it (lazy mode marked it first)
+    return recordInput(ctx, input, static_cast<double>(weight), 1);
   }
 
   Result<void> foldPartial(Context& ctx, const Descriptor& d) {
@@ -289,10 +314,14 @@ class Aggregator final : public Function {
     ObjectHandle partial;
     std::vector<ObjectHandle> inputs;
   };
-  std::optional<ObjectRef> acc_;           ///< the partial under construction
-  uint32_t folded_ = 0;                    ///< clients folded in this assignment
-  bool flushed_ = false;                   ///< leaf: no more updates will come
-  bool accFresh_ = false;                  ///< acc_ holds no input yet (its memory is garbage)
+  std::optional<ObjectRef> acc_;  ///< the partial under construction
+  uint32_t folded_ = 0;           ///< clients folded in this assignment
+  bool flushed_ = false;          ///< leaf: no more updates will come
+  bool accFresh_ = false;
+  bool eager_ = true;  ///< fold on arrival; false: buffer every update, fold at the end
+  std::vector<std::pair<ObjectHandle, uint64_t>>
+      pending_;  ///< lazy: (update, weight)                  ///< acc_ holds no input yet (its
+                 ///< memory is garbage)
   std::unordered_set<uint64_t> seen_;      ///< generations of inputs folded (duplicate filter)
   std::vector<Unacked> unacked_;           ///< sealed partials the parent has not acknowledged
   std::vector<ObjectHandle> batchInputs_;  ///< inputs folded into acc_

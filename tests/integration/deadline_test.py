@@ -23,7 +23,7 @@ class Deadlines(PlatformTestCase):
         return pushed
 
     def test_closes_at_deadline_with_min_clients(self):
-        for levels, fan_in, clients, pushed_n in ((2, 4, 10, 7), (3, 3, 20, 11)):
+        for levels, fan_in, clients, pushed_n in ((2, 4, 10, 7), (3, 3, 20, 11), (1, 8, 9, 4)):
             job = f"dl{levels}"
             with self.subTest(levels=levels):
                 self.client.create_job(job_spec(job, clients=clients, rounds=2, min_clients=pushed_n - 2,

@@ -47,6 +47,13 @@ class FedAvgEbpf(PlatformTestCase):
                                  hierarchy={"fan_in": 3, "levels": 3, "batch": 2})
         self.assertGreater(status["plan"]["middles"], 0)
 
+    def test_single_buffered_aggregator(self):
+        # The baseline of bench_round: one aggregator, every update held, averaged at the end.
+        status = self.run_rounds("single", rounds=2, clients=20, seed=5,
+                                 hierarchy={"fan_in": 8, "levels": 1, "eager": False})
+        self.assertEqual(len(status["plan"]["nodes"]), 1)
+        self.assertEqual(status["plan"]["nodes"][0]["role"], "top")
+
     def test_delta_updates(self):
         spec = job_spec("delta", clients=10, rounds=2, update="delta")
         del spec["model"]["init"]

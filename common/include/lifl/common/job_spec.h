@@ -35,7 +35,8 @@ struct JobSpec {
   UpdateMode update = UpdateMode::Weights;
   std::string strategy = "fedavg";
   uint32_t fanIn = 8;
-  uint32_t levels = 2;  ///< 2: leaves + top; 3: leaves + middles + top
+  uint32_t levels = 0;  ///< 0: the planner chooses; 1: one aggregator; 2: + leaves; 3: + middles
+  bool eager = true;    ///< fold each update as it arrives (false: buffer all, fold at the end)
   uint32_t batch = 0;   ///< partial batch size; 0: a leaf forwards once, at its fan-in
   double deadlineSeconds = 600;
   LatePolicy late = LatePolicy::Drop;
