@@ -21,6 +21,7 @@
 #include <thread>
 #include <vector>
 
+#include "bench_platform.h"
 #include "bench_util.h"
 #include "lifl/cli/http_client.h"
 #include "lifl/common/safetensors_header.h"
@@ -72,57 +73,14 @@ double rawTcpGBps(const std::vector<char>& payload, int streams, int perStream) 
   return static_cast<double>(payload.size()) * streams * perStream / (now() - t0) / 1e9;
 }
 
-struct Platform {
-  pid_t pid = -1;
-  std::string url;
-  Platform(const std::string& lifl, const std::string& dir) {
-    const std::string portFile = dir + "/port";
-    pid = fork();
-    if (pid == 0) {
-      // LIFL_BENCH_CONFIG: an agent config for the platform under test (e.g. hugepages).
-      const char* config = std::getenv("LIFL_BENCH_CONFIG");
-      const std::string bytes = std::to_string(6ull << 30);
-      if (config)
-        execl(lifl.c_str(), "lifl", "up", "--port", "0", "--port-file", portFile.c_str(),
-              "--config", config, "--warm-pool", "8", "--data-dir", dir.c_str(), nullptr);
-      else
-        execl(lifl.c_str(), "lifl", "up", "--port", "0", "--port-file", portFile.c_str(),
-              "--store-bytes", bytes.c_str(), "--warm-pool", "8", "--data-dir", dir.c_str(),
-              nullptr);
-      _exit(127);
-    }
-    for (int i = 0; i < 500 && url.empty(); ++i) {
-      std::ifstream f(portFile);
-      int port = 0;
-      if (f >> port && port > 0)
-        url = "http://127.0.0.1:" + std::to_string(port);
-      else
-        ::usleep(20000);
-    }
-  }
-  ~Platform() {
-    if (pid > 0) {
-      ::kill(pid, SIGTERM);
-      ::waitpid(pid, nullptr, 0);
-    }
-  }
-  double cpu(cli::HttpClient& c) {  // agent + every function instance
-    double total = bench::pidCpu(pid);
-    auto r = c.get("/v1/instances");
-    if (r && r.value().status == 200)
-      for (const auto& i : nlohmann::json::parse(r.value().body))
-        total += bench::pidCpu(i["pid"].get<pid_t>());
-    return total;
-  }
-};
 
 struct IngestResult {
   double gbps = 0, cpuPerGB = 0;
 };
 
-IngestResult pushUpdates(Platform& p, const std::string& job, const std::vector<char>& body,
+IngestResult pushUpdates(bench::PlatformProcess& p, const std::string& job, const std::vector<char>& body,
                          int uploaders, int perUploader, size_t params) {
-  auto control = cli::HttpClient::connect(p.url);
+  auto control = cli::HttpClient::connect(p.url());
   nlohmann::json spec = {
       {"id", job},
       {"model", {{"tensors", {{"w", {{"dtype", "F32"}, {"shape", {params}}}}}}, {"init", "zeros"}}},
@@ -138,7 +96,7 @@ IngestResult pushUpdates(Platform& p, const std::string& job, const std::vector<
   }
   std::vector<std::unique_ptr<cli::HttpClient>> clients;
   for (int u = 0; u < uploaders; ++u)
-    clients.push_back(std::move(cli::HttpClient::connect(p.url)).value());
+    clients.push_back(std::move(cli::HttpClient::connect(p.url())).value());
   std::atomic<int> failures{0};
   const double c0 = p.cpu(*control.value()), t0 = now();
   std::vector<std::thread> threads;
@@ -190,12 +148,10 @@ int main(int argc, char** argv) {
 
   const double raw1 = rawTcpGBps(body, 1, perStream);
   const double raw4 = rawTcpGBps(body, 4, perStream / 4);
-  const std::string dir = "/tmp/lifl-bench-ingest-" + std::to_string(getpid());
-  std::filesystem::create_directories(dir);
   IngestResult cold, one, four;
   {
-    Platform p(lifl, dir);
-    if (p.url.empty()) {
+    bench::PlatformProcess p(lifl, 6ull << 30);
+    if (!p.up()) {
       std::fprintf(stderr, "lifl up did not start\n");
       return 1;
     }
@@ -205,7 +161,6 @@ int main(int argc, char** argv) {
     one = pushUpdates(p, "ingest1", body, 1, perStream, params);
     four = pushUpdates(p, "ingest4", body, 4, perStream / 4, params);
   }
-  std::filesystem::remove_all(dir);
 
   std::printf(
       "ingest of %.1f MB updates, %d per measurement (eBPF router, leaves folding as updates "

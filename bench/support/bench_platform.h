@@ -1,0 +1,108 @@
+// A `lifl up` process under test, started in a temporary data dir on a free port, with the
+// platform's CPU and memory read from /proc (agent + every function instance).
+#pragma once
+
+#include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cstdint>
+#include <filesystem>
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include "bench_util.h"
+#include "lifl/cli/http_client.h"
+
+namespace lifl::bench {
+
+/// kB of a /proc/<pid>/status field (e.g. "RssAnon"), 0 if absent.
+inline uint64_t statusKb(pid_t pid, const std::string& field) {
+  std::ifstream f("/proc/" + std::to_string(pid) + "/status");
+  std::string line;
+  while (std::getline(f, line))
+    if (line.rfind(field + ":", 0) == 0) return std::stoull(line.substr(field.size() + 1));
+  return 0;
+}
+
+class PlatformProcess {
+ public:
+  /// Starts `lifl up`; LIFL_BENCH_CONFIG names an agent config to use instead of the flags.
+  PlatformProcess(const std::string& lifl, uint64_t storeBytes)
+      : dir_("/tmp/lifl-bench-" + std::to_string(getpid()) + "-" + std::to_string(counter()++)) {
+    std::filesystem::create_directories(dir_);
+    const std::string portFile = dir_ + "/port";
+    pid_ = fork();
+    if (pid_ == 0) {
+      const std::string bytes = std::to_string(storeBytes);
+      if (const char* config = std::getenv("LIFL_BENCH_CONFIG"))
+        execl(lifl.c_str(), "lifl", "up", "--port", "0", "--port-file", portFile.c_str(), "--config",
+              config, "--warm-pool", "8", "--data-dir", dir_.c_str(), nullptr);
+      else
+        execl(lifl.c_str(), "lifl", "up", "--port", "0", "--port-file", portFile.c_str(),
+              "--store-bytes", bytes.c_str(), "--warm-pool", "8", "--data-dir", dir_.c_str(), nullptr);
+      _exit(127);
+    }
+    for (int i = 0; i < 500 && url_.empty(); ++i) {
+      std::ifstream f(portFile);
+      int port = 0;
+      if (f >> port && port > 0) url_ = "http://127.0.0.1:" + std::to_string(port);
+      else ::usleep(20000);
+    }
+  }
+  ~PlatformProcess() {
+    if (pid_ > 0) {
+      ::kill(pid_, SIGTERM);
+      ::waitpid(pid_, nullptr, 0);
+    }
+    std::filesystem::remove_all(dir_);
+  }
+  PlatformProcess(const PlatformProcess&) = delete;
+  PlatformProcess& operator=(const PlatformProcess&) = delete;
+
+  const std::string& url() const { return url_; }
+  bool up() const { return !url_.empty(); }
+
+  /// The agent and every function instance.
+  std::vector<pid_t> pids(cli::HttpClient& c) const {
+    std::vector<pid_t> out{pid_};
+    auto r = c.get("/v1/instances");
+    if (r && r.value().status == 200)
+      for (const auto& i : nlohmann::json::parse(r.value().body)) out.push_back(i["pid"].get<pid_t>());
+    return out;
+  }
+  double cpu(cli::HttpClient& c) const {
+    double total = 0;
+    for (pid_t p : pids(c)) total += pidCpu(p);
+    return total;
+  }
+  /// Private memory of every process plus the store's live objects, in bytes: shared store
+  /// pages are counted once, through the store, not once per process that maps them.
+  uint64_t memory(cli::HttpClient& c) const {
+    uint64_t bytes = 0;
+    for (pid_t p : pids(c)) bytes += statusKb(p, "RssAnon") * 1024;
+    auto m = c.get("/metrics");
+    if (m && m.value().status == 200) {
+      std::istringstream lines(m.value().body);
+      std::string line;
+      while (std::getline(lines, line))
+        if (line.rfind("lifl_agent_state{what=\"store_live_bytes\"}", 0) == 0)
+          bytes += static_cast<uint64_t>(std::stod(line.substr(line.rfind(' ') + 1)));
+    }
+    return bytes;
+  }
+
+ private:
+  static int& counter() {
+    static int n = 0;
+    return n;
+  }
+  std::string dir_;
+  pid_t pid_ = -1;
+  std::string url_;
+};
+
+}  // namespace lifl::bench
