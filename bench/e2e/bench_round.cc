@@ -50,15 +50,18 @@ std::vector<char> makeBody(size_t params) {
   return body;
 }
 
-std::vector<RoundResult> runDesign(const Design& design, const std::string& lifl, uint32_t n, size_t params,
-                                   const std::vector<char>& body, uint32_t uploaders, uint32_t rounds) {
+std::vector<RoundResult> runDesign(const Design& design, const std::string& lifl, uint32_t n,
+                                   size_t params, const std::vector<char>& body, uint32_t uploaders,
+                                   uint32_t rounds) {
   std::vector<RoundResult> out(rounds);
   const uint64_t updateBytes = body.size();
   // The buffered baseline needs every update in the store at once; the hierarchy a few.
-  const uint64_t storeBytes = design.holdsAll ? (n + 8) * (updateBytes + (updateBytes >> 2)) + (256ull << 20)
-                                              : std::max<uint64_t>(4ull << 30, 64 * updateBytes);
+  const uint64_t storeBytes = design.holdsAll
+                                  ? (n + 8) * (updateBytes + (updateBytes >> 2)) + (256ull << 20)
+                                  : std::max<uint64_t>(4ull << 30, 64 * updateBytes);
   if (storeBytes > (16ull << 30)) {
-    for (auto& r : out) r.why = "needs a " + std::to_string(storeBytes >> 30) + " GiB store (all updates held)";
+    for (auto& r : out)
+      r.why = "needs a " + std::to_string(storeBytes >> 30) + " GiB store (all updates held)";
     return out;
   }
   bench::PlatformProcess platform(lifl, storeBytes);
@@ -68,19 +71,22 @@ std::vector<RoundResult> runDesign(const Design& design, const std::string& lifl
   }
   auto control = cli::HttpClient::connect(platform.url()).value();
   const std::string job = std::string("round-") + design.name;
-  nlohmann::json spec = {{"id", job},
-                         {"model", {{"tensors", {{"w", {{"dtype", "F32"}, {"shape", {params}}}}}}, {"init", "zeros"}}},
-                         {"clients_per_round", n},
-                         {"rounds", rounds},
-                         {"hierarchy", design.hierarchy}};
+  nlohmann::json spec = {
+      {"id", job},
+      {"model", {{"tensors", {{"w", {{"dtype", "F32"}, {"shape", {params}}}}}}, {"init", "zeros"}}},
+      {"clients_per_round", n},
+      {"rounds", rounds},
+      {"hierarchy", design.hierarchy}};
   const std::string text = spec.dump();
-  auto created = control->request("POST", "/v1/jobs", {{"Content-Type", "application/json"}}, text.data(), text.size());
+  auto created = control->request("POST", "/v1/jobs", {{"Content-Type", "application/json"}},
+                                  text.data(), text.size());
   if (!created || created.value().status != 201) {
     for (auto& r : out) r.why = "job creation failed";
     return out;
   }
   std::vector<std::unique_ptr<cli::HttpClient>> clients;
-  for (uint32_t u = 0; u < uploaders; ++u) clients.push_back(cli::HttpClient::connect(platform.url()).value());
+  for (uint32_t u = 0; u < uploaders; ++u)
+    clients.push_back(cli::HttpClient::connect(platform.url()).value());
   for (uint32_t round = 0; round < rounds; ++round) {
     RoundResult& r = out[round];
     std::atomic<bool> sampling{true};
@@ -100,11 +106,15 @@ std::vector<RoundResult> runDesign(const Design& design, const std::string& lifl
       threads.emplace_back([&, u] {
         for (uint32_t c = next++; c < n; c = next++) {
           const std::string who = "sim" + std::to_string(c);
-          cli::HeaderList h = {{"ce-specversion", "1.0"}, {"ce-type", "dev.lifl.update"},
-                               {"ce-id", who + "-r" + std::to_string(round)}, {"ce-source", who},
-                               {"ce-round", std::to_string(round)}, {"ce-numexamples", std::to_string(1 + c % 50)},
+          cli::HeaderList h = {{"ce-specversion", "1.0"},
+                               {"ce-type", "dev.lifl.update"},
+                               {"ce-id", who + "-r" + std::to_string(round)},
+                               {"ce-source", who},
+                               {"ce-round", std::to_string(round)},
+                               {"ce-numexamples", std::to_string(1 + c % 50)},
                                {"Content-Type", "application/octet-stream"}};
-          auto res = clients[u]->request("POST", "/v1/jobs/" + job + "/updates", h, body.data(), body.size());
+          auto res = clients[u]->request("POST", "/v1/jobs/" + job + "/updates", h, body.data(),
+                                         body.size());
           if (!res || res.value().status != 202) failures++;
         }
       });
@@ -114,7 +124,8 @@ std::vector<RoundResult> runDesign(const Design& design, const std::string& lifl
     bool served = false;
     while (now() - lastArrival < 300) {
       auto st = control->get("/v1/jobs/" + job);
-      if (st && st.value().status == 200 && nlohmann::json::parse(st.value().body).value("round", 0u) > round) {
+      if (st && st.value().status == 200 &&
+          nlohmann::json::parse(st.value().body).value("round", 0u) > round) {
         auto model = control->get("/v1/jobs/" + job + "/model");
         served = model && model.value().status == 200;
         break;
@@ -125,7 +136,8 @@ std::vector<RoundResult> runDesign(const Design& design, const std::string& lifl
     sampling = false;
     sampler.join();
     r.ok = served && failures == 0;
-    r.why = served ? (failures ? std::to_string(failures.load()) + " updates failed" : "") : "no model in 300 s";
+    r.why = served ? (failures ? std::to_string(failures.load()) + " updates failed" : "")
+                   : "no model in 300 s";
     r.wall = end - t0;
     r.lastToModel = end - lastArrival;
     r.cpu = platform.cpu(*control) - c0;
@@ -134,11 +146,13 @@ std::vector<RoundResult> runDesign(const Design& design, const std::string& lifl
   return out;
 }
 
-std::vector<uint64_t> listArg(int argc, char** argv, const char* name, std::vector<uint64_t> fallback) {
+std::vector<uint64_t> listArg(int argc, char** argv, const char* name,
+                              std::vector<uint64_t> fallback) {
   std::vector<uint64_t> out;
   for (int i = 1; i < argc; ++i) {
     if (std::strcmp(argv[i], name) != 0) continue;
-    for (int j = i + 1; j < argc && argv[j][0] != '-'; ++j) out.push_back(std::strtoull(argv[j], nullptr, 10));
+    for (int j = i + 1; j < argc && argv[j][0] != '-'; ++j)
+      out.push_back(std::strtoull(argv[j], nullptr, 10));
   }
   return out.empty() ? fallback : out;
 }
@@ -155,32 +169,37 @@ int main(int argc, char** argv) {
       {"hierarchical-eager", nlohmann::json::object(), false},
       {"single-buffered", {{"levels", 1}, {"eager", false}}, true},
   };
-  std::printf("end-to-end rounds, %u uploaders, %u rounds each (the first on a fresh store)\n", uploaders, rounds);
+  std::printf("end-to-end rounds, %u uploaders, %u rounds each (the first on a fresh store)\n",
+              uploaders, rounds);
   bench::rule(118);
-  std::printf("%-20s %6s %10s %6s | %10s %14s %10s %14s  %s\n", "design", "N", "params", "round", "round s",
-              "last->model s", "CPU s", "peak MB", "");
+  std::printf("%-20s %6s %10s %6s | %10s %14s %10s %14s  %s\n", "design", "N", "params", "round",
+              "round s", "last->model s", "CPU s", "peak MB", "");
   bench::rule(118);
   for (uint64_t n : clientCounts) {
     for (uint64_t p : paramCounts) {
       const auto body = makeBody(p);
       for (const auto& design : designs) {
-        auto results = runDesign(design, lifl, static_cast<uint32_t>(n), p, body, uploaders, rounds);
+        auto results =
+            runDesign(design, lifl, static_cast<uint32_t>(n), p, body, uploaders, rounds);
         for (uint32_t r = 0; r < results.size(); ++r) {
           const auto& x = results[r];
           if (!x.ok && x.wall == 0) {
-            std::printf("%-20s %6llu %10llu %6u | %s\n", design.name, static_cast<unsigned long long>(n),
-                        static_cast<unsigned long long>(p), r + 1, x.why.c_str());
+            std::printf("%-20s %6llu %10llu %6u | %s\n", design.name,
+                        static_cast<unsigned long long>(n), static_cast<unsigned long long>(p),
+                        r + 1, x.why.c_str());
             continue;
           }
           std::printf("%-20s %6llu %10llu %6u | %10.3f %14.3f %10.2f %14.1f  %s\n", design.name,
-                      static_cast<unsigned long long>(n), static_cast<unsigned long long>(p), r + 1, x.wall,
-                      x.lastToModel, x.cpu, static_cast<double>(x.peakBytes) / 1e6, x.why.c_str());
+                      static_cast<unsigned long long>(n), static_cast<unsigned long long>(p), r + 1,
+                      x.wall, x.lastToModel, x.cpu, static_cast<double>(x.peakBytes) / 1e6,
+                      x.why.c_str());
         }
       }
     }
   }
   bench::rule(118);
-  std::printf("targets (100 clients, 11.2 M params): round <= 2.5 s, last->model <= 0.3 s, CPU <= 3.4 s,\n"
-              "peak memory <= 2 GB and flat in N\n");
+  std::printf(
+      "targets (100 clients, 11.2 M params): round <= 2.5 s, last->model <= 0.3 s, CPU <= 3.4 s,\n"
+      "peak memory <= 2 GB and flat in N\n");
   return 0;
 }

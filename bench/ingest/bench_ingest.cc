@@ -73,13 +73,13 @@ double rawTcpGBps(const std::vector<char>& payload, int streams, int perStream) 
   return static_cast<double>(payload.size()) * streams * perStream / (now() - t0) / 1e9;
 }
 
-
 struct IngestResult {
   double gbps = 0, cpuPerGB = 0;
 };
 
-IngestResult pushUpdates(bench::PlatformProcess& p, const std::string& job, const std::vector<char>& body,
-                         int uploaders, int perUploader, size_t params) {
+IngestResult pushUpdates(bench::PlatformProcess& p, const std::string& job,
+                         const std::vector<char>& body, int uploaders, int perUploader,
+                         size_t params) {
   auto control = cli::HttpClient::connect(p.url());
   nlohmann::json spec = {
       {"id", job},

@@ -39,18 +39,21 @@ class PlatformProcess {
     if (pid_ == 0) {
       const std::string bytes = std::to_string(storeBytes);
       if (const char* config = std::getenv("LIFL_BENCH_CONFIG"))
-        execl(lifl.c_str(), "lifl", "up", "--port", "0", "--port-file", portFile.c_str(), "--config",
-              config, "--warm-pool", "8", "--data-dir", dir_.c_str(), nullptr);
+        execl(lifl.c_str(), "lifl", "up", "--port", "0", "--port-file", portFile.c_str(),
+              "--config", config, "--warm-pool", "8", "--data-dir", dir_.c_str(), nullptr);
       else
         execl(lifl.c_str(), "lifl", "up", "--port", "0", "--port-file", portFile.c_str(),
-              "--store-bytes", bytes.c_str(), "--warm-pool", "8", "--data-dir", dir_.c_str(), nullptr);
+              "--store-bytes", bytes.c_str(), "--warm-pool", "8", "--data-dir", dir_.c_str(),
+              nullptr);
       _exit(127);
     }
     for (int i = 0; i < 500 && url_.empty(); ++i) {
       std::ifstream f(portFile);
       int port = 0;
-      if (f >> port && port > 0) url_ = "http://127.0.0.1:" + std::to_string(port);
-      else ::usleep(20000);
+      if (f >> port && port > 0)
+        url_ = "http://127.0.0.1:" + std::to_string(port);
+      else
+        ::usleep(20000);
     }
   }
   ~PlatformProcess() {
@@ -71,7 +74,8 @@ class PlatformProcess {
     std::vector<pid_t> out{pid_};
     auto r = c.get("/v1/instances");
     if (r && r.value().status == 200)
-      for (const auto& i : nlohmann::json::parse(r.value().body)) out.push_back(i["pid"].get<pid_t>());
+      for (const auto& i : nlohmann::json::parse(r.value().body))
+        out.push_back(i["pid"].get<pid_t>());
     return out;
   }
   double cpu(cli::HttpClient& c) const {
@@ -89,7 +93,7 @@ class PlatformProcess {
       std::istringstream lines(m.value().body);
       std::string line;
       while (std::getline(lines, line))
-        if (line.rfind("lifl_agent_state{what=\"store_live_bytes\"}", 0) == 0)
+        if (line.rfind("lifl_store_bytes{state=\"live\"}", 0) == 0)
           bytes += static_cast<uint64_t>(std::stod(line.substr(line.rfind(' ') + 1)));
     }
     return bytes;

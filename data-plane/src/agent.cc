@@ -136,15 +136,9 @@ nlohmann::json Agent::describeStore() const {
 
 void Agent::refreshMetrics() {
   const auto s = store_->stats();
-  metrics_->setGauge("store_capacity_bytes", static_cast<double>(s.capacityBytes));
-  metrics_->setGauge("store_free_bytes", static_cast<double>(s.freeBytes));
-  metrics_->setGauge("store_live_objects", static_cast<double>(s.liveObjects));
-  metrics_->setGauge("store_live_bytes", static_cast<double>(s.liveBytes));
   const auto sup = supervisor_->stats();
-  metrics_->setGauge("instances_warm", static_cast<double>(sup.warm));
-  metrics_->setGauge("instances_busy", static_cast<double>(sup.busy));
-  metrics_->setGauge("cold_starts", static_cast<double>(sup.coldStarts));
-  metrics_->setGauge("instance_deaths", static_cast<double>(sup.deaths));
+  metrics_->nodeState({s.capacityBytes, s.freeBytes, s.liveBytes, s.liveObjects, sup.warm, sup.busy,
+                       sup.coldStarts, sup.deaths, jobs_->aggregatorsByRole()});
   for (const auto& inst : supervisor_->instances()) {
     auto c = router_->counters(inst.id);
     metrics_->routerCounters(inst.id, c.deliveredMsgs, c.deliveredBytes);

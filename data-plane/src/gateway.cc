@@ -358,6 +358,7 @@ struct Gateway::Impl {
     using Ms = std::chrono::duration<double, std::milli>;
     const double readMs = Ms(t1 - t0).count(),
                  commitMs = Ms(std::chrono::steady_clock::now() - t1).count();
+    metrics.ingestSeconds((readMs + commitMs) / 1e3);
     LIFL_DEBUG("update " << meta.value().id << ": " << got.value() << " bytes read in " << readMs
                          << " ms, validated and routed in " << commitMs << " ms");
     if (!round) {

@@ -197,6 +197,15 @@ nlohmann::json JobManager::statusOf(const Job& job) const {
   return out;
 }
 
+std::map<std::string, uint64_t> JobManager::aggregatorsByRole() const {
+  std::lock_guard lock(mutex_);
+  std::map<std::string, uint64_t> out;
+  for (const auto& [_, job] : jobs_)
+    if (job->state == State::Active)
+      for (const auto& node : job->plan.nodes) out[roleName(node.role)]++;
+  return out;
+}
+
 nlohmann::json JobManager::list() const {
   std::lock_guard lock(mutex_);
   nlohmann::json out = nlohmann::json::array();
@@ -438,6 +447,9 @@ void JobManager::onModel(const Descriptor& d) {
   if (arrivals > 0) job.arrivalRate = clients / arrivals;
   if (d.aux > 0) job.leafThroughput = 1e9 / d.aux;  // aux: the leaves' ns per update
   metrics_.roundCompleted(job.spec.id, seconds);
+  metrics_.aggregationSeconds(
+      job.spec.id,
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - job.lastArrival).count());
   job.round++;
   LIFL_INFO("job " << job.spec.id << ": round " << job.round << " of " << job.spec.rounds
                    << " aggregated " << clients << " updates in " << seconds << " s");

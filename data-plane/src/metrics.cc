@@ -42,9 +42,37 @@ Metrics::Metrics()
                        .Name("lifl_router_delivered_bytes_total")
                        .Help("Descriptor bytes delivered into each instance")
                        .Register(*registry_)),
-      gauges_(BuildGauge()
-                  .Name("lifl_agent_state")
-                  .Help("Agent gauges: store bytes, instances, cold starts (label: what)")
+      ingest_(BuildHistogram()
+                  .Name("lifl_ingest_seconds")
+                  .Help("Time to accept one update: body read into the store, validated, routed")
+                  .Register(*registry_)),
+      aggregation_(BuildHistogram()
+                       .Name("lifl_aggregation_seconds")
+                       .Help("Time from a round's last update to its new global model")
+                       .Register(*registry_)),
+      storeBytes_(BuildGauge()
+                      .Name("lifl_store_bytes")
+                      .Help("Object store bytes by state: capacity, free, live")
+                      .Register(*registry_)),
+      storeObjects_(BuildGauge()
+                        .Name("lifl_store_objects")
+                        .Help("Live objects in the object store")
+                        .Register(*registry_)),
+      instances_(BuildGauge()
+                     .Name("lifl_instances")
+                     .Help("Function instances by state: warm (idle, pre-started) or busy")
+                     .Register(*registry_)),
+      aggregators_(BuildGauge()
+                       .Name("lifl_aggregators")
+                       .Help("Aggregator instances of active jobs by role")
+                       .Register(*registry_)),
+      coldStarts_(BuildCounter()
+                      .Name("lifl_cold_starts_total")
+                      .Help("Instances started because the warm pool was empty")
+                      .Register(*registry_)),
+      deaths_(BuildCounter()
+                  .Name("lifl_instance_deaths_total")
+                  .Help("Function instances that exited outside a shutdown")
                   .Register(*registry_)) {}
 
 void Metrics::updateAccepted(const std::string& job, uint64_t bytes) {
@@ -84,8 +112,36 @@ void Metrics::forgetInstance(InstanceId instance) {
   lastRouter_.erase(instance);
 }
 
-void Metrics::setGauge(const std::string& name, double value) {
-  gauges_.Add({{"what", name}}).Set(value);
+namespace {
+const prometheus::Histogram::BucketBoundaries kSecondsBuckets = {
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30};
+}  // namespace
+
+void Metrics::ingestSeconds(double seconds) { ingest_.Add({}, kSecondsBuckets).Observe(seconds); }
+
+void Metrics::aggregationSeconds(const std::string& job, double seconds) {
+  aggregation_.Add({{"job", job}}, kSecondsBuckets).Observe(seconds);
+}
+
+void Metrics::nodeState(const NodeState& st) {
+  storeBytes_.Add({{"state", "capacity"}}).Set(static_cast<double>(st.storeCapacity));
+  storeBytes_.Add({{"state", "free"}}).Set(static_cast<double>(st.storeFree));
+  storeBytes_.Add({{"state", "live"}}).Set(static_cast<double>(st.storeLiveBytes));
+  storeObjects_.Add({}).Set(static_cast<double>(st.storeLiveObjects));
+  instances_.Add({{"state", "warm"}}).Set(static_cast<double>(st.warm));
+  instances_.Add({{"state", "busy"}}).Set(static_cast<double>(st.busy));
+  for (const char* role : {"leaf", "middle", "top"}) {
+    auto it = st.aggregatorsByRole.find(role);
+    aggregators_.Add({{"role", role}})
+        .Set(it == st.aggregatorsByRole.end() ? 0.0 : static_cast<double>(it->second));
+  }
+  std::lock_guard lock(mutex_);
+  if (st.coldStarts > lastColdStarts_)
+    coldStarts_.Add({}).Increment(static_cast<double>(st.coldStarts - lastColdStarts_));
+  if (st.deaths > lastDeaths_)
+    deaths_.Add({}).Increment(static_cast<double>(st.deaths - lastDeaths_));
+  lastColdStarts_ = st.coldStarts;
+  lastDeaths_ = st.deaths;
 }
 
 std::string Metrics::serialize() const {

@@ -80,7 +80,7 @@ class KillAggregators(PlatformTestCase):
         deadline = time.monotonic() + 10
         while True:
             m = self.platform.metrics()
-            live = [l for l in m.splitlines() if 'what="store_live_objects"' in l]
+            live = [l for l in m.splitlines() if l.startswith("lifl_store_objects ")]
             if live and float(live[0].split()[-1]) == 1:
                 break
             if time.monotonic() > deadline:

@@ -83,6 +83,9 @@ class JobManager {
   /// Validates the body (400/422) and, if good, routes it to its leaf: the update is accepted.
   Result<uint32_t> commit(const std::string& id, const UpdateMeta& meta, ObjectRef update);
 
+  /// Aggregator instances of active jobs by role ("leaf", "middle", "top"), for metrics.
+  std::map<std::string, uint64_t> aggregatorsByRole() const;
+
   // Messages to the agent's endpoint and supervisor events.
   void onModel(const Descriptor& d);
   void onAck(const Descriptor& d);

@@ -28,7 +28,18 @@ class Metrics {
   /// Brings the router counters of `instance` up to `delivered`/`bytes` (monotonic).
   void routerCounters(InstanceId instance, uint64_t deliveredMsgs, uint64_t deliveredBytes);
   void forgetInstance(InstanceId instance);
-  void setGauge(const std::string& name, double value);
+  /// Time to accept one update (body read, validated, routed).
+  void ingestSeconds(double seconds);
+  /// Time from a round's last update to its new model (what aggregation adds to a round).
+  void aggregationSeconds(const std::string& job, double seconds);
+
+  struct NodeState {
+    uint64_t storeCapacity = 0, storeFree = 0, storeLiveBytes = 0, storeLiveObjects = 0;
+    uint64_t warm = 0, busy = 0, coldStarts = 0, deaths = 0;
+    std::map<std::string, uint64_t> aggregatorsByRole;
+  };
+  /// Refreshes the gauges (and the monotonic counters) of the node's state before a scrape.
+  void nodeState(const NodeState& state);
 
   std::string serialize() const;
 
@@ -42,9 +53,17 @@ class Metrics {
   prometheus::Family<prometheus::Counter>& requests_;
   prometheus::Family<prometheus::Counter>& routed_;
   prometheus::Family<prometheus::Counter>& routedBytes_;
-  prometheus::Family<prometheus::Gauge>& gauges_;
+  prometheus::Family<prometheus::Histogram>& ingest_;
+  prometheus::Family<prometheus::Histogram>& aggregation_;
+  prometheus::Family<prometheus::Gauge>& storeBytes_;
+  prometheus::Family<prometheus::Gauge>& storeObjects_;
+  prometheus::Family<prometheus::Gauge>& instances_;
+  prometheus::Family<prometheus::Gauge>& aggregators_;
+  prometheus::Family<prometheus::Counter>& coldStarts_;
+  prometheus::Family<prometheus::Counter>& deaths_;
   std::mutex mutex_;
   std::map<InstanceId, std::pair<uint64_t, uint64_t>> lastRouter_;
+  uint64_t lastColdStarts_ = 0, lastDeaths_ = 0;
 };
 
 }  // namespace lifl::dataplane
