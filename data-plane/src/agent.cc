@@ -23,8 +23,9 @@ Result<std::unique_ptr<Agent>> Agent::start(AgentConfig config, Planner planner,
   agent->metrics_ = std::make_unique<Metrics>();
   agent->supervisor_ = std::make_unique<Supervisor>(
       *agent->router_, *agent->store_, *agent->endpoint_, std::move(executable), c.warmPool);
-  agent->jobs_ = std::make_unique<JobManager>(
-      *agent->store_, *agent->endpoint_, *agent->supervisor_, *agent->metrics_, std::move(planner));
+  agent->jobs_ =
+      std::make_unique<JobManager>(*agent->store_, *agent->endpoint_, *agent->supervisor_,
+                                   *agent->metrics_, std::move(planner), c.idleSeconds);
   agent->chains_ =
       std::make_unique<ChainManager>(*agent->store_, *agent->endpoint_, *agent->supervisor_);
   Agent* self = agent.get();

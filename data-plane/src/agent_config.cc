@@ -47,6 +47,7 @@ Result<AgentConfig> parseAgentConfig(const std::string& yaml) {
     if (auto f = root["functions"]) {
       read(f, "warm_pool", c.warmPool);
       read(f, "chain_timeout_seconds", c.chainTimeoutSeconds);
+      read(f, "idle_seconds", c.idleSeconds);
       read(f, "max_event_bytes", c.maxEventBytes);
       if (auto chains = f["chains"]) {
         if (!chains.IsSequence()) return configError("functions.chains must be a list");

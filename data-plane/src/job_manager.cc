@@ -24,12 +24,13 @@ std::string acceptKey(const UpdateMeta& m) { return m.source + '\n' + m.id; }
 }  // namespace
 
 JobManager::JobManager(ObjectStore& store, Endpoint& endpoint, Supervisor& supervisor,
-                       Metrics& metrics, Planner planner)
+                       Metrics& metrics, Planner planner, double idleSeconds)
     : store_(store),
       endpoint_(endpoint),
       supervisor_(supervisor),
       metrics_(metrics),
       planner_(std::move(planner)),
+      idleSeconds_(idleSeconds),
       deadlines_([this] { watchDeadlines(); }) {}
 
 JobManager::~JobManager() {
@@ -118,9 +119,7 @@ nlohmann::json JobManager::aggregatorParams(const Job& job, size_t node, uint32_
   return p;
 }
 
-Result<void> JobManager::startRound(Job& job) {
-  job.plan = planner_(PlanRequest{job.spec.clientsPerRound, job.spec.fanIn, job.spec.levels,
-                                  job.arrivalRate, job.leafThroughput});
+Result<void> JobManager::deployTree(Job& job) {
   // Reuse the instances of the previous round (warm, same processes); take more from the
   // pool only when the tree grew, and give back what it no longer needs.
   while (job.instances.size() > job.plan.nodes.size()) {
@@ -134,6 +133,14 @@ Result<void> JobManager::startRound(Job& job) {
   for (size_t i = 0; i < job.plan.nodes.size(); ++i)
     LIFL_TRYV(supervisor_.assign(job.instances[i], kAggregator,
                                  aggregatorParams(job, i, job.plan.nodes[i].expected)));
+  job.scaledToZero = false;
+  return success();
+}
+
+Result<void> JobManager::startRound(Job& job) {
+  job.plan = planner_(PlanRequest{job.spec.clientsPerRound, job.spec.fanIn, job.spec.levels,
+                                  job.arrivalRate, job.leafThroughput});
+  LIFL_TRYV(deployTree(job));
   job.received = 0;
   job.routed.assign(job.plan.leaves, 0);
   // Late updates parked while the previous round closed are this round's first.
@@ -192,6 +199,7 @@ nlohmann::json JobManager::statusOf(const Job& job) const {
       {"late",
        {{"dropped", job.lateDropped}, {"folded", job.lateFolded}, {"waiting", job.parked.size()}}},
       {"closing", job.closing},
+      {"scaled_to_zero", job.scaledToZero},
       {"spec", job.spec.toJson()}};
   if (!job.failure.empty()) out["failure"] = job.failure;
   return out;
@@ -317,6 +325,11 @@ Result<Admission> JobManager::admit(const std::string& id, UpdateMeta& meta) {
   }
   if (job->spec.update == UpdateMode::Delta && !job->model)
     return conflict("no_model", "a delta job needs its initial model before updates");
+  if (job->scaledToZero) {
+    if (auto deployed = deployTree(*job); !deployed)
+      return unavailable("no_instances",
+                         "cannot bring the job's aggregators back: " + deployed.error().detail);
+  }
   // While the closed round is aggregated, a late update waits for the next one (parked).
   meta.parked = job->closing;
   auto& sources = meta.parked ? job->parkedSources : job->sources;
@@ -474,6 +487,15 @@ void JobManager::watchDeadlines() {
     for (auto& [_, job] : jobs_) {
       if (job->state != State::Active || job->closing) continue;
       const double open = std::chrono::duration<double>(now - job->roundOpened).count();
+      if (!job->scaledToZero && job->received + job->reserved == 0 && job->parked.empty() &&
+          open >= idleSeconds_) {
+        // Serverless scale to zero: an idle round gives its aggregators back to the pool
+        // (which keeps only its warm target); the next update brings a tree back.
+        LIFL_INFO("job " << job->spec.id << ": idle for " << open << " s, scaling to zero");
+        for (InstanceId id : job->instances) supervisor_.release(id);
+        job->instances.clear();
+        job->scaledToZero = true;
+      }
       if (open < job->spec.deadlineSeconds) continue;
       if (job->received >= job->spec.requiredClients() && job->received > 0) {
         closeAtDeadline(*job);

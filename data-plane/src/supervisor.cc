@@ -114,7 +114,7 @@ Result<void> Supervisor::assign(InstanceId id, const std::string& function,
 Result<InstanceId> Supervisor::reserve() {
   std::lock_guard lock(mutex_);
   for (auto& [id, child] : children_) {
-    if (!child.busy) {
+    if (!child.busy && !child.retiring) {
       child.busy = true;
       return id;
     }
@@ -140,9 +140,19 @@ void Supervisor::release(InstanceId id) {
   d.kind = DescriptorKind::Release;
   (void)endpoint_.send(d);
   std::lock_guard lock(mutex_);
-  if (auto it = children_.find(id); it != children_.end()) {
-    it->second.busy = false;
-    it->second.function.clear();
+  auto it = children_.find(id);
+  if (it == children_.end()) return;
+  it->second.busy = false;
+  it->second.function.clear();
+  // Scale down: keep `warmTarget` idle instances; the rest exit (after the Release, which
+  // frees what they held).
+  uint32_t idle = 0;
+  for (const auto& [_, c] : children_) idle += !c.busy && !c.retiring;
+  if (idle > warmTarget_) {
+    it->second.retiring = true;
+    d.kind = DescriptorKind::Shutdown;
+    (void)endpoint_.send(d);
+    ++retired_;
   }
 }
 
@@ -159,19 +169,21 @@ void Supervisor::watch() {
 
 void Supervisor::reap(InstanceId id) {
   pid_t pid = 0;
+  bool retiring = false;
   {
     std::lock_guard lock(mutex_);
     auto it = children_.find(id);
     if (it == children_.end()) return;
     pid = it->second.pid;
+    retiring = it->second.retiring;
     ::epoll_ctl(epoll_.get(), EPOLL_CTL_DEL, it->second.pidfd.get(), nullptr);
     children_.erase(it);
-    ++deaths_;
+    if (!retiring) ++deaths_;
   }
   int status = 0;
   ::waitpid(pid, &status, 0);
   router_.detach(id);
-  if (stopping_) return;
+  if (stopping_ || retiring) return;  // a shutdown or a scale-down: nothing to recover
   LIFL_WARN("instance " << id << " (pid " << pid << ") exited: "
                         << (WIFSIGNALED(status) ? "signal " + std::to_string(WTERMSIG(status))
                                                 : "status " + std::to_string(WEXITSTATUS(status))));
@@ -231,8 +243,10 @@ std::vector<InstanceStatus> Supervisor::instances() const {
 SupervisorStats Supervisor::stats() const {
   std::lock_guard lock(mutex_);
   SupervisorStats s;
-  for (const auto& [_, c] : children_) (c.busy ? s.busy : s.warm)++;
+  for (const auto& [_, c] : children_)
+    if (!c.retiring) (c.busy ? s.busy : s.warm)++;
   s.coldStarts = coldStarts_;
+  s.retired = retired_;
   s.deaths = deaths_;
   return s;
 }

@@ -58,8 +58,10 @@ struct ModelLease {
 
 class JobManager {
  public:
+  /// @param idleSeconds a job whose round has had no update for this long releases its
+  ///        aggregators (scale to zero); the next update brings them back from the pool
   JobManager(ObjectStore& store, Endpoint& endpoint, Supervisor& supervisor, Metrics& metrics,
-             Planner planner);
+             Planner planner, double idleSeconds = 60);
   ~JobManager();
 
   Result<nlohmann::json> create(JobSpec spec);
@@ -121,7 +123,8 @@ class JobManager {
     std::chrono::steady_clock::time_point roundOpened;  ///< the deadline counts from here
     std::chrono::steady_clock::time_point roundStart;   ///< first update admitted
     std::chrono::steady_clock::time_point lastArrival;
-    bool closing = false;  ///< closed at the deadline; its model is being aggregated
+    bool closing = false;       ///< closed at the deadline; its model is being aggregated
+    bool scaledToZero = false;  ///< idle: its aggregators went back to the pool
     // Late updates folded into the next round (late: next_round), waiting while closing.
     std::vector<Parked> parked;
     std::unordered_map<std::string, std::string> parkedSources;
@@ -143,6 +146,8 @@ class JobManager {
                                                      const ObjectRef& body) const;
   Result<void> createInitialModel(Job& job);
   Result<void> startRound(Job& job);
+  /// Takes instances for the round's plan and assigns them their roles.
+  Result<void> deployTree(Job& job);
   nlohmann::json aggregatorParams(const Job& job, size_t node, uint32_t expected) const;
   void finish(Job& job, State state);
   void sendFlush(const Job& job, size_t leaf);
@@ -162,6 +167,7 @@ class JobManager {
   Supervisor& supervisor_;
   Metrics& metrics_;
   Planner planner_;
+  double idleSeconds_;
   mutable std::mutex mutex_;
   std::map<std::string, std::unique_ptr<Job>> jobs_;
   std::map<uint32_t, Job*> bySlot_;

@@ -37,6 +37,7 @@ struct SupervisorStats {
   uint64_t busy = 0;
   uint64_t coldStarts = 0;
   uint64_t deaths = 0;
+  uint64_t retired = 0;  ///< idle instances beyond the warm pool, stopped (scale-down)
 };
 
 class Supervisor {
@@ -74,6 +75,7 @@ class Supervisor {
     pid_t pid = 0;
     UniqueFd pidfd;
     bool busy = false;
+    bool retiring = false;  ///< told to exit: beyond the warm pool
     std::string function;
   };
   Result<InstanceId> spawnLocked();
@@ -92,6 +94,7 @@ class Supervisor {
   InstanceId nextId_ = kFirstFunctionInstance;
   uint64_t coldStarts_ = 0;
   uint64_t deaths_ = 0;
+  uint64_t retired_ = 0;
   UniqueFd epoll_;
   UniqueFd wake_;
   std::atomic<bool> stopping_{false};
