@@ -38,18 +38,6 @@ struct RoundResult {
   uint64_t peakBytes = 0;
 };
 
-std::vector<char> makeBody(size_t params) {
-  std::vector<TensorSpec> tensors = {{"w", {static_cast<int64_t>(params)}, params}};
-  const std::string header = f32SafetensorsHeader(tensors);
-  std::vector<char> body(header.size() + params * 4);
-  std::memcpy(body.data(), header.data(), header.size());
-  std::mt19937 rng(11);
-  std::uniform_real_distribution<float> d(-1, 1);
-  auto* v = reinterpret_cast<float*>(body.data() + header.size());
-  for (size_t i = 0; i < params; ++i) v[i] = d(rng);
-  return body;
-}
-
 std::vector<RoundResult> runDesign(const Design& design, const std::string& lifl, uint32_t n,
                                    size_t params, const std::vector<char>& body, uint32_t uploaders,
                                    uint32_t rounds) {
@@ -177,7 +165,7 @@ int main(int argc, char** argv) {
   bench::rule(118);
   for (uint64_t n : clientCounts) {
     for (uint64_t p : paramCounts) {
-      const auto body = makeBody(p);
+      const auto body = bench::randomUpdateBody(p, 11);
       for (const auto& design : designs) {
         auto results =
             runDesign(design, lifl, static_cast<uint32_t>(n), p, body, uploaders, rounds);

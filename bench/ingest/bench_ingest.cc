@@ -137,14 +137,7 @@ int main(int argc, char** argv) {
   const size_t params = argc > 1 ? std::strtoull(argv[1], nullptr, 10) : 11'200'000;
   const int perStream = argc > 2 ? std::atoi(argv[2]) : 16;
   const std::string lifl = bench::liflBinary();
-  std::vector<TensorSpec> tensors = {{"w", {static_cast<int64_t>(params)}, params}};
-  const std::string header = f32SafetensorsHeader(tensors);
-  std::vector<char> body(header.size() + params * 4);
-  std::memcpy(body.data(), header.data(), header.size());
-  std::mt19937 rng(3);
-  std::uniform_real_distribution<float> d(-1, 1);
-  auto* v = reinterpret_cast<float*>(body.data() + header.size());
-  for (size_t i = 0; i < params; ++i) v[i] = d(rng);
+  const std::vector<char> body = bench::randomUpdateBody(params, 3);
 
   const double raw1 = rawTcpGBps(body, 1, perStream);
   const double raw4 = rawTcpGBps(body, 4, perStream / 4);

@@ -7,17 +7,33 @@
 #include <unistd.h>
 
 #include <cstdint>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <nlohmann/json.hpp>
+#include <random>
 #include <sstream>
 #include <string>
 #include <vector>
 
 #include "bench_util.h"
 #include "lifl/cli/http_client.h"
+#include "lifl/common/safetensors_header.h"
 
 namespace lifl::bench {
+
+/// A safetensors update body of `params` random F32 values in one tensor "w".
+inline std::vector<char> randomUpdateBody(size_t params, unsigned seed) {
+  std::vector<TensorSpec> tensors = {{"w", {static_cast<int64_t>(params)}, params}};
+  const std::string header = f32SafetensorsHeader(tensors);
+  std::vector<char> body(header.size() + params * 4);
+  std::memcpy(body.data(), header.data(), header.size());
+  std::mt19937 rng(seed);
+  std::uniform_real_distribution<float> d(-1, 1);
+  auto* v = reinterpret_cast<float*>(body.data() + header.size());
+  for (size_t i = 0; i < params; ++i) v[i] = d(rng);
+  return body;
+}
 
 /// kB of a /proc/<pid>/status field (e.g. "RssAnon"), 0 if absent.
 inline uint64_t statusKb(pid_t pid, const std::string& field) {

@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <charconv>
+#include <initializer_list>
 #include <regex>
 
 namespace lifl {
@@ -55,6 +56,23 @@ Result<T> getUnsigned(const json& obj, const char* key, T fallback, T lo, T hi) 
     return specError(std::string(key) + " must be between " + std::to_string(lo) + " and " +
                      std::to_string(hi));
   return static_cast<T>(v);
+}
+
+/// Reads an optional string field that must be one of `choices`.
+template <class T>
+Result<void> readChoice(const json& obj, const char* key,
+                        std::initializer_list<std::pair<const char*, T>> choices, T& out) {
+  auto it = obj.find(key);
+  if (it == obj.end() || it->is_null()) return success();
+  std::string names;
+  for (const auto& [name, value] : choices) {
+    if (it->is_string() && it->get<std::string>() == name) {
+      out = value;
+      return success();
+    }
+    names += names.empty() ? name : std::string(" or ") + name;
+  }
+  return specError(std::string(key) + " must be " + names);
 }
 
 }  // namespace
@@ -149,16 +167,8 @@ Result<JobSpec> jobSpecFromJson(const json& doc) {
   std::sort(spec.tensors.begin(), spec.tensors.end(),
             [](const TensorSpec& a, const TensorSpec& b) { return a.name < b.name; });
 
-  auto init = model->find("init");
-  if (init != model->end() && !init->is_null()) {
-    std::string v = init->is_string() ? init->get<std::string>() : "";
-    if (v == "zeros")
-      spec.init = ModelInit::Zeros;
-    else if (v == "random")
-      spec.init = ModelInit::Random;
-    else
-      return specError("model.init must be zeros or random");
-  }
+  LIFL_TRYV(readChoice<ModelInit>(
+      *model, "init", {{"zeros", ModelInit::Zeros}, {"random", ModelInit::Random}}, spec.init));
   LIFL_TRY(seed, getUnsigned<uint64_t>(*model, "seed", 0, 0, UINT32_MAX));
   spec.seed = seed;
 
@@ -169,16 +179,9 @@ Result<JobSpec> jobSpecFromJson(const json& doc) {
   LIFL_TRY(rounds, getUnsigned<uint32_t>(doc, "rounds", 1, 1, 1'000'000));
   spec.rounds = rounds;
 
-  auto update = doc.find("update");
-  if (update != doc.end()) {
-    std::string v = update->is_string() ? update->get<std::string>() : "";
-    if (v == "weights")
-      spec.update = UpdateMode::Weights;
-    else if (v == "delta")
-      spec.update = UpdateMode::Delta;
-    else
-      return specError("update must be weights or delta");
-  }
+  LIFL_TRYV(readChoice<UpdateMode>(doc, "update",
+                                   {{"weights", UpdateMode::Weights}, {"delta", UpdateMode::Delta}},
+                                   spec.update));
   auto strategy = doc.find("strategy");
   if (strategy != doc.end()) {
     if (!strategy->is_object() || !strategy->contains("name") || !(*strategy)["name"].is_string())
@@ -207,16 +210,8 @@ Result<JobSpec> jobSpecFromJson(const json& doc) {
       return specError("deadline_seconds must be a positive number");
     spec.deadlineSeconds = deadline->get<double>();
   }
-  auto late = doc.find("late");
-  if (late != doc.end()) {
-    std::string v = late->is_string() ? late->get<std::string>() : "";
-    if (v == "drop")
-      spec.late = LatePolicy::Drop;
-    else if (v == "next_round")
-      spec.late = LatePolicy::NextRound;
-    else
-      return specError("late must be drop or next_round");
-  }
+  LIFL_TRYV(readChoice<LatePolicy>(
+      doc, "late", {{"drop", LatePolicy::Drop}, {"next_round", LatePolicy::NextRound}}, spec.late));
   auto device = doc.find("device");
   if (device != doc.end()) {
     if (!device->is_string() || device->get<std::string>() != "cpu")
