@@ -7,6 +7,7 @@
 #include <cmath>
 #include <cstdio>
 #include <cstring>
+#include <filesystem>
 #include <nlohmann/json.hpp>
 #include <thread>
 #include <vector>
@@ -93,7 +94,11 @@ int cmdBench(int argc, char** argv) {
   std::string url = a.get("url");
   if (url.empty()) {
     if (!std::getenv("LIFL_LOG")) log::setLevel(log::Level::Warn);  // the table tells the story
-    auto agent = startAgent(a, /*defaultPort=*/0);
+    // Its own data dir: the demo's jobs are not the node's jobs to restore later.
+    Args own = a;
+    char dir[] = "/tmp/lifl-bench-XXXXXX";
+    if (!a.has("data-dir") && ::mkdtemp(dir)) own = Args::withOption(a, "data-dir", dir);
+    auto agent = startAgent(own, /*defaultPort=*/0);
     if (!agent) return fail(agent.error());
     embedded = std::move(agent).value();
     url = "http://127.0.0.1:" + std::to_string(embedded->port());
@@ -260,7 +265,10 @@ int cmdBench(int argc, char** argv) {
   }
   std::printf("%s: %llu rounds, worst relative error %.2e (tolerance 1e-5, fp32 accumulation)\n",
               ok ? "PASS" : "FAIL", static_cast<unsigned long long>(rounds.value()), worst);
-  if (embedded) embedded->stop();
+  if (embedded) {
+    embedded->stop();
+    if (!a.has("data-dir")) std::filesystem::remove_all(embedded->config().dataDir);
+  }
   return ok ? 0 : 3;
 }
 

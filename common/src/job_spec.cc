@@ -100,7 +100,11 @@ json JobSpec::toJson() const {
       {"rounds", rounds},
       {"update", update == UpdateMode::Delta ? "delta" : "weights"},
       {"strategy", {{"name", strategy}}},
-      {"hierarchy", {{"fan_in", fanIn}, {"levels", levels}, {"batch", batch}, {"eager", eager}}},
+      {"hierarchy", levels ? nlohmann::json{{"fan_in", fanIn},
+                                            {"levels", levels},
+                                            {"batch", batch},
+                                            {"eager", eager}}
+                           : nlohmann::json{{"fan_in", fanIn}, {"batch", batch}, {"eager", eager}}},
       {"deadline_seconds", deadlineSeconds},
       {"late", late == LatePolicy::NextRound ? "next_round" : "drop"},
       {"device", device}};

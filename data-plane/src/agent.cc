@@ -2,6 +2,10 @@
 
 #include <unistd.h>
 
+#include <cstdio>
+#include <filesystem>
+#include <functional>
+
 #include "lifl/common/log.h"
 
 namespace lifl::dataplane {
@@ -11,9 +15,15 @@ Result<std::unique_ptr<Agent>> Agent::start(AgentConfig config, Planner planner,
   std::unique_ptr<Agent> agent(new Agent(std::move(config)));
   AgentConfig& c = agent->config_;
   StoreConfig store{c.storePath, c.storeBytes, c.hugepages};
-  if (store.path.empty())
-    store.path = (c.hugepages ? c.hugepageDir : std::string("/dev/shm")) + "/lifl-" +
-                 std::to_string(::getpid());
+  if (store.path.empty()) {
+    // Named after the data dir: a restart of the same node replaces its previous segment
+    // (even one left by a kill -9) instead of leaking it in /dev/shm.
+    std::error_code ec;
+    const auto dir = std::filesystem::weakly_canonical(c.dataDir, ec).string();
+    char name[32];
+    std::snprintf(name, sizeof(name), "lifl-%016zx", std::hash<std::string>{}(dir));
+    store.path = (c.hugepages ? c.hugepageDir : std::string("/dev/shm")) + "/" + name;
+  }
   LIFL_TRY(created, ObjectStore::create(store));
   agent->store_ = std::move(created);
   LIFL_TRY(router, makeRouter(c.router));
@@ -23,15 +33,16 @@ Result<std::unique_ptr<Agent>> Agent::start(AgentConfig config, Planner planner,
   agent->metrics_ = std::make_unique<Metrics>();
   agent->supervisor_ = std::make_unique<Supervisor>(
       *agent->router_, *agent->store_, *agent->endpoint_, std::move(executable), c.warmPool);
-  agent->jobs_ =
-      std::make_unique<JobManager>(*agent->store_, *agent->endpoint_, *agent->supervisor_,
-                                   *agent->metrics_, std::move(planner), c.idleSeconds);
+  agent->jobs_ = std::make_unique<JobManager>(
+      *agent->store_, *agent->endpoint_, *agent->supervisor_, *agent->metrics_, std::move(planner),
+      c.idleSeconds, JobCheckpoints(c.dataDir));
   agent->chains_ =
       std::make_unique<ChainManager>(*agent->store_, *agent->endpoint_, *agent->supervisor_);
   Agent* self = agent.get();
   agent->supervisor_->onDeath([self](InstanceId id, pid_t, int) { self->onInstanceDeath(id); });
   agent->reader_ = std::thread([self] { self->readEndpoint(); });
   LIFL_TRYV(agent->supervisor_->start());
+  agent->jobs_->restore();
   LIFL_TRYV(agent->chains_->deploy(c.chains));
   agent->gateway_ = std::make_unique<Gateway>(
       c, *agent->jobs_, *agent->chains_, *agent->store_, *agent->metrics_,

@@ -5,6 +5,7 @@
 #include <utility>
 
 #include "lifl/common/log.h"
+#include "lifl/common/scope_exit.h"
 #include "lifl/dataplane/partial.h"
 #include "lifl/dataplane/safetensors.h"
 #include "lifl/gpu/accumulate.h"
@@ -24,13 +25,15 @@ std::string acceptKey(const UpdateMeta& m) { return m.source + '\n' + m.id; }
 }  // namespace
 
 JobManager::JobManager(ObjectStore& store, Endpoint& endpoint, Supervisor& supervisor,
-                       Metrics& metrics, Planner planner, double idleSeconds)
+                       Metrics& metrics, Planner planner, double idleSeconds,
+                       JobCheckpoints checkpoints)
     : store_(store),
       endpoint_(endpoint),
       supervisor_(supervisor),
       metrics_(metrics),
       planner_(std::move(planner)),
       idleSeconds_(idleSeconds),
+      checkpoints_(std::move(checkpoints)),
       deadlines_([this] { watchDeadlines(); }) {}
 
 JobManager::~JobManager() {
@@ -69,6 +72,7 @@ Result<nlohmann::json> JobManager::create(JobSpec spec) {
   Job* raw = job.get();
   bySlot_[raw->slot] = raw;
   jobs_[raw->spec.id] = std::move(job);
+  persist(*raw, /*withModel=*/true);
   LIFL_INFO(
       "job " << raw->spec.id << ": " << raw->spec.clientsPerRound << " clients x "
              << raw->spec.rounds << " rounds, " << raw->plan.leaves << " leaves"
@@ -163,6 +167,7 @@ Result<void> JobManager::startRound(Job& job) {
 
 void JobManager::finish(Job& job, State state) {
   job.state = state;
+  persist(job);
   for (const auto& p : std::exchange(job.parked, {})) store_.release(p.object);
   for (InstanceId id : job.instances) supervisor_.release(id);
   job.instances.clear();
@@ -200,6 +205,7 @@ nlohmann::json JobManager::statusOf(const Job& job) const {
        {{"dropped", job.lateDropped}, {"folded", job.lateFolded}, {"waiting", job.parked.size()}}},
       {"closing", job.closing},
       {"scaled_to_zero", job.scaledToZero},
+      {"lost", {{"on_restart", job.lostOnRestart}}},
       {"spec", job.spec.toJson()}};
   if (!job.failure.empty()) out["failure"] = job.failure;
   return out;
@@ -212,6 +218,107 @@ std::map<std::string, uint64_t> JobManager::aggregatorsByRole() const {
     if (job->state == State::Active)
       for (const auto& node : job->plan.nodes) out[roleName(node.role)]++;
   return out;
+}
+
+namespace {
+const char* stateName(int s) {
+  static const char* kNames[] = {"active", "done", "cancelled", "failed"};
+  return kNames[s];
+}
+}  // namespace
+
+nlohmann::json JobManager::savedState(const Job& job) const {
+  nlohmann::json history = nlohmann::json::array();
+  for (const auto& r : job.history)
+    history.push_back({r.round, r.clients, r.weight, r.seconds, r.byDeadline});
+  return {{"spec", job.spec.toJson()},
+          {"slot", job.slot},
+          {"round", job.round},
+          {"state", stateName(static_cast<int>(job.state))},
+          {"history", history},
+          {"failure", job.failure},
+          {"late_dropped", job.lateDropped},
+          {"late_folded", job.lateFolded},
+          {"recoveries", job.recoveries},
+          {"lost_on_restart", job.lostOnRestart}};
+}
+
+void JobManager::persist(const Job& job, bool withModel) const {
+  if (!checkpoints_.enabled()) return;
+  if (withModel && job.model) {
+    auto model = store_.resolve(*job.model);
+    if (model) {
+      if (auto saved = checkpoints_.saveModel(job.spec.id, job.round, model.value()); !saved)
+        LIFL_ERROR("job " << job.spec.id << ": " << saved.error().detail);
+    }
+  }
+  if (auto saved = checkpoints_.saveState(job.spec.id, savedState(job)); !saved)
+    LIFL_ERROR("job " << job.spec.id << ": " << saved.error().detail);
+}
+
+void JobManager::restore() {
+  std::lock_guard lock(mutex_);
+  for (auto& saved : checkpoints_.load()) {
+    const auto& st = saved.state;
+    auto spec = jobSpecFromJson(st.value("spec", nlohmann::json::object()));
+    if (!spec) {
+      LIFL_WARN("skipping a saved job: " << spec.error().detail);
+      continue;
+    }
+    auto job = std::make_unique<Job>();
+    job->spec = std::move(spec).value();
+    if (jobs_.count(job->spec.id)) continue;
+    job->slot = st.value("slot", 0u);
+    if (job->slot == 0 || bySlot_.count(job->slot)) job->slot = nextSlot_;
+    nextSlot_ = std::max(nextSlot_, job->slot + 1);
+    job->round = st.value("round", 0u);
+    const std::string state = st.value("state", "active");
+    job->state = state == "done"        ? State::Done
+                 : state == "cancelled" ? State::Cancelled
+                 : state == "failed"    ? State::Failed
+                                        : State::Active;
+    for (const auto& r : st.value("history", nlohmann::json::array()))
+      job->history.push_back({r[0], r[1], r[2], r[3], r[4]});
+    job->failure = st.value("failure", "");
+    job->lateDropped = st.value("late_dropped", 0ull);
+    job->lateFolded = st.value("late_folded", 0ull);
+    job->recoveries = st.value("recoveries", 0ull);
+    job->lostOnRestart = st.value("lost_on_restart", 0ull);
+    if (saved.model) {
+      auto model = store_.allocate(saved.model->size(), ObjectKind::Model, kAgentInstance);
+      if (model) {
+        std::memcpy(model.value().data(), saved.model->data(), saved.model->size());
+        auto view = parseSafetensors(model.value().data(), model.value().size());
+        if (view && checkMatchesModel(view.value(), job->spec)) {
+          model.value().setTag(job->slot, job->round);
+          model.value().seal();
+          job->model = model.value().handle();
+        } else {
+          store_.release(model.value().handle());
+          LIFL_WARN("job " << job->spec.id << ": its saved model does not match its spec");
+        }
+      }
+    }
+    if (job->state == State::Active) {
+      // The interrupted round starts again; what it had accepted is gone with the old store.
+      job->lostOnRestart += saved.acceptedInRound;
+      if (auto started = startRound(*job); !started) {
+        job->failure = "cannot restart: " + started.error().detail;
+        job->state = State::Failed;
+      }
+    }
+    LIFL_INFO(
+        "job " << job->spec.id << " restored at round " << job->round << " (" << state
+               << (saved.acceptedInRound && job->state == State::Active
+                       ? ", " + std::to_string(saved.acceptedInRound) + " accepted updates lost"
+                       : std::string())
+               << ")");
+    Job* raw = job.get();
+    bySlot_[raw->slot] = raw;
+    jobs_[raw->spec.id] = std::move(job);
+    checkpoints_.dropJournal(raw->spec.id, raw->round);
+    persist(*raw);
+  }
 }
 
 nlohmann::json JobManager::list() const {
@@ -286,6 +393,7 @@ Result<void> JobManager::setModel(const std::string& id, const ObjectRef& upload
   }
   if (job->model) store_.release(*job->model);
   job->model = model.handle();
+  persist(*job, /*withModel=*/true);
   // A delta job's top needs the base model: re-assign the tree with it.
   if (job->spec.update == UpdateMode::Delta) LIFL_TRYV(startRound(*job));
   return success();
@@ -409,6 +517,7 @@ Result<uint32_t> JobManager::commit(const std::string& id, const UpdateMeta& met
 void JobManager::route(Job& job, ObjectRef update, const UpdateMeta& meta) {
   const uint32_t k = job.received++;
   job.accepted.insert(acceptKey(meta));
+  checkpoints_.journal(job.spec.id, job.round, meta.source, meta.id);
   if (meta.late) job.lateFolded++;
   const size_t slot = std::min<size_t>(k / job.plan.fanIn, job.plan.leaves - 1);
   job.lastArrival = std::chrono::steady_clock::now();
@@ -439,7 +548,25 @@ void JobManager::sendFlush(const Job& job, size_t leaf) {
 }
 
 void JobManager::onModel(const Descriptor& d) {
+  // The checkpoint (the model file can be hundreds of MB) is written after the lock is
+  // released: the new model is served, and updates admitted, while it is being saved.
+  std::optional<ModelLease> checkpoint;
+  std::string checkpointJob;
+  nlohmann::json checkpointState;
+  ScopeExit save([&] {
+    if (!checkpoint) return;
+    if (auto saved = checkpoints_.saveModel(checkpointJob, checkpoint->round, checkpoint->object);
+        !saved)
+      LIFL_ERROR("job " << checkpointJob << ": " << saved.error().detail);
+    if (auto saved = checkpoints_.saveState(checkpointJob, checkpointState); !saved)
+      LIFL_ERROR("job " << checkpointJob << ": " << saved.error().detail);
+    store_.release(checkpoint->object.handle());
+  });
   std::lock_guard lock(mutex_);
+  const Job* completed = nullptr;
+  ScopeExit captureState([&] {  // runs first, still under the lock: the job's final state
+    if (checkpoint && completed) checkpointState = savedState(*completed);
+  });
   auto it = bySlot_.find(d.job);
   auto model = store_.resolve(d);
   if (!model) return;
@@ -464,6 +591,12 @@ void JobManager::onModel(const Descriptor& d) {
       job.spec.id,
       std::chrono::duration<double>(std::chrono::steady_clock::now() - job.lastArrival).count());
   job.round++;
+  if (checkpoints_.enabled()) {  // the checkpoint of the completed round (written below)
+    store_.retain(model.value());
+    checkpoint = ModelLease{model.value(), job.round};
+    checkpointJob = job.spec.id;
+    completed = &job;
+  }
   LIFL_INFO("job " << job.spec.id << ": round " << job.round << " of " << job.spec.rounds
                    << " aggregated " << clients << " updates in " << seconds << " s");
   if (!job.closing && clients != job.spec.clientsPerRound)

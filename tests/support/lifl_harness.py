@@ -24,12 +24,14 @@ LIFL_BIN = os.environ.get("LIFL_BIN", os.path.join(os.path.dirname(__file__), ".
 class Platform:
     """`lifl up` on a free port, with an optional YAML config."""
 
-    def __init__(self, router="ebpf", config: str | None = None, warm_pool=4, store_bytes=1 << 30):
+    def __init__(self, router="ebpf", config: str | None = None, warm_pool=4, store_bytes=1 << 30,
+                 data_dir: str | None = None):
         self.tmp = tempfile.TemporaryDirectory(prefix="lifl-test-")
         self.port_file = os.path.join(self.tmp.name, "port")
         self.log_path = os.path.join(self.tmp.name, "lifl.log")
         args = [LIFL_BIN, "up", "--port", "0", "--port-file", self.port_file, "--router", router,
-                "--data-dir", self.tmp.name, "--warm-pool", str(warm_pool), "--store-bytes", str(store_bytes)]
+                "--data-dir", data_dir or os.path.join(self.tmp.name, "data"), "--warm-pool", str(warm_pool),
+                "--store-bytes", str(store_bytes)]
         if config:
             cfg = os.path.join(self.tmp.name, "config.yaml")
             with open(cfg, "w") as f:

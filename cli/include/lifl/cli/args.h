@@ -23,6 +23,12 @@ class Args {
   Result<double> getDouble(const std::string& key, double fallback) const;
   const std::vector<std::string>& positionals() const { return positionals_; }
   bool wantsHelp() const { return has("help") || has("h"); }
+  /// A copy of `args` with `key` set to `value`.
+  static Args withOption(const Args& args, const std::string& key, const std::string& value) {
+    Args copy = args;
+    copy.options_[key] = value;
+    return copy;
+  }
 
  private:
   std::map<std::string, std::string> options_;

@@ -23,6 +23,7 @@
 #include "lifl/common/job_spec.h"
 #include "lifl/common/plan.h"
 #include "lifl/dataplane/endpoint.h"
+#include "lifl/dataplane/job_checkpoints.h"
 #include "lifl/dataplane/metrics.h"
 #include "lifl/dataplane/object_store.h"
 #include "lifl/dataplane/safetensors.h"
@@ -61,7 +62,13 @@ class JobManager {
   /// @param idleSeconds a job whose round has had no update for this long releases its
   ///        aggregators (scale to zero); the next update brings them back from the pool
   JobManager(ObjectStore& store, Endpoint& endpoint, Supervisor& supervisor, Metrics& metrics,
-             Planner planner, double idleSeconds = 60);
+             Planner planner, double idleSeconds = 60,
+             JobCheckpoints checkpoints = JobCheckpoints(""));
+
+  /// Brings back the jobs saved in the data dir, each at the round it was in (with the model
+  /// of that round). Updates accepted in the interrupted round are counted as lost in the
+  /// job's status; their clients may push them again.
+  void restore();
   ~JobManager();
 
   Result<nlohmann::json> create(JobSpec spec);
@@ -137,6 +144,7 @@ class JobManager {
     bool roundStarted = false;
     std::vector<RoundRecord> history;
     uint64_t recoveries = 0;
+    uint64_t lostOnRestart = 0;  ///< accepted updates of a round interrupted by a restart
     std::string failure;
   };
 
@@ -160,6 +168,9 @@ class JobManager {
   void recover(Job& job, size_t node, InstanceId dead);
   void reclaimUnowned(InstanceId dead);
   nlohmann::json statusOf(const Job& job) const;
+  /// Saves the job's state (and, when given, the model of its current round) to disk.
+  void persist(const Job& job, bool withModel = false) const;
+  nlohmann::json savedState(const Job& job) const;
   bool send(Descriptor d);
 
   ObjectStore& store_;
@@ -168,6 +179,7 @@ class JobManager {
   Metrics& metrics_;
   Planner planner_;
   double idleSeconds_;
+  JobCheckpoints checkpoints_;
   mutable std::mutex mutex_;
   std::map<std::string, std::unique_ptr<Job>> jobs_;
   std::map<uint32_t, Job*> bySlot_;

@@ -1,0 +1,112 @@
+#include "lifl/dataplane/job_checkpoints.h"
+
+#include <fcntl.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+
+#include "lifl/common/log.h"
+#include "lifl/common/unique_fd.h"
+
+namespace lifl::dataplane {
+namespace fs = std::filesystem;
+
+namespace {
+
+/// Writes `bytes` to `path` atomically: a temporary file, fsync'd, renamed over it.
+Result<void> writeAtomically(const std::string& path, const void* bytes, size_t size) {
+  const std::string tmp = path + ".tmp";
+  UniqueFd fd(::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600));
+  if (!fd) return systemError("create " + tmp, errno);
+  const char* p = static_cast<const char*>(bytes);
+  while (size > 0) {
+    ssize_t n = ::write(fd.get(), p, size);
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      return systemError("write " + tmp, errno);
+    }
+    p += n;
+    size -= static_cast<size_t>(n);
+  }
+  if (::fsync(fd.get()) != 0) return systemError("fsync " + tmp, errno);
+  fd.reset();
+  if (::rename(tmp.c_str(), path.c_str()) != 0) return systemError("rename " + tmp, errno);
+  return success();
+}
+
+std::optional<std::string> readAll(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) return std::nullopt;
+  std::stringstream ss;
+  ss << in.rdbuf();
+  return ss.str();
+}
+
+}  // namespace
+
+JobCheckpoints::JobCheckpoints(std::string dataDir)
+    : root_(dataDir.empty() ? "" : dataDir + "/jobs") {}
+
+std::string JobCheckpoints::jobDir(const std::string& id) const { return root_ + "/" + id; }
+
+Result<void> JobCheckpoints::saveState(const std::string& id, const nlohmann::json& state) const {
+  if (!enabled()) return success();
+  std::error_code ec;
+  fs::create_directories(jobDir(id), ec);
+  if (ec) return internal("checkpoint_failed", "cannot create " + jobDir(id) + ": " + ec.message());
+  const std::string text = state.dump();
+  return writeAtomically(jobDir(id) + "/job.json", text.data(), text.size());
+}
+
+Result<void> JobCheckpoints::saveModel(const std::string& id, uint32_t round,
+                                       const ObjectRef& model) const {
+  if (!enabled()) return success();
+  std::error_code ec;
+  fs::create_directories(jobDir(id), ec);
+  return writeAtomically(jobDir(id) + "/model-" + std::to_string(round) + ".safetensors",
+                         model.data(), model.size());
+}
+
+void JobCheckpoints::journal(const std::string& id, uint32_t round, const std::string& source,
+                             const std::string& ceId) const {
+  if (!enabled()) return;
+  const std::string path = jobDir(id) + "/accepted-" + std::to_string(round) + ".log";
+  UniqueFd fd(::open(path.c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0600));
+  const std::string line = source + '\t' + ceId + '\n';  // ids are single-line header values
+  if (!fd || ::write(fd.get(), line.data(), line.size()) != static_cast<ssize_t>(line.size()))
+    LIFL_WARN("cannot journal an accepted update of job " << id << " in " << path);
+}
+
+void JobCheckpoints::dropJournal(const std::string& id, uint32_t round) const {
+  if (!enabled()) return;
+  std::error_code ec;
+  fs::remove(jobDir(id) + "/accepted-" + std::to_string(round) + ".log", ec);
+}
+
+std::vector<JobCheckpoints::Saved> JobCheckpoints::load() const {
+  std::vector<Saved> out;
+  std::error_code ec;
+  if (!enabled() || !fs::is_directory(root_, ec)) return out;
+  for (const auto& entry : fs::directory_iterator(root_, ec)) {
+    const std::string dir = entry.path().string();
+    auto text = readAll(dir + "/job.json");
+    if (!text) continue;
+    Saved saved;
+    saved.state = nlohmann::json::parse(*text, nullptr, false);
+    if (saved.state.is_discarded() || !saved.state.is_object()) {
+      LIFL_WARN("skipping unreadable job checkpoint " << dir);
+      continue;
+    }
+    const auto round = saved.state.value("round", 0u);
+    saved.model = readAll(dir + "/model-" + std::to_string(round) + ".safetensors");
+    if (auto journal = readAll(dir + "/accepted-" + std::to_string(round) + ".log"))
+      for (char c : *journal) saved.acceptedInRound += c == '\n';
+    out.push_back(std::move(saved));
+  }
+  return out;
+}
+
+}  // namespace lifl::dataplane
