@@ -2,6 +2,7 @@
 
 #include <unistd.h>
 
+#include <algorithm>
 #include <cstdio>
 #include <filesystem>
 #include <functional>
@@ -14,7 +15,7 @@ Result<std::unique_ptr<Agent>> Agent::start(AgentConfig config, Planner planner,
                                             std::string executable) {
   std::unique_ptr<Agent> agent(new Agent(std::move(config)));
   AgentConfig& c = agent->config_;
-  StoreConfig store{c.storePath, c.storeBytes, c.hugepages};
+  StoreConfig store{c.storePath, c.storeBytes, c.hugepages, /*adopt=*/true};
   if (store.path.empty()) {
     // Named after the data dir: a restart of the same node replaces its previous segment
     // (even one left by a kill -9) instead of leaking it in /dev/shm.
@@ -41,6 +42,15 @@ Result<std::unique_ptr<Agent>> Agent::start(AgentConfig config, Planner planner,
   Agent* self = agent.get();
   agent->supervisor_->onDeath([self](InstanceId id, pid_t, int) { self->onInstanceDeath(id); });
   agent->reader_ = std::thread([self] { self->readEndpoint(); });
+  if (agent->store_->adopted()) {  // a previous agent of this node died: keep its ids apart
+    InstanceId highest = kFirstFunctionInstance;
+    agent->store_->forEach([&](const ObjectRef& o) {
+      highest = std::max({highest, o.owner(), o.producer()});
+    });
+    agent->supervisor_->startIdsAbove(highest);
+    LIFL_WARN("adopted the object store " << store.path << " of a previous agent: "
+                                          << agent->store_->stats().liveObjects << " objects");
+  }
   LIFL_TRYV(agent->supervisor_->start());
   agent->jobs_->restore();
   LIFL_TRYV(agent->chains_->deploy(c.chains));

@@ -80,10 +80,15 @@ void JobCheckpoints::journal(const std::string& id, uint32_t round, const std::s
     LIFL_WARN("cannot journal an accepted update of job " << id << " in " << path);
 }
 
-void JobCheckpoints::dropJournal(const std::string& id, uint32_t round) const {
+void JobCheckpoints::rewriteJournal(
+    const std::string& id, uint32_t round,
+    const std::vector<std::pair<std::string, std::string>>& accepted) const {
   if (!enabled()) return;
-  std::error_code ec;
-  fs::remove(jobDir(id) + "/accepted-" + std::to_string(round) + ".log", ec);
+  std::string text;
+  for (const auto& [source, ceId] : accepted) text += source + '\t' + ceId + '\n';
+  const std::string path = jobDir(id) + "/accepted-" + std::to_string(round) + ".log";
+  if (auto written = writeAtomically(path, text.data(), text.size()); !written)
+    LIFL_WARN("cannot rewrite " << path << ": " << written.error().detail);
 }
 
 std::vector<JobCheckpoints::Saved> JobCheckpoints::load() const {
@@ -102,8 +107,16 @@ std::vector<JobCheckpoints::Saved> JobCheckpoints::load() const {
     }
     const auto round = saved.state.value("round", 0u);
     saved.model = readAll(dir + "/model-" + std::to_string(round) + ".safetensors");
-    if (auto journal = readAll(dir + "/accepted-" + std::to_string(round) + ".log"))
-      for (char c : *journal) saved.acceptedInRound += c == '\n';
+    if (auto journal = readAll(dir + "/accepted-" + std::to_string(round) + ".log")) {
+      std::istringstream lines(*journal);
+      std::string line;
+      while (std::getline(lines, line)) {
+        const auto tab = line.find('\t');
+        if (tab != std::string::npos)
+          saved.accepted.emplace_back(line.substr(0, tab), line.substr(tab + 1));
+      }
+      saved.acceptedInRound = saved.accepted.size();
+    }
     out.push_back(std::move(saved));
   }
   return out;

@@ -22,6 +22,13 @@ uint64_t splitmix64(uint64_t& s) {
   return z ^ (z >> 31);
 }
 std::string acceptKey(const UpdateMeta& m) { return m.source + '\n' + m.id; }
+
+/// 64-bit FNV-1a of an accept key: the client key carried by updates and partials.
+uint64_t clientKeyOf(const std::string& acceptKey) {
+  uint64_t h = 0xcbf29ce484222325ull;
+  for (unsigned char c : acceptKey) h = (h ^ c) * 0x100000001b3ull;
+  return h ? h : 1;  // 0 means unknown
+}
 }  // namespace
 
 JobManager::JobManager(ObjectStore& store, Endpoint& endpoint, Supervisor& supervisor,
@@ -141,11 +148,16 @@ Result<void> JobManager::deployTree(Job& job) {
   return success();
 }
 
-Result<void> JobManager::startRound(Job& job) {
-  job.plan = planner_(PlanRequest{job.spec.clientsPerRound, job.spec.fanIn, job.spec.levels,
-                                  job.arrivalRate, job.leafThroughput});
+Result<void> JobManager::startRound(Job& job, uint32_t coveredByPartials) {
+  const uint32_t viaLeaves = job.spec.clientsPerRound > coveredByPartials
+                                 ? job.spec.clientsPerRound - coveredByPartials
+                                 : 0;
+  job.plan = planner_(
+      PlanRequest{viaLeaves, job.spec.fanIn, job.spec.levels, job.arrivalRate, job.leafThroughput});
+  job.plan.nodes[static_cast<size_t>(job.plan.top())].expected += coveredByPartials;
   LIFL_TRYV(deployTree(job));
   job.received = 0;
+  job.routedTotal = 0;
   job.routed.assign(job.plan.leaves, 0);
   // Late updates parked while the previous round closed are this round's first.
   job.sources = std::move(job.parkedSources);
@@ -256,6 +268,79 @@ void JobManager::persist(const Job& job, bool withModel) const {
     LIFL_ERROR("job " << job.spec.id << ": " << saved.error().detail);
 }
 
+// The round a restart interrupted. If the previous agent's store was adopted, what it holds
+// for this round is classified like a crash recovery of every aggregator at once: sealed
+// partials not folded into another sealed partial carry their clients' sums (they go to the
+// new top); updates no sealed partial covers are re-routed to the new leaves; the rest is
+// covered or half-built and freed. Accepted updates that did not survive are reported lost.
+void JobManager::recoverRound(Job& job,
+                              const std::vector<std::pair<std::string, std::string>>& accepted) {
+  std::unordered_map<uint64_t, ObjectRef> live;
+  std::vector<ObjectRef> mine;
+  store_.forEach([&](const ObjectRef& o) {
+    live.emplace(o.handle().generation, o);
+    if (o.job() == job.slot) mine.push_back(o);
+  });
+  auto coveredBySealed = [&](const ObjectRef& o) {
+    auto c = o.container() ? live.find(o.container()) : live.end();
+    return c != live.end() && c->second.sealed() && c->second.kind() == ObjectKind::Partial;
+  };
+  std::vector<ObjectRef> partials, updates;
+  uint32_t coveredClients = 0;
+  for (const auto& o : mine) {
+    const bool current = o.round() == job.round;
+    if (current && o.kind() == ObjectKind::Partial && o.sealed() && !coveredBySealed(o) &&
+        PartialView(o).valid()) {
+      partials.push_back(o);
+      coveredClients += PartialView(o).header().clients;
+    } else if (current && o.kind() == ObjectKind::Update && !coveredBySealed(o)) {
+      updates.push_back(o);
+    } else if (!job.model || o.handle().generation != job.model->generation) {
+      store_.release(o.handle());  // covered, half-built, or another round's
+    }
+  }
+  if (auto started = startRound(job, coveredClients); !started) {
+    job.failure = "cannot restart: " + started.error().detail;
+    job.state = State::Failed;
+    return;
+  }
+  // Which accepted updates survived, by client key: those stay accepted (a retry is a
+  // duplicate); the others are lost, reported, and their clients may push them again.
+  std::unordered_set<uint64_t> surviving;
+  for (const auto& p : partials) {
+    PartialView view(p);
+    for (uint32_t i = 0; i < std::min(view.header().clients, view.header().keyCapacity); ++i)
+      surviving.insert(view.keys()[i]);
+  }
+  for (const auto& u : updates) surviving.insert(u.clientKey());
+  std::vector<std::pair<std::string, std::string>> kept;
+  for (const auto& [source, id] : accepted) {
+    const std::string key = source + '\n' + id;
+    if (!surviving.count(clientKeyOf(key))) continue;
+    job.sources[source] = id;
+    job.accepted.insert(key);
+    kept.emplace_back(source, id);
+  }
+  job.lostOnRestart += accepted.size() - kept.size();
+  checkpoints_.rewriteJournal(job.spec.id, job.round, kept);  // lost ones are counted once
+  const InstanceId top = job.instances[static_cast<size_t>(job.plan.top())];
+  for (const auto& p : partials) {
+    Descriptor d{};
+    d.dst = top;
+    d.kind = DescriptorKind::Partial;
+    d.job = job.slot;
+    d.round = job.round;
+    p.describe(d);
+    send(d);  // its inputs were released above; the ack has nothing left to free
+  }
+  job.received += coveredClients;
+  for (const auto& u : updates) {
+    UpdateMeta meta;
+    meta.numExamples = u.value();
+    route(job, u, meta, /*recovered=*/true);
+  }
+}
+
 void JobManager::restore() {
   std::lock_guard lock(mutex_);
   for (auto& saved : checkpoints_.load()) {
@@ -299,26 +384,26 @@ void JobManager::restore() {
         }
       }
     }
-    if (job->state == State::Active) {
-      // The interrupted round starts again; what it had accepted is gone with the old store.
-      job->lostOnRestart += saved.acceptedInRound;
-      if (auto started = startRound(*job); !started) {
-        job->failure = "cannot restart: " + started.error().detail;
-        job->state = State::Failed;
-      }
-    }
-    LIFL_INFO(
-        "job " << job->spec.id << " restored at round " << job->round << " (" << state
-               << (saved.acceptedInRound && job->state == State::Active
-                       ? ", " + std::to_string(saved.acceptedInRound) + " accepted updates lost"
-                       : std::string())
-               << ")");
+    if (job->state == State::Active) recoverRound(*job, saved.accepted);
+    LIFL_INFO("job " << job->spec.id << " restored at round " << job->round << " (" << state << ", "
+                     << job->received << " updates of the round recovered, " << job->lostOnRestart
+                     << " lost in all)");
     Job* raw = job.get();
     bySlot_[raw->slot] = raw;
     jobs_[raw->spec.id] = std::move(job);
-    checkpoints_.dropJournal(raw->spec.id, raw->round);
     persist(*raw);
   }
+  // Whatever else an adopted store holds belongs to no restored round.
+  std::unordered_set<uint64_t> models;
+  std::unordered_set<uint32_t> activeSlots;
+  for (const auto& [_, job] : jobs_) {
+    if (job->model) models.insert(job->model->generation);
+    if (job->state == State::Active) activeSlots.insert(job->slot);
+  }
+  store_.forEach([&](const ObjectRef& o) {
+    if (!models.count(o.handle().generation) && !activeSlots.count(o.job()))
+      store_.release(o.handle());
+  });
 }
 
 nlohmann::json JobManager::list() const {
@@ -514,16 +599,20 @@ Result<uint32_t> JobManager::commit(const std::string& id, const UpdateMeta& met
   return job->round;
 }
 
-void JobManager::route(Job& job, ObjectRef update, const UpdateMeta& meta) {
-  const uint32_t k = job.received++;
-  job.accepted.insert(acceptKey(meta));
-  checkpoints_.journal(job.spec.id, job.round, meta.source, meta.id);
+void JobManager::route(Job& job, ObjectRef update, const UpdateMeta& meta, bool recovered) {
+  const uint32_t k = job.routedTotal++;  // slots count routed updates, not recovered sums
+  job.received++;
+  if (!recovered) {
+    job.accepted.insert(acceptKey(meta));
+    checkpoints_.journal(job.spec.id, job.round, meta.source, meta.id);
+  }
   if (meta.late) job.lateFolded++;
   const size_t slot = std::min<size_t>(k / job.plan.fanIn, job.plan.leaves - 1);
   job.lastArrival = std::chrono::steady_clock::now();
   const InstanceId leaf = job.instances[slot];
   update.setTag(job.slot, job.round);
   update.setValue(meta.numExamples);
+  if (!recovered) update.setClientKey(clientKeyOf(acceptKey(meta)));
   update.setOwner(leaf);  // from here the leaf (or, if it dies, its replacement) is responsible
   Descriptor d{};
   d.dst = leaf;

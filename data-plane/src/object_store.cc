@@ -38,8 +38,9 @@ struct alignas(64) ObjectHeader {
   uint32_t slot;      // index in the heap's live table
   uint8_t sizeClass;  // the heap block's class
   uint8_t pad[3];
-  std::atomic<uint64_t> value;  // kind-specific: an update's weight (ce-numexamples)
-  uint64_t reserved[6];
+  std::atomic<uint64_t> value;      // kind-specific: an update's weight (ce-numexamples)
+  std::atomic<uint64_t> clientKey;  // an update's hash of ce-source and ce-id
+  uint64_t reserved[5];
 };
 static_assert(sizeof(ObjectHeader) == 128, "object header is two cache lines");
 static_assert(std::atomic<uint64_t>::is_always_lock_free, "shared atomics must be lock-free");
@@ -80,6 +81,10 @@ void ObjectRef::setTag(uint32_t job, uint32_t round) const {
   header_->job.store(job, std::memory_order_relaxed);
   header_->round.store(round, std::memory_order_relaxed);
 }
+uint64_t ObjectRef::clientKey() const { return header_->clientKey.load(std::memory_order_acquire); }
+void ObjectRef::setClientKey(uint64_t k) const {
+  header_->clientKey.store(k, std::memory_order_release);
+}
 uint64_t ObjectRef::value() const { return header_->value.load(std::memory_order_acquire); }
 void ObjectRef::setValue(uint64_t v) const { header_->value.store(v, std::memory_order_release); }
 void ObjectRef::prefault(bool forWrite) const {
@@ -114,6 +119,14 @@ Result<std::unique_ptr<ObjectStore>> ObjectStore::create(const StoreConfig& conf
   if (bytes < (16ull << 20))
     return makeError(400, "invalid_config", "store size must be >= 16 MiB");
   if (config.hugepages) bytes = (bytes + kHugePage - 1) / kHugePage * kHugePage;
+  if (config.adopt) {
+    auto previous = open(config.path);
+    if (previous && previous.value()->mappedBytes() == bytes) {
+      previous.value()->creator_ = true;  // ours now: removed at a clean stop
+      previous.value()->adopted_ = true;
+      return previous;
+    }
+  }
   bip::file_mapping::remove(config.path.c_str());
   {  // owner-only permissions: other users on the node must not read client updates
     UniqueFd fd(::open(config.path.c_str(), O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0600));

@@ -101,24 +101,35 @@ class Aggregator final : public Function {
   Result<void> ensureAccumulator(Context& ctx) {
     if (acc_) return success();
     const uint32_t capacity = role_ == Role::Top ? 0 : batchCapacity();
+    // One key per client: a leaf's inputs are single clients; a middle's, whole partials.
+    const uint32_t keys =
+        role_ == Role::Top ? 0
+        : role_ == Role::Leaf
+            ? capacity
+            : std::max<uint32_t>(expected_ > folded_ ? expected_ - folded_ : 0, 1);
     LIFL_TRY(object,
-             ctx.allocate(dataplane::partialBytes(elements_, capacity), ObjectKind::Partial));
+             ctx.allocate(dataplane::partialBytes(elements_, capacity, keys), ObjectKind::Partial));
     object.setTag(job_, round_);
     PartialView view(object);
     view.header() = dataplane::PartialHeader{};
     view.header().inputCapacity = capacity;
+    view.header().keyCapacity = keys;
     view.header().elements = elements_;
-    view.header().accOffset = dataplane::partialAccOffset(capacity);
+    view.header().accOffset = dataplane::partialAccOffset(capacity, keys);
     object.prefault(/*forWrite=*/true);
     acc_ = object;  // not zeroed: the first input is assigned, not added (accFresh_)
     accFresh_ = true;
     return success();
   }
 
-  Result<void> recordInput(Context& ctx, const ObjectRef& input, double weight, uint32_t clients) {
+  /// @param keys the client keys of the input (`clients` of them)
+  Result<void> recordInput(Context& ctx, const ObjectRef& input, double weight, uint32_t clients,
+                           const uint64_t* keys) {
     PartialView acc(*acc_);
     auto& h = acc.header();
     h.weightSum += weight;
+    for (uint32_t i = 0; i < clients; ++i)  // keys beyond capacity are dropped, never overrun
+      if (h.clients + i < h.keyCapacity) acc.keys()[h.clients + i] = keys[i];
     h.clients += clients;
     if (role_ != Role::Top) {
       LIFL_CHECK(h.inputCount < h.inputCapacity, "batch larger than its partial's capacity");
@@ -173,7 +184,8 @@ class Aggregator final : public Function {
     PartialView(*acc_).header().foldSeconds +=
         std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
     seen_.erase(input.handle().generation);  // recordInput marks it (lazy mode marked it first)
-    return recordInput(ctx, input, static_cast<double>(weight), 1);
+    const uint64_t key = input.clientKey();
+    return recordInput(ctx, input, static_cast<double>(weight), 1, &key);
   }
 
   Result<void> foldPartial(Context& ctx, const Descriptor& d) {
@@ -203,7 +215,11 @@ class Aggregator final : public Function {
     PartialView(*acc_).header().foldSeconds += partial.header().foldSeconds;
     input.setOwner(ctx.self());  // ours until our own partial is acknowledged
     (void)ctx.emit(ack);         // a lost ack is recovered by the child's re-send
-    return recordInput(ctx, input, partial.header().weightSum, partial.header().clients);
+    const auto& ph = partial.header();
+    std::vector<uint64_t> keys(ph.clients, 0);  // unknown keys (beyond capacity) stay 0
+    std::memcpy(keys.data(), partial.keys(),
+                std::min(ph.clients, ph.keyCapacity) * sizeof(uint64_t));
+    return recordInput(ctx, input, ph.weightSum, ph.clients, keys.data());
   }
 
   // A leaf is done when the agent says every update of its slot was routed (Flush): it

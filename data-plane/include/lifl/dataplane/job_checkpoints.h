@@ -30,13 +30,15 @@ class JobCheckpoints {
   /// Records one accepted update of `round` (best effort: a failed write is logged).
   void journal(const std::string& id, uint32_t round, const std::string& source,
                const std::string& ceId) const;
-  /// Forgets the journal of `round` (after a restart has counted it).
-  void dropJournal(const std::string& id, uint32_t round) const;
+  /// Replaces the journal of `round` with `accepted` (after a restart dropped the lost ones).
+  void rewriteJournal(const std::string& id, uint32_t round,
+                      const std::vector<std::pair<std::string, std::string>>& accepted) const;
 
   struct Saved {
     nlohmann::json state;
     std::optional<std::string> model;  ///< bytes of the model of the saved round, if any
     uint64_t acceptedInRound = 0;      ///< journal entries of the saved round
+    std::vector<std::pair<std::string, std::string>> accepted;  ///< (ce-source, ce-id) of them
   };
   /// Every job saved under the data dir (unreadable ones are skipped with a log line).
   std::vector<Saved> load() const;

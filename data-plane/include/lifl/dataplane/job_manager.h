@@ -127,6 +127,7 @@ class JobManager {
     Plan plan;
     std::vector<InstanceId> instances;  ///< per plan node
     std::vector<uint32_t> routed;       ///< per leaf: updates routed to it this round
+    uint32_t routedTotal = 0;           ///< updates routed to leaves this round
     std::chrono::steady_clock::time_point roundOpened;  ///< the deadline counts from here
     std::chrono::steady_clock::time_point roundStart;   ///< first update admitted
     std::chrono::steady_clock::time_point lastArrival;
@@ -153,14 +154,19 @@ class JobManager {
   Result<std::pair<Job*, SafetensorsView>> validated(const std::string& id,
                                                      const ObjectRef& body) const;
   Result<void> createInitialModel(Job& job);
-  Result<void> startRound(Job& job);
+  /// @param coveredByPartials clients of the round already summed in partials recovered from
+  ///        an adopted store: they go to the top, the leaves plan for the others
+  Result<void> startRound(Job& job, uint32_t coveredByPartials = 0);
+  /// Re-creates the interrupted round of a restored job from what survived in the store.
+  void recoverRound(Job& job, const std::vector<std::pair<std::string, std::string>>& accepted);
   /// Takes instances for the round's plan and assigns them their roles.
   Result<void> deployTree(Job& job);
   nlohmann::json aggregatorParams(const Job& job, size_t node, uint32_t expected) const;
   void finish(Job& job, State state);
   void sendFlush(const Job& job, size_t leaf);
   /// Routes an accepted update to its leaf (the update is then the leaf's responsibility).
-  void route(Job& job, ObjectRef update, const UpdateMeta& meta);
+  /// `recovered`: an update accepted before a restart (already journaled and counted).
+  void route(Job& job, ObjectRef update, const UpdateMeta& meta, bool recovered = false);
   /// Deadline thread: closes (or fails) rounds whose deadline has passed.
   void watchDeadlines();
   void closeAtDeadline(Job& job);

@@ -23,6 +23,9 @@ struct StoreConfig {
   std::string path;  ///< the segment file, e.g. /dev/shm/lifl-<node>
   uint64_t bytes = 1ull << 30;
   bool hugepages = false;  ///< path is on hugetlbfs; size is rounded to 2 MiB
+  /// Adopt a segment left at `path` by a previous agent of this node that died (same size,
+  /// a valid heap) instead of replacing it, so its accepted updates can be recovered.
+  bool adopt = false;
 };
 
 enum class ObjectKind : uint16_t { Update = 1, Partial = 2, Model = 3, Event = 4, Control = 5 };
@@ -61,6 +64,9 @@ class ObjectRef {
   /// Kind-specific value: an update's weight (ce-numexamples), kept for re-delivery.
   uint64_t value() const;
   void setValue(uint64_t value) const;
+  /// An update's client key (hash of ce-source and ce-id), carried into partials.
+  uint64_t clientKey() const;
+  void setClientKey(uint64_t key) const;
 
   void setOwner(InstanceId owner) const;
   void setContainer(uint64_t partialGeneration) const;
@@ -125,6 +131,8 @@ class ObjectStore {
   void forEach(const std::function<void(const ObjectRef&)>& visit) const;
 
   StoreStats stats() const;
+  /// True when create() adopted a previous agent's segment (StoreConfig::adopt).
+  bool adopted() const { return adopted_; }
   const std::string& path() const { return path_; }
   /// Base address of this process's mapping (for zero-copy registration, e.g. cudaHostRegister).
   std::byte* base() const;
@@ -138,6 +146,7 @@ class ObjectStore {
   std::unique_ptr<Impl> impl_;
   std::string path_;
   bool creator_ = false;
+  bool adopted_ = false;
 };
 
 }  // namespace lifl::dataplane

@@ -6,6 +6,7 @@
 
 #include <sys/types.h>
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <functional>
@@ -52,6 +53,8 @@ class Supervisor {
   void onDeath(DeathHandler handler) { onDeath_ = std::move(handler); }
   /// Pre-starts the warm pool and starts watching children.
   Result<void> start();
+  /// New instance ids start above `id` (an adopted store holds a previous agent's ids).
+  void startIdsAbove(InstanceId id) { nextId_ = std::max(nextId_, id + 1); }
   /// Takes an idle instance out of the warm pool, starting one (a counted cold start) when
   /// none is warm. The instance has no function until assign().
   Result<InstanceId> reserve();
