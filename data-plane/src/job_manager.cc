@@ -343,6 +343,10 @@ void JobManager::recoverRound(Job& job,
 
 void JobManager::restore() {
   std::lock_guard lock(mutex_);
+  // What an adopted store held before this agent made anything (its own objects, such as
+  // the assignments of the trees restored below, are not the previous agent's leftovers).
+  std::unordered_set<uint64_t> inherited;
+  store_.forEach([&](const ObjectRef& o) { inherited.insert(o.handle().generation); });
   for (auto& saved : checkpoints_.load()) {
     const auto& st = saved.state;
     auto spec = jobSpecFromJson(st.value("spec", nlohmann::json::object()));
@@ -401,7 +405,8 @@ void JobManager::restore() {
     if (job->state == State::Active) activeSlots.insert(job->slot);
   }
   store_.forEach([&](const ObjectRef& o) {
-    if (!models.count(o.handle().generation) && !activeSlots.count(o.job()))
+    const uint64_t g = o.handle().generation;
+    if (inherited.count(g) && !models.count(g) && !activeSlots.count(o.job()))
       store_.release(o.handle());
   });
 }
