@@ -1,0 +1,156 @@
+// Recovery after an aggregator dies (DESIGN.md invariant 4): what the dead instance owned
+// says where each accepted update is; nothing is lost or counted twice.
+#include <utility>
+
+#include "job_manager_internal.h"
+#include "lifl/common/log.h"
+#include "lifl/dataplane/job_manager.h"
+#include "lifl/dataplane/partial.h"
+#include "lifl/dataplane/safetensors.h"
+
+namespace lifl::dataplane {
+
+using namespace detail;
+
+void JobManager::onAck(const Descriptor& d) {
+  // Acks for partials the agent re-sent on behalf of a dead aggregator: release the inputs
+  // recorded at recovery (the partial itself may already be freed by its parent).
+  std::lock_guard lock(mutex_);
+  auto it = resentInputs_.find(d.generation);
+  if (it == resentInputs_.end()) return;
+  for (const auto& h : it->second) {
+    auto in = store_.resolve(h);
+    if (in && in.value().container() == d.generation && in.value().owner() == kAgentInstance)
+      store_.release(h);
+  }
+  resentInputs_.erase(it);
+}
+
+void JobManager::onInstanceDeath(InstanceId dead) {
+  std::lock_guard lock(mutex_);
+  for (auto& [_, job] : jobs_) {
+    if (job->state != State::Active) continue;
+    for (size_t node = 0; node < job->instances.size(); ++node) {
+      if (job->instances[node] == dead) {
+        recover(*job, node, dead);
+        return;
+      }
+    }
+  }
+  reclaimUnowned(dead);
+}
+
+void JobManager::reclaimUnowned(InstanceId dead) {
+  for (const auto& object : store_.ownedBy(dead)) store_.release(object.handle());
+}
+
+// Recovery after an aggregator died (DESIGN.md invariant 4). What the dead instance owned
+// tells exactly where each accepted update is:
+//  - a sealed partial it produced covers its inputs: re-send it to the parent (which drops
+//    duplicates) and release the inputs when the parent acknowledges;
+//  - an unsealed partial was its accumulator: the sums in it are lost, so drop it...
+//  - ...and re-deliver every input not covered by a sealed partial to a replacement, which
+//    is assigned the same role for the clients not yet covered.
+void JobManager::recover(Job& job, size_t node, InstanceId dead) {
+  job.recoveries++;
+  const PlanNode& planNode = job.plan.nodes[node];
+  const InstanceId parent =
+      planNode.parent >= 0 ? job.instances[static_cast<size_t>(planNode.parent)] : 0;
+  const auto owned = store_.ownedBy(dead);
+
+  // Classify first, act after: releasing while classifying would let a later lookup read a
+  // freed header.
+  std::unordered_map<uint64_t, ObjectRef> live;
+  store_.forEach([&](const ObjectRef& o) { live.emplace(o.handle().generation, o); });
+
+  // Clients already inside sealed partials of the dead instance, wherever they are now (its
+  // parent holds the ones it acknowledged until its own batch is acknowledged).
+  uint32_t covered = 0;
+  for (const auto& [gen, o] : live)
+    if (o.kind() == ObjectKind::Partial && o.producer() == dead && o.sealed() &&
+        o.round() == job.round && o.job() == job.slot)
+      covered += PartialView(o).header().clients;
+
+  std::vector<ObjectRef> redeliver, release;
+  for (const auto& o : owned) {
+    if (o.kind() == ObjectKind::Model) continue;  // a publication on its way to the agent
+    if (o.round() != job.round || o.job() != job.slot || o.kind() == ObjectKind::Control) {
+      release.push_back(o);  // a finished round's leftovers, an unread assignment
+      continue;
+    }
+    if (o.kind() == ObjectKind::Partial && o.producer() == dead) {
+      if (!o.sealed()) {
+        release.push_back(o);  // the dead accumulator: its inputs are re-delivered below
+        continue;
+      }
+      resentInputs_[o.handle().generation];  // its inputs are added below
+      Descriptor d{};
+      d.dst = parent;
+      d.kind = DescriptorKind::Partial;
+      d.job = job.slot;
+      d.round = job.round;
+      o.describe(d);
+      send(d);  // the parent acks to the agent (duplicates too); onAck releases the inputs
+      continue;
+    }
+    // An input: an update, or a child's partial.
+    auto container = o.container() ? live.find(o.container()) : live.end();
+    if (o.container() == 0 || (container != live.end() && !container->second.sealed())) {
+      redeliver.push_back(o);  // not counted anywhere yet
+    } else if (container != live.end() && container->second.owner() == dead) {
+      o.setOwner(kAgentInstance);  // in a sealed partial re-sent above: held until its ack
+      resentInputs_[o.container()].push_back(o.handle());
+    } else {
+      release.push_back(o);  // in a partial its parent already folded
+    }
+  }
+  for (const auto& o : release) store_.release(o.handle());
+
+  const uint32_t remaining = planNode.expected > covered ? planNode.expected - covered : 0;
+  LIFL_WARN("job " << job.spec.id << ": " << roleName(planNode.role) << " " << dead
+                   << " died in round " << job.round << "; " << covered
+                   << " updates covered by sealed partials, " << redeliver.size()
+                   << " inputs to re-deliver");
+
+  auto replacement = supervisor_.reserve();
+  if (!replacement) {
+    job.failure = "cannot replace aggregator: " + replacement.error().detail;
+    LIFL_ERROR(job.failure);
+    finish(job, State::Failed);
+    return;
+  }
+  const InstanceId fresh = replacement.value();
+  job.instances[node] = fresh;
+  if (auto assigned =
+          supervisor_.assign(fresh, kAggregator, aggregatorParams(job, node, remaining));
+      !assigned) {
+    job.failure = "cannot assign replacement: " + assigned.error().detail;
+    finish(job, State::Failed);
+    return;
+  }
+  for (size_t child = 0; child < job.plan.nodes.size(); ++child) {
+    if (job.plan.nodes[child].parent != static_cast<int>(node)) continue;
+    Descriptor d{};
+    d.dst = job.instances[child];
+    d.kind = DescriptorKind::Reparent;
+    d.job = job.slot;
+    d.round = job.round;
+    d.aux = fresh;
+    send(d);
+  }
+  for (const auto& o : redeliver) {
+    o.setOwner(fresh);
+    Descriptor d{};
+    d.dst = fresh;
+    d.kind = o.kind() == ObjectKind::Update ? DescriptorKind::Update : DescriptorKind::Partial;
+    d.job = job.slot;
+    d.round = job.round;
+    d.value = o.value();
+    o.describe(d);
+    send(d);
+  }
+  if (planNode.role == AggregatorRole::Leaf && job.routed[node] == planNode.expected)
+    sendFlush(job, node);
+}
+
+}  // namespace lifl::dataplane
