@@ -1,5 +1,7 @@
 #include "lifl/dataplane/agent.h"
 
+#include <fcntl.h>
+#include <sys/file.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -15,6 +17,16 @@ Result<std::unique_ptr<Agent>> Agent::start(AgentConfig config, Planner planner,
                                             std::string executable) {
   std::unique_ptr<Agent> agent(new Agent(std::move(config)));
   AgentConfig& c = agent->config_;
+  // One agent per data dir: the store named after it is adopted after a crash, which must
+  // never happen to a segment that a live agent is using.
+  std::error_code dirError;
+  std::filesystem::create_directories(c.dataDir, dirError);
+  agent->dataDirLock_.reset(
+      ::open((c.dataDir + "/agent.lock").c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0600));
+  if (!agent->dataDirLock_) return systemError("open " + c.dataDir + "/agent.lock", errno);
+  if (::flock(agent->dataDirLock_.get(), LOCK_EX | LOCK_NB) != 0)
+    return makeError(409, "data_dir_in_use",
+                     "another lifl agent is running on data dir " + c.dataDir);
   StoreConfig store{c.storePath, c.storeBytes, c.hugepages, /*adopt=*/true};
   if (store.path.empty()) {
     // Named after the data dir: a restart of the same node replaces its previous segment

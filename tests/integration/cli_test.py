@@ -105,6 +105,17 @@ class Lifecycle(unittest.TestCase):
         self.assertEqual(set(glob.glob("/dev/shm/lifl-*")) - before, set(), "the store segment is removed")
         p.stop()
 
+    def test_one_agent_per_data_dir(self):
+        with tempfile.TemporaryDirectory() as d:
+            first = Platform(data_dir=d)
+            try:
+                r = lifl("up", "--port", "0", "--data-dir", d, timeout=30)
+                self.assertNotEqual(r.returncode, 0)
+                self.assertIn("data_dir_in_use", r.stderr)
+                self.assertEqual(len(first.instances()), 4, "the first agent still serves")
+            finally:
+                first.stop()
+
     def test_embedded_bench(self):
         r = lifl("bench", "clients", "--clients", "6", "--params", "2000", "--rounds", "1", "--router", "userspace",
                  timeout=120)

@@ -8,6 +8,7 @@
 #include <string>
 #include <thread>
 
+#include "lifl/common/unique_fd.h"
 #include "lifl/dataplane/agent_config.h"
 #include "lifl/dataplane/chain_manager.h"
 #include "lifl/dataplane/endpoint.h"
@@ -43,6 +44,7 @@ class Agent {
   void onInstanceDeath(InstanceId id);
 
   AgentConfig config_;
+  UniqueFd dataDirLock_;  ///< held for the agent's life: one agent per data dir (and store)
   std::unique_ptr<ObjectStore> store_;
   std::unique_ptr<Router> router_;
   std::unique_ptr<Endpoint> endpoint_;
