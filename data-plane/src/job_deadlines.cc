@@ -57,11 +57,7 @@ void JobManager::closeAtDeadline(Job& job) {
     if (n.role == AggregatorRole::Leaf) {
       if (job.routed[node] < n.expected) sendFlush(job, node);  // a full slot was flushed
     } else {
-      Descriptor d{};
-      d.dst = job.instances[node];
-      d.kind = DescriptorKind::Retarget;
-      d.job = job.slot;
-      d.round = job.round;
+      Descriptor d = roundDescriptor(job, job.instances[node], DescriptorKind::Retarget);
       d.value = covered[node];
       send(d);
     }

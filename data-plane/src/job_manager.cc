@@ -36,6 +36,17 @@ JobManager::~JobManager() {
   deadlines_.join();
 }
 
+Descriptor JobManager::roundDescriptor(const Job& job, InstanceId dst, DescriptorKind kind,
+                                       const ObjectRef* object) {
+  Descriptor d{};
+  d.dst = dst;
+  d.kind = kind;
+  d.job = job.slot;
+  d.round = job.round;
+  if (object) object->describe(d);
+  return d;
+}
+
 bool JobManager::send(Descriptor d) {
   auto sent = endpoint_.send(d);
   if (!sent)
@@ -424,13 +435,8 @@ void JobManager::route(Job& job, ObjectRef update, const UpdateMeta& meta, bool 
   update.setValue(meta.numExamples);
   if (!recovered) update.setClientKey(clientKeyOf(acceptKey(meta)));
   update.setOwner(leaf);  // from here the leaf (or, if it dies, its replacement) is responsible
-  Descriptor d{};
-  d.dst = leaf;
-  d.kind = DescriptorKind::Update;
-  d.job = job.slot;
-  d.round = job.round;
+  Descriptor d = roundDescriptor(job, leaf, DescriptorKind::Update, &update);
   d.value = meta.numExamples;
-  update.describe(d);
   // A failed send means the leaf just died: the object is owned by it, and recovery
   // re-delivers it to the replacement. The update is accepted either way.
   send(d);
@@ -438,12 +444,9 @@ void JobManager::route(Job& job, ObjectRef update, const UpdateMeta& meta, bool 
 }
 
 void JobManager::sendFlush(const Job& job, size_t leaf) {
-  Descriptor d{};
-  d.dst = job.instances[leaf];
-  d.kind = DescriptorKind::Flush;
-  d.job = job.slot;
-  d.round = job.round;
-  send(d);  // after the slot's updates on the same socket: the router keeps the order
+  send(roundDescriptor(job, job.instances[leaf],
+                       DescriptorKind::Flush));  // after the slot's updates on the same socket: the
+                                                 // router keeps the order
 }
 
 void JobManager::onModel(const Descriptor& d) {

@@ -84,13 +84,9 @@ void JobManager::recover(Job& job, size_t node, InstanceId dead) {
         continue;
       }
       resentInputs_[o.handle().generation];  // its inputs are added below
-      Descriptor d{};
-      d.dst = parent;
-      d.kind = DescriptorKind::Partial;
-      d.job = job.slot;
-      d.round = job.round;
-      o.describe(d);
-      send(d);  // the parent acks to the agent (duplicates too); onAck releases the inputs
+      send(roundDescriptor(
+          job, parent, DescriptorKind::Partial,
+          &o));  // the parent acks to the agent (duplicates too); onAck releases the inputs
       continue;
     }
     // An input: an update, or a child's partial.
@@ -130,23 +126,16 @@ void JobManager::recover(Job& job, size_t node, InstanceId dead) {
   }
   for (size_t child = 0; child < job.plan.nodes.size(); ++child) {
     if (job.plan.nodes[child].parent != static_cast<int>(node)) continue;
-    Descriptor d{};
-    d.dst = job.instances[child];
-    d.kind = DescriptorKind::Reparent;
-    d.job = job.slot;
-    d.round = job.round;
+    Descriptor d = roundDescriptor(job, job.instances[child], DescriptorKind::Reparent);
     d.aux = fresh;
     send(d);
   }
   for (const auto& o : redeliver) {
     o.setOwner(fresh);
-    Descriptor d{};
-    d.dst = fresh;
-    d.kind = o.kind() == ObjectKind::Update ? DescriptorKind::Update : DescriptorKind::Partial;
-    d.job = job.slot;
-    d.round = job.round;
+    Descriptor d = roundDescriptor(
+        job, fresh,
+        o.kind() == ObjectKind::Update ? DescriptorKind::Update : DescriptorKind::Partial, &o);
     d.value = o.value();
-    o.describe(d);
     send(d);
   }
   if (planNode.role == AggregatorRole::Leaf && job.routed[node] == planNode.expected)

@@ -105,13 +105,8 @@ void JobManager::recoverRound(Job& job,
   checkpoints_.rewriteJournal(job.spec.id, job.round, kept);  // lost ones are counted once
   const InstanceId top = job.instances[static_cast<size_t>(job.plan.top())];
   for (const auto& p : partials) {
-    Descriptor d{};
-    d.dst = top;
-    d.kind = DescriptorKind::Partial;
-    d.job = job.slot;
-    d.round = job.round;
-    p.describe(d);
-    send(d);  // its inputs were released above; the ack has nothing left to free
+    send(roundDescriptor(job, top, DescriptorKind::Partial,
+                         &p));  // its inputs were released above; the ack has nothing left to free
   }
   job.received += coveredClients;
   for (const auto& u : updates) {

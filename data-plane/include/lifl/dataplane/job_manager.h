@@ -178,6 +178,9 @@ class JobManager {
   void persist(const Job& job, bool withModel = false) const;
   nlohmann::json savedState(const Job& job) const;
   bool send(Descriptor d);
+  /// A descriptor of `job`'s current round to `dst`, naming `object` when given.
+  static Descriptor roundDescriptor(const Job& job, InstanceId dst, DescriptorKind kind,
+                                    const ObjectRef* object = nullptr);
 
   ObjectStore& store_;
   Endpoint& endpoint_;
