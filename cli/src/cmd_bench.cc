@@ -259,7 +259,7 @@ int cmdBench(int argc, char** argv) {
     for (const auto& i : nlohmann::json::parse(inst.value().body))
       delivered += i.value("delivered_messages", 0ull);
     std::printf(
-        "router: %llu descriptors delivered to function instances (per-instance router counters); "
+        "router: the live instances' eBPF counters show %llu descriptors delivered; "
         "the updates themselves were written once, into shared memory\n",
         static_cast<unsigned long long>(delivered));
   }
