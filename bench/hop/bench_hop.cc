@@ -22,6 +22,7 @@
 #include <functional>
 #include <string>
 #include <thread>
+#include <tuple>
 #include <vector>
 
 #include "bench_util.h"
@@ -36,6 +37,8 @@ namespace {
 using namespace lifl;
 using namespace lifl::dataplane;
 using bench::now;
+using bench::recvAll;
+using bench::sendAll;
 
 constexpr int kWarmup = 2000;
 
@@ -72,36 +75,8 @@ Row measure(const std::string& name, int iters, const std::function<bool()>& rtt
   return row;
 }
 
-bool sendAll(int fd, const void* p, size_t n) {
-  auto* c = static_cast<const char*>(p);
-  while (n) {
-    ssize_t w = ::send(fd, c, n, MSG_NOSIGNAL);
-    if (w <= 0) return false;
-    c += w;
-    n -= static_cast<size_t>(w);
-  }
-  return true;
-}
-bool recvAll(int fd, void* p, size_t n) {
-  auto* c = static_cast<char*>(p);
-  while (n) {
-    ssize_t r = ::recv(fd, c, n, 0);
-    if (r <= 0) return false;
-    c += r;
-    n -= static_cast<size_t>(r);
-  }
-  return true;
-}
-
 std::pair<UniqueFd, UniqueFd> tcpPair() {
-  UniqueFd l(::socket(AF_INET, SOCK_STREAM, 0));
-  sockaddr_in a{};
-  a.sin_family = AF_INET;
-  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  ::bind(l.get(), reinterpret_cast<sockaddr*>(&a), sizeof(a));
-  ::listen(l.get(), 1);
-  socklen_t len = sizeof(a);
-  ::getsockname(l.get(), reinterpret_cast<sockaddr*>(&a), &len);
+  auto [l, a] = bench::loopbackListener(1);
   UniqueFd c(::socket(AF_INET, SOCK_STREAM, 0));
   ::connect(c.get(), reinterpret_cast<sockaddr*>(&a), sizeof(a));
   UniqueFd s(::accept(l.get(), nullptr, nullptr));
@@ -220,16 +195,8 @@ struct Backend {  // a minimal keep-alive HTTP server: one thread per connection
   std::vector<std::thread> threads;
   std::thread acceptor;
   Backend() {
-    listener.reset(::socket(AF_INET, SOCK_STREAM, 0));
-    int one = 1;
-    ::setsockopt(listener.get(), SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
     sockaddr_in a{};
-    a.sin_family = AF_INET;
-    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    ::bind(listener.get(), reinterpret_cast<sockaddr*>(&a), sizeof(a));
-    ::listen(listener.get(), 64);
-    socklen_t len = sizeof(a);
-    ::getsockname(listener.get(), reinterpret_cast<sockaddr*>(&a), &len);
+    std::tie(listener, a) = bench::loopbackListener(64);
     port = ntohs(a.sin_port);
     acceptor = std::thread([this] {
       for (;;) {

@@ -33,40 +33,21 @@ using namespace lifl;
 using bench::now;
 
 double rawTcpGBps(const std::vector<char>& payload, int streams, int perStream) {
-  UniqueFd l(::socket(AF_INET, SOCK_STREAM, 0));
-  sockaddr_in a{};
-  a.sin_family = AF_INET;
-  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  ::bind(l.get(), reinterpret_cast<sockaddr*>(&a), sizeof(a));
-  ::listen(l.get(), streams);
-  socklen_t len = sizeof(a);
-  ::getsockname(l.get(), reinterpret_cast<sockaddr*>(&a), &len);
+  auto [l, a] = bench::loopbackListener(streams);
   std::vector<std::thread> threads;
   const double t0 = now();
   for (int s = 0; s < streams; ++s) {
     threads.emplace_back([&] {  // receiver: into a buffer of the body's size, like the gateway
       UniqueFd fd(::accept(l.get(), nullptr, nullptr));
       std::vector<char> sink(payload.size());
-      for (int i = 0; i < perStream; ++i) {
-        size_t got = 0;
-        while (got < sink.size()) {
-          ssize_t r = ::recv(fd.get(), sink.data() + got, sink.size() - got, 0);
-          if (r <= 0) return;
-          got += static_cast<size_t>(r);
-        }
-      }
+      for (int i = 0; i < perStream; ++i)
+        if (!bench::recvAll(fd.get(), sink.data(), sink.size())) return;
     });
     threads.emplace_back([&] {
       UniqueFd fd(::socket(AF_INET, SOCK_STREAM, 0));
-      ::connect(fd.get(), reinterpret_cast<sockaddr*>(&a), sizeof(a));
-      for (int i = 0; i < perStream; ++i) {
-        size_t sent = 0;
-        while (sent < payload.size()) {
-          ssize_t w = ::send(fd.get(), payload.data() + sent, payload.size() - sent, 0);
-          if (w <= 0) return;
-          sent += static_cast<size_t>(w);
-        }
-      }
+      ::connect(fd.get(), reinterpret_cast<const sockaddr*>(&a), sizeof(a));
+      for (int i = 0; i < perStream; ++i)
+        if (!bench::sendAll(fd.get(), payload.data(), payload.size())) return;
     });
   }
   for (auto& t : threads) t.join();

@@ -1,7 +1,10 @@
 // Small helpers shared by the benchmarks: percentiles, CPU time, wall time, table output.
 #pragma once
 
+#include <arpa/inet.h>
+#include <netinet/in.h>
 #include <sys/resource.h>
+#include <sys/socket.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -11,7 +14,10 @@
 #include <fstream>
 #include <sstream>
 #include <string>
+#include <utility>
 #include <vector>
+
+#include "lifl/common/unique_fd.h"
 
 namespace lifl::bench {
 
@@ -52,6 +58,43 @@ inline std::string liflBinary() {
   self[n > 0 ? n : 0] = '\0';
   std::string path(self);
   return path.substr(0, path.rfind('/') + 1) + "lifl";
+}
+
+/// A TCP listener on 127.0.0.1 and a free port, and the address to connect to.
+inline std::pair<UniqueFd, sockaddr_in> loopbackListener(int backlog) {
+  UniqueFd l(::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0));
+  int one = 1;
+  ::setsockopt(l.get(), SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  ::bind(l.get(), reinterpret_cast<sockaddr*>(&a), sizeof(a));
+  ::listen(l.get(), backlog);
+  socklen_t len = sizeof(a);
+  ::getsockname(l.get(), reinterpret_cast<sockaddr*>(&a), &len);
+  return {std::move(l), a};
+}
+
+/// send/recv of exactly n bytes; false when the peer is gone.
+inline bool sendAll(int fd, const void* p, size_t n) {
+  auto* c = static_cast<const char*>(p);
+  while (n) {
+    ssize_t w = ::send(fd, c, n, MSG_NOSIGNAL);
+    if (w <= 0) return false;
+    c += w;
+    n -= static_cast<size_t>(w);
+  }
+  return true;
+}
+inline bool recvAll(int fd, void* p, size_t n) {
+  auto* c = static_cast<char*>(p);
+  while (n) {
+    ssize_t r = ::recv(fd, c, n, 0);
+    if (r <= 0) return false;
+    c += r;
+    n -= static_cast<size_t>(r);
+  }
+  return true;
 }
 
 inline double percentile(std::vector<double> v, double p) {

@@ -9,8 +9,6 @@
 #include <bpf/libbpf.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
-#include <sys/epoll.h>
-#include <sys/eventfd.h>
 #include <sys/socket.h>
 
 #include <atomic>
@@ -21,6 +19,7 @@
 #include <unordered_map>
 #include <vector>
 
+#include "lifl/common/epoll_set.h"
 #include "lifl/common/log.h"
 #include "lifl/dataplane/router.h"
 #include "router.skel.h"
@@ -83,18 +82,14 @@ class EbpfRouter final : public Router {
       return systemError("create counters for instance " + std::to_string(id), errno);
     if (bpf_map_update_elem(socksFd(), &key, &value, BPF_ANY) != 0)
       return systemError("insert instance " + std::to_string(id) + " in the sockhash", errno);
-    epoll_event ev{};
-    ev.events = EPOLLIN;
-    ev.data.u64 = id;
-    ::epoll_ctl(epoll_.get(), EPOLL_CTL_ADD, peer.get(), &ev);
+    (void)epoll_.add(peer.get(), id);  // unwatched: dead letters would only fill its buffer
     peers_[id] = std::move(peer);
     return sock;
   }
 
   ~EbpfRouter() override {
     stop_ = true;
-    uint64_t one = 1;
-    (void)!::write(wake_.get(), &one, sizeof(one));
+    epoll_.wake();
     if (drain_.joinable()) drain_.join();
   }
 
@@ -104,7 +99,7 @@ class EbpfRouter final : public Router {
     bpf_map_delete_elem(socksFd(), &key);  // ENOENT when the socket already closed: fine
     bpf_map_delete_elem(countersFd(), &key);
     if (auto it = peers_.find(id); it != peers_.end()) {
-      ::epoll_ctl(epoll_.get(), EPOLL_CTL_DEL, it->second.get(), nullptr);
+      epoll_.remove(it->second.get());
       peers_.erase(it);
     }
   }
@@ -125,37 +120,27 @@ class EbpfRouter final : public Router {
 
  private:
   EbpfRouter(Skeleton skel, UniqueFd listener, sockaddr_in addr)
-      : skel_(std::move(skel)),
-        listener_(std::move(listener)),
-        listenAddr_(addr),
-        epoll_(::epoll_create1(EPOLL_CLOEXEC)),
-        wake_(::eventfd(0, EFD_CLOEXEC)) {
-    epoll_event ev{};
-    ev.events = EPOLLIN;
-    ev.data.u64 = ~0ull;
-    ::epoll_ctl(epoll_.get(), EPOLL_CTL_ADD, wake_.get(), &ev);
+      : skel_(std::move(skel)), listener_(std::move(listener)), listenAddr_(addr) {
     drain_ = std::thread([this] { drainDeadLetters(); });
   }
 
   // Dead letters were already counted by the BPF program (dropped_msgs of the sender).
   void drainDeadLetters() {
-    epoll_event events[16];
     char sink[4096];
     while (!stop_) {
-      int n = ::epoll_wait(epoll_.get(), events, 16, 500);
-      for (int i = 0; i < n; ++i) {
-        if (events[i].data.u64 == ~0ull) continue;
+      epoll_.wait(500, [&](uint64_t key) {
         std::lock_guard lock(mutex_);
-        auto it = peers_.find(static_cast<InstanceId>(events[i].data.u64));
-        if (it == peers_.end()) continue;
+        auto it = peers_.find(static_cast<InstanceId>(key));
+        if (it == peers_.end()) return;
         ssize_t r = ::recv(it->second.get(), sink, sizeof(sink), MSG_DONTWAIT);
         if (r == 0)
-          ::epoll_ctl(epoll_.get(), EPOLL_CTL_DEL, it->second.get(), nullptr);  // instance gone
+          epoll_.remove(it->second.get());  // the instance is gone
         else if (r > 0)
           LIFL_DEBUG("dead letters from instance " << it->first << ": " << r / 64);
-      }
+      });
     }
   }
+
   int socksFd() const { return bpf_map__fd(skel_->maps.lifl_socks); }
   int countersFd() const { return bpf_map__fd(skel_->maps.lifl_counters); }
   static const std::vector<lifl_route_counters>& zeroCounters() {
@@ -169,8 +154,7 @@ class EbpfRouter final : public Router {
   sockaddr_in listenAddr_;
   mutable std::mutex mutex_;
   std::unordered_map<InstanceId, UniqueFd> peers_;
-  UniqueFd epoll_;
-  UniqueFd wake_;
+  EpollSet epoll_;
   std::atomic<bool> stop_{false};
   std::thread drain_;
 };

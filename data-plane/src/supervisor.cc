@@ -2,8 +2,6 @@
 
 #include <signal.h>
 #include <spawn.h>
-#include <sys/epoll.h>
-#include <sys/eventfd.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -16,7 +14,6 @@ extern char** environ;
 
 namespace lifl::dataplane {
 namespace {
-constexpr uint64_t kWakeKey = ~0ull;
 
 int pidfdOpen(pid_t pid) { return static_cast<int>(::syscall(SYS_pidfd_open, pid, 0)); }
 }  // namespace
@@ -27,14 +24,7 @@ Supervisor::Supervisor(Router& router, ObjectStore& store, Endpoint& agentEndpoi
       store_(store),
       endpoint_(agentEndpoint),
       executable_(std::move(executable)),
-      warmTarget_(warmTarget),
-      epoll_(::epoll_create1(EPOLL_CLOEXEC)),
-      wake_(::eventfd(0, EFD_CLOEXEC)) {
-  epoll_event ev{};
-  ev.events = EPOLLIN;
-  ev.data.u64 = kWakeKey;
-  ::epoll_ctl(epoll_.get(), EPOLL_CTL_ADD, wake_.get(), &ev);
-}
+      warmTarget_(warmTarget) {}
 
 Supervisor::~Supervisor() { stop(); }
 
@@ -81,11 +71,8 @@ Result<InstanceId> Supervisor::spawnLocked() {
   }
   UniqueFd pidfd(pidfdOpen(pid));
   if (!pidfd) return systemError("pidfd_open", errno);
-  epoll_event ev{};
-  ev.events = EPOLLIN;
-  ev.data.u64 = id;
-  ::epoll_ctl(epoll_.get(), EPOLL_CTL_ADD, pidfd.get(), &ev);
-  children_[id] = Child{pid, std::move(pidfd), false, {}};
+  LIFL_TRYV(epoll_.add(pidfd.get(), id));
+  children_[id] = Child{pid, std::move(pidfd), false, false, {}};
   LIFL_DEBUG("started instance " << id << " (pid " << pid << ")");
   return id;
 }
@@ -157,14 +144,7 @@ void Supervisor::release(InstanceId id) {
 }
 
 void Supervisor::watch() {
-  epoll_event events[16];
-  while (!stopping_) {
-    int n = ::epoll_wait(epoll_.get(), events, 16, 500);
-    for (int i = 0; i < n; ++i) {
-      if (events[i].data.u64 == kWakeKey) continue;
-      reap(static_cast<InstanceId>(events[i].data.u64));
-    }
-  }
+  while (!stopping_) epoll_.wait(500, [this](uint64_t id) { reap(static_cast<InstanceId>(id)); });
 }
 
 void Supervisor::reap(InstanceId id) {
@@ -176,7 +156,7 @@ void Supervisor::reap(InstanceId id) {
     if (it == children_.end()) return;
     pid = it->second.pid;
     retiring = it->second.retiring;
-    ::epoll_ctl(epoll_.get(), EPOLL_CTL_DEL, it->second.pidfd.get(), nullptr);
+    epoll_.remove(it->second.pidfd.get());
     children_.erase(it);
     if (!retiring) ++deaths_;
   }
@@ -201,8 +181,7 @@ void Supervisor::stop() {
     if (stopped_) return;
     stopped_ = true;
   }
-  uint64_t one = 1;
-  (void)!::write(wake_.get(), &one, sizeof(one));
+  epoll_.wake();
   if (watcher_.joinable()) watcher_.join();
   std::lock_guard lock(mutex_);
   for (auto& [id, child] : children_) {

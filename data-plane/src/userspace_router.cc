@@ -2,8 +2,6 @@
 // thread reads whole descriptors from the agent's ends and writes each to its destination's
 // end. This is the sidecar/proxy hop the eBPF router removes; it exists for hosts without
 // BPF and as the benchmark baseline.
-#include <sys/epoll.h>
-#include <sys/eventfd.h>
 #include <sys/socket.h>
 
 #include <array>
@@ -14,6 +12,7 @@
 #include <thread>
 #include <unordered_map>
 
+#include "lifl/common/epoll_set.h"
 #include "lifl/common/log.h"
 #include "lifl/dataplane/router.h"
 
@@ -35,17 +34,12 @@ bool writeAll(int fd, const std::byte* p, size_t n) {
 
 class UserspaceRouter final : public Router {
  public:
-  UserspaceRouter() : epoll_(::epoll_create1(EPOLL_CLOEXEC)), wake_(::eventfd(0, EFD_CLOEXEC)) {
-    epoll_event ev{};
-    ev.events = EPOLLIN;
-    ev.data.u64 = kWakeKey;
-    ::epoll_ctl(epoll_.get(), EPOLL_CTL_ADD, wake_.get(), &ev);
+  UserspaceRouter() {
     relay_ = std::thread([this] { run(); });
   }
   ~UserspaceRouter() override {
     stop_ = true;
-    uint64_t one = 1;
-    (void)!::write(wake_.get(), &one, sizeof(one));
+    epoll_.wake();
     relay_.join();
   }
 
@@ -61,11 +55,7 @@ class UserspaceRouter final : public Router {
     conn->id = id;
     std::lock_guard lock(mutex_);
     if (auto old = conns_.find(id); old != conns_.end()) removeLocked(old);
-    epoll_event ev{};
-    ev.events = EPOLLIN;
-    ev.data.u64 = id;
-    if (::epoll_ctl(epoll_.get(), EPOLL_CTL_ADD, conn->fd.get(), &ev) != 0)
-      return systemError("epoll_ctl add", errno);
+    LIFL_TRYV(epoll_.add(conn->fd.get(), id));
     conns_[id] = std::move(conn);
     return instanceEnd;
   }
@@ -83,7 +73,6 @@ class UserspaceRouter final : public Router {
   }
 
  private:
-  static constexpr uint64_t kWakeKey = ~0ull;
   struct Connection {
     UniqueFd fd;
     InstanceId id = 0;
@@ -93,25 +82,22 @@ class UserspaceRouter final : public Router {
   using ConnMap = std::unordered_map<InstanceId, std::shared_ptr<Connection>>;
 
   void removeLocked(ConnMap::iterator it) {
-    ::epoll_ctl(epoll_.get(), EPOLL_CTL_DEL, it->second->fd.get(), nullptr);
+    epoll_.remove(it->second->fd.get());
     conns_.erase(it);
   }
 
   void run() {
-    std::array<epoll_event, 64> events;
     while (!stop_) {
-      int n = ::epoll_wait(epoll_.get(), events.data(), events.size(), 500);
-      for (int i = 0; i < n; ++i) {
-        if (events[i].data.u64 == kWakeKey) continue;
+      epoll_.wait(500, [this](uint64_t key) {
         std::shared_ptr<Connection> conn;
         {
           std::lock_guard lock(mutex_);
-          auto it = conns_.find(static_cast<InstanceId>(events[i].data.u64));
-          if (it == conns_.end()) continue;
+          auto it = conns_.find(static_cast<InstanceId>(key));
+          if (it == conns_.end()) return;
           conn = it->second;
         }
         pump(*conn);
-      }
+      });
     }
   }
 
@@ -149,8 +135,7 @@ class UserspaceRouter final : public Router {
       LIFL_WARN("userspace router: delivery to instance " << d.dst << " failed");
   }
 
-  UniqueFd epoll_;
-  UniqueFd wake_;
+  EpollSet epoll_;
   std::atomic<bool> stop_{false};
   mutable std::mutex mutex_;
   ConnMap conns_;

@@ -2,7 +2,7 @@
 // they are tested on synthetic clusters without any process.
 //
 // LIFL's released code pairs trainers, leaves and middles round-robin and leaves its best-fit
-// placement a stub (reference/lifl.md). Here best-fit bin packing places whole subtrees:
+// placement unimplemented (reference/lifl.md). Here best-fit bin packing places subtrees:
 // a parent and its children go to one node when they fit, so their edges stay in shared
 // memory; a subtree that fits nowhere is split, its root placed first and each child
 // subtree packed, largest first, into the fullest node that still holds it.

@@ -18,6 +18,7 @@
 #include <vector>
 
 #include "lifl/common/descriptor.h"
+#include "lifl/common/epoll_set.h"
 #include "lifl/common/error.h"
 #include "lifl/common/unique_fd.h"
 #include "lifl/dataplane/endpoint.h"
@@ -98,8 +99,7 @@ class Supervisor {
   uint64_t coldStarts_ = 0;
   uint64_t deaths_ = 0;
   uint64_t retired_ = 0;
-  UniqueFd epoll_;
-  UniqueFd wake_;
+  EpollSet epoll_;  ///< pidfds of the children
   std::atomic<bool> stopping_{false};
   bool stopped_ = false;
   std::thread watcher_;
