@@ -112,11 +112,4 @@ void ChainManager::onReply(const Descriptor& d) {
   if (wake) wake();
 }
 
-std::vector<std::string> ChainManager::names() const {
-  std::lock_guard lock(mutex_);
-  std::vector<std::string> out;
-  for (const auto& c : chains_) out.push_back(c.name);
-  return out;
-}
-
 }  // namespace lifl::dataplane

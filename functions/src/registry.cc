@@ -16,10 +16,4 @@ std::unique_ptr<Function> FunctionRegistry::make(const std::string& name) const 
   return it == factories_.end() ? nullptr : it->second();
 }
 
-std::vector<std::string> FunctionRegistry::names() const {
-  std::vector<std::string> out;
-  for (const auto& [name, _] : factories_) out.push_back(name);
-  return out;
-}
-
 }  // namespace lifl::fn

@@ -47,7 +47,6 @@ class ChainManager {
   Result<InstanceId> entry(const std::string& name) const;
   void forget(uint64_t correlation);
   void onReply(const Descriptor& d);
-  std::vector<std::string> names() const;
 
  private:
   Result<void> deployLocked(size_t chain);

@@ -69,7 +69,6 @@ class PartialView {
            h.accOffset == partialAccOffset(h.inputCapacity, h.keyCapacity) &&
            h.accOffset + h.elements * sizeof(float) <= object_.size();
   }
-  const ObjectRef& object() const { return object_; }
 
  private:
   ObjectRef object_;

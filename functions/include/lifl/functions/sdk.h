@@ -76,7 +76,6 @@ class FunctionRegistry {
   void add(const std::string& name, FunctionFactory factory);
   std::unique_ptr<Function> make(const std::string& name) const;
   bool contains(const std::string& name) const { return factories_.count(name) != 0; }
-  std::vector<std::string> names() const;
 
  private:
   std::map<std::string, FunctionFactory> factories_;
