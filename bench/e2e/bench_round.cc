@@ -57,7 +57,7 @@ std::vector<RoundResult> runDesign(const Design& design, const std::string& lifl
     for (auto& r : out) r.why = "lifl up did not start";
     return out;
   }
-  auto control = cli::HttpClient::connect(platform.url()).value();
+  auto control = HttpClient::connect(platform.url()).value();
   const std::string job = std::string("round-") + design.name;
   nlohmann::json spec = {
       {"id", job},
@@ -72,15 +72,15 @@ std::vector<RoundResult> runDesign(const Design& design, const std::string& lifl
     for (auto& r : out) r.why = "job creation failed";
     return out;
   }
-  std::vector<std::unique_ptr<cli::HttpClient>> clients;
+  std::vector<std::unique_ptr<HttpClient>> clients;
   for (uint32_t u = 0; u < uploaders; ++u)
-    clients.push_back(cli::HttpClient::connect(platform.url()).value());
+    clients.push_back(HttpClient::connect(platform.url()).value());
   for (uint32_t round = 0; round < rounds; ++round) {
     RoundResult& r = out[round];
     std::atomic<bool> sampling{true};
     std::atomic<uint64_t> peak{0};
     std::thread sampler([&] {  // its own connection: the control one is used below
-      auto c = cli::HttpClient::connect(platform.url()).value();
+      auto c = HttpClient::connect(platform.url()).value();
       while (sampling) {
         const uint64_t m = platform.memory(*c);
         if (m > peak) peak = m;
@@ -94,7 +94,7 @@ std::vector<RoundResult> runDesign(const Design& design, const std::string& lifl
       threads.emplace_back([&, u] {
         for (uint32_t c = next++; c < n; c = next++) {
           const std::string who = "sim" + std::to_string(c);
-          cli::HeaderList h = {{"ce-specversion", "1.0"},
+          HeaderList h = {{"ce-specversion", "1.0"},
                                {"ce-type", "dev.lifl.update"},
                                {"ce-id", who + "-r" + std::to_string(round)},
                                {"ce-source", who},

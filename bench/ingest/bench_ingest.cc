@@ -23,7 +23,7 @@
 
 #include "bench_platform.h"
 #include "bench_util.h"
-#include "lifl/cli/http_client.h"
+#include "lifl/common/http_client.h"
 #include "lifl/common/safetensors_header.h"
 #include "lifl/common/unique_fd.h"
 
@@ -61,7 +61,7 @@ struct IngestResult {
 IngestResult pushUpdates(bench::PlatformProcess& p, const std::string& job,
                          const std::vector<char>& body, int uploaders, int perUploader,
                          size_t params) {
-  auto control = cli::HttpClient::connect(p.url());
+  auto control = HttpClient::connect(p.url());
   nlohmann::json spec = {
       {"id", job},
       {"model", {{"tensors", {{"w", {{"dtype", "F32"}, {"shape", {params}}}}}}, {"init", "zeros"}}},
@@ -75,9 +75,9 @@ IngestResult pushUpdates(bench::PlatformProcess& p, const std::string& job,
     std::fprintf(stderr, "job creation failed\n");
     return {};
   }
-  std::vector<std::unique_ptr<cli::HttpClient>> clients;
+  std::vector<std::unique_ptr<HttpClient>> clients;
   for (int u = 0; u < uploaders; ++u)
-    clients.push_back(std::move(cli::HttpClient::connect(p.url())).value());
+    clients.push_back(std::move(HttpClient::connect(p.url())).value());
   std::atomic<int> failures{0};
   const double c0 = p.cpu(*control.value()), t0 = now();
   std::vector<std::thread> threads;
@@ -85,7 +85,7 @@ IngestResult pushUpdates(bench::PlatformProcess& p, const std::string& job,
     threads.emplace_back([&, u] {
       for (int i = 0; i < perUploader; ++i) {
         const std::string who = "u" + std::to_string(u) + "-" + std::to_string(i);
-        cli::HeaderList h = {{"ce-specversion", "1.0"},
+        HeaderList h = {{"ce-specversion", "1.0"},
                              {"ce-type", "dev.lifl.update"},
                              {"ce-id", who},
                              {"ce-source", who},

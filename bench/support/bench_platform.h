@@ -17,7 +17,7 @@
 #include <vector>
 
 #include "bench_util.h"
-#include "lifl/cli/http_client.h"
+#include "lifl/common/http_client.h"
 #include "lifl/common/safetensors_header.h"
 
 namespace lifl::bench {
@@ -86,7 +86,7 @@ class PlatformProcess {
   bool up() const { return !url_.empty(); }
 
   /// The agent and every function instance.
-  std::vector<pid_t> pids(cli::HttpClient& c) const {
+  std::vector<pid_t> pids(HttpClient& c) const {
     std::vector<pid_t> out{pid_};
     auto r = c.get("/v1/instances");
     if (r && r.value().status == 200)
@@ -94,14 +94,14 @@ class PlatformProcess {
         out.push_back(i["pid"].get<pid_t>());
     return out;
   }
-  double cpu(cli::HttpClient& c) const {
+  double cpu(HttpClient& c) const {
     double total = 0;
     for (pid_t p : pids(c)) total += pidCpu(p);
     return total;
   }
   /// Private memory of every process plus the store's live objects, in bytes: shared store
   /// pages are counted once, through the store, not once per process that maps them.
-  uint64_t memory(cli::HttpClient& c) const {
+  uint64_t memory(HttpClient& c) const {
     uint64_t bytes = 0;
     for (pid_t p : pids(c)) bytes += statusKb(p, "RssAnon") * 1024;
     auto m = c.get("/metrics");

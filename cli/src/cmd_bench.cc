@@ -15,7 +15,7 @@
 #include "lifl/cli/args.h"
 #include "lifl/cli/commands.h"
 #include "lifl/cli/embedded.h"
-#include "lifl/cli/http_client.h"
+#include "lifl/common/http_client.h"
 #include "lifl/common/log.h"
 #include "lifl/common/safetensors_header.h"
 

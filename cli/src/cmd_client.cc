@@ -8,7 +8,7 @@
 
 #include "lifl/cli/args.h"
 #include "lifl/cli/commands.h"
-#include "lifl/cli/http_client.h"
+#include "lifl/common/http_client.h"
 
 namespace lifl::cli {
 namespace {

@@ -1,4 +1,4 @@
-#include "lifl/cli/http_client.h"
+#include "lifl/common/http_client.h"
 
 #include <boost/asio/connect.hpp>
 #include <boost/asio/ip/tcp.hpp>
@@ -7,7 +7,7 @@
 #include <nlohmann/json.hpp>
 #include <utility>
 
-namespace lifl::cli {
+namespace lifl {
 
 namespace asio = boost::asio;
 namespace beast = boost::beast;
@@ -41,14 +41,38 @@ Result<std::pair<std::string, std::string>> parseUrl(const std::string& url) {
   return std::make_pair(rest.substr(0, colon), rest.substr(colon + 1));
 }
 
-Result<std::unique_ptr<HttpClient>> HttpClient::connect(const std::string& url) {
+Result<std::unique_ptr<HttpClient>> HttpClient::connect(const std::string& url,
+                                                     double timeoutSeconds) {
   LIFL_TRY(hp, parseUrl(url));
   auto impl = std::make_unique<Impl>();
   impl->host = hp.first;
   impl->port = hp.second;
   std::unique_ptr<HttpClient> client(new HttpClient(std::move(impl)));
+  client->timeoutSeconds_ = timeoutSeconds;
   LIFL_TRYV(client->reconnect());
   return client;
+}
+
+// Beast's stream deadlines apply to asynchronous operations only, so every step runs as one
+// on the client's own io_context: blocking for the caller, bounded by the timeout.
+namespace {
+template <class Start>
+beast::error_code runOnce(asio::io_context& ioc, Start start) {
+  beast::error_code result = asio::error::operation_aborted;
+  start([&](beast::error_code ec, auto&&...) { result = ec; });
+  ioc.restart();
+  ioc.run();
+  return result;
+}
+}  // namespace
+
+void HttpClient::arm() {
+  if (!impl_->stream) return;
+  if (timeoutSeconds_ > 0)
+    impl_->stream->expires_after(std::chrono::duration_cast<std::chrono::steady_clock::duration>(
+        std::chrono::duration<double>(timeoutSeconds_)));
+  else
+    impl_->stream->expires_never();
 }
 
 Result<void> HttpClient::reconnect() {
@@ -58,7 +82,8 @@ Result<void> HttpClient::reconnect() {
   if (ec)
     return unavailable("connect_failed", "cannot resolve " + impl_->host + ": " + ec.message());
   impl_->stream.emplace(impl_->ioc);
-  impl_->stream->connect(results, ec);
+  arm();
+  ec = runOnce(impl_->ioc, [&](auto handler) { impl_->stream->async_connect(results, handler); });
   if (ec)
     return unavailable("connect_failed", "cannot connect to " + impl_->host + ":" + impl_->port +
                                              ": " + ec.message());
@@ -84,10 +109,17 @@ Result<HttpResponse> HttpClient::request(std::string_view method, const std::str
     req.body().more = false;
     req.content_length(bodySize);
     beast::error_code ec;
-    http::write(*impl_->stream, req, ec);
+    arm();
+    ec = runOnce(impl_->ioc,
+                 [&](auto handler) { http::async_write(*impl_->stream, req, handler); });
     http::response_parser<http::string_body> parser;
     parser.body_limit(std::numeric_limits<std::uint64_t>::max());
-    if (!ec) http::read(*impl_->stream, impl_->buffer, parser, ec);
+    if (!ec) {
+      arm();
+      ec = runOnce(impl_->ioc, [&](auto handler) {
+        http::async_read(*impl_->stream, impl_->buffer, parser, handler);
+      });
+    }
     if (ec) {
       // A server may close an idle keep-alive connection, or answer early (413) and close:
       // take what it said if anything, else retry once on a fresh connection.
@@ -122,4 +154,4 @@ Error errorOf(const HttpResponse& r) {
   return makeError(r.status, "http_" + std::to_string(r.status), r.body.substr(0, 200));
 }
 
-}  // namespace lifl::cli
+}  // namespace lifl

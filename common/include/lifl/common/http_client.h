@@ -1,5 +1,6 @@
-// A blocking HTTP/1.1 client (Boost.Beast) for the CLI and the load generator: one
-// keep-alive connection, bodies sent from the caller's memory without a copy.
+// A blocking HTTP/1.1 client (Boost.Beast) for the CLI, the load generator and the
+// controller/agent protocol: one keep-alive connection, bodies sent from the caller's memory
+// without a copy, and an optional deadline on every connect and request.
 #pragma once
 
 #include <cstdint>
@@ -11,7 +12,7 @@
 
 #include "lifl/common/error.h"
 
-namespace lifl::cli {
+namespace lifl {
 
 struct HttpResponse {
   int status = 0;
@@ -28,19 +29,24 @@ using HeaderList = std::vector<std::pair<std::string, std::string>>;
 class HttpClient {
  public:
   /// @param url http://host:port (a path, if any, is ignored)
-  static Result<std::unique_ptr<HttpClient>> connect(const std::string& url);
+  static Result<std::unique_ptr<HttpClient>> connect(const std::string& url,
+                                                     double timeoutSeconds = 0);
   ~HttpClient();
 
   Result<HttpResponse> request(std::string_view method, const std::string& target,
                                const HeaderList& headers = {}, const void* body = nullptr,
                                uint64_t bodySize = 0);
   Result<HttpResponse> get(const std::string& target) { return request("GET", target); }
+  /// Bounds each later connect and request (0: no bound, the default).
+  void setTimeout(double seconds) { timeoutSeconds_ = seconds; }
 
  private:
   struct Impl;
   explicit HttpClient(std::unique_ptr<Impl> impl);
   Result<void> reconnect();
+  void arm();
   std::unique_ptr<Impl> impl_;
+  double timeoutSeconds_ = 0;
 };
 
 /// Splits http://host:port into host and port (default 8080).
@@ -48,4 +54,4 @@ Result<std::pair<std::string, std::string>> parseUrl(const std::string& url);
 /// The error of a non-2xx response, from API.md's JSON body when there is one.
 Error errorOf(const HttpResponse& response);
 
-}  // namespace lifl::cli
+}  // namespace lifl
