@@ -25,6 +25,16 @@ constexpr const char* kUpHelp =
     "until SIGINT/SIGTERM. Flags override the YAML config (docs/config.md). GET /readyz\n"
     "answers 200 once it accepts work. --port 0 picks a free port; --port-file writes it.";
 
+constexpr const char* kAgentHelp =
+    "usage: lifl agent --controller URL [--name NODE] [--advertise URL] [--slots N]\n"
+    "                  [lifl up's options: --port --bind --data-dir --config --router ...]\n"
+    "\n"
+    "Runs this node's agent (gateway, object store, router, function instances) as a member\n"
+    "of the cluster of `lifl controller` at URL: it registers, sends heartbeats, and runs the\n"
+    "rounds' subtrees the controller assigns it. Flags override the config's `cluster:` keys\n"
+    "(docs/config.md). --advertise is how the controller and other nodes reach this gateway\n"
+    "(default http://<bind>:<port>).";
+
 std::string selfExecutable() {
   char buf[PATH_MAX];
   ssize_t n = ::readlink("/proc/self/exe", buf, sizeof(buf) - 1);
@@ -44,6 +54,11 @@ Result<dataplane::AgentConfig> configFromArgs(const Args& args, uint16_t default
   if (args.has("bind")) config.bind = args.get("bind");
   if (args.has("data-dir")) config.dataDir = args.get("data-dir");
   if (args.has("router")) config.router = args.get("router");
+  if (args.has("controller")) config.cluster.controller = args.get("controller");
+  if (args.has("name")) config.cluster.nodeName = args.get("name");
+  if (args.has("advertise")) config.cluster.advertiseUrl = args.get("advertise");
+  LIFL_TRY(slots, args.getUnsigned("slots", config.cluster.slots));
+  config.cluster.slots = static_cast<uint32_t>(slots);
   LIFL_TRY(bytes, args.getUnsigned("store-bytes", config.storeBytes));
   config.storeBytes = bytes;
   LIFL_TRY(warm, args.getUnsigned("warm-pool", config.warmPool));
@@ -60,6 +75,15 @@ Result<dataplane::AgentConfig> configFromArgs(const Args& args, uint16_t default
 
 }  // namespace
 
+void writePortFile(const std::string& path, uint16_t port) {
+  const std::string tmp = path + ".tmp";
+  if (FILE* f = std::fopen(tmp.c_str(), "w")) {
+    std::fprintf(f, "%u\n", port);
+    std::fclose(f);
+    std::rename(tmp.c_str(), path.c_str());  // readers never see a half-written file
+  }
+}
+
 Result<std::unique_ptr<dataplane::Agent>> startAgent(const Args& args, uint16_t defaultPort) {
   LIFL_TRY(config, configFromArgs(args, defaultPort));
   log::setLevelFromEnv();
@@ -68,14 +92,16 @@ Result<std::unique_ptr<dataplane::Agent>> startAgent(const Args& args, uint16_t 
   return dataplane::Agent::start(config, control::planTree, selfExecutable());
 }
 
-int cmdUp(int argc, char** argv) {
+namespace {
+
+/// Runs an agent until SIGINT/SIGTERM: `lifl up` (standalone) or `lifl agent` (cluster).
+int runAgent(int argc, char** argv, bool member) {
   auto args = Args::parse(argc, argv, 2);
   if (!args) return fail(args.error());
   if (args.value().wantsHelp()) {
-    std::puts(kUpHelp);
+    std::puts(member ? kAgentHelp : kUpHelp);
     return 0;
   }
-
   // Block the stop signals in every thread; the main thread waits for them below.
   sigset_t stopSignals;
   sigemptyset(&stopSignals);
@@ -83,21 +109,19 @@ int cmdUp(int argc, char** argv) {
   sigaddset(&stopSignals, SIGTERM);
   pthread_sigmask(SIG_BLOCK, &stopSignals, nullptr);
 
+  if (member && !args.value().has("controller") && !args.value().has("config"))
+    return fail(badRequest("bad_arguments", "lifl agent needs --controller URL"));
+  if (!member && args.value().has("controller"))
+    return fail(badRequest("bad_arguments", "use `lifl agent` to join a controller"));
   auto agent = startAgent(args.value());
   if (!agent) return fail(agent.error());
   const auto& config = agent.value()->config();
+  if (member && config.cluster.controller.empty())
+    return fail(badRequest("bad_arguments", "lifl agent needs cluster.controller or --controller"));
   const uint16_t port = agent.value()->port();
-  if (args.value().has("port-file")) {
-    const std::string path = args.value().get("port-file");
-    const std::string tmp = path + ".tmp";
-    if (FILE* f = std::fopen(tmp.c_str(), "w")) {
-      std::fprintf(f, "%u\n", port);
-      std::fclose(f);
-      std::rename(tmp.c_str(), path.c_str());  // readers never see a half-written file
-    }
-  }
-  std::printf("LIFL is up: http://%s:%u (router %s)\n", config.bind.c_str(), port,
-              config.router.c_str());
+  if (args.value().has("port-file")) writePortFile(args.value().get("port-file"), port);
+  std::printf("%s is up: http://%s:%u (router %s)\n", member ? "LIFL agent" : "LIFL",
+              config.bind.c_str(), port, config.router.c_str());
   std::fflush(stdout);
   int sig = 0;
   sigwait(&stopSignals, &sig);
@@ -105,5 +129,10 @@ int cmdUp(int argc, char** argv) {
   agent.value()->stop();
   return 0;
 }
+
+}  // namespace
+
+int cmdUp(int argc, char** argv) { return runAgent(argc, argv, false); }
+int cmdAgent(int argc, char** argv) { return runAgent(argc, argv, true); }
 
 }  // namespace lifl::cli

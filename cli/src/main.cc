@@ -1,6 +1,6 @@
-// lifl: the one binary of the platform. `lifl up` runs it on this machine; the other
-// subcommands are clients of a running gateway, except `instance`, which the agent runs to
-// start a function instance.
+// lifl: the one binary of the platform. `lifl up` runs it on this machine; `lifl controller`
+// and `lifl agent` run it on several; the other subcommands are clients of a running
+// gateway, except `instance`, which the agent runs to start a function instance.
 #include <cstdio>
 #include <cstring>
 #include <string>
@@ -30,8 +30,8 @@ void usage() {
       "  job         create, list, show or cancel jobs\n"
       "  status      show whether the platform is ready and its jobs\n"
       "  bench       simulated clients and other load generators\n"
-      "  agent       (comes with the controller; `up` embeds the agent today)\n"
-      "  controller  (comes with the controller issue)\n"
+      "  controller  run the cluster controller (jobs API, node registry, rounds)\n"
+      "  agent       run a node agent that joins a controller\n"
       "\n"
       "Run `lifl <command> --help` for the options of a command.");
 }
@@ -53,13 +53,8 @@ int main(int argc, char** argv) {
   if (cmd == "job") return cmdJob(argc, argv);
   if (cmd == "status") return cmdStatus(argc, argv);
   if (cmd == "bench") return cmdBench(argc, argv);
-  if (cmd == "agent" || cmd == "controller") {
-    std::fprintf(stderr,
-                 "lifl %s: a separate %s process comes with the control-plane work; "
-                 "`lifl up` runs the agent with the jobs API embedded\n",
-                 cmd.c_str(), cmd.c_str());
-    return 1;
-  }
+  if (cmd == "agent") return cmdAgent(argc, argv);
+  if (cmd == "controller") return cmdController(argc, argv);
   std::fprintf(stderr, "lifl: unknown command %s\n\n", cmd.c_str());
   usage();
   return 1;

@@ -42,7 +42,7 @@ Result<std::pair<std::string, std::string>> parseUrl(const std::string& url) {
 }
 
 Result<std::unique_ptr<HttpClient>> HttpClient::connect(const std::string& url,
-                                                     double timeoutSeconds) {
+                                                        double timeoutSeconds) {
   LIFL_TRY(hp, parseUrl(url));
   auto impl = std::make_unique<Impl>();
   impl->host = hp.first;
@@ -110,8 +110,8 @@ Result<HttpResponse> HttpClient::request(std::string_view method, const std::str
     req.content_length(bodySize);
     beast::error_code ec;
     arm();
-    ec = runOnce(impl_->ioc,
-                 [&](auto handler) { http::async_write(*impl_->stream, req, handler); });
+    ec =
+        runOnce(impl_->ioc, [&](auto handler) { http::async_write(*impl_->stream, req, handler); });
     http::response_parser<http::string_body> parser;
     parser.body_limit(std::numeric_limits<std::uint64_t>::max());
     if (!ec) {
@@ -145,6 +145,34 @@ Result<HttpResponse> HttpClient::request(std::string_view method, const std::str
     return out;
   }
   return unavailable("request_failed", "unreachable");
+}
+
+std::vector<std::string> splitPath(std::string_view target) {
+  if (auto q = target.find('?'); q != std::string_view::npos) target = target.substr(0, q);
+  std::vector<std::string> parts;
+  size_t i = 0;
+  while (i < target.size()) {
+    size_t j = target.find('/', i);
+    if (j == std::string_view::npos) j = target.size();
+    if (j > i) parts.emplace_back(target.substr(i, j - i));
+    i = j + 1;
+  }
+  return parts;
+}
+
+std::string queryParam(std::string_view target, std::string_view key) {
+  auto q = target.find('?');
+  if (q == std::string_view::npos) return "";
+  std::string_view rest = target.substr(q + 1);
+  while (!rest.empty()) {
+    auto amp = rest.find('&');
+    std::string_view pair = rest.substr(0, amp);
+    if (auto eq = pair.find('='); eq != std::string_view::npos && pair.substr(0, eq) == key)
+      return std::string(pair.substr(eq + 1));
+    if (amp == std::string_view::npos) break;
+    rest = rest.substr(amp + 1);
+  }
+  return "";
 }
 
 Error errorOf(const HttpResponse& r) {

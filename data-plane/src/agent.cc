@@ -1,6 +1,7 @@
 #include "lifl/dataplane/agent.h"
 
 #include <fcntl.h>
+#include <sched.h>
 #include <sys/file.h>
 #include <unistd.h>
 
@@ -51,6 +52,10 @@ Result<std::unique_ptr<Agent>> Agent::start(AgentConfig config, Planner planner,
       c.idleSeconds, JobCheckpoints(c.dataDir));
   agent->chains_ =
       std::make_unique<ChainManager>(*agent->store_, *agent->endpoint_, *agent->supervisor_);
+  if (!c.cluster.controller.empty()) {
+    agent->cluster_ = std::make_unique<ClusterLink>(c.cluster, *agent->store_);
+    agent->jobs_->setCluster(agent->cluster_.get());
+  }
   Agent* self = agent.get();
   agent->supervisor_->onDeath([self](InstanceId id, pid_t, int) { self->onInstanceDeath(id); });
   agent->reader_ = std::thread([self] { self->readEndpoint(); });
@@ -70,14 +75,49 @@ Result<std::unique_ptr<Agent>> Agent::start(AgentConfig config, Planner planner,
       c, *agent->jobs_, *agent->chains_, *agent->store_, *agent->metrics_,
       GatewayHooks{[self] { return self->ready_.load(); }, [self] { self->refreshMetrics(); },
                    [self] { return self->describeInstances(); },
-                   [self] { return self->describeStore(); }});
+                   [self] { return self->describeStore(); }, agent->cluster_.get()});
   LIFL_TRY(port, agent->gateway_->start());
   agent->port_ = port;
+  if (agent->cluster_) LIFL_TRYV(agent->joinCluster());
   agent->ready_ = true;
   LIFL_INFO("agent ready: router " << agent->router_->name() << ", store " << store.path << " ("
                                    << (c.storeBytes >> 20) << " MiB), " << c.warmPool
                                    << " warm instances, http://" << c.bind << ":" << port);
   return agent;
+}
+
+// Registration needs the gateway's port (the URL other nodes and the controller use).
+Result<void> Agent::joinCluster() {
+  auto& cc = const_cast<ClusterConfig&>(cluster_->config());
+  if (cc.nodeName.empty()) {
+    char host[256] = {};
+    ::gethostname(host, sizeof(host) - 1);
+    cc.nodeName = host;
+  }
+  if (cc.advertiseUrl.empty()) {
+    if (config_.bind == "0.0.0.0")
+      return badRequest("invalid_config",
+                        "cluster.advertise_url is needed when the gateway binds 0.0.0.0");
+    cc.advertiseUrl = "http://" + config_.bind + ":" + std::to_string(port_);
+  }
+  if (cc.slots == 0) {
+    cpu_set_t cpus;
+    CPU_ZERO(&cpus);
+    const int n = ::sched_getaffinity(0, sizeof(cpus), &cpus) == 0 ? CPU_COUNT(&cpus) : 1;
+    cc.slots = static_cast<uint32_t>(4 * std::max(n, 1));
+  }
+  cluster_->start([this] {
+    const auto s = store_->stats();
+    const auto sup = supervisor_->stats();
+    return nlohmann::json{{"store_live_bytes", s.liveBytes},
+                          {"store_capacity_bytes", s.capacityBytes},
+                          {"instances_warm", sup.warm},
+                          {"instances_busy", sup.busy},
+                          {"cold_starts", sup.coldStarts}};
+  });
+  LIFL_INFO("cluster mode: node " << cc.nodeName << " at " << cc.advertiseUrl << ", controller "
+                                  << cc.controller);
+  return success();
 }
 
 Agent::~Agent() { stop(); }
@@ -87,6 +127,7 @@ void Agent::stop() {
   ready_ = false;
   if (supervisor_) supervisor_->beginShutdown();  // deaths from here on are the shutdown's
   if (gateway_) gateway_->stop();
+  cluster_.reset();
   if (supervisor_) supervisor_->stop();
   if (endpoint_) endpoint_->shutdownReceive();
   if (reader_.joinable()) reader_.join();
@@ -117,6 +158,9 @@ void Agent::readEndpoint() {
         break;
       case DescriptorKind::Ack:
         jobs_->onAck(d);
+        break;
+      case DescriptorKind::Partial:  // a node subtree's partial, bound for the root node
+        jobs_->onPartial(d);
         break;
       case DescriptorKind::Reply:
       case DescriptorKind::Failure:

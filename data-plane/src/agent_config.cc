@@ -23,8 +23,9 @@ Result<AgentConfig> parseAgentConfig(const std::string& yaml) {
     YAML::Node root = YAML::Load(yaml);
     if (!root || root.IsNull()) return c;
     if (!root.IsMap()) return configError("config must be a YAML mapping");
-    static const std::vector<std::string> kKeys = {"bind",  "port",      "data_dir", "router",
-                                                   "store", "functions", "gateway",  "log_level"};
+    static const std::vector<std::string> kKeys = {"bind",    "port",      "data_dir",
+                                                   "router",  "store",     "functions",
+                                                   "gateway", "log_level", "cluster"};
     for (const auto& kv : root) {
       const auto key = kv.first.as<std::string>();
       if (std::find(kKeys.begin(), kKeys.end(), key) == kKeys.end())
@@ -68,6 +69,13 @@ Result<AgentConfig> parseAgentConfig(const std::string& yaml) {
       read(g, "body_timeout_seconds", c.bodyTimeoutSeconds);
       read(g, "max_connections", c.maxConnections);
     }
+    if (auto cl = root["cluster"]) {
+      read(cl, "controller", c.cluster.controller);
+      read(cl, "node_name", c.cluster.nodeName);
+      read(cl, "advertise_url", c.cluster.advertiseUrl);
+      read(cl, "slots", c.cluster.slots);
+      read(cl, "request_timeout_seconds", c.cluster.requestTimeoutSeconds);
+    }
   } catch (const YAML::Exception& e) {
     return configError(std::string("config: ") + e.what());
   }
@@ -76,6 +84,10 @@ Result<AgentConfig> parseAgentConfig(const std::string& yaml) {
   if (c.gatewayThreads == 0 || c.gatewayThreads > 64)
     return configError("gateway.threads must be 1-64");
   if (c.storeBytes < (16ull << 20)) return configError("store.bytes must be at least 16 MiB");
+  if (!c.cluster.controller.empty() && c.cluster.controller.rfind("http://", 0) != 0)
+    return configError("cluster.controller must be an http:// URL");
+  if (c.cluster.requestTimeoutSeconds <= 0)
+    return configError("cluster.request_timeout_seconds must be positive");
   return c;
 }
 

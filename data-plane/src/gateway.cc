@@ -12,6 +12,7 @@
 #include <utility>  // before Asio: g++ 12 needs std::exchange for asio::awaitable
 
 #include "lifl/common/base64.h"
+#include "lifl/common/http_client.h"
 #include "lifl/common/job_spec.h"
 #include "lifl/common/log.h"
 #include "lifl/dataplane/event_object.h"
@@ -30,6 +31,7 @@ namespace {
 
 constexpr uint64_t kDrainLimit = 1ull << 20;  // bodies we read and discard to keep a connection
 constexpr uint64_t kMaxJobSpecBytes = 4ull << 20;
+constexpr uint64_t kMaxForwardedBytes = 1ull << 30;  // an initial model PUT through the gateway
 
 /// One request on a connection and what the handlers need to answer it.
 struct Exchange {
@@ -64,19 +66,6 @@ bool iequals(std::string_view a, std::string_view b) {
         std::tolower(static_cast<unsigned char>(b[i])))
       return false;
   return true;
-}
-
-std::vector<std::string> splitPath(std::string_view target) {
-  if (auto q = target.find('?'); q != std::string_view::npos) target = target.substr(0, q);
-  std::vector<std::string> parts;
-  size_t i = 0;
-  while (i < target.size()) {
-    size_t j = target.find('/', i);
-    if (j == std::string_view::npos) j = target.size();
-    if (j > i) parts.emplace_back(target.substr(i, j - i));
-    i = j + 1;
-  }
-  return parts;
 }
 
 }  // namespace
@@ -369,6 +358,95 @@ struct Gateway::Impl {
     co_await writeJson(ex, http::status::accepted, body);
   }
 
+  // ---------------------------------------------------------------- cluster mode
+  /// The jobs API of a clustered agent is the controller's: forwarded as it came.
+  awaitable<void> forwardToController(Exchange& ex) {
+    auto body = co_await readBodyString(ex, kMaxForwardedBytes);
+    if (!body) co_return co_await writeError(ex, body.error());
+    const auto& req = ex.parser.get();
+    auto answer = hooks.cluster->toController(
+        std::string_view(req.method_string().data(), req.method_string().size()),
+        std::string(req.target()), body.value(), std::string(header(ex.parser, "content-type")));
+    if (!answer) co_return co_await writeError(ex, answer.error());
+    std::vector<std::pair<std::string, std::string>> headers;
+    for (const char* h : {"etag", "lifl-round"})
+      if (auto v = answer.value().header(h); !v.empty()) headers.emplace_back(h, v);
+    auto type = answer.value().header("content-type");
+    co_await write(ex, static_cast<http::status>(answer.value().status),
+                   std::move(answer.value().body), type.empty() ? "application/json" : type,
+                   std::move(headers));
+  }
+
+  awaitable<void> clusterCommand(Exchange& ex, const std::string& id, bool close) {
+    auto body = co_await readBodyString(ex, kMaxJobSpecBytes);
+    if (!body) co_return co_await writeError(ex, body.error());
+    auto doc = nlohmann::json::parse(body.value(), nullptr, false);
+    if (!doc.is_object())
+      co_return co_await writeError(ex, badRequest("malformed_json", "the body is not JSON"));
+    auto done = close ? jobs.clusterClose(id, doc) : jobs.clusterSync(id, doc);
+    if (!done) co_return co_await writeError(ex, done.error());
+    co_await write(ex, http::status::no_content, "", "application/json");
+  }
+
+  /// A partial from another node's agent: read into this node's store, handed to the top.
+  awaitable<void> receivePartial(Exchange& ex, const std::string& id) {
+    const std::string target(ex.parser.get().target());
+    const auto round = parseUnsigned(queryParam(target, "round"));
+    const auto epoch = parseUnsigned(queryParam(target, "epoch"));
+    const std::string key = queryParam(target, "from") + ":" + queryParam(target, "partial");
+    if (!round || !epoch)
+      co_return co_await rejectBeforeBody(ex, badRequest("bad_query", "round and epoch needed"));
+    auto bound = jobs.admitRemotePartial(id, static_cast<uint32_t>(*round),
+                                         static_cast<uint32_t>(*epoch), key);
+    if (!bound) co_return co_await rejectBeforeBody(ex, bound.error());
+    if (!bound.value()) {  // delivered before: the sender missed our answer
+      co_await drainOrClose(ex);
+      const nlohmann::json duplicate = {{"duplicate", true}};
+      co_return co_await writeJson(ex, http::status::ok, duplicate);
+    }
+    auto cl = ex.parser.content_length();
+    if (!cl || *cl > *bound.value())
+      co_return co_await rejectBeforeBody(
+          ex, makeError(413, "body_too_large", "a partial needs a Content-Length within bounds"));
+    auto object = store.allocate(*cl, ObjectKind::Partial, kAgentInstance);
+    if (!object) co_return co_await rejectBeforeBody(ex, object.error());
+    ObjectRef partial = object.value();
+    partial.prefault(/*forWrite=*/true);
+    auto got = co_await readBodyInto(ex, partial.data(), *cl);
+    Result<void> delivered =
+        got ? (partial.setLength(got.value()),
+               jobs.deliverRemotePartial(id, static_cast<uint32_t>(*round),
+                                         static_cast<uint32_t>(*epoch), key, partial))
+            : Result<void>(got.error());
+    if (!delivered) {
+      store.release(partial.handle());
+      co_return co_await writeError(ex, delivered.error());
+    }
+    hooks.cluster->countReceived(*cl);
+    const nlohmann::json answer = {{"delivered", true}};
+    co_await writeJson(ex, http::status::ok, answer);
+  }
+
+  awaitable<void> dispatchCluster(Exchange& ex, const std::vector<std::string>& path) {
+    ex.route = "cluster";
+    const auto method = ex.parser.get().method();
+    if (!hooks.cluster || path.size() < 4 || path[2] != "jobs")
+      co_return co_await rejectBeforeBody(ex, notFound("not_found", "no such endpoint"));
+    const std::string& id = path[3];
+    if (path.size() == 4 && method == http::verb::put)
+      co_return co_await clusterCommand(ex, id, false);
+    if (path.size() == 4 && method == http::verb::get) {
+      auto s = jobs.status(id);
+      if (!s) co_return co_await writeError(ex, s.error());
+      co_return co_await writeJson(ex, http::status::ok, s.value());
+    }
+    if (path.size() == 5 && path[4] == "close" && method == http::verb::post)
+      co_return co_await clusterCommand(ex, id, true);
+    if (path.size() == 5 && path[4] == "partials" && method == http::verb::post)
+      co_return co_await receivePartial(ex, id);
+    co_await rejectBeforeBody(ex, notFound("not_found", "no such endpoint"));
+  }
+
   // ---------------------------------------------------------------- functions
   awaitable<void> invokeFunction(Exchange& ex, const std::string& name) {
     ex.route = "functions";
@@ -533,6 +611,14 @@ struct Gateway::Impl {
       if (hooks.refreshMetrics) hooks.refreshMetrics();
       co_return co_await write(ex, http::status::ok, metrics.serialize(),
                                "text/plain; version=0.0.4");
+    }
+    if (path.size() >= 2 && path[0] == "v1" && path[1] == "cluster")
+      co_return co_await dispatchCluster(ex, path);
+    if (hooks.cluster && path.size() >= 2 && path[0] == "v1" && path[1] == "jobs" &&
+        !(path.size() == 4 && path[3] == "updates") &&
+        !(path.size() == 4 && path[3] == "model" && method == http::verb::get)) {
+      ex.route = "jobs";
+      co_return co_await forwardToController(ex);
     }
     if (path.size() >= 2 && path[0] == "v1" && path[1] == "jobs") {
       ex.route = "jobs";

@@ -19,6 +19,7 @@ void JobManager::watchDeadlines() {
     const auto now = std::chrono::steady_clock::now();
     for (auto& [_, job] : jobs_) {
       if (job->state != State::Active || job->closing) continue;
+
       const double open = std::chrono::duration<double>(now - job->roundOpened).count();
       if (!job->scaledToZero && job->received + job->reserved == 0 && job->parked.empty() &&
           open >= idleSeconds_) {
@@ -29,7 +30,7 @@ void JobManager::watchDeadlines() {
         job->instances.clear();
         job->scaledToZero = true;
       }
-      if (open < job->spec.deadlineSeconds) continue;
+      if (job->cluster || open < job->spec.deadlineSeconds) continue;  // cluster: the controller's
       if (job->received >= job->spec.requiredClients() && job->received > 0) {
         closeAtDeadline(*job);
       } else {
@@ -50,6 +51,10 @@ void JobManager::closeAtDeadline(Job& job) {
   job.closing = true;
   LIFL_INFO("job " << job.spec.id << ": round " << job.round << " closes at its deadline with "
                    << job.received << " of " << job.spec.clientsPerRound << " updates");
+  closeTree(job);
+}
+
+void JobManager::closeTree(Job& job, std::optional<uint32_t> topCount) {
   std::vector<uint32_t> covered(job.plan.nodes.size(), 0);
   for (size_t node = 0; node < job.plan.nodes.size(); ++node) {  // children before parents
     PlanNode& n = job.plan.nodes[node];
@@ -57,6 +62,7 @@ void JobManager::closeAtDeadline(Job& job) {
     if (n.role == AggregatorRole::Leaf) {
       if (job.routed[node] < n.expected) sendFlush(job, node);  // a full slot was flushed
     } else {
+      if (topCount && static_cast<int>(node) == job.plan.top()) covered[node] = *topCount;
       Descriptor d = roundDescriptor(job, job.instances[node], DescriptorKind::Retarget);
       d.value = covered[node];
       send(d);

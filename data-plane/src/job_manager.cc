@@ -109,8 +109,10 @@ nlohmann::json JobManager::aggregatorParams(const Job& job, size_t node, uint32_
   const PlanNode& n = job.plan.nodes[node];
   nlohmann::json tensors = nlohmann::json::array();
   for (const auto& t : job.spec.tensors) tensors.push_back({{"name", t.name}, {"shape", t.shape}});
-  nlohmann::json p = {{"role", roleName(n.role)},
-                      {"parent", n.parent >= 0 ? job.instances[static_cast<size_t>(n.parent)] : 0},
+  // A cluster member's subtree root is a middle whose parent is the top on another node.
+  const bool subtreeRoot = job.cluster && !job.cluster->isRoot && n.role == AggregatorRole::Top;
+  nlohmann::json p = {{"role", subtreeRoot ? "middle" : roleName(n.role)},
+                      {"parent", parentOf(job, node)},
                       {"expected", expected},
                       {"batch", job.spec.batch},
                       {"eager", job.spec.eager},
@@ -123,6 +125,12 @@ nlohmann::json JobManager::aggregatorParams(const Job& job, size_t node, uint32_
                  {"length", job.model->length},
                  {"generation", job.model->generation}};
   return p;
+}
+
+InstanceId JobManager::parentOf(const Job& job, size_t node) const {
+  const PlanNode& n = job.plan.nodes[node];
+  if (n.parent >= 0) return job.instances[static_cast<size_t>(n.parent)];
+  return job.cluster && !job.cluster->isRoot ? kAgentInstance : 0;
 }
 
 Result<void> JobManager::deployTree(Job& job) {
@@ -214,6 +222,19 @@ nlohmann::json JobManager::statusOf(const Job& job) const {
       {"scaled_to_zero", job.scaledToZero},
       {"lost", {{"on_restart", job.lostOnRestart}}},
       {"spec", job.spec.toJson()}};
+  if (job.cluster) {
+    const auto& c = *job.cluster;
+    out["cluster"] = {{"epoch", c.epoch},
+                      {"root", c.root},
+                      {"is_root", c.isRoot},
+                      {"share", c.share},
+                      {"closed", c.closed},
+                      {"close_at", c.closeAt},
+                      {"total", c.total},
+                      {"model", c.modelTag},
+                      {"partials_in", c.partialsIn.size()},
+                      {"partials_out", c.partialsOut}};
+  }
   if (!job.failure.empty()) out["failure"] = job.failure;
   return out;
 }
@@ -319,6 +340,7 @@ void JobManager::returnModel(const ModelLease& lease) { store_.release(lease.obj
 Result<Admission> JobManager::admit(const std::string& id, UpdateMeta& meta) {
   std::lock_guard lock(mutex_);
   LIFL_TRY(job, find(id));
+  if (job->cluster) return admitClustered(*job, meta);
   if (job->state != State::Active)
     return conflict("job_finished", "job " + id + " is no longer taking updates");
   const std::string key = acceptKey(meta);
@@ -372,6 +394,10 @@ void JobManager::abandon(const std::string& id, const UpdateMeta& meta) {
   auto found = find(id);
   if (!found) return;
   Job* job = found.value();
+  if (job->cluster) {
+    job->cluster->inFlight.erase(meta.source);
+    return;
+  }
   // A parked reservation moves into the round's when that round starts.
   const bool parked = meta.parked && job->closing;
   auto& sources = parked ? job->parkedSources : job->sources;
@@ -385,6 +411,7 @@ Result<uint32_t> JobManager::commit(const std::string& id, const UpdateMeta& met
                                     ObjectRef update) {
   LIFL_TRY(checked, validated(id, update));
   Job* job = checked.first;
+  if (clustered()) return commitClustered(id, job, meta, update);
   std::lock_guard lock(mutex_);
   if (job->state != State::Active)
     return conflict("job_finished", "job " + id + " was cancelled while the update arrived");
@@ -425,9 +452,16 @@ void JobManager::route(Job& job, ObjectRef update, const UpdateMeta& meta, bool 
   job.received++;
   if (!recovered) {
     job.accepted.insert(acceptKey(meta));
-    checkpoints_.journal(job.spec.id, job.round, meta.source, meta.id);
+    if (!job.cluster) checkpoints_.journal(job.spec.id, job.round, meta.source, meta.id);
   }
   if (meta.late) job.lateFolded++;
+  // More arrivals than the plan expected (a cluster node's share is an estimate): the tree
+  // grows a leaf instead of overfilling the last one.
+  if (job.cluster && k / job.plan.fanIn >= job.plan.leaves && job.plan.leaves > 0 &&
+      job.plan.nodes[0].role == AggregatorRole::Leaf) {
+    if (auto grown = growLeaf(job); !grown)
+      LIFL_WARN("job " << job.spec.id << ": cannot add a leaf: " << grown.error().detail);
+  }
   const size_t slot = std::min<size_t>(k / job.plan.fanIn, job.plan.leaves - 1);
   job.lastArrival = std::chrono::steady_clock::now();
   const InstanceId leaf = job.instances[slot];
@@ -441,6 +475,7 @@ void JobManager::route(Job& job, ObjectRef update, const UpdateMeta& meta, bool 
   // re-delivers it to the replacement. The update is accepted either way.
   send(d);
   if (++job.routed[slot] == job.plan.nodes[slot].expected) sendFlush(job, slot);
+  if (job.cluster) maybeCloseCluster(job);
 }
 
 void JobManager::sendFlush(const Job& job, size_t leaf) {
@@ -493,6 +528,7 @@ void JobManager::onModel(const Descriptor& d) {
       job.spec.id,
       std::chrono::duration<double>(std::chrono::steady_clock::now() - job.lastArrival).count());
   job.round++;
+  if (job.cluster) return reportModel(job, d);
   if (checkpoints_.enabled()) {  // the checkpoint of the completed round (written below)
     store_.retain(model.value());
     checkpoint = ModelLease{model.value(), job.round};

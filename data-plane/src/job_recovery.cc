@@ -54,8 +54,7 @@ void JobManager::reclaimUnowned(InstanceId dead) {
 void JobManager::recover(Job& job, size_t node, InstanceId dead) {
   job.recoveries++;
   const PlanNode& planNode = job.plan.nodes[node];
-  const InstanceId parent =
-      planNode.parent >= 0 ? job.instances[static_cast<size_t>(planNode.parent)] : 0;
+  const InstanceId parent = parentOf(job, node);
   const auto owned = store_.ownedBy(dead);
 
   // Classify first, act after: releasing while classifying would let a later lookup read a

@@ -36,7 +36,7 @@ nlohmann::json JobManager::savedState(const Job& job) const {
 }
 
 void JobManager::persist(const Job& job, bool withModel) const {
-  if (!checkpoints_.enabled()) return;
+  if (!checkpoints_.enabled() || job.cluster) return;  // the controller keeps cluster jobs
   if (withModel && job.model) {
     auto model = store_.resolve(*job.model);
     if (model) {

@@ -5,6 +5,8 @@
 namespace lifl::cli {
 
 int cmdUp(int argc, char** argv);
+int cmdAgent(int argc, char** argv);
+int cmdController(int argc, char** argv);
 int cmdInstance(int argc, char** argv);
 int cmdPush(int argc, char** argv);
 int cmdPull(int argc, char** argv);

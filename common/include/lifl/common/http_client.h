@@ -51,6 +51,10 @@ class HttpClient {
 
 /// Splits http://host:port into host and port (default 8080).
 Result<std::pair<std::string, std::string>> parseUrl(const std::string& url);
+/// Splits a request target into its path segments (the query is dropped).
+std::vector<std::string> splitPath(std::string_view target);
+/// The value of `key` in the target's query string ("" when absent); no %-decoding.
+std::string queryParam(std::string_view target, std::string_view key);
 /// The error of a non-2xx response, from API.md's JSON body when there is one.
 Error errorOf(const HttpResponse& response);
 

@@ -42,6 +42,7 @@ class Agent {
   nlohmann::json describeInstances() const;
   nlohmann::json describeStore() const;
   void onInstanceDeath(InstanceId id);
+  Result<void> joinCluster();
 
   AgentConfig config_;
   UniqueFd dataDirLock_;  ///< held for the agent's life: one agent per data dir (and store)
@@ -53,6 +54,7 @@ class Agent {
   std::unique_ptr<JobManager> jobs_;
   std::unique_ptr<ChainManager> chains_;
   std::unique_ptr<Gateway> gateway_;
+  std::unique_ptr<ClusterLink> cluster_;  ///< cluster mode only; stopped before the rest
   std::thread reader_;
   std::atomic<bool> stopping_{false};
   std::atomic<bool> ready_{false};

@@ -7,6 +7,7 @@
 
 #include "lifl/common/error.h"
 #include "lifl/dataplane/chain_manager.h"
+#include "lifl/dataplane/cluster_link.h"
 
 namespace lifl::dataplane {
 
@@ -33,6 +34,7 @@ struct AgentConfig {
   double bodyTimeoutSeconds = 300;
   uint32_t maxConnections = 1024;
   std::string logLevel = "info";
+  ClusterConfig cluster;  ///< `cluster.controller` set: the agent joins that controller
 };
 
 /// Reads a YAML config file (an empty path gives the defaults).

@@ -11,6 +11,7 @@
 #include "lifl/common/error.h"
 #include "lifl/dataplane/agent_config.h"
 #include "lifl/dataplane/chain_manager.h"
+#include "lifl/dataplane/cluster_link.h"
 #include "lifl/dataplane/job_manager.h"
 #include "lifl/dataplane/metrics.h"
 #include "lifl/dataplane/object_store.h"
@@ -22,6 +23,9 @@ struct GatewayHooks {
   std::function<void()> refreshMetrics;       ///< called before /metrics is serialised
   std::function<nlohmann::json()> instances;  ///< GET /v1/instances
   std::function<nlohmann::json()> store;      ///< GET /v1/store
+  /// Cluster mode: the jobs API goes to the controller, and /v1/cluster/ serves it and the
+  /// other agents.
+  ClusterLink* cluster = nullptr;
 };
 
 class Gateway {

@@ -31,6 +31,8 @@
 
 namespace lifl::dataplane {
 
+class ClusterLink;
+
 /// Chooses the tree of a round (injected: the control plane's planner).
 using Planner = std::function<Plan(const PlanRequest& request)>;
 
@@ -92,6 +94,25 @@ class JobManager {
   /// Validates the body (400/422) and, if good, routes it to its leaf: the update is accepted.
   Result<uint32_t> commit(const std::string& id, const UpdateMeta& meta, ObjectRef update);
 
+  // Cluster mode (job_cluster.cc): the controller runs the job's rounds; this node runs the
+  // subtree of the updates its gateway accepted, and the top when it is the round's root.
+  void setCluster(ClusterLink* link) { cluster_ = link; }
+  bool clustered() const { return cluster_ != nullptr; }
+  /// Brings the node's part of a job to the state the controller sent (idempotent).
+  Result<void> clusterSync(const std::string& id, const nlohmann::json& command);
+  /// The controller closed the round: `count` updates of it were admitted here.
+  Result<void> clusterClose(const std::string& id, const nlohmann::json& command);
+  /// Root node: checks a partial from another node may come; returns its byte bound, or
+  /// nullopt for a partial already delivered (a retry).
+  Result<std::optional<uint64_t>> admitRemotePartial(const std::string& id, uint32_t round,
+                                                     uint32_t epoch, const std::string& key);
+  /// Root node: hands a received partial (a temporary object the caller frees on error) to
+  /// the top.
+  Result<void> deliverRemotePartial(const std::string& id, uint32_t round, uint32_t epoch,
+                                    const std::string& key, ObjectRef partial);
+  /// The partial of this node's subtree (to the agent): forwarded to the root node.
+  void onPartial(const Descriptor& d);
+
   /// Aggregator instances of active jobs by role ("leaf", "middle", "top"), for metrics.
   std::map<std::string, uint64_t> aggregatorsByRole() const;
 
@@ -108,6 +129,23 @@ class JobManager {
     double weight;
     double seconds;
     bool byDeadline;
+  };
+  /// This node's part of a clustered job's current round, as the controller assigned it.
+  struct ClusterRound {
+    uint32_t epoch = 0;
+    std::string root, rootUrl;
+    bool isRoot = false;
+    uint32_t share = 0;  ///< updates the plan expects at this node
+    bool closeRequested = false;
+    uint32_t closeAt = 0;  ///< updates of the round admitted here
+    uint32_t total = 0;    ///< updates of the whole round (the top's count)
+    bool closed = false;
+    bool reported = false;  ///< root: the model was reported to the controller
+    std::string modelTag;   ///< which model this node holds ("<round>:init|put|agg")
+    std::unordered_set<std::string> partialsIn;  ///< root: remote partials delivered
+    std::unordered_set<std::string> inFlight;    ///< ce-sources whose body is arriving
+    uint32_t partialsOut = 0;                    ///< partials sent to the root this round
+    uint32_t startedRound = UINT32_MAX;          ///< the round this node's tree was deployed for
   };
   struct Parked {  ///< a late update waiting for the next round
     ObjectHandle object;
@@ -147,6 +185,7 @@ class JobManager {
     uint64_t recoveries = 0;
     uint64_t lostOnRestart = 0;  ///< accepted updates of a round interrupted by a restart
     std::string failure;
+    std::optional<ClusterRound> cluster;
   };
 
   Result<Job*> find(const std::string& id) const;
@@ -162,6 +201,22 @@ class JobManager {
   /// Takes instances for the round's plan and assigns them their roles.
   Result<void> deployTree(Job& job);
   nlohmann::json aggregatorParams(const Job& job, size_t node, uint32_t expected) const;
+  /// The instance a plan node sends its partials to (the agent, for a node's subtree root
+  /// in cluster mode: it forwards them to the root node).
+  InstanceId parentOf(const Job& job, size_t node) const;
+  // job_cluster.cc
+  Result<Admission> admitClustered(Job& job, UpdateMeta& meta);
+  Result<uint32_t> commitClustered(const std::string& id, Job* job, const UpdateMeta& meta,
+                                   ObjectRef update);
+  Result<void> startClusterRound(Job& job, const nlohmann::json& command);
+  Result<void> installModel(Job& job, const std::string& bytes);
+  /// A new leaf under the subtree root, for arrivals beyond the plan (scale-up in a round).
+  Result<void> growLeaf(Job& job);
+  void maybeCloseCluster(Job& job);
+  void reportModel(Job& job, const Descriptor& d);
+  /// Flushes leaves and tells middles and the top how many clients their subtree covers;
+  /// `topCount`, when given, is the top's (a cluster root's top also covers other nodes).
+  void closeTree(Job& job, std::optional<uint32_t> topCount = std::nullopt);
   void finish(Job& job, State state);
   void sendFlush(const Job& job, size_t leaf);
   /// Routes an accepted update to its leaf (the update is then the leaf's responsibility).
@@ -195,6 +250,7 @@ class JobManager {
   /// Partials the agent re-sent for a dead aggregator -> the inputs to release on their ack.
   std::unordered_map<uint64_t, std::vector<ObjectHandle>> resentInputs_;
   uint32_t nextSlot_ = 1;
+  ClusterLink* cluster_ = nullptr;
   std::condition_variable stopDeadlines_;
   bool stopping_ = false;
   std::thread deadlines_;

@@ -1,0 +1,62 @@
+#include <yaml-cpp/yaml.h>
+
+#include <fstream>
+#include <sstream>
+
+#include "lifl/control/controller.h"
+
+namespace lifl::control {
+
+Result<ControllerConfig> parseControllerConfig(const std::string& yaml) {
+  ControllerConfig c;
+  auto bad = [](const std::string& d) { return badRequest("invalid_config", d); };
+  try {
+    YAML::Node root = YAML::Load(yaml);
+    if (!root || root.IsNull()) return c;
+    if (!root.IsMap()) return bad("config must be a YAML mapping");
+    static const std::set<std::string> kKeys = {"bind",
+                                                "port",
+                                                "advertise_url",
+                                                "data_dir",
+                                                "threads",
+                                                "log_level",
+                                                "heartbeat_seconds",
+                                                "node_timeout_seconds",
+                                                "command_timeout_seconds"};
+    for (const auto& kv : root)
+      if (!kKeys.count(kv.first.as<std::string>()))
+        return bad("unknown config key " + kv.first.as<std::string>());
+    auto read = [&](const char* key, auto& out) {
+      if (root[key]) out = root[key].as<std::decay_t<decltype(out)>>();
+    };
+    int port = c.port;
+    read("bind", c.bind);
+    read("port", port);
+    read("advertise_url", c.advertiseUrl);
+    read("data_dir", c.dataDir);
+    read("threads", c.threads);
+    read("log_level", c.logLevel);
+    read("heartbeat_seconds", c.heartbeatSeconds);
+    read("node_timeout_seconds", c.nodeTimeoutSeconds);
+    read("command_timeout_seconds", c.commandTimeoutSeconds);
+    if (port < 0 || port > 65535) return bad("port must be 0-65535");
+    c.port = static_cast<uint16_t>(port);
+  } catch (const YAML::Exception& e) {
+    return bad(std::string("config: ") + e.what());
+  }
+  if (c.threads == 0 || c.threads > 64) return bad("threads must be 1-64");
+  if (c.heartbeatSeconds <= 0 || c.nodeTimeoutSeconds <= c.heartbeatSeconds)
+    return bad("node_timeout_seconds must be larger than heartbeat_seconds (> 0)");
+  return c;
+}
+
+Result<ControllerConfig> loadControllerConfig(const std::string& path) {
+  if (path.empty()) return ControllerConfig{};
+  std::ifstream in(path);
+  if (!in) return badRequest("invalid_config", "cannot read config file " + path);
+  std::stringstream text;
+  text << in.rdbuf();
+  return parseControllerConfig(text.str());
+}
+
+}  // namespace lifl::control

@@ -1,0 +1,141 @@
+// The node registry: agents register with their gateway URL and capacity, send heartbeats,
+// and are drained when they miss them; a drained node's share of every running round is
+// re-planned (controller_jobs.cc).
+#include "controller_state.h"
+#include "lifl/common/log.h"
+
+namespace lifl::control {
+
+Result<nlohmann::json> Controller::State::registerNode(const nlohmann::json& body) {
+  std::string name, url;
+  uint32_t slots = 0;
+  try {
+    name = body.at("name").get<std::string>();
+    url = body.at("url").get<std::string>();
+    slots = body.value("slots", 16u);
+  } catch (const nlohmann::json::exception& e) {
+    return badRequest("bad_node", std::string("node registration needs name and url: ") + e.what());
+  }
+  if (name.empty() || name.size() > 63 || name.find('/') != std::string::npos)
+    return badRequest("bad_node", "node names are 1-63 characters without '/'");
+  if (url.rfind("http://", 0) != 0) return badRequest("bad_node", "url must be http://host:port");
+  std::lock_guard lock(mutex);
+  auto& n = nodes[name];
+  const bool known = !n.name.empty() && n.live;
+  const bool moved = n.url != url;
+  n.name = name;
+  n.url = url;
+  n.slots = slots;
+  n.live = true;
+  n.lastSeen = Clock::now();
+  if (!n.commands || moved)
+    n.commands = std::make_unique<NodeCommands>(name, url, config.commandTimeoutSeconds);
+  LIFL_INFO("node " << name << (known ? " re-registered" : " registered") << ": " << url << ", "
+                    << slots << " slots");
+  syncNode(name);
+  return nlohmann::json{{"name", name}, {"heartbeat_seconds", config.heartbeatSeconds}};
+}
+
+Result<void> Controller::State::heartbeat(const std::string& name, const nlohmann::json& body) {
+  std::lock_guard lock(mutex);
+  auto it = nodes.find(name);
+  if (it == nodes.end() || !it->second.live)
+    return notFound("unknown_node", "node " + name + " is not registered; register again");
+  it->second.lastSeen = Clock::now();
+  it->second.stats = body;
+  return success();
+}
+
+nlohmann::json Controller::State::listNodes() const {
+  std::lock_guard lock(mutex);
+  nlohmann::json out = nlohmann::json::array();
+  const auto now = Clock::now();
+  for (const auto& [name, n] : nodes)
+    out.push_back(
+        {{"name", name},
+         {"url", n.url},
+         {"slots", n.slots},
+         {"state", n.live ? "live" : "lost"},
+         {"seconds_since_heartbeat", std::chrono::duration<double>(now - n.lastSeen).count()},
+         {"stats", n.stats}});
+  return out;
+}
+
+std::vector<NodeLoad> Controller::State::liveNodes() const {
+  std::vector<NodeLoad> out;
+  for (const auto& [name, n] : nodes)
+    if (n.live) out.push_back({name, n.slots, 0});
+  return out;
+}
+
+void Controller::State::command(const std::string& node, std::string method, std::string target,
+                                const nlohmann::json& body) {
+  auto it = nodes.find(node);
+  if (it == nodes.end() || !it->second.live || !it->second.commands) return;
+  it->second.commands->send(std::move(method), std::move(target), body.dump());
+}
+
+// A node that (re-)registered gets the state of every job it takes part in. Agents apply it
+// idempotently, so this also repairs a node that missed a command.
+void Controller::State::syncNode(const std::string& name) {
+  for (auto& [_, job] : jobs) {
+    if (!job->nodeUrls.count(name)) continue;
+    job->nodeUrls[name] = nodes[name].url;
+    sendJob(*job, name);
+    if (job->closing) sendClose(*job, name);
+  }
+}
+
+void Controller::State::nodeLost(const std::string& name, const std::string& why) {
+  auto it = nodes.find(name);
+  if (it == nodes.end() || !it->second.live) return;
+  LIFL_WARN("node " << name << " lost: " << why << "; re-planning its rounds");
+  it->second.live = false;
+  it->second.commands.reset();
+  for (auto& [_, jobPtr] : jobs) {
+    ClusterJob& job = *jobPtr;
+    if (!job.active() || !job.nodeUrls.count(name)) continue;
+    const std::string reason = "node " + name + " was lost (" + why + ")";
+    for (auto a = job.next.begin(); a != job.next.end();) {  // parked there for the next round
+      if (a->second.node != name) {
+        ++a;
+        continue;
+      }
+      recordLost(job, a->first, a->second, reason + " while waiting for the next round");
+      a = job.next.erase(a);
+    }
+    if (name == job.plan.root) {
+      // The round's aggregate was on the lost node: every update of the round is gone. The
+      // round starts again (a new epoch) on the live nodes, from the same global model.
+      for (const auto& [source, a] : job.admitted)
+        recordLost(job, source, a, reason + " with the round's aggregate");
+      job.admitted.clear();
+      job.epoch++;
+      if (auto started = startRound(job); !started)
+        finishJob(
+            job, "failed",
+            "cannot re-plan round " + std::to_string(job.round) + ": " + started.error().detail);
+      continue;
+    }
+    job.nodeUrls.erase(name);
+    if (job.forwarded.count(name)) continue;  // its partial is at the root: nothing lost
+    for (auto a = job.admitted.begin(); a != job.admitted.end();) {
+      if (a->second.node != name) {
+        ++a;
+        continue;
+      }
+      recordLost(job, a->first, a->second, reason + " before its partial was forwarded");
+      a = job.admitted.erase(a);
+    }
+    if (job.closing) {
+      if (job.admitted.empty()) {
+        finishJob(job, "failed", "round " + std::to_string(job.round) + " lost all its updates");
+        continue;
+      }
+      for (const auto& [node, _] : job.nodeUrls) sendClose(job, node);  // the new total
+    }
+    persist(job);
+  }
+}
+
+}  // namespace lifl::control

@@ -1,0 +1,71 @@
+#include "node_commands.h"
+
+#include <memory>
+
+#include "lifl/common/http_client.h"
+#include "lifl/common/log.h"
+
+namespace lifl::control {
+
+NodeCommands::NodeCommands(std::string nodeName, std::string url, double timeoutSeconds)
+    : node_(std::move(nodeName)),
+      url_(std::move(url)),
+      timeoutSeconds_(timeoutSeconds),
+      thread_([this] { run(); }) {}
+
+NodeCommands::~NodeCommands() {
+  {
+    std::lock_guard lock(mutex_);
+    stopping_ = true;
+  }
+  wake_.notify_all();
+  thread_.join();
+}
+
+void NodeCommands::send(std::string method, std::string target, std::string body) {
+  {
+    std::lock_guard lock(mutex_);
+    queue_.push_back({std::move(method), std::move(target), std::move(body)});
+  }
+  wake_.notify_all();
+}
+
+void NodeCommands::run() {
+  std::unique_ptr<HttpClient> client;
+  std::unique_lock lock(mutex_);
+  while (!stopping_) {
+    if (queue_.empty()) {
+      wake_.wait(lock);
+      continue;
+    }
+    Command c = queue_.front();
+    lock.unlock();
+    Result<HttpResponse> answer = unavailable("connect_failed", "not connected");
+    if (!client) {
+      auto connected = HttpClient::connect(url_, timeoutSeconds_);
+      if (connected)
+        client = std::move(connected).value();
+      else
+        answer = connected.error();
+    }
+    if (client)
+      answer = client->request(c.method, c.target, {{"Content-Type", "application/json"}},
+                               c.body.data(), c.body.size());
+    lock.lock();
+    const bool sent = answer && answer.value().status < 500;
+    if (answer && answer.value().status >= 400)
+      LIFL_WARN("node " << node_ << ": " << c.method << " " << c.target << ": "
+                        << errorOf(answer.value()).toString());
+    if (sent) {
+      queue_.pop_front();
+      continue;
+    }
+    if (!answer) client.reset();
+    LIFL_DEBUG(
+        "node " << node_ << ": " << c.method << " " << c.target << " failed, retrying: "
+                << (answer ? errorOf(answer.value()).toString() : answer.error().toString()));
+    wake_.wait_for(lock, std::chrono::milliseconds(200));  // until the node answers or is drained
+  }
+}
+
+}  // namespace lifl::control

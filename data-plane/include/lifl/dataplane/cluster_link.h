@@ -1,0 +1,100 @@
+// The agent's side of the cluster protocol (docs/architecture.md "Several nodes"):
+// registration and heartbeats to the controller, admission of each update by the
+// controller, reliable reports (a round's model, a forwarded partial), partials sent to the
+// root node's agent with their bytes read straight from the store, and model copies from
+// other nodes. Only agents started with `cluster.controller` have one.
+#pragma once
+
+#include <atomic>
+#include <condition_variable>
+#include <deque>
+#include <functional>
+#include <memory>
+#include <mutex>
+#include <nlohmann/json.hpp>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "lifl/common/error.h"
+#include "lifl/common/http_client.h"
+#include "lifl/dataplane/object_store.h"
+
+namespace lifl::dataplane {
+
+struct ClusterConfig {
+  std::string controller;    ///< http://host:port of `lifl controller`; empty: standalone
+  std::string nodeName;      ///< default: the host name
+  std::string advertiseUrl;  ///< how other nodes reach this gateway; default http://bind:port
+  uint32_t slots = 0;        ///< aggregators this node hosts; 0: 4 per CPU of its cgroup
+  double requestTimeoutSeconds = 10;
+};
+
+/// The controller's answer to an update's admission.
+struct ClusterAdmission {
+  uint32_t round = 0;
+  bool duplicate = false;
+};
+
+/// A partial bound for the root node, and what to do once it is there (or given up).
+struct PartialTransfer {
+  std::string job;
+  uint32_t round = 0, epoch = 0;
+  std::string rootUrl;
+  ObjectHandle partial;
+  std::function<void(bool delivered)> done;
+  /// Checked between retries: false once the round moved on (the transfer is dropped).
+  std::function<bool()> stillWanted;
+};
+
+class ClusterLink {
+ public:
+  ClusterLink(ClusterConfig config, ObjectStore& store);
+  ~ClusterLink();
+  ClusterLink(const ClusterLink&) = delete;
+  ClusterLink& operator=(const ClusterLink&) = delete;
+
+  /// Starts registration and heartbeats; `stats` fills each heartbeat.
+  void start(std::function<nlohmann::json()> stats);
+  const ClusterConfig& config() const { return config_; }
+
+  Result<ClusterAdmission> admit(const std::string& job, uint32_t round, const std::string& source,
+                                 const std::string& id, uint64_t numExamples);
+  /// POSTs `body` to the controller's `path`, retried until it is taken or the link stops.
+  void report(const std::string& path, nlohmann::json body);
+  void forward(PartialTransfer transfer);
+  /// GET `url`/v1/jobs/{job}/model: the bytes and the round they are the model of.
+  Result<std::pair<std::string, uint32_t>> fetchModel(const std::string& url,
+                                                      const std::string& job);
+  /// Forwards a jobs-API request to the controller (the gateway's jobs API in cluster mode).
+  Result<HttpResponse> toController(std::string_view method, const std::string& target,
+                                    const std::string& body, const std::string& contentType);
+
+  void countReceived(uint64_t bytes) { received_ += bytes; }
+  uint64_t bytesSent() const { return sent_; }
+  uint64_t partialsSent() const { return partialsSent_; }
+  uint64_t bytesReceived() const { return received_; }
+
+ private:
+  /// A keep-alive connection to the controller from a small pool (one per caller at a time).
+  std::unique_ptr<HttpClient> takeClient();
+  void giveBack(std::unique_ptr<HttpClient> client);
+  void runHeartbeats(std::function<nlohmann::json()> stats);
+  void runReports();
+  void runTransfers();
+  bool sendPartial(const PartialTransfer& t);
+  bool waitOrStop(double seconds);
+
+  ClusterConfig config_;
+  ObjectStore& store_;
+  std::mutex mutex_;
+  std::condition_variable wake_;
+  bool stopping_ = false;
+  std::vector<std::unique_ptr<HttpClient>> pool_;
+  std::deque<std::pair<std::string, nlohmann::json>> reports_;
+  std::deque<PartialTransfer> transfers_;
+  std::atomic<uint64_t> sent_{0}, received_{0}, partialsSent_{0};
+  std::thread heartbeats_, reporter_, transferrer_;
+};
+
+}  // namespace lifl::dataplane
