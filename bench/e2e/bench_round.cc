@@ -95,12 +95,12 @@ std::vector<RoundResult> runDesign(const Design& design, const std::string& lifl
         for (uint32_t c = next++; c < n; c = next++) {
           const std::string who = "sim" + std::to_string(c);
           HeaderList h = {{"ce-specversion", "1.0"},
-                               {"ce-type", "dev.lifl.update"},
-                               {"ce-id", who + "-r" + std::to_string(round)},
-                               {"ce-source", who},
-                               {"ce-round", std::to_string(round)},
-                               {"ce-numexamples", std::to_string(1 + c % 50)},
-                               {"Content-Type", "application/octet-stream"}};
+                          {"ce-type", "dev.lifl.update"},
+                          {"ce-id", who + "-r" + std::to_string(round)},
+                          {"ce-source", who},
+                          {"ce-round", std::to_string(round)},
+                          {"ce-numexamples", std::to_string(1 + c % 50)},
+                          {"Content-Type", "application/octet-stream"}};
           auto res = clients[u]->request("POST", "/v1/jobs/" + job + "/updates", h, body.data(),
                                          body.size());
           if (!res || res.value().status != 202) failures++;

@@ -86,12 +86,12 @@ IngestResult pushUpdates(bench::PlatformProcess& p, const std::string& job,
       for (int i = 0; i < perUploader; ++i) {
         const std::string who = "u" + std::to_string(u) + "-" + std::to_string(i);
         HeaderList h = {{"ce-specversion", "1.0"},
-                             {"ce-type", "dev.lifl.update"},
-                             {"ce-id", who},
-                             {"ce-source", who},
-                             {"ce-round", "0"},
-                             {"ce-numexamples", "1"},
-                             {"Content-Type", "application/octet-stream"}};
+                        {"ce-type", "dev.lifl.update"},
+                        {"ce-id", who},
+                        {"ce-source", who},
+                        {"ce-round", "0"},
+                        {"ce-numexamples", "1"},
+                        {"Content-Type", "application/octet-stream"}};
         auto r = clients[u]->request("POST", "/v1/jobs/" + job + "/updates", h, body.data(),
                                      body.size());
         if (!r || r.value().status != 202) failures++;
