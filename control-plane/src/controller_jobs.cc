@@ -327,6 +327,7 @@ Result<nlohmann::json> Controller::State::jobStatus(const std::string& id) const
        {{"dropped", job->lateDropped}, {"folded", job->lateFolded}, {"waiting", job->next.size()}}},
       {"has_model",
        job->hasModel || !job->modelSource.empty() || job->spec.init != ModelInit::None},
+      {"checkpoint", job->hasModel},
       {"spec", job->spec.toJson()}};
   if (!job->failure.empty()) out["failure"] = job->failure;
   return out;

@@ -22,6 +22,10 @@ class ObjectStoreTest : public ::testing::Test {
     ASSERT_TRUE(s) << s.error().toString();
     store_ = std::move(s).value();
   }
+  void TearDown() override {
+    store_.reset();
+    ::unlink(path_.c_str());  // also when a forked user of the segment was killed
+  }
   std::string path_;
   std::unique_ptr<ObjectStore> store_;
 };

@@ -1,0 +1,185 @@
+"""Multi-node harness: a real `lifl controller` and real `lifl agent` processes, each agent in
+its own network namespace, the namespaces joined by veth pairs to a bridge in the test's
+namespace (where the controller and the test's clients are). Created and removed by the test;
+every wait is bounded.
+
+  test namespace: bridge lbr<id> 10.<a>.<b>.1/24, controller on it
+  namespace lifl<id>-<node>: veth 10.<a>.<b>.<10+k>/24, loopback up, one agent
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import tempfile
+import time
+import urllib.request
+
+from lifl_client import Client
+from lifl_harness import LIFL_BIN
+
+
+def sh(*args, check=True):
+    return subprocess.run(list(args), check=check, capture_output=True, text=True)
+
+
+def http_json(url, timeout=5):
+    with urllib.request.urlopen(url, timeout=timeout) as r:
+        return json.loads(r.read())
+
+
+class Process:
+    """A lifl process writing its port to a file; ready once GET /readyz answers 200."""
+
+    def __init__(self, name, args, host, tmp, netns=None):
+        self.name, self.host, self.tmp, self.netns = name, host, tmp, netns
+        self.port_file = os.path.join(tmp, f"{name}.port")
+        self.log_path = os.path.join(tmp, f"{name}.log")
+        self.args = args
+        self.start()
+
+    def start(self, port=0):
+        if os.path.exists(self.port_file):
+            os.unlink(self.port_file)
+        prefix = ["ip", "netns", "exec", self.netns] if self.netns else []
+        args = prefix + self.args + ["--port", str(port), "--port-file", self.port_file]
+        if getattr(self, "log", None):
+            self.log.close()
+        self.log = open(self.log_path, "a")
+        self.proc = subprocess.Popen(args, stdout=self.log, stderr=subprocess.STDOUT)
+        self.url = self._wait_ready(30)
+        self.port = int(self.url.rsplit(":", 1)[1])
+
+    def _wait_ready(self, timeout):
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"{self.name} exited with {self.proc.returncode}:\n{self.log_tail()}")
+            if os.path.exists(self.port_file):
+                with open(self.port_file) as f:
+                    url = f"http://{self.host}:{f.read().strip()}"
+                try:
+                    with urllib.request.urlopen(url + "/readyz", timeout=2) as r:
+                        if r.status == 200:
+                            return url
+                except OSError:
+                    pass
+            time.sleep(0.05)
+        raise TimeoutError(f"{self.name} not ready in {timeout} s:\n{self.log_tail()}")
+
+    def kill(self):
+        """kill -9, as a crash."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait(timeout=10)
+
+    def stop(self):
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=5)
+        self.log.close()
+
+    def log_tail(self, lines=40):
+        self.log.flush()
+        with open(self.log_path) as f:
+            return "".join(f.readlines()[-lines:])
+
+
+class Cluster:
+    """A controller and `nodes` agents in their own network namespaces."""
+
+    def __init__(self, nodes=("a", "b", "c"), heartbeat=0.3, node_timeout=1.5, warm_pool=4,
+                 store_bytes=256 << 20):
+        ident = os.getpid() % 10000
+        self.tag = f"{ident}"
+        self.subnet = f"10.{100 + ident % 100}.{ident // 100 % 250}"
+        self.bridge = f"lbr{ident}"
+        self.tmpdir = tempfile.TemporaryDirectory(prefix="lifl-cluster-")
+        self.tmp = self.tmpdir.name
+        self.namespaces, self.agents, self.controller = [], {}, None
+        self.store_paths = []
+        try:
+            self._network(nodes)
+            cfg = os.path.join(self.tmp, "controller.yaml")
+            with open(cfg, "w") as f:
+                f.write(f"heartbeat_seconds: {heartbeat}\nnode_timeout_seconds: {node_timeout}\n"
+                        f"command_timeout_seconds: 10\n")
+            self.controller_args = [LIFL_BIN, "controller", "--bind", f"{self.subnet}.1", "--config", cfg,
+                                    "--data-dir", os.path.join(self.tmp, "controller")]
+            self.controller = Process("controller", self.controller_args, f"{self.subnet}.1", self.tmp)
+            for k, node in enumerate(nodes):
+                ip = f"{self.subnet}.{10 + k}"
+                store = f"/dev/shm/lifl-test-{self.tag}-{node}"
+                self.store_paths.append(store)
+                acfg = os.path.join(self.tmp, f"agent-{node}.yaml")
+                with open(acfg, "w") as f:
+                    f.write(f"store:\n  path: {store}\n  bytes: {store_bytes}\n"
+                            f"functions:\n  warm_pool: {warm_pool}\n")
+                args = [LIFL_BIN, "agent", "--controller", self.controller.url, "--name", node,
+                        "--bind", ip, "--config", acfg, "--data-dir", os.path.join(self.tmp, f"data-{node}")]
+                self.agents[node] = Process(f"agent-{node}", args, ip, self.tmp, netns=self.ns(node))
+            self.wait_nodes(len(nodes))
+        except BaseException:
+            self.close()
+            raise
+        self.client = Client(self.controller.url)
+
+    def ns(self, node):
+        return f"lifl{self.tag}-{node}"
+
+    def _network(self, nodes):
+        sh("ip", "link", "add", self.bridge, "type", "bridge")
+        sh("ip", "addr", "add", f"{self.subnet}.1/24", "dev", self.bridge)
+        sh("ip", "link", "set", self.bridge, "up")
+        for k, node in enumerate(nodes):
+            ns = self.ns(node)
+            sh("ip", "netns", "add", ns)
+            self.namespaces.append(ns)
+            host_end, ns_end = f"lv{self.tag}{node}", f"lp{self.tag}{node}"
+            sh("ip", "link", "add", host_end, "type", "veth", "peer", "name", ns_end)
+            sh("ip", "link", "set", ns_end, "netns", ns)
+            sh("ip", "link", "set", host_end, "master", self.bridge)
+            sh("ip", "link", "set", host_end, "up")
+            sh("ip", "netns", "exec", ns, "ip", "addr", "add", f"{self.subnet}.{10 + k}/24", "dev", ns_end)
+            sh("ip", "netns", "exec", ns, "ip", "link", "set", ns_end, "up")
+            sh("ip", "netns", "exec", ns, "ip", "link", "set", "lo", "up")
+
+    def wait_nodes(self, live, timeout=20):
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            nodes = http_json(self.controller.url + "/v1/nodes")
+            if sum(n["state"] == "live" for n in nodes) == live and len(nodes) >= live:
+                return nodes
+            time.sleep(0.05)
+        raise TimeoutError(f"{live} live nodes expected: {nodes}")
+
+    def gateway(self, node) -> Client:
+        return Client(self.agents[node].url)
+
+    def local_status(self, node, job):
+        return http_json(f"{self.agents[node].url}/v1/cluster/jobs/{job}")
+
+    def logs(self):
+        out = [f"---- controller ----\n{self.controller.log_tail()}"] if self.controller else []
+        out += [f"---- agent {n} ----\n{a.log_tail()}" for n, a in self.agents.items()]
+        return "\n".join(out)
+
+    def close(self):
+        if getattr(self, "client", None):
+            self.client.close()
+        for a in self.agents.values():
+            a.stop()
+        if self.controller:
+            self.controller.stop()
+        for ns in self.namespaces:
+            sh("ip", "netns", "del", ns, check=False)  # takes its veth end, and so the pair
+        sh("ip", "link", "del", self.bridge, check=False)
+        for p in self.store_paths:
+            if os.path.exists(p):
+                os.unlink(p)
+        self.tmpdir.cleanup()
