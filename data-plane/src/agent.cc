@@ -216,7 +216,9 @@ void Agent::refreshMetrics() {
   const auto s = store_->stats();
   const auto sup = supervisor_->stats();
   metrics_->nodeState({s.capacityBytes, s.freeBytes, s.liveBytes, s.liveObjects, sup.warm, sup.busy,
-                       sup.coldStarts, sup.deaths, jobs_->aggregatorsByRole()});
+                       sup.coldStarts, sup.deaths, jobs_->aggregatorsByRole(),
+                       cluster_ ? cluster_->bytesSent() : 0,
+                       cluster_ ? cluster_->bytesReceived() : 0});
   for (const auto& inst : supervisor_->instances()) {
     auto c = router_->counters(inst.id);
     metrics_->routerCounters(inst.id, c.deliveredMsgs, c.deliveredBytes);

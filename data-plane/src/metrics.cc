@@ -73,7 +73,11 @@ Metrics::Metrics()
       deaths_(BuildCounter()
                   .Name("lifl_instance_deaths_total")
                   .Help("Function instances that exited outside a shutdown")
-                  .Register(*registry_)) {}
+                  .Register(*registry_)),
+      crossNode_(BuildCounter()
+                     .Name("lifl_cross_node_bytes_total")
+                     .Help("Bytes this agent sent to or received from other nodes' agents")
+                     .Register(*registry_)) {}
 
 void Metrics::updateAccepted(const std::string& job, uint64_t bytes) {
   accepted_.Add({{"job", job}}).Increment();
@@ -142,6 +146,14 @@ void Metrics::nodeState(const NodeState& st) {
     deaths_.Add({}).Increment(static_cast<double>(st.deaths - lastDeaths_));
   lastColdStarts_ = st.coldStarts;
   lastDeaths_ = st.deaths;
+  if (st.crossNodeSent > lastSent_)
+    crossNode_.Add({{"direction", "sent"}})
+        .Increment(static_cast<double>(st.crossNodeSent - lastSent_));
+  if (st.crossNodeReceived > lastReceived_)
+    crossNode_.Add({{"direction", "received"}})
+        .Increment(static_cast<double>(st.crossNodeReceived - lastReceived_));
+  lastSent_ = std::max(lastSent_, st.crossNodeSent);
+  lastReceived_ = std::max(lastReceived_, st.crossNodeReceived);
 }
 
 std::string Metrics::serialize() const {

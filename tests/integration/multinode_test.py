@@ -10,6 +10,7 @@ import shutil
 import sys
 import time
 import unittest
+import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -120,6 +121,14 @@ class MultiNodeTest(unittest.TestCase):
                 # The next round is planned from where updates arrived.
                 self.assertEqual(status["plan"]["shares"], {"a": 67, "b": 67, "c": 66})
         self.assertEqual(c.client.job("mn")["state"], "done")
+        # Each agent exposes what it sent to other nodes; together it is what the controller saw.
+        sent_metric = 0.0
+        for agent in c.agents.values():
+            with urllib.request.urlopen(agent.url + "/metrics", timeout=5) as r:
+                for line in r.read().decode().splitlines():
+                    if line.startswith('lifl_cross_node_bytes_total{direction="sent"}'):
+                        sent_metric += float(line.split()[-1])
+        self.assertEqual(sent_metric, sent_before)
 
     def test_agent_killed_mid_round(self):
         c = self.cluster

@@ -37,6 +37,7 @@ class Metrics {
     uint64_t storeCapacity = 0, storeFree = 0, storeLiveBytes = 0, storeLiveObjects = 0;
     uint64_t warm = 0, busy = 0, coldStarts = 0, deaths = 0;
     std::map<std::string, uint64_t> aggregatorsByRole;
+    uint64_t crossNodeSent = 0, crossNodeReceived = 0;  ///< cluster mode: agent-to-agent bytes
   };
   /// Refreshes the gauges (and the monotonic counters) of the node's state before a scrape.
   void nodeState(const NodeState& state);
@@ -61,9 +62,10 @@ class Metrics {
   prometheus::Family<prometheus::Gauge>& aggregators_;
   prometheus::Family<prometheus::Counter>& coldStarts_;
   prometheus::Family<prometheus::Counter>& deaths_;
+  prometheus::Family<prometheus::Counter>& crossNode_;
   std::mutex mutex_;
   std::map<InstanceId, std::pair<uint64_t, uint64_t>> lastRouter_;
-  uint64_t lastColdStarts_ = 0, lastDeaths_ = 0;
+  uint64_t lastColdStarts_ = 0, lastDeaths_ = 0, lastSent_ = 0, lastReceived_ = 0;
 };
 
 }  // namespace lifl::dataplane
