@@ -10,6 +10,7 @@ int cmdInstance(int argc, char** argv) {
   if (args.value().wantsHelp()) {
     std::puts(
         "usage: lifl instance --id N --fd FD --store PATH --agent-pid PID\n"
+        "                     [--processed OFFSET:LENGTH:GENERATION]\n"
         "Started by the agent: runs one function instance of the warm pool. Not for users.");
     return 0;
   }
@@ -21,8 +22,17 @@ int cmdInstance(int argc, char** argv) {
   auto& registry = fn::FunctionRegistry::global();
   fn::registerExampleFunctions(registry);
   fn::registerFlFunctions(registry);
-  return fn::runInstance({static_cast<InstanceId>(id.value()), static_cast<int>(fd.value()),
-                          args.value().get("store"), static_cast<pid_t>(agent.value())});
+  fn::InstanceOptions options{static_cast<InstanceId>(id.value()), static_cast<int>(fd.value()),
+                              args.value().get("store"), static_cast<pid_t>(agent.value()),
+                              std::nullopt};
+  if (args.value().has("processed")) {
+    dataplane::ObjectHandle h{};
+    if (std::sscanf(args.value().get("processed").c_str(), "%lu:%lu:%lu", &h.offset, &h.length,
+                    &h.generation) != 3)
+      return fail(badRequest("bad_arguments", "--processed is OFFSET:LENGTH:GENERATION"));
+    options.processedCounter = h;
+  }
+  return fn::runInstance(options);
 }
 
 }  // namespace lifl::cli

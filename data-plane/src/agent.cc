@@ -52,6 +52,17 @@ Result<std::unique_ptr<Agent>> Agent::start(AgentConfig config, Planner planner,
       c.idleSeconds, JobCheckpoints(c.dataDir));
   agent->chains_ =
       std::make_unique<ChainManager>(*agent->store_, *agent->endpoint_, *agent->supervisor_);
+  {
+    Router* router = agent->router_.get();
+    Supervisor* supervisor = agent->supervisor_.get();
+    agent->jobs_->setAutoscale(
+        [router, supervisor](InstanceId id) -> uint64_t {
+          const uint64_t delivered = router->counters(id).deliveredMsgs;
+          const uint64_t processed = supervisor->processed(id);
+          return delivered > processed ? delivered - processed : 0;
+        },
+        c.scaleUpQueueDepth);
+  }
   if (!c.cluster.controller.empty()) {
     agent->cluster_ = std::make_unique<ClusterLink>(c.cluster, *agent->store_);
     agent->jobs_->setCluster(agent->cluster_.get());
@@ -176,13 +187,16 @@ nlohmann::json Agent::describeInstances() const {
   nlohmann::json out = nlohmann::json::array();
   for (const auto& i : supervisor_->instances()) {
     const auto c = router_->counters(i.id);
-    out.push_back({{"id", i.id},
-                   {"pid", i.pid},
-                   {"busy", i.busy},
-                   {"function", i.function},
-                   {"delivered_messages", c.deliveredMsgs},
-                   {"sent_messages", c.sentMsgs},
-                   {"dropped_messages", c.droppedMsgs}});
+    out.push_back(
+        {{"id", i.id},
+         {"pid", i.pid},
+         {"busy", i.busy},
+         {"function", i.function},
+         {"processed_messages", i.processed},
+         {"queue_depth", c.deliveredMsgs > i.processed ? c.deliveredMsgs - i.processed : 0},
+         {"delivered_messages", c.deliveredMsgs},
+         {"sent_messages", c.sentMsgs},
+         {"dropped_messages", c.droppedMsgs}});
   }
   return out;
 }

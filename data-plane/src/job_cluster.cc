@@ -184,6 +184,7 @@ Result<void> JobManager::startClusterRound(Job& job, const nlohmann::json& cmd) 
   LIFL_TRYV(deployTree(job));
   job.received = job.routedTotal = 0;
   job.routed.assign(job.plan.leaves, 0);
+  job.cursor = 0;
   job.sources.clear();
   job.acceptedBefore = std::exchange(job.accepted, std::move(job.parkedAccepted));
   job.parkedAccepted.clear();
@@ -198,26 +199,6 @@ Result<void> JobManager::startClusterRound(Job& job, const nlohmann::json& cmd) 
     auto update = store_.resolve(p.object);
     if (update) route(job, update.value(), p.meta);
   }
-  return success();
-}
-
-Result<void> JobManager::growLeaf(Job& job) {
-  LIFL_TRY(id, supervisor_.reserve());
-  const size_t at = job.plan.leaves;  // leaves come first: later nodes shift by one
-  for (auto& n : job.plan.nodes)
-    if (n.parent >= static_cast<int>(at)) n.parent++;
-  const int top = job.plan.top() + 1;
-  job.plan.nodes.insert(job.plan.nodes.begin() + static_cast<long>(at),
-                        PlanNode{AggregatorRole::Leaf, top, job.plan.fanIn});
-  job.instances.insert(job.instances.begin() + static_cast<long>(at), id);
-  job.plan.leaves++;
-  job.routed.push_back(0);
-  if (auto assigned =
-          supervisor_.assign(id, kAggregator, aggregatorParams(job, at, job.plan.fanIn));
-      !assigned)
-    return assigned.error();
-  LIFL_INFO("job " << job.spec.id << ": arrivals beyond the plan, leaf " << job.plan.leaves
-                   << " added (instance " << id << ")");
   return success();
 }
 

@@ -162,6 +162,7 @@ Result<void> JobManager::startRound(Job& job, uint32_t coveredByPartials) {
   job.received = 0;
   job.routedTotal = 0;
   job.routed.assign(job.plan.leaves, 0);
+  job.cursor = 0;
   // Late updates parked while the previous round closed are this round's first.
   job.sources = std::move(job.parkedSources);
   job.acceptedBefore = std::exchange(job.accepted, std::move(job.parkedAccepted));
@@ -216,6 +217,7 @@ nlohmann::json JobManager::statusOf(const Job& job) const {
       {"has_model", job.model.has_value()},
       {"history", history},
       {"recoveries", job.recoveries},
+      {"scale_ups", job.scaleUps},
       {"late",
        {{"dropped", job.lateDropped}, {"folded", job.lateFolded}, {"waiting", job.parked.size()}}},
       {"closing", job.closing},
@@ -448,21 +450,14 @@ Result<uint32_t> JobManager::commit(const std::string& id, const UpdateMeta& met
 }
 
 void JobManager::route(Job& job, ObjectRef update, const UpdateMeta& meta, bool recovered) {
-  const uint32_t k = job.routedTotal++;  // slots count routed updates, not recovered sums
+  job.routedTotal++;
   job.received++;
   if (!recovered) {
     job.accepted.insert(acceptKey(meta));
     if (!job.cluster) checkpoints_.journal(job.spec.id, job.round, meta.source, meta.id);
   }
   if (meta.late) job.lateFolded++;
-  // More arrivals than the plan expected (a cluster node's share is an estimate): the tree
-  // grows a leaf instead of overfilling the last one.
-  if (job.cluster && k / job.plan.fanIn >= job.plan.leaves && job.plan.leaves > 0 &&
-      job.plan.nodes[0].role == AggregatorRole::Leaf) {
-    if (auto grown = growLeaf(job); !grown)
-      LIFL_WARN("job " << job.spec.id << ": cannot add a leaf: " << grown.error().detail);
-  }
-  const size_t slot = std::min<size_t>(k / job.plan.fanIn, job.plan.leaves - 1);
+  const size_t slot = slotFor(job, recovered);
   job.lastArrival = std::chrono::steady_clock::now();
   const InstanceId leaf = job.instances[slot];
   update.setTag(job.slot, job.round);

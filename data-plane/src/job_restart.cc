@@ -122,6 +122,7 @@ void JobManager::restore() {
   // the assignments of the trees restored below, are not the previous agent's leftovers).
   std::unordered_set<uint64_t> inherited;
   store_.forEach([&](const ObjectRef& o) { inherited.insert(o.handle().generation); });
+  for (uint64_t g : supervisor_.heldObjects()) inherited.erase(g);  // this agent's counters
   for (auto& saved : checkpoints_.load()) {
     const auto& st = saved.state;
     auto spec = jobSpecFromJson(st.value("spec", nlohmann::json::object()));

@@ -77,7 +77,14 @@ Metrics::Metrics()
       crossNode_(BuildCounter()
                      .Name("lifl_cross_node_bytes_total")
                      .Help("Bytes this agent sent to or received from other nodes' agents")
-                     .Register(*registry_)) {}
+                     .Register(*registry_)),
+      scaleUps_(BuildCounter()
+                    .Name("lifl_scale_ups_total")
+                    .Help("Leaves added within a round (a leaf behind its arrivals, or more "
+                          "arrivals than planned)")
+                    .Register(*registry_)) {}
+
+void Metrics::scaleUp(const std::string& job) { scaleUps_.Add({{"job", job}}).Increment(); }
 
 void Metrics::updateAccepted(const std::string& job, uint64_t bytes) {
   accepted_.Add({{"job", job}}).Increment();

@@ -47,6 +47,16 @@ Result<InstanceId> Supervisor::spawnLocked() {
   const std::string idArg = std::to_string(id), agentArg = std::to_string(::getpid());
   std::vector<std::string> args = {executable_, "instance", "--id",        idArg,         "--fd",
                                    "3",         "--store",  store_.path(), "--agent-pid", agentArg};
+  // The instance's processed counter: a small Control object the agent owns and reads.
+  std::optional<ObjectRef> counter;
+  if (auto c = store_.allocate(sizeof(uint64_t), ObjectKind::Control, kAgentInstance)) {
+    counter = c.value();
+    *reinterpret_cast<uint64_t*>(counter->data()) = 0;
+    const auto h = counter->handle();
+    args.push_back("--processed");
+    args.push_back(std::to_string(h.offset) + ":" + std::to_string(h.length) + ":" +
+                   std::to_string(h.generation));
+  }
   std::vector<char*> argv;
   for (auto& a : args) argv.push_back(a.data());
   argv.push_back(nullptr);
@@ -67,12 +77,13 @@ Result<InstanceId> Supervisor::spawnLocked() {
   posix_spawnattr_destroy(&attr);
   if (rc != 0) {
     router_.detach(id);
+    if (counter) store_.release(counter->handle());
     return systemError("spawn function instance", rc);
   }
   UniqueFd pidfd(pidfdOpen(pid));
   if (!pidfd) return systemError("pidfd_open", errno);
   LIFL_TRYV(epoll_.add(pidfd.get(), id));
-  children_[id] = Child{pid, std::move(pidfd), false, false, {}};
+  children_[id] = Child{pid, std::move(pidfd), false, false, {}, counter};
   LIFL_DEBUG("started instance " << id << " (pid " << pid << ")");
   return id;
 }
@@ -157,6 +168,7 @@ void Supervisor::reap(InstanceId id) {
     pid = it->second.pid;
     retiring = it->second.retiring;
     epoll_.remove(it->second.pidfd.get());
+    forget(it->second);
     children_.erase(it);
     if (!retiring) ++deaths_;
   }
@@ -208,6 +220,7 @@ void Supervisor::stop() {
       ::waitpid(child.pid, nullptr, 0);
     }
     router_.detach(id);
+    forget(child);
   }
   children_.clear();
 }
@@ -215,7 +228,8 @@ void Supervisor::stop() {
 std::vector<InstanceStatus> Supervisor::instances() const {
   std::lock_guard lock(mutex_);
   std::vector<InstanceStatus> out;
-  for (const auto& [id, c] : children_) out.push_back({id, c.pid, c.busy, c.function});
+  for (const auto& [id, c] : children_)
+    out.push_back({id, c.pid, c.busy, c.function, processedLocked(c)});
   return out;
 }
 
@@ -228,6 +242,31 @@ SupervisorStats Supervisor::stats() const {
   s.retired = retired_;
   s.deaths = deaths_;
   return s;
+}
+
+void Supervisor::forget(Child& c) {
+  if (c.processed) store_.release(c.processed->handle());
+  c.processed.reset();
+}
+
+uint64_t Supervisor::processedLocked(const Child& c) const {
+  if (!c.processed) return 0;
+  return std::atomic_ref<uint64_t>(*reinterpret_cast<uint64_t*>(c.processed->data()))
+      .load(std::memory_order_acquire);
+}
+
+std::vector<uint64_t> Supervisor::heldObjects() const {
+  std::lock_guard lock(mutex_);
+  std::vector<uint64_t> out;
+  for (const auto& [_, c] : children_)
+    if (c.processed) out.push_back(c.processed->handle().generation);
+  return out;
+}
+
+uint64_t Supervisor::processed(InstanceId id) const {
+  std::lock_guard lock(mutex_);
+  auto it = children_.find(id);
+  return it == children_.end() ? 0 : processedLocked(it->second);
 }
 
 pid_t Supervisor::pidOf(InstanceId id) const {

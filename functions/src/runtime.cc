@@ -3,9 +3,11 @@
 #include <sys/prctl.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <csignal>
 
 #include "lifl/common/log.h"
+#include "lifl/common/scope_exit.h"
 #include "lifl/functions/sdk.h"
 
 namespace lifl::fn {
@@ -43,6 +45,18 @@ int runInstance(const InstanceOptions& options) {
     return 2;
   }
   dataplane::Endpoint endpoint(UniqueFd(options.endpointFd), options.id);
+  uint64_t unused = 0;
+  uint64_t* processed = &unused;
+  if (options.processedCounter) {
+    auto counter = store.value()->resolve(*options.processedCounter);
+    if (counter && counter.value().size() >= sizeof(uint64_t))
+      processed = reinterpret_cast<uint64_t*>(counter.value().data());
+  }
+  // Counted after each descriptor is handled: delivered - processed is the queue, including
+  // the one being worked on.
+  auto handled = [&] {
+    std::atomic_ref<uint64_t>(*processed).fetch_add(1, std::memory_order_release);
+  };
   std::unique_ptr<Function> function;
   std::unique_ptr<Context> context;
   std::string functionName;
@@ -54,6 +68,7 @@ int runInstance(const InstanceOptions& options) {
       return 0;
     }
     const Descriptor& d = *next.value();
+    ScopeExit countIt(handled);
     switch (d.kind) {
       case DescriptorKind::Assign: {
         auto assignment = readAssignment(*store.value(), d);
@@ -81,6 +96,7 @@ int runInstance(const InstanceOptions& options) {
           if (held.kind() != dataplane::ObjectKind::Control) store.value()->release(held.handle());
         break;
       case DescriptorKind::Shutdown:
+        countIt.dismiss();
         return 0;
       default:
         if (!function) {

@@ -1,7 +1,11 @@
 """Scaling: an idle job gives its aggregators back (scale to zero), the warm pool keeps only
 its target of idle instances (scale down), and the next update brings a tree back; cold
-starts are counted."""
+starts are counted. Within a round, a leaf that falls behind its arrivals (its queue depth,
+from the eBPF delivered counter and the runtime's processed counter) gets a new leaf for the
+rest of its slot."""
+import os
 import re
+import signal
 import time
 import unittest
 
@@ -50,6 +54,49 @@ class Scaling(PlatformTestCase):
         self.assertEqual(status["history"][0]["clients"], 12)
         model, _ = self.client.pull("idle")
         assert_model_equal(self, model, fedavg(updates))
+
+
+class QueueDepthScaleUp(PlatformTestCase):
+    config = "functions:\n  warm_pool: 4\n  scale_up_queue_depth: 2\n"
+
+    def queue_depth(self, instance):
+        return next(i["queue_depth"] for i in self.platform.instances() if i["id"] == instance)
+
+    def test_a_stalled_leaf_gets_a_helper(self):
+        self.client.create_job(job_spec("qd", clients=8, rounds=1, fan_in=8))
+        leaf = self.client.job("qd")["plan"]["instances"][0]
+        rng = np.random.default_rng(11)
+        updates = [random_update(rng) for _ in range(8)]
+        push = lambda c: self.client.push("qd", updates[c][0], client=f"c{c}", num_examples=c + 1,
+                                          round_=0)
+        push(0)
+        deadline = time.monotonic() + 10
+        while self.queue_depth(leaf) != 0:  # the leaf folded c0: it keeps up
+            self.assertLess(time.monotonic(), deadline)
+            time.sleep(0.02)
+        pid = self.platform.pid_of(leaf)
+        os.kill(pid, signal.SIGSTOP)  # the leaf stops folding: its queue grows
+        try:
+            push(1)  # queue 0 -> 1: still routed to the leaf
+            push(2)  # queue 1 -> 2
+            self.assertEqual(self.queue_depth(leaf), 2)
+            self.assertEqual(self.client.job("qd")["scale_ups"], 0)
+            for c in range(3, 8):  # queue 2 >= 2: the rest of the slot goes to a new leaf
+                push(c)
+            status = self.client.job("qd")
+            self.assertEqual(status["scale_ups"], 1, status)
+            leaves = [n for n in status["plan"]["nodes"] if n["role"] == "leaf"]
+            self.assertEqual([n["expected"] for n in leaves], [3, 5])
+            self.assertEqual(status["plan"]["instances"][0], leaf)
+            # Two updates and the Flush that closed its slot; no more updates went to it.
+            self.assertEqual(self.queue_depth(leaf), 3)
+        finally:
+            os.kill(pid, signal.SIGCONT)
+        status = self.client.wait_round("qd", 1, timeout=20)
+        self.assertEqual(status["history"][0]["clients"], 8)
+        model, _ = self.client.pull("qd")
+        assert_model_equal(self, model, fedavg([(c + 1, updates[c][1]) for c in range(8)]))
+        self.assertRegex(self.platform.metrics(), r'lifl_scale_ups_total\{job="qd"\} 1\b')
 
 
 if __name__ == "__main__":

@@ -26,7 +26,8 @@ struct AgentConfig {
   uint32_t warmPool = 4;
   std::vector<ChainSpec> chains;
   double chainTimeoutSeconds = 30;
-  double idleSeconds = 60;  ///< a job with no update for this long gives its instances back
+  double idleSeconds = 60;         ///< a job with no update for this long gives its instances back
+  uint32_t scaleUpQueueDepth = 4;  ///< a leaf this many descriptors behind gets a helper
   uint64_t maxEventBytes = 16ull << 20;
   // gateway
   uint32_t gatewayThreads = 2;

@@ -36,6 +36,10 @@ class ClusterLink;
 /// Chooses the tree of a round (injected: the control plane's planner).
 using Planner = std::function<Plan(const PlanRequest& request)>;
 
+/// Descriptors delivered to an instance and not yet handled by it (eBPF delivered counter
+/// minus the runtime's processed counter).
+using QueueDepthProbe = std::function<uint64_t(InstanceId)>;
+
 /// The CloudEvents attributes of one pushed update.
 struct UpdateMeta {
   std::string id;
@@ -97,6 +101,9 @@ class JobManager {
   // Cluster mode (job_cluster.cc): the controller runs the job's rounds; this node runs the
   // subtree of the updates its gateway accepted, and the top when it is the round's root.
   void setCluster(ClusterLink* link) { cluster_ = link; }
+  /// Scale-up within a round (job_scaling.cc): a leaf `queueDepth` descriptors behind gets
+  /// the rest of its slot moved to a new leaf. 0 disables it.
+  void setAutoscale(QueueDepthProbe probe, uint32_t queueDepth);
   bool clustered() const { return cluster_ != nullptr; }
   /// Brings the node's part of a job to the state the controller sent (idempotent).
   Result<void> clusterSync(const std::string& id, const nlohmann::json& command);
@@ -183,6 +190,8 @@ class JobManager {
     bool roundStarted = false;
     std::vector<RoundRecord> history;
     uint64_t recoveries = 0;
+    uint64_t scaleUps = 0;       ///< leaves added within rounds
+    size_t cursor = 0;           ///< the routing slot being filled
     uint64_t lostOnRestart = 0;  ///< accepted updates of a round interrupted by a restart
     std::string failure;
     std::optional<ClusterRound> cluster;
@@ -210,8 +219,11 @@ class JobManager {
                                    ObjectRef update);
   Result<void> startClusterRound(Job& job, const nlohmann::json& command);
   Result<void> installModel(Job& job, const std::string& bytes);
-  /// A new leaf under the subtree root, for arrivals beyond the plan (scale-up in a round).
-  Result<void> growLeaf(Job& job);
+  /// Inserts a leaf at plan index `at` (beside leaf at-1, under its parent) covering
+  /// `expected` updates: scale-up within a round.
+  Result<void> growLeaf(Job& job, size_t at, uint32_t expected);
+  /// The leaf slot the next update goes to, adding a leaf when the current one is behind.
+  size_t slotFor(Job& job, bool recovered);
   void maybeCloseCluster(Job& job);
   void reportModel(Job& job, const Descriptor& d);
   /// Flushes leaves and tells middles and the top how many clients their subtree covers;
@@ -251,6 +263,8 @@ class JobManager {
   std::unordered_map<uint64_t, std::vector<ObjectHandle>> resentInputs_;
   uint32_t nextSlot_ = 1;
   ClusterLink* cluster_ = nullptr;
+  QueueDepthProbe queueDepth_;
+  uint32_t scaleUpDepth_ = 0;
   std::condition_variable stopDeadlines_;
   bool stopping_ = false;
   std::thread deadlines_;

@@ -24,6 +24,7 @@ class Metrics {
   void updateAccepted(const std::string& job, uint64_t bytes);
   void updateRejected(const std::string& code);
   void roundCompleted(const std::string& job, double seconds);
+  void scaleUp(const std::string& job);
   void request(const std::string& route, int status);
   /// Brings the router counters of `instance` up to `delivered`/`bytes` (monotonic).
   void routerCounters(InstanceId instance, uint64_t deliveredMsgs, uint64_t deliveredBytes);
@@ -63,6 +64,7 @@ class Metrics {
   prometheus::Family<prometheus::Counter>& coldStarts_;
   prometheus::Family<prometheus::Counter>& deaths_;
   prometheus::Family<prometheus::Counter>& crossNode_;
+  prometheus::Family<prometheus::Counter>& scaleUps_;
   std::mutex mutex_;
   std::map<InstanceId, std::pair<uint64_t, uint64_t>> lastRouter_;
   uint64_t lastColdStarts_ = 0, lastDeaths_ = 0, lastSent_ = 0, lastReceived_ = 0;

@@ -13,6 +13,7 @@
 #include <map>
 #include <mutex>
 #include <nlohmann/json.hpp>
+#include <optional>
 #include <string>
 #include <thread>
 #include <vector>
@@ -32,6 +33,7 @@ struct InstanceStatus {
   pid_t pid = 0;
   bool busy = false;
   std::string function;
+  uint64_t processed = 0;  ///< descriptors the instance has handled
 };
 
 struct SupervisorStats {
@@ -73,6 +75,10 @@ class Supervisor {
   std::vector<InstanceStatus> instances() const;
   SupervisorStats stats() const;
   pid_t pidOf(InstanceId id) const;
+  /// Descriptors the instance has handled (its runtime's counter in the store).
+  uint64_t processed(InstanceId id) const;
+  /// Generations of the store objects the supervisor itself holds (the counters).
+  std::vector<uint64_t> heldObjects() const;
 
  private:
   struct Child {
@@ -81,7 +87,10 @@ class Supervisor {
     bool busy = false;
     bool retiring = false;  ///< told to exit: beyond the warm pool
     std::string function;
+    std::optional<ObjectRef> processed;  ///< the instance's handled-descriptor counter
   };
+  uint64_t processedLocked(const Child& c) const;
+  void forget(Child& c);
   Result<InstanceId> spawnLocked();
   void watch();
   void reap(InstanceId id);

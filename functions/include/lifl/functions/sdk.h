@@ -8,6 +8,7 @@
 #include <map>
 #include <memory>
 #include <nlohmann/json.hpp>
+#include <optional>
 #include <string>
 
 #include "lifl/common/descriptor.h"
@@ -90,6 +91,9 @@ struct InstanceOptions {
   int endpointFd = -1;
   std::string storePath;
   pid_t agentPid = 0;
+  /// A store object (8 bytes used) where the instance counts the descriptors it has
+  /// handled; with the router's delivered counter it gives the agent its queue depth.
+  std::optional<dataplane::ObjectHandle> processedCounter;
 };
 
 /// The instance process's main loop: waits for Assign, runs the assigned function, goes back

@@ -1,0 +1,85 @@
+// Scale-up within a round. Updates fill the round's leaf slots in order; two signals add a
+// leaf from the warm pool while the round runs:
+//  - the eBPF router's delivered counter minus the instance's processed counter is the
+//    leaf's queue of unhandled descriptors: when it reaches `functions.scale_up_queue_depth`,
+//    the leaf is behind its arrivals, so its slot is cut at what it already has (flushed) and
+//    a new leaf takes the rest of the slot;
+//  - a cluster node receiving more updates than its planned share grows a leaf when every
+//    slot is full.
+// Parents count clients, not children, so a new leaf needs no change above it.
+#include "job_manager_internal.h"
+#include "lifl/common/log.h"
+#include "lifl/dataplane/job_manager.h"
+
+namespace lifl::dataplane {
+
+using namespace detail;
+
+void JobManager::setAutoscale(QueueDepthProbe probe, uint32_t queueDepth) {
+  queueDepth_ = std::move(probe);
+  scaleUpDepth_ = queueDepth;
+}
+
+Result<void> JobManager::growLeaf(Job& job, size_t at, uint32_t expected) {
+  LIFL_CHECK(at >= 1 && at <= job.plan.leaves, "a new leaf goes next to another leaf");
+  LIFL_TRY(id, supervisor_.reserve());
+  const int parent = job.plan.nodes[at - 1].parent;  // beside its neighbour, under its parent
+  for (auto& n : job.plan.nodes)                     // everything from `at` on moves one place
+    if (n.parent >= static_cast<int>(at)) n.parent++;
+  job.plan.nodes.insert(job.plan.nodes.begin() + static_cast<long>(at),
+                        PlanNode{AggregatorRole::Leaf,
+                                 parent >= static_cast<int>(at) ? parent + 1 : parent, expected});
+  job.instances.insert(job.instances.begin() + static_cast<long>(at), id);
+  job.routed.insert(job.routed.begin() + static_cast<long>(at), 0);
+  job.plan.leaves++;
+  if (auto assigned = supervisor_.assign(id, kAggregator, aggregatorParams(job, at, expected));
+      !assigned) {  // undo: the tree is as before
+    job.plan.nodes.erase(job.plan.nodes.begin() + static_cast<long>(at));
+    for (auto& n : job.plan.nodes)
+      if (n.parent > static_cast<int>(at)) n.parent--;
+    job.instances.erase(job.instances.begin() + static_cast<long>(at));
+    job.routed.erase(job.routed.begin() + static_cast<long>(at));
+    job.plan.leaves--;
+    supervisor_.release(id);
+    return assigned.error();
+  }
+  job.scaleUps++;
+  metrics_.scaleUp(job.spec.id);
+  return success();
+}
+
+size_t JobManager::slotFor(Job& job, bool recovered) {
+  size_t slot = std::min<size_t>(job.cursor, job.plan.leaves - 1);
+  auto full = [&](size_t s) { return job.routed[s] >= job.plan.nodes[s].expected; };
+  while (slot + 1 < job.plan.leaves && full(slot)) ++slot;
+  job.cursor = slot;
+  if (job.plan.nodes[slot].role != AggregatorRole::Leaf || recovered) return slot;
+  if (full(slot)) {                 // every slot is full: more arrivals than planned
+    if (!job.cluster) return slot;  // a standalone round admits no more than it planned
+    if (auto grown = growLeaf(job, slot + 1, job.plan.fanIn); !grown) {
+      LIFL_WARN("job " << job.spec.id << ": cannot add a leaf: " << grown.error().detail);
+      return slot;
+    }
+    LIFL_INFO("job " << job.spec.id << ": more updates than planned here, leaf "
+                     << job.instances[slot + 1] << " added");
+    return job.cursor = slot + 1;
+  }
+  if (!scaleUpDepth_ || !queueDepth_ || job.routed[slot] == 0) return slot;
+  const InstanceId leaf = job.instances[slot];
+  const uint64_t depth = queueDepth_(leaf);
+  if (depth < scaleUpDepth_) return slot;
+  const uint32_t rest = job.plan.nodes[slot].expected - job.routed[slot];
+  if (auto grown = growLeaf(job, slot + 1, rest); !grown) {
+    LIFL_WARN("job " << job.spec.id << ": leaf " << leaf << " is " << depth
+                     << " descriptors behind, but no leaf can be added: " << grown.error().detail);
+    return slot;
+  }
+  job.plan.nodes[slot].expected = job.routed[slot];
+  sendFlush(job, slot);  // the slow leaf keeps what it has
+  LIFL_INFO("job " << job.spec.id << ": leaf " << leaf << " is " << depth
+                   << " descriptors behind; leaf " << job.instances[slot + 1]
+                   << " takes the rest of its slot (" << rest << " updates)");
+  return job.cursor = slot + 1;
+}
+
+}  // namespace lifl::dataplane
