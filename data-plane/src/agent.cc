@@ -9,6 +9,7 @@
 #include <cstdio>
 #include <filesystem>
 #include <functional>
+#include <unordered_set>
 
 #include "lifl/common/log.h"
 
@@ -204,12 +205,15 @@ nlohmann::json Agent::describeInstances() const {
 nlohmann::json Agent::describeStore() const {
   static constexpr const char* kKinds[] = {"?", "update", "partial", "model", "event", "control"};
   const auto stats = store_->stats();
+  const auto held = supervisor_->heldObjects();  // the instances' processed counters
+  const std::unordered_set<uint64_t> counters(held.begin(), held.end());
   nlohmann::json objects = nlohmann::json::array();
   store_->forEach([&](const ObjectRef& o) {
     if (objects.size() >= 1000) return;  // a bounded answer
     const auto kind = static_cast<size_t>(o.kind());
+    const bool counter = counters.count(o.handle().generation) > 0;
     objects.push_back({{"generation", o.handle().generation},
-                       {"kind", kKinds[kind < 6 ? kind : 0]},
+                       {"kind", counter ? "counter" : kKinds[kind < 6 ? kind : 0]},
                        {"bytes", o.capacity()},
                        {"owner", o.owner()},
                        {"producer", o.producer()},

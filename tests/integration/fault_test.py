@@ -76,17 +76,17 @@ class KillAggregators(PlatformTestCase):
     def test_store_is_clean_after_recovery(self):
         rng = random.Random(7)
         self.trial("clean", rng, "leaf", kill_after=17, batch=2)
-        # Everything but the published model (and the warm pool's nothing) is released.
+        # Everything but the published model (and each instance's processed counter) is
+        # released.
+        import urllib.request, json
         deadline = time.monotonic() + 10
         while True:
-            m = self.platform.metrics()
-            live = [l for l in m.splitlines() if l.startswith("lifl_store_objects ")]
-            if live and float(live[0].split()[-1]) == 1:
+            with urllib.request.urlopen(self.platform.url + "/v1/store") as r:
+                objects = [o for o in json.loads(r.read())["objects"] if o["kind"] != "counter"]
+            if [o["kind"] for o in objects] == ["model"]:
                 break
             if time.monotonic() > deadline:
-                import urllib.request, json
-                with urllib.request.urlopen(self.platform.url + "/v1/store") as r:
-                    self.fail(f"objects leaked: {json.dumps(json.loads(r.read())['objects'], indent=1)}")
+                self.fail(f"objects leaked: {json.dumps(objects, indent=1)}")
             time.sleep(0.05)
 
 
