@@ -63,6 +63,7 @@ Result<std::unique_ptr<Agent>> Agent::start(AgentConfig config, Planner planner,
           return delivered > processed ? delivered - processed : 0;
         },
         c.scaleUpQueueDepth);
+    agent->jobs_->setColocation(c.colocateRoles);
   }
   if (!c.cluster.controller.empty()) {
     agent->cluster_ = std::make_unique<ClusterLink>(c.cluster, *agent->store_);

@@ -50,6 +50,7 @@ Result<AgentConfig> parseAgentConfig(const std::string& yaml) {
       read(f, "chain_timeout_seconds", c.chainTimeoutSeconds);
       read(f, "idle_seconds", c.idleSeconds);
       read(f, "scale_up_queue_depth", c.scaleUpQueueDepth);
+      read(f, "colocate_roles", c.colocateRoles);
       read(f, "max_event_bytes", c.maxEventBytes);
       if (auto chains = f["chains"]) {
         if (!chains.IsSequence()) return configError("functions.chains must be a list");

@@ -164,8 +164,7 @@ Result<void> JobManager::startClusterRound(Job& job, const nlohmann::json& cmd) 
   if (c.startedRound == round) {
     // The same round again (its root node was lost): the old tree's work is void. Released
     // instances free what they held; the accepted updates were reported lost.
-    for (InstanceId id : job.instances) supervisor_.release(id);
-    job.instances.clear();
+    releaseTree(job);
   }
   c.epoch = epoch;
   c.root = cmd.value("root", "");

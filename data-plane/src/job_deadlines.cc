@@ -26,8 +26,7 @@ void JobManager::watchDeadlines() {
         // Serverless scale to zero: an idle round gives its aggregators back to the pool
         // (which keeps only its warm target); the next update brings a tree back.
         LIFL_INFO("job " << job->spec.id << ": idle for " << open << " s, scaling to zero");
-        for (InstanceId id : job->instances) supervisor_.release(id);
-        job->instances.clear();
+        releaseTree(*job);
         job->scaledToZero = true;
       }
       if (job->cluster || open < job->spec.deadlineSeconds) continue;  // cluster: the controller's

@@ -133,20 +133,71 @@ InstanceId JobManager::parentOf(const Job& job, size_t node) const {
   return job.cluster && !job.cluster->isRoot ? kAgentInstance : 0;
 }
 
+std::vector<InstanceId> JobManager::distinctInstances(const Job& job) {
+  std::vector<InstanceId> out;
+  for (InstanceId id : job.instances)
+    if (id && std::find(out.begin(), out.end(), id) == out.end()) out.push_back(id);
+  return out;
+}
+
+bool JobManager::rides(const Job& job, size_t node) {
+  const int parent = job.plan.nodes[node].parent;
+  return job.plan.nodes[node].role == AggregatorRole::Leaf && parent >= 0 &&
+         job.instances[node] != 0 &&
+         job.instances[node] == job.instances[static_cast<size_t>(parent)];
+}
+
+void JobManager::releaseTree(Job& job) {
+  for (InstanceId id : distinctInstances(job)) supervisor_.release(id);
+  job.instances.clear();
+}
+
 Result<void> JobManager::deployTree(Job& job) {
-  // Reuse the instances of the previous round (warm, same processes); take more from the
-  // pool only when the tree grew, and give back what it no longer needs.
-  while (job.instances.size() > job.plan.nodes.size()) {
-    supervisor_.release(job.instances.back());
-    job.instances.pop_back();
+  // Reuse the instances of the previous round (warm, same processes), take more from the
+  // pool only when the tree grew, and give back what it no longer needs. With co-located
+  // roles, each middle (and a top over leaves) runs in the process of its first leaf: the
+  // parent folds its own slot's updates, then its children's partials, so the tree needs
+  // no process, and no cold start, for the levels above the leaves.
+  const size_t n = job.plan.nodes.size();
+  std::vector<int> hostOf(n, -1);
+  if (colocate_) {
+    std::vector<bool> hosting(n, false);
+    for (size_t i = 0; i < job.plan.leaves && i < n; ++i) {
+      const int p = job.plan.nodes[i].parent;
+      if (job.plan.nodes[i].role != AggregatorRole::Leaf || p < 0 ||
+          hosting[static_cast<size_t>(p)])
+        continue;
+      hosting[static_cast<size_t>(p)] = true;
+      hostOf[i] = p;
+    }
   }
-  while (job.instances.size() < job.plan.nodes.size()) {
-    LIFL_TRY(id, supervisor_.reserve());
-    job.instances.push_back(id);
+  auto reuse = distinctInstances(job);
+  std::reverse(reuse.begin(), reuse.end());  // taken from the back, in their old order
+  job.instances.assign(n, 0);
+  for (size_t i = 0; i < n; ++i) {
+    if (hostOf[i] >= 0) continue;
+    if (!reuse.empty()) {
+      job.instances[i] = reuse.back();
+      reuse.pop_back();
+      continue;
+    }
+    auto id = supervisor_.reserve();
+    if (!id) {
+      for (InstanceId taken : job.instances)
+        if (taken) supervisor_.release(taken);
+      for (InstanceId left : reuse) supervisor_.release(left);
+      job.instances.clear();
+      return id.error();
+    }
+    job.instances[i] = id.value();
   }
-  for (size_t i = 0; i < job.plan.nodes.size(); ++i)
-    LIFL_TRYV(supervisor_.assign(job.instances[i], kAggregator,
-                                 aggregatorParams(job, i, job.plan.nodes[i].expected)));
+  for (InstanceId left : reuse) supervisor_.release(left);
+  for (size_t i = 0; i < n; ++i)
+    if (hostOf[i] >= 0) job.instances[i] = job.instances[static_cast<size_t>(hostOf[i])];
+  for (size_t i = 0; i < n; ++i)
+    if (hostOf[i] < 0)
+      LIFL_TRYV(supervisor_.assign(job.instances[i], kAggregator,
+                                   aggregatorParams(job, i, job.plan.nodes[i].expected)));
   job.scaledToZero = false;
   return success();
 }
@@ -185,8 +236,7 @@ void JobManager::finish(Job& job, State state) {
   job.state = state;
   persist(job);
   for (const auto& p : std::exchange(job.parked, {})) store_.release(p.object);
-  for (InstanceId id : job.instances) supervisor_.release(id);
-  job.instances.clear();
+  releaseTree(job);
 }
 
 nlohmann::json JobManager::statusOf(const Job& job) const {
@@ -246,7 +296,8 @@ std::map<std::string, uint64_t> JobManager::aggregatorsByRole() const {
   std::map<std::string, uint64_t> out;
   for (const auto& [_, job] : jobs_)
     if (job->state == State::Active)
-      for (const auto& node : job->plan.nodes) out[roleName(node.role)]++;
+      for (size_t i = 0; i < job->plan.nodes.size(); ++i)
+        if (i >= job->instances.size() || !rides(*job, i)) out[roleName(job->plan.nodes[i].role)]++;
   return out;
 }
 

@@ -30,7 +30,8 @@ void JobManager::onInstanceDeath(InstanceId dead) {
   std::lock_guard lock(mutex_);
   for (auto& [_, job] : jobs_) {
     if (job->state != State::Active) continue;
-    for (size_t node = 0; node < job->instances.size(); ++node) {
+    // The last node with the instance: a co-located parent's role, not its leaf slot's.
+    for (size_t node = job->instances.size(); node-- > 0;) {
       if (job->instances[node] == dead) {
         recover(*job, node, dead);
         return;
@@ -115,7 +116,8 @@ void JobManager::recover(Job& job, size_t node, InstanceId dead) {
     return;
   }
   const InstanceId fresh = replacement.value();
-  job.instances[node] = fresh;
+  for (auto& id : job.instances)  // a co-located leaf slot moves with its parent's role
+    if (id == dead) id = fresh;
   if (auto assigned =
           supervisor_.assign(fresh, kAggregator, aggregatorParams(job, node, remaining));
       !assigned) {
@@ -124,7 +126,8 @@ void JobManager::recover(Job& job, size_t node, InstanceId dead) {
     return;
   }
   for (size_t child = 0; child < job.plan.nodes.size(); ++child) {
-    if (job.plan.nodes[child].parent != static_cast<int>(node)) continue;
+    if (job.plan.nodes[child].parent != static_cast<int>(node) || job.instances[child] == fresh)
+      continue;
     Descriptor d = roundDescriptor(job, job.instances[child], DescriptorKind::Reparent);
     d.aux = fresh;
     send(d);

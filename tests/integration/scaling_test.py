@@ -32,10 +32,15 @@ class Scaling(PlatformTestCase):
 
     def test_scale_to_zero_and_back(self):
         self.client.create_job(job_spec("idle", clients=12, rounds=2, fan_in=4))
-        self.assertEqual(len(self.client.job("idle")["plan"]["instances"]), 4)  # 3 leaves + top
+        instances = self.client.job("idle")["plan"]["instances"]
+        self.assertEqual(len(instances), 4)  # 3 leaves + top...
+        self.assertEqual(instances[0], instances[3], "...the top runs in its first leaf's process")
+        self.assertEqual(len(set(instances)), 3)
         metrics = self.platform.metrics()
         cold = float(re.search(r"^lifl_cold_starts_total (\S+)", metrics, re.M).group(1))
-        self.assertGreaterEqual(cold, 2, "4 aggregators from a warm pool of 2")
+        self.assertEqual(cold, 1, "3 processes from a warm pool of 2")
+        self.assertRegex(metrics, r'lifl_aggregators\{role="leaf"\} 2\b')
+        self.assertRegex(metrics, r'lifl_aggregators\{role="top"\} 1\b')
 
         self.wait_for(lambda: self.client.job("idle")["scaled_to_zero"], "job never scaled to zero")
         self.assertEqual(self.client.job("idle")["plan"]["instances"], [])
@@ -57,7 +62,8 @@ class Scaling(PlatformTestCase):
 
 
 class QueueDepthScaleUp(PlatformTestCase):
-    config = "functions:\n  warm_pool: 4\n  scale_up_queue_depth: 2\n"
+    # Separate processes per role, so that stopping the leaf stops nothing else.
+    config = "functions:\n  warm_pool: 4\n  scale_up_queue_depth: 2\n  colocate_roles: false\n"
 
     def queue_depth(self, instance):
         return next(i["queue_depth"] for i in self.platform.instances() if i["id"] == instance)

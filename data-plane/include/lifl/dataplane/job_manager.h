@@ -104,6 +104,9 @@ class JobManager {
   /// Scale-up within a round (job_scaling.cc): a leaf `queueDepth` descriptors behind gets
   /// the rest of its slot moved to a new leaf. 0 disables it.
   void setAutoscale(QueueDepthProbe probe, uint32_t queueDepth);
+  /// Co-located roles (default on): each middle, and a top over leaves, runs in the process
+  /// of its first leaf slot instead of one of its own.
+  void setColocation(bool on) { colocate_ = on; }
   bool clustered() const { return cluster_ != nullptr; }
   /// Brings the node's part of a job to the state the controller sent (idempotent).
   Result<void> clusterSync(const std::string& id, const nlohmann::json& command);
@@ -209,6 +212,11 @@ class JobManager {
   void recoverRound(Job& job, const std::vector<std::pair<std::string, std::string>>& accepted);
   /// Takes instances for the round's plan and assigns them their roles.
   Result<void> deployTree(Job& job);
+  /// Gives the tree's instances back to the pool.
+  void releaseTree(Job& job);
+  static std::vector<InstanceId> distinctInstances(const Job& job);
+  /// True for a leaf slot that runs in its parent's process (co-located roles).
+  static bool rides(const Job& job, size_t node);
   nlohmann::json aggregatorParams(const Job& job, size_t node, uint32_t expected) const;
   /// The instance a plan node sends its partials to (the agent, for a node's subtree root
   /// in cluster mode: it forwards them to the root node).
@@ -265,6 +273,7 @@ class JobManager {
   ClusterLink* cluster_ = nullptr;
   QueueDepthProbe queueDepth_;
   uint32_t scaleUpDepth_ = 0;
+  bool colocate_ = true;
   std::condition_variable stopDeadlines_;
   bool stopping_ = false;
   std::thread deadlines_;
