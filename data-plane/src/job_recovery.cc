@@ -65,9 +65,12 @@ void JobManager::recover(Job& job, size_t node, InstanceId dead) {
 
   // Clients already inside sealed partials of the dead instance, wherever they are now (its
   // parent holds the ones it acknowledged until its own batch is acknowledged).
+  // A top has no parent: its sealed partials are its checkpoints, re-delivered to the
+  // replacement, which counts them itself.
+  const bool top = planNode.role == AggregatorRole::Top && parent == 0;
   uint32_t covered = 0;
   for (const auto& [gen, o] : live)
-    if (o.kind() == ObjectKind::Partial && o.producer() == dead && o.sealed() &&
+    if (!top && o.kind() == ObjectKind::Partial && o.producer() == dead && o.sealed() &&
         o.round() == job.round && o.job() == job.slot)
       covered += PartialView(o).header().clients;
 
@@ -81,6 +84,10 @@ void JobManager::recover(Job& job, size_t node, InstanceId dead) {
     if (o.kind() == ObjectKind::Partial && o.producer() == dead) {
       if (!o.sealed()) {
         release.push_back(o);  // the dead accumulator: its inputs are re-delivered below
+        continue;
+      }
+      if (top) {  // a checkpoint: it covers the inputs the top released
+        redeliver.push_back(o);
         continue;
       }
       resentInputs_[o.handle().generation];  // its inputs are added below

@@ -101,12 +101,11 @@ class Aggregator final : public Function {
   Result<void> ensureAccumulator(Context& ctx) {
     if (acc_) return success();
     const uint32_t capacity = role_ == Role::Top ? 0 : batchCapacity();
-    // One key per client: a leaf's inputs are single clients; a middle's, whole partials.
+    // One key per client: a leaf's inputs are single clients; a middle's (and the top's,
+    // whose checkpoints a restarted agent reads), whole partials.
     const uint32_t keys =
-        role_ == Role::Top ? 0
-        : role_ == Role::Leaf
-            ? capacity
-            : std::max<uint32_t>(expected_ > folded_ ? expected_ - folded_ : 0, 1);
+        role_ == Role::Leaf ? capacity
+                            : std::max<uint32_t>(expected_ > folded_ ? expected_ - folded_ : 0, 1);
     LIFL_TRY(object,
              ctx.allocate(dataplane::partialBytes(elements_, capacity, keys), ObjectKind::Partial));
     object.setTag(job_, round_);
@@ -228,7 +227,10 @@ class Aggregator final : public Function {
   Result<void> maybeForward(Context& ctx) {
     const auto inputs = PartialView(*acc_).header().inputCount;
     const bool done = role_ == Role::Leaf ? flushed_ : folded_ >= expected_;
-    if (role_ == Role::Top) return done ? publish(ctx) : success();
+    if (role_ == Role::Top) {
+      if (done) return publish(ctx);
+      return batchInputs_.size() >= kTopCheckpointInputs ? checkpoint(ctx) : success();
+    }
     if (done || (batch_ && inputs >= batch_)) return forward(ctx);
     return success();
   }
@@ -248,6 +250,26 @@ class Aggregator final : public Function {
     unacked_.push_back({partial.handle(), std::move(batchInputs_)});
     batchInputs_.clear();
     return send(ctx, partial);
+  }
+
+  // The top holds what it folded until it publishes, so that a replacement can rebuild the
+  // sum if it dies. To keep that bounded whatever the round's size, every few inputs it seals
+  // its accumulator as a checkpoint (recovery re-delivers it to a replacement like any
+  // partial), continues in a copy, and releases the inputs and the previous checkpoint that
+  // the new one covers. Memory at the top: two accumulators and a few inputs, flat in N.
+  Result<void> checkpoint(Context& ctx) {
+    ObjectRef sealed = *acc_;
+    PartialView(sealed).header().inputCount = 0;  // the top keeps no input records
+    LIFL_TRY(next, ctx.allocate(sealed.size(), ObjectKind::Partial));
+    next.setTag(job_, round_);
+    std::memcpy(next.data(), sealed.data(), sealed.size());  // header, keys and sums
+    sealed.seal();
+    for (const auto& h : batchInputs_) ctx.store().release(h);
+    batchInputs_.clear();
+    if (checkpoint_) ctx.store().release(*checkpoint_);
+    checkpoint_ = sealed.handle();
+    acc_ = next;
+    return success();
   }
 
   Result<void> send(Context& ctx, const ObjectRef& partial) {
@@ -310,6 +332,8 @@ class Aggregator final : public Function {
     // The round is final: the inputs and the accumulator are no longer needed.
     for (const auto& h : batchInputs_) ctx.store().release(h);
     batchInputs_.clear();
+    if (checkpoint_) ctx.store().release(*checkpoint_);
+    checkpoint_.reset();
     ctx.store().release(acc_->handle());
     acc_.reset();
     return success();
@@ -338,9 +362,11 @@ class Aggregator final : public Function {
   std::vector<std::pair<ObjectHandle, uint64_t>>
       pending_;  ///< lazy: (update, weight)                  ///< acc_ holds no input yet (its
                  ///< memory is garbage)
-  std::unordered_set<uint64_t> seen_;      ///< generations of inputs folded (duplicate filter)
-  std::vector<Unacked> unacked_;           ///< sealed partials the parent has not acknowledged
-  std::vector<ObjectHandle> batchInputs_;  ///< inputs folded into acc_
+  std::unordered_set<uint64_t> seen_;       ///< generations of inputs folded (duplicate filter)
+  std::vector<Unacked> unacked_;            ///< sealed partials the parent has not acknowledged
+  std::vector<ObjectHandle> batchInputs_;   ///< inputs folded into acc_
+  std::optional<ObjectHandle> checkpoint_;  ///< top: the sealed sum of what it released
+  static constexpr size_t kTopCheckpointInputs = 4;
 };
 
 }  // namespace

@@ -63,6 +63,12 @@ class KillAggregators(PlatformTestCase):
         model, _ = self.client.pull(job)
         assert_model_equal(self, model, fedavg([(weights[c], updates[c][1]) for c in range(CLIENTS)]))
 
+    def test_kill_top_after_its_checkpoints(self):
+        # Batches of 2: by update 30 the top has folded about 14 partials, checkpointing
+        # every 4 and releasing what each checkpoint covers; its replacement must rebuild the
+        # sum from the last checkpoint and the inputs after it.
+        self.trial("ckpt", random.Random(5), "top", kill_after=30, batch=2)
+
     def test_kill_leaves_mid_round(self):
         seed = int(os.environ.get("LIFL_FAULT_SEED", random.randrange(1 << 30)))
         print(f"\nfault seed {seed} (router {self.router})")
