@@ -46,7 +46,8 @@ inline uint64_t statusKb(pid_t pid, const std::string& field) {
 
 class PlatformProcess {
  public:
-  /// Starts `lifl up`; LIFL_BENCH_CONFIG names an agent config to use instead of the flags.
+  /// Starts `lifl up`; LIFL_BENCH_CONFIG names an agent config (the store size is still the
+  /// benchmark's).
   PlatformProcess(const std::string& lifl, uint64_t storeBytes)
       : dir_("/tmp/lifl-bench-" + std::to_string(getpid()) + "-" + std::to_string(counter()++)) {
     std::filesystem::create_directories(dir_);
@@ -54,9 +55,10 @@ class PlatformProcess {
     pid_ = fork();
     if (pid_ == 0) {
       const std::string bytes = std::to_string(storeBytes);
-      if (const char* config = std::getenv("LIFL_BENCH_CONFIG"))
+      if (const char* config = std::getenv("LIFL_BENCH_CONFIG"))  // the store is still sized here
         execl(lifl.c_str(), "lifl", "up", "--port", "0", "--port-file", portFile.c_str(),
-              "--config", config, "--warm-pool", "8", "--data-dir", dir_.c_str(), nullptr);
+              "--config", config, "--store-bytes", bytes.c_str(), "--warm-pool", "8", "--data-dir",
+              dir_.c_str(), nullptr);
       else
         execl(lifl.c_str(), "lifl", "up", "--port", "0", "--port-file", portFile.c_str(),
               "--store-bytes", bytes.c_str(), "--warm-pool", "8", "--data-dir", dir_.c_str(),

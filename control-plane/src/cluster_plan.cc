@@ -40,10 +40,14 @@ ClusterPlan planCluster(uint32_t clients, uint32_t fanIn, const std::vector<Node
   std::vector<std::vector<size_t>> leavesOf(nodes.size());
   for (size_t i = 0; i < nodes.size(); ++i) {
     out.shares[nodes[i].node] = share[i];
-    const uint32_t leaves = std::max<uint32_t>((share[i] + fanIn - 1) / fanIn, 1);
+    const uint32_t room = std::max<uint32_t>(nodes[i].slots, 2) - 1;  // beside the subtree root
+    const uint32_t leaves = std::min(std::max<uint32_t>((share[i] + fanIn - 1) / fanIn, 1), room);
+    const uint32_t nodeFanIn = std::max<uint32_t>((share[i] + leaves - 1) / leaves, fanIn);
+    out.fanIns[nodes[i].node] = nodeFanIn;
     for (uint32_t l = 0; l < leaves; ++l) {
       leavesOf[i].push_back(plan.nodes.size());
-      const uint32_t covered = share[i] > l * fanIn ? std::min(fanIn, share[i] - l * fanIn) : 0;
+      const uint32_t covered =
+          share[i] > l * nodeFanIn ? std::min(nodeFanIn, share[i] - l * nodeFanIn) : 0;
       plan.nodes.push_back({AggregatorRole::Leaf, -1, covered});
       out.nodeOf.push_back(nodes[i].node);
     }
@@ -72,6 +76,7 @@ nlohmann::json ClusterPlan::toJson() const {
     j["nodes"][i]["node"] = nodeOf[i];
   j["root"] = root;
   j["shares"] = shares;
+  j["fan_ins"] = fanIns;
   j["cross_node_edges"] = crossNodeEdges;
   return j;
 }

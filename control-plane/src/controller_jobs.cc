@@ -43,19 +43,21 @@ std::string Controller::State::modelTag(const ClusterJob& job) const {
 
 void Controller::State::sendJob(ClusterJob& job, const std::string& node) {
   const std::string& root = job.plan.root;
-  nlohmann::json body = {{"spec", job.spec.toJson()},
-                         {"state", job.state},
-                         {"round", job.round},
-                         {"epoch", job.epoch},
-                         {"root", root},
-                         {"root_url", job.nodeUrls.count(root) ? job.nodeUrls[root] : ""},
-                         {"node", node},
-                         {"is_root", node == root},
-                         {"share", job.plan.shares.count(node) ? job.plan.shares[node] : 0},
-                         {"model_url", modelUrl(job)},
-                         {"fallback_url", job.hasModel ? selfUrl : ""},
-                         {"model_tag", modelTag(job)},
-                         {"failure", job.failure}};
+  nlohmann::json body = {
+      {"spec", job.spec.toJson()},
+      {"state", job.state},
+      {"round", job.round},
+      {"epoch", job.epoch},
+      {"root", root},
+      {"root_url", job.nodeUrls.count(root) ? job.nodeUrls[root] : ""},
+      {"node", node},
+      {"is_root", node == root},
+      {"share", job.plan.shares.count(node) ? job.plan.shares[node] : 0},
+      {"fan_in", job.plan.fanIns.count(node) ? job.plan.fanIns[node] : job.spec.fanIn},
+      {"model_url", modelUrl(job)},
+      {"fallback_url", job.hasModel ? selfUrl : ""},
+      {"model_tag", modelTag(job)},
+      {"failure", job.failure}};
   command(node, "PUT", "/v1/cluster/jobs/" + job.spec.id, body);
 }
 

@@ -176,7 +176,10 @@ Result<void> JobManager::startClusterRound(Job& job, const nlohmann::json& cmd) 
   c.partialsIn.clear();
   c.startedRound = round;
   job.round = round;
-  job.plan = planner_(PlanRequest{std::max<uint32_t>(c.share, 1), job.spec.fanIn, job.spec.levels,
+  // The controller's fan-in for this node: larger than the job's when the node's capacity
+  // bounds its leaves.
+  const uint32_t fanIn = cmd.value("fan_in", job.spec.fanIn);
+  job.plan = planner_(PlanRequest{std::max<uint32_t>(c.share, 1), fanIn, job.spec.levels,
                                   job.arrivalRate, job.leafThroughput});
   // The subtree root counts clients up to the whole round; the close tells it the real count.
   job.plan.nodes[static_cast<size_t>(job.plan.top())].expected = job.spec.clientsPerRound;

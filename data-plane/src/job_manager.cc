@@ -120,6 +120,11 @@ nlohmann::json JobManager::aggregatorParams(const Job& job, size_t node, uint32_
                       {"round", job.round},
                       {"tensors", tensors},
                       {"base", nullptr}};
+  for (size_t leaf = 0; leaf < job.plan.leaves && leaf < job.instances.size(); ++leaf)
+    if (job.plan.nodes[leaf].parent == static_cast<int>(node) && rides(job, leaf)) {
+      p["slot"] = {{"expected", job.plan.nodes[leaf].expected}};  // the leaf slot it hosts
+      break;
+    }
   if (n.role == AggregatorRole::Top && job.spec.update == UpdateMode::Delta && job.model)
     p["base"] = {{"offset", job.model->offset},
                  {"length", job.model->length},

@@ -68,10 +68,17 @@ void JobManager::recover(Job& job, size_t node, InstanceId dead) {
   // A top has no parent: its sealed partials are its checkpoints, re-delivered to the
   // replacement, which counts them itself.
   const bool top = planNode.role == AggregatorRole::Top && parent == 0;
+  // A partial inside another sealed partial of the dead instance (a hosted leaf slot's,
+  // folded into the parent's) is that partial's input, not a sum of its own.
+  auto insideSealed = [&](const ObjectRef& o) {
+    if (!o.container()) return false;
+    auto c = live.find(o.container());
+    return c != live.end() && c->second.sealed() && c->second.producer() == dead;
+  };
   uint32_t covered = 0;
   for (const auto& [gen, o] : live)
     if (!top && o.kind() == ObjectKind::Partial && o.producer() == dead && o.sealed() &&
-        o.round() == job.round && o.job() == job.slot)
+        o.round() == job.round && o.job() == job.slot && !insideSealed(o))
       covered += PartialView(o).header().clients;
 
   std::vector<ObjectRef> redeliver, release;
@@ -81,7 +88,7 @@ void JobManager::recover(Job& job, size_t node, InstanceId dead) {
       release.push_back(o);  // a finished round's leftovers, an unread assignment
       continue;
     }
-    if (o.kind() == ObjectKind::Partial && o.producer() == dead) {
+    if (o.kind() == ObjectKind::Partial && o.producer() == dead && !insideSealed(o)) {
       if (!o.sealed()) {
         release.push_back(o);  // the dead accumulator: its inputs are re-delivered below
         continue;
@@ -147,8 +154,12 @@ void JobManager::recover(Job& job, size_t node, InstanceId dead) {
     d.value = o.value();
     send(d);
   }
-  if (planNode.role == AggregatorRole::Leaf && job.routed[node] == planNode.expected)
-    sendFlush(job, node);
+  // A leaf slot whose updates were all routed is flushed again (its own, or the one the
+  // replacement hosts).
+  for (size_t leaf = 0; leaf < job.plan.leaves; ++leaf)
+    if (job.instances[leaf] == fresh && job.plan.nodes[leaf].role == AggregatorRole::Leaf &&
+        (job.routed[leaf] >= job.plan.nodes[leaf].expected || job.closing))
+      sendFlush(job, leaf);
 }
 
 }  // namespace lifl::dataplane

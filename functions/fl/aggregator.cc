@@ -10,6 +10,7 @@
 #include <algorithm>
 #include <bit>
 #include <chrono>
+#include <memory>
 #include <unordered_set>
 #include <utility>
 #include <vector>
@@ -36,8 +37,9 @@ class Aggregator final : public Function {
  public:
   Result<void> onEvent(Context& ctx, const Descriptor& d) override {
     if (!configured_) {
-      LIFL_TRYV(configure(ctx.params()));
+      LIFL_TRYV(configure(ctx.params(), ctx.self()));
     }
+    if (slot_ && forSlot(d)) return slot_->onEvent(ctx, d);
     switch (d.kind) {
       case DescriptorKind::Update:
         return foldUpdate(ctx, d);
@@ -62,7 +64,28 @@ class Aggregator final : public Function {
   }
 
  private:
-  Result<void> configure(const nlohmann::json& p) {
+  // A parent that hosts a leaf slot (co-located roles, docs/architecture.md "Scaling"): the
+  // slot's updates go to an inner leaf, whose partial comes back to this process as any
+  // child's would. So the leaf finishes first and its updates are released as soon as the
+  // parent folds its partial, exactly as with a leaf process of its own.
+  bool forSlot(const Descriptor& d) const {
+    if (d.kind == DescriptorKind::Update || d.kind == DescriptorKind::Flush) return true;
+    if (d.kind != DescriptorKind::Ack) return false;
+    return std::none_of(unacked_.begin(), unacked_.end(),
+                        [&](const Unacked& u) { return u.partial.generation == d.generation; });
+  }
+
+  Result<void> configure(const nlohmann::json& p, InstanceId self) {
+    if (p.contains("slot") && !p["slot"].is_null()) {
+      nlohmann::json leaf = p;
+      leaf.erase("slot");
+      leaf["role"] = "leaf";
+      leaf["parent"] = self;
+      leaf["expected"] = p["slot"].value("expected", 1u);
+      leaf["base"] = nullptr;
+      slot_ = std::make_unique<Aggregator>();
+      LIFL_TRYV(slot_->configure(leaf, self));
+    }
     try {
       const std::string role = p.at("role");
       role_ = role == "top" ? Role::Top : role == "middle" ? Role::Middle : Role::Leaf;
@@ -366,6 +389,7 @@ class Aggregator final : public Function {
   std::vector<Unacked> unacked_;            ///< sealed partials the parent has not acknowledged
   std::vector<ObjectHandle> batchInputs_;   ///< inputs folded into acc_
   std::optional<ObjectHandle> checkpoint_;  ///< top: the sealed sum of what it released
+  std::unique_ptr<Aggregator> slot_;        ///< the leaf slot this parent hosts, if any
   static constexpr size_t kTopCheckpointInputs = 4;
 };
 

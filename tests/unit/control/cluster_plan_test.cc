@@ -21,7 +21,7 @@ uint32_t crossEdges(const ClusterPlan& p) {
 }
 
 TEST(ClusterPlan, SharesFollowLastRoundsArrivals) {
-  auto p = planCluster(200, 8, {{"a", 8, 100}, {"b", 8, 60}, {"c", 8, 40}});
+  auto p = planCluster(200, 8, {{"a", 64, 100}, {"b", 64, 60}, {"c", 64, 40}});
   EXPECT_EQ(p.shares.at("a"), 100u);
   EXPECT_EQ(p.shares.at("b"), 60u);
   EXPECT_EQ(p.shares.at("c"), 40u);
@@ -53,11 +53,28 @@ TEST(ClusterPlan, SlotsSplitTheFirstRoundAndSharesAlwaysAddUp) {
   }
 }
 
+TEST(ClusterPlan, ANodesSubtreeFitsItsSlots) {
+  // 100 updates expected at "small", which hosts 5 aggregators: 4 leaves of 25 beside its
+  // subtree root, instead of 13 leaves of 8 that it cannot hold.
+  auto p = planCluster(200, 8, {{"big", 64, 100}, {"small", 5, 100}});
+  uint32_t leavesOnSmall = 0, coveredOnSmall = 0;
+  for (size_t i = 0; i < p.plan.nodes.size(); ++i)
+    if (p.nodeOf[i] == "small" && p.plan.nodes[i].role == AggregatorRole::Leaf) {
+      leavesOnSmall++;
+      coveredOnSmall += p.plan.nodes[i].expected;
+    }
+  EXPECT_EQ(leavesOnSmall, 4u);
+  EXPECT_EQ(coveredOnSmall, 100u);
+  EXPECT_EQ(p.fanIns.at("small"), 25u);
+  EXPECT_EQ(p.fanIns.at("big"), 8u);
+}
+
 TEST(ClusterPlan, OneNodeHasNoCrossNodeEdge) {
   auto p = planCluster(50, 8, {{"solo", 4, 0}});
   EXPECT_EQ(p.crossNodeEdges, 0u);
   EXPECT_EQ(p.plan.middles, 0u);
-  EXPECT_EQ(p.plan.leaves, 7u);
+  EXPECT_EQ(p.plan.leaves, 3u);  // 4 slots: 3 leaves of 17 beside the top
+  EXPECT_EQ(p.fanIns.at("solo"), 17u);
 }
 
 }  // namespace

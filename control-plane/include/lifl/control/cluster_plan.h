@@ -26,6 +26,7 @@ struct ClusterPlan {
   std::vector<std::string> nodeOf;         ///< per plan node
   std::string root;                        ///< the node of the top
   std::map<std::string, uint32_t> shares;  ///< expected updates per node
+  std::map<std::string, uint32_t> fanIns;  ///< updates per leaf on each node
   uint32_t crossNodeEdges = 0;             ///< partials that cross nodes per round
   nlohmann::json toJson() const;
 };
@@ -33,7 +34,9 @@ struct ClusterPlan {
 /// Splits `clients` over the nodes in proportion to last round's arrivals (or, before any,
 /// to their slots), gives each node ceil(share / fan_in) leaves (at least one: clients may
 /// pick any gateway) under its node aggregator, and roots the tree on the node expecting
-/// the most updates. `nodes` must not be empty.
+/// the most updates. A node's subtree is bounded by its slots (its capacity): when the
+/// leaves would not fit beside the subtree root, fewer leaves take more updates each.
+/// `nodes` must not be empty.
 ClusterPlan planCluster(uint32_t clients, uint32_t fanIn, const std::vector<NodeLoad>& nodes);
 
 }  // namespace lifl::control
