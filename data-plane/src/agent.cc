@@ -48,6 +48,7 @@ Result<std::unique_ptr<Agent>> Agent::start(AgentConfig config, Planner planner,
   agent->metrics_ = std::make_unique<Metrics>();
   agent->supervisor_ = std::make_unique<Supervisor>(
       *agent->router_, *agent->store_, *agent->endpoint_, std::move(executable), c.warmPool);
+  agent->supervisor_->setKeepAlive(c.keepAliveSeconds);
   agent->jobs_ = std::make_unique<JobManager>(
       *agent->store_, *agent->endpoint_, *agent->supervisor_, *agent->metrics_, std::move(planner),
       c.idleSeconds, JobCheckpoints(c.dataDir));

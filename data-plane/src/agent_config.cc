@@ -51,6 +51,7 @@ Result<AgentConfig> parseAgentConfig(const std::string& yaml) {
       read(f, "idle_seconds", c.idleSeconds);
       read(f, "scale_up_queue_depth", c.scaleUpQueueDepth);
       read(f, "colocate_roles", c.colocateRoles);
+      read(f, "keep_alive_seconds", c.keepAliveSeconds);
       read(f, "max_event_bytes", c.maxEventBytes);
       if (auto chains = f["chains"]) {
         if (!chains.IsSequence()) return configError("functions.chains must be a list");

@@ -83,7 +83,8 @@ Result<InstanceId> Supervisor::spawnLocked() {
   UniqueFd pidfd(pidfdOpen(pid));
   if (!pidfd) return systemError("pidfd_open", errno);
   LIFL_TRYV(epoll_.add(pidfd.get(), id));
-  children_[id] = Child{pid, std::move(pidfd), false, false, {}, counter};
+  children_[id] =
+      Child{pid, std::move(pidfd), false, false, {}, counter, std::chrono::steady_clock::now()};
   LIFL_DEBUG("started instance " << id << " (pid " << pid << ")");
   return id;
 }
@@ -142,20 +143,40 @@ void Supervisor::release(InstanceId id) {
   if (it == children_.end()) return;
   it->second.busy = false;
   it->second.function.clear();
-  // Scale down: keep `warmTarget` idle instances; the rest exit (after the Release, which
-  // frees what they held).
+  it->second.idleSince = std::chrono::steady_clock::now();
+}
+
+// Scale-down after a keep-alive, not at release: a job that ends releases its whole tree at
+// once, and a burst of exiting processes (each unmapping the store) would compete with the
+// serving of the round's model; an instance released now may also be reserved again soon.
+void Supervisor::retireIdle() {
+  std::lock_guard lock(mutex_);
   uint32_t idle = 0;
   for (const auto& [_, c] : children_) idle += !c.busy && !c.retiring;
-  if (idle > warmTarget_) {
-    it->second.retiring = true;
+  const auto now = std::chrono::steady_clock::now();
+  constexpr uint32_t kPerTick = 4;
+  uint32_t retiredNow = 0;
+  for (auto& [id, c] : children_) {
+    if (idle <= warmTarget_ || retiredNow == kPerTick) break;
+    if (c.busy || c.retiring ||
+        std::chrono::duration<double>(now - c.idleSince).count() < keepAliveSeconds_)
+      continue;
+    Descriptor d{};
+    d.dst = id;
     d.kind = DescriptorKind::Shutdown;
-    (void)endpoint_.send(d);
+    (void)endpoint_.send(d);  // after the Release, which freed what it held
+    c.retiring = true;
     ++retired_;
+    --idle;
+    ++retiredNow;
   }
 }
 
 void Supervisor::watch() {
-  while (!stopping_) epoll_.wait(500, [this](uint64_t id) { reap(static_cast<InstanceId>(id)); });
+  while (!stopping_) {
+    epoll_.wait(100, [this](uint64_t id) { reap(static_cast<InstanceId>(id)); });
+    retireIdle();
+  }
 }
 
 void Supervisor::reap(InstanceId id) {

@@ -29,6 +29,7 @@ struct AgentConfig {
   double idleSeconds = 60;         ///< a job with no update for this long gives its instances back
   uint32_t scaleUpQueueDepth = 4;  ///< a leaf this many descriptors behind gets a helper
   bool colocateRoles = true;       ///< middles and the top run in their first leaf's process
+  double keepAliveSeconds = 1;     ///< idle instances beyond the warm pool exit after this
   uint64_t maxEventBytes = 16ull << 20;
   // gateway
   uint32_t gatewayThreads = 2;

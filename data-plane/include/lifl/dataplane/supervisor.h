@@ -65,8 +65,10 @@ class Supervisor {
   Result<void> assign(InstanceId id, const std::string& function, const nlohmann::json& params);
   /// reserve() + assign().
   Result<InstanceId> acquire(const std::string& function, const nlohmann::json& params);
-  /// Returns an instance to the warm pool.
+  /// Returns an instance to the warm pool. Idle instances beyond the pool's target exit once
+  /// they have been idle for the keep-alive time (scale-down), a few at a time.
   void release(InstanceId id);
+  void setKeepAlive(double seconds) { keepAliveSeconds_ = seconds; }
   /// Stops reacting to deaths and refuses new instances (first step of a shutdown).
   void beginShutdown() { stopping_ = true; }
   /// Kills every instance and waits for them (bounded).
@@ -88,7 +90,10 @@ class Supervisor {
     bool retiring = false;  ///< told to exit: beyond the warm pool
     std::string function;
     std::optional<ObjectRef> processed;  ///< the instance's handled-descriptor counter
+    std::chrono::steady_clock::time_point idleSince;
   };
+  /// Stops idle instances beyond the warm target that outlived the keep-alive.
+  void retireIdle();
   uint64_t processedLocked(const Child& c) const;
   void forget(Child& c);
   Result<InstanceId> spawnLocked();
@@ -100,6 +105,7 @@ class Supervisor {
   Endpoint& endpoint_;
   std::string executable_;
   uint32_t warmTarget_;
+  double keepAliveSeconds_ = 1;
   DeathHandler onDeath_;
 
   mutable std::mutex mutex_;
