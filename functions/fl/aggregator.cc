@@ -252,9 +252,13 @@ class Aggregator final : public Function {
     const bool done = role_ == Role::Leaf ? flushed_ : folded_ >= expected_;
     if (role_ == Role::Top) {
       if (done) return publish(ctx);
-      return batchInputs_.size() >= kTopCheckpointInputs ? checkpoint(ctx) : success();
+      return batchInputs_.size() >= kCheckpointInputs ? checkpoint(ctx) : success();
     }
     if (done || (batch_ && inputs >= batch_)) return forward(ctx);
+    // A middle without batches holds its inputs until its parent acknowledges it: bounded
+    // by checkpoints as the top's are (leaves are bounded by their fan-in).
+    if (role_ == Role::Middle && !batch_ && batchInputs_.size() >= kCheckpointInputs)
+      return checkpoint(ctx);
     return success();
   }
 
@@ -267,7 +271,18 @@ class Aggregator final : public Function {
           ObjectHandle{view.inputs()[i].offset, 0, view.inputs()[i].generation});
       if (in) in.value().setContainer(partial.handle().generation);
     }
+    // The checkpoint is inside this partial (it continued from it): linked before the seal,
+    // so a recovery never sends both.
+    std::optional<ObjectRef> superseded;
+    if (checkpoint_) {
+      if (auto c = ctx.store().resolve(*checkpoint_)) {
+        c.value().setContainer(partial.handle().generation);
+        superseded = c.value();
+      }
+      checkpoint_.reset();
+    }
     partial.seal();  // after the container links: a sealed partial covers all its inputs
+    if (superseded) ctx.store().release(superseded->handle());
     // The inputs are remembered here, not read back from the partial on ack: the parent
     // may free the partial (the top does at publication) before its ack arrives.
     unacked_.push_back({partial.handle(), std::move(batchInputs_)});
@@ -275,14 +290,16 @@ class Aggregator final : public Function {
     return send(ctx, partial);
   }
 
-  // The top holds what it folded until it publishes, so that a replacement can rebuild the
-  // sum if it dies. To keep that bounded whatever the round's size, every few inputs it seals
-  // its accumulator as a checkpoint (recovery re-delivers it to a replacement like any
-  // partial), continues in a copy, and releases the inputs and the previous checkpoint that
-  // the new one covers. Memory at the top: two accumulators and a few inputs, flat in N.
+  // A parent holds what it folded until its sum is safe (the top: published; a middle:
+  // acknowledged), so that a replacement can rebuild the sum if it dies. To keep that bounded
+  // whatever the round's size, every few inputs it seals its accumulator as a checkpoint,
+  // continues in a copy, and releases the inputs and the previous checkpoint that the new one
+  // covers. Recovery treats a checkpoint as any sealed partial of the dead instance: re-sent
+  // to a middle's parent (which counts its clients), re-delivered to a top's replacement.
+  // Memory at a parent: two accumulators and a few inputs, flat in N.
   Result<void> checkpoint(Context& ctx) {
     ObjectRef sealed = *acc_;
-    PartialView(sealed).header().inputCount = 0;  // the top keeps no input records
+    PartialView(sealed).header().inputCount = 0;  // its inputs are released below
     LIFL_TRY(next, ctx.allocate(sealed.size(), ObjectKind::Partial));
     next.setTag(job_, round_);
     std::memcpy(next.data(), sealed.data(), sealed.size());  // header, keys and sums
@@ -390,7 +407,7 @@ class Aggregator final : public Function {
   std::vector<ObjectHandle> batchInputs_;   ///< inputs folded into acc_
   std::optional<ObjectHandle> checkpoint_;  ///< top: the sealed sum of what it released
   std::unique_ptr<Aggregator> slot_;        ///< the leaf slot this parent hosts, if any
-  static constexpr size_t kTopCheckpointInputs = 4;
+  static constexpr size_t kCheckpointInputs = 4;
 };
 
 }  // namespace

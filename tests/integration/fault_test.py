@@ -19,9 +19,9 @@ class KillAggregators(PlatformTestCase):
     router = "ebpf"
     warm_pool = 6
 
-    def trial(self, job, rng, victim_role, kill_after, batch):
+    def trial(self, job, rng, victim_role, kill_after, batch, fan_in=None):
         levels = 3 if victim_role == "middle" else 2
-        fan_in = 4 if levels == 3 else 8
+        fan_in = fan_in or (4 if levels == 3 else 8)
         self.client.create_job(job_spec(job, clients=CLIENTS, rounds=1,
                                         hierarchy={"fan_in": fan_in, "batch": batch, "levels": levels}))
         status = self.client.job(job)
@@ -68,6 +68,11 @@ class KillAggregators(PlatformTestCase):
         # every 4 and releasing what each checkpoint covers; its replacement must rebuild the
         # sum from the last checkpoint and the inputs after it.
         self.trial("ckpt", random.Random(5), "top", kill_after=30, batch=2)
+
+    def test_kill_middle_after_its_checkpoint(self):
+        # Fan-in 8 over 40 clients: one middle with 5 leaves, which checkpoints after its 4th
+        # leaf's partial; killed after update 36, its checkpoint goes to the top for it.
+        self.trial("mckpt", random.Random(6), "middle", kill_after=36, batch=0, fan_in=8)
 
     def test_kill_leaves_mid_round(self):
         seed = int(os.environ.get("LIFL_FAULT_SEED", random.randrange(1 << 30)))
