@@ -72,7 +72,7 @@ Controller::State::~State() {
   wake.notify_all();
   if (server) server->stop();
   if (sweeper.joinable()) sweeper.join();
-  for (auto& t : fetchers) t.join();
+  if (copier.joinable()) copier.join();
 }
 
 void Controller::State::sweep() {
@@ -205,6 +205,7 @@ Result<std::unique_ptr<Controller>> Controller::start(ControllerConfig config) {
     s->restore();
   }
   s->sweeper = std::thread([s] { s->sweep(); });
+  s->copier = std::thread([s] { s->copyModels(); });
   LIFL_INFO("controller ready: " << s->selfUrl << ", data dir " << s->config.dataDir);
   return std::unique_ptr<Controller>(new Controller(std::move(state)));
 }

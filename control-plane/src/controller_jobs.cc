@@ -253,9 +253,8 @@ Result<void> Controller::State::roundCompleted(const nlohmann::json& body) {
   job->hasModel = false;
   LIFL_INFO("job " << job->spec.id << ": round " << job->round << " of " << job->spec.rounds
                    << " done (" << body.value("clients", 0u) << " updates, " << seconds << " s)");
-  fetchers.emplace_back([this, id = job->spec.id, r = job->round, url = job->modelSource] {
-    fetchModel(id, r, url);
-  });
+  toCopy.push_back({job->spec.id, job->round, job->modelSource});
+  wake.notify_all();
   if (job->round >= job->spec.rounds) {
     finishJob(*job, "done");
     return success();

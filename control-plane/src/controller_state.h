@@ -11,6 +11,7 @@
 
 #include <chrono>
 #include <condition_variable>
+#include <deque>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -86,8 +87,14 @@ struct Controller::State {
   std::string selfUrl;  ///< where agents fetch checkpoints from (config.advertiseUrl)
   std::condition_variable wake;
   bool stopping = false;
-  std::thread sweeper;                ///< heartbeats and deadlines
-  std::vector<std::thread> fetchers;  ///< model checkpoints being copied from root nodes
+  std::thread sweeper;  ///< heartbeats and deadlines
+  struct ModelCopy {
+    std::string job;
+    uint32_t round;
+    std::string url;
+  };
+  std::deque<ModelCopy> toCopy;  ///< model checkpoints to copy from root nodes, in order
+  std::thread copier;
 
   // metrics
   std::shared_ptr<prometheus::Registry> registry;
@@ -141,6 +148,7 @@ struct Controller::State {
   void restore();
   std::string modelPath(const std::string& id, uint32_t round) const;
   void fetchModel(const std::string& id, uint32_t round, const std::string& url);
+  void copyModels();  ///< the copier thread
 };
 
 nlohmann::json specJson(const JobSpec& spec);

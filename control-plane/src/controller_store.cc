@@ -165,6 +165,20 @@ void Controller::State::restore() {
       }
 }
 
+void Controller::State::copyModels() {
+  for (;;) {
+    ModelCopy next;
+    {
+      std::unique_lock lock(mutex);
+      wake.wait(lock, [&] { return stopping || !toCopy.empty(); });
+      if (stopping) return;
+      next = toCopy.front();
+      toCopy.pop_front();
+    }
+    fetchModel(next.job, next.round, next.url);
+  }
+}
+
 void Controller::State::fetchModel(const std::string& id, uint32_t round, const std::string& url) {
   // Retried while the job is at this round: the root may be busy for a moment.
   for (int attempt = 0; attempt < 50; ++attempt) {
