@@ -2,6 +2,7 @@
 
 #include <yaml-cpp/yaml.h>
 
+#include <algorithm>
 #include <fstream>
 #include <sstream>
 
@@ -13,6 +14,18 @@ Error configError(const std::string& detail) { return badRequest("invalid_config
 template <class T>
 void read(const YAML::Node& node, const char* key, T& out) {
   if (node && node[key]) out = node[key].as<T>();
+}
+
+/// A section's keys must be known: a typo never falls back to a default silently.
+Result<void> checkKeys(const YAML::Node& section, const std::string& name,
+                       std::initializer_list<const char*> known) {
+  if (!section.IsMap()) return configError(name + " must be a mapping");
+  for (const auto& kv : section) {
+    const auto key = kv.first.as<std::string>();
+    if (std::none_of(known.begin(), known.end(), [&](const char* k) { return key == k; }))
+      return configError("unknown config key " + name + "." + key);
+  }
+  return success();
 }
 
 }  // namespace
@@ -40,12 +53,17 @@ Result<AgentConfig> parseAgentConfig(const std::string& yaml) {
     read(root, "router", c.router);
     read(root, "log_level", c.logLevel);
     if (auto s = root["store"]) {
+      LIFL_TRYV(checkKeys(s, "store", {"path", "bytes", "hugepages", "hugepage_dir"}));
       read(s, "path", c.storePath);
       read(s, "bytes", c.storeBytes);
       read(s, "hugepages", c.hugepages);
       read(s, "hugepage_dir", c.hugepageDir);
     }
     if (auto f = root["functions"]) {
+      LIFL_TRYV(
+          checkKeys(f, "functions",
+                    {"warm_pool", "chain_timeout_seconds", "idle_seconds", "max_event_bytes",
+                     "scale_up_queue_depth", "colocate_roles", "keep_alive_seconds", "chains"}));
       read(f, "warm_pool", c.warmPool);
       read(f, "chain_timeout_seconds", c.chainTimeoutSeconds);
       read(f, "idle_seconds", c.idleSeconds);
@@ -67,12 +85,18 @@ Result<AgentConfig> parseAgentConfig(const std::string& yaml) {
       }
     }
     if (auto g = root["gateway"]) {
+      LIFL_TRYV(checkKeys(
+          g, "gateway",
+          {"threads", "header_timeout_seconds", "body_timeout_seconds", "max_connections"}));
       read(g, "threads", c.gatewayThreads);
       read(g, "header_timeout_seconds", c.headerTimeoutSeconds);
       read(g, "body_timeout_seconds", c.bodyTimeoutSeconds);
       read(g, "max_connections", c.maxConnections);
     }
     if (auto cl = root["cluster"]) {
+      LIFL_TRYV(checkKeys(
+          cl, "cluster",
+          {"controller", "node_name", "advertise_url", "slots", "request_timeout_seconds"}));
       read(cl, "controller", c.cluster.controller);
       read(cl, "node_name", c.cluster.nodeName);
       read(cl, "advertise_url", c.cluster.advertiseUrl);
@@ -89,6 +113,7 @@ Result<AgentConfig> parseAgentConfig(const std::string& yaml) {
   if (c.storeBytes < (16ull << 20)) return configError("store.bytes must be at least 16 MiB");
   if (!c.cluster.controller.empty() && c.cluster.controller.rfind("http://", 0) != 0)
     return configError("cluster.controller must be an http:// URL");
+  if (c.keepAliveSeconds < 0) return configError("functions.keep_alive_seconds must be >= 0");
   if (c.cluster.requestTimeoutSeconds <= 0)
     return configError("cluster.request_timeout_seconds must be positive");
   return c;

@@ -34,11 +34,36 @@ TEST(AgentConfig, RejectsBadConfigs) {
   for (const char* bad :
        {"router: dpdk", "prot: 80", "store: {bytes: 10}", "port: 70000",
         "functions: {chains: [{name: x}]}", "functions: {chains: [{functions: [a]}]}",
-        "gateway: {threads: 0}", "[1, 2]", "port: {a: 1}"}) {
+        "gateway: {threads: 0}", "[1, 2]", "port: {a: 1}", "functions: {warm_pol: 2}",
+        "store: {byte: 1}", "cluster: {controler: http://x:1}", "cluster: {controller: x:1}",
+        "functions: {keep_alive_seconds: -1}", "gateway: 3"}) {
     auto c = parseAgentConfig(bad);
     ASSERT_FALSE(c) << bad;
     EXPECT_EQ(c.error().code, "invalid_config") << bad;
   }
+}
+
+TEST(AgentConfig, ClusterAndScalingKeys) {
+  auto c = parseAgentConfig(R"(
+cluster:
+  controller: http://10.0.0.1:8090
+  node_name: node-a
+  advertise_url: http://10.0.0.11:8080
+  slots: 12
+functions: {scale_up_queue_depth: 0, colocate_roles: false, keep_alive_seconds: 5}
+)");
+  ASSERT_TRUE(c) << c.error().toString();
+  EXPECT_EQ(c.value().cluster.controller, "http://10.0.0.1:8090");
+  EXPECT_EQ(c.value().cluster.nodeName, "node-a");
+  EXPECT_EQ(c.value().cluster.advertiseUrl, "http://10.0.0.11:8080");
+  EXPECT_EQ(c.value().cluster.slots, 12u);
+  EXPECT_EQ(c.value().scaleUpQueueDepth, 0u);
+  EXPECT_FALSE(c.value().colocateRoles);
+  EXPECT_EQ(c.value().keepAliveSeconds, 5);
+  auto defaults = parseAgentConfig("");
+  EXPECT_TRUE(defaults.value().cluster.controller.empty()) << "standalone unless configured";
+  EXPECT_EQ(defaults.value().scaleUpQueueDepth, 4u);
+  EXPECT_TRUE(defaults.value().colocateRoles);
 }
 
 }  // namespace
