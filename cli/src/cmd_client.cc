@@ -146,7 +146,9 @@ int cmdStatus(int argc, char** argv) {
   if (!parsed) return fail(parsed.error());
   const Args& a = parsed.value();
   if (a.wantsHelp()) {
-    std::puts("usage: lifl status [--url http://127.0.0.1:8080]\nShows readiness and the jobs.");
+    std::puts(
+        "usage: lifl status [--url http://127.0.0.1:8080]\n"
+        "Shows readiness and the jobs; for a controller's URL, its nodes as well.");
     return 0;
   }
   auto client = HttpClient::connect(a.get("url", kDefaultUrl));
@@ -159,6 +161,16 @@ int cmdStatus(int argc, char** argv) {
   for (const auto& j : jobs.value())
     std::printf("job %-20s round %-6d %s\n", j.value("id", "").c_str(), j.value("round", 0),
                 j.value("state", "").c_str());
+  auto nodes = client.value()->get("/v1/nodes");  // only a controller has nodes
+  if (nodes && nodes.value().status == 200) {
+    auto doc = nlohmann::json::parse(nodes.value().body, nullptr, false);
+    if (doc.is_array())
+      for (const auto& n : doc)
+        std::printf("node %-19s %-5s %s, %u slots, last heartbeat %.1f s ago\n",
+                    n.value("name", "").c_str(), n.value("state", "").c_str(),
+                    n.value("url", "").c_str(), n.value("slots", 0u),
+                    n.value("seconds_since_heartbeat", 0.0));
+  }
   return 0;
 }
 
