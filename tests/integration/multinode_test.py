@@ -172,6 +172,34 @@ class MultiNodeTest(unittest.TestCase):
         expected = fedavg([(n, exact) for n, _, exact in updates.values()])
         self.check_model_everywhere("kill", 2, expected, live)
 
+    def test_root_killed_mid_round(self):
+        # The root node holds the round's aggregate: its loss loses every update of the round
+        # (each reported, never silently), and the round starts again on the live nodes, where
+        # the clients push again and the round completes.
+        c = self.cluster
+        c.client.create_job(job_spec("root", clients=60, rounds=1, fan_in=8, model=MODEL,
+                                     deadline_seconds=60))
+        root = c.client.job("root")["plan"]["root"]
+        live = [n for n in "abc" if n != root]
+        clients = [f"r{i}" for i in range(60)]
+        updates = self.make_updates(clients)
+        first = [(cl, "abc"[i % 3]) for i, cl in enumerate(clients[:45])]
+        self.push_all("root", 0, first, updates)
+        c.agents[root].kill()
+        c.wait_nodes(2, timeout=15)
+        status = c.client.job("root")
+        self.assertEqual(status["epoch"], 1, status)
+        self.assertEqual(sorted(e["client"] for e in status["lost"]), sorted(clients[:45]))
+        self.assertTrue(all(root in e["reason"] for e in status["lost"]))
+        self.assertEqual(status["received"], 0)
+        self.assertIn(status["plan"]["root"], live)
+        self.push_all("root", 0, [(cl, live[i % 2]) for i, cl in enumerate(clients)], updates)
+        status = c.client.wait_round("root", 1, timeout=30)
+        self.assertEqual(status["state"], "done", status)
+        self.assertEqual(status["history"][0]["clients"], 60)
+        expected = fedavg([(n, exact) for n, _, exact in updates.values()])
+        self.check_model_everywhere("root", 1, expected, live)
+
     def test_controller_restart_mid_round(self):
         c = self.cluster
         spec = job_spec("restart", clients=30, rounds=2, fan_in=4, model=MODEL, deadline_seconds=120)
