@@ -88,6 +88,13 @@ void Controller::State::sweep() {
         silent.push_back(name);
     for (const auto& name : silent) nodeLost(name, "no heartbeat");
     for (auto& [_, job] : jobs) checkDeadline(*job, now);
+    if (!retiredCommands.empty()) {
+      auto retired = std::move(retiredCommands);
+      retiredCommands.clear();
+      lock.unlock();
+      retired.clear();  // joins their threads (bounded by the command timeout)
+      lock.lock();
+    }
   }
 }
 

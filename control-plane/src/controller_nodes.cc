@@ -28,8 +28,10 @@ Result<nlohmann::json> Controller::State::registerNode(const nlohmann::json& bod
   n.slots = slots;
   n.live = true;
   n.lastSeen = Clock::now();
-  if (!n.commands || moved)
+  if (!n.commands || moved) {
+    if (n.commands) retiredCommands.push_back(std::move(n.commands));
     n.commands = std::make_unique<NodeCommands>(name, url, config.commandTimeoutSeconds);
+  }
   LIFL_INFO("node " << name << (known ? " re-registered" : " registered") << ": " << url << ", "
                     << slots << " slots");
   syncNode(name);
@@ -91,7 +93,8 @@ void Controller::State::nodeLost(const std::string& name, const std::string& why
   if (it == nodes.end() || !it->second.live) return;
   LIFL_WARN("node " << name << " lost: " << why << "; re-planning its rounds");
   it->second.live = false;
-  it->second.commands.reset();
+  // Stopped by the sweeper, outside the lock: its thread may be inside a request to the node.
+  if (it->second.commands) retiredCommands.push_back(std::move(it->second.commands));
   for (auto& [_, jobPtr] : jobs) {
     ClusterJob& job = *jobPtr;
     if (!job.active() || !job.nodeUrls.count(name)) continue;

@@ -88,6 +88,8 @@ struct Controller::State {
   std::condition_variable wake;
   bool stopping = false;
   std::thread sweeper;  ///< heartbeats and deadlines
+  /// Command queues of drained or moved nodes, destroyed by the sweeper without the lock.
+  std::vector<std::unique_ptr<NodeCommands>> retiredCommands;
   struct ModelCopy {
     std::string job;
     uint32_t round;
