@@ -41,7 +41,7 @@ std::string Controller::State::modelTag(const ClusterJob& job) const {
   return job.spec.init == ModelInit::None ? "0:none" : "0:init";
 }
 
-void Controller::State::sendJob(ClusterJob& job, const std::string& node) {
+void Controller::State::sendJob(ClusterJob& job, const std::string& node, bool reroot) {
   const std::string& root = job.plan.root;
   nlohmann::json body = {
       {"spec", job.spec.toJson()},
@@ -57,7 +57,8 @@ void Controller::State::sendJob(ClusterJob& job, const std::string& node) {
       {"model_url", modelUrl(job)},
       {"fallback_url", job.hasModel ? selfUrl : ""},
       {"model_tag", modelTag(job)},
-      {"failure", job.failure}};
+      {"failure", job.failure},
+      {"reroot", reroot}};
   command(node, "PUT", "/v1/cluster/jobs/" + job.spec.id, body);
 }
 
@@ -207,6 +208,7 @@ Result<nlohmann::json> Controller::State::admit(const nlohmann::json& body) {
 
 void Controller::State::closeRound(ClusterJob& job, bool byDeadline) {
   job.closing = true;
+  job.closedAt = Clock::now();
   job.closedByDeadline = byDeadline;
   LIFL_INFO("job " << job.spec.id << ": round " << job.round << " closes with "
                    << job.admitted.size() << " updates" << (byDeadline ? " at its deadline" : ""));
@@ -272,7 +274,15 @@ void Controller::State::finishJob(ClusterJob& job, std::string state, std::strin
 }
 
 void Controller::State::checkDeadline(ClusterJob& job, Clock::time_point now) {
-  if (!job.active() || job.closing) return;
+  if (!job.active()) return;
+  if (job.closing) {  // a round never hangs: its aggregation gets one more deadline period
+    if (std::chrono::duration<double>(now - job.closedAt).count() >= job.spec.deadlineSeconds)
+      finishJob(job, "failed",
+                "round " + std::to_string(job.round) +
+                    " closed but its model did not come within " +
+                    std::to_string(job.spec.deadlineSeconds) + " s");
+    return;
+  }
   if (std::chrono::duration<double>(now - job.roundOpened).count() < job.spec.deadlineSeconds)
     return;
   const auto have = static_cast<uint32_t>(job.admitted.size());

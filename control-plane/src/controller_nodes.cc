@@ -88,6 +88,43 @@ void Controller::State::syncNode(const std::string& name) {
   }
 }
 
+// The round's root was lost: the updates it admitted are gone (reported), the others stay
+// on their nodes. A live node becomes the root (a new epoch); every node keeps its subtree and
+// sends its partial (again, if the lost root had it) to the new root.
+void Controller::State::rerootRound(ClusterJob& job, const std::string& lost,
+                                    const std::string& reason) {
+  job.nodeUrls.erase(lost);
+  for (auto a = job.admitted.begin(); a != job.admitted.end();) {
+    if (a->second.node != lost) {
+      ++a;
+      continue;
+    }
+    recordLost(job, a->first, a->second, reason + ", the round's root");
+    a = job.admitted.erase(a);
+  }
+  if (job.nodeUrls.empty()) {
+    finishJob(job, "failed", "round " + std::to_string(job.round) + " lost its last node");
+    return;
+  }
+  std::vector<NodeLoad> loads;  // the new root: the node that admitted the most
+  for (const auto& [node, _] : job.nodeUrls) loads.push_back({node, nodes[node].slots, 0});
+  for (auto& l : loads)
+    for (const auto& [_, a] : job.admitted) l.arrivals += a.node == l.node;
+  job.plan = planCluster(job.spec.clientsPerRound, job.spec.fanIn, loads);
+  job.epoch++;
+  job.forwarded.clear();
+  LIFL_WARN("job " << job.spec.id << ": round " << job.round << " re-rooted on " << job.plan.root
+                   << " (epoch " << job.epoch << "), " << job.admitted.size()
+                   << " updates kept on the live nodes");
+  persist(job);
+  for (const auto& [node, _] : job.nodeUrls) {
+    sendJob(job, node, /*reroot=*/true);
+    if (job.closing) sendClose(job, node);
+  }
+  if (job.closing && job.admitted.empty())
+    finishJob(job, "failed", "round " + std::to_string(job.round) + " lost all its updates");
+}
+
 void Controller::State::nodeLost(const std::string& name, const std::string& why) {
   auto it = nodes.find(name);
   if (it == nodes.end() || !it->second.live) return;
@@ -108,16 +145,7 @@ void Controller::State::nodeLost(const std::string& name, const std::string& why
       a = job.next.erase(a);
     }
     if (name == job.plan.root) {
-      // The round's aggregate was on the lost node: every update of the round is gone. The
-      // round starts again (a new epoch) on the live nodes, from the same global model.
-      for (const auto& [source, a] : job.admitted)
-        recordLost(job, source, a, reason + " with the round's aggregate");
-      job.admitted.clear();
-      job.epoch++;
-      if (auto started = startRound(job); !started)
-        finishJob(
-            job, "failed",
-            "cannot re-plan round " + std::to_string(job.round) + ": " + started.error().detail);
+      rerootRound(job, name, reason);
       continue;
     }
     job.nodeUrls.erase(name);

@@ -63,6 +63,7 @@ struct ClusterJob {
   bool closing = false;
   bool closedByDeadline = false;
   Clock::time_point roundOpened;
+  Clock::time_point closedAt;
   std::optional<Clock::time_point> firstAdmission;
   std::map<std::string, double> arrivals;  ///< per node, last completed round
   std::string modelSource;  ///< the gateway serving the current model (root of the last round)
@@ -135,7 +136,8 @@ struct Controller::State {
   void closeRound(ClusterJob& job, bool byDeadline);
   void finishJob(ClusterJob& job, std::string state, std::string failure = "");
   void checkDeadline(ClusterJob& job, Clock::time_point now);
-  void sendJob(ClusterJob& job, const std::string& node);
+  void sendJob(ClusterJob& job, const std::string& node, bool reroot = false);
+  void rerootRound(ClusterJob& job, const std::string& lost, const std::string& reason);
   void sendClose(ClusterJob& job, const std::string& node);
   std::string modelUrl(const ClusterJob& job) const;
   std::string modelTag(const ClusterJob& job) const;

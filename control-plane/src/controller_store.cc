@@ -127,7 +127,7 @@ void Controller::State::restore() {
               e.value("id", ""), e.value("node", ""), e.value("n", uint64_t{1})};
         }
       }
-      job->roundOpened = Clock::now();  // the deadline counts again from the restart
+      job->roundOpened = job->closedAt = Clock::now();  // deadlines count again from here
       if (!job->admitted.empty()) job->firstAdmission = job->roundOpened;
       // The plan's tree shape is re-derived for status; the nodes keep running theirs.
       std::vector<NodeLoad> loads;

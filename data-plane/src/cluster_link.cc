@@ -148,20 +148,20 @@ void ClusterLink::forward(PartialTransfer transfer) {
   wake_.notify_all();
 }
 
-bool ClusterLink::sendPartial(const PartialTransfer& t) {
+bool ClusterLink::sendPartial(const PartialTransfer& t, const PartialTarget& to) {
   auto object = store_.resolve(t.partial);
   if (!object) return false;
-  auto client = HttpClient::connect(t.rootUrl, config_.requestTimeoutSeconds);
+  auto client = HttpClient::connect(to.rootUrl, config_.requestTimeoutSeconds);
   if (!client) return false;
   const std::string target = "/v1/cluster/jobs/" + t.job +
                              "/partials?round=" + std::to_string(t.round) +
-                             "&epoch=" + std::to_string(t.epoch) + "&from=" + config_.nodeName +
+                             "&epoch=" + std::to_string(to.epoch) + "&from=" + config_.nodeName +
                              "&partial=" + std::to_string(t.partial.generation);
   // The body goes from the store to the socket; the receiver reads it into its own store.
   auto r = client.value()->request("POST", target, {{"Content-Type", "application/octet-stream"}},
                                    object.value().data(), object.value().size());
   if (!r || r.value().status >= 300) {
-    LIFL_WARN("partial of job " << t.job << " to " << t.rootUrl << ": "
+    LIFL_WARN("partial of job " << t.job << " to " << to.rootUrl << ": "
                                 << (r ? errorOf(r.value()).toString() : r.error().toString()));
     return false;
   }
@@ -180,10 +180,15 @@ void ClusterLink::runTransfers() {
       t = std::move(transfers_.front());
       transfers_.pop_front();
     }
-    bool delivered = false;
-    // Retried while the round wants it; a root that stays unreachable is drained by the
-    // controller, which restarts the round (and the transfer is dropped).
-    while (!(delivered = sendPartial(t)) && t.stillWanted() && waitOrStop(0.25)) {
+    // Retried while the round wants it, to wherever its root is now: a root that stays
+    // unreachable is drained by the controller, which re-roots the round on a live node.
+    std::optional<uint32_t> delivered;
+    for (auto to = t.target(); to; to = t.target()) {
+      if (sendPartial(t, *to)) {
+        delivered = to->epoch;
+        break;
+      }
+      if (!waitOrStop(0.25)) break;
     }
     t.done(delivered);
   }

@@ -146,6 +146,7 @@ Result<void> JobManager::clusterSync(const std::string& id, const nlohmann::json
     job->cluster->modelTag = modelTag;
   }
   if (state != "active") {
+    releaseClusterRound(*job);
     if (job->state == State::Active)
       finish(*job, state == "done"     ? State::Done
                    : state == "failed" ? State::Failed
@@ -154,16 +155,19 @@ Result<void> JobManager::clusterSync(const std::string& id, const nlohmann::json
     return success();
   }
   auto& c = *job->cluster;
-  if (c.startedRound == round && c.epoch == cmd.value("epoch", 0u)) return success();  // a repeat
+  const uint32_t epoch = cmd.value("epoch", 0u);
+  if (c.startedRound == round && c.epoch == epoch) return success();         // a repeat
+  if (c.startedRound == round && epoch > c.epoch) return reroot(*job, cmd);  // root was lost
   return startClusterRound(*job, cmd);
 }
 
 Result<void> JobManager::startClusterRound(Job& job, const nlohmann::json& cmd) {
   auto& c = *job.cluster;
   const uint32_t round = cmd.at("round"), epoch = cmd.value("epoch", 0u);
+  releaseClusterRound(job);  // the last round's kept partials: its model exists
   if (c.startedRound == round) {
-    // The same round again (its root node was lost): the old tree's work is void. Released
-    // instances free what they held; the accepted updates were reported lost.
+    // The same round again, from scratch (the controller found nothing to keep): the old
+    // tree's work is void. Released instances free what they held.
     releaseTree(job);
   }
   c.epoch = epoch;
@@ -213,9 +217,8 @@ Result<void> JobManager::clusterClose(const std::string& id, const nlohmann::jso
     return success();  // for a round or epoch this node has left
   const uint32_t total = cmd.value("total", 0u);
   if (c.closed && c.isRoot && total != c.total) {  // a node was lost: fewer clients in all
-    job->plan.nodes[static_cast<size_t>(job->plan.top())].expected = total;
-    Descriptor d = roundDescriptor(*job, job->instances[static_cast<size_t>(job->plan.top())],
-                                   DescriptorKind::Retarget);
+    if (!c.top) job->plan.nodes[static_cast<size_t>(job->plan.top())].expected = total;
+    Descriptor d = roundDescriptor(*job, topOf(*job), DescriptorKind::Retarget);
     d.value = total;
     send(d);
   }
@@ -235,6 +238,13 @@ void JobManager::maybeCloseCluster(Job& job) {
   LIFL_INFO("job " << job.spec.id << ": round " << job.round << " closes here with "
                    << job.routedTotal << " updates" << (c.isRoot ? ", the top expects " : "")
                    << (c.isRoot ? std::to_string(c.total) : ""));
+  if (c.top) {  // re-rooted here: the subtree counts its own, the top the whole round
+    closeTree(job);
+    Descriptor d = roundDescriptor(job, c.top, DescriptorKind::Retarget);
+    d.value = c.total;
+    send(d);
+    return;
+  }
   closeTree(job, c.isRoot ? std::optional<uint32_t>(c.total) : std::nullopt);
 }
 
@@ -258,44 +268,107 @@ void JobManager::onPartial(const Descriptor& d) {
   auto it = bySlot_.find(d.job);
   auto object = store_.resolve(d);
   if (!object) return;
-  if (it == bySlot_.end() || !it->second->cluster || it->second->cluster->isRoot ||
-      it->second->state != State::Active || d.round != it->second->round) {
+  Job* job = it == bySlot_.end() ? nullptr : it->second;
+  // A member's subtree root, or a re-rooted node's own subtree root (its top is apart).
+  if (!job || !job->cluster || (job->cluster->isRoot && !job->cluster->top) ||
+      job->state != State::Active || d.round != job->round) {
     LIFL_WARN("a partial of job slot " << d.job << " round " << d.round << " has no destination");
     return;  // its producer keeps it (unacknowledged) until its role is released
   }
-  Job& job = *it->second;
-  auto& c = *job.cluster;
   object.value().setOwner(kAgentInstance);
+  forwardPartial(*job, d);
+}
+
+// The partial goes to the round's root node over the network, straight from the store. It is
+// kept here (not freed) until the round completes: if the root is lost, the controller
+// re-roots the round and every kept partial is sent again, to the new root.
+void JobManager::forwardPartial(Job& job, const Descriptor& from) {
+  auto& c = *job.cluster;
   c.partialsOut++;
   const std::string id = job.spec.id;
-  const uint32_t round = job.round, epoch = c.epoch;
-  const Descriptor from = d;
+  const uint32_t round = job.round;
   PartialTransfer t;
   t.job = id;
   t.round = round;
-  t.epoch = epoch;
-  t.rootUrl = c.rootUrl;
-  t.partial = object.value().handle();
-  t.stillWanted = [this, id, round, epoch] {
+  t.partial = ObjectHandle{from.offset, from.length, from.generation};
+  t.target = [this, id, round]() -> std::optional<PartialTarget> {
     std::lock_guard lock(mutex_);
     auto j = find(id);
-    return j && j.value()->state == State::Active && j.value()->cluster &&
-           j.value()->cluster->startedRound == round && j.value()->cluster->epoch == epoch;
+    if (!j || j.value()->state != State::Active || !j.value()->cluster ||
+        j.value()->cluster->startedRound != round || j.value()->cluster->reported)
+      return std::nullopt;
+    return PartialTarget{j.value()->cluster->rootUrl, j.value()->cluster->epoch};
   };
-  t.done = [this, id, round, epoch, from](bool delivered) {
+  t.done = [this, id, round, from](std::optional<uint32_t> epoch) {
     std::lock_guard lock(mutex_);
-    if (delivered) {
+    auto j = find(id);
+    const bool current = j && j.value()->cluster && j.value()->cluster->startedRound == round &&
+                         j.value()->state == State::Active;
+    if (!epoch || !current) {
+      store_.release(ObjectHandle{from.offset, from.length, from.generation});
+      return;
+    }
+    auto& kept = j.value()->cluster->kept;
+    if (std::none_of(kept.begin(), kept.end(),
+                     [&](const Descriptor& k) { return k.generation == from.generation; })) {
       Descriptor ack = from;  // the subtree root releases the inputs inside the partial
       ack.dst = from.src;
       ack.kind = DescriptorKind::Ack;
       send(ack);
-      cluster_->report(
-          "/v1/cluster/forwarded",
-          {{"job", id}, {"round", round}, {"epoch", epoch}, {"node", cluster_->config().nodeName}});
+      kept.push_back(from);
     }
-    store_.release(ObjectHandle{from.offset, from.length, from.generation});
+    cluster_->report(
+        "/v1/cluster/forwarded",
+        {{"job", id}, {"round", round}, {"epoch", *epoch}, {"node", cluster_->config().nodeName}});
   };
   cluster_->forward(std::move(t));
+}
+
+InstanceId JobManager::topOf(const Job& job) const {
+  if (job.cluster && job.cluster->top) return job.cluster->top;
+  return job.instances[static_cast<size_t>(job.plan.top())];
+}
+
+void JobManager::releaseClusterRound(Job& job) {
+  auto& c = *job.cluster;
+  for (const auto& k : std::exchange(c.kept, {}))
+    store_.release(ObjectHandle{k.offset, k.length, k.generation});
+  if (c.top) supervisor_.release(std::exchange(c.top, 0));
+}
+
+// The root node was lost mid-round (docs/architecture.md "Several nodes"): this node keeps
+// its subtree and what it admitted; the new root gets a top of its own, and every node sends
+// its subtree's partial (again, if it had reached the lost root) to the new root.
+Result<void> JobManager::reroot(Job& job, const nlohmann::json& cmd) {
+  auto& c = *job.cluster;
+  c.epoch = cmd.value("epoch", 0u);
+  c.root = cmd.value("root", "");
+  c.rootUrl = cmd.value("root_url", "");
+  c.partialsIn.clear();
+  const bool root = cmd.value("is_root", false);
+  if (root && !c.isRoot) {
+    LIFL_TRY(top, supervisor_.reserve());
+    nlohmann::json params = aggregatorParams(job, static_cast<size_t>(job.plan.top()),
+                                             c.closed ? c.total : job.spec.clientsPerRound);
+    params["role"] = "top";
+    params["parent"] = 0;
+    params.erase("slot");
+    if (job.spec.update == UpdateMode::Delta && job.model)
+      params["base"] = {{"offset", job.model->offset},
+                        {"length", job.model->length},
+                        {"generation", job.model->generation}};
+    if (auto assigned = supervisor_.assign(top, kAggregator, params); !assigned) {
+      supervisor_.release(top);
+      return assigned.error();
+    }
+    c.top = top;
+    c.isRoot = true;
+  }
+  LIFL_INFO("job " << job.spec.id << ": round " << job.round << " re-rooted on " << c.root
+                   << " (epoch " << c.epoch << "), " << c.kept.size()
+                   << " partials of this node to send again");
+  for (const auto& k : std::exchange(c.kept, {})) forwardPartial(job, k);
+  return success();
 }
 
 Result<std::optional<uint64_t>> JobManager::admitRemotePartial(const std::string& id,
@@ -328,7 +401,7 @@ Result<void> JobManager::deliverRemotePartial(const std::string& id, uint32_t ro
     return badRequest("malformed_partial", "the partial does not match job " + id);
   // Its input records name objects in the sender's store: meaningless here.
   view.header().inputCount = 0;
-  const InstanceId top = job->instances[static_cast<size_t>(job->plan.top())];
+  const InstanceId top = topOf(*job);
   partial.setTag(job->slot, job->round);
   partial.setOwner(top);  // from here the top (or its replacement) is responsible
   partial.seal();

@@ -290,7 +290,8 @@ nlohmann::json JobManager::statusOf(const Job& job) const {
                       {"total", c.total},
                       {"model", c.modelTag},
                       {"partials_in", c.partialsIn.size()},
-                      {"partials_out", c.partialsOut}};
+                      {"partials_out", c.partialsOut},
+                      {"partials_kept", c.kept.size()}};
   }
   if (!job.failure.empty()) out["failure"] = job.failure;
   return out;

@@ -7,6 +7,7 @@ from the live nodes, and that a controller killed mid-round resumes without losi
 """
 import os
 import shutil
+import signal
 import sys
 import time
 import unittest
@@ -173,11 +174,11 @@ class MultiNodeTest(unittest.TestCase):
         self.check_model_everywhere("kill", 2, expected, live)
 
     def test_root_killed_mid_round(self):
-        # The root node holds the round's aggregate: its loss loses every update of the round
-        # (each reported, never silently), and the round starts again on the live nodes, where
-        # the clients push again and the round completes.
+        # The root node holds the top: the controller moves the root to a live node (a new
+        # epoch); only the updates the lost root accepted are lost (each reported), the live
+        # nodes keep theirs, and the round completes from them.
         c = self.cluster
-        c.client.create_job(job_spec("root", clients=60, rounds=1, fan_in=8, model=MODEL,
+        c.client.create_job(job_spec("root", clients=60, rounds=2, fan_in=8, model=MODEL,
                                      deadline_seconds=60))
         root = c.client.job("root")["plan"]["root"]
         live = [n for n in "abc" if n != root]
@@ -188,17 +189,58 @@ class MultiNodeTest(unittest.TestCase):
         c.agents[root].kill()
         c.wait_nodes(2, timeout=15)
         status = c.client.job("root")
+        on_root = sorted(cl for cl, node in first if node == root)
         self.assertEqual(status["epoch"], 1, status)
-        self.assertEqual(sorted(e["client"] for e in status["lost"]), sorted(clients[:45]))
+        self.assertEqual(sorted(e["client"] for e in status["lost"]), on_root)
         self.assertTrue(all(root in e["reason"] for e in status["lost"]))
-        self.assertEqual(status["received"], 0)
+        self.assertEqual(status["received"], 45 - len(on_root))
         self.assertIn(status["plan"]["root"], live)
-        self.push_all("root", 0, [(cl, live[i % 2]) for i, cl in enumerate(clients)], updates)
+        # The lost clients push again, and the rest of the round arrives.
+        rest = on_root + clients[45:]
+        self.push_all("root", 0, [(cl, live[i % 2]) for i, cl in enumerate(rest)], updates)
         status = c.client.wait_round("root", 1, timeout=30)
-        self.assertEqual(status["state"], "done", status)
+        self.assertEqual(status["round"], 1, status)
         self.assertEqual(status["history"][0]["clients"], 60)
         expected = fedavg([(n, exact) for n, _, exact in updates.values()])
         self.check_model_everywhere("root", 1, expected, live)
+        # The next round runs on the two live nodes.
+        updates = self.make_updates(clients)
+        self.push_all("root", 1, [(cl, live[i % 2]) for i, cl in enumerate(clients)], updates)
+        status = c.client.wait_round("root", 2, timeout=30)
+        self.assertEqual(status["state"], "done", status)
+        expected = fedavg([(n, exact) for n, _, exact in updates.values()])
+        self.check_model_everywhere("root", 2, expected, live)
+
+    def test_root_killed_after_partials_reached_it(self):
+        # The members' partials are at the root (its top is stopped, so it cannot publish)
+        # when the root dies: members kept them and send them again to the new root, which
+        # gets a top of its own; only the root's own updates are lost.
+        c = self.cluster
+        c.client.create_job(job_spec("kept", clients=30, rounds=1, fan_in=4, model=MODEL,
+                                     deadline_seconds=60))
+        root = c.client.job("kept")["plan"]["root"]
+        live = [n for n in "abc" if n != root]
+        top = c.local_status(root, "kept")["plan"]["instances"][-1]
+        top_pid = next(i["pid"] for i in http_json(c.agents[root].url + "/v1/instances")
+                       if i["id"] == top)
+        os.kill(top_pid, signal.SIGSTOP)
+        clients = [f"p{i}" for i in range(30)]
+        updates = self.make_updates(clients)
+        assignments = [(cl, "abc"[i % 3]) for i, cl in enumerate(clients)]
+        self.push_all("kept", 0, assignments, updates)
+        deadline = time.monotonic() + 20
+        while not all(c.local_status(n, "kept")["cluster"]["partials_kept"] >= 1 for n in live):
+            self.assertLess(time.monotonic(), deadline, "members' partials never reached the root")
+            time.sleep(0.05)
+        c.agents[root].kill()
+        c.wait_nodes(2, timeout=15)
+        status = c.client.wait_round("kept", 1, timeout=30)
+        on_root = {cl for cl, node in assignments if node == root}
+        self.assertEqual(status["round"], 1, status)
+        self.assertEqual(sorted(e["client"] for e in status["lost"]), sorted(on_root))
+        self.assertEqual(status["history"][0]["clients"], 30 - len(on_root))
+        expected = fedavg([(updates[cl][0], updates[cl][2]) for cl in clients if cl not in on_root])
+        self.check_model_everywhere("kept", 1, expected, live)
 
     def test_controller_restart_mid_round(self):
         c = self.cluster

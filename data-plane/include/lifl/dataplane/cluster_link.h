@@ -12,6 +12,7 @@
 #include <memory>
 #include <mutex>
 #include <nlohmann/json.hpp>
+#include <optional>
 #include <string>
 #include <thread>
 #include <vector>
@@ -36,15 +37,22 @@ struct ClusterAdmission {
   bool duplicate = false;
 };
 
+/// Where a partial must go now: the round's root node and epoch (the root may change
+/// while the transfer is retried, when the controller re-roots the round).
+struct PartialTarget {
+  std::string rootUrl;
+  uint32_t epoch = 0;
+};
+
 /// A partial bound for the root node, and what to do once it is there (or given up).
 struct PartialTransfer {
   std::string job;
-  uint32_t round = 0, epoch = 0;
-  std::string rootUrl;
+  uint32_t round = 0;
   ObjectHandle partial;
-  std::function<void(bool delivered)> done;
-  /// Checked between retries: false once the round moved on (the transfer is dropped).
-  std::function<bool()> stillWanted;
+  /// Asked before each attempt; nullopt once the round moved on (the transfer is dropped).
+  std::function<std::optional<PartialTarget>()> target;
+  /// @param delivered the epoch it was delivered in, or nullopt
+  std::function<void(std::optional<uint32_t> delivered)> done;
 };
 
 class ClusterLink {
@@ -82,7 +90,7 @@ class ClusterLink {
   void runHeartbeats(std::function<nlohmann::json()> stats);
   void runReports();
   void runTransfers();
-  bool sendPartial(const PartialTransfer& t);
+  bool sendPartial(const PartialTransfer& t, const PartialTarget& to);
   bool waitOrStop(double seconds);
 
   ClusterConfig config_;

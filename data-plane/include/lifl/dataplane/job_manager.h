@@ -156,6 +156,8 @@ class JobManager {
     std::unordered_set<std::string> inFlight;    ///< ce-sources whose body is arriving
     uint32_t partialsOut = 0;                    ///< partials sent to the root this round
     uint32_t startedRound = UINT32_MAX;          ///< the round this node's tree was deployed for
+    InstanceId top = 0;  ///< re-rooted here mid-round: the round's top, beside the subtree
+    std::vector<Descriptor> kept;  ///< partials delivered to the root, kept until the model
   };
   struct Parked {  ///< a late update waiting for the next round
     ObjectHandle object;
@@ -234,6 +236,11 @@ class JobManager {
   size_t slotFor(Job& job, bool recovered);
   void maybeCloseCluster(Job& job);
   void reportModel(Job& job, const Descriptor& d);
+  void forwardPartial(Job& job, const Descriptor& partial);
+  Result<void> reroot(Job& job, const nlohmann::json& command);
+  void releaseClusterRound(Job& job);
+  /// The instance that aggregates the whole round on the root node.
+  InstanceId topOf(const Job& job) const;
   /// Flushes leaves and tells middles and the top how many clients their subtree covers;
   /// `topCount`, when given, is the top's (a cluster root's top also covers other nodes).
   void closeTree(Job& job, std::optional<uint32_t> topCount = std::nullopt);
