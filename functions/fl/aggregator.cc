@@ -252,12 +252,12 @@ class Aggregator final : public Function {
     const bool done = role_ == Role::Leaf ? flushed_ : folded_ >= expected_;
     if (role_ == Role::Top) {
       if (done) return publish(ctx);
-      return batchInputs_.size() >= kCheckpointInputs ? checkpoint(ctx) : success();
+      return batchInputs_.size() >= kTopCheckpointInputs ? checkpoint(ctx) : success();
     }
     if (done || (batch_ && inputs >= batch_)) return forward(ctx);
     // A middle without batches holds its inputs until its parent acknowledges it: bounded
     // by checkpoints as the top's are (leaves are bounded by their fan-in).
-    if (role_ == Role::Middle && !batch_ && batchInputs_.size() >= kCheckpointInputs)
+    if (role_ == Role::Middle && !batch_ && batchInputs_.size() >= kMiddleCheckpointInputs)
       return checkpoint(ctx);
     return success();
   }
@@ -407,7 +407,10 @@ class Aggregator final : public Function {
   std::vector<ObjectHandle> batchInputs_;   ///< inputs folded into acc_
   std::optional<ObjectHandle> checkpoint_;  ///< top: the sealed sum of what it released
   std::unique_ptr<Aggregator> slot_;        ///< the leaf slot this parent hosts, if any
-  static constexpr size_t kCheckpointInputs = 4;
+  // Inputs held between checkpoints. The top gets few, large inputs (whole subtrees), so a
+  // short window costs few copies; a middle gets many, so a longer one keeps copies rare.
+  static constexpr size_t kTopCheckpointInputs = 2;
+  static constexpr size_t kMiddleCheckpointInputs = 4;
 };
 
 }  // namespace
