@@ -99,13 +99,21 @@ Result<void> Controller::State::startRound(ClusterJob& job) {
 }
 
 Result<nlohmann::json> Controller::State::createJob(JobSpec spec) {
-  std::lock_guard lock(mutex);
-  if (jobs.count(spec.id)) return conflict("job_exists", "a job named " + spec.id + " exists");
-  auto job = std::make_unique<ClusterJob>();
-  job->spec = std::move(spec);
-  LIFL_TRYV(startRound(*job));
-  const std::string id = job->spec.id;
-  jobs[id] = std::move(job);
+  std::vector<std::pair<std::shared_ptr<NodeCommands>, uint64_t>> sent;
+  const std::string id = spec.id;
+  {
+    std::lock_guard lock(mutex);
+    if (jobs.count(spec.id)) return conflict("job_exists", "a job named " + spec.id + " exists");
+    auto job = std::make_unique<ClusterJob>();
+    job->spec = std::move(spec);
+    LIFL_TRYV(startRound(*job));
+    for (const auto& [node, _] : job->nodeUrls)
+      if (auto& c = nodes[node].commands) sent.emplace_back(c, c->lastQueued());
+    jobs[job->spec.id] = std::move(job);
+  }
+  // 201 once every node has the job (bounded): a client may push to any gateway at once.
+  for (const auto& [commands, seq] : sent)
+    commands->waitDelivered(seq, config.commandTimeoutSeconds);
   return nlohmann::json{{"id", id}, {"round", 0}};
 }
 

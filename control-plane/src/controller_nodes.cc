@@ -30,7 +30,7 @@ Result<nlohmann::json> Controller::State::registerNode(const nlohmann::json& bod
   n.lastSeen = Clock::now();
   if (!n.commands || moved) {
     if (n.commands) retiredCommands.push_back(std::move(n.commands));
-    n.commands = std::make_unique<NodeCommands>(name, url, config.commandTimeoutSeconds);
+    n.commands = std::make_shared<NodeCommands>(name, url, config.commandTimeoutSeconds);
   }
   LIFL_INFO("node " << name << (known ? " re-registered" : " registered") << ": " << url << ", "
                     << slots << " slots");

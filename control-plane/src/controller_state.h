@@ -38,8 +38,8 @@ struct NodeRecord {
   uint32_t slots = 0;
   bool live = true;
   Clock::time_point lastSeen;
-  nlohmann::json stats;  ///< the agent's last heartbeat
-  std::unique_ptr<NodeCommands> commands;
+  nlohmann::json stats;                    ///< the agent's last heartbeat
+  std::shared_ptr<NodeCommands> commands;  ///< shared: a request may wait on it unlocked
 };
 
 /// One accepted update, as the controller knows it (the bytes stay on the node).
@@ -90,7 +90,7 @@ struct Controller::State {
   bool stopping = false;
   std::thread sweeper;  ///< heartbeats and deadlines
   /// Command queues of drained or moved nodes, destroyed by the sweeper without the lock.
-  std::vector<std::unique_ptr<NodeCommands>> retiredCommands;
+  std::vector<std::shared_ptr<NodeCommands>> retiredCommands;
   struct ModelCopy {
     std::string job;
     uint32_t round;

@@ -148,7 +148,7 @@ void Controller::State::restore() {
         n.url = url;
         n.live = true;
         n.lastSeen = Clock::now();
-        n.commands = std::make_unique<NodeCommands>(name, url, config.commandTimeoutSeconds);
+        n.commands = std::make_shared<NodeCommands>(name, url, config.commandTimeoutSeconds);
       }
       LIFL_INFO("restored job " << job->spec.id << " at round " << job->round << " (" << job->state
                                 << ", " << job->admitted.size() << " updates admitted)");

@@ -19,15 +19,26 @@ NodeCommands::~NodeCommands() {
     stopping_ = true;
   }
   wake_.notify_all();
+  deliveredChanged_.notify_all();
   thread_.join();
 }
 
-void NodeCommands::send(std::string method, std::string target, std::string body) {
+uint64_t NodeCommands::send(std::string method, std::string target, std::string body) {
+  uint64_t seq = 0;
   {
     std::lock_guard lock(mutex_);
     queue_.push_back({std::move(method), std::move(target), std::move(body)});
+    seq = ++queued_;
   }
   wake_.notify_all();
+  return seq;
+}
+
+bool NodeCommands::waitDelivered(uint64_t seq, double timeoutSeconds) {
+  std::unique_lock lock(mutex_);
+  return deliveredChanged_.wait_for(lock, std::chrono::duration<double>(timeoutSeconds), [&] {
+    return delivered_ >= seq || stopping_;
+  }) && delivered_ >= seq;
 }
 
 void NodeCommands::run() {
@@ -58,6 +69,8 @@ void NodeCommands::run() {
                         << errorOf(answer.value()).toString());
     if (sent) {
       queue_.pop_front();
+      ++delivered_;
+      deliveredChanged_.notify_all();
       continue;
     }
     if (!answer) client.reset();

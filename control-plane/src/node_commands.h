@@ -18,7 +18,15 @@ class NodeCommands {
   NodeCommands(const NodeCommands&) = delete;
   NodeCommands& operator=(const NodeCommands&) = delete;
 
-  void send(std::string method, std::string target, std::string body);
+  /// Queues a request. @return its sequence number, for waitDelivered()
+  uint64_t send(std::string method, std::string target, std::string body);
+  /// Waits (bounded) until the request `seq` and those before it were answered.
+  bool waitDelivered(uint64_t seq, double timeoutSeconds);
+  /// The sequence number of the last request queued.
+  uint64_t lastQueued() {
+    std::lock_guard lock(mutex_);
+    return queued_;
+  }
 
  private:
   struct Command {
@@ -31,6 +39,8 @@ class NodeCommands {
   std::mutex mutex_;
   std::condition_variable wake_;
   std::deque<Command> queue_;
+  uint64_t queued_ = 0, delivered_ = 0;
+  std::condition_variable deliveredChanged_;
   bool stopping_ = false;
   std::thread thread_;
 };

@@ -106,7 +106,15 @@ class MultiNodeTest(unittest.TestCase):
             self.assertEqual(hist["clients"], 200)
             self.assertAlmostEqual(hist["weight"], sum(n for n, _, _ in updates.values()), places=3)
             # Only partials cross nodes: one per non-root node, as planned.
-            time.sleep(1.0)  # heartbeats carry the agents' counters
+            deadline = time.monotonic() + 10
+            while True:  # heartbeats carry the agents' counters (every 0.3 s)
+                nodes = http_json(c.controller.url + "/v1/nodes")
+                partials = sum(n["stats"].get("cross_node_partials_sent", 0) for n in nodes)
+                sent = sum(n["stats"].get("cross_node_bytes_sent", 0) for n in nodes)
+                if partials >= 2 * (round_ + 1) or time.monotonic() > deadline:
+                    break
+                time.sleep(0.1)
+            time.sleep(0.7)  # and later heartbeats: nothing else may cross
             nodes = http_json(c.controller.url + "/v1/nodes")
             partials = sum(n["stats"].get("cross_node_partials_sent", 0) for n in nodes)
             sent = sum(n["stats"].get("cross_node_bytes_sent", 0) for n in nodes)
