@@ -6,6 +6,7 @@
 
 #include "controller_state.h"
 #include "lifl/common/log.h"
+#include "lifl/dataplane/safetensors.h"
 
 namespace lifl::control {
 
@@ -118,21 +119,34 @@ Result<nlohmann::json> Controller::State::createJob(JobSpec spec) {
 }
 
 Result<void> Controller::State::setInitialModel(const std::string& id, const std::string& bytes) {
-  std::lock_guard lock(mutex);
-  LIFL_TRY(job, find(id));
-  if (!job->active() || job->round != 0 || !job->admitted.empty())
-    return conflict("model_locked",
-                    "the initial model can be set only before round 0 receives updates");
-  const std::string path = modelPath(id, 0), tmp = path + ".tmp";
-  FILE* f = std::fopen(tmp.c_str(), "wb");
-  if (!f) return systemError("open " + tmp, errno);
-  const bool ok = std::fwrite(bytes.data(), 1, bytes.size(), f) == bytes.size();
-  if (std::fclose(f) != 0 || !ok || std::rename(tmp.c_str(), path.c_str()) != 0)
-    return internal("checkpoint_failed", "cannot write " + path);
-  job->hasModel = true;
-  job->modelSource = selfUrl;
-  persist(*job);
-  for (const auto& [node, _] : job->nodeUrls) sendJob(*job, node);  // they fetch it
+  std::vector<std::pair<std::shared_ptr<NodeCommands>, uint64_t>> sent;
+  {
+    std::lock_guard lock(mutex);
+    LIFL_TRY(job, find(id));
+    if (!job->active() || job->round != 0 || !job->admitted.empty())
+      return conflict("model_locked",
+                      "the initial model can be set only before round 0 receives updates");
+    // Checked here as a gateway checks it: the nodes must not be handed a model they reject.
+    const auto* data = reinterpret_cast<const std::byte*>(bytes.data());
+    LIFL_TRY(view, dataplane::parseSafetensors(data, bytes.size()));
+    LIFL_TRYV(dataplane::checkMatchesModel(view, job->spec));
+    LIFL_TRYV(dataplane::checkFinite(data, view));
+    const std::string path = modelPath(id, 0), tmp = path + ".tmp";
+    FILE* f = std::fopen(tmp.c_str(), "wb");
+    if (!f) return systemError("open " + tmp, errno);
+    const bool ok = std::fwrite(bytes.data(), 1, bytes.size(), f) == bytes.size();
+    if (std::fclose(f) != 0 || !ok || std::rename(tmp.c_str(), path.c_str()) != 0)
+      return internal("checkpoint_failed", "cannot write " + path);
+    job->hasModel = true;
+    job->modelSource = selfUrl;
+    persist(*job);
+    for (const auto& [node, _] : job->nodeUrls) {
+      sendJob(*job, node);  // they fetch it
+      if (auto& c = nodes[node].commands) sent.emplace_back(c, c->lastQueued());
+    }
+  }
+  for (const auto& [commands, seq] : sent)
+    commands->waitDelivered(seq, config.commandTimeoutSeconds);
   return success();
 }
 

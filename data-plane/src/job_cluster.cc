@@ -156,7 +156,12 @@ Result<void> JobManager::clusterSync(const std::string& id, const nlohmann::json
   }
   auto& c = *job->cluster;
   const uint32_t epoch = cmd.value("epoch", 0u);
-  if (c.startedRound == round && c.epoch == epoch) return success();         // a repeat
+  if (c.startedRound == round && c.epoch == epoch) {
+    // A repeat; or the initial model set (PUT) after the round started, before any update:
+    // the tree is deployed again, so that a delta job's top has it as its base.
+    if (fetch && job->received == 0 && job->parked.empty()) return startClusterRound(*job, cmd);
+    return success();
+  }
   if (c.startedRound == round && epoch > c.epoch) return reroot(*job, cmd);  // root was lost
   return startClusterRound(*job, cmd);
 }

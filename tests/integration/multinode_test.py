@@ -19,6 +19,7 @@ import numpy as np
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "../support"))
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "../../clients/python"))
 
+from lifl_client import LiflError  # noqa: E402
 from lifl_cluster import Cluster, http_json  # noqa: E402
 from lifl_harness import assert_model_equal, fedavg, job_spec, random_update  # noqa: E402
 
@@ -249,6 +250,27 @@ class MultiNodeTest(unittest.TestCase):
         self.assertEqual(status["history"][0]["clients"], 30 - len(on_root))
         expected = fedavg([(updates[cl][0], updates[cl][2]) for cl in clients if cl not in on_root])
         self.check_model_everywhere("kept", 1, expected, live)
+
+    def test_initial_model_and_delta_updates(self):
+        # PUT at the controller: checked, kept as the round-0 checkpoint, and copied by every
+        # node (a delta job's top needs it as the base); a bad model is refused.
+        c = self.cluster
+        spec = job_spec("delta", clients=12, rounds=1, fan_in=4, model=MODEL, update="delta")
+        spec["model"].pop("init")
+        c.client.create_job(spec)
+        with self.assertRaises(LiflError) as bad:
+            c.client.set_model("delta", {"dense.weight": np.zeros((2, 2), np.float32)})
+        self.assertEqual(bad.exception.status, 422)
+        base, base_exact = random_update(self.rng, MODEL)
+        c.client.set_model("delta", base)
+        clients = [f"d{i}" for i in range(12)]
+        updates = self.make_updates(clients)
+        self.push_all("delta", 0, [(cl, "abc"[i % 3]) for i, cl in enumerate(clients)], updates)
+        status = c.client.wait_round("delta", 1, timeout=30)
+        self.assertEqual(status["state"], "done", status)
+        mean = fedavg([(n, exact) for n, _, exact in updates.values()])
+        expected = {k: base_exact[k] + mean[k] for k in mean}
+        self.check_model_everywhere("delta", 1, expected, "abc")
 
     def test_controller_restart_mid_round(self):
         c = self.cluster
