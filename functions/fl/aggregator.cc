@@ -5,8 +5,10 @@
 //
 // The accumulator lives in a store object (a partial under construction), so forwarding a
 // batch is sealing that object and sending its descriptor: no copy. Inputs stay in the store
-// until the parent acknowledges the partial holding them (invariant 4); duplicates, from
-// re-delivery after a crash, are recognised by generation and dropped (and re-acknowledged).
+// until a sealed partial covers them (invariant 4): the sealed partial survives any process's
+// death in the store, and recovery re-sends it, so from then on it replaces its inputs. It is
+// re-sent to a new parent until acknowledged; duplicates, from re-delivery after a crash, are
+// recognised by generation and dropped (and re-acknowledged).
 #include <algorithm>
 #include <bit>
 #include <chrono>
@@ -283,10 +285,9 @@ class Aggregator final : public Function {
     }
     partial.seal();  // after the container links: a sealed partial covers all its inputs
     if (superseded) ctx.store().release(superseded->handle());
-    // The inputs are remembered here, not read back from the partial on ack: the parent
-    // may free the partial (the top does at publication) before its ack arrives.
-    unacked_.push_back({partial.handle(), std::move(batchInputs_)});
-    batchInputs_.clear();
+    // Covered by the sealed partial: a leaf keeps no update beyond the slot it is filling.
+    for (const auto& h : std::exchange(batchInputs_, {})) ctx.store().release(h);
+    unacked_.push_back({partial.handle(), {}});
     return send(ctx, partial);
   }
 

@@ -92,16 +92,18 @@ class Process:
 
 class Cluster:
     """A controller and `nodes` agents in their own network namespaces."""
+    created = 0  # per process: each cluster's interfaces get names of their own
 
     def __init__(self, nodes=("a", "b", "c"), heartbeat=0.3, node_timeout=1.5, warm_pool=4,
                  store_bytes=256 << 20):
         ident = os.getpid() % 10000
-        self.tag = f"{ident}"
-        self.subnet = f"10.{100 + ident % 100}.{ident // 100 % 250}"
+        Cluster.created += 1
+        self.tag = f"{ident}x{Cluster.created}"
+        self.subnet = f"10.{100 + ident % 100}.{(ident // 100 + 7 * Cluster.created) % 250}"
         self.bridge = f"lbr{ident}"
         self.tmpdir = tempfile.TemporaryDirectory(prefix="lifl-cluster-")
         self.tmp = self.tmpdir.name
-        self.namespaces, self.agents, self.controller = [], {}, None
+        self.namespaces, self.links, self.agents, self.controller = [], [], {}, None
         self.store_paths = []
         try:
             self._network(nodes)
@@ -142,6 +144,7 @@ class Cluster:
             self.namespaces.append(ns)
             host_end, ns_end = f"lv{self.tag}{node}", f"lp{self.tag}{node}"
             sh("ip", "link", "add", host_end, "type", "veth", "peer", "name", ns_end)
+            self.links.append(host_end)
             sh("ip", "link", "set", ns_end, "netns", ns)
             sh("ip", "link", "set", host_end, "master", self.bridge)
             sh("ip", "link", "set", host_end, "up")
@@ -176,8 +179,10 @@ class Cluster:
             a.stop()
         if self.controller:
             self.controller.stop()
+        for link in self.links:
+            sh("ip", "link", "del", link, check=False)  # both ends of the pair, at once
         for ns in self.namespaces:
-            sh("ip", "netns", "del", ns, check=False)  # takes its veth end, and so the pair
+            sh("ip", "netns", "del", ns, check=False)
         sh("ip", "link", "del", self.bridge, check=False)
         for p in self.store_paths:
             if os.path.exists(p):
