@@ -15,6 +15,7 @@
 #include "lifl/common/http_client.h"
 #include "lifl/common/job_spec.h"
 #include "lifl/common/log.h"
+#include "lifl/common/scope_exit.h"
 #include "lifl/dataplane/event_object.h"
 
 namespace lifl::dataplane {
@@ -326,6 +327,25 @@ struct Gateway::Impl {
     }
     if ((cl && *cl == 0) || (!cl && ex.parser.is_done()))
       co_return co_await fail(badRequest("malformed_safetensors", "the update body is empty"));
+    // Backpressure: the body is read only when the job's leaves have room for it; until then
+    // the client's TCP window fills and it waits (bounded by the body timeout).
+    {
+      asio::steady_timer timer(co_await asio::this_coro::executor);
+      const auto giveUp = std::chrono::steady_clock::now() +
+                          std::chrono::duration_cast<std::chrono::steady_clock::duration>(
+                              std::chrono::duration<double>(config.bodyTimeoutSeconds));
+      while (!jobs.tryStartReceiving(id)) {
+        if (std::chrono::steady_clock::now() > giveUp) {
+          ex.keepAlive = false;
+          co_return co_await fail(unavailable(
+              "buffer_full", "the job's aggregators did not catch up within the body timeout"));
+        }
+        timer.expires_after(std::chrono::milliseconds(1));
+        beast::error_code ec;
+        co_await timer.async_wait(asio::redirect_error(use_awaitable, ec));
+      }
+    }
+    ScopeExit received([&] { jobs.doneReceiving(id); });
     const uint64_t capacity = cl ? *cl : a.bodyLimit;
     auto object = store.allocate(capacity, ObjectKind::Update, kAgentInstance);
     if (!object) {

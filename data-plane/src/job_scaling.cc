@@ -48,6 +48,32 @@ Result<void> JobManager::growLeaf(Job& job, size_t at, uint32_t expected) {
   return success();
 }
 
+bool JobManager::tryStartReceiving(const std::string& id) {
+  std::lock_guard lock(mutex_);
+  auto found = find(id);
+  if (!found) return true;  // admission said why it is refused
+  Job& job = *found.value();
+  if (!maxBufferedUpdates_ || !job.spec.eager || job.plan.leaves == 0 ||
+      job.plan.nodes[0].role != AggregatorRole::Leaf) {
+    job.receiving++;
+    return true;
+  }
+  const uint32_t bound = std::max(maxBufferedUpdates_, job.plan.fanIn + 2);
+  uint32_t held = job.receiving;
+  store_.forEach([&](const ObjectRef& o) {
+    held += o.kind() == ObjectKind::Update && o.job() == job.slot && o.round() == job.round;
+  });
+  if (held >= bound) return false;
+  job.receiving++;
+  return true;
+}
+
+void JobManager::doneReceiving(const std::string& id) {
+  std::lock_guard lock(mutex_);
+  auto found = find(id);
+  if (found && found.value()->receiving > 0) found.value()->receiving--;
+}
+
 size_t JobManager::slotFor(Job& job, bool recovered) {
   size_t slot = std::min<size_t>(job.cursor, job.plan.leaves - 1);
   auto full = [&](size_t s) { return job.routed[s] >= job.plan.nodes[s].expected; };

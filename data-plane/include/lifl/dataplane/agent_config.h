@@ -30,6 +30,7 @@ struct AgentConfig {
   uint32_t scaleUpQueueDepth = 4;  ///< a leaf this many descriptors behind gets a helper
   bool colocateRoles = true;       ///< middles and the top run in their first leaf's process
   double keepAliveSeconds = 1;     ///< idle instances beyond the warm pool exit after this
+  uint32_t maxBufferedUpdates = 12;  ///< per eager job: update bodies not yet in a partial
   uint64_t maxEventBytes = 16ull << 20;
   // gateway
   uint32_t gatewayThreads = 2;

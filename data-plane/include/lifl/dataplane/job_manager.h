@@ -95,6 +95,16 @@ class JobManager {
   Result<Admission> admit(const std::string& id, UpdateMeta& meta);
   /// Frees the reservation of an admitted update whose body failed.
   void abandon(const std::string& id, const UpdateMeta& meta);
+
+  /// Backpressure on update bodies: an eager job's updates that no sealed partial covers yet
+  /// (being received, or routed and waiting in a leaf) are bounded, so that the store's use
+  /// does not grow with the number of clients. True, and counted as receiving, when one more
+  /// body may be read now; give it back with doneReceiving().
+  bool tryStartReceiving(const std::string& id);
+  void doneReceiving(const std::string& id);
+  /// `functions.max_buffered_updates` (0: no bound); a job's bound is never below its leaves'
+  /// fan-in + 2, so that a slot can always fill.
+  void setUpdateBuffer(uint32_t maxUpdates) { maxBufferedUpdates_ = maxUpdates; }
   /// Validates the body (400/422) and, if good, routes it to its leaf: the update is accepted.
   Result<uint32_t> commit(const std::string& id, const UpdateMeta& meta, ObjectRef update);
 
@@ -197,6 +207,7 @@ class JobManager {
     uint64_t recoveries = 0;
     uint64_t scaleUps = 0;       ///< leaves added within rounds
     size_t cursor = 0;           ///< the routing slot being filled
+    uint32_t receiving = 0;      ///< update bodies being read past the backpressure bound
     uint64_t lostOnRestart = 0;  ///< accepted updates of a round interrupted by a restart
     std::string failure;
     std::optional<ClusterRound> cluster;
@@ -281,6 +292,7 @@ class JobManager {
   QueueDepthProbe queueDepth_;
   uint32_t scaleUpDepth_ = 0;
   bool colocate_ = true;
+  uint32_t maxBufferedUpdates_ = 0;
   std::condition_variable stopDeadlines_;
   bool stopping_ = false;
   std::thread deadlines_;
