@@ -254,12 +254,14 @@ class Aggregator final : public Function {
     const bool done = role_ == Role::Leaf ? flushed_ : folded_ >= expected_;
     if (role_ == Role::Top) {
       if (done) return publish(ctx);
-      return batchInputs_.size() >= kTopCheckpointInputs ? checkpoint(ctx) : success();
+      return kTopCheckpointInputs && batchInputs_.size() >= kTopCheckpointInputs ? checkpoint(ctx)
+                                                                                 : success();
     }
     if (done || (batch_ && inputs >= batch_)) return forward(ctx);
     // A middle without batches holds its inputs until its parent acknowledges it: bounded
     // by checkpoints as the top's are (leaves are bounded by their fan-in).
-    if (role_ == Role::Middle && !batch_ && batchInputs_.size() >= kMiddleCheckpointInputs)
+    if (kMiddleCheckpointInputs && role_ == Role::Middle && !batch_ &&
+        batchInputs_.size() >= kMiddleCheckpointInputs)
       return checkpoint(ctx);
     return success();
   }
@@ -408,10 +410,13 @@ class Aggregator final : public Function {
   std::vector<ObjectHandle> batchInputs_;   ///< inputs folded into acc_
   std::optional<ObjectHandle> checkpoint_;  ///< top: the sealed sum of what it released
   std::unique_ptr<Aggregator> slot_;        ///< the leaf slot this parent hosts, if any
-  // Inputs held between checkpoints. The top gets few, large inputs (whole subtrees), so a
-  // short window costs few copies; a middle gets many, so a longer one keeps copies rare.
-  static constexpr size_t kTopCheckpointInputs = 2;
-  static constexpr size_t kMiddleCheckpointInputs = 4;
+  // Inputs held between checkpoints; 0: off. Off for now: a checkpoint releases the
+  // children's partials it covers, and when a child middle then dies, recovery cannot tell
+  // how many of its clients the parent already holds (it counts the child's sealed partials
+  // still in the store), so its replacement waits for clients that never come. Recovery must
+  // first attribute released contributions (by client key) before these are turned on.
+  static constexpr size_t kTopCheckpointInputs = 0;
+  static constexpr size_t kMiddleCheckpointInputs = 0;
 };
 
 }  // namespace

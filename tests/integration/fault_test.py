@@ -63,15 +63,14 @@ class KillAggregators(PlatformTestCase):
         model, _ = self.client.pull(job)
         assert_model_equal(self, model, fedavg([(weights[c], updates[c][1]) for c in range(CLIENTS)]))
 
-    def test_kill_top_after_its_checkpoints(self):
-        # Batches of 2: by update 30 the top has folded about 14 partials, checkpointing
-        # every 4 and releasing what each checkpoint covers; its replacement must rebuild the
-        # sum from the last checkpoint and the inputs after it.
+    def test_kill_top_late_in_the_round(self):
+        # Batches of 2: by update 30 the top has folded about 14 partials; its replacement
+        # must rebuild the sum from everything the top held.
         self.trial("ckpt", random.Random(5), "top", kill_after=30, batch=2)
 
-    def test_kill_middle_after_its_checkpoint(self):
-        # Fan-in 8 over 40 clients: one middle with 5 leaves, which checkpoints after its 4th
-        # leaf's partial; killed after update 36, its checkpoint goes to the top for it.
+    def test_kill_middle_late_in_the_round(self):
+        # Fan-in 8 over 40 clients: one middle with 5 leaves, killed after update 36 when it
+        # has folded most of them.
         self.trial("mckpt", random.Random(6), "middle", kill_after=36, batch=0, fan_in=8)
 
     def test_kill_leaves_mid_round(self):
