@@ -30,11 +30,7 @@ int cmdController(int argc, char** argv) {
     std::puts(kControllerHelp);
     return 0;
   }
-  sigset_t stopSignals;
-  sigemptyset(&stopSignals);
-  sigaddset(&stopSignals, SIGINT);
-  sigaddset(&stopSignals, SIGTERM);
-  pthread_sigmask(SIG_BLOCK, &stopSignals, nullptr);
+  const sigset_t stopSignals = blockStopSignals();
 
   auto config = control::loadControllerConfig(args.get("config"));
   if (!config) return fail(config.error());

@@ -75,6 +75,15 @@ Result<dataplane::AgentConfig> configFromArgs(const Args& args, uint16_t default
 
 }  // namespace
 
+sigset_t blockStopSignals() {
+  sigset_t stopSignals;
+  sigemptyset(&stopSignals);
+  sigaddset(&stopSignals, SIGINT);
+  sigaddset(&stopSignals, SIGTERM);
+  pthread_sigmask(SIG_BLOCK, &stopSignals, nullptr);
+  return stopSignals;
+}
+
 void writePortFile(const std::string& path, uint16_t port) {
   const std::string tmp = path + ".tmp";
   if (FILE* f = std::fopen(tmp.c_str(), "w")) {
@@ -102,12 +111,7 @@ int runAgent(int argc, char** argv, bool member) {
     std::puts(member ? kAgentHelp : kUpHelp);
     return 0;
   }
-  // Block the stop signals in every thread; the main thread waits for them below.
-  sigset_t stopSignals;
-  sigemptyset(&stopSignals);
-  sigaddset(&stopSignals, SIGINT);
-  sigaddset(&stopSignals, SIGTERM);
-  pthread_sigmask(SIG_BLOCK, &stopSignals, nullptr);
+  const sigset_t stopSignals = blockStopSignals();  // waited for below
 
   if (member && !args.value().has("controller") && !args.value().has("config"))
     return fail(badRequest("bad_arguments", "lifl agent needs --controller URL"));

@@ -17,7 +17,7 @@ import time
 import urllib.request
 
 from lifl_client import Client
-from lifl_harness import LIFL_BIN
+from lifl_harness import LIFL_BIN, wait_ready
 
 
 def sh(*args, check=True):
@@ -48,25 +48,8 @@ class Process:
             self.log.close()
         self.log = open(self.log_path, "a")
         self.proc = subprocess.Popen(args, stdout=self.log, stderr=subprocess.STDOUT)
-        self.url = self._wait_ready(30)
+        self.url = wait_ready(self.proc, self.port_file, self.host, self.name, self.log_tail, 30)
         self.port = int(self.url.rsplit(":", 1)[1])
-
-    def _wait_ready(self, timeout):
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"{self.name} exited with {self.proc.returncode}:\n{self.log_tail()}")
-            if os.path.exists(self.port_file):
-                with open(self.port_file) as f:
-                    url = f"http://{self.host}:{f.read().strip()}"
-                try:
-                    with urllib.request.urlopen(url + "/readyz", timeout=2) as r:
-                        if r.status == 200:
-                            return url
-                except OSError:
-                    pass
-            time.sleep(0.05)
-        raise TimeoutError(f"{self.name} not ready in {timeout} s:\n{self.log_tail()}")
 
     def kill(self):
         """kill -9, as a crash."""

@@ -21,6 +21,25 @@ from lifl_client import Client, bf16_bits, bf16_to_f32
 LIFL_BIN = os.environ.get("LIFL_BIN", os.path.join(os.path.dirname(__file__), "../../build/bin/lifl"))
 
 
+def wait_ready(proc, port_file, host, name, log_tail, timeout):
+    """The URL of a lifl process once its port file exists and GET /readyz answers 200."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{name} exited with {proc.returncode}:\n{log_tail()}")
+        if os.path.exists(port_file):
+            with open(port_file) as f:
+                url = f"http://{host}:{f.read().strip()}"
+            try:
+                with urllib.request.urlopen(url + "/readyz", timeout=2) as r:
+                    if r.status == 200:
+                        return url
+            except OSError:
+                pass
+        time.sleep(0.02)
+    raise TimeoutError(f"{name} not ready in {timeout} s:\n{log_tail()}")
+
+
 class Platform:
     """`lifl up` on a free port, with an optional YAML config."""
 
@@ -39,25 +58,8 @@ class Platform:
             args += ["--config", cfg]
         self.log = open(self.log_path, "w")
         self.proc = subprocess.Popen(args, stdout=self.log, stderr=subprocess.STDOUT)
-        self.url = self._wait_ready(30)
+        self.url = wait_ready(self.proc, self.port_file, "127.0.0.1", "lifl up", self.log_tail, 30)
         self.client = Client(self.url)
-
-    def _wait_ready(self, timeout):
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"lifl up exited with {self.proc.returncode}:\n{self.log_tail()}")
-            if os.path.exists(self.port_file):
-                with open(self.port_file) as f:
-                    url = f"http://127.0.0.1:{f.read().strip()}"
-                try:
-                    with urllib.request.urlopen(url + "/readyz", timeout=2) as r:
-                        if r.status == 200:
-                            return url
-                except OSError:
-                    pass
-            time.sleep(0.02)
-        raise TimeoutError(f"lifl up not ready in {timeout} s:\n{self.log_tail()}")
 
     def instances(self) -> list:
         with urllib.request.urlopen(self.url + "/v1/instances", timeout=5) as r:
