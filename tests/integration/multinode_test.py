@@ -110,15 +110,15 @@ class MultiNodeTest(unittest.TestCase):
             deadline = time.monotonic() + 10
             while True:  # heartbeats carry the agents' counters (every 0.3 s)
                 nodes = http_json(c.controller.url + "/v1/nodes")
-                partials = sum(n["stats"].get("cross_node_partials_sent", 0) for n in nodes)
-                sent = sum(n["stats"].get("cross_node_bytes_sent", 0) for n in nodes)
+                partials = sum((n["stats"] or {}).get("cross_node_partials_sent", 0) for n in nodes)
+                sent = sum((n["stats"] or {}).get("cross_node_bytes_sent", 0) for n in nodes)
                 if partials >= 2 * (round_ + 1) or time.monotonic() > deadline:
                     break
                 time.sleep(0.1)
             time.sleep(0.7)  # and later heartbeats: nothing else may cross
             nodes = http_json(c.controller.url + "/v1/nodes")
-            partials = sum(n["stats"].get("cross_node_partials_sent", 0) for n in nodes)
-            sent = sum(n["stats"].get("cross_node_bytes_sent", 0) for n in nodes)
+            partials = sum((n["stats"] or {}).get("cross_node_partials_sent", 0) for n in nodes)
+            sent = sum((n["stats"] or {}).get("cross_node_bytes_sent", 0) for n in nodes)
             edges = hist["cross_node_edges"]
             print(f"round {round_}: root {hist['root']}, {edges} cross-node edges planned, "
                   f"{partials} partials sent, {sent - sent_before} cross-node bytes "
