@@ -194,7 +194,7 @@ Result<void> JobManager::startClusterRound(Job& job, const nlohmann::json& cmd) 
   job.plan.nodes[static_cast<size_t>(job.plan.top())].expected = job.spec.clientsPerRound;
   LIFL_TRYV(deployTree(job));
   job.received = job.routedTotal = 0;
-  job.routed.assign(job.plan.leaves, 0);
+  job.routed.assign(job.plan.leaves, {});
   job.cursor = 0;
   job.sources.clear();
   job.acceptedBefore = std::exchange(job.accepted, std::move(job.parkedAccepted));

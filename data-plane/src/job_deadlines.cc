@@ -57,9 +57,9 @@ void JobManager::closeTree(Job& job, std::optional<uint32_t> topCount) {
   std::vector<uint32_t> covered(job.plan.nodes.size(), 0);
   for (size_t node = 0; node < job.plan.nodes.size(); ++node) {  // children before parents
     PlanNode& n = job.plan.nodes[node];
-    if (node < job.plan.leaves) covered[node] += job.routed[node];  // a routing slot
+    if (node < job.plan.leaves) covered[node] += job.routed[node].size();  // a routing slot
     if (n.role == AggregatorRole::Leaf) {
-      if (job.routed[node] < n.expected) sendFlush(job, node);  // a full slot was flushed
+      if (job.routed[node].size() < n.expected) sendFlush(job, node);  // a full slot was flushed
     } else {
       if (topCount && static_cast<int>(node) == job.plan.top()) covered[node] = *topCount;
       Descriptor d = roundDescriptor(job, job.instances[node], DescriptorKind::Retarget);

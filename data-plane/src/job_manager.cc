@@ -217,7 +217,7 @@ Result<void> JobManager::startRound(Job& job, uint32_t coveredByPartials) {
   LIFL_TRYV(deployTree(job));
   job.received = 0;
   job.routedTotal = 0;
-  job.routed.assign(job.plan.leaves, 0);
+  job.routed.assign(job.plan.leaves, {});
   job.cursor = 0;
   // Late updates parked while the previous round closed are this round's first.
   job.sources = std::move(job.parkedSources);
@@ -526,7 +526,8 @@ void JobManager::route(Job& job, ObjectRef update, const UpdateMeta& meta, bool 
   // A failed send means the leaf just died: the object is owned by it, and recovery
   // re-delivers it to the replacement. The update is accepted either way.
   send(d);
-  if (++job.routed[slot] == job.plan.nodes[slot].expected) sendFlush(job, slot);
+  job.routed[slot].push_back(update.clientKey());
+  if (job.routed[slot].size() == job.plan.nodes[slot].expected) sendFlush(job, slot);
   if (job.cluster) maybeCloseCluster(job);
 }
 

@@ -1,5 +1,8 @@
 // Recovery after an aggregator dies (DESIGN.md invariant 4): what the dead instance owned
 // says where each accepted update is; nothing is lost or counted twice.
+#include <algorithm>
+#include <functional>
+#include <unordered_set>
 #include <utility>
 
 #include "job_manager_internal.h"
@@ -45,6 +48,43 @@ void JobManager::reclaimUnowned(InstanceId dead) {
   for (const auto& object : store_.ownedBy(dead)) store_.release(object.handle());
 }
 
+// Clients of `node`'s subtree whose updates are already summed outside its accumulator: in a
+// sealed partial of the dead instance (wherever it is now), or in any partial of an ancestor,
+// which may have released the dead one's partials once its own checkpoint covered them.
+// Counted by client key, so a sum held in two places (a partial and the ancestor's
+// accumulator it was folded into) counts once. The ancestors keep running: a key is written
+// before the count that exposes it, and a checkpoint copies every key forward before the
+// partial it replaces is released, so each covered key is in some partial read here.
+uint32_t JobManager::coveredClients(
+    const Job& job, size_t node, InstanceId dead,
+    const std::unordered_map<uint64_t, ObjectRef>& live,
+    const std::function<bool(const ObjectRef&)>& insideSealed) const {
+  std::unordered_set<InstanceId> ancestors;
+  for (int p = job.plan.nodes[node].parent; p >= 0;
+       p = job.plan.nodes[static_cast<size_t>(p)].parent)
+    ancestors.insert(job.instances[static_cast<size_t>(p)]);
+  std::unordered_set<uint64_t> summed;
+  for (const auto& [gen, o] : live) {
+    if (o.kind() != ObjectKind::Partial || o.round() != job.round || o.job() != job.slot) continue;
+    const bool ours = o.producer() == dead && o.sealed() && !insideSealed(o);
+    if (!ours && !ancestors.count(o.producer())) continue;
+    const PartialView partial(o);
+    if (!partial.valid()) continue;  // an ancestor's accumulator still being set up
+    const uint32_t clients = std::min(partial.header().clients, partial.header().keyCapacity);
+    summed.insert(partial.keys(), partial.keys() + clients);
+  }
+  uint32_t covered = 0;
+  for (size_t leaf = 0; leaf < job.plan.leaves; ++leaf) {
+    bool below = leaf == node;
+    for (int p = job.plan.nodes[leaf].parent; !below && p >= 0;
+         p = job.plan.nodes[static_cast<size_t>(p)].parent)
+      below = static_cast<size_t>(p) == node;
+    if (below)
+      for (uint64_t key : job.routed[leaf]) covered += summed.count(key) ? 1 : 0;
+  }
+  return covered;
+}
+
 // Recovery after an aggregator died (DESIGN.md invariant 4). What the dead instance owned
 // tells exactly where each accepted update is:
 //  - a sealed partial it produced covers its inputs: re-send it to the parent (which drops
@@ -75,11 +115,7 @@ void JobManager::recover(Job& job, size_t node, InstanceId dead) {
     auto c = live.find(o.container());
     return c != live.end() && c->second.sealed() && c->second.producer() == dead;
   };
-  uint32_t covered = 0;
-  for (const auto& [gen, o] : live)
-    if (!top && o.kind() == ObjectKind::Partial && o.producer() == dead && o.sealed() &&
-        o.round() == job.round && o.job() == job.slot && !insideSealed(o))
-      covered += PartialView(o).header().clients;
+  const uint32_t covered = top ? 0 : coveredClients(job, node, dead, live, insideSealed);
 
   std::vector<ObjectRef> redeliver, release;
   for (const auto& o : owned) {
@@ -107,11 +143,11 @@ void JobManager::recover(Job& job, size_t node, InstanceId dead) {
     auto container = o.container() ? live.find(o.container()) : live.end();
     if (o.container() == 0 || (container != live.end() && !container->second.sealed())) {
       redeliver.push_back(o);  // not counted anywhere yet
-    } else if (container != live.end() && container->second.owner() == dead) {
+    } else if (!top && container != live.end() && container->second.owner() == dead) {
       o.setOwner(kAgentInstance);  // in a sealed partial re-sent above: held until its ack
       resentInputs_[o.container()].push_back(o.handle());
     } else {
-      release.push_back(o);  // in a partial its parent already folded
+      release.push_back(o);  // in a partial its parent folded, or in a top's checkpoint
     }
   }
   for (const auto& o : release) store_.release(o.handle());
@@ -158,7 +194,7 @@ void JobManager::recover(Job& job, size_t node, InstanceId dead) {
   // replacement hosts).
   for (size_t leaf = 0; leaf < job.plan.leaves; ++leaf)
     if (job.instances[leaf] == fresh && job.plan.nodes[leaf].role == AggregatorRole::Leaf &&
-        (job.routed[leaf] >= job.plan.nodes[leaf].expected || job.closing))
+        (job.routed[leaf].size() >= job.plan.nodes[leaf].expected || job.closing))
       sendFlush(job, leaf);
 }
 

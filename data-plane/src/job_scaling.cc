@@ -30,7 +30,7 @@ Result<void> JobManager::growLeaf(Job& job, size_t at, uint32_t expected) {
                         PlanNode{AggregatorRole::Leaf,
                                  parent >= static_cast<int>(at) ? parent + 1 : parent, expected});
   job.instances.insert(job.instances.begin() + static_cast<long>(at), id);
-  job.routed.insert(job.routed.begin() + static_cast<long>(at), 0);
+  job.routed.insert(job.routed.begin() + static_cast<long>(at), std::vector<uint64_t>{});
   job.plan.leaves++;
   if (auto assigned = supervisor_.assign(id, kAggregator, aggregatorParams(job, at, expected));
       !assigned) {  // undo: the tree is as before
@@ -76,7 +76,7 @@ void JobManager::doneReceiving(const std::string& id) {
 
 size_t JobManager::slotFor(Job& job, bool recovered) {
   size_t slot = std::min<size_t>(job.cursor, job.plan.leaves - 1);
-  auto full = [&](size_t s) { return job.routed[s] >= job.plan.nodes[s].expected; };
+  auto full = [&](size_t s) { return job.routed[s].size() >= job.plan.nodes[s].expected; };
   while (slot + 1 < job.plan.leaves && full(slot)) ++slot;
   job.cursor = slot;
   if (job.plan.nodes[slot].role != AggregatorRole::Leaf || recovered) return slot;
@@ -90,17 +90,18 @@ size_t JobManager::slotFor(Job& job, bool recovered) {
                      << job.instances[slot + 1] << " added");
     return job.cursor = slot + 1;
   }
-  if (!scaleUpDepth_ || !queueDepth_ || job.routed[slot] == 0) return slot;
+  if (!scaleUpDepth_ || !queueDepth_ || job.routed[slot].empty()) return slot;
   const InstanceId leaf = job.instances[slot];
   const uint64_t depth = queueDepth_(leaf);
   if (depth < scaleUpDepth_) return slot;
-  const uint32_t rest = job.plan.nodes[slot].expected - job.routed[slot];
+  const uint32_t rest =
+      job.plan.nodes[slot].expected - static_cast<uint32_t>(job.routed[slot].size());
   if (auto grown = growLeaf(job, slot + 1, rest); !grown) {
     LIFL_WARN("job " << job.spec.id << ": leaf " << leaf << " is " << depth
                      << " descriptors behind, but no leaf can be added: " << grown.error().detail);
     return slot;
   }
-  job.plan.nodes[slot].expected = job.routed[slot];
+  job.plan.nodes[slot].expected = static_cast<uint32_t>(job.routed[slot].size());
   sendFlush(job, slot);  // the slow leaf keeps what it has
   LIFL_INFO("job " << job.spec.id << ": leaf " << leaf << " is " << depth
                    << " descriptors behind; leaf " << job.instances[slot + 1]

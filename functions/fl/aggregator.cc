@@ -306,6 +306,13 @@ class Aggregator final : public Function {
     LIFL_TRY(next, ctx.allocate(sealed.size(), ObjectKind::Partial));
     next.setTag(job_, round_);
     std::memcpy(next.data(), sealed.data(), sealed.size());  // header, keys and sums
+    // Linked before the seal, as forward() does: a recovery that finds the new checkpoint
+    // sealed takes it for everything it covers, never an input or older checkpoint as well.
+    for (const auto& h : batchInputs_)
+      if (auto in = ctx.store().resolve(h)) in.value().setContainer(sealed.handle().generation);
+    if (checkpoint_)
+      if (auto c = ctx.store().resolve(*checkpoint_))
+        c.value().setContainer(sealed.handle().generation);
     sealed.seal();
     for (const auto& h : batchInputs_) ctx.store().release(h);
     batchInputs_.clear();
@@ -410,13 +417,11 @@ class Aggregator final : public Function {
   std::vector<ObjectHandle> batchInputs_;   ///< inputs folded into acc_
   std::optional<ObjectHandle> checkpoint_;  ///< top: the sealed sum of what it released
   std::unique_ptr<Aggregator> slot_;        ///< the leaf slot this parent hosts, if any
-  // Inputs held between checkpoints; 0: off. Off for now: a checkpoint releases the
-  // children's partials it covers, and when a child middle then dies, recovery cannot tell
-  // how many of its clients the parent already holds (it counts the child's sealed partials
-  // still in the store), so its replacement waits for clients that never come. Recovery must
-  // first attribute released contributions (by client key) before these are turned on.
-  static constexpr size_t kTopCheckpointInputs = 0;
-  static constexpr size_t kMiddleCheckpointInputs = 0;
+  // Inputs held between checkpoints. A checkpoint releases the children's partials it
+  // covers; a child that dies later is recovered by client key (JobManager::coveredClients),
+  // which finds its clients in this parent's partials.
+  static constexpr size_t kTopCheckpointInputs = 2;
+  static constexpr size_t kMiddleCheckpointInputs = 4;
 };
 
 }  // namespace

@@ -19,7 +19,7 @@ class KillAggregators(PlatformTestCase):
     router = "ebpf"
     warm_pool = 6
 
-    def trial(self, job, rng, victim_role, kill_after, batch, fan_in=None):
+    def trial(self, job, rng, victim_role, kill_after, batch, fan_in=None, middle=None):
         levels = 3 if victim_role == "middle" else 2
         fan_in = fan_in or (4 if levels == 3 else 8)
         self.client.create_job(job_spec(job, clients=CLIENTS, rounds=1,
@@ -29,7 +29,8 @@ class KillAggregators(PlatformTestCase):
         instances = status["plan"]["instances"]
         victims = {"leaf": lambda: [instances[rng.randrange(leaves)]],
                    "two-leaves": lambda: rng.sample(instances[:leaves], 2),
-                   "middle": lambda: [instances[leaves + rng.randrange(middles)]],
+                   "middle": lambda: [instances[leaves + (middle if middle is not None
+                                                           else rng.randrange(middles))]],
                    "top": lambda: [instances[-1]]}[victim_role]()
         data_rng = np.random.default_rng(rng.randrange(1 << 30))
         updates = [random_update(data_rng) for _ in range(CLIENTS)]
@@ -72,6 +73,15 @@ class KillAggregators(PlatformTestCase):
         # Fan-in 8 over 40 clients: one middle with 5 leaves, killed after update 36 when it
         # has folded most of them.
         self.trial("mckpt", random.Random(6), "middle", kill_after=36, batch=0, fan_in=8)
+
+    def test_kill_middle_after_its_parent_checkpointed(self):
+        # Fan-in 4, batches of 3 at every level: the first middle's leaves send partials of
+        # 3 and 1 clients, and it forwards every 3 of those. By update 14 it has forwarded
+        # two (clients 0-11), and the top has checkpointed them and released them. Killed
+        # then, its clients inside the top's checkpoint are found by key: its replacement
+        # waits only for clients 12-15 and forwards them (counting 16 it would wait forever
+        # after the 2 partials of its last leaf, fewer than a batch).
+        self.trial("tckpt", random.Random(8), "middle", kill_after=14, batch=3, middle=0)
 
     def test_kill_leaves_mid_round(self):
         seed = int(os.environ.get("LIFL_FAULT_SEED", random.randrange(1 << 30)))

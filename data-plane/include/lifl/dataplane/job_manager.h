@@ -186,8 +186,10 @@ class JobManager {
     std::optional<ObjectHandle> model;
     Plan plan;
     std::vector<InstanceId> instances;  ///< per plan node
-    std::vector<uint32_t> routed;       ///< per leaf: updates routed to it this round
-    uint32_t routedTotal = 0;           ///< updates routed to leaves this round
+    /// Per leaf: the client keys of the updates routed to it this round (recovery counts a
+    /// subtree's clients by key).
+    std::vector<std::vector<uint64_t>> routed;
+    uint32_t routedTotal = 0;                           ///< updates routed to leaves this round
     std::chrono::steady_clock::time_point roundOpened;  ///< the deadline counts from here
     std::chrono::steady_clock::time_point roundStart;   ///< first update admitted
     std::chrono::steady_clock::time_point lastArrival;
@@ -265,6 +267,10 @@ class JobManager {
   void closeAtDeadline(Job& job);
   void failRound(Job& job, std::string reason);
   void recover(Job& job, size_t node, InstanceId dead);
+  /// Clients of `node`'s subtree already summed in partials that survive `dead` (by key).
+  uint32_t coveredClients(const Job& job, size_t node, InstanceId dead,
+                          const std::unordered_map<uint64_t, ObjectRef>& live,
+                          const std::function<bool(const ObjectRef&)>& insideSealed) const;
   void reclaimUnowned(InstanceId dead);
   nlohmann::json statusOf(const Job& job) const;
   /// Saves the job's state (and, when given, the model of its current round) to disk.
