@@ -520,13 +520,13 @@ void JobManager::route(Job& job, ObjectRef update, const UpdateMeta& meta, bool 
   update.setTag(job.slot, job.round);
   update.setValue(meta.numExamples);
   if (!recovered) update.setClientKey(clientKeyOf(acceptKey(meta)));
+  job.routed[slot].push_back(update.clientKey());  // before the send: the leaf may free it
   update.setOwner(leaf);  // from here the leaf (or, if it dies, its replacement) is responsible
   Descriptor d = roundDescriptor(job, leaf, DescriptorKind::Update, &update);
   d.value = meta.numExamples;
   // A failed send means the leaf just died: the object is owned by it, and recovery
   // re-delivers it to the replacement. The update is accepted either way.
   send(d);
-  job.routed[slot].push_back(update.clientKey());
   if (job.routed[slot].size() == job.plan.nodes[slot].expected) sendFlush(job, slot);
   if (job.cluster) maybeCloseCluster(job);
 }

@@ -1,7 +1,6 @@
 // Recovery after an aggregator dies (DESIGN.md invariant 4): what the dead instance owned
 // says where each accepted update is; nothing is lost or counted twice.
 #include <algorithm>
-#include <functional>
 #include <unordered_set>
 #include <utility>
 
@@ -50,28 +49,39 @@ void JobManager::reclaimUnowned(InstanceId dead) {
 
 // Clients of `node`'s subtree whose updates are already summed outside its accumulator: in a
 // sealed partial of the dead instance (wherever it is now), or in any partial of an ancestor,
-// which may have released the dead one's partials once its own checkpoint covered them.
+// which releases the dead one's partials once its own sealed accumulator covers them.
 // Counted by client key, so a sum held in two places (a partial and the ancestor's
-// accumulator it was folded into) counts once. The ancestors keep running: a key is written
-// before the count that exposes it, and a checkpoint copies every key forward before the
-// partial it replaces is released, so each covered key is in some partial read here.
-uint32_t JobManager::coveredClients(
-    const Job& job, size_t node, InstanceId dead,
-    const std::unordered_map<uint64_t, ObjectRef>& live,
-    const std::function<bool(const ObjectRef&)>& insideSealed) const {
+// accumulator it was folded into) counts once.
+//
+// The ancestors keep running while this reads. A key only moves by being copied into a new
+// partial before the one holding it is released, so a scan can miss it only if a partial it
+// listed was released before the scan ended: then it scans again.
+uint32_t JobManager::coveredClients(const Job& job, size_t node, InstanceId dead) const {
   std::unordered_set<InstanceId> ancestors;
   for (int p = job.plan.nodes[node].parent; p >= 0;
        p = job.plan.nodes[static_cast<size_t>(p)].parent)
     ancestors.insert(job.instances[static_cast<size_t>(p)]);
+  auto holdsSums = [&](const ObjectRef& o) {
+    return o.kind() == ObjectKind::Partial && o.round() == job.round && o.job() == job.slot &&
+           ((o.producer() == dead && o.sealed()) || ancestors.count(o.producer()));
+  };
   std::unordered_set<uint64_t> summed;
-  for (const auto& [gen, o] : live) {
-    if (o.kind() != ObjectKind::Partial || o.round() != job.round || o.job() != job.slot) continue;
-    const bool ours = o.producer() == dead && o.sealed() && !insideSealed(o);
-    if (!ours && !ancestors.count(o.producer())) continue;
-    const PartialView partial(o);
-    if (!partial.valid()) continue;  // an ancestor's accumulator still being set up
-    const uint32_t clients = std::min(partial.header().clients, partial.header().keyCapacity);
-    summed.insert(partial.keys(), partial.keys() + clients);
+  for (int attempt = 0; attempt < 100; ++attempt) {
+    std::vector<ObjectRef> partials;
+    store_.forEach([&](const ObjectRef& o) {
+      if (holdsSums(o)) partials.push_back(o);
+    });
+    summed.clear();
+    for (const auto& o : partials) {
+      const PartialView partial(o);
+      if (!partial.valid()) continue;  // an ancestor's accumulator still being set up
+      const uint32_t clients = std::min(partial.header().clients, partial.header().keyCapacity);
+      summed.insert(partial.keys(), partial.keys() + clients);
+    }
+    if (std::all_of(partials.begin(), partials.end(), [&](const ObjectRef& o) {
+          return static_cast<bool>(store_.resolve(o.handle()));
+        }))
+      break;
   }
   uint32_t covered = 0;
   for (size_t leaf = 0; leaf < job.plan.leaves; ++leaf) {
@@ -115,7 +125,7 @@ void JobManager::recover(Job& job, size_t node, InstanceId dead) {
     auto c = live.find(o.container());
     return c != live.end() && c->second.sealed() && c->second.producer() == dead;
   };
-  const uint32_t covered = top ? 0 : coveredClients(job, node, dead, live, insideSealed);
+  const uint32_t covered = top ? 0 : coveredClients(job, node, dead);
 
   std::vector<ObjectRef> redeliver, release;
   for (const auto& o : owned) {

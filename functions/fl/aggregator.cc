@@ -9,6 +9,13 @@
 // death in the store, and recovery re-sends it, so from then on it replaces its inputs. It is
 // re-sent to a new parent until acknowledged; duplicates, from re-delivery after a crash, are
 // recognised by generation and dropped (and re-acknowledged).
+//
+// A leaf folds in place and seals once per batch (its updates are few: its slot). A parent
+// (middle, top) folds each input into a new accumulator, next = acc + input, which costs what
+// an in-place fold does, and seals it: the sealed accumulator is the checkpoint covering every
+// input so far, so the previous one and the input are released at once. A parent thus holds
+// two accumulators and the input it is folding whatever the round's size (memory flat in N),
+// and a replacement starts from its last sealed accumulator.
 #include <algorithm>
 #include <bit>
 #include <chrono>
@@ -48,7 +55,7 @@ class Aggregator final : public Function {
       case DescriptorKind::Partial:
         return foldPartial(ctx, d);
       case DescriptorKind::Ack:
-        return onAck(ctx, d);
+        return onAck(d);
       case DescriptorKind::Reparent:
         return reparent(ctx, d.aux);
       case DescriptorKind::Flush:
@@ -74,7 +81,7 @@ class Aggregator final : public Function {
     if (d.kind == DescriptorKind::Update || d.kind == DescriptorKind::Flush) return true;
     if (d.kind != DescriptorKind::Ack) return false;
     return std::none_of(unacked_.begin(), unacked_.end(),
-                        [&](const Unacked& u) { return u.partial.generation == d.generation; });
+                        [&](const ObjectHandle& u) { return u.generation == d.generation; });
   }
 
   Result<void> configure(const nlohmann::json& p, InstanceId self) {
@@ -125,7 +132,7 @@ class Aggregator final : public Function {
 
   Result<void> ensureAccumulator(Context& ctx) {
     if (acc_) return success();
-    const uint32_t capacity = role_ == Role::Top ? 0 : batchCapacity();
+    const uint32_t capacity = role_ == Role::Leaf ? batchCapacity() : 0;  // parents: see above
     // One key per client: a leaf's inputs are single clients; a middle's (and the top's,
     // whose checkpoints a restarted agent reads), whole partials.
     const uint32_t keys =
@@ -149,21 +156,65 @@ class Aggregator final : public Function {
   /// @param keys the client keys of the input (`clients` of them)
   Result<void> recordInput(Context& ctx, const ObjectRef& input, double weight, uint32_t clients,
                            const uint64_t* keys) {
-    PartialView acc(*acc_);
+    PartialView acc(current());
     auto& h = acc.header();
     h.weightSum += weight;
     for (uint32_t i = 0; i < clients; ++i)  // keys beyond capacity are dropped, never overrun
       if (h.clients + i < h.keyCapacity) acc.keys()[h.clients + i] = keys[i];
     h.clients += clients;
-    if (role_ != Role::Top) {
+    if (role_ == Role::Leaf) {
       LIFL_CHECK(h.inputCount < h.inputCapacity, "batch larger than its partial's capacity");
-      acc.inputs()[h.inputCount] = InputRecord{input.handle().offset, input.handle().generation};
+      acc.inputs()[h.inputCount++] = InputRecord{input.handle().offset, input.handle().generation};
     }
-    h.inputCount++;
-    batchInputs_.push_back(input.handle());
+    accInputs_++;
     seen_.insert(input.handle().generation);
     folded_ += clients;
+    if (checkpointing())
+      commitCheckpoint(ctx, input);
+    else
+      batchInputs_.push_back(input.handle());
     return maybeForward(ctx);
+  }
+
+  /// The accumulator being written: the new one while a parent folds, else the current one.
+  const ObjectRef& current() const { return folding_ ? *folding_ : *acc_; }
+
+  /// Parents fold into a new accumulator each time (see the top of this file); a lazy
+  /// aggregator holds every input until the end anyway and folds in place.
+  bool checkpointing() const { return role_ != Role::Leaf && eager_; }
+
+  /// The accumulator the next input is summed into, and where the sums so far are read from:
+  /// the same object for an in-place fold, null for the first input.
+  struct FoldTarget {
+    float* out;
+    const float* prev;
+  };
+  Result<FoldTarget> foldTarget(Context& ctx) {
+    if (!checkpointing() || !acc_) {
+      LIFL_TRYV(ensureAccumulator(ctx));
+      float* acc = PartialView(*acc_).acc();
+      return FoldTarget{acc, accFresh_ ? nullptr : acc};
+    }
+    // header and keys come along; the sums are written by the fold
+    LIFL_TRY(next, ctx.allocate(acc_->size(), ObjectKind::Partial));
+    next.setTag(job_, round_);
+    std::memcpy(next.data(), acc_->data(), PartialView(*acc_).header().accOffset);
+    next.prefault(/*forWrite=*/true);
+    folding_ = next;
+    return FoldTarget{PartialView(next).acc(), PartialView(*acc_).acc()};
+  }
+
+  /// The new accumulator, sealed, replaces the previous one and the input it covers: linked
+  /// to it before the seal, so a recovery that finds it sealed never counts them as well.
+  void commitCheckpoint(Context& ctx, const ObjectRef& input) {
+    ObjectRef next = folding_ ? *std::exchange(folding_, std::nullopt) : *acc_;
+    const uint64_t gen = next.handle().generation;
+    input.setContainer(gen);
+    if (acc_ && acc_->handle().generation != gen) acc_->setContainer(gen);
+    next.seal();
+    if (acc_ && acc_->handle().generation != gen) ctx.store().release(acc_->handle());
+    ctx.store().release(input.handle());
+    acc_ = next;
   }
 
   Result<void> foldUpdate(Context& ctx, const Descriptor& d) {
@@ -193,19 +244,22 @@ class Aggregator final : public Function {
     LIFL_TRY(view, dataplane::parseSafetensors(input.data(), input.size()));
     if (view.tensors.size() != spec_.tensors.size())
       return unprocessable("tensor_mismatch", "update does not match the model");
-    LIFL_TRYV(ensureAccumulator(ctx));
+    LIFL_TRY(target, foldTarget(ctx));
     const auto started = std::chrono::steady_clock::now();
-    float* acc = PartialView(*acc_).acc();
     const float w = static_cast<float>(weight);
     for (size_t i = 0; i < spec_.tensors.size(); ++i) {  // the tensors cover every element
       const auto& tv = view.tensors[i];
-      if (accFresh_)
-        kernels::assign(acc + offsets_[i], input.data() + tv.begin, *tv.dtype, tv.elements, w);
+      float* out = target.out + offsets_[i];
+      const void* x = input.data() + tv.begin;
+      if (!target.prev)
+        kernels::assign(out, x, *tv.dtype, tv.elements, w);
+      else if (target.prev == target.out)
+        kernels::accumulate(out, x, *tv.dtype, tv.elements, w);
       else
-        kernels::accumulate(acc + offsets_[i], input.data() + tv.begin, *tv.dtype, tv.elements, w);
+        kernels::accumulateInto(out, target.prev + offsets_[i], x, *tv.dtype, tv.elements, w);
     }
     accFresh_ = false;
-    PartialView(*acc_).header().foldSeconds +=
+    PartialView(current()).header().foldSeconds +=
         std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
     seen_.erase(input.handle().generation);  // recordInput marks it (lazy mode marked it first)
     const uint64_t key = input.clientKey();
@@ -230,13 +284,15 @@ class Aggregator final : public Function {
     PartialView partial(input);
     if (!partial.valid() || partial.header().elements != elements_ || !input.sealed())
       return badRequest("malformed_partial", "partial does not match this aggregator");
-    LIFL_TRYV(ensureAccumulator(ctx));
-    if (accFresh_)
-      std::memcpy(PartialView(*acc_).acc(), partial.acc(), elements_ * sizeof(float));
+    LIFL_TRY(target, foldTarget(ctx));
+    if (!target.prev)
+      std::memcpy(target.out, partial.acc(), elements_ * sizeof(float));
+    else if (target.prev == target.out)
+      kernels::addInto(target.out, partial.acc(), elements_);
     else
-      kernels::addInto(PartialView(*acc_).acc(), partial.acc(), elements_);
+      kernels::accumulateInto(target.out, target.prev, partial.acc(), DType::F32, elements_, 1.0f);
     accFresh_ = false;
-    PartialView(*acc_).header().foldSeconds += partial.header().foldSeconds;
+    PartialView(current()).header().foldSeconds += partial.header().foldSeconds;
     input.setOwner(ctx.self());  // ours until our own partial is acknowledged
     (void)ctx.emit(ack);         // a lost ack is recovered by the child's re-send
     const auto& ph = partial.header();
@@ -250,76 +306,24 @@ class Aggregator final : public Function {
   // cannot count to its fan-in, because after a crash its replacement gets only the
   // updates not yet covered. Middles and the top count clients, which recovery keeps exact.
   Result<void> maybeForward(Context& ctx) {
-    const auto inputs = PartialView(*acc_).header().inputCount;
     const bool done = role_ == Role::Leaf ? flushed_ : folded_ >= expected_;
-    if (role_ == Role::Top) {
-      if (done) return publish(ctx);
-      return kTopCheckpointInputs && batchInputs_.size() >= kTopCheckpointInputs ? checkpoint(ctx)
-                                                                                 : success();
-    }
-    if (done || (batch_ && inputs >= batch_)) return forward(ctx);
-    // A middle without batches holds its inputs until its parent acknowledges it: bounded
-    // by checkpoints as the top's are (leaves are bounded by their fan-in).
-    if (kMiddleCheckpointInputs && role_ == Role::Middle && !batch_ &&
-        batchInputs_.size() >= kMiddleCheckpointInputs)
-      return checkpoint(ctx);
+    if (role_ == Role::Top) return done ? publish(ctx) : success();
+    if (done || (batch_ && accInputs_ >= batch_)) return forward(ctx);
     return success();
   }
 
   Result<void> forward(Context& ctx) {
-    ObjectRef partial = *acc_;
-    acc_.reset();
-    PartialView view(partial);
-    for (uint32_t i = 0; i < view.header().inputCount; ++i) {
-      auto in = ctx.store().resolve(
-          ObjectHandle{view.inputs()[i].offset, 0, view.inputs()[i].generation});
-      if (in) in.value().setContainer(partial.handle().generation);
+    ObjectRef partial = std::exchange(acc_, std::nullopt).value();
+    accInputs_ = 0;
+    if (!partial.sealed()) {  // a leaf's batch (a parent's accumulator is sealed already)
+      for (const auto& h : batchInputs_)
+        if (auto in = ctx.store().resolve(h)) in.value().setContainer(partial.handle().generation);
+      partial.seal();  // after the container links: a sealed partial covers all its inputs
+      // Covered by the sealed partial: a leaf keeps no update beyond the slot it is filling.
+      for (const auto& h : std::exchange(batchInputs_, {})) ctx.store().release(h);
     }
-    // The checkpoint is inside this partial (it continued from it): linked before the seal,
-    // so a recovery never sends both.
-    std::optional<ObjectRef> superseded;
-    if (checkpoint_) {
-      if (auto c = ctx.store().resolve(*checkpoint_)) {
-        c.value().setContainer(partial.handle().generation);
-        superseded = c.value();
-      }
-      checkpoint_.reset();
-    }
-    partial.seal();  // after the container links: a sealed partial covers all its inputs
-    if (superseded) ctx.store().release(superseded->handle());
-    // Covered by the sealed partial: a leaf keeps no update beyond the slot it is filling.
-    for (const auto& h : std::exchange(batchInputs_, {})) ctx.store().release(h);
-    unacked_.push_back({partial.handle(), {}});
+    unacked_.push_back(partial.handle());
     return send(ctx, partial);
-  }
-
-  // A parent holds what it folded until its sum is safe (the top: published; a middle:
-  // acknowledged), so that a replacement can rebuild the sum if it dies. To keep that bounded
-  // whatever the round's size, every few inputs it seals its accumulator as a checkpoint,
-  // continues in a copy, and releases the inputs and the previous checkpoint that the new one
-  // covers. Recovery treats a checkpoint as any sealed partial of the dead instance: re-sent
-  // to a middle's parent (which counts its clients), re-delivered to a top's replacement.
-  // Memory at a parent: two accumulators and a few inputs, flat in N.
-  Result<void> checkpoint(Context& ctx) {
-    ObjectRef sealed = *acc_;
-    PartialView(sealed).header().inputCount = 0;  // its inputs are released below
-    LIFL_TRY(next, ctx.allocate(sealed.size(), ObjectKind::Partial));
-    next.setTag(job_, round_);
-    std::memcpy(next.data(), sealed.data(), sealed.size());  // header, keys and sums
-    // Linked before the seal, as forward() does: a recovery that finds the new checkpoint
-    // sealed takes it for everything it covers, never an input or older checkpoint as well.
-    for (const auto& h : batchInputs_)
-      if (auto in = ctx.store().resolve(h)) in.value().setContainer(sealed.handle().generation);
-    if (checkpoint_)
-      if (auto c = ctx.store().resolve(*checkpoint_))
-        c.value().setContainer(sealed.handle().generation);
-    sealed.seal();
-    for (const auto& h : batchInputs_) ctx.store().release(h);
-    batchInputs_.clear();
-    if (checkpoint_) ctx.store().release(*checkpoint_);
-    checkpoint_ = sealed.handle();
-    acc_ = next;
-    return success();
   }
 
   Result<void> send(Context& ctx, const ObjectRef& partial) {
@@ -332,22 +336,16 @@ class Aggregator final : public Function {
     return ctx.emit(d);
   }
 
-  Result<void> onAck(Context& ctx, const Descriptor& d) {
-    auto it = std::find_if(unacked_.begin(), unacked_.end(),
-                           [&](const Unacked& u) { return u.partial.generation == d.generation; });
-    if (it == unacked_.end()) return success();  // a repeated ack
-    for (const auto& h : it->inputs) {
-      auto in = ctx.store().resolve(h);
-      if (in && in.value().container() == d.generation) ctx.store().release(h);
-    }
-    unacked_.erase(it);
+  // The parent holds the partial from here; its inputs were released when it was sealed.
+  Result<void> onAck(const Descriptor& d) {
+    std::erase_if(unacked_, [&](const ObjectHandle& u) { return u.generation == d.generation; });
     return success();
   }
 
   Result<void> reparent(Context& ctx, InstanceId parent) {
     parent_ = parent;
     for (const auto& u : unacked_) {  // the old parent may have died before folding these
-      auto partial = ctx.store().resolve(u.partial);
+      auto partial = ctx.store().resolve(u);
       if (partial) (void)send(ctx, partial.value());
     }
     return success();
@@ -380,10 +378,7 @@ class Aggregator final : public Function {
     model.describe(d);
     LIFL_TRYV(ctx.emit(d));
     // The round is final: the inputs and the accumulator are no longer needed.
-    for (const auto& h : batchInputs_) ctx.store().release(h);
-    batchInputs_.clear();
-    if (checkpoint_) ctx.store().release(*checkpoint_);
-    checkpoint_.reset();
+    for (const auto& h : std::exchange(batchInputs_, {})) ctx.store().release(h);
     ctx.store().release(acc_->handle());
     acc_.reset();
     return success();
@@ -400,28 +395,18 @@ class Aggregator final : public Function {
   uint64_t elements_ = 0;
   std::optional<ObjectHandle> base_;
 
-  struct Unacked {
-    ObjectHandle partial;
-    std::vector<ObjectHandle> inputs;
-  };
   std::optional<ObjectRef> acc_;  ///< the partial under construction
   uint32_t folded_ = 0;           ///< clients folded in this assignment
+  uint32_t accInputs_ = 0;        ///< inputs folded into acc_ (a batch)
   bool flushed_ = false;          ///< leaf: no more updates will come
-  bool accFresh_ = false;
-  bool eager_ = true;  ///< fold on arrival; false: buffer every update, fold at the end
-  std::vector<std::pair<ObjectHandle, uint64_t>>
-      pending_;  ///< lazy: (update, weight)                  ///< acc_ holds no input yet (its
-                 ///< memory is garbage)
-  std::unordered_set<uint64_t> seen_;       ///< generations of inputs folded (duplicate filter)
-  std::vector<Unacked> unacked_;            ///< sealed partials the parent has not acknowledged
-  std::vector<ObjectHandle> batchInputs_;   ///< inputs folded into acc_
-  std::optional<ObjectHandle> checkpoint_;  ///< top: the sealed sum of what it released
-  std::unique_ptr<Aggregator> slot_;        ///< the leaf slot this parent hosts, if any
-  // Inputs held between checkpoints. A checkpoint releases the children's partials it
-  // covers; a child that dies later is recovered by client key (JobManager::coveredClients),
-  // which finds its clients in this parent's partials.
-  static constexpr size_t kTopCheckpointInputs = 2;
-  static constexpr size_t kMiddleCheckpointInputs = 4;
+  bool accFresh_ = false;         ///< acc_ holds no input yet (its memory is garbage)
+  bool eager_ = true;             ///< fold on arrival; false: buffer every update, fold at the end
+  std::vector<std::pair<ObjectHandle, uint64_t>> pending_;  ///< lazy: (update, weight)
+  std::unordered_set<uint64_t> seen_;      ///< generations of inputs folded (duplicate filter)
+  std::vector<ObjectHandle> unacked_;      ///< sealed partials the parent has not acknowledged
+  std::vector<ObjectHandle> batchInputs_;  ///< inputs folded into acc_ in place
+  std::optional<ObjectRef> folding_;       ///< a parent's next accumulator, while it folds
+  std::unique_ptr<Aggregator> slot_;       ///< the leaf slot this parent hosts, if any
 };
 
 }  // namespace

@@ -28,6 +28,22 @@ LIFL_CLONES void accumulateBF16(float* __restrict acc, const uint16_t* __restric
   }
 }
 
+LIFL_CLONES void accumulateIntoF32(float* __restrict out, const float* __restrict prev,
+                                   const float* __restrict x, uint64_t n, float w) {
+  for (uint64_t i = 0; i < n; ++i) out[i] = prev[i] + w * x[i];
+}
+
+LIFL_CLONES void accumulateIntoF16(float* __restrict out, const float* __restrict prev,
+                                   const _Float16* __restrict x, uint64_t n, float w) {
+  for (uint64_t i = 0; i < n; ++i) out[i] = prev[i] + w * static_cast<float>(x[i]);
+}
+
+LIFL_CLONES void accumulateIntoBF16(float* __restrict out, const float* __restrict prev,
+                                    const uint16_t* __restrict x, uint64_t n, float w) {
+  for (uint64_t i = 0; i < n; ++i)
+    out[i] = prev[i] + w * std::bit_cast<float>(static_cast<uint32_t>(x[i]) << 16);
+}
+
 LIFL_CLONES void assignF32(float* __restrict acc, const float* __restrict x, uint64_t n, float w) {
   for (uint64_t i = 0; i < n; ++i) acc[i] = w * x[i];
 }
@@ -66,6 +82,18 @@ void accumulate(float* acc, const void* x, DType dtype, uint64_t n, float w) {
       return accumulateF16(acc, static_cast<const _Float16*>(x), n, w);
     case DType::BF16:
       return accumulateBF16(acc, static_cast<const uint16_t*>(x), n, w);
+  }
+}
+
+void accumulateInto(float* out, const float* prev, const void* x, DType dtype, uint64_t n,
+                    float w) {
+  switch (dtype) {
+    case DType::F32:
+      return accumulateIntoF32(out, prev, static_cast<const float*>(x), n, w);
+    case DType::F16:
+      return accumulateIntoF16(out, prev, static_cast<const _Float16*>(x), n, w);
+    case DType::BF16:
+      return accumulateIntoBF16(out, prev, static_cast<const uint16_t*>(x), n, w);
   }
 }
 

@@ -48,7 +48,11 @@ TEST_P(AccumulateTest, MatchesDoubleLoop) {
     for (uint64_t i = 0; i < n; ++i)
       ASSERT_LE(std::abs(assigned[i] - w * x[i]), 1.2e-7 * std::abs(w * x[i]) + 1e-30)
           << "assign i=" << i;
+    std::vector<float> into(n, std::nanf(""));  // poisoned, as above
+    accumulateInto(into.data(), acc.data(), input, GetParam(), n, w);
     accumulate(acc.data(), input, GetParam(), n, w);
+    ASSERT_EQ(std::memcmp(into.data(), acc.data(), n * sizeof(float)), 0)
+        << "folding into a new accumulator must give the in-place fold's bits";
     for (uint64_t i = 0; i < n; ++i) {
       const double expect = ref[i] + w * x[i];
       const double scale = std::max(std::abs(ref[i]) + std::abs(w * x[i]), 1e-30);

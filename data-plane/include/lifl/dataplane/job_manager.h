@@ -268,9 +268,7 @@ class JobManager {
   void failRound(Job& job, std::string reason);
   void recover(Job& job, size_t node, InstanceId dead);
   /// Clients of `node`'s subtree already summed in partials that survive `dead` (by key).
-  uint32_t coveredClients(const Job& job, size_t node, InstanceId dead,
-                          const std::unordered_map<uint64_t, ObjectRef>& live,
-                          const std::function<bool(const ObjectRef&)>& insideSealed) const;
+  uint32_t coveredClients(const Job& job, size_t node, InstanceId dead) const;
   void reclaimUnowned(InstanceId dead);
   nlohmann::json statusOf(const Job& job) const;
   /// Saves the job's state (and, when given, the model of its current round) to disk.

@@ -17,6 +17,11 @@ void accumulate(float* acc, const void* x, DType dtype, uint64_t n, float w);
 /// acc[i] = w * x[i]: the first input of a fresh accumulator (saves zeroing it first).
 void assign(float* acc, const void* x, DType dtype, uint64_t n, float w);
 
+/// out[i] = prev[i] + w * x[i]: folding into a new accumulator, so that the previous one
+/// stays intact (a parent's checkpoint) at the cost of an in-place fold.
+/// @pre out, prev and x do not overlap.
+void accumulateInto(float* out, const float* prev, const void* x, DType dtype, uint64_t n, float w);
+
 /// acc[i] += x[i] (folding a partial sum into its parent).
 void addInto(float* acc, const float* x, uint64_t n);
 
