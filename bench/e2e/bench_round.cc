@@ -35,7 +35,7 @@ struct RoundResult {
   bool ok = false;
   std::string why;
   double wall = 0, lastToModel = 0, cpu = 0;
-  uint64_t peakBytes = 0;
+  bench::PlatformProcess::Memory peak;  ///< the sample with the most memory in use
 };
 
 std::vector<RoundResult> runDesign(const Design& design, const std::string& lifl, uint32_t n,
@@ -78,12 +78,12 @@ std::vector<RoundResult> runDesign(const Design& design, const std::string& lifl
   for (uint32_t round = 0; round < rounds; ++round) {
     RoundResult& r = out[round];
     std::atomic<bool> sampling{true};
-    std::atomic<uint64_t> peak{0};
-    std::thread sampler([&] {  // its own connection: the control one is used below
+    bench::PlatformProcess::Memory peak;  // written by the sampler until it is joined
+    std::thread sampler([&] {             // its own connection: the control one is used below
       auto c = HttpClient::connect(platform.url()).value();
       while (sampling) {
-        const uint64_t m = platform.memory(*c);
-        if (m > peak) peak = m;
+        const auto m = platform.memory(*c);
+        if (m.total() > peak.total()) peak = m;
         std::this_thread::sleep_for(std::chrono::milliseconds(20));
       }
     });
@@ -129,7 +129,7 @@ std::vector<RoundResult> runDesign(const Design& design, const std::string& lifl
     r.wall = end - t0;
     r.lastToModel = end - lastArrival;
     r.cpu = platform.cpu(*control) - c0;
-    r.peakBytes = peak;
+    r.peak = peak;
   }
   return out;
 }
@@ -159,10 +159,11 @@ int main(int argc, char** argv) {
   };
   std::printf("end-to-end rounds, %u uploaders, %u rounds each (the first on a fresh store)\n",
               uploaders, rounds);
-  bench::rule(118);
-  std::printf("%-20s %6s %10s %6s | %10s %14s %10s %14s  %s\n", "design", "N", "params", "round",
-              "round s", "last->model s", "CPU s", "peak MB", "");
-  bench::rule(118);
+  bench::rule(132);
+  std::printf("%-20s %6s %10s %6s | %10s %14s %10s %10s %22s  %s\n", "design", "N", "params",
+              "round", "round s", "last->model s", "CPU s", "peak MB", "(store+private, procs)",
+              "");
+  bench::rule(132);
   for (uint64_t n : clientCounts) {
     for (uint64_t p : paramCounts) {
       const auto body = bench::randomUpdateBody(p, 11);
@@ -177,15 +178,17 @@ int main(int argc, char** argv) {
                         r + 1, x.why.c_str());
             continue;
           }
-          std::printf("%-20s %6llu %10llu %6u | %10.3f %14.3f %10.2f %14.1f  %s\n", design.name,
-                      static_cast<unsigned long long>(n), static_cast<unsigned long long>(p), r + 1,
-                      x.wall, x.lastToModel, x.cpu, static_cast<double>(x.peakBytes) / 1e6,
-                      x.why.c_str());
+          std::printf(
+              "%-20s %6llu %10llu %6u | %10.3f %14.3f %10.2f %10.1f %8.1f+%6.1f, %4u  %s\n",
+              design.name, static_cast<unsigned long long>(n), static_cast<unsigned long long>(p),
+              r + 1, x.wall, x.lastToModel, x.cpu, static_cast<double>(x.peak.total()) / 1e6,
+              static_cast<double>(x.peak.storeBytes) / 1e6,
+              static_cast<double>(x.peak.privateBytes) / 1e6, x.peak.processes, x.why.c_str());
         }
       }
     }
   }
-  bench::rule(118);
+  bench::rule(132);
   std::printf(
       "targets (100 clients, 11.2 M params): round <= 2.5 s, last->model <= 0.3 s, CPU <= 3.4 s,\n"
       "peak memory <= 2 GB and flat in N\n");

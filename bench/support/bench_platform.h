@@ -101,20 +101,29 @@ class PlatformProcess {
     for (pid_t p : pids(c)) total += pidCpu(p);
     return total;
   }
-  /// Private memory of every process plus the store's live objects, in bytes: shared store
-  /// pages are counted once, through the store, not once per process that maps them.
-  uint64_t memory(HttpClient& c) const {
-    uint64_t bytes = 0;
-    for (pid_t p : pids(c)) bytes += statusKb(p, "RssAnon") * 1024;
-    auto m = c.get("/metrics");
-    if (m && m.value().status == 200) {
-      std::istringstream lines(m.value().body);
+  struct Memory {
+    uint64_t storeBytes = 0;    ///< the store's live objects (shared pages, counted once)
+    uint64_t privateBytes = 0;  ///< private (anonymous) RSS of every process
+    uint32_t processes = 0;
+    uint64_t total() const { return storeBytes + privateBytes; }
+  };
+  /// Private memory of every process plus the store's live objects: shared store pages are
+  /// counted once, through the store, not once per process that maps them.
+  Memory memory(HttpClient& c) const {
+    Memory m;
+    for (pid_t p : pids(c)) {
+      m.privateBytes += statusKb(p, "RssAnon") * 1024;
+      m.processes++;
+    }
+    auto metrics = c.get("/metrics");
+    if (metrics && metrics.value().status == 200) {
+      std::istringstream lines(metrics.value().body);
       std::string line;
       while (std::getline(lines, line))
         if (line.rfind("lifl_store_bytes{state=\"live\"}", 0) == 0)
-          bytes += static_cast<uint64_t>(std::stod(line.substr(line.rfind(' ') + 1)));
+          m.storeBytes += static_cast<uint64_t>(std::stod(line.substr(line.rfind(' ') + 1)));
     }
-    return bytes;
+    return m;
   }
 
  private:

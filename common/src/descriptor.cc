@@ -26,6 +26,8 @@ std::string_view kindName(DescriptorKind kind) {
       return "flush";
     case DescriptorKind::Retarget:
       return "retarget";
+    case DescriptorKind::Done:
+      return "done";
     case DescriptorKind::Event:
       return "event";
     case DescriptorKind::Reply:

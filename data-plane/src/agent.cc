@@ -174,6 +174,9 @@ void Agent::readEndpoint() {
       case DescriptorKind::Ack:
         jobs_->onAck(d);
         break;
+      case DescriptorKind::Done:
+        jobs_->onLeafDone(d);
+        break;
       case DescriptorKind::Partial:  // a node subtree's partial, bound for the root node
         jobs_->onPartial(d);
         break;

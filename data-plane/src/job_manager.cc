@@ -48,6 +48,7 @@ Descriptor JobManager::roundDescriptor(const Job& job, InstanceId dst, Descripto
 }
 
 bool JobManager::send(Descriptor d) {
+  if (d.dst == 0) return false;  // a leaf slot without a process: not reached yet, or done
   auto sent = endpoint_.send(d);
   if (!sent)
     LIFL_WARN("send " << kindName(d.kind) << " to " << d.dst << ": " << sent.error().detail);
@@ -176,11 +177,18 @@ Result<void> JobManager::deployTree(Job& job) {
       hostOf[i] = p;
     }
   }
+  // Leaf slots fill one after the other: a leaf gets its process when updates are about to
+  // reach it, and gives it back when its partial is folded (onLeafDone), so a round needs
+  // processes for the slots being filled, not for all of them.
+  auto deferred = [&](size_t i) {
+    return i >= kLeavesDeployedAhead && i < job.plan.leaves &&
+           job.plan.nodes[i].role == AggregatorRole::Leaf && hostOf[i] < 0;
+  };
   auto reuse = distinctInstances(job);
   std::reverse(reuse.begin(), reuse.end());  // taken from the back, in their old order
   job.instances.assign(n, 0);
   for (size_t i = 0; i < n; ++i) {
-    if (hostOf[i] >= 0) continue;
+    if (hostOf[i] >= 0 || deferred(i)) continue;
     if (!reuse.empty()) {
       job.instances[i] = reuse.back();
       reuse.pop_back();
@@ -200,7 +208,7 @@ Result<void> JobManager::deployTree(Job& job) {
   for (size_t i = 0; i < n; ++i)
     if (hostOf[i] >= 0) job.instances[i] = job.instances[static_cast<size_t>(hostOf[i])];
   for (size_t i = 0; i < n; ++i)
-    if (hostOf[i] < 0)
+    if (hostOf[i] < 0 && job.instances[i])
       LIFL_TRYV(supervisor_.assign(job.instances[i], kAggregator,
                                    aggregatorParams(job, i, job.plan.nodes[i].expected)));
   job.scaledToZero = false;
@@ -303,7 +311,8 @@ std::map<std::string, uint64_t> JobManager::aggregatorsByRole() const {
   for (const auto& [_, job] : jobs_)
     if (job->state == State::Active)
       for (size_t i = 0; i < job->plan.nodes.size(); ++i)
-        if (i >= job->instances.size() || !rides(*job, i)) out[roleName(job->plan.nodes[i].role)]++;
+        if (i < job->instances.size() && job->instances[i] && !rides(*job, i))
+          out[roleName(job->plan.nodes[i].role)]++;  // a process of its own, running
   return out;
 }
 
@@ -515,6 +524,14 @@ void JobManager::route(Job& job, ObjectRef update, const UpdateMeta& meta, bool 
   }
   if (meta.late) job.lateFolded++;
   const size_t slot = slotFor(job, recovered);
+  if (auto deployed = deployLeaf(job, slot); !deployed) {
+    job.failure = "cannot start a leaf: " + deployed.error().detail;
+    LIFL_ERROR("job " << job.spec.id << ": " << job.failure);
+    finish(job, State::Failed);
+    return;
+  }
+  if (slot + 1 < job.plan.leaves && job.routed[slot + 1].empty())
+    (void)deployLeaf(job, slot + 1);  // the next slot's process starts while this one fills
   job.lastArrival = std::chrono::steady_clock::now();
   const InstanceId leaf = job.instances[slot];
   update.setTag(job.slot, job.round);

@@ -48,6 +48,35 @@ Result<void> JobManager::growLeaf(Job& job, size_t at, uint32_t expected) {
   return success();
 }
 
+Result<void> JobManager::deployLeaf(Job& job, size_t leaf) {
+  if (job.instances[leaf]) return success();
+  LIFL_TRY(id, supervisor_.reserve());
+  if (auto assigned = supervisor_.assign(
+          id, kAggregator, aggregatorParams(job, leaf, job.plan.nodes[leaf].expected));
+      !assigned) {
+    supervisor_.release(id);
+    return assigned.error();
+  }
+  job.instances[leaf] = id;
+  return success();
+}
+
+void JobManager::onLeafDone(const Descriptor& d) {
+  std::lock_guard lock(mutex_);
+  auto it = bySlot_.find(d.job);
+  if (it == bySlot_.end() || it->second->state != State::Active || d.round != it->second->round)
+    return;  // a finished round's leaf: the tree's release took its process
+  Job& job = *it->second;
+  for (size_t leaf = 0; leaf < job.plan.leaves; ++leaf) {
+    if (job.instances[leaf] != d.src || job.plan.nodes[leaf].role != AggregatorRole::Leaf ||
+        rides(job, leaf))
+      continue;
+    job.instances[leaf] = 0;
+    supervisor_.release(d.src);
+    return;
+  }
+}
+
 bool JobManager::tryStartReceiving(const std::string& id) {
   std::lock_guard lock(mutex_);
   auto found = find(id);
@@ -90,7 +119,9 @@ size_t JobManager::slotFor(Job& job, bool recovered) {
                      << job.instances[slot + 1] << " added");
     return job.cursor = slot + 1;
   }
-  if (!scaleUpDepth_ || !queueDepth_ || job.routed[slot].empty()) return slot;
+  // A leaf is judged once it was sent as many updates as the depth that marks it behind: a
+  // helper just assigned has its assignment in its queue too, and must not be cut for that.
+  if (!scaleUpDepth_ || !queueDepth_ || job.routed[slot].size() < scaleUpDepth_) return slot;
   const InstanceId leaf = job.instances[slot];
   const uint64_t depth = queueDepth_(leaf);
   if (depth < scaleUpDepth_) return slot;

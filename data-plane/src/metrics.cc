@@ -147,10 +147,9 @@ void Metrics::nodeState(const NodeState& st) {
         .Set(it == st.aggregatorsByRole.end() ? 0.0 : static_cast<double>(it->second));
   }
   std::lock_guard lock(mutex_);
-  if (st.coldStarts > lastColdStarts_)
-    coldStarts_.Add({}).Increment(static_cast<double>(st.coldStarts - lastColdStarts_));
-  if (st.deaths > lastDeaths_)
-    deaths_.Add({}).Increment(static_cast<double>(st.deaths - lastDeaths_));
+  // Added even at zero, so that the series exists before the first cold start or death.
+  coldStarts_.Add({}).Increment(static_cast<double>(st.coldStarts - lastColdStarts_));
+  deaths_.Add({}).Increment(static_cast<double>(st.deaths - lastDeaths_));
   lastColdStarts_ = st.coldStarts;
   lastDeaths_ = st.deaths;
   if (st.crossNodeSent > lastSent_)

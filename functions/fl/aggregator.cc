@@ -55,13 +55,17 @@ class Aggregator final : public Function {
       case DescriptorKind::Partial:
         return foldPartial(ctx, d);
       case DescriptorKind::Ack:
-        return onAck(d);
+        return onAck(ctx, d);
       case DescriptorKind::Reparent:
         return reparent(ctx, d.aux);
       case DescriptorKind::Flush:
         flushed_ = true;
-        if (!pending_.empty()) return foldPending(ctx);
-        return acc_ ? maybeForward(ctx) : success();
+        if (!pending_.empty()) {
+          LIFL_TRYV(foldPending(ctx));
+        } else if (acc_) {
+          LIFL_TRYV(maybeForward(ctx));
+        }
+        return maybeDone(ctx);
       case DescriptorKind::Retarget:  // the round closed at its deadline with fewer clients
         expected_ = static_cast<uint32_t>(d.value);
         if (!pending_.empty() && lazyDone()) return foldPending(ctx);
@@ -92,6 +96,7 @@ class Aggregator final : public Function {
       leaf["parent"] = self;
       leaf["expected"] = p["slot"].value("expected", 1u);
       leaf["base"] = nullptr;
+      leaf["hosted"] = true;
       slot_ = std::make_unique<Aggregator>();
       LIFL_TRYV(slot_->configure(leaf, self));
     }
@@ -102,6 +107,7 @@ class Aggregator final : public Function {
       expected_ = p.at("expected");
       batch_ = p.value("batch", 0u);
       eager_ = p.value("eager", true);
+      hosted_ = p.value("hosted", false);
       job_ = p.value("job", 0u);
       round_ = p.value("round", 0u);
       for (const auto& t : p.at("tensors")) {
@@ -337,9 +343,24 @@ class Aggregator final : public Function {
   }
 
   // The parent holds the partial from here; its inputs were released when it was sealed.
-  Result<void> onAck(const Descriptor& d) {
+  Result<void> onAck(Context& ctx, const Descriptor& d) {
     std::erase_if(unacked_, [&](const ObjectHandle& u) { return u.generation == d.generation; });
-    return success();
+    return maybeDone(ctx);
+  }
+
+  // A flushed leaf whose partials are all acknowledged holds nothing of the round: the agent
+  // may give its process to a later slot. A slot hosted in its parent's process never is.
+  Result<void> maybeDone(Context& ctx) {
+    if (role_ != Role::Leaf || hosted_ || doneSent_ || !flushed_ || acc_ || !unacked_.empty() ||
+        !pending_.empty())
+      return success();
+    doneSent_ = true;
+    Descriptor d{};
+    d.dst = kAgentInstance;
+    d.kind = DescriptorKind::Done;
+    d.job = job_;
+    d.round = round_;
+    return ctx.emit(d);
   }
 
   Result<void> reparent(Context& ctx, InstanceId parent) {
@@ -399,6 +420,8 @@ class Aggregator final : public Function {
   uint32_t folded_ = 0;           ///< clients folded in this assignment
   uint32_t accInputs_ = 0;        ///< inputs folded into acc_ (a batch)
   bool flushed_ = false;          ///< leaf: no more updates will come
+  bool hosted_ = false;           ///< a leaf slot run inside its parent's process
+  bool doneSent_ = false;         ///< leaf: the agent was told it is free
   bool accFresh_ = false;         ///< acc_ holds no input yet (its memory is garbage)
   bool eager_ = true;             ///< fold on arrival; false: buffer every update, fold at the end
   std::vector<std::pair<ObjectHandle, uint64_t>> pending_;  ///< lazy: (update, weight)

@@ -24,14 +24,17 @@ class KillAggregators(PlatformTestCase):
         fan_in = fan_in or (4 if levels == 3 else 8)
         self.client.create_job(job_spec(job, clients=CLIENTS, rounds=1,
                                         hierarchy={"fan_in": fan_in, "batch": batch, "levels": levels}))
-        status = self.client.job(job)
-        leaves, middles = status["plan"]["leaves"], status["plan"]["middles"]
-        instances = status["plan"]["instances"]
-        victims = {"leaf": lambda: [instances[rng.randrange(leaves)]],
-                   "two-leaves": lambda: rng.sample(instances[:leaves], 2),
-                   "middle": lambda: [instances[leaves + (middle if middle is not None
-                                                           else rng.randrange(middles))]],
-                   "top": lambda: [instances[-1]]}[victim_role]()
+        def victims():
+            # Leaf slots get a process as updates reach them and give it back when done:
+            # the leaves to kill are among those running at the kill.
+            plan = self.client.job(job)["plan"]
+            leaves, middles, instances = plan["leaves"], plan["middles"], plan["instances"]
+            running = [i for i in instances[:leaves] if i]
+            return {"leaf": lambda: [rng.choice(running)],
+                    "two-leaves": lambda: rng.sample(running, min(2, len(running))),
+                    "middle": lambda: [instances[leaves + (middle if middle is not None
+                                                            else rng.randrange(middles))]],
+                    "top": lambda: [instances[-1]]}[victim_role]()
         data_rng = np.random.default_rng(rng.randrange(1 << 30))
         updates = [random_update(data_rng) for _ in range(CLIENTS)]
         weights = [int(data_rng.integers(1, 300)) for _ in range(CLIENTS)]
@@ -52,7 +55,7 @@ class KillAggregators(PlatformTestCase):
         t = threading.Thread(target=pusher)
         t.start()
         self.assertTrue(pushed.wait(30))
-        for v in victims:
+        for v in victims():
             os.kill(self.platform.pid_of(v), signal.SIGKILL)
         t.join(60)
         self.assertFalse(t.is_alive())

@@ -30,6 +30,7 @@ enum class DescriptorKind : uint16_t {
   Reparent = 14,  ///< agent -> instance: send later partials to `aux`
   Flush = 15,     ///< agent -> leaf: every update of the leaf's slot has been routed to it
   Retarget = 16,  ///< agent -> middle/top: the round closed early; expect `value` clients
+  Done = 17,      ///< leaf -> agent: its last partial is acknowledged; the process is free
   Event = 20,     ///< a function-chain event (payload object), hop to hop
   Reply = 21,     ///< last hop -> agent: the chain's output event
   Failure = 22,   ///< a hop failed; object holds the JSON error

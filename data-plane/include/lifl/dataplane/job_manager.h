@@ -139,6 +139,8 @@ class JobManager {
   // Messages to the agent's endpoint and supervisor events.
   void onModel(const Descriptor& d);
   void onAck(const Descriptor& d);
+  /// A leaf finished its slot: its process goes back to the warm pool for later slots.
+  void onLeafDone(const Descriptor& d);
   void onInstanceDeath(InstanceId id);
 
  private:
@@ -230,6 +232,9 @@ class JobManager {
   /// Gives the tree's instances back to the pool.
   void releaseTree(Job& job);
   static std::vector<InstanceId> distinctInstances(const Job& job);
+  /// Leaf slots given a process when a round starts; the others get one as updates reach
+  /// them (deployLeaf), one slot ahead.
+  static constexpr size_t kLeavesDeployedAhead = 2;
   /// True for a leaf slot that runs in its parent's process (co-located roles).
   static bool rides(const Job& job, size_t node);
   nlohmann::json aggregatorParams(const Job& job, size_t node, uint32_t expected) const;
@@ -245,6 +250,8 @@ class JobManager {
   /// Inserts a leaf at plan index `at` (beside leaf at-1, under its parent) covering
   /// `expected` updates: scale-up within a round.
   Result<void> growLeaf(Job& job, size_t at, uint32_t expected);
+  /// Gives a leaf slot a process when updates are about to reach it (job_scaling.cc).
+  Result<void> deployLeaf(Job& job, size_t leaf);
   /// The leaf slot the next update goes to, adding a leaf when the current one is behind.
   size_t slotFor(Job& job, bool recovered);
   void maybeCloseCluster(Job& job);
