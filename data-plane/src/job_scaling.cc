@@ -87,10 +87,17 @@ bool JobManager::tryStartReceiving(const std::string& id) {
     job.receiving++;
     return true;
   }
-  const uint32_t bound = std::max(maxBufferedUpdates_, job.plan.fanIn + 2);
+  // The round's objects in the store: updates, and the partials the aggregators hold (the
+  // open leaf's accumulator, the parents', one being folded). Counting the partials too keeps
+  // the store's use the same whether a round has 100 clients or 1000: a longer round meets
+  // more often the moments when several leaves and a finishing middle hold partials at once.
+  // Partials kept by the agent for another node are not the aggregators' and not counted.
+  const uint32_t bound = std::max(maxBufferedUpdates_, job.plan.fanIn + 2) + kWorkingPartials;
   uint32_t held = job.receiving;
   store_.forEach([&](const ObjectRef& o) {
-    held += o.kind() == ObjectKind::Update && o.job() == job.slot && o.round() == job.round;
+    if (o.job() != job.slot || o.round() != job.round) return;
+    held += o.kind() == ObjectKind::Update ||
+            (o.kind() == ObjectKind::Partial && o.owner() != kAgentInstance);
   });
   if (held >= bound) return false;
   job.receiving++;

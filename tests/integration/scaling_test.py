@@ -117,39 +117,42 @@ class Backpressure(PlatformTestCase):
 
     def test_uploads_wait_while_the_leaves_are_behind(self):
         import threading
-        self.client.create_job(job_spec("bp", clients=12, rounds=1, fan_in=4))
-        leaf0 = self.client.job("bp")["plan"]["instances"][0]
+        # Two slots of 7, both leaves stopped before they fold anything: every upload stays
+        # in the store. The bound on a round's objects is max(6, fan-in + 2) + 4 working
+        # partials = 13, so the 14th body waits until the leaves resume.
+        self.client.create_job(job_spec("bp", clients=14, rounds=1, fan_in=7))
+        leaves = self.client.job("bp")["plan"]["instances"][:2]
+        self.assertNotIn(0, leaves, "the first two slots have processes from the start")
         rng = np.random.default_rng(12)
-        updates = [random_update(rng) for _ in range(12)]
+        updates = [random_update(rng) for _ in range(14)]
         push = lambda c: self.client.push("bp", updates[c][0], client=f"c{c}", num_examples=c + 1,
                                           round_=0)
-        pid = self.platform.pid_of(leaf0)
-        os.kill(pid, signal.SIGSTOP)
+        pids = [self.platform.pid_of(leaf) for leaf in leaves]
+        for pid in pids:
+            os.kill(pid, signal.SIGSTOP)
         try:
-            for c in range(6):  # slot 0 (4, held by the stopped leaf) and half of slot 1
+            for c in range(13):
                 push(c)
-            # 4 + 2 updates are held, the bound (6): the next body waits for the leaves.
             done = threading.Event()
 
             def late():
                 from lifl_client import Client
-                Client(self.platform.url).push("bp", updates[6][0], client="c6", num_examples=7,
-                                               round_=0)
+                Client(self.platform.url).push("bp", updates[13][0], client="c13",
+                                               num_examples=14, round_=0)
                 done.set()
             t = threading.Thread(target=late)
             t.start()
-            self.assertFalse(done.wait(1.0), "the 7th upload was read past the bound")
-            self.assertEqual(self.client.job("bp")["received"], 6)
+            self.assertFalse(done.wait(1.0), "the 14th upload was read past the bound")
+            self.assertEqual(self.client.job("bp")["received"], 13)
         finally:
-            os.kill(pid, signal.SIGCONT)  # leaf 0 folds and seals its slot: room for 4 more
-        self.assertTrue(done.wait(20), "the upload never went through after the leaf resumed")
+            for pid in pids:
+                os.kill(pid, signal.SIGCONT)  # the leaves fold and seal: room again
+        self.assertTrue(done.wait(20), "the upload never went through after the leaves resumed")
         t.join(5)
-        for c in range(7, 12):
-            push(c)
         status = self.client.wait_round("bp", 1, timeout=20)
-        self.assertEqual(status["history"][0]["clients"], 12)
+        self.assertEqual(status["history"][0]["clients"], 14)
         model, _ = self.client.pull("bp")
-        assert_model_equal(self, model, fedavg([(c + 1, updates[c][1]) for c in range(12)]))
+        assert_model_equal(self, model, fedavg([(c + 1, updates[c][1]) for c in range(14)]))
 
 
 if __name__ == "__main__":

@@ -235,6 +235,9 @@ class JobManager {
   /// Leaf slots given a process when a round starts; the others get one as updates reach
   /// them (deployLeaf), one slot ahead.
   static constexpr size_t kLeavesDeployedAhead = 2;
+  /// Partials of a round allowed beside its buffered updates: the open leaf's accumulator,
+  /// its parent's and the top's sealed ones, and one being folded.
+  static constexpr uint32_t kWorkingPartials = 4;
   /// True for a leaf slot that runs in its parent's process (co-located roles).
   static bool rides(const Job& job, size_t node);
   nlohmann::json aggregatorParams(const Job& job, size_t node, uint32_t expected) const;
