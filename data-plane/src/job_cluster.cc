@@ -352,27 +352,35 @@ Result<void> JobManager::reroot(Job& job, const nlohmann::json& cmd) {
   c.partialsIn.clear();
   const bool root = cmd.value("is_root", false);
   if (root && !c.isRoot) {
-    LIFL_TRY(top, supervisor_.reserve());
-    nlohmann::json params = aggregatorParams(job, static_cast<size_t>(job.plan.top()),
-                                             c.closed ? c.total : job.spec.clientsPerRound);
-    params["role"] = "top";
-    params["parent"] = 0;
-    params.erase("slot");
-    if (job.spec.update == UpdateMode::Delta && job.model)
-      params["base"] = {{"offset", job.model->offset},
-                        {"length", job.model->length},
-                        {"generation", job.model->generation}};
-    if (auto assigned = supervisor_.assign(top, kAggregator, params); !assigned) {
-      supervisor_.release(top);
-      return assigned.error();
-    }
-    c.top = top;
+    LIFL_TRYV(startClusterTop(job));
     c.isRoot = true;
   }
   LIFL_INFO("job " << job.spec.id << ": round " << job.round << " re-rooted on " << c.root
                    << " (epoch " << c.epoch << "), " << c.kept.size()
                    << " partials of this node to send again");
   for (const auto& k : std::exchange(c.kept, {})) forwardPartial(job, k);
+  return success();
+}
+
+// The round's top on a node that became its root mid-round, beside the node's own subtree
+// (whose plan has no top of its own here).
+Result<void> JobManager::startClusterTop(Job& job) {
+  auto& c = *job.cluster;
+  LIFL_TRY(top, supervisor_.reserve());
+  nlohmann::json params = aggregatorParams(job, static_cast<size_t>(job.plan.top()),
+                                           c.closed ? c.total : job.spec.clientsPerRound);
+  params["role"] = "top";
+  params["parent"] = 0;
+  params.erase("slot");
+  if (job.spec.update == UpdateMode::Delta && job.model)
+    params["base"] = {{"offset", job.model->offset},
+                      {"length", job.model->length},
+                      {"generation", job.model->generation}};
+  if (auto assigned = supervisor_.assign(top, kAggregator, params); !assigned) {
+    supervisor_.release(top);
+    return assigned.error();
+  }
+  c.top = top;
   return success();
 }
 

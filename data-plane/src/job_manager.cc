@@ -292,6 +292,7 @@ nlohmann::json JobManager::statusOf(const Job& job) const {
     out["cluster"] = {{"epoch", c.epoch},
                       {"root", c.root},
                       {"is_root", c.isRoot},
+                      {"top", c.top},
                       {"share", c.share},
                       {"closed", c.closed},
                       {"close_at", c.closeAt},

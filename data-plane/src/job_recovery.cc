@@ -32,6 +32,10 @@ void JobManager::onInstanceDeath(InstanceId dead) {
   std::lock_guard lock(mutex_);
   for (auto& [_, job] : jobs_) {
     if (job->state != State::Active) continue;
+    if (job->cluster && job->cluster->top == dead) {
+      recoverClusterTop(*job, dead);
+      return;
+    }
     // The last node with the instance: a co-located parent's role, not its leaf slot's.
     for (size_t node = job->instances.size(); node-- > 0;) {
       if (job->instances[node] == dead) {
@@ -95,29 +99,19 @@ uint32_t JobManager::coveredClients(const Job& job, size_t node, InstanceId dead
   return covered;
 }
 
-// Recovery after an aggregator died (DESIGN.md invariant 4). What the dead instance owned
-// tells exactly where each accepted update is:
-//  - a sealed partial it produced covers its inputs: re-send it to the parent (which drops
-//    duplicates) and release the inputs when the parent acknowledges;
-//  - an unsealed partial was its accumulator: the sums in it are lost, so drop it...
-//  - ...and re-deliver every input not covered by a sealed partial to a replacement, which
-//    is assigned the same role for the clients not yet covered.
-void JobManager::recover(Job& job, size_t node, InstanceId dead) {
-  job.recoveries++;
-  const PlanNode& planNode = job.plan.nodes[node];
-  const InstanceId parent = parentOf(job, node);
+// What a dead aggregator owned, sorted out (DESIGN.md invariant 4): its sealed partials are
+// re-sent to `parent` (none: it was a top, and they are its checkpoints, for the
+// replacement), its accumulator is dropped, inputs inside a sealed partial are held until it
+// is acknowledged (or freed, under a top's checkpoint), and the returned inputs, counted
+// nowhere yet, go to the replacement.
+std::vector<ObjectRef> JobManager::reclaim(Job& job, InstanceId dead,
+                                           std::optional<InstanceId> parent) {
+  const bool top = !parent;
   const auto owned = store_.ownedBy(dead);
-
   // Classify first, act after: releasing while classifying would let a later lookup read a
   // freed header.
   std::unordered_map<uint64_t, ObjectRef> live;
   store_.forEach([&](const ObjectRef& o) { live.emplace(o.handle().generation, o); });
-
-  // Clients already inside sealed partials of the dead instance, wherever they are now (its
-  // parent holds the ones it acknowledged until its own batch is acknowledged).
-  // A top has no parent: its sealed partials are its checkpoints, re-delivered to the
-  // replacement, which counts them itself.
-  const bool top = planNode.role == AggregatorRole::Top && parent == 0;
   // A partial inside another sealed partial of the dead instance (a hosted leaf slot's,
   // folded into the parent's) is that partial's input, not a sum of its own.
   auto insideSealed = [&](const ObjectRef& o) {
@@ -125,8 +119,6 @@ void JobManager::recover(Job& job, size_t node, InstanceId dead) {
     auto c = live.find(o.container());
     return c != live.end() && c->second.sealed() && c->second.producer() == dead;
   };
-  const uint32_t covered = top ? 0 : coveredClients(job, node, dead);
-
   std::vector<ObjectRef> redeliver, release;
   for (const auto& o : owned) {
     if (o.kind() == ObjectKind::Model) continue;  // a publication on its way to the agent
@@ -144,9 +136,8 @@ void JobManager::recover(Job& job, size_t node, InstanceId dead) {
         continue;
       }
       resentInputs_[o.handle().generation];  // its inputs are added below
-      send(roundDescriptor(
-          job, parent, DescriptorKind::Partial,
-          &o));  // the parent acks to the agent (duplicates too); onAck releases the inputs
+      // The parent acks to the agent (duplicates too); onAck releases the inputs.
+      send(roundDescriptor(job, *parent, DescriptorKind::Partial, &o));
       continue;
     }
     // An input: an update, or a child's partial.
@@ -161,11 +152,59 @@ void JobManager::recover(Job& job, size_t node, InstanceId dead) {
     }
   }
   for (const auto& o : release) store_.release(o.handle());
+  return redeliver;
+}
+
+void JobManager::redeliver(const Job& job, InstanceId to, const std::vector<ObjectRef>& inputs) {
+  for (const auto& o : inputs) {
+    o.setOwner(to);
+    Descriptor d = roundDescriptor(
+        job, to, o.kind() == ObjectKind::Update ? DescriptorKind::Update : DescriptorKind::Partial,
+        &o);
+    d.value = o.value();
+    send(d);
+  }
+}
+
+// The extra top of a round re-rooted on this node (job_cluster.cc) died: a new one starts
+// from what the dead one owned, as any top's replacement does.
+void JobManager::recoverClusterTop(Job& job, InstanceId dead) {
+  job.recoveries++;
+  const auto inputs = reclaim(job, dead, std::nullopt);
+  LIFL_WARN("job " << job.spec.id << ": the re-rooted top " << dead << " died in round "
+                   << job.round << "; " << inputs.size() << " inputs to re-deliver");
+  job.cluster->top = 0;
+  auto fresh = startClusterTop(job);
+  if (!fresh) {
+    job.failure = "cannot replace the round's top: " + fresh.error().detail;
+    LIFL_ERROR(job.failure);
+    finish(job, State::Failed);
+    return;
+  }
+  redeliver(job, job.cluster->top, inputs);
+}
+
+// Recovery after an aggregator died (DESIGN.md invariant 4). What the dead instance owned
+// tells exactly where each accepted update is:
+//  - a sealed partial it produced covers its inputs: re-send it to the parent (which drops
+//    duplicates) and release the inputs when the parent acknowledges;
+//  - an unsealed partial was its accumulator: the sums in it are lost, so drop it...
+//  - ...and re-deliver every input not covered by a sealed partial to a replacement, which
+//    is assigned the same role for the clients not yet covered.
+void JobManager::recover(Job& job, size_t node, InstanceId dead) {
+  job.recoveries++;
+  const PlanNode& planNode = job.plan.nodes[node];
+  const InstanceId parent = parentOf(job, node);
+  // A top has no parent: its sealed partials are its checkpoints, re-delivered to the
+  // replacement, which counts them itself.
+  const bool top = planNode.role == AggregatorRole::Top && parent == 0;
+  const uint32_t covered = top ? 0 : coveredClients(job, node, dead);
+  const auto inputs = reclaim(job, dead, top ? std::nullopt : std::optional(parent));
 
   const uint32_t remaining = planNode.expected > covered ? planNode.expected - covered : 0;
   LIFL_WARN("job " << job.spec.id << ": " << roleName(planNode.role) << " " << dead
                    << " died in round " << job.round << "; " << covered
-                   << " updates covered by sealed partials, " << redeliver.size()
+                   << " updates covered by sealed partials, " << inputs.size()
                    << " inputs to re-deliver");
 
   auto replacement = supervisor_.reserve();
@@ -192,14 +231,7 @@ void JobManager::recover(Job& job, size_t node, InstanceId dead) {
     d.aux = fresh;
     send(d);
   }
-  for (const auto& o : redeliver) {
-    o.setOwner(fresh);
-    Descriptor d = roundDescriptor(
-        job, fresh,
-        o.kind() == ObjectKind::Update ? DescriptorKind::Update : DescriptorKind::Partial, &o);
-    d.value = o.value();
-    send(d);
-  }
+  redeliver(job, fresh, inputs);
   // A leaf slot whose updates were all routed is flushed again (its own, or the one the
   // replacement hosts).
   for (size_t leaf = 0; leaf < job.plan.leaves; ++leaf)

@@ -244,8 +244,15 @@ uint32_t ObjectStore::reclaimIncomplete(InstanceId dead) {
   uint32_t reclaimed = 0;
   impl_->heap->forEachLive([&](uint64_t off) {
     auto* h = impl_->at(off);
+    if (h->owner.load() != dead) return;
     // Generation 0 in the live table: allocate() or release() was cut short by the death.
-    if (h->generation.load(std::memory_order_acquire) != 0 || h->owner.load() != dead) return;
+    // A generation with no reference left: release() died between dropping the last
+    // reference and retiring the generation; it is finished here (the exchange decides
+    // against any other release of it, as in release()).
+    uint64_t gen = h->generation.load(std::memory_order_acquire);
+    if (gen != 0 && (h->refcount.load(std::memory_order_acquire) != 0 ||
+                     !h->generation.compare_exchange_strong(gen, 0, std::memory_order_acq_rel)))
+      return;
     h->magic = 0;
     impl_->heap->unregisterLive(h->slot, off);
     impl_->heap->free(off, h->sizeClass);

@@ -25,13 +25,14 @@ class KillAggregators(PlatformTestCase):
         self.client.create_job(job_spec(job, clients=CLIENTS, rounds=1,
                                         hierarchy={"fan_in": fan_in, "batch": batch, "levels": levels}))
         def victims():
-            # Leaf slots get a process as updates reach them and give it back when done:
-            # the leaves to kill are among those running at the kill.
+            # Leaf slots get a process as updates reach them and give it back when done: the
+            # last two with one are the slot being filled and the next, neither done (an
+            # earlier one may finish, and go back to the pool, before the kill lands).
             plan = self.client.job(job)["plan"]
             leaves, middles, instances = plan["leaves"], plan["middles"], plan["instances"]
-            running = [i for i in instances[:leaves] if i]
+            running = [i for i in instances[:leaves] if i][-2:]
             return {"leaf": lambda: [rng.choice(running)],
-                    "two-leaves": lambda: rng.sample(running, min(2, len(running))),
+                    "two-leaves": lambda: running,
                     "middle": lambda: [instances[leaves + (middle if middle is not None
                                                             else rng.randrange(middles))]],
                     "top": lambda: [instances[-1]]}[victim_role]()

@@ -204,6 +204,20 @@ class MultiNodeTest(unittest.TestCase):
         self.assertTrue(all(root in e["reason"] for e in status["lost"]))
         self.assertEqual(status["received"], 45 - len(on_root))
         self.assertIn(status["plan"]["root"], live)
+        # The new root runs the round's top beside its own subtree; kill that top too: a new
+        # one takes over from what it held.
+        new_root = status["plan"]["root"]
+        deadline = time.monotonic() + 10
+        while not c.local_status(new_root, "root")["cluster"]["top"]:
+            self.assertLess(time.monotonic(), deadline, "the new root never started a top")
+            time.sleep(0.05)
+        top = c.local_status(new_root, "root")["cluster"]["top"]
+        pid = next(i["pid"] for i in http_json(c.agents[new_root].url + "/v1/instances")
+                   if i["id"] == top)
+        os.kill(pid, signal.SIGKILL)
+        while c.local_status(new_root, "root")["cluster"]["top"] in (0, top):
+            self.assertLess(time.monotonic(), deadline, "the dead top was not replaced")
+            time.sleep(0.05)
         # The lost clients push again, and the rest of the round arrives.
         rest = on_root + clients[45:]
         self.push_all("root", 0, [(cl, live[i % 2]) for i, cl in enumerate(rest)], updates)

@@ -277,6 +277,12 @@ class JobManager {
   void closeAtDeadline(Job& job);
   void failRound(Job& job, std::string reason);
   void recover(Job& job, size_t node, InstanceId dead);
+  /// Sorts out what a dead aggregator owned; returns the inputs for its replacement.
+  /// @param parent where its sealed partials go again; none for a top
+  std::vector<ObjectRef> reclaim(Job& job, InstanceId dead, std::optional<InstanceId> parent);
+  void redeliver(const Job& job, InstanceId to, const std::vector<ObjectRef>& inputs);
+  void recoverClusterTop(Job& job, InstanceId dead);
+  Result<void> startClusterTop(Job& job);
   /// Clients of `node`'s subtree already summed in partials that survive `dead` (by key).
   uint32_t coveredClients(const Job& job, size_t node, InstanceId dead) const;
   void reclaimUnowned(InstanceId dead);
