@@ -72,7 +72,7 @@ void JobManager::onLeafDone(const Descriptor& d) {
         rides(job, leaf))
       continue;
     job.instances[leaf] = 0;
-    supervisor_.release(d.src);
+    supervisor_.release(d.src, /*tellInstance=*/false);  // it owns nothing now
     return;
   }
 }
@@ -92,16 +92,40 @@ bool JobManager::tryStartReceiving(const std::string& id) {
   // the store's use the same whether a round has 100 clients or 1000: a longer round meets
   // more often the moments when several leaves and a finishing middle hold partials at once.
   // Partials kept by the agent for another node are not the aggregators' and not counted.
+  // What the aggregators allocate later is counted now, so that the bound holds at every
+  // moment, not only when an upload is admitted: a parent's accumulator counts twice (its
+  // next fold writes a new one before releasing it), and so do the accumulators that the
+  // uploads being read will open in new slots.
   const uint32_t bound = std::max(maxBufferedUpdates_, job.plan.fanIn + 2) + kWorkingPartials;
-  uint32_t held = job.receiving;
+  std::unordered_set<InstanceId> parents;
+  for (size_t node = job.plan.leaves; node < job.plan.nodes.size(); ++node)
+    parents.insert(job.instances[node]);
+  if (job.cluster && job.cluster->top) parents.insert(job.cluster->top);
+  uint32_t held = job.receiving + accumulatorsToOpen(job, job.receiving + 1);
   store_.forEach([&](const ObjectRef& o) {
     if (o.job() != job.slot || o.round() != job.round) return;
-    held += o.kind() == ObjectKind::Update ||
-            (o.kind() == ObjectKind::Partial && o.owner() != kAgentInstance);
+    if (o.kind() == ObjectKind::Update) held++;
+    if (o.kind() == ObjectKind::Partial && o.owner() != kAgentInstance)
+      held += parents.count(o.producer()) ? 2 : 1;
   });
   if (held >= bound) return false;
   job.receiving++;
   return true;
+}
+
+// Leaf accumulators that `incoming` more updates will allocate: one for each slot they are the
+// first of.
+uint32_t JobManager::accumulatorsToOpen(const Job& job, uint32_t incoming) const {
+  const size_t cursor = std::min<size_t>(job.cursor, job.plan.leaves - 1);
+  const auto routed = static_cast<uint32_t>(job.routed[cursor].size());
+  const uint32_t expected = job.plan.nodes[cursor].expected;
+  const uint32_t room = expected > routed ? expected - routed : 0;
+  uint32_t opened = routed == 0 && room > 0 ? 1 : 0;
+  if (incoming > room) {
+    const uint32_t fanIn = std::max<uint32_t>(job.plan.fanIn, 1);
+    opened += (incoming - room + fanIn - 1) / fanIn;
+  }
+  return opened;
 }
 
 void JobManager::doneReceiving(const std::string& id) {

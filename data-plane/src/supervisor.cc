@@ -133,11 +133,13 @@ Result<InstanceId> Supervisor::acquire(const std::string& function, const nlohma
   return id;
 }
 
-void Supervisor::release(InstanceId id) {
-  Descriptor d{};
-  d.dst = id;
-  d.kind = DescriptorKind::Release;
-  (void)endpoint_.send(d);
+void Supervisor::release(InstanceId id, bool tellInstance) {
+  if (tellInstance) {
+    Descriptor d{};
+    d.dst = id;
+    d.kind = DescriptorKind::Release;
+    (void)endpoint_.send(d);
+  }
   std::lock_guard lock(mutex_);
   auto it = children_.find(id);
   if (it == children_.end()) return;

@@ -21,7 +21,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), "../../clients/python
 
 from lifl_client import LiflError  # noqa: E402
 from lifl_cluster import Cluster, http_json  # noqa: E402
-from lifl_harness import assert_model_equal, fedavg, job_spec, random_update  # noqa: E402
+from lifl_harness import assert_model_equal, failed_so_far, fedavg, job_spec, random_update  # noqa: E402
 
 MODEL = {"dense.weight": (200, 250), "dense.bias": (250,)}
 ELEMENTS = 200 * 250 + 250
@@ -42,8 +42,7 @@ class MultiNodeTest(unittest.TestCase):
         self.rng = np.random.default_rng(seed)
 
     def tearDown(self):
-        outcome = getattr(self, "_outcome", None)
-        if outcome is not None and not getattr(outcome, "success", True):
+        if failed_so_far(self):
             print("\n" + self.cluster.logs())
         self.cluster.close()
 

@@ -93,6 +93,17 @@ class Platform:
         self.tmp.cleanup()
 
 
+def failed_so_far(case: unittest.TestCase) -> bool:
+    """In tearDown: did this test fail? (Python 3.11 records the error in the result and
+    leaves the outcome's `success` set.)"""
+    outcome = getattr(case, "_outcome", None)
+    result = getattr(outcome, "result", None)
+    if result is None:
+        return False
+    return not getattr(outcome, "success", True) or any(
+        test is case for test, _ in list(result.errors) + list(result.failures))
+
+
 class PlatformTestCase(unittest.TestCase):
     """Starts one platform per test; prints its log when the test fails."""
     router = "ebpf"
@@ -104,8 +115,7 @@ class PlatformTestCase(unittest.TestCase):
         self.client = self.platform.client
 
     def tearDown(self):
-        outcome = getattr(self, "_outcome", None)
-        if outcome is not None and not getattr(outcome, "success", True):
+        if failed_so_far(self):
             print(f"\n---- lifl log ({self.id()}) ----\n{self.platform.log_tail()}")
         self.platform.stop()
 

@@ -255,6 +255,7 @@ class JobManager {
   Result<void> growLeaf(Job& job, size_t at, uint32_t expected);
   /// Gives a leaf slot a process when updates are about to reach it (job_scaling.cc).
   Result<void> deployLeaf(Job& job, size_t leaf);
+  uint32_t accumulatorsToOpen(const Job& job, uint32_t incoming) const;
   /// The leaf slot the next update goes to, adding a leaf when the current one is behind.
   size_t slotFor(Job& job, bool recovered);
   void maybeCloseCluster(Job& job);

@@ -67,7 +67,10 @@ class Supervisor {
   Result<InstanceId> acquire(const std::string& function, const nlohmann::json& params);
   /// Returns an instance to the warm pool. Idle instances beyond the pool's target exit once
   /// they have been idle for the keep-alive time (scale-down), a few at a time.
-  void release(InstanceId id);
+  /// @param tellInstance send it `Release`, which frees what it still owns when it reads it.
+  ///        False for an instance known to own nothing (a leaf that reported `Done`): it may
+  ///        be reserved again, and sent updates it owns, before it reads a `Release`.
+  void release(InstanceId id, bool tellInstance = true);
   void setKeepAlive(double seconds) { keepAliveSeconds_ = seconds; }
   /// Stops reacting to deaths and refuses new instances (first step of a shutdown).
   void beginShutdown() { stopping_ = true; }
