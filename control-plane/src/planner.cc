@@ -53,7 +53,23 @@ Plan planTree(const PlanRequest& r) {
     leaves = std::max<uint32_t>(leaves, static_cast<uint32_t>(std::min<double>(needed, n)));
   }
   const uint32_t leafFanIn = (n + leaves - 1) / leaves;
-  const bool middles = r.levels ? r.levels >= 3 : (n + leafFanIn - 1) / leafFanIn > maxFanIn;
+  const uint32_t leafCount = (n + leafFanIn - 1) / leafFanIn;
+  // Middles only when the top could not fold its children's partials as they come: a parent
+  // folds a partial at about the rate a leaf folds an update (the same bytes), so the top
+  // keeps up while the leaves send it fewer partials per second than half that rate. Its
+  // memory does not depend on how many children it has (it folds each into a new sealed
+  // accumulator), and each level adds a fold of every partial to the round's CPU and to the
+  // time from the last update to the model. Without measurements, a top wider than the
+  // fan-in squared gets middles.
+  bool middles = false;
+  if (r.levels)
+    middles = r.levels >= 3;
+  else if (leafCount <= maxFanIn)
+    middles = false;
+  else if (r.arrivalRate > 0 && r.leafThroughput > 0)
+    middles = r.arrivalRate / leafFanIn > 0.5 * r.leafThroughput;
+  else
+    middles = leafCount > maxFanIn * maxFanIn;
   Plan plan = buildTree(n, leafFanIn, maxFanIn, middles);
   plan.arrivalRate = r.arrivalRate;
   plan.leafThroughput = r.leafThroughput;

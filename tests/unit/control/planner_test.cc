@@ -64,7 +64,8 @@ TEST(Planner, MoreLeavesWhenArrivalsOutpaceFolding) {
   EXPECT_EQ(r.leaves, 5u);
 }
 
-TEST(Planner, AddsMiddlesWhenTheTopWouldBeTooWide) {
+TEST(Planner, AddsMiddlesWhenTheTopCouldNotKeepUp) {
+  // Without measurements: middles above fan-in squared (64) leaves.
   Plan p = planTree({.expectedUpdates = 1000, .maxFanIn = 8});
   EXPECT_EQ(p.leaves, 125u);
   EXPECT_EQ(p.middles, 16u);  // ceil(125 / 8): the top has 16 children
@@ -72,6 +73,19 @@ TEST(Planner, AddsMiddlesWhenTheTopWouldBeTooWide) {
   EXPECT_EQ(fixed.middles, 0u) << "the job can fix the levels";
   Plan small = planTree({.expectedUpdates = 40, .maxFanIn = 8});
   EXPECT_EQ(small.middles, 0u);
+  Plan hundred = planTree({.expectedUpdates = 100, .maxFanIn = 8});
+  EXPECT_EQ(hundred.leaves, 13u);
+  EXPECT_EQ(hundred.middles, 0u) << "13 children: one top folds them";
+  // Measured: 45 updates/s arriving, leaves fold 80/s. The top gets 45 / 8 = 5.6 partials/s,
+  // under half of 80: one level is enough, however many leaves.
+  Plan slow =
+      planTree({.expectedUpdates = 1000, .maxFanIn = 8, .arrivalRate = 45, .leafThroughput = 80});
+  EXPECT_EQ(slow.middles, 0u);
+  // 2000 updates/s against 300/s a leaf: 2000 * 1.25 / 300 -> 9 leaves would do, the fan-in
+  // bound makes 125, and they send the top 2000 / 8 = 250 partials/s, over half of 300.
+  Plan fast = planTree(
+      {.expectedUpdates = 1000, .maxFanIn = 8, .arrivalRate = 2000, .leafThroughput = 300});
+  EXPECT_EQ(fast.middles, 16u);
 }
 
 }  // namespace
