@@ -99,7 +99,7 @@ json JobSpec::toJson() const {
       {"min_clients", minClients ? minClients : clientsPerRound},
       {"rounds", rounds},
       {"update", update == UpdateMode::Delta ? "delta" : "weights"},
-      {"strategy", {{"name", strategy}}},
+      {"strategy", strategy.toJson()},
       {"hierarchy", levels ? nlohmann::json{{"fan_in", fanIn},
                                             {"levels", levels},
                                             {"batch", batch},
@@ -188,11 +188,8 @@ Result<JobSpec> jobSpecFromJson(const json& doc) {
                                    spec.update));
   auto strategy = doc.find("strategy");
   if (strategy != doc.end()) {
-    if (!strategy->is_object() || !strategy->contains("name") || !(*strategy)["name"].is_string())
-      return specError("strategy must be an object with a name");
-    spec.strategy = (*strategy)["name"].get<std::string>();
-    if (spec.strategy != "fedavg")
-      return specError("strategy " + spec.strategy + " is not supported (supported: fedavg)");
+    LIFL_TRY(parsed, strategyFromJson(*strategy));
+    spec.strategy = parsed;
   }
   auto hierarchy = doc.find("hierarchy");
   if (hierarchy != doc.end()) {

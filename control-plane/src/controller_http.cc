@@ -147,6 +147,12 @@ HttpReply Controller::State::handle(const HttpRequest& r) {
       if (m != "POST") return notAllowed();
       auto spec = parseJobSpec(r.body, r.contentType);
       if (!spec) return HttpReply::error(spec.error());
+      // The server optimisers keep their state beside the model on the node that publishes
+      // it; members copy the model only, so a root that moves would start from zero state.
+      if (spec.value().strategy.serverStep())
+        return HttpReply::error(unprocessable(
+            "invalid_job_spec", "strategy " + spec.value().strategy.name() +
+                                    " runs on a single node for now (lifl up or one agent)"));
       return replyOf(createJob(std::move(spec).value()), 201);
     }
     const std::string& id = p[2];

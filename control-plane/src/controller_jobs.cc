@@ -349,7 +349,7 @@ Result<nlohmann::json> Controller::State::jobStatus(const std::string& id) const
       {"received", job->admitted.size()},
       {"received_by_node", perNode},
       {"expected", job->spec.clientsPerRound},
-      {"strategy", job->spec.strategy},
+      {"strategy", job->spec.strategy.name()},
       {"update", job->spec.update == UpdateMode::Delta ? "delta" : "weights"},
       {"plan", job->plan.toJson()},
       {"epoch", job->epoch},

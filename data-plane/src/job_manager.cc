@@ -126,10 +126,14 @@ nlohmann::json JobManager::aggregatorParams(const Job& job, size_t node, uint32_
       p["slot"] = {{"expected", job.plan.nodes[leaf].expected}};  // the leaf slot it hosts
       break;
     }
-  if (n.role == AggregatorRole::Top && job.spec.update == UpdateMode::Delta && job.model)
+  const bool serverStep = job.spec.strategy.serverStep();
+  if (n.role == AggregatorRole::Top && (job.spec.update == UpdateMode::Delta || serverStep) &&
+      job.model)
     p["base"] = {{"offset", job.model->offset},
                  {"length", job.model->length},
                  {"generation", job.model->generation}};
+  p["delta"] = job.spec.update == UpdateMode::Delta;
+  if (serverStep) p["strategy"] = job.spec.strategy.toJson();
   return p;
 }
 
@@ -274,7 +278,7 @@ nlohmann::json JobManager::statusOf(const Job& job) const {
       {"rounds", job.spec.rounds},
       {"received", job.received},
       {"expected", job.spec.clientsPerRound},
-      {"strategy", job.spec.strategy},
+      {"strategy", job.spec.strategy.name()},
       {"update", job.spec.update == UpdateMode::Delta ? "delta" : "weights"},
       {"plan", plan},
       {"has_model", job.model.has_value()},

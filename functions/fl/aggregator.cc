@@ -30,6 +30,7 @@
 #include "lifl/dataplane/safetensors.h"
 #include "lifl/functions/sdk.h"
 #include "lifl/gpu/accumulate.h"
+#include "lifl/gpu/server_optimizer.h"
 
 namespace lifl::fn {
 namespace {
@@ -114,6 +115,11 @@ class Aggregator final : public Function {
         TensorSpec ts{t.at("name"), t.at("shape").get<std::vector<int64_t>>(), 1};
         for (auto dim : ts.shape) ts.elements *= static_cast<uint64_t>(dim);
         spec_.tensors.push_back(std::move(ts));
+      }
+      delta_ = p.value("delta", false);
+      if (p.contains("strategy")) {
+        LIFL_TRY(strategy, strategyFromJson(p["strategy"]));
+        strategy_ = strategy;
       }
       if (p.contains("base") && !p["base"].is_null())
         base_ = ObjectHandle{p["base"].at("offset"), p["base"].at("length"),
@@ -375,16 +381,35 @@ class Aggregator final : public Function {
   Result<void> publish(Context& ctx) {
     PartialView acc(*acc_);
     const std::string header = dataplane::modelHeader(spec_);
-    LIFL_TRY(model, ctx.allocate(header.size() + elements_ * sizeof(float), ObjectKind::Model));
+    const uint64_t modelBytes = header.size() + elements_ * sizeof(float);
+    // A server optimiser's state rides in the model object after its tensors (not served:
+    // the object's length is the model's): the next round's top reads it from its base.
+    const uint32_t stateVectors = strategy_.stateVectors();
+    const uint64_t stateBytes = uint64_t{stateVectors} * elements_ * sizeof(float);
+    LIFL_TRY(model, ctx.allocate(modelBytes + stateBytes, ObjectKind::Model));
     model.setTag(job_, round_);
     std::memcpy(model.data(), header.data(), header.size());
-    const float* base = nullptr;
+    std::optional<ObjectRef> baseModel;
     if (base_) {
-      LIFL_TRY(baseModel, ctx.store().resolve(*base_));
-      base = reinterpret_cast<const float*>(baseModel.data() + header.size());
+      LIFL_TRY(resolved, ctx.store().resolve(*base_));
+      baseModel = resolved;
     }
+    const float* base =
+        baseModel ? reinterpret_cast<const float*>(baseModel->data() + header.size()) : nullptr;
     auto* out = reinterpret_cast<float*>(model.data() + header.size());
-    kernels::scaleInto(out, acc.acc(), elements_, 1.0 / acc.header().weightSum, base);
+    const double invWeight = 1.0 / acc.header().weightSum;
+    if (stateVectors) {
+      if (!base) return badRequest("no_global_model", "a server optimiser needs the global model");
+      const bool hasState =
+          baseModel->value() == stateVectors && baseModel->capacity() >= modelBytes + stateBytes;
+      kernels::serverStep(
+          strategy_, {acc.acc(), invWeight, base, delta_, hasState ? base + elements_ : nullptr},
+          out, out + elements_, elements_);
+      model.setValue(stateVectors);  // the state follows the tensors
+      model.setLength(modelBytes);
+    } else {
+      kernels::scaleInto(out, acc.acc(), elements_, invWeight, delta_ ? base : nullptr);
+    }
     model.seal();
     Descriptor d{};
     d.dst = kAgentInstance;
@@ -414,7 +439,9 @@ class Aggregator final : public Function {
   JobSpec spec_;
   std::vector<uint64_t> offsets_;
   uint64_t elements_ = 0;
-  std::optional<ObjectHandle> base_;
+  std::optional<ObjectHandle> base_;  ///< the global model the round started from
+  bool delta_ = false;                ///< updates are deltas from base_
+  Strategy strategy_;                 ///< the top: how the model follows from the sums
 
   std::optional<ObjectRef> acc_;  ///< the partial under construction
   uint32_t folded_ = 0;           ///< clients folded in this assignment

@@ -10,6 +10,7 @@
 
 #include "lifl/common/dtype.h"
 #include "lifl/common/error.h"
+#include "lifl/common/strategy.h"
 
 namespace lifl {
 
@@ -33,7 +34,7 @@ struct JobSpec {
   uint32_t minClients = 0;  ///< 0: all of clientsPerRound
   uint32_t rounds = 1;
   UpdateMode update = UpdateMode::Weights;
-  std::string strategy = "fedavg";
+  Strategy strategy;
   uint32_t fanIn = 8;
   uint32_t levels = 0;  ///< 0: the planner chooses; 1: one aggregator; 2: + leaves; 3: + middles
   bool eager = true;    ///< fold each update as it arrives (false: buffer all, fold at the end)

@@ -1,0 +1,39 @@
+// A job's aggregation strategy (job spec `strategy`), docs/strategies.md. The synchronous ones
+// all sum the round's updates weighted by their examples; the server optimisers then take a
+// step from the global model along the weighted mean (Reddi et al., "Adaptive Federated
+// Optimization", 2021), with parameter names and defaults as in Flower's strategies.
+#pragma once
+
+#include <nlohmann/json.hpp>
+#include <string>
+
+#include "lifl/common/error.h"
+
+namespace lifl {
+
+enum class StrategyKind { FedAvg, FedProx, FedAvgM, FedAdam, FedYogi, FedAdagrad };
+
+struct Strategy {
+  StrategyKind kind = StrategyKind::FedAvg;
+  double eta = 0.1;    ///< server learning rate of the adaptive optimisers
+  double etaL = 0.1;   ///< the clients' learning rate (handed to them in the job status)
+  double beta1 = 0.9;  ///< first-moment decay (0 for fedadagrad, as in Flower)
+  double beta2 = 0.99;
+  double tau = 1e-9;
+  double serverLearningRate = 1.0;  ///< fedavgm
+  double serverMomentum = 0.0;      ///< fedavgm
+  double proximalMu = 0.0;          ///< fedprox: handed to the clients
+
+  std::string name() const;
+  /// Float vectors of model size the top keeps between rounds (momentum, second moment).
+  uint32_t stateVectors() const;
+  /// True when the top takes a server step from the global model (it needs that model).
+  bool serverStep() const { return stateVectors() > 0; }
+  nlohmann::json toJson() const;
+};
+
+/// Parses the `strategy` object of a job spec: its name and that strategy's parameters
+/// (unknown ones are refused, so that a typo does not silently run the defaults).
+Result<Strategy> strategyFromJson(const nlohmann::json& doc);
+
+}  // namespace lifl

@@ -1,0 +1,142 @@
+"""Server optimisers (fedavgm, fedadam, fedyogi, fedadagrad) through the real platform, over
+several rounds, against an independent numpy implementation of each update rule written
+here (docs/strategies.md; Flower's rules and defaults). fedprox aggregates as fedavg and hands
+its proximal term to the clients. Bad strategy specs are refused and disturb nothing.
+
+Tolerance: the platform runs the step in fp32 from an fp32 sum; the reference runs in
+float64. Over 3 rounds the adaptive steps divide by sqrt(v) + tau with v of order 1, so the
+relative error stays near 1e-6; 1e-4 of the tensor's largest magnitude is asserted (a wrong
+rule, a lost update or state lost between rounds moves values by more than 1e-2)."""
+import unittest
+
+import numpy as np
+
+from lifl_client import LiflError
+from lifl_harness import MODEL, PlatformTestCase, assert_model_equal, job_spec, random_update
+
+CLIENTS = 12
+ROUNDS = 3
+RTOL = 1e-4
+
+
+def reference(strategy, rounds_updates, delta):
+    """x_{t+1} from x_t and the round's weighted mean, as Flower's strategies compute it."""
+    name = strategy["name"]
+    eta, b1, b2, tau = (strategy.get(k, d) for k, d in
+                        (("eta", 0.1), ("beta_1", 0.9), ("beta_2", 0.99), ("tau", 1e-9)))
+    if name == "fedadagrad":
+        b1 = 0.0
+    lr, mom = strategy.get("server_learning_rate", 1.0), strategy.get("server_momentum", 0.0)
+    x = {k: np.zeros(s) for k, s in MODEL.items()}
+    m = v = None
+    models = []
+    for updates in rounds_updates:
+        total = sum(n for n, _ in updates)
+        mean = {k: sum(n * u[k] for n, u in updates) / total for k in x}
+        if name == "fedavgm":
+            g = {k: (-mean[k] if delta else x[k] - mean[k]) for k in x}
+            m = {k: (mom * m[k] + g[k] if (m is not None and mom > 0) else g[k]) for k in x}
+            x = {k: x[k] - lr * m[k] for k in x}
+        else:
+            d = {k: (mean[k] if delta else mean[k] - x[k]) for k in x}
+            m0 = m or {k: np.zeros_like(x[k]) for k in x}
+            v0 = v or {k: np.zeros_like(x[k]) for k in x}
+            m = {k: b1 * m0[k] + (1 - b1) * d[k] for k in x}
+            if name == "fedadam":
+                v = {k: b2 * v0[k] + (1 - b2) * d[k] ** 2 for k in x}
+            elif name == "fedyogi":
+                v = {k: v0[k] - (1 - b2) * d[k] ** 2 * np.sign(v0[k] - d[k] ** 2) for k in x}
+            else:
+                v = {k: v0[k] + d[k] ** 2 for k in x}
+            x = {k: x[k] + eta * m[k] / (np.sqrt(v[k]) + tau) for k in x}
+        models.append(x)
+    return models
+
+
+class ServerOptimisers(PlatformTestCase):
+    def run_strategy(self, job, strategy, delta=False, seed=1):
+        spec = job_spec(job, clients=CLIENTS, rounds=ROUNDS, fan_in=4, strategy=strategy,
+                        update="delta" if delta else "weights")
+        self.client.create_job(spec)
+        self.assertEqual(self.client.job(job)["spec"]["strategy"]["name"], strategy["name"])
+        rng = np.random.default_rng(seed)
+        rounds_updates = []
+        for r in range(ROUNDS):
+            updates = []
+            for c in range(CLIENTS):
+                tensors, exact = random_update(rng)
+                n = int(rng.integers(1, 100))
+                self.client.push(job, tensors, client=f"c{c}", num_examples=n, round_=r)
+                updates.append((n, exact))
+            rounds_updates.append(updates)
+            self.client.wait_round(job, r + 1, timeout=30)
+            got, _ = self.client.pull(job)
+            expected = reference(strategy, rounds_updates, delta)[r]
+            assert_model_equal(self, got, expected, rtol=RTOL)
+        return expected
+
+    def test_fedadam(self):
+        self.run_strategy("adam", {"name": "fedadam"})
+
+    def test_fedadam_with_delta_updates(self):
+        self.run_strategy("adamd", {"name": "fedadam", "eta": 0.05, "beta_1": 0.5}, delta=True)
+
+    def test_fedyogi(self):
+        self.run_strategy("yogi", {"name": "fedyogi", "eta": 0.2, "beta_2": 0.9})
+
+    def test_fedadagrad(self):
+        self.run_strategy("adagrad", {"name": "fedadagrad", "tau": 1e-3})
+
+    def test_fedavgm(self):
+        self.run_strategy("avgm", {"name": "fedavgm", "server_momentum": 0.9,
+                                   "server_learning_rate": 0.7})
+
+    def test_the_state_is_not_served(self):
+        # The model pulled is the tensors only, whatever the optimiser keeps beside them.
+        self.run_strategy("served", {"name": "fedadam"})
+        got, _ = self.client.pull("served")
+        self.assertEqual({k: v.shape for k, v in got.items()}, {k: tuple(s) for k, s in MODEL.items()})
+
+
+class StrategySpecs(PlatformTestCase):
+    def test_fedprox_hands_mu_to_clients_and_averages(self):
+        spec = job_spec("prox", clients=4, rounds=1, strategy={"name": "fedprox", "proximal_mu": 0.01})
+        self.client.create_job(spec)
+        status = self.client.job("prox")
+        self.assertEqual(status["spec"]["strategy"], {"name": "fedprox", "proximal_mu": 0.01})
+        rng = np.random.default_rng(3)
+        updates = []
+        for c in range(4):
+            tensors, exact = random_update(rng)
+            self.client.push("prox", tensors, client=f"p{c}", num_examples=c + 1, round_=0)
+            updates.append((c + 1, exact))
+        self.client.wait_round("prox", 1, timeout=30)
+        got, _ = self.client.pull("prox")
+        total = sum(n for n, _ in updates)
+        assert_model_equal(self, got, {k: sum(n * u[k] for n, u in updates) / total for k in MODEL})
+
+    def test_bad_strategies_are_refused(self):
+        self.client.create_job(job_spec("keep", clients=2, rounds=1))
+        bad = [({"name": "fedsgd"}, "not supported"),
+               ({"name": "fedadam", "beta1": 0.9}, "no parameter beta1"),
+               ({"name": "fedadam", "beta_1": 1.5}, "beta_1 must be between"),
+               ({"name": "fedadam", "eta": "fast"}, "eta must be a number"),
+               ({"name": "fedprox"}, "proximal_mu"),
+               ({"name": "fedadagrad", "beta_1": 0.9}, "no parameter beta_1"),
+               ({"nom": "fedavg"}, "name")]
+        for strategy, why in bad:
+            with self.subTest(strategy=strategy):
+                with self.assertRaises(LiflError) as e:
+                    self.client.create_job(job_spec("bad", clients=2, rounds=1, strategy=strategy))
+                self.assertEqual(e.exception.status, 422)
+                self.assertEqual(e.exception.code, "invalid_job_spec")
+                self.assertIn(why, e.exception.detail)
+        # Nothing accepted before was disturbed, and no half-made job exists.
+        self.assertEqual(self.client.job("keep")["round"], 0)
+        with self.assertRaises(LiflError) as e:
+            self.client.job("bad")
+        self.assertEqual(e.exception.status, 404)
+
+
+if __name__ == "__main__":
+    unittest.main()
