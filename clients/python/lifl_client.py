@@ -149,9 +149,10 @@ class Client:
         self._check(status, data)
         return json.loads(data)
 
-    def pull(self, job_id: str):
-        """Returns ({name: float32 array}, round)."""
-        status, headers, data = self._request("GET", f"/v1/jobs/{job_id}/model")
+    def pull(self, job_id: str, dtype: str | None = None):
+        """Returns ({name: float32 array}, round). dtype "bf16": served in half the bytes."""
+        query = f"?dtype={dtype}" if dtype else ""
+        status, headers, data = self._request("GET", f"/v1/jobs/{job_id}/model{query}")
         self._check(status, data)
         return decode_safetensors(data), int(headers["lifl-round"])
 

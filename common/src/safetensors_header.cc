@@ -5,13 +5,14 @@
 
 namespace lifl {
 
-std::string f32SafetensorsHeader(const std::vector<TensorSpec>& tensors) {
+std::string safetensorsHeader(const std::vector<TensorSpec>& tensors, DType dtype) {
   nlohmann::json header = nlohmann::json::object();
   uint64_t offset = 0;
   for (const auto& t : tensors) {
-    const uint64_t bytes = t.elements * sizeof(float);
-    header[t.name] = {
-        {"dtype", "F32"}, {"shape", t.shape}, {"data_offsets", {offset, offset + bytes}}};
+    const uint64_t bytes = t.elements * dtypeSize(dtype);
+    header[t.name] = {{"dtype", dtypeName(dtype)},
+                      {"shape", t.shape},
+                      {"data_offsets", {offset, offset + bytes}}};
     offset += bytes;
   }
   std::string text = header.dump();

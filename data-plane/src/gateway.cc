@@ -7,6 +7,9 @@
 #include <boost/beast.hpp>
 #include <charconv>
 #include <cstring>
+#include <map>
+#include <memory>
+#include <mutex>
 #include <optional>
 #include <thread>
 #include <utility>  // before Asio: g++ 12 needs std::exchange for asio::awaitable
@@ -233,19 +236,50 @@ struct Gateway::Impl {
     co_await writeJson(ex, http::status::created, created.value());
   }
 
+  // A job's model in BF16, made once per model object and shared by the pulls that want it.
+  std::mutex bf16Mutex;
+  std::map<std::string, std::pair<uint64_t, std::shared_ptr<const std::string>>> bf16Models;
+
+  Result<std::shared_ptr<const std::string>> bf16Model(const std::string& id, const ObjectRef& m) {
+    std::lock_guard lock(bf16Mutex);
+    auto& [generation, bytes] = bf16Models[id];
+    if (!bytes || generation != m.handle().generation) {
+      LIFL_TRY(encoded, modelAsBF16(m.data(), m.size()));
+      bytes = std::make_shared<const std::string>(std::move(encoded));
+      generation = m.handle().generation;
+    }
+    return bytes;
+  }
+
   awaitable<void> getModel(Exchange& ex, const std::string& id) {
+    const std::string dtype = queryParam(std::string(ex.parser.get().target()), "dtype");
+    const bool bf16 = dtype == "bf16" || dtype == "BF16";
+    if (!bf16 && !dtype.empty() && dtype != "f32" && dtype != "F32")
+      co_return co_await writeError(
+          ex, badRequest("bad_dtype", "dtype must be f32 or bf16, not " + dtype));
     auto lease = jobs.leaseModel(id);
     if (!lease) co_return co_await writeError(ex, lease.error());
     const ModelLease& m = lease.value();
+    std::shared_ptr<const std::string> converted;
+    if (bf16) {
+      auto made = bf16Model(id, m.object);
+      if (!made) {
+        jobs.returnModel(m);
+        co_return co_await writeError(ex, made.error());
+      }
+      converted = made.value();
+    }
     http::response<http::buffer_body> res{http::status::ok, ex.parser.get().version()};
     res.set(http::field::server, "lifl");
     res.set(http::field::content_type, "application/octet-stream");
-    res.set(http::field::etag, "\"" + std::to_string(m.round) + "\"");
+    res.set(http::field::etag, "\"" + std::to_string(m.round) + (bf16 ? "-bf16" : "") + "\"");
     res.set("lifl-round", std::to_string(m.round));
-    res.body().data = m.object.data();  // served straight from the store
-    res.body().size = m.object.size();
+    // F32: served straight from the store; BF16: from the shared conversion.
+    res.body().data =
+        converted ? const_cast<char*>(converted->data()) : static_cast<void*>(m.object.data());
+    res.body().size = converted ? converted->size() : m.object.size();
     res.body().more = false;
-    res.content_length(m.object.size());
+    res.content_length(res.body().size);
     res.keep_alive(ex.keepAlive);
     ex.status = 200;
     beast::error_code ec;

@@ -144,6 +144,27 @@ Result<void> checkFinite(const std::byte* data, const SafetensorsView& view) {
 
 std::string modelHeader(const JobSpec& spec) { return f32SafetensorsHeader(spec.tensors); }
 
+Result<std::string> modelAsBF16(const std::byte* data, uint64_t size) {
+  LIFL_TRY(view, parseSafetensors(data, size));
+  std::vector<TensorSpec> tensors;
+  for (const auto& t : view.tensors) {
+    if (t.dtype != DType::F32)
+      return internal("model_not_f32", "the model's tensor " + t.name + " is not F32");
+    tensors.push_back({t.name, t.shape, t.elements});
+  }
+  std::string out = safetensorsHeader(tensors, DType::BF16);  // same order: sorted by name
+  const uint64_t dataStart = out.size();
+  uint64_t total = 0;
+  for (const auto& t : tensors) total += t.elements;
+  out.resize(dataStart + total * sizeof(uint16_t));
+  auto* dst = reinterpret_cast<uint16_t*>(out.data() + dataStart);
+  for (const auto& t : view.tensors) {
+    kernels::toBF16(dst, reinterpret_cast<const float*>(data + t.begin), t.elements);
+    dst += t.elements;
+  }
+  return out;
+}
+
 uint64_t maxUpdateBytes(const JobSpec& spec) {
   return 8 + (64ull << 10) + 256ull * spec.tensors.size() + spec.modelElements() * 4;
 }

@@ -53,27 +53,31 @@ def reference(strategy, rounds_updates, delta):
     return models
 
 
+def run_strategy(test, job, strategy, delta=False, seed=1):
+    """Runs ROUNDS rounds of `strategy` and checks each round's model against reference()."""
+    spec = job_spec(job, clients=CLIENTS, rounds=ROUNDS, fan_in=4, strategy=strategy,
+                    update="delta" if delta else "weights")
+    test.client.create_job(spec)
+    test.assertEqual(test.client.job(job)["spec"]["strategy"]["name"], strategy["name"])
+    rng = np.random.default_rng(seed)
+    rounds_updates = []
+    for r in range(ROUNDS):
+        updates = []
+        for c in range(CLIENTS):
+            tensors, exact = random_update(rng)
+            n = int(rng.integers(1, 100))
+            test.client.push(job, tensors, client=f"c{c}", num_examples=n, round_=r)
+            updates.append((n, exact))
+        rounds_updates.append(updates)
+        test.client.wait_round(job, r + 1, timeout=30)
+        got, _ = test.client.pull(job)
+        expected = reference(strategy, rounds_updates, delta)[r]
+        assert_model_equal(test, got, expected, rtol=RTOL)
+    return expected
+
+
 class ServerOptimisers(PlatformTestCase):
-    def run_strategy(self, job, strategy, delta=False, seed=1):
-        spec = job_spec(job, clients=CLIENTS, rounds=ROUNDS, fan_in=4, strategy=strategy,
-                        update="delta" if delta else "weights")
-        self.client.create_job(spec)
-        self.assertEqual(self.client.job(job)["spec"]["strategy"]["name"], strategy["name"])
-        rng = np.random.default_rng(seed)
-        rounds_updates = []
-        for r in range(ROUNDS):
-            updates = []
-            for c in range(CLIENTS):
-                tensors, exact = random_update(rng)
-                n = int(rng.integers(1, 100))
-                self.client.push(job, tensors, client=f"c{c}", num_examples=n, round_=r)
-                updates.append((n, exact))
-            rounds_updates.append(updates)
-            self.client.wait_round(job, r + 1, timeout=30)
-            got, _ = self.client.pull(job)
-            expected = reference(strategy, rounds_updates, delta)[r]
-            assert_model_equal(self, got, expected, rtol=RTOL)
-        return expected
+    run_strategy = run_strategy
 
     def test_fedadam(self):
         self.run_strategy("adam", {"name": "fedadam"})
@@ -96,6 +100,28 @@ class ServerOptimisers(PlatformTestCase):
         self.run_strategy("served", {"name": "fedadam"})
         got, _ = self.client.pull("served")
         self.assertEqual({k: v.shape for k, v in got.items()}, {k: tuple(s) for k, s in MODEL.items()})
+
+
+class ModelDtypes(PlatformTestCase):
+    def test_model_served_in_bf16(self):
+        run_strategy(self, "bf", {"name": "fedadam"})
+        f32, round_ = self.client.pull("bf")
+        bf16, round16 = self.client.pull("bf", dtype="bf16")
+        self.assertEqual(round16, round_)
+        for name, x in f32.items():
+            # Each value must be the BF16 number nearest to the F32 one (ties to even):
+            # checked against both neighbours, the truncation and the next one up.
+            bits = x.astype(np.float32).view(np.uint32).astype(np.uint64)
+            lo = ((bits >> 16) << 16).astype(np.uint32).view(np.float32).astype(np.float64)
+            hi = (((bits >> 16) + 1) << 16).astype(np.uint32).view(np.float32).astype(np.float64)
+            xd = x.astype(np.float64)
+            nearest = np.where(np.abs(xd - lo) < np.abs(hi - xd), lo,
+                               np.where(np.abs(xd - lo) > np.abs(hi - xd), hi,
+                                        np.where(((bits >> 16) & 1) == 0, lo, hi)))
+            np.testing.assert_array_equal(bf16[name].astype(np.float64), nearest, err_msg=name)
+        with self.assertRaises(LiflError) as e:
+            self.client.pull("bf", dtype="int4")
+        self.assertEqual((e.exception.status, e.exception.code), (400, "bad_dtype"))
 
 
 class StrategySpecs(PlatformTestCase):

@@ -72,7 +72,19 @@ LIFL_CLONES void scaleAddF32(float* __restrict out, const float* __restrict acc,
   for (uint64_t i = 0; i < n; ++i) out[i] = base[i] + acc[i] * s;
 }
 
+LIFL_CLONES void toBF16Loop(uint16_t* __restrict out, const float* __restrict x, uint64_t n) {
+  for (uint64_t i = 0; i < n; ++i) {
+    const uint32_t bits = std::bit_cast<uint32_t>(x[i]);
+    const uint32_t rounded = bits + 0x7fffu + ((bits >> 16) & 1u);
+    const bool nan = (bits & 0x7fffffffu) > 0x7f800000u;
+    out[i] =
+        nan ? static_cast<uint16_t>((bits >> 16) | 0x40u) : static_cast<uint16_t>(rounded >> 16);
+  }
+}
+
 }  // namespace
+
+void toBF16(uint16_t* out, const float* x, uint64_t n) { toBF16Loop(out, x, n); }
 
 void accumulate(float* acc, const void* x, DType dtype, uint64_t n, float w) {
   switch (dtype) {

@@ -7,8 +7,11 @@
 
 namespace lifl {
 
-/// The safetensors header (8-byte little-endian length + JSON padded to 8 bytes) of F32
-/// tensors stored back to back in the given order; the data section follows it.
-std::string f32SafetensorsHeader(const std::vector<TensorSpec>& tensors);
+/// The safetensors header (8-byte little-endian length + JSON padded to 8 bytes) of tensors
+/// of one dtype stored back to back in the given order; the data section follows it.
+std::string safetensorsHeader(const std::vector<TensorSpec>& tensors, DType dtype);
+inline std::string f32SafetensorsHeader(const std::vector<TensorSpec>& tensors) {
+  return safetensorsHeader(tensors, DType::F32);
+}
 
 }  // namespace lifl

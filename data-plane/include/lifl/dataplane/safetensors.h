@@ -43,6 +43,8 @@ Result<void> checkFinite(const std::byte* data, const SafetensorsView& view);
 
 /// Bytes of the safetensors header (8-byte length + JSON padded to 8) for an F32 model.
 std::string modelHeader(const JobSpec& spec);
+/// An F32 model (safetensors) re-encoded with every tensor in BF16 (round to nearest even).
+Result<std::string> modelAsBF16(const std::byte* data, uint64_t size);
 /// The largest update body a job accepts: an F32 model plus a generous header allowance.
 uint64_t maxUpdateBytes(const JobSpec& spec);
 

@@ -28,6 +28,10 @@ void addInto(float* acc, const float* x, uint64_t n);
 /// out[i] = acc[i] * scale (+ base[i] when base is not null).
 void scaleInto(float* out, const float* acc, uint64_t n, double scale, const float* base);
 
+/// out[i] = x[i] rounded to BF16 (nearest, ties to even; NaN stays NaN): a model served in
+/// half the bytes.
+void toBF16(uint16_t* out, const float* x, uint64_t n);
+
 /// Number of NaN/Inf values among the n elements of `dtype` at x.
 uint64_t countNonFinite(const void* x, DType dtype, uint64_t n);
 
