@@ -41,16 +41,54 @@ def bf16_to_f32(bits: np.ndarray) -> np.ndarray:
     return (bits.astype(np.uint32) << 16).view(np.float32)
 
 
-def encode_safetensors(tensors: dict, dtype: str = "F32", metadata: dict | None = None) -> bytes:
-    """Serialises {name: array} as safetensors. dtype: F32, F16 or BF16 for every tensor."""
-    header, chunks, offset = {}, [], 0
+INT8_SCALE_SUFFIX = ":scale"
+
+
+def quantize_int8(a: np.ndarray, block: int = 64):
+    """Blockwise int8 (LIFL's update format): per block of `block` values along the last
+    dimension, scale = max|x| / 127 and q = round(x / scale). Returns (q int8, scales float32
+    of shape a.shape[:-1] + (ceil(D / block),)); x is q * scale."""
+    if block not in (64, 128):
+        raise ValueError("block must be 64 or 128")
+    x = np.asarray(a, dtype=np.float32).reshape(-1, a.shape[-1] if a.ndim else 1)
+    rows, cols = x.shape
+    blocks = -(-cols // block)
+    padded = np.zeros((rows, blocks * block), dtype=np.float32)
+    padded[:, :cols] = x
+    per = padded.reshape(rows, blocks, block)
+    scales = (np.abs(per).max(axis=2) / 127.0).astype(np.float32)
+    safe = np.where(scales > 0, scales, 1.0).astype(np.float32)
+    q = np.clip(np.rint(per / safe[:, :, None]), -127, 127).astype(np.int8)
+    q = q.reshape(rows, blocks * block)[:, :cols].reshape(a.shape)
+    return q, scales.reshape(tuple(a.shape[:-1]) + (blocks,) if a.ndim else (blocks,))
+
+
+def encode_safetensors(tensors: dict, dtype: str = "F32", metadata: dict | None = None,
+                       block: int = 64) -> bytes:
+    """Serialises {name: array} as safetensors. dtype: F32, F16 or BF16 for every tensor, or I8
+    (blockwise int8: each tensor as int8 values plus `<name>:scale`, see quantize_int8)."""
+    arrays = {}
     for name in sorted(tensors):
         arr = _to_numpy(tensors[name])
-        if dtype == "BF16":
-            raw = bf16_bits(arr).tobytes()
+        if dtype == "I8":
+            arrays[name], arrays[name + INT8_SCALE_SUFFIX] = quantize_int8(arr, block)
         else:
-            raw = np.ascontiguousarray(arr, dtype={"F32": np.float32, "F16": np.float16}[dtype]).tobytes()
-        header[name] = {"dtype": dtype, "shape": list(arr.shape), "data_offsets": [offset, offset + len(raw)]}
+            arrays[name] = arr
+    header, chunks, offset = {}, [], 0
+    # Wider elements first: each tensor then starts aligned to its element size (the header
+    # is padded to 8 bytes), which LIFL requires to read it in place.
+    for name in sorted(arrays, key=lambda n: (arrays[n].dtype == np.int8, n)):
+        arr = arrays[name]
+        if arr.dtype == np.int8:
+            kind, raw = "I8", arr.tobytes()
+        elif name.endswith(INT8_SCALE_SUFFIX) and dtype == "I8":
+            kind, raw = "F32", np.ascontiguousarray(arr, dtype=np.float32).tobytes()
+        elif dtype == "BF16":
+            kind, raw = dtype, bf16_bits(arr).tobytes()
+        else:
+            kind = "F32" if dtype == "I8" else dtype
+            raw = np.ascontiguousarray(arr, dtype={"F32": np.float32, "F16": np.float16}[kind]).tobytes()
+        header[name] = {"dtype": kind, "shape": list(arr.shape), "data_offsets": [offset, offset + len(raw)]}
         chunks.append(raw)
         offset += len(raw)
     if metadata:
@@ -134,11 +172,13 @@ class Client:
         self._check(status, data)
 
     def push(self, job_id: str, tensors: dict, client: str, num_examples: int = 1, round_: int | None = None,
-             ce_id: str | None = None, dtype: str = "F32") -> dict:
-        """Pushes one update; returns the gateway's 202 body. Raises LiflError on rejection."""
+             ce_id: str | None = None, dtype: str = "F32", block: int = 64) -> dict:
+        """Pushes one update; returns the gateway's 202 body. Raises LiflError on rejection.
+        dtype: F32, F16, BF16, or I8 (blockwise int8 with `block` values per scale)."""
         if round_ is None:
             round_ = self.job(job_id)["round"]
-        return self.push_raw(job_id, encode_safetensors(tensors, dtype), client, num_examples, round_, ce_id)
+        body = encode_safetensors(tensors, dtype, block=block)
+        return self.push_raw(job_id, body, client, num_examples, round_, ce_id)
 
     def push_raw(self, job_id, body: bytes, client: str, num_examples=1, round_=0, ce_id=None, headers=None):
         h = {"ce-specversion": "1.0", "ce-type": "dev.lifl.update", "ce-id": ce_id or uuid.uuid4().hex,

@@ -353,8 +353,9 @@ Result<uint64_t> JobManager::admitModel(const std::string& id) const {
   return maxUpdateBytes(job->spec);
 }
 
-Result<std::pair<JobManager::Job*, SafetensorsView>> JobManager::validated(
-    const std::string& id, const ObjectRef& body) const {
+Result<std::pair<JobManager::Job*, SafetensorsView>> JobManager::validated(const std::string& id,
+                                                                           const ObjectRef& body,
+                                                                           bool update) const {
   Job* job = nullptr;
   {
     std::lock_guard lock(mutex_);
@@ -363,13 +364,13 @@ Result<std::pair<JobManager::Job*, SafetensorsView>> JobManager::validated(
   }
   // Outside the lock (a job's spec never changes), so uploads are validated in parallel.
   LIFL_TRY(view, parseSafetensors(body.data(), body.size()));
-  LIFL_TRYV(checkMatchesModel(view, job->spec));
+  LIFL_TRYV(matchModel(view, job->spec, /*allowInt8=*/update));
   LIFL_TRYV(checkFinite(body.data(), view));
   return std::make_pair(job, std::move(view));
 }
 
 Result<void> JobManager::setModel(const std::string& id, const ObjectRef& uploaded) {
-  LIFL_TRY(checked, validated(id, uploaded));
+  LIFL_TRY(checked, validated(id, uploaded, /*update=*/false));
   auto& [job, view] = checked;
   const std::string header = modelHeader(job->spec);
   const uint64_t n = job->spec.modelElements();
@@ -482,7 +483,7 @@ void JobManager::abandon(const std::string& id, const UpdateMeta& meta) {
 
 Result<uint32_t> JobManager::commit(const std::string& id, const UpdateMeta& meta,
                                     ObjectRef update) {
-  LIFL_TRY(checked, validated(id, update));
+  LIFL_TRY(checked, validated(id, update, /*update=*/true));
   Job* job = checked.first;
   if (clustered()) return commitClustered(id, job, meta, update);
   std::lock_guard lock(mutex_);

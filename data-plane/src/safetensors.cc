@@ -112,23 +112,52 @@ Result<SafetensorsView> parseSafetensors(const std::byte* data, uint64_t size) {
   return view;
 }
 
-Result<void> checkMatchesModel(const SafetensorsView& view, const JobSpec& spec) {
-  if (view.tensors.size() != spec.tensors.size()) {
+Result<std::vector<EncodedTensor>> matchModel(const SafetensorsView& view, const JobSpec& spec,
+                                              bool allowInt8) {
+  std::vector<EncodedTensor> out;
+  size_t used = 0;
+  for (const auto& want : spec.tensors) {
+    const TensorView* got = view.find(want.name);
+    if (!got) return unprocessable("tensor_mismatch", "update has no tensor " + want.name);
+    if (got->shape != want.shape)
+      return unprocessable("tensor_mismatch", "tensor " + got->name + " has the wrong shape");
+    EncodedTensor e{got};
+    e.cols = want.shape.empty() ? 1 : static_cast<uint64_t>(want.shape.back());
+    e.rows = e.cols ? want.elements / e.cols : 0;
+    used++;
+    if (got->dtypeName == "I8" && allowInt8) {
+      e.scales = view.find(want.name + kInt8ScaleSuffix);
+      if (!e.scales)
+        return unprocessable("tensor_mismatch",
+                             "int8 tensor " + got->name + " needs " + got->name + kInt8ScaleSuffix);
+      used++;
+      auto scaleShape = want.shape.empty() ? std::vector<int64_t>{1} : want.shape;
+      const uint64_t blocks = scaleShape.back() =
+          static_cast<int64_t>(e.scales->shape.empty() ? 0 : e.scales->shape.back());
+      for (uint32_t block : {64u, 128u})
+        if (!e.block && blocks == (e.cols + block - 1) / block) e.block = block;
+      if (e.scales->dtype != DType::F32 || e.scales->shape != scaleShape || !e.block)
+        return unprocessable("tensor_mismatch", "scales " + e.scales->name +
+                                                    " must be F32 with one value per 64 or " +
+                                                    "128 values of the last dimension");
+    } else if (!got->dtype) {
+      return unprocessable(
+          "unsupported_dtype",
+          "tensor " + got->name + " has dtype " + got->dtypeName +
+              (allowInt8 ? "; use F32, F16, BF16 or I8 with scales" : "; use F32, F16 or BF16"));
+    }
+    out.push_back(e);
+  }
+  if (used != view.tensors.size())
     return unprocessable("tensor_mismatch", "update has " + std::to_string(view.tensors.size()) +
-                                                " tensors, the model has " +
-                                                std::to_string(spec.tensors.size()));
-  }
-  for (size_t i = 0; i < spec.tensors.size(); ++i) {
-    const auto& want = spec.tensors[i];
-    const auto& got = view.tensors[i];  // both sorted by name
-    if (got.name != want.name)
-      return unprocessable("tensor_mismatch", "unexpected tensor " + got.name);
-    if (!got.dtype)
-      return unprocessable("unsupported_dtype", "tensor " + got.name + " has dtype " +
-                                                    got.dtypeName + "; use F32, F16 or BF16");
-    if (got.shape != want.shape)
-      return unprocessable("tensor_mismatch", "tensor " + got.name + " has the wrong shape");
-  }
+                                                " tensors, the model " +
+                                                std::to_string(spec.tensors.size()) +
+                                                " (and a scale per int8 tensor)");
+  return out;
+}
+
+Result<void> checkMatchesModel(const SafetensorsView& view, const JobSpec& spec) {
+  LIFL_TRYV(matchModel(view, spec, /*allowInt8=*/false));
   return success();
 }
 

@@ -254,16 +254,21 @@ class Aggregator final : public Function {
     LIFL_TRY(input, ctx.store().resolve(handle));
     input.prefault(/*forWrite=*/false);
     LIFL_TRY(view, dataplane::parseSafetensors(input.data(), input.size()));
-    if (view.tensors.size() != spec_.tensors.size())
-      return unprocessable("tensor_mismatch", "update does not match the model");
+    LIFL_TRY(encoded, dataplane::matchModel(view, spec_, /*allowInt8=*/true));
     LIFL_TRY(target, foldTarget(ctx));
     const auto started = std::chrono::steady_clock::now();
     const float w = static_cast<float>(weight);
     for (size_t i = 0; i < spec_.tensors.size(); ++i) {  // the tensors cover every element
-      const auto& tv = view.tensors[i];
+      const auto& e = encoded[i];
+      const auto& tv = *e.values;
       float* out = target.out + offsets_[i];
       const void* x = input.data() + tv.begin;
-      if (!target.prev)
+      if (e.scales)  // blockwise int8, dequantised as it is summed
+        kernels::accumulateInt8(out, target.prev ? target.prev + offsets_[i] : nullptr,
+                                reinterpret_cast<const int8_t*>(x),
+                                reinterpret_cast<const float*>(input.data() + e.scales->begin),
+                                e.rows, e.cols, e.block, w);
+      else if (!target.prev)
         kernels::assign(out, x, *tv.dtype, tv.elements, w);
       else if (target.prev == target.out)
         kernels::accumulate(out, x, *tv.dtype, tv.elements, w);

@@ -1,5 +1,6 @@
 #include "lifl/gpu/accumulate.h"
 
+#include <algorithm>
 #include <bit>
 #include <cstring>
 
@@ -82,7 +83,30 @@ LIFL_CLONES void toBF16Loop(uint16_t* __restrict out, const float* __restrict x,
   }
 }
 
+// One block of int8 values with its scale folded into the weight. `prev` may alias `out`
+// (in place), so no __restrict on them; GCC versions the loop on a runtime overlap check.
+LIFL_CLONES void int8Block(float* out, const float* prev, const int8_t* __restrict q, uint64_t n,
+                           float ws) {
+  if (prev)
+    for (uint64_t i = 0; i < n; ++i) out[i] = prev[i] + ws * static_cast<float>(q[i]);
+  else
+    for (uint64_t i = 0; i < n; ++i) out[i] = ws * static_cast<float>(q[i]);
+}
+
 }  // namespace
+
+void accumulateInt8(float* out, const float* prev, const int8_t* q, const float* scales,
+                    uint64_t rows, uint64_t cols, uint32_t block, float w) {
+  const uint64_t blocks = (cols + block - 1) / block;
+  for (uint64_t r = 0; r < rows; ++r) {
+    for (uint64_t b = 0; b < blocks; ++b) {
+      const uint64_t begin = r * cols + b * block;
+      const uint64_t n = std::min<uint64_t>(block, cols - b * block);
+      int8Block(out + begin, prev ? prev + begin : nullptr, q + begin, n,
+                w * scales[r * blocks + b]);
+    }
+  }
+}
 
 void toBF16(uint16_t* out, const float* x, uint64_t n) { toBF16Loop(out, x, n); }
 

@@ -111,3 +111,51 @@ TEST(Accumulate, AddIntoAndScale) {
 
 }  // namespace
 }  // namespace lifl::kernels
+
+namespace lifl::kernels {
+namespace {
+
+// Blockwise int8 against a double loop: rows x cols with ragged last blocks, both block sizes,
+// from nothing (poisoned output), into a separate accumulator, and in place. Each output is
+// prev + (w * scale) * q in fp32: two roundings, so 2.5e-7 relative as above.
+TEST(AccumulateInt8, MatchesDoubleLoop) {
+  std::mt19937 rng(77);
+  std::uniform_int_distribution<int> qd(-127, 127);
+  std::uniform_real_distribution<float> fd(-1.f, 1.f);
+  for (uint32_t block : {64u, 128u}) {
+    for (auto [rows, cols] : {std::pair<uint64_t, uint64_t>{1, 1}, {3, 64}, {5, 100}, {2, 300}}) {
+      const uint64_t blocks = (cols + block - 1) / block, n = rows * cols;
+      std::vector<int8_t> q(n);
+      std::vector<float> scales(rows * blocks), prev(n);
+      for (auto& v : q) v = static_cast<int8_t>(qd(rng));
+      for (auto& s : scales) s = std::abs(fd(rng)) / 127.f;
+      for (auto& p : prev) p = fd(rng);
+      const float w = 3.5f;
+      std::vector<double> ref(n), refFresh(n);
+      for (uint64_t r = 0; r < rows; ++r)
+        for (uint64_t j = 0; j < cols; ++j) {
+          const double x = double{w} * scales[r * blocks + j / block] * q[r * cols + j];
+          refFresh[r * cols + j] = x;
+          ref[r * cols + j] = prev[r * cols + j] + x;
+        }
+      auto check = [&](const std::vector<float>& got, const std::vector<double>& want,
+                       const char* what) {
+        for (uint64_t i = 0; i < n; ++i)
+          ASSERT_LE(std::abs(got[i] - want[i]), 2.5e-7 * (std::abs(want[i]) + 2.0))
+              << what << " block=" << block << " rows=" << rows << " cols=" << cols << " i=" << i;
+      };
+      std::vector<float> fresh(n, std::nanf(""));
+      accumulateInt8(fresh.data(), nullptr, q.data(), scales.data(), rows, cols, block, w);
+      check(fresh, refFresh, "fresh");
+      std::vector<float> into(n, std::nanf(""));
+      accumulateInt8(into.data(), prev.data(), q.data(), scales.data(), rows, cols, block, w);
+      check(into, ref, "into");
+      std::vector<float> inPlace = prev;
+      accumulateInt8(inPlace.data(), inPlace.data(), q.data(), scales.data(), rows, cols, block, w);
+      check(inPlace, ref, "in place");
+    }
+  }
+}
+
+}  // namespace
+}  // namespace lifl::kernels

@@ -219,8 +219,9 @@ class JobManager {
 
   Result<Job*> find(const std::string& id) const;
   /// The job and the body parsed and checked against its model (400/404/422).
-  Result<std::pair<Job*, SafetensorsView>> validated(const std::string& id,
-                                                     const ObjectRef& body) const;
+  /// @param update an update (blockwise int8 accepted), else a model
+  Result<std::pair<Job*, SafetensorsView>> validated(const std::string& id, const ObjectRef& body,
+                                                     bool update) const;
   Result<void> createInitialModel(Job& job);
   /// @param coveredByPartials clients of the round already summed in partials recovered from
   ///        an adopted store: they go to the top, the leaves plan for the others

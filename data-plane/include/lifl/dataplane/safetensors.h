@@ -36,6 +36,21 @@ struct SafetensorsView {
 inline constexpr uint64_t kMaxSafetensorsHeader = 16ull << 20;
 
 Result<SafetensorsView> parseSafetensors(const std::byte* data, uint64_t size);
+/// How one model tensor arrives: a float tensor (F32, F16, BF16), or blockwise int8 — the
+/// values as an I8 tensor of the model's shape and `<name>:scale`, F32, one scale per block of
+/// 64 or 128 values along the last dimension (shape: the model's with the last dimension
+/// ceil(D / block)); value = q * scale (docs/api.md "Update formats").
+struct EncodedTensor {
+  const TensorView* values = nullptr;
+  const TensorView* scales = nullptr;  ///< int8 only
+  uint32_t block = 0;                  ///< int8: values per scale along the last dimension
+  uint64_t rows = 1, cols = 1;         ///< the tensor as rows x last dimension
+};
+inline constexpr const char* kInt8ScaleSuffix = ":scale";
+/// Each model tensor's encoding, in the model's order (names sorted), checked against the
+/// model: names, shapes, dtypes; int8 only where `allowInt8` (updates, not models).
+Result<std::vector<EncodedTensor>> matchModel(const SafetensorsView& view, const JobSpec& spec,
+                                              bool allowInt8);
 /// Names, shapes and dtypes must match the job's model (F32, F16 or BF16 accepted).
 Result<void> checkMatchesModel(const SafetensorsView& view, const JobSpec& spec);
 /// Rejects NaN/Inf anywhere in the tensors (422 non_finite).

@@ -22,6 +22,12 @@ void assign(float* acc, const void* x, DType dtype, uint64_t n, float w);
 /// @pre out, prev and x do not overlap.
 void accumulateInto(float* out, const float* prev, const void* x, DType dtype, uint64_t n, float w);
 
+/// Blockwise int8 input, dequantised on the fly: over rows x cols,
+/// out[r][j] = prev[r][j] + w * scales[r][j / block] * q[r][j], with ceil(cols / block) scales
+/// per row. prev null: the first input (no previous sums); prev may be out (in place).
+void accumulateInt8(float* out, const float* prev, const int8_t* q, const float* scales,
+                    uint64_t rows, uint64_t cols, uint32_t block, float w);
+
 /// acc[i] += x[i] (folding a partial sum into its parent).
 void addInto(float* acc, const float* x, uint64_t n);
 
