@@ -8,6 +8,7 @@
 
 #include "lifl/cli/args.h"
 #include "lifl/cli/commands.h"
+#include "lifl/cli/numpy_files.h"
 #include "lifl/common/http_client.h"
 
 namespace lifl::cli {
@@ -44,13 +45,16 @@ int cmdPush(int argc, char** argv) {
   const Args& a = parsed.value();
   if (a.wantsHelp() || !a.has("job") || !a.has("file") || !a.has("client")) {
     std::puts(
-        "usage: lifl push --job JOB --file UPDATE.safetensors --client ID\n"
-        "                 [--examples N] [--round R] [--id CE_ID] [--url http://127.0.0.1:8080]\n"
-        "Pushes one client update as a CloudEvent (binary mode). --round defaults to the job's\n"
-        "current round; --examples (the FedAvg weight) to 1; --id to a fresh unique id.");
+        "usage: lifl push --job JOB --file UPDATE --client ID\n"
+        "                 [--examples N] [--round R] [--id CE_ID] [--tensor NAME]\n"
+        "                 [--url http://127.0.0.1:8080]\n"
+        "Pushes one client update as a CloudEvent (binary mode). UPDATE is .safetensors, .npz\n"
+        "(a dict of arrays, np.savez) or .npy (one array, named --tensor or the file's stem);\n"
+        "numpy float64 arrays are sent as float32. --round defaults to the job's current\n"
+        "round; --examples (the FedAvg weight) to 1; --id to a fresh unique id.");
     return a.wantsHelp() ? 0 : 1;
   }
-  auto body = readFile(a.get("file"));
+  auto body = updateBodyFromFile(a.get("file"), a.get("tensor"));
   if (!body) return fail(body.error());
   auto client = HttpClient::connect(a.get("url", kDefaultUrl));
   if (!client) return fail(client.error());

@@ -59,15 +59,24 @@ class Cli(PlatformTestCase):
             self.assertEqual(r.returncode, 0, r.stderr)
             rng = np.random.default_rng(5)
             updates = []
+            # One update each as safetensors, .npz (float32) and compressed .npz (float64,
+            # sent as float32).
             for c in range(3):
-                t = {"w": rng.standard_normal((4, 5)).astype(np.float32), "b": rng.standard_normal(5).astype(np.float32)}
-                path = os.path.join(d, f"u{c}.safetensors")
-                with open(path, "wb") as f:
-                    f.write(encode_safetensors(t))
+                t = {"w": rng.standard_normal((4, 5)), "b": rng.standard_normal(5)}
+                if c == 0:
+                    path = os.path.join(d, "u0.safetensors")
+                    with open(path, "wb") as f:
+                        f.write(encode_safetensors({k: v.astype(np.float32) for k, v in t.items()}))
+                elif c == 1:
+                    path = os.path.join(d, "u1.npz")
+                    np.savez(path, **{k: v.astype(np.float32) for k, v in t.items()})
+                else:
+                    path = os.path.join(d, "u2.npz")
+                    np.savez_compressed(path, **t)
                 r = lifl("push", "--job", "cli", "--file", path, "--client", f"c{c}", "--examples", str(c + 1), "--url", url)
                 self.assertEqual(r.returncode, 0, r.stderr)
                 self.assertIn('"accepted":true', r.stdout)
-                updates.append((c + 1, {k: v.astype(np.float64) for k, v in t.items()}))
+                updates.append((c + 1, {k: v.astype(np.float32).astype(np.float64) for k, v in t.items()}))
             self.client.wait_round("cli", 1)
             out = os.path.join(d, "model.safetensors")
             r = lifl("pull", "--job", "cli", "--out", out, "--url", url)
@@ -84,6 +93,50 @@ class Cli(PlatformTestCase):
             r = lifl("push", "--job", "cli", "--file", out, "--client", "late", "--url", url)
             self.assertNotEqual(r.returncode, 0)
             self.assertIn("job_finished", r.stderr)
+
+    def test_push_numpy_files_bad_cases(self):
+        url = self.platform.url
+        self.client.create_job({"id": "np1", "model": {"tensors": {"w": {"dtype": "F32", "shape": [3]}},
+                                                       "init": "zeros"},
+                                "clients_per_round": 2, "rounds": 1})
+        with tempfile.TemporaryDirectory() as d:
+            good = os.path.join(d, "w.npy")  # one array, named by the file's stem
+            np.save(good, np.array([1.0, 2.0, 3.0], np.float32))
+            r = lifl("push", "--job", "np1", "--file", good, "--client", "a", "--url", url)
+            self.assertEqual(r.returncode, 0, r.stderr)
+            named = os.path.join(d, "other.npy")
+            np.save(named, np.array([3.0, 2.0, 1.0]))
+            r = lifl("push", "--job", "np1", "--file", named, "--client", "b", "--url", url)
+            self.assertNotEqual(r.returncode, 0)
+            self.assertIn("tensor_mismatch", r.stderr)  # named "other": the gateway refuses it
+            cases = {"garbage.npy": (b"not numpy at all", "not a .npy array"),
+                     "short.npy": (None, "data bytes"),
+                     "fortran.npy": (None, "Fortran order"),
+                     "ints.npy": (None, "dtype <i8"),
+                     "garbage.npz": (b"PK but not a zip", "not a readable .npz")}
+            for name, (raw, why) in cases.items():
+                path = os.path.join(d, name)
+                if name == "short.npy":
+                    np.save(path, np.zeros(3, np.float32))
+                    with open(path, "r+b") as f:
+                        f.truncate(os.path.getsize(path) - 4)
+                elif name == "fortran.npy":
+                    np.save(path, np.asfortranarray(np.zeros((2, 3), np.float32)))
+                elif name == "ints.npy":
+                    np.save(path, np.zeros(3, np.int64))
+                else:
+                    with open(path, "wb") as f:
+                        f.write(raw)
+                with self.subTest(case=name):
+                    r = lifl("push", "--job", "np1", "--file", path, "--client", "c", "--tensor", "w",
+                             "--url", url)
+                    self.assertNotEqual(r.returncode, 0)
+                    self.assertIn(why, r.stderr)
+            r = lifl("push", "--job", "np1", "--file", named, "--client", "b", "--tensor", "w", "--url", url)
+            self.assertEqual(r.returncode, 0, r.stderr)
+        self.client.wait_round("np1", 1)
+        model, _ = self.client.pull("np1")
+        np.testing.assert_allclose(model["w"], [2.0, 2.0, 2.0], rtol=1e-7)  # (1+3)/2, (2+2)/2, (3+1)/2
 
     def test_bench_clients_against_running_platform(self):
         r = lifl("bench", "clients", "--clients", "10", "--params", "5000", "--rounds", "2", "--fan-in", "4",
