@@ -11,9 +11,13 @@ A torch state dict can be pushed directly: tensors are converted with .detach().
 """
 from __future__ import annotations
 
+__version__ = "0.1.0"
+
 import http.client
 import json
+import socket
 import struct
+import time
 import urllib.parse
 import uuid
 
@@ -180,14 +184,33 @@ class Client:
         body = encode_safetensors(tensors, dtype, block=block)
         return self.push_raw(job_id, body, client, num_examples, round_, ce_id)
 
-    def push_raw(self, job_id, body: bytes, client: str, num_examples=1, round_=0, ce_id=None, headers=None):
+    def push_raw(self, job_id, body: bytes, client: str, num_examples=1, round_=0, ce_id=None, headers=None,
+                 retries: int = 3, backoff: float = 0.2):
+        """Pushes a prepared body. A timeout, a lost connection or a 503 (the store is full, the
+        gateway is busy) is retried up to `retries` times, after backoff * 2^k seconds, with
+        the same ce-id: the gateway counts an update once however often it arrives."""
         h = {"ce-specversion": "1.0", "ce-type": "dev.lifl.update", "ce-id": ce_id or uuid.uuid4().hex,
              "ce-source": client, "ce-round": str(round_), "ce-numexamples": str(num_examples),
              "Content-Type": "application/octet-stream"}
         h.update(headers or {})
-        status, _, data = self._request("POST", f"/v1/jobs/{job_id}/updates", body, h)
+        for attempt in range(retries + 1):
+            try:
+                status, _, data = self._request("POST", f"/v1/jobs/{job_id}/updates", body, h)
+                if status != 503 or attempt == retries:
+                    break
+            except (socket.timeout, ConnectionError, http.client.HTTPException):
+                self.close()
+                if attempt == retries:
+                    raise
+            time.sleep(backoff * 2 ** attempt)
         self._check(status, data)
         return json.loads(data)
+
+    def pull_state_dict(self, job_id: str):
+        """The global model as a PyTorch state dict ({name: torch.Tensor}); needs torch."""
+        import torch  # optional: only this helper needs it
+        model, round_ = self.pull(job_id)
+        return {k: torch.from_numpy(np.array(v)) for k, v in model.items()}, round_
 
     def pull(self, job_id: str, dtype: str | None = None):
         """Returns ({name: float32 array}, round). dtype "bf16": served in half the bytes."""
