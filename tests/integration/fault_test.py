@@ -25,13 +25,14 @@ class KillAggregators(PlatformTestCase):
         self.client.create_job(job_spec(job, clients=CLIENTS, rounds=1,
                                         hierarchy={"fan_in": fan_in, "batch": batch, "levels": levels}))
         def victims():
-            # Leaf slots get a process as updates reach them and give it back when done: the
-            # last two with one are the slot being filled and the next, neither done (an
-            # earlier one may finish, and go back to the pool, before the kill lands).
+            # Leaf slots get a process as updates reach them and give it back when done. The
+            # last slot with one is the slot being filled or the next: not done, so its kill
+            # is always recovered. The one before may finish, and go back to the pool, just
+            # before the kill lands; it is killed too in "two-leaves".
             plan = self.client.job(job)["plan"]
             leaves, middles, instances = plan["leaves"], plan["middles"], plan["instances"]
             running = [i for i in instances[:leaves] if i][-2:]
-            return {"leaf": lambda: [rng.choice(running)],
+            return {"leaf": lambda: running[-1:],
                     "two-leaves": lambda: running,
                     "middle": lambda: [instances[leaves + (middle if middle is not None
                                                             else rng.randrange(middles))]],
