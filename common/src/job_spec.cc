@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <charconv>
+#include <cmath>
 #include <initializer_list>
 #include <regex>
 
@@ -100,6 +101,9 @@ json JobSpec::toJson() const {
       {"rounds", rounds},
       {"update", update == UpdateMode::Delta ? "delta" : "weights"},
       {"strategy", strategy.toJson()},
+      {"dp", dp.enabled() ? nlohmann::json{{"clip_norm", dp.clipNorm},
+                                           {"noise_multiplier", dp.noiseMultiplier}}
+                          : nlohmann::json(nullptr)},
       {"hierarchy", levels ? nlohmann::json{{"fan_in", fanIn},
                                             {"levels", levels},
                                             {"batch", batch},
@@ -190,6 +194,21 @@ Result<JobSpec> jobSpecFromJson(const json& doc) {
   if (strategy != doc.end()) {
     LIFL_TRY(parsed, strategyFromJson(*strategy));
     spec.strategy = parsed;
+  }
+  auto dp = doc.find("dp");
+  if (dp != doc.end() && !dp->is_null()) {
+    if (!dp->is_object()) return specError("dp must be an object");
+    for (const auto& [key, value] : dp->items()) {
+      if (key != "clip_norm" && key != "noise_multiplier")
+        return specError("dp has no parameter " + key + " (clip_norm, noise_multiplier)");
+      if (!value.is_number() || !std::isfinite(value.get<double>()) || value.get<double>() < 0)
+        return specError("dp." + key + " must be a number >= 0");
+    }
+    spec.dp.clipNorm = dp->value("clip_norm", 0.0);
+    spec.dp.noiseMultiplier = dp->value("noise_multiplier", 0.0);
+    if (!(spec.dp.clipNorm > 0)) return specError("dp.clip_norm must be > 0");
+    if (spec.update != UpdateMode::Delta)
+      return specError("dp clips each client's change to the model: it needs update: delta");
   }
   auto hierarchy = doc.find("hierarchy");
   if (hierarchy != doc.end()) {

@@ -134,6 +134,10 @@ nlohmann::json JobManager::aggregatorParams(const Job& job, size_t node, uint32_
                  {"generation", job.model->generation}};
   p["delta"] = job.spec.update == UpdateMode::Delta;
   if (serverStep) p["strategy"] = job.spec.strategy.toJson();
+  if (job.spec.dp.enabled())
+    p["dp"] = {{"clip_norm", job.spec.dp.clipNorm},
+               {"noise_multiplier", job.spec.dp.noiseMultiplier},
+               {"seed", job.spec.seed}};
   return p;
 }
 
@@ -269,6 +273,10 @@ nlohmann::json JobManager::statusOf(const Job& job) const {
                        {"weight", r.weight},
                        {"seconds", r.seconds},
                        {"closed", r.byDeadline ? "deadline" : "complete"}});
+  if (job.spec.dp.enabled())  // what this round's privacy cost: the clip and the noise added
+    for (size_t i = 0; i < history.size(); ++i)
+      history[i]["dp"] = {{"clip_norm", job.spec.dp.clipNorm},
+                          {"noise_std", job.spec.dp.noiseStd(job.history[i].clients)}};
   nlohmann::json plan = job.plan.toJson();
   plan["instances"] = job.instances;
   nlohmann::json out = {

@@ -19,7 +19,9 @@
 #include <algorithm>
 #include <bit>
 #include <chrono>
+#include <cmath>
 #include <memory>
+#include <random>
 #include <unordered_set>
 #include <utility>
 #include <vector>
@@ -117,6 +119,11 @@ class Aggregator final : public Function {
         spec_.tensors.push_back(std::move(ts));
       }
       delta_ = p.value("delta", false);
+      if (p.contains("dp")) {
+        dp_.clipNorm = p["dp"].value("clip_norm", 0.0);
+        dp_.noiseMultiplier = p["dp"].value("noise_multiplier", 0.0);
+        dpSeed_ = p["dp"].value("seed", uint64_t{0});
+      }
       if (p.contains("strategy")) {
         LIFL_TRY(strategy, strategyFromJson(p["strategy"]));
         strategy_ = strategy;
@@ -257,7 +264,7 @@ class Aggregator final : public Function {
     LIFL_TRY(encoded, dataplane::matchModel(view, spec_, /*allowInt8=*/true));
     LIFL_TRY(target, foldTarget(ctx));
     const auto started = std::chrono::steady_clock::now();
-    const float w = static_cast<float>(weight);
+    const float w = static_cast<float>(static_cast<double>(weight) * clipFactor(input, encoded));
     for (size_t i = 0; i < spec_.tensors.size(); ++i) {  // the tensors cover every element
       const auto& e = encoded[i];
       const auto& tv = *e.values;
@@ -281,6 +288,23 @@ class Aggregator final : public Function {
     seen_.erase(input.handle().generation);  // recordInput marks it (lazy mode marked it first)
     const uint64_t key = input.clientKey();
     return recordInput(ctx, input, static_cast<double>(weight), 1, &key);
+  }
+
+  // Central DP: the update (a delta) scaled down to L2 norm clip_norm if it is longer; its
+  // weight in the mean stays its examples. One read of the update before the fold.
+  double clipFactor(const ObjectRef& input, const std::vector<dataplane::EncodedTensor>& encoded) {
+    if (!dp_.enabled()) return 1;
+    double squares = 0;
+    for (const auto& e : encoded) {
+      const std::byte* x = input.data() + e.values->begin;
+      squares += e.scales ? kernels::sumSquaresInt8(
+                                reinterpret_cast<const int8_t*>(x),
+                                reinterpret_cast<const float*>(input.data() + e.scales->begin),
+                                e.rows, e.cols, e.block)
+                          : kernels::sumSquares(x, *e.values->dtype, e.values->elements);
+    }
+    const double norm = std::sqrt(squares);
+    return norm > dp_.clipNorm ? dp_.clipNorm / norm : 1.0;
   }
 
   Result<void> foldPartial(Context& ctx, const Descriptor& d) {
@@ -383,6 +407,16 @@ class Aggregator final : public Function {
     return success();
   }
 
+  // Central DP: Gaussian noise of standard deviation noise_multiplier * clip_norm / clients on
+  // every parameter of the new model, from a generator seeded by the job's seed and round.
+  void addDpNoise(float* model, uint32_t clients) const {
+    const double sigma = dp_.noiseStd(clients);
+    if (!dp_.enabled() || sigma <= 0) return;
+    std::mt19937_64 rng(dpSeed_ * 0x9E3779B97F4A7C15ull + round_ + 1);
+    std::normal_distribution<float> noise(0.f, static_cast<float>(sigma));
+    for (uint64_t i = 0; i < elements_; ++i) model[i] += noise(rng);
+  }
+
   Result<void> publish(Context& ctx) {
     PartialView acc(*acc_);
     const std::string header = dataplane::modelHeader(spec_);
@@ -415,6 +449,7 @@ class Aggregator final : public Function {
     } else {
       kernels::scaleInto(out, acc.acc(), elements_, invWeight, delta_ ? base : nullptr);
     }
+    addDpNoise(out, acc.header().clients);
     model.seal();
     Descriptor d{};
     d.dst = kAgentInstance;
@@ -447,6 +482,8 @@ class Aggregator final : public Function {
   std::optional<ObjectHandle> base_;  ///< the global model the round started from
   bool delta_ = false;                ///< updates are deltas from base_
   Strategy strategy_;                 ///< the top: how the model follows from the sums
+  DpSpec dp_;                         ///< central DP: clip at the leaves, noise at the top
+  uint64_t dpSeed_ = 0;
 
   std::optional<ObjectRef> acc_;  ///< the partial under construction
   uint32_t folded_ = 0;           ///< clients folded in this assignment

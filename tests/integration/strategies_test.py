@@ -124,6 +124,47 @@ class ModelDtypes(PlatformTestCase):
         self.assertEqual((e.exception.status, e.exception.code), (400, "bad_dtype"))
 
 
+class CentralDp(PlatformTestCase):
+    def run_dp(self, job, clip, z, rounds=2):
+        spec = job_spec(job, clients=CLIENTS, rounds=rounds, fan_in=4, update="delta",
+                        dp={"clip_norm": clip, "noise_multiplier": z})
+        self.client.create_job(spec)
+        rng = np.random.default_rng(5)
+        x = {k: np.zeros(s) for k, s in MODEL.items()}
+        for r in range(rounds):
+            total, acc = 0, {k: np.zeros(s) for k, s in MODEL.items()}
+            for c in range(CLIENTS):
+                scale = 0.003 if c % 3 == 0 else 1.0  # a third short enough to pass unclipped
+                tensors = {k: (rng.standard_normal(s) * scale).astype(np.float32) for k, s in MODEL.items()}
+                n = int(rng.integers(1, 50))
+                self.client.push(job, tensors, client=f"c{c}", num_examples=n, round_=r)
+                norm = np.sqrt(sum(float(np.sum(t.astype(np.float64) ** 2)) for t in tensors.values()))
+                factor = min(1.0, clip / norm)
+                for k in acc:
+                    acc[k] += n * factor * tensors[k].astype(np.float64)
+                total += n
+            x = {k: x[k] + acc[k] / total for k in x}
+            status = self.client.wait_round(job, r + 1, timeout=30)
+            self.assertEqual(status["history"][r]["dp"],
+                             {"clip_norm": clip, "noise_std": z * clip / CLIENTS})
+            model, _ = self.client.pull(job)
+        return model, x
+
+    def test_updates_are_clipped_at_the_leaves(self):
+        model, expected = self.run_dp("clip", clip=0.5, z=0.0)
+        assert_model_equal(self, model, expected)
+
+    def test_noise_has_the_stated_deviation(self):
+        clip, z = 1.0, 2.0
+        model, expected = self.run_dp("noise", clip=clip, z=z, rounds=1)
+        diff = np.concatenate([(model[k].astype(np.float64) - expected[k]).ravel() for k in MODEL])
+        sigma = z * clip / CLIENTS
+        # 1186 draws: the sample deviation is within 10% of sigma, and the mean within
+        # 4 sigma / sqrt(n), with overwhelming probability; no noise would give ~1e-7.
+        self.assertLess(abs(diff.std() / sigma - 1), 0.1, diff.std())
+        self.assertLess(abs(diff.mean()), 4 * sigma / np.sqrt(diff.size))
+
+
 class StrategySpecs(PlatformTestCase):
     def test_fedprox_hands_mu_to_clients_and_averages(self):
         spec = job_spec("prox", clients=4, rounds=1, strategy={"name": "fedprox", "proximal_mu": 0.01})
@@ -150,6 +191,18 @@ class StrategySpecs(PlatformTestCase):
                ({"name": "fedprox"}, "proximal_mu"),
                ({"name": "fedadagrad", "beta_1": 0.9}, "no parameter beta_1"),
                ({"nom": "fedavg"}, "name")]
+        for dp, why in [({"clip_norm": 1.0}, "needs update: delta"),
+                        ({"clip_norm": 0, "noise_multiplier": 1}, "clip_norm must be > 0"),
+                        ({"clip_norm": -1}, ">= 0"),
+                        ({"clip_norm": 1, "sigma": 1}, "no parameter sigma")]:
+            with self.subTest(dp=dp):
+                with self.assertRaises(LiflError) as e:
+                    spec = job_spec("bad", clients=2, rounds=1, dp=dp)
+                    if "needs" not in why:
+                        spec["update"] = "delta"
+                    self.client.create_job(spec)
+                self.assertEqual(e.exception.status, 422)
+                self.assertIn(why, e.exception.detail)
         for strategy, why in bad:
             with self.subTest(strategy=strategy):
                 with self.assertRaises(LiflError) as e:

@@ -25,6 +25,18 @@ enum class UpdateMode { Weights, Delta };
 /// What happens to an update that arrives after its round closed at the deadline.
 enum class LatePolicy { Drop, NextRound };
 
+/// Central differential privacy (docs/strategies.md): each client's update (a delta) is
+/// clipped to `clipNorm` in L2 at the leaves; the top adds Gaussian noise of standard
+/// deviation noiseMultiplier * clipNorm / clients to the round's mean.
+struct DpSpec {
+  double clipNorm = 0;  ///< 0: off
+  double noiseMultiplier = 0;
+  bool enabled() const { return clipNorm > 0; }
+  double noiseStd(uint32_t clients) const {
+    return clients ? noiseMultiplier * clipNorm / clients : 0;
+  }
+};
+
 struct JobSpec {
   std::string id;
   std::vector<TensorSpec> tensors;  ///< sorted by name: the layout of every accumulator
@@ -35,6 +47,7 @@ struct JobSpec {
   uint32_t rounds = 1;
   UpdateMode update = UpdateMode::Weights;
   Strategy strategy;
+  DpSpec dp;
   uint32_t fanIn = 8;
   uint32_t levels = 0;  ///< 0: the planner chooses; 1: one aggregator; 2: + leaves; 3: + middles
   bool eager = true;    ///< fold each update as it arrives (false: buffer all, fold at the end)

@@ -38,6 +38,13 @@ void scaleInto(float* out, const float* acc, uint64_t n, double scale, const flo
 /// half the bytes.
 void toBF16(uint16_t* out, const float* x, uint64_t n);
 
+/// Sum of squares of the n elements of `dtype` at x (for an update's L2 norm), accumulated in
+/// fp32 over blocks of 4096 and in double across them.
+double sumSquares(const void* x, DType dtype, uint64_t n);
+/// The same for blockwise int8 values (q * scale), laid out as in accumulateInt8.
+double sumSquaresInt8(const int8_t* q, const float* scales, uint64_t rows, uint64_t cols,
+                      uint32_t block);
+
 /// Number of NaN/Inf values among the n elements of `dtype` at x.
 uint64_t countNonFinite(const void* x, DType dtype, uint64_t n);
 
