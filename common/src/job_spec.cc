@@ -209,6 +209,9 @@ Result<JobSpec> jobSpecFromJson(const json& doc) {
     if (!(spec.dp.clipNorm > 0)) return specError("dp.clip_norm must be > 0");
     if (spec.update != UpdateMode::Delta)
       return specError("dp clips each client's change to the model: it needs update: delta");
+    if (spec.strategy.robust())
+      return specError("dp adds its noise to a weighted mean: not with strategy " +
+                       spec.strategy.name());
   }
   auto hierarchy = doc.find("hierarchy");
   if (hierarchy != doc.end()) {

@@ -7,7 +7,9 @@ nlohmann::json Plan::toJson() const {
   for (const auto& n : nodes)
     nodesJson.push_back(
         {{"role", roleName(n.role)}, {"parent", n.parent}, {"expected", n.expected}});
-  return {{"levels", middles ? 3 : 2},
+  return {{"levels", nodes.size() == 1 ? 1
+                     : middles         ? 3
+                                       : 2},
           {"fan_in", fanIn},
           {"leaves", leaves},
           {"middles", middles},

@@ -22,7 +22,8 @@ const std::vector<std::pair<const char*, StrategyKind>>& names() {
   static const std::vector<std::pair<const char*, StrategyKind>> n = {
       {"fedavg", StrategyKind::FedAvg},   {"fedprox", StrategyKind::FedProx},
       {"fedavgm", StrategyKind::FedAvgM}, {"fedadam", StrategyKind::FedAdam},
-      {"fedyogi", StrategyKind::FedYogi}, {"fedadagrad", StrategyKind::FedAdagrad}};
+      {"fedyogi", StrategyKind::FedYogi}, {"fedadagrad", StrategyKind::FedAdagrad},
+      {"median", StrategyKind::Median},   {"trimmed_mean", StrategyKind::TrimmedMean}};
   return n;
 }
 
@@ -45,6 +46,10 @@ std::vector<Param> paramsOf(StrategyKind kind) {
       return {eta, etaL, beta1, beta2, tau};
     case StrategyKind::FedAdagrad:
       return {eta, etaL, tau};
+    case StrategyKind::Median:
+      return {};
+    case StrategyKind::TrimmedMean:
+      return {{"beta", &Strategy::beta, 0, 0.499999}};
   }
   return {};
 }
@@ -61,6 +66,8 @@ uint32_t Strategy::stateVectors() const {
   switch (kind) {
     case StrategyKind::FedAvg:
     case StrategyKind::FedProx:
+    case StrategyKind::Median:
+    case StrategyKind::TrimmedMean:
       return 0;
     case StrategyKind::FedAvgM:
       return 1;  // the momentum vector

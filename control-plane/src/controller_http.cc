@@ -149,7 +149,7 @@ HttpReply Controller::State::handle(const HttpRequest& r) {
       if (!spec) return HttpReply::error(spec.error());
       // The server optimisers keep their state beside the model on the node that publishes
       // it; members copy the model only, so a root that moves would start from zero state.
-      if (spec.value().strategy.serverStep())
+      if (spec.value().strategy.serverStep() || spec.value().strategy.robust())
         return HttpReply::error(unprocessable(
             "invalid_job_spec", "strategy " + spec.value().strategy.name() +
                                     " runs on a single node for now (lifl up or one agent)"));

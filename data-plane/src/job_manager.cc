@@ -133,7 +133,7 @@ nlohmann::json JobManager::aggregatorParams(const Job& job, size_t node, uint32_
                  {"length", job.model->length},
                  {"generation", job.model->generation}};
   p["delta"] = job.spec.update == UpdateMode::Delta;
-  if (serverStep) p["strategy"] = job.spec.strategy.toJson();
+  if (serverStep || job.spec.strategy.robust()) p["strategy"] = job.spec.strategy.toJson();
   if (job.spec.dp.enabled())
     p["dp"] = {{"clip_norm", job.spec.dp.clipNorm},
                {"noise_multiplier", job.spec.dp.noiseMultiplier},
@@ -227,8 +227,10 @@ Result<void> JobManager::startRound(Job& job, uint32_t coveredByPartials) {
   const uint32_t viaLeaves = job.spec.clientsPerRound > coveredByPartials
                                  ? job.spec.clientsPerRound - coveredByPartials
                                  : 0;
-  job.plan = planner_(
-      PlanRequest{viaLeaves, job.spec.fanIn, job.spec.levels, job.arrivalRate, job.leafThroughput});
+  // A robust strategy needs every update at one aggregator: a single level.
+  const uint32_t levels = job.spec.strategy.robust() ? 1 : job.spec.levels;
+  job.plan =
+      planner_(PlanRequest{viaLeaves, job.spec.fanIn, levels, job.arrivalRate, job.leafThroughput});
   job.plan.nodes[static_cast<size_t>(job.plan.top())].expected += coveredByPartials;
   LIFL_TRYV(deployTree(job));
   job.received = 0;

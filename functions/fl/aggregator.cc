@@ -64,14 +64,14 @@ class Aggregator final : public Function {
       case DescriptorKind::Flush:
         flushed_ = true;
         if (!pending_.empty()) {
-          LIFL_TRYV(foldPending(ctx));
+          LIFL_TRYV(finishLazy(ctx));
         } else if (acc_) {
           LIFL_TRYV(maybeForward(ctx));
         }
         return maybeDone(ctx);
       case DescriptorKind::Retarget:  // the round closed at its deadline with fewer clients
         expected_ = static_cast<uint32_t>(d.value);
-        if (!pending_.empty() && lazyDone()) return foldPending(ctx);
+        if (!pending_.empty() && lazyDone()) return finishLazy(ctx);
         return acc_ ? maybeForward(ctx) : success();
       default:
         return badRequest("unexpected_descriptor",
@@ -127,6 +127,7 @@ class Aggregator final : public Function {
       if (p.contains("strategy")) {
         LIFL_TRY(strategy, strategyFromJson(p["strategy"]));
         strategy_ = strategy;
+        if (strategy_.robust()) eager_ = false;  // every update is needed at the end
       }
       if (p.contains("base") && !p["base"].is_null())
         base_ = ObjectHandle{p["base"].at("offset"), p["base"].at("length"),
@@ -242,13 +243,17 @@ class Aggregator final : public Function {
       // Lazy (the buffered baseline of bench_round): hold every update, fold all at the end.
       seen_.insert(d.generation);
       pending_.push_back({ObjectHandle{d.offset, d.length, d.generation}, d.value});
-      return lazyDone() ? foldPending(ctx) : success();
+      return lazyDone() ? finishLazy(ctx) : success();
     }
     return foldOne(ctx, ObjectHandle{d.offset, d.length, d.generation}, d.value);
   }
 
   bool lazyDone() const {
     return role_ == Role::Leaf ? flushed_ : folded_ + pending_.size() >= expected_;
+  }
+
+  Result<void> finishLazy(Context& ctx) {
+    return strategy_.robust() && role_ == Role::Top ? robustPublish(ctx) : foldPending(ctx);
   }
 
   Result<void> foldPending(Context& ctx) {
@@ -417,6 +422,112 @@ class Aggregator final : public Function {
     for (uint64_t i = 0; i < elements_; ++i) model[i] += noise(rng);
   }
 
+  /// Seals the new model and sends it to the agent with the round's count and weight.
+  Result<void> emitModel(Context& ctx, ObjectRef& model, uint32_t clients, double weightSum,
+                         double foldSeconds) {
+    model.seal();
+    Descriptor d{};
+    d.dst = kAgentInstance;
+    d.kind = DescriptorKind::Model;
+    d.job = job_;
+    d.round = round_;
+    d.value = clients;
+    d.correlation = std::bit_cast<uint64_t>(weightSum);
+    // The mean fold time per update (ns), for the planner's throughput estimate.
+    const double perUpdate = foldSeconds / std::max<uint32_t>(clients, 1);
+    d.aux = static_cast<uint32_t>(std::clamp(perUpdate * 1e9, 1.0, 4e9));
+    model.describe(d);
+    return ctx.emit(d);
+  }
+
+  // The robust strategies (docs/strategies.md) at the one aggregator of a single-level round,
+  // over every update it holds: coordinate by coordinate, unweighted. The updates are read a
+  // block of rows at a time into fp32 (widened or dequantised there), so the working memory
+  // beside them is a few MB whatever their number.
+  Result<void> robustPublish(Context& ctx) {
+    const auto started = std::chrono::steady_clock::now();
+    std::vector<ObjectRef> inputs;
+    std::vector<dataplane::SafetensorsView> views;
+    std::vector<std::vector<dataplane::EncodedTensor>> encodings;
+    views.reserve(pending_.size());  // the encodings point into the views: no reallocation
+    double weightSum = 0;
+    for (const auto& [handle, weight] : pending_) {
+      LIFL_TRY(input, ctx.store().resolve(handle));
+      LIFL_TRY(view, dataplane::parseSafetensors(input.data(), input.size()));
+      views.push_back(std::move(view));
+      LIFL_TRY(encoded, dataplane::matchModel(views.back(), spec_, /*allowInt8=*/true));
+      inputs.push_back(input);
+      encodings.push_back(std::move(encoded));
+      weightSum += static_cast<double>(weight);
+    }
+    const size_t n = inputs.size();
+    const std::string header = dataplane::modelHeader(spec_);
+    LIFL_TRY(model, ctx.allocate(header.size() + elements_ * sizeof(float), ObjectKind::Model));
+    model.setTag(job_, round_);
+    std::memcpy(model.data(), header.data(), header.size());
+    auto* out = reinterpret_cast<float*>(model.data() + header.size());
+    std::vector<float> block, column(n);
+    for (size_t t = 0; t < spec_.tensors.size(); ++t) {
+      const uint64_t rows = encodings[0][t].rows, cols = encodings[0][t].cols;
+      const uint64_t chunkRows = std::max<uint64_t>(1, 8192 / std::max<uint64_t>(cols, 1));
+      for (uint64_t r0 = 0; r0 < rows; r0 += chunkRows) {
+        const uint64_t r1 = std::min(rows, r0 + chunkRows), m = (r1 - r0) * cols;
+        block.resize(n * m);
+        for (size_t k = 0; k < n; ++k) readRows(inputs[k], encodings[k][t], r0, r1, &block[k * m]);
+        for (uint64_t j = 0; j < m; ++j) {
+          for (size_t k = 0; k < n; ++k) column[k] = block[k * m + j];
+          out[offsets_[t] + r0 * cols + j] = robustValue(column);
+        }
+      }
+    }
+    if (delta_ && base_) {
+      LIFL_TRY(baseModel, ctx.store().resolve(*base_));
+      const auto* base = reinterpret_cast<const float*>(baseModel.data() + header.size());
+      for (uint64_t i = 0; i < elements_; ++i) out[i] += base[i];
+    }
+    const double seconds =
+        std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
+    LIFL_TRYV(emitModel(ctx, model, static_cast<uint32_t>(n), weightSum, seconds));
+    folded_ += static_cast<uint32_t>(n);
+    for (const auto& [handle, weight] : std::exchange(pending_, {})) ctx.store().release(handle);
+    return success();
+  }
+
+  /// Rows [r0, r1) of one update's tensor, as fp32.
+  static void readRows(const ObjectRef& input, const dataplane::EncodedTensor& e, uint64_t r0,
+                       uint64_t r1, float* out) {
+    const std::byte* x = input.data() + e.values->begin;
+    if (e.scales) {
+      const uint64_t blocks = (e.cols + e.block - 1) / e.block;
+      kernels::accumulateInt8(
+          out, nullptr, reinterpret_cast<const int8_t*>(x) + r0 * e.cols,
+          reinterpret_cast<const float*>(input.data() + e.scales->begin) + r0 * blocks, r1 - r0,
+          e.cols, e.block, 1.0f);
+    } else {
+      const DType dtype = *e.values->dtype;
+      kernels::assign(out, x + r0 * e.cols * dtypeSize(dtype), dtype, (r1 - r0) * e.cols, 1.0f);
+    }
+  }
+
+  /// One coordinate over the round's updates (reorders `v`).
+  float robustValue(std::vector<float>& v) const {
+    const size_t n = v.size();
+    if (strategy_.kind == StrategyKind::Median) {  // numpy's: the two middle ones averaged
+      auto mid = v.begin() + static_cast<long>(n / 2);
+      std::nth_element(v.begin(), mid, v.end());
+      const double upper = *mid;
+      if (n % 2) return static_cast<float>(upper);
+      const double lower = *std::max_element(v.begin(), mid);
+      return static_cast<float>((lower + upper) / 2);
+    }
+    // trimmed_mean: int(beta * n) cut at each end, as scipy.stats.trim_mean
+    const auto cut = static_cast<size_t>(strategy_.beta * static_cast<double>(n));
+    std::sort(v.begin(), v.end());
+    double sum = 0;
+    for (size_t i = cut; i < n - cut; ++i) sum += v[i];
+    return static_cast<float>(sum / static_cast<double>(n - 2 * cut));
+  }
+
   Result<void> publish(Context& ctx) {
     PartialView acc(*acc_);
     const std::string header = dataplane::modelHeader(spec_);
@@ -450,19 +561,8 @@ class Aggregator final : public Function {
       kernels::scaleInto(out, acc.acc(), elements_, invWeight, delta_ ? base : nullptr);
     }
     addDpNoise(out, acc.header().clients);
-    model.seal();
-    Descriptor d{};
-    d.dst = kAgentInstance;
-    d.kind = DescriptorKind::Model;
-    d.job = job_;
-    d.round = round_;
-    d.value = acc.header().clients;
-    d.correlation = std::bit_cast<uint64_t>(acc.header().weightSum);
-    // The leaves' mean fold time per update (ns), for the planner's throughput estimate.
-    const double perUpdate = acc.header().foldSeconds / std::max<uint32_t>(acc.header().clients, 1);
-    d.aux = static_cast<uint32_t>(std::clamp(perUpdate * 1e9, 1.0, 4e9));
-    model.describe(d);
-    LIFL_TRYV(ctx.emit(d));
+    LIFL_TRYV(emitModel(ctx, model, acc.header().clients, acc.header().weightSum,
+                        acc.header().foldSeconds));
     // The round is final: the inputs and the accumulator are no longer needed.
     for (const auto& h : std::exchange(batchInputs_, {})) ctx.store().release(h);
     ctx.store().release(acc_->handle());

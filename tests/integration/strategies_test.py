@@ -124,6 +124,48 @@ class ModelDtypes(PlatformTestCase):
         self.assertEqual((e.exception.status, e.exception.code), (400, "bad_dtype"))
 
 
+class RobustStrategies(PlatformTestCase):
+    """Coordinate-wise median and trimmed mean over every update of a round, at one
+    aggregator, against numpy; unweighted, as Flower's FedMedian and FedTrimmedAvg."""
+
+    def run_robust(self, job, strategy, reduce, delta=False, clients=11, rounds=2):
+        spec = job_spec(job, clients=clients, rounds=rounds, strategy=strategy,
+                        update="delta" if delta else "weights")
+        self.client.create_job(spec)
+        self.assertEqual(self.client.job(job)["plan"]["levels"], 1)
+        rng = np.random.default_rng(21)
+        x = {k: np.zeros(s) for k, s in MODEL.items()}
+        for r in range(rounds):
+            updates = []
+            for c in range(clients):
+                tensors, exact = random_update(rng, dtype="F16" if c % 4 == 0 else "F32")
+                if c == 0:  # an outlier the robust rules must not follow
+                    tensors = {k: (v * 1000).astype(np.float16) for k, v in tensors.items()}
+                    exact = {k: v.astype(np.float64) for k, v in tensors.items()}
+                self.client.push(job, tensors, client=f"c{c}", num_examples=c + 1, round_=r,
+                                 dtype="F16" if c % 4 == 0 else "F32")
+                updates.append(exact)
+            stacked = {k: np.stack([u[k] for u in updates]) for k in MODEL}
+            agg = {k: reduce(v) for k, v in stacked.items()}
+            x = {k: (x[k] + agg[k] if delta else agg[k]) for k in MODEL}
+            self.client.wait_round(job, r + 1, timeout=30)
+            model, _ = self.client.pull(job)
+            assert_model_equal(self, model, x)
+
+    def test_median(self):
+        self.run_robust("med", {"name": "median"}, lambda v: np.median(v, axis=0))
+
+    def test_median_of_an_even_count_with_deltas(self):
+        self.run_robust("med2", {"name": "median"}, lambda v: np.median(v, axis=0), delta=True,
+                        clients=10)
+
+    def test_trimmed_mean(self):
+        def trimmed(v, beta=0.2):
+            cut = int(beta * v.shape[0])
+            return np.sort(v, axis=0)[cut:v.shape[0] - cut].mean(axis=0)
+        self.run_robust("trim", {"name": "trimmed_mean", "beta": 0.2}, trimmed)
+
+
 class CentralDp(PlatformTestCase):
     def run_dp(self, job, clip, z, rounds=2):
         spec = job_spec(job, clients=CLIENTS, rounds=rounds, fan_in=4, update="delta",
@@ -190,7 +232,8 @@ class StrategySpecs(PlatformTestCase):
                ({"name": "fedadam", "eta": "fast"}, "eta must be a number"),
                ({"name": "fedprox"}, "proximal_mu"),
                ({"name": "fedadagrad", "beta_1": 0.9}, "no parameter beta_1"),
-               ({"nom": "fedavg"}, "name")]
+               ({"nom": "fedavg"}, "name"),
+               ({"name": "trimmed_mean", "beta": 0.5}, "beta must be between")]
         for dp, why in [({"clip_norm": 1.0}, "needs update: delta"),
                         ({"clip_norm": 0, "noise_multiplier": 1}, "clip_norm must be > 0"),
                         ({"clip_norm": -1}, ">= 0"),

@@ -79,6 +79,8 @@ void serverStep(const Strategy& s, const ServerStepInputs& in, float* out, float
                                        n, eta, b1, b2, tau);
     case StrategyKind::FedAvg:
     case StrategyKind::FedProx:
+    case StrategyKind::Median:
+    case StrategyKind::TrimmedMean:
       break;
   }
   LIFL_CHECK(false, "serverStep for a strategy without a server step");

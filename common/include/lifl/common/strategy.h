@@ -11,7 +11,16 @@
 
 namespace lifl {
 
-enum class StrategyKind { FedAvg, FedProx, FedAvgM, FedAdam, FedYogi, FedAdagrad };
+enum class StrategyKind {
+  FedAvg,
+  FedProx,
+  FedAvgM,
+  FedAdam,
+  FedYogi,
+  FedAdagrad,
+  Median,       ///< coordinate-wise median of the round's updates (unweighted)
+  TrimmedMean,  ///< coordinate-wise mean after cutting beta of the updates at each end
+};
 
 struct Strategy {
   StrategyKind kind = StrategyKind::FedAvg;
@@ -23,12 +32,16 @@ struct Strategy {
   double serverLearningRate = 1.0;  ///< fedavgm
   double serverMomentum = 0.0;      ///< fedavgm
   double proximalMu = 0.0;          ///< fedprox: handed to the clients
+  double beta = 0.2;                ///< trimmed_mean: the fraction cut at each end
 
   std::string name() const;
   /// Float vectors of model size the top keeps between rounds (momentum, second moment).
   uint32_t stateVectors() const;
   /// True when the top takes a server step from the global model (it needs that model).
   bool serverStep() const { return stateVectors() > 0; }
+  /// True for the robust strategies: they need every update of the round at one aggregator
+  /// (they do not decompose over a hierarchy), so such a round runs on a single level.
+  bool robust() const { return kind == StrategyKind::Median || kind == StrategyKind::TrimmedMean; }
   nlohmann::json toJson() const;
 };
 
