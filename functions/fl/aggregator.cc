@@ -32,6 +32,7 @@
 #include "lifl/dataplane/safetensors.h"
 #include "lifl/functions/sdk.h"
 #include "lifl/gpu/accumulate.h"
+#include "lifl/gpu/robust.h"
 #include "lifl/gpu/server_optimizer.h"
 
 namespace lifl::fn {
@@ -466,7 +467,7 @@ class Aggregator final : public Function {
     model.setTag(job_, round_);
     std::memcpy(model.data(), header.data(), header.size());
     auto* out = reinterpret_cast<float*>(model.data() + header.size());
-    std::vector<float> block, column(n);
+    std::vector<float> block;
     for (size_t t = 0; t < spec_.tensors.size(); ++t) {
       const uint64_t rows = encodings[0][t].rows, cols = encodings[0][t].cols;
       const uint64_t chunkRows = std::max<uint64_t>(1, 8192 / std::max<uint64_t>(cols, 1));
@@ -474,10 +475,7 @@ class Aggregator final : public Function {
         const uint64_t r1 = std::min(rows, r0 + chunkRows), m = (r1 - r0) * cols;
         block.resize(n * m);
         for (size_t k = 0; k < n; ++k) readRows(inputs[k], encodings[k][t], r0, r1, &block[k * m]);
-        for (uint64_t j = 0; j < m; ++j) {
-          for (size_t k = 0; k < n; ++k) column[k] = block[k * m + j];
-          out[offsets_[t] + r0 * cols + j] = robustValue(column);
-        }
+        kernels::robustReduce(strategy_, block.data(), n, m, out + offsets_[t] + r0 * cols);
       }
     }
     if (delta_ && base_) {
@@ -507,25 +505,6 @@ class Aggregator final : public Function {
       const DType dtype = *e.values->dtype;
       kernels::assign(out, x + r0 * e.cols * dtypeSize(dtype), dtype, (r1 - r0) * e.cols, 1.0f);
     }
-  }
-
-  /// One coordinate over the round's updates (reorders `v`).
-  float robustValue(std::vector<float>& v) const {
-    const size_t n = v.size();
-    if (strategy_.kind == StrategyKind::Median) {  // numpy's: the two middle ones averaged
-      auto mid = v.begin() + static_cast<long>(n / 2);
-      std::nth_element(v.begin(), mid, v.end());
-      const double upper = *mid;
-      if (n % 2) return static_cast<float>(upper);
-      const double lower = *std::max_element(v.begin(), mid);
-      return static_cast<float>((lower + upper) / 2);
-    }
-    // trimmed_mean: int(beta * n) cut at each end, as scipy.stats.trim_mean
-    const auto cut = static_cast<size_t>(strategy_.beta * static_cast<double>(n));
-    std::sort(v.begin(), v.end());
-    double sum = 0;
-    for (size_t i = cut; i < n - cut; ++i) sum += v[i];
-    return static_cast<float>(sum / static_cast<double>(n - 2 * cut));
   }
 
   Result<void> publish(Context& ctx) {

@@ -1,0 +1,75 @@
+#include "lifl/gpu/robust.h"
+
+#include <algorithm>
+#include <map>
+#include <mutex>
+#include <utility>
+#include <vector>
+
+#define LIFL_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+
+namespace lifl::kernels {
+namespace {
+
+using Network = std::vector<std::pair<uint32_t, uint32_t>>;
+
+// Batcher's odd-even merge sort for n inputs: the comparators of the network for the next
+// power of two, without those that touch a position >= n (as if padded with +inf there,
+// which such comparators never move). Every coordinate goes through the same comparators,
+// so each one is an elementwise min/max of two updates' rows: vectorised across coordinates,
+// where a per-coordinate sort would gather n strided values and branch.
+Network batcher(uint32_t n) {
+  uint32_t size = 1;
+  while (size < n) size <<= 1;
+  Network net;
+  for (uint32_t p = 1; p < size; p <<= 1)
+    for (uint32_t k = p; k >= 1; k >>= 1)
+      for (uint32_t j = k % p; j + k < size; j += 2 * k)
+        for (uint32_t i = 0; i < std::min(k, size - j - k); ++i)
+          if ((i + j) / (2 * p) == (i + j + k) / (2 * p) && i + j + k < n)
+            net.emplace_back(i + j, i + j + k);
+  return net;
+}
+
+const Network& networkFor(uint32_t n) {
+  static std::mutex mutex;
+  static std::map<uint32_t, Network> cache;
+  std::lock_guard lock(mutex);
+  auto it = cache.find(n);
+  if (it == cache.end()) it = cache.emplace(n, batcher(n)).first;
+  return it->second;
+}
+
+LIFL_CLONES void compareExchange(float* __restrict lo, float* __restrict hi, uint64_t m) {
+  for (uint64_t j = 0; j < m; ++j) {
+    const float a = lo[j], b = hi[j];
+    lo[j] = a < b ? a : b;
+    hi[j] = a < b ? b : a;
+  }
+}
+
+LIFL_CLONES void addRow(double* __restrict sum, const float* __restrict row, uint64_t m) {
+  for (uint64_t j = 0; j < m; ++j) sum[j] += row[j];
+}
+
+}  // namespace
+
+void robustReduce(const Strategy& s, float* block, uint64_t n, uint64_t m, float* out) {
+  for (const auto& [a, b] : networkFor(static_cast<uint32_t>(n)))
+    compareExchange(block + a * m, block + b * m, m);  // each coordinate's column sorted
+  if (s.kind == StrategyKind::Median) {                // numpy's: the two middle values averaged
+    const float* upper = block + (n / 2) * m;
+    const float* lower = block + ((n - 1) / 2) * m;
+    for (uint64_t j = 0; j < m; ++j)
+      out[j] = static_cast<float>((static_cast<double>(lower[j]) + upper[j]) / 2);
+    return;
+  }
+  // trimmed_mean: int(beta * n) cut at each end, as scipy.stats.trim_mean
+  const auto cut = static_cast<uint64_t>(s.beta * static_cast<double>(n));
+  std::vector<double> sum(m, 0.0);
+  for (uint64_t k = cut; k < n - cut; ++k) addRow(sum.data(), block + k * m, m);
+  const double keep = static_cast<double>(n - 2 * cut);
+  for (uint64_t j = 0; j < m; ++j) out[j] = static_cast<float>(sum[j] / keep);
+}
+
+}  // namespace lifl::kernels
