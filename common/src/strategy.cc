@@ -23,7 +23,8 @@ const std::vector<std::pair<const char*, StrategyKind>>& names() {
       {"fedavg", StrategyKind::FedAvg},   {"fedprox", StrategyKind::FedProx},
       {"fedavgm", StrategyKind::FedAvgM}, {"fedadam", StrategyKind::FedAdam},
       {"fedyogi", StrategyKind::FedYogi}, {"fedadagrad", StrategyKind::FedAdagrad},
-      {"median", StrategyKind::Median},   {"trimmed_mean", StrategyKind::TrimmedMean}};
+      {"median", StrategyKind::Median},   {"trimmed_mean", StrategyKind::TrimmedMean},
+      {"krum", StrategyKind::Krum},       {"multikrum", StrategyKind::MultiKrum}};
   return n;
 }
 
@@ -50,6 +51,11 @@ std::vector<Param> paramsOf(StrategyKind kind) {
       return {};
     case StrategyKind::TrimmedMean:
       return {{"beta", &Strategy::beta, 0, 0.499999}};
+    case StrategyKind::Krum:
+      return {{"num_malicious_clients", &Strategy::numMalicious, 0, 1e6}};
+    case StrategyKind::MultiKrum:
+      return {{"num_malicious_clients", &Strategy::numMalicious, 0, 1e6},
+              {"num_clients_to_keep", &Strategy::numToKeep, 0, 1e6}};
   }
   return {};
 }
@@ -68,6 +74,8 @@ uint32_t Strategy::stateVectors() const {
     case StrategyKind::FedProx:
     case StrategyKind::Median:
     case StrategyKind::TrimmedMean:
+    case StrategyKind::Krum:
+    case StrategyKind::MultiKrum:
       return 0;
     case StrategyKind::FedAvgM:
       return 1;  // the momentum vector
@@ -117,6 +125,8 @@ Result<Strategy> strategyFromJson(const nlohmann::json& doc) {
                            " and " + std::to_string(p.hi));
     s.*(p.field) = v;
   }
+  for (double count : {s.numMalicious, s.numToKeep})
+    if (count != std::floor(count)) return strategyError("client counts must be integers");
   if (s.kind == StrategyKind::FedProx && !doc.contains("proximal_mu"))
     return strategyError("fedprox needs proximal_mu (the clients' proximal term)");
   return s;

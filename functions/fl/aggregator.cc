@@ -468,15 +468,49 @@ class Aggregator final : public Function {
     std::memcpy(model.data(), header.data(), header.size());
     auto* out = reinterpret_cast<float*>(model.data() + header.size());
     std::vector<float> block;
-    for (size_t t = 0; t < spec_.tensors.size(); ++t) {
-      const uint64_t rows = encodings[0][t].rows, cols = encodings[0][t].cols;
-      const uint64_t chunkRows = std::max<uint64_t>(1, 8192 / std::max<uint64_t>(cols, 1));
-      for (uint64_t r0 = 0; r0 < rows; r0 += chunkRows) {
-        const uint64_t r1 = std::min(rows, r0 + chunkRows), m = (r1 - r0) * cols;
-        block.resize(n * m);
-        for (size_t k = 0; k < n; ++k) readRows(inputs[k], encodings[k][t], r0, r1, &block[k * m]);
-        kernels::robustReduce(strategy_, block.data(), n, m, out + offsets_[t] + r0 * cols);
+    // Each tensor a block of rows at a time: fn(tensor, first row, rows end, values).
+    auto forBlocks = [&](auto&& fn) {
+      for (size_t t = 0; t < spec_.tensors.size(); ++t) {
+        const uint64_t rows = encodings[0][t].rows, cols = encodings[0][t].cols;
+        const uint64_t chunkRows = std::max<uint64_t>(1, 8192 / std::max<uint64_t>(cols, 1));
+        for (uint64_t r0 = 0; r0 < rows; r0 += chunkRows) {
+          const uint64_t r1 = std::min(rows, r0 + chunkRows);
+          fn(t, r0, r1, (r1 - r0) * cols, out + offsets_[t] + r0 * cols);
+        }
       }
+    };
+    auto readAll = [&](size_t t, uint64_t r0, uint64_t r1, uint64_t m) {
+      block.resize(n * m);
+      for (size_t k = 0; k < n; ++k) readRows(inputs[k], encodings[k][t], r0, r1, &block[k * m]);
+    };
+    if (!strategy_.krum()) {
+      forBlocks([&](size_t t, uint64_t r0, uint64_t r1, uint64_t m, float* dst) {
+        readAll(t, r0, r1, m);
+        kernels::robustReduce(strategy_, block.data(), n, m, dst);
+      });
+    } else {
+      // Krum: the pairwise distances over every block first, then the kept updates' mean,
+      // weighted by their examples (one update for krum: that update).
+      std::vector<double> dist(n * n, 0.0);
+      forBlocks([&](size_t t, uint64_t r0, uint64_t r1, uint64_t m, float*) {
+        readAll(t, r0, r1, m);
+        kernels::addSquaredDistances(block.data(), n, m, dist.data());
+      });
+      const auto kept = kernels::krumSelect(strategy_, dist.data(), n);
+      double keptWeight = 0;
+      for (uint32_t k : kept) keptWeight += static_cast<double>(pending_[k].second);
+      forBlocks([&](size_t t, uint64_t r0, uint64_t r1, uint64_t m, float* dst) {
+        block.resize(m);
+        for (size_t i = 0; i < kept.size(); ++i) {
+          readRows(inputs[kept[i]], encodings[kept[i]][t], r0, r1, block.data());
+          const auto w =
+              static_cast<float>(static_cast<double>(pending_[kept[i]].second) / keptWeight);
+          if (i == 0)
+            kernels::assign(dst, block.data(), DType::F32, m, w);
+          else
+            kernels::accumulate(dst, block.data(), DType::F32, m, w);
+        }
+      });
     }
     if (delta_ && base_) {
       LIFL_TRY(baseModel, ctx.store().resolve(*base_));

@@ -166,6 +166,49 @@ class RobustStrategies(PlatformTestCase):
         self.run_robust("trim", {"name": "trimmed_mean", "beta": 0.2}, trimmed)
 
 
+def krum_reference(updates, weights, f, keep):
+    """Flower's Krum: squared L2 distances between flattened updates; each one's score sums
+    its n - f - 2 nearest (at least 1); keep the `keep` best (stable order) and take their
+    examples-weighted mean."""
+    flat = [np.concatenate([u[k].ravel() for k in MODEL]) for u in updates]
+    n = len(flat)
+    dist = np.array([[np.sum((a - b) ** 2) for b in flat] for a in flat])
+    closest = max(1, n - f - 2)
+    scores = [np.sum(np.sort(np.delete(dist[i], i))[:closest]) for i in range(n)]
+    best = np.argsort(scores, kind="stable")[:keep]
+    total = sum(weights[i] for i in best)
+    return {k: sum(weights[i] * updates[i][k] for i in best) / total for k in MODEL}
+
+
+class KrumStrategies(PlatformTestCase):
+    def run_krum(self, job, strategy, f, keep, clients=11):
+        self.client.create_job(job_spec(job, clients=clients, rounds=2, strategy=strategy))
+        rng = np.random.default_rng(31)
+        for r in range(2):
+            updates, weights = [], []
+            for c in range(clients):
+                tensors, exact = random_update(rng)
+                if c in (2, 7):  # two Byzantine clients, far from the others
+                    tensors = {k: (v * 50 + 30).astype(np.float32) for k, v in tensors.items()}
+                    exact = {k: v.astype(np.float64) for k, v in tensors.items()}
+                self.client.push(job, tensors, client=f"c{c}", num_examples=c + 1, round_=r)
+                updates.append(exact)
+                weights.append(c + 1)
+            self.client.wait_round(job, r + 1, timeout=30)
+            model, _ = self.client.pull(job)
+            assert_model_equal(self, model, krum_reference(updates, weights, f, keep))
+
+    def test_krum(self):
+        self.run_krum("krum", {"name": "krum", "num_malicious_clients": 2}, f=2, keep=1)
+
+    def test_multikrum(self):
+        self.run_krum("mkrum", {"name": "multikrum", "num_malicious_clients": 2,
+                                "num_clients_to_keep": 4}, f=2, keep=4)
+
+    def test_multikrum_keeps_n_minus_f_by_default(self):
+        self.run_krum("mkrum0", {"name": "multikrum", "num_malicious_clients": 2}, f=2, keep=9)
+
+
 class CentralDp(PlatformTestCase):
     def run_dp(self, job, clip, z, rounds=2):
         spec = job_spec(job, clients=CLIENTS, rounds=rounds, fan_in=4, update="delta",
@@ -233,7 +276,9 @@ class StrategySpecs(PlatformTestCase):
                ({"name": "fedprox"}, "proximal_mu"),
                ({"name": "fedadagrad", "beta_1": 0.9}, "no parameter beta_1"),
                ({"nom": "fedavg"}, "name"),
-               ({"name": "trimmed_mean", "beta": 0.5}, "beta must be between")]
+               ({"name": "trimmed_mean", "beta": 0.5}, "beta must be between"),
+               ({"name": "krum", "num_malicious_clients": 1.5}, "integers"),
+               ({"name": "krum", "num_clients_to_keep": 2}, "no parameter num_clients_to_keep")]
         for dp, why in [({"clip_norm": 1.0}, "needs update: delta"),
                         ({"clip_norm": 0, "noise_multiplier": 1}, "clip_norm must be > 0"),
                         ({"clip_norm": -1}, ">= 0"),

@@ -48,6 +48,16 @@ LIFL_CLONES void compareExchange(float* __restrict lo, float* __restrict hi, uin
   }
 }
 
+LIFL_CLONES double squaredDistance(const float* __restrict a, const float* __restrict b,
+                                   uint64_t m) {
+  float sum = 0;
+  for (uint64_t j = 0; j < m; ++j) {
+    const float d = a[j] - b[j];
+    sum += d * d;
+  }
+  return sum;
+}
+
 LIFL_CLONES void addRow(double* __restrict sum, const float* __restrict row, uint64_t m) {
   for (uint64_t j = 0; j < m; ++j) sum[j] += row[j];
 }
@@ -70,6 +80,40 @@ void robustReduce(const Strategy& s, float* block, uint64_t n, uint64_t m, float
   for (uint64_t k = cut; k < n - cut; ++k) addRow(sum.data(), block + k * m, m);
   const double keep = static_cast<double>(n - 2 * cut);
   for (uint64_t j = 0; j < m; ++j) out[j] = static_cast<float>(sum[j] / keep);
+}
+
+void addSquaredDistances(const float* block, uint64_t n, uint64_t m, double* dist) {
+  for (uint64_t a = 0; a < n; ++a)
+    for (uint64_t b = a + 1; b < n; ++b) {
+      const double d = squaredDistance(block + a * m, block + b * m, m);
+      dist[a * n + b] += d;
+      dist[b * n + a] += d;
+    }
+}
+
+std::vector<uint32_t> krumSelect(const Strategy& s, const double* dist, uint64_t n) {
+  const auto f = static_cast<uint64_t>(s.numMalicious);
+  const uint64_t closest = n > f + 2 ? n - f - 2 : 1;
+  std::vector<std::pair<double, uint32_t>> scores;
+  std::vector<double> row;
+  for (uint64_t i = 0; i < n; ++i) {
+    row.clear();
+    for (uint64_t j = 0; j < n; ++j)
+      if (j != i) row.push_back(dist[i * n + j]);
+    std::sort(row.begin(), row.end());
+    double score = 0;
+    for (uint64_t k = 0; k < std::min<uint64_t>(closest, row.size()); ++k) score += row[k];
+    scores.emplace_back(score, static_cast<uint32_t>(i));
+  }
+  std::stable_sort(scores.begin(), scores.end());
+  uint64_t keep = 1;
+  if (s.kind == StrategyKind::MultiKrum) {
+    keep = s.numToKeep > 0 ? static_cast<uint64_t>(s.numToKeep) : (n > f ? n - f : 1);
+    keep = std::clamp<uint64_t>(keep, 1, n);
+  }
+  std::vector<uint32_t> out;
+  for (uint64_t k = 0; k < keep; ++k) out.push_back(scores[k].second);
+  return out;
 }
 
 }  // namespace lifl::kernels

@@ -81,6 +81,8 @@ void serverStep(const Strategy& s, const ServerStepInputs& in, float* out, float
     case StrategyKind::FedProx:
     case StrategyKind::Median:
     case StrategyKind::TrimmedMean:
+    case StrategyKind::Krum:
+    case StrategyKind::MultiKrum:
       break;
   }
   LIFL_CHECK(false, "serverStep for a strategy without a server step");

@@ -75,7 +75,7 @@ TEST(JobSpec, RejectsBadSpecs) {
        .body = R"({"id":"a","model":{"tensors":{"w":{"shape":[1]}}},"hierarchy":{"fan_in":1}})",
        .status = 422},
       {.name = "strategy",
-       .body = R"({"id":"a","model":{"tensors":{"w":{"shape":[1]}}},"strategy":{"name":"krum"}})",
+       .body = R"({"id":"a","model":{"tensors":{"w":{"shape":[1]}}},"strategy":{"name":"fedsgd"}})",
        .status = 422},
       {.name = "min > per round",
        .body =

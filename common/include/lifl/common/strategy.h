@@ -20,6 +20,8 @@ enum class StrategyKind {
   FedAdagrad,
   Median,       ///< coordinate-wise median of the round's updates (unweighted)
   TrimmedMean,  ///< coordinate-wise mean after cutting beta of the updates at each end
+  Krum,         ///< the update closest to its n - f - 2 nearest (Blanchard et al., 2017)
+  MultiKrum,    ///< the weighted mean of the updates with the best Krum scores
 };
 
 struct Strategy {
@@ -33,6 +35,8 @@ struct Strategy {
   double serverMomentum = 0.0;      ///< fedavgm
   double proximalMu = 0.0;          ///< fedprox: handed to the clients
   double beta = 0.2;                ///< trimmed_mean: the fraction cut at each end
+  double numMalicious = 0;          ///< krum, multikrum: f, the updates assumed Byzantine
+  double numToKeep = 0;             ///< multikrum: updates averaged (0: n - f)
 
   std::string name() const;
   /// Float vectors of model size the top keeps between rounds (momentum, second moment).
@@ -41,7 +45,11 @@ struct Strategy {
   bool serverStep() const { return stateVectors() > 0; }
   /// True for the robust strategies: they need every update of the round at one aggregator
   /// (they do not decompose over a hierarchy), so such a round runs on a single level.
-  bool robust() const { return kind == StrategyKind::Median || kind == StrategyKind::TrimmedMean; }
+  bool robust() const {
+    return kind == StrategyKind::Median || kind == StrategyKind::TrimmedMean ||
+           kind == StrategyKind::Krum || kind == StrategyKind::MultiKrum;
+  }
+  bool krum() const { return kind == StrategyKind::Krum || kind == StrategyKind::MultiKrum; }
   nlohmann::json toJson() const;
 };
 
