@@ -48,13 +48,20 @@ LIFL_CLONES void compareExchange(float* __restrict lo, float* __restrict hi, uin
   }
 }
 
+// 16 independent partial sums: GCC vectorises them without reassociating a single sum
+// (which it may not do without -ffast-math).
 LIFL_CLONES double squaredDistance(const float* __restrict a, const float* __restrict b,
                                    uint64_t m) {
-  float sum = 0;
-  for (uint64_t j = 0; j < m; ++j) {
-    const float d = a[j] - b[j];
-    sum += d * d;
-  }
+  float lanes[16] = {};
+  uint64_t j = 0;
+  for (; j + 16 <= m; j += 16)
+    for (int l = 0; l < 16; ++l) {
+      const float d = a[j + l] - b[j + l];
+      lanes[l] += d * d;
+    }
+  double sum = 0;
+  for (float lane : lanes) sum += lane;
+  for (; j < m; ++j) sum += static_cast<double>(a[j] - b[j]) * (a[j] - b[j]);
   return sum;
 }
 
