@@ -3,7 +3,9 @@
 #include <fcntl.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <sstream>
@@ -66,8 +68,18 @@ Result<void> JobCheckpoints::saveModel(const std::string& id, uint32_t round,
   if (!enabled()) return success();
   std::error_code ec;
   fs::create_directories(jobDir(id), ec);
+  // A server optimiser's state follows the tensors in the object (its value counts the
+  // vectors, each the tensors' size): saved with them, so a restart keeps it.
+  uint64_t bytes = model.size();
+  uint64_t headerLength = 0;
+  if (model.value() > 0 && model.size() >= 8) {
+    std::memcpy(&headerLength, model.data(), 8);
+    const uint64_t tensors = model.size() - std::min(model.size(), 8 + headerLength);
+    if (model.size() + model.value() * tensors <= model.capacity())
+      bytes = model.size() + model.value() * tensors;
+  }
   return writeAtomically(jobDir(id) + "/model-" + std::to_string(round) + ".safetensors",
-                         model.data(), model.size());
+                         model.data(), bytes);
 }
 
 void JobCheckpoints::journal(const std::string& id, uint32_t round, const std::string& source,

@@ -150,9 +150,21 @@ void JobManager::restore() {
     job->recoveries = st.value("recoveries", 0ull);
     job->lostOnRestart = st.value("lost_on_restart", 0ull);
     if (saved.model) {
+      // The tensors, and a server optimiser's state after them if it was saved.
+      const uint64_t modelBytes =
+          modelHeader(job->spec).size() + job->spec.modelElements() * sizeof(float);
+      const uint32_t stateVectors = job->spec.strategy.stateVectors();
+      const bool withState =
+          stateVectors && saved.model->size() == modelBytes + uint64_t{stateVectors} *
+                                                                  job->spec.modelElements() *
+                                                                  sizeof(float);
       auto model = store_.allocate(saved.model->size(), ObjectKind::Model, kAgentInstance);
       if (model) {
         std::memcpy(model.value().data(), saved.model->data(), saved.model->size());
+        if (withState) {
+          model.value().setLength(modelBytes);
+          model.value().setValue(stateVectors);
+        }
         auto view = parseSafetensors(model.value().data(), model.value().size());
         if (view && checkMatchesModel(view.value(), job->spec)) {
           model.value().setTag(job->slot, job->round);

@@ -102,6 +102,52 @@ class ServerOptimisers(PlatformTestCase):
         self.assertEqual({k: v.shape for k, v in got.items()}, {k: tuple(s) for k, s in MODEL.items()})
 
 
+class OptimiserStateSurvivesRestart(unittest.TestCase):
+    def test_fedadam_resumes_with_its_moments(self):
+        import os
+        import tempfile
+        import time
+        from lifl_harness import Platform
+        strategy = {"name": "fedadam"}
+        rng = np.random.default_rng(41)
+        rounds_updates = []
+        elements = sum(int(np.prod(s)) for s in MODEL.values())
+
+        def play(platform, r):
+            updates = []
+            for c in range(CLIENTS):
+                tensors, exact = random_update(rng)
+                platform.client.push("durable", tensors, client=f"c{c}", num_examples=c + 1, round_=r)
+                updates.append((c + 1, exact))
+            rounds_updates.append(updates)
+            platform.client.wait_round("durable", r + 1, timeout=30)
+            model, _ = platform.client.pull("durable")
+            assert_model_equal(self, model, reference(strategy, rounds_updates, False)[r], rtol=RTOL)
+
+        with tempfile.TemporaryDirectory(prefix="lifl-adam-") as data:
+            first = Platform(data_dir=data)
+            try:
+                first.client.create_job(job_spec("durable", clients=CLIENTS, rounds=3, fan_in=4,
+                                                 strategy=strategy))
+                play(first, 0)
+                play(first, 1)
+                # The round's checkpoint holds the tensors and both moments (written just
+                # after the round completes).
+                path = os.path.join(data, "jobs", "durable", "model-2.safetensors")
+                deadline = time.monotonic() + 10
+                while not (os.path.exists(path) and os.path.getsize(path) > 3 * 4 * elements):
+                    self.assertLess(time.monotonic(), deadline, "no checkpoint with the state")
+                    time.sleep(0.05)
+            finally:
+                first.stop()
+            second = Platform(data_dir=data)
+            try:
+                self.assertEqual(second.client.job("durable")["round"], 2)
+                play(second, 2)  # wrong if m and v had restarted from zero
+            finally:
+                second.stop()
+
+
 class ModelDtypes(PlatformTestCase):
     def test_model_served_in_bf16(self):
         run_strategy(self, "bf", {"name": "fedadam"})
