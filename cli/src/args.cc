@@ -1,8 +1,18 @@
 #include "lifl/cli/args.h"
 
 #include <charconv>
+#include <fstream>
+#include <sstream>
 
 namespace lifl::cli {
+
+Result<std::string> readFile(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) return badRequest("bad_arguments", "cannot read " + path);
+  std::stringstream ss;
+  ss << in.rdbuf();
+  return ss.str();
+}
 
 Result<Args> Args::parse(int argc, char** argv, int first, const std::set<std::string>& flags) {
   Args a;

@@ -4,7 +4,6 @@
 #include <iostream>
 #include <nlohmann/json.hpp>
 #include <random>
-#include <sstream>
 
 #include "lifl/cli/args.h"
 #include "lifl/cli/commands.h"
@@ -15,14 +14,6 @@ namespace lifl::cli {
 namespace {
 
 constexpr const char* kDefaultUrl = "http://127.0.0.1:8080";
-
-Result<std::string> readFile(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) return badRequest("bad_arguments", "cannot read " + path);
-  std::stringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
-}
 
 Result<HttpResponse> expect2xx(Result<HttpResponse> r) {
   if (!r) return r.error();

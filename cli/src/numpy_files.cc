@@ -4,13 +4,15 @@
 
 #include <cstring>
 #include <filesystem>
-#include <fstream>
 #include <map>
 #include <memory>
 #include <nlohmann/json.hpp>
 #include <regex>
 #include <sstream>
 #include <vector>
+
+#include "lifl/cli/args.h"
+#include "lifl/common/safetensors_header.h"
 
 namespace lifl::cli {
 namespace {
@@ -132,20 +134,7 @@ std::string toSafetensors(const std::map<std::string, Array>& arrays) {
     offset += a->second.bytes.size();
     data += a->second.bytes;
   }
-  std::string text = header.dump();
-  text.append((8 - text.size() % 8) % 8, ' ');
-  const uint64_t len = text.size();
-  std::string out(8, '\0');
-  std::memcpy(out.data(), &len, 8);
-  return out + text + data;
-}
-
-Result<std::string> readAll(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) return badRequest("bad_arguments", "cannot read " + path);
-  std::stringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
+  return encodeSafetensorsHeader(header) + data;
 }
 
 }  // namespace
@@ -157,7 +146,7 @@ Result<std::string> updateBodyFromFile(const std::string& path, const std::strin
     LIFL_TRY(arrays, parseNpz(path));
     return toSafetensors(arrays);
   }
-  LIFL_TRY(bytes, readAll(path));
+  LIFL_TRY(bytes, readFile(path));
   if (ext == ".npy") {
     LIFL_TRY(array, parseNpy(bytes, path));
     std::map<std::string, Array> one;

@@ -15,6 +15,10 @@ std::string safetensorsHeader(const std::vector<TensorSpec>& tensors, DType dtyp
                       {"data_offsets", {offset, offset + bytes}}};
     offset += bytes;
   }
+  return encodeSafetensorsHeader(header);
+}
+
+std::string encodeSafetensorsHeader(const nlohmann::json& header) {
   std::string text = header.dump();
   text.append((8 - text.size() % 8) % 8, ' ');
   const uint64_t len = text.size();

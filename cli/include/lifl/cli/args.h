@@ -12,6 +12,9 @@
 
 namespace lifl::cli {
 
+/// The bytes of a file a command names (400 bad_arguments when it cannot be read).
+Result<std::string> readFile(const std::string& path);
+
 class Args {
  public:
   /// @param flags options that take no value
