@@ -2,7 +2,8 @@
 # The main job: set up the machine, build, and run a federated round of simulated clients
 # through the platform (eBPF router, shared-memory store, real function processes), with
 # progress and the result checked against a double-precision FedAvg; then train a real model
-# (digits, 20 non-IID clients) through a fresh `lifl up` with fedavg and fedadam.
+# (digits, 20 non-IID clients) through a fresh `lifl up` with fedavg, fedadam and the
+# asynchronous fedbuff.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh

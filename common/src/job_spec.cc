@@ -195,6 +195,12 @@ Result<JobSpec> jobSpecFromJson(const json& doc) {
     LIFL_TRY(parsed, strategyFromJson(*strategy));
     spec.strategy = parsed;
   }
+  // FedBuff steps from the version it applies to, whatever version each client started
+  // from: only a change (delta) means the same thing against any of them.
+  if (spec.strategy.asynchronous() && spec.update != UpdateMode::Delta)
+    return specError(
+        "fedbuff applies each client's change to the newest model: it needs "
+        "update: delta");
   auto dp = doc.find("dp");
   if (dp != doc.end() && !dp->is_null()) {
     if (!dp->is_object()) return specError("dp must be an object");

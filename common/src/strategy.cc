@@ -24,7 +24,8 @@ const std::vector<std::pair<const char*, StrategyKind>>& names() {
       {"fedavgm", StrategyKind::FedAvgM}, {"fedadam", StrategyKind::FedAdam},
       {"fedyogi", StrategyKind::FedYogi}, {"fedadagrad", StrategyKind::FedAdagrad},
       {"median", StrategyKind::Median},   {"trimmed_mean", StrategyKind::TrimmedMean},
-      {"krum", StrategyKind::Krum},       {"multikrum", StrategyKind::MultiKrum}};
+      {"krum", StrategyKind::Krum},       {"multikrum", StrategyKind::MultiKrum},
+      {"fedbuff", StrategyKind::FedBuff}};
   return n;
 }
 
@@ -34,14 +35,14 @@ std::vector<Param> paramsOf(StrategyKind kind) {
   const Param beta1{"beta_1", &Strategy::beta1, 0, 0.999999};
   const Param beta2{"beta_2", &Strategy::beta2, 0, 0.999999};
   const Param tau{"tau", &Strategy::tau, 1e-30, 1e6};
+  const Param serverLr{"server_learning_rate", &Strategy::serverLearningRate, 1e-12, 1e6};
   switch (kind) {
     case StrategyKind::FedAvg:
       return {};
     case StrategyKind::FedProx:
       return {{"proximal_mu", &Strategy::proximalMu, 0, 1e6}};
     case StrategyKind::FedAvgM:
-      return {{"server_learning_rate", &Strategy::serverLearningRate, 1e-12, 1e6},
-              {"server_momentum", &Strategy::serverMomentum, 0, 0.999999}};
+      return {serverLr, {"server_momentum", &Strategy::serverMomentum, 0, 0.999999}};
     case StrategyKind::FedAdam:
     case StrategyKind::FedYogi:
       return {eta, etaL, beta1, beta2, tau};
@@ -56,6 +57,8 @@ std::vector<Param> paramsOf(StrategyKind kind) {
     case StrategyKind::MultiKrum:
       return {{"num_malicious_clients", &Strategy::numMalicious, 0, 1e6},
               {"num_clients_to_keep", &Strategy::numToKeep, 0, 1e6}};
+    case StrategyKind::FedBuff:
+      return {serverLr, {"max_staleness", &Strategy::maxStaleness, 0, 1e6}};
   }
   return {};
 }
@@ -76,6 +79,7 @@ uint32_t Strategy::stateVectors() const {
     case StrategyKind::TrimmedMean:
     case StrategyKind::Krum:
     case StrategyKind::MultiKrum:
+    case StrategyKind::FedBuff:
       return 0;
     case StrategyKind::FedAvgM:
       return 1;  // the momentum vector
@@ -85,6 +89,10 @@ uint32_t Strategy::stateVectors() const {
       return 2;  // first and second moments
   }
   return 0;
+}
+
+double Strategy::stalenessFactor(uint32_t staleness) const {
+  return asynchronous() ? 1.0 / std::sqrt(1.0 + staleness) : 1.0;
 }
 
 nlohmann::json Strategy::toJson() const {
@@ -127,6 +135,8 @@ Result<Strategy> strategyFromJson(const nlohmann::json& doc) {
   }
   for (double count : {s.numMalicious, s.numToKeep})
     if (count != std::floor(count)) return strategyError("client counts must be integers");
+  if (s.maxStaleness != std::floor(s.maxStaleness))
+    return strategyError("max_staleness must be an integer (global model versions)");
   if (s.kind == StrategyKind::FedProx && !doc.contains("proximal_mu"))
     return strategyError("fedprox needs proximal_mu (the clients' proximal term)");
   return s;

@@ -149,9 +149,12 @@ HttpReply Controller::State::handle(const HttpRequest& r) {
       if (!spec) return HttpReply::error(spec.error());
       // The server optimisers keep their state beside the model on the node that publishes
       // it; members copy the model only, so a root that moves would start from zero state.
-      if (spec.value().strategy.serverStep() || spec.value().strategy.robust())
+      // The robust rules need every update at one aggregator, and fedbuff's next buffer
+      // fills while the current one aggregates, which the controller's rounds do not model.
+      const auto& strategy = spec.value().strategy;
+      if (strategy.serverStep() || strategy.robust() || strategy.asynchronous())
         return HttpReply::error(unprocessable(
-            "invalid_job_spec", "strategy " + spec.value().strategy.name() +
+            "invalid_job_spec", "strategy " + strategy.name() +
                                     " runs on a single node for now (lifl up or one agent)"));
       return replyOf(createJob(std::move(spec).value()), 201);
     }

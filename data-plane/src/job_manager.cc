@@ -133,7 +133,8 @@ nlohmann::json JobManager::aggregatorParams(const Job& job, size_t node, uint32_
                  {"length", job.model->length},
                  {"generation", job.model->generation}};
   p["delta"] = job.spec.update == UpdateMode::Delta;
-  if (serverStep || job.spec.strategy.robust()) p["strategy"] = job.spec.strategy.toJson();
+  if (serverStep || job.spec.strategy.robust() || job.spec.strategy.asynchronous())
+    p["strategy"] = job.spec.strategy.toJson();
   if (job.spec.dp.enabled())
     p["dp"] = {{"clip_norm", job.spec.dp.clipNorm},
                {"noise_multiplier", job.spec.dp.noiseMultiplier},
@@ -235,6 +236,8 @@ Result<void> JobManager::startRound(Job& job, uint32_t coveredByPartials) {
   LIFL_TRYV(deployTree(job));
   job.received = 0;
   job.routedTotal = 0;
+  job.stalenessSum = 0;
+  job.stalenessMax = 0;
   job.routed.assign(job.plan.leaves, {});
   job.cursor = 0;
   // Late updates parked while the previous round closed are this round's first.
@@ -275,6 +278,10 @@ nlohmann::json JobManager::statusOf(const Job& job) const {
                        {"weight", r.weight},
                        {"seconds", r.seconds},
                        {"closed", r.byDeadline ? "deadline" : "complete"}});
+  if (job.spec.strategy.asynchronous())  // how far behind the buffer's updates were
+    for (size_t i = 0; i < history.size(); ++i)
+      history[i]["staleness"] = {{"mean", job.history[i].meanStaleness},
+                                 {"max", job.history[i].maxStaleness}};
   if (job.spec.dp.enabled())  // what this round's privacy cost: the clip and the noise added
     for (size_t i = 0; i < history.size(); ++i)
       history[i]["dp"] = {{"clip_norm", job.spec.dp.clipNorm},
@@ -421,6 +428,11 @@ Result<ModelLease> JobManager::leaseModel(const std::string& id) {
 
 void JobManager::returnModel(const ModelLease& lease) { store_.release(lease.object.handle()); }
 
+bool JobManager::admitsIntoNextRound(const Job& job) {
+  return job.closing || (job.spec.strategy.asynchronous() &&
+                         job.received + job.reserved >= job.spec.clientsPerRound);
+}
+
 Result<Admission> JobManager::admit(const std::string& id, UpdateMeta& meta) {
   std::lock_guard lock(mutex_);
   LIFL_TRY(job, find(id));
@@ -436,12 +448,26 @@ Result<Admission> JobManager::admit(const std::string& id, UpdateMeta& meta) {
     return conflict("wrong_round", "update is for round " + std::to_string(meta.round) +
                                        " but job " + id + " is at round " +
                                        std::to_string(job->round));
-  // Late: for a round that has closed (at its deadline, or complete).
-  meta.late = meta.round < job->round || job->closing;
-  if (meta.late && job->spec.late == LatePolicy::Drop) {
-    job->lateDropped++;
-    return conflict("late_update", "round " + std::to_string(meta.round) +
-                                       " has closed; this job drops late updates");
+  // While the closed (or, fedbuff, full) round is aggregated, an update waits for the next.
+  meta.parked = admitsIntoNextRound(*job);
+  meta.target = job->round + (meta.parked ? 1 : 0);
+  if (job->spec.strategy.asynchronous()) {
+    // No round barrier: an update from an older version is taken while it is fresh enough.
+    meta.staleness = meta.target - meta.round;
+    if (meta.staleness > job->spec.strategy.maxStaleness)
+      return conflict("stale_update",
+                      "update trained from version " + std::to_string(meta.round) + " would be " +
+                          std::to_string(meta.staleness) + " versions stale (max_staleness " +
+                          std::to_string(static_cast<uint32_t>(job->spec.strategy.maxStaleness)) +
+                          "): pull the model and train again");
+  } else {
+    // Late: for a round that has closed (at its deadline, or complete).
+    meta.late = meta.round < job->round || job->closing;
+    if (meta.late && job->spec.late == LatePolicy::Drop) {
+      job->lateDropped++;
+      return conflict("late_update", "round " + std::to_string(meta.round) +
+                                         " has closed; this job drops late updates");
+    }
   }
   if (job->spec.update == UpdateMode::Delta && !job->model)
     return conflict("no_model", "a delta job needs its initial model before updates");
@@ -450,10 +476,9 @@ Result<Admission> JobManager::admit(const std::string& id, UpdateMeta& meta) {
       return unavailable("no_instances",
                          "cannot bring the job's aggregators back: " + deployed.error().detail);
   }
-  // While the closed round is aggregated, a late update waits for the next one (parked).
-  meta.parked = job->closing;
   auto& sources = meta.parked ? job->parkedSources : job->sources;
-  if (auto s = sources.find(meta.source); s != sources.end()) {
+  const std::string slotKey = roundSlotKey(job->spec, meta.source, meta.id);
+  if (auto s = sources.find(slotKey); s != sources.end()) {
     if (s->second == meta.id)
       return conflict("update_in_progress", "this update is still being received");
     return conflict("duplicate_client",
@@ -462,15 +487,19 @@ Result<Admission> JobManager::admit(const std::string& id, UpdateMeta& meta) {
   const uint32_t taken = meta.parked
                              ? static_cast<uint32_t>(job->parked.size()) + job->parkedReserved
                              : job->received + job->reserved;
-  if (taken >= job->spec.clientsPerRound)
+  if (taken >= job->spec.clientsPerRound) {
+    if (job->spec.strategy.asynchronous())  // both buffers full: a moment's wait frees one
+      return unavailable("buffer_full", "the next buffer of job " + id +
+                                            " is full while the current one is aggregated; retry");
     return conflict("round_full", "round " + std::to_string(job->round) + " has all its updates");
-  sources[meta.source] = meta.id;
+  }
+  sources[slotKey] = meta.id;
   (meta.parked ? job->parkedReserved : job->reserved)++;
   if (!meta.parked && !job->roundStarted) {
     job->roundStarted = true;
     job->roundStart = std::chrono::steady_clock::now();
   }
-  return Admission{false, meta.parked ? job->round + 1 : job->round, maxUpdateBytes(job->spec)};
+  return Admission{false, meta.target, maxUpdateBytes(job->spec)};
 }
 
 void JobManager::abandon(const std::string& id, const UpdateMeta& meta) {
@@ -483,9 +512,10 @@ void JobManager::abandon(const std::string& id, const UpdateMeta& meta) {
     return;
   }
   // A parked reservation moves into the round's when that round starts.
-  const bool parked = meta.parked && job->closing;
+  const bool parked = meta.parked && job->round < meta.target;
   auto& sources = parked ? job->parkedSources : job->sources;
-  if (auto s = sources.find(meta.source); s != sources.end() && s->second == meta.id) {
+  if (auto s = sources.find(roundSlotKey(job->spec, meta.source, meta.id));
+      s != sources.end() && s->second == meta.id) {
     sources.erase(s);
     (parked ? job->parkedReserved : job->reserved)--;
   }
@@ -501,29 +531,32 @@ Result<uint32_t> JobManager::commit(const std::string& id, const UpdateMeta& met
     return conflict("job_finished", "job " + id + " was cancelled while the update arrived");
   if (job->closing && !meta.parked) {
     // Admitted before the deadline, complete after it: too late for the closed round.
-    if (job->spec.late == LatePolicy::Drop) {
+    const bool async = job->spec.strategy.asynchronous();
+    if (!async && job->spec.late == LatePolicy::Drop) {
       job->lateDropped++;
       return conflict("late_update", "round " + std::to_string(job->round) +
                                          " closed at its deadline while this update arrived");
     }
-    job->sources.erase(meta.source);
+    const std::string slotKey = roundSlotKey(job->spec, meta.source, meta.id);
+    job->sources.erase(slotKey);
     job->reserved--;
-    job->parkedSources[meta.source] = meta.id;
-    job->parkedReserved++;
+    job->parkedSources[slotKey] = meta.id;
     UpdateMeta moved = meta;
-    moved.late = moved.parked = true;
+    moved.parked = true;
+    moved.late = !async;  // fedbuff has no late updates: it goes into the next buffer
+    moved.target = job->round + 1;
+    moved.staleness = moved.target - moved.round;
     job->parkedAccepted.insert(acceptKey(moved));
-    job->parkedReserved--;
     update.setOwner(kAgentInstance);
     job->parked.push_back({update.handle(), moved});
-    return job->round + 1;
+    return moved.target;
   }
-  if (meta.parked && job->closing) {
+  if (meta.parked && job->round < meta.target) {
     job->parkedReserved--;
     job->parkedAccepted.insert(acceptKey(meta));
     update.setOwner(kAgentInstance);  // held by the agent until the next round's tree exists
     job->parked.push_back({update.handle(), meta});
-    return job->round + 1;
+    return meta.target;
   }
   job->reserved--;
   route(*job, update, meta);
@@ -552,7 +585,15 @@ void JobManager::route(Job& job, ObjectRef update, const UpdateMeta& meta, bool 
   const InstanceId leaf = job.instances[slot];
   update.setTag(job.slot, job.round);
   update.setValue(meta.numExamples);
-  if (!recovered) update.setClientKey(clientKeyOf(acceptKey(meta)));
+  if (!recovered) {
+    update.setClientKey(clientKeyOf(acceptKey(meta)));
+    update.setStaleness(meta.staleness);  // the leaf weighs the update by it
+  }
+  if (job.spec.strategy.asynchronous()) {
+    job.stalenessSum += update.staleness();
+    job.stalenessMax = std::max(job.stalenessMax, update.staleness());
+    metrics_.updateStaleness(job.spec.id, update.staleness());
+  }
   job.routed[slot].push_back(update.clientKey());  // before the send: the leaf may free it
   update.setOwner(leaf);  // from here the leaf (or, if it dies, its replacement) is responsible
   Descriptor d = roundDescriptor(job, leaf, DescriptorKind::Update, &update);
@@ -605,7 +646,8 @@ void JobManager::onModel(const Descriptor& d) {
       std::chrono::duration<double>(std::chrono::steady_clock::now() - job.roundStart).count();
   const auto clients = static_cast<uint32_t>(d.value);
   job.history.push_back(
-      {job.round, clients, std::bit_cast<double>(d.correlation), seconds, job.closing});
+      {job.round, clients, std::bit_cast<double>(d.correlation), seconds, job.closing,
+       job.routedTotal ? double(job.stalenessSum) / job.routedTotal : 0.0, job.stalenessMax});
   const double arrivals = std::chrono::duration<double>(job.lastArrival - job.roundStart).count();
   if (arrivals > 0) job.arrivalRate = clients / arrivals;
   if (d.aux > 0) job.leafThroughput = 1e9 / d.aux;  // aux: the leaves' ns per update

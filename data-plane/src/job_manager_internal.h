@@ -18,6 +18,13 @@ inline uint64_t splitmix64(uint64_t& s) {
 }
 inline std::string acceptKey(const UpdateMeta& m) { return m.source + '\n' + m.id; }
 
+/// What a round allows one of (`Job::sources`): a client (one update per client per round),
+/// or, in an asynchronous job, an update (a fast client may land several in one buffer).
+inline std::string roundSlotKey(const JobSpec& spec, const std::string& source,
+                                const std::string& id) {
+  return spec.strategy.asynchronous() ? source + '\n' + id : source;
+}
+
 /// 64-bit FNV-1a of an accept key: the client key carried by updates and partials.
 inline uint64_t clientKeyOf(const std::string& acceptKey) {
   uint64_t h = 0xcbf29ce484222325ull;

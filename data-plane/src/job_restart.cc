@@ -22,7 +22,8 @@ const char* stateName(int s) {
 nlohmann::json JobManager::savedState(const Job& job) const {
   nlohmann::json history = nlohmann::json::array();
   for (const auto& r : job.history)
-    history.push_back({r.round, r.clients, r.weight, r.seconds, r.byDeadline});
+    history.push_back(
+        {r.round, r.clients, r.weight, r.seconds, r.byDeadline, r.meanStaleness, r.maxStaleness});
   return {{"spec", job.spec.toJson()},
           {"slot", job.slot},
           {"round", job.round},
@@ -97,7 +98,7 @@ void JobManager::recoverRound(Job& job,
   for (const auto& [source, id] : accepted) {
     const std::string key = source + '\n' + id;
     if (!surviving.count(clientKeyOf(key))) continue;
-    job.sources[source] = id;
+    job.sources[roundSlotKey(job.spec, source, id)] = id;
     job.accepted.insert(key);
     kept.emplace_back(source, id);
   }
@@ -143,7 +144,8 @@ void JobManager::restore() {
                  : state == "failed"    ? State::Failed
                                         : State::Active;
     for (const auto& r : st.value("history", nlohmann::json::array()))
-      job->history.push_back({r[0], r[1], r[2], r[3], r[4]});
+      job->history.push_back({r[0], r[1], r[2], r[3], r[4], r.size() > 5 ? r[5].get<double>() : 0.0,
+                              r.size() > 6 ? r[6].get<uint32_t>() : 0u});
     job->failure = st.value("failure", "");
     job->lateDropped = st.value("late_dropped", 0ull);
     job->lateFolded = st.value("late_folded", 0ull);

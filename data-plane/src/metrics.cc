@@ -50,6 +50,11 @@ Metrics::Metrics()
                        .Name("lifl_aggregation_seconds")
                        .Help("Time from a round's last update to its new global model")
                        .Register(*registry_)),
+      staleness_(BuildHistogram()
+                     .Name("lifl_update_staleness")
+                     .Help("Global model versions between an asynchronous (fedbuff) update's "
+                           "client model and the version it is applied to")
+                     .Register(*registry_)),
       storeBytes_(BuildGauge()
                       .Name("lifl_store_bytes")
                       .Help("Object store bytes by state: capacity, free, live")
@@ -132,6 +137,11 @@ void Metrics::ingestSeconds(double seconds) { ingest_.Add({}, kSecondsBuckets).O
 
 void Metrics::aggregationSeconds(const std::string& job, double seconds) {
   aggregation_.Add({{"job", job}}, kSecondsBuckets).Observe(seconds);
+}
+
+void Metrics::updateStaleness(const std::string& job, uint32_t versions) {
+  static const prometheus::Histogram::BucketBoundaries kVersions = {0, 1, 2, 3, 5, 10, 20, 50};
+  staleness_.Add({{"job", job}}, kVersions).Observe(versions);
 }
 
 void Metrics::nodeState(const NodeState& st) {

@@ -40,7 +40,9 @@ struct alignas(64) ObjectHeader {
   uint8_t pad[3];
   std::atomic<uint64_t> value;      // kind-specific: an update's weight (ce-numexamples)
   std::atomic<uint64_t> clientKey;  // an update's hash of ce-source and ce-id
-  uint64_t reserved[5];
+  std::atomic<uint32_t> staleness;  // an update's global versions behind (fedbuff)
+  uint32_t pad2;
+  uint64_t reserved[4];
 };
 static_assert(sizeof(ObjectHeader) == 128, "object header is two cache lines");
 static_assert(std::atomic<uint64_t>::is_always_lock_free, "shared atomics must be lock-free");
@@ -84,6 +86,10 @@ void ObjectRef::setTag(uint32_t job, uint32_t round) const {
 uint64_t ObjectRef::clientKey() const { return header_->clientKey.load(std::memory_order_acquire); }
 void ObjectRef::setClientKey(uint64_t k) const {
   header_->clientKey.store(k, std::memory_order_release);
+}
+uint32_t ObjectRef::staleness() const { return header_->staleness.load(std::memory_order_acquire); }
+void ObjectRef::setStaleness(uint32_t versions) const {
+  header_->staleness.store(versions, std::memory_order_release);
 }
 uint64_t ObjectRef::value() const { return header_->value.load(std::memory_order_acquire); }
 void ObjectRef::setValue(uint64_t v) const { header_->value.store(v, std::memory_order_release); }

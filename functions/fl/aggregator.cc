@@ -53,6 +53,9 @@ class Aggregator final : public Function {
       LIFL_TRYV(configure(ctx.params(), ctx.self()));
     }
     if (slot_ && forSlot(d)) return slot_->onEvent(ctx, d);
+    // Updates queued for a fused fold are folded before anything else is handled, so every
+    // other event sees the state single folds would have left.
+    if (d.kind != DescriptorKind::Update) LIFL_TRYV(foldQueued(ctx));
     switch (d.kind) {
       case DescriptorKind::Update:
         return foldUpdate(ctx, d);
@@ -90,6 +93,12 @@ class Aggregator final : public Function {
     if (d.kind != DescriptorKind::Ack) return false;
     return std::none_of(unacked_.begin(), unacked_.end(),
                         [&](const ObjectHandle& u) { return u.generation == d.generation; });
+  }
+
+  // The queue drained: what is queued is all that is coming for now.
+  Result<void> onIdle(Context& ctx) override {
+    if (slot_) LIFL_TRYV(slot_->onIdle(ctx));
+    return foldQueued(ctx);
   }
 
   Result<void> configure(const nlohmann::json& p, InstanceId self) {
@@ -174,9 +183,9 @@ class Aggregator final : public Function {
     return success();
   }
 
+  /// Counts one folded input in the accumulator's header.
   /// @param keys the client keys of the input (`clients` of them)
-  Result<void> recordInput(Context& ctx, const ObjectRef& input, double weight, uint32_t clients,
-                           const uint64_t* keys) {
+  void noteInput(const ObjectRef& input, double weight, uint32_t clients, const uint64_t* keys) {
     PartialView acc(current());
     auto& h = acc.header();
     h.weightSum += weight;
@@ -190,10 +199,15 @@ class Aggregator final : public Function {
     accInputs_++;
     seen_.insert(input.handle().generation);
     folded_ += clients;
+  }
+
+  /// The inputs just folded (and noted) are covered: by the parent's new sealed accumulator
+  /// at once, or by the leaf's partial once it is sealed.
+  Result<void> settleInputs(Context& ctx, const std::vector<ObjectRef>& inputs) {
     if (checkpointing())
-      commitCheckpoint(ctx, input);
+      commitCheckpoint(ctx, inputs);
     else
-      batchInputs_.push_back(input.handle());
+      for (const auto& input : inputs) batchInputs_.push_back(input.handle());
     return maybeForward(ctx);
   }
 
@@ -225,28 +239,57 @@ class Aggregator final : public Function {
     return FoldTarget{PartialView(next).acc(), PartialView(*acc_).acc()};
   }
 
-  /// The new accumulator, sealed, replaces the previous one and the input it covers: linked
+  /// The new accumulator, sealed, replaces the previous one and the inputs it covers: linked
   /// to it before the seal, so a recovery that finds it sealed never counts them as well.
-  void commitCheckpoint(Context& ctx, const ObjectRef& input) {
+  void commitCheckpoint(Context& ctx, const std::vector<ObjectRef>& inputs) {
     ObjectRef next = folding_ ? *std::exchange(folding_, std::nullopt) : *acc_;
     const uint64_t gen = next.handle().generation;
-    input.setContainer(gen);
+    for (const auto& input : inputs) input.setContainer(gen);
     if (acc_ && acc_->handle().generation != gen) acc_->setContainer(gen);
     next.seal();
     if (acc_ && acc_->handle().generation != gen) ctx.store().release(acc_->handle());
-    ctx.store().release(input.handle());
+    for (const auto& input : inputs) ctx.store().release(input.handle());
     acc_ = next;
   }
 
   Result<void> foldUpdate(Context& ctx, const Descriptor& d) {
     if (seen_.count(d.generation)) return success();  // re-delivered after a crash
+    seen_.insert(d.generation);
+    const ObjectHandle handle{d.offset, d.length, d.generation};
     if (!eager_) {
       // Lazy (the buffered baseline of bench_round): hold every update, fold all at the end.
-      seen_.insert(d.generation);
-      pending_.push_back({ObjectHandle{d.offset, d.length, d.generation}, d.value});
+      pending_.push_back({handle, d.value});
       return lazyDone() ? finishLazy(ctx) : success();
     }
-    return foldOne(ctx, ObjectHandle{d.offset, d.length, d.generation}, d.value);
+    // Eager: folded when the queue drains (onIdle), or once a fused fold's worth is queued.
+    // A leaf that keeps up folds each update on arrival; one that is behind folds what is
+    // queued in one pass over its accumulator (kernels::accumulateMany).
+    queued_.push_back({handle, d.value});
+    return queued_.size() >= fuseLimit() ? foldQueued(ctx) : success();
+  }
+
+  /// Updates the accumulator being filled can still take in one fused fold.
+  size_t fuseLimit() const {
+    uint64_t room = expected_ > folded_ ? expected_ - folded_ : 1;
+    if (role_ == Role::Leaf) {
+      if (acc_) {
+        const auto& h = PartialView(*acc_).header();
+        room = h.inputCapacity - h.inputCount;
+      } else {
+        room = batchCapacity();
+      }
+    }
+    return static_cast<size_t>(std::clamp<uint64_t>(room, 1, kernels::kMaxFused));
+  }
+
+  Result<void> foldQueued(Context& ctx) {
+    while (!queued_.empty()) {
+      const size_t n = std::min(queued_.size(), fuseLimit());
+      std::vector<std::pair<ObjectHandle, uint64_t>> group(queued_.begin(), queued_.begin() + n);
+      queued_.erase(queued_.begin(), queued_.begin() + n);
+      LIFL_TRYV(foldUpdates(ctx, group));
+    }
+    return success();
   }
 
   bool lazyDone() const {
@@ -254,46 +297,72 @@ class Aggregator final : public Function {
   }
 
   Result<void> finishLazy(Context& ctx) {
-    return strategy_.robust() && role_ == Role::Top ? robustPublish(ctx) : foldPending(ctx);
+    if (strategy_.robust() && role_ == Role::Top) return robustPublish(ctx);
+    auto held = std::exchange(pending_, {});
+    queued_.insert(queued_.end(), held.begin(), held.end());
+    return foldQueued(ctx);
   }
 
-  Result<void> foldPending(Context& ctx) {
-    for (const auto& [handle, weight] : std::exchange(pending_, {}))
-      LIFL_TRYV(foldOne(ctx, handle, weight));
-    return success();
-  }
-
-  Result<void> foldOne(Context& ctx, const ObjectHandle& handle, uint64_t weight) {
-    LIFL_TRY(input, ctx.store().resolve(handle));
-    input.prefault(/*forWrite=*/false);
-    LIFL_TRY(view, dataplane::parseSafetensors(input.data(), input.size()));
-    LIFL_TRY(encoded, dataplane::matchModel(view, spec_, /*allowInt8=*/true));
-    LIFL_TRY(target, foldTarget(ctx));
-    const auto started = std::chrono::steady_clock::now();
-    const float w = static_cast<float>(static_cast<double>(weight) * clipFactor(input, encoded));
-    for (size_t i = 0; i < spec_.tensors.size(); ++i) {  // the tensors cover every element
-      const auto& e = encoded[i];
-      const auto& tv = *e.values;
-      float* out = target.out + offsets_[i];
-      const void* x = input.data() + tv.begin;
-      if (e.scales)  // blockwise int8, dequantised as it is summed
-        kernels::accumulateInt8(out, target.prev ? target.prev + offsets_[i] : nullptr,
-                                reinterpret_cast<const int8_t*>(x),
-                                reinterpret_cast<const float*>(input.data() + e.scales->begin),
-                                e.rows, e.cols, e.block, w);
-      else if (!target.prev)
-        kernels::assign(out, x, *tv.dtype, tv.elements, w);
-      else if (target.prev == target.out)
-        kernels::accumulate(out, x, *tv.dtype, tv.elements, w);
-      else
-        kernels::accumulateInto(out, target.prev + offsets_[i], x, *tv.dtype, tv.elements, w);
+  /// Folds a group of updates (weights: their examples) in one pass over the accumulator.
+  /// An update that cannot be read is left out, and its error returned after the others fold.
+  Result<void> foldUpdates(Context& ctx,
+                           const std::vector<std::pair<ObjectHandle, uint64_t>>& group) {
+    std::vector<ObjectRef> inputs;
+    std::vector<dataplane::SafetensorsView> views;
+    std::vector<std::vector<dataplane::EncodedTensor>> encodings;
+    std::vector<uint64_t> weights;
+    std::vector<float> foldWeights;
+    views.reserve(group.size());  // the encodings point into the views: no reallocation
+    std::optional<Error> failed;
+    for (const auto& [handle, weight] : group) {
+      auto read = [&]() -> Result<void> {
+        LIFL_TRY(input, ctx.store().resolve(handle));
+        input.prefault(/*forWrite=*/false);
+        LIFL_TRY(view, dataplane::parseSafetensors(input.data(), input.size()));
+        views.push_back(std::move(view));
+        LIFL_TRY(encoded, dataplane::matchModel(views.back(), spec_, /*allowInt8=*/true));
+        // FedBuff: an update applied `staleness` versions after the one it was trained from
+        // counts 1/sqrt(1 + staleness) of its examples in the sum, all of them in the divisor.
+        foldWeights.push_back(
+            static_cast<float>(static_cast<double>(weight) * clipFactor(input, encoded) *
+                               strategy_.stalenessFactor(input.staleness())));
+        inputs.push_back(input);
+        encodings.push_back(std::move(encoded));
+        weights.push_back(weight);
+        return success();
+      };
+      if (auto r = read(); !r) failed = r.error();
     }
-    accFresh_ = false;
-    PartialView(current()).header().foldSeconds +=
-        std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
-    seen_.erase(input.handle().generation);  // recordInput marks it (lazy mode marked it first)
-    const uint64_t key = input.clientKey();
-    return recordInput(ctx, input, static_cast<double>(weight), 1, &key);
+    if (!inputs.empty()) {
+      LIFL_TRY(target, foldTarget(ctx));
+      const auto started = std::chrono::steady_clock::now();
+      std::vector<kernels::FoldInput> folds(inputs.size());
+      for (size_t t = 0; t < spec_.tensors.size(); ++t) {  // the tensors cover every element
+        for (size_t k = 0; k < inputs.size(); ++k) {
+          const auto& e = encodings[k][t];
+          const std::byte* base = inputs[k].data();
+          folds[k] = {base + e.values->begin,
+                      e.scales ? DType::F32 : *e.values->dtype,
+                      e.scales ? reinterpret_cast<const float*>(base + e.scales->begin) : nullptr,
+                      e.cols,
+                      e.block,
+                      foldWeights[k]};
+        }
+        kernels::accumulateMany(target.out + offsets_[t],
+                                target.prev ? target.prev + offsets_[t] : nullptr, folds.data(),
+                                folds.size(), spec_.tensors[t].elements);
+      }
+      accFresh_ = false;
+      PartialView(current()).header().foldSeconds +=
+          std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
+      for (size_t k = 0; k < inputs.size(); ++k) {
+        const uint64_t key = inputs[k].clientKey();
+        noteInput(inputs[k], static_cast<double>(weights[k]), 1, &key);
+      }
+      LIFL_TRYV(settleInputs(ctx, inputs));
+    }
+    if (failed) return *failed;
+    return success();
   }
 
   // Central DP: the update (a delta) scaled down to L2 norm clip_norm if it is longer; its
@@ -346,7 +415,8 @@ class Aggregator final : public Function {
     std::vector<uint64_t> keys(ph.clients, 0);  // unknown keys (beyond capacity) stay 0
     std::memcpy(keys.data(), partial.keys(),
                 std::min(ph.clients, ph.keyCapacity) * sizeof(uint64_t));
-    return recordInput(ctx, input, ph.weightSum, ph.clients, keys.data());
+    noteInput(input, ph.weightSum, ph.clients, keys.data());
+    return settleInputs(ctx, {input});
   }
 
   // A leaf is done when the agent says every update of its slot was routed (Flush): it
@@ -393,7 +463,7 @@ class Aggregator final : public Function {
   // may give its process to a later slot. A slot hosted in its parent's process never is.
   Result<void> maybeDone(Context& ctx) {
     if (role_ != Role::Leaf || hosted_ || doneSent_ || !flushed_ || acc_ || !unacked_.empty() ||
-        !pending_.empty())
+        !pending_.empty() || !queued_.empty())
       return success();
     doneSent_ = true;
     Descriptor d{};
@@ -571,7 +641,8 @@ class Aggregator final : public Function {
       model.setValue(stateVectors);  // the state follows the tensors
       model.setLength(modelBytes);
     } else {
-      kernels::scaleInto(out, acc.acc(), elements_, invWeight, delta_ ? base : nullptr);
+      const double rate = strategy_.asynchronous() ? strategy_.serverLearningRate : 1.0;
+      kernels::scaleInto(out, acc.acc(), elements_, invWeight * rate, delta_ ? base : nullptr);
     }
     addDpNoise(out, acc.header().clients);
     LIFL_TRYV(emitModel(ctx, model, acc.header().clients, acc.header().weightSum,
@@ -607,6 +678,7 @@ class Aggregator final : public Function {
   bool accFresh_ = false;         ///< acc_ holds no input yet (its memory is garbage)
   bool eager_ = true;             ///< fold on arrival; false: buffer every update, fold at the end
   std::vector<std::pair<ObjectHandle, uint64_t>> pending_;  ///< lazy: (update, weight)
+  std::vector<std::pair<ObjectHandle, uint64_t>> queued_;   ///< eager: for the next fused fold
   std::unordered_set<uint64_t> seen_;      ///< generations of inputs folded (duplicate filter)
   std::vector<ObjectHandle> unacked_;      ///< sealed partials the parent has not acknowledged
   std::vector<ObjectHandle> batchInputs_;  ///< inputs folded into acc_ in place

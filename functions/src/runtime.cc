@@ -61,12 +61,21 @@ int runInstance(const InstanceOptions& options) {
   std::unique_ptr<Context> context;
   std::string functionName;
 
+  bool idle = true;  // nothing handled since the function last heard the queue drain
   for (;;) {
-    auto next = endpoint.receive(-1);
+    auto next = endpoint.receive(idle ? -1 : 0);
     if (!next) {
       LIFL_DEBUG("router socket closed: " << next.error().detail);
       return 0;
     }
+    if (!next.value()) {  // the queue has drained
+      idle = true;
+      if (function)
+        if (auto r = function->onIdle(*context); !r)
+          LIFL_WARN(functionName << ": " << r.error().toString());
+      continue;
+    }
+    idle = false;
     const Descriptor& d = *next.value();
     ScopeExit countIt(handled);
     switch (d.kind) {

@@ -5,6 +5,8 @@ from the very bytes pushed). Malformed int8 uploads are refused and disturb noth
 
 Tolerance: assert_model_equal's 2e-5 of the largest magnitude (fp32 accumulation); the
 platform multiplies w * scale first, then q: one more fp32 rounding per term."""
+import os
+import signal
 import unittest
 
 import numpy as np
@@ -52,6 +54,37 @@ class Int8Updates(PlatformTestCase):
         big = {"w": np.ones((100, 1024), np.float32)}
         ratio = len(encode_safetensors(big, "I8")) / len(encode_safetensors(big, "F32"))
         self.assertLess(ratio, 0.27)
+
+    def test_queued_updates_fold_together(self):
+        # With the aggregators stopped (SIGSTOP), the updates pile up in their queues; let go,
+        # each leaf folds what is queued in fused passes (kernels::accumulateMany): all int8
+        # of one block size (the int8 block path), then a mix of formats (the chunked path).
+        # The result must be exactly what single folds give.
+        clients = 12
+        self.client.create_job(job_spec("queued", clients=clients, rounds=2, fan_in=6))
+        rng = np.random.default_rng(12)
+        for r, encodings in enumerate(([("I8", 64)], [("I8", 64), ("F32", 0), ("I8", 128),
+                                                      ("F16", 0)])):
+            plan = self.client.job("queued")["plan"]
+            pids = {self.platform.pid_of(i) for i in plan["instances"] if i}
+            for pid in pids:
+                os.kill(pid, signal.SIGSTOP)
+            updates = []
+            try:
+                for c in range(clients):
+                    tensors = {n: rng.standard_normal(s).astype(np.float32) * 3
+                               for n, s in MODEL.items()}
+                    dtype, block = encodings[c % len(encodings)]
+                    body = encode_safetensors(tensors, dtype, block=block or 64)
+                    n = int(rng.integers(1, 300))
+                    self.client.push_raw("queued", body, client=f"c{c}", num_examples=n, round_=r)
+                    updates.append((n, dequantised(body)))
+            finally:
+                for pid in pids:
+                    os.kill(pid, signal.SIGCONT)
+            self.client.wait_round("queued", r + 1, timeout=30)
+            model, _ = self.client.pull("queued")
+            assert_model_equal(self, model, fedavg(updates))
 
     def test_malformed_int8_is_refused(self):
         self.client.create_job(job_spec("bad8", clients=2, rounds=1))

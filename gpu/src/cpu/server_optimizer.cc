@@ -83,6 +83,7 @@ void serverStep(const Strategy& s, const ServerStepInputs& in, float* out, float
     case StrategyKind::TrimmedMean:
     case StrategyKind::Krum:
     case StrategyKind::MultiKrum:
+    case StrategyKind::FedBuff:
       break;
   }
   LIFL_CHECK(false, "serverStep for a strategy without a server step");

@@ -159,3 +159,144 @@ TEST(AccumulateInt8, MatchesDoubleLoop) {
 
 }  // namespace
 }  // namespace lifl::kernels
+
+namespace lifl::kernels {
+namespace {
+
+// The N-input fused fold over inputs of every format (F32, F16, BF16, int8 blocks of 64 and
+// 128) and a length spanning several of its chunks with rows that cross chunk boundaries:
+// against a double loop (each input adds one fp32 rounding: 2.5e-7 per input of the running
+// magnitude), and bit for bit against the same inputs folded one at a time.
+TEST(AccumulateMany, MatchesSingleFoldsAndDoubleLoop) {
+  std::mt19937 rng(91);
+  std::uniform_real_distribution<float> fd(-1.f, 1.f);
+  std::uniform_int_distribution<int> qd(-127, 127);
+  const uint64_t rows = 7, cols = 1300, n = rows * cols;  // 9100 values: 3 chunks of 4096
+  std::vector<float> f32(n), prev(n);
+  std::vector<_Float16> f16(n);
+  std::vector<uint16_t> bf16(n);
+  std::vector<int8_t> q64(n), q128(n);
+  std::vector<float> s64(rows * ((cols + 63) / 64)), s128(rows * ((cols + 127) / 128));
+  for (uint64_t i = 0; i < n; ++i) {
+    f32[i] = fd(rng);
+    f16[i] = static_cast<_Float16>(fd(rng));
+    bf16[i] = toBf16(fd(rng));
+    q64[i] = static_cast<int8_t>(qd(rng));
+    q128[i] = static_cast<int8_t>(qd(rng));
+    prev[i] = fd(rng);
+  }
+  for (auto& s : s64) s = std::abs(fd(rng)) / 127.f;
+  for (auto& s : s128) s = std::abs(fd(rng)) / 127.f;
+  const std::vector<FoldInput> inputs = {
+      {f32.data(), DType::F32, nullptr, cols, 64, 2.0f},
+      {q64.data(), DType::F32, s64.data(), cols, 64, 3.0f},
+      {f16.data(), DType::F16, nullptr, cols, 64, 0.5f},
+      {bf16.data(), DType::BF16, nullptr, cols, 64, 1.5f},
+      {q128.data(), DType::F32, s128.data(), cols, 128, 7.0f},
+  };
+  auto valueOf = [&](size_t k, uint64_t i) -> double {
+    const uint64_t r = i / cols, c = i % cols;
+    switch (k) {
+      case 0:
+        return f32[i];
+      case 1:
+        return double{s64[r * ((cols + 63) / 64) + c / 64]} * q64[i];
+      case 2:
+        return static_cast<double>(f16[i]);
+      case 3:
+        return fromBf16(bf16[i]);
+      default:
+        return double{s128[r * ((cols + 127) / 128) + c / 128]} * q128[i];
+    }
+  };
+  auto singleFolds = [&](float* out, const float* from) {
+    for (size_t k = 0; k < inputs.size(); ++k) {
+      const FoldInput& in = inputs[k];
+      const float* p = k == 0 ? from : out;
+      if (in.scales)
+        accumulateInt8(out, p, static_cast<const int8_t*>(in.values), in.scales, rows, cols,
+                       in.block, in.weight);
+      else if (!p)
+        assign(out, in.values, in.dtype, n, in.weight);
+      else if (p == out)
+        accumulate(out, in.values, in.dtype, n, in.weight);
+      else
+        accumulateInto(out, p, in.values, in.dtype, n, in.weight);
+    }
+  };
+  for (int mode = 0; mode < 3; ++mode) {  // fresh, into a new accumulator, in place
+    std::vector<float> fused(n, std::nanf("")), single(n, std::nanf(""));
+    if (mode == 2) fused = single = prev;
+    const float* fusedPrev = mode == 0 ? nullptr : mode == 1 ? prev.data() : fused.data();
+    const float* singlePrev = mode == 0 ? nullptr : mode == 1 ? prev.data() : single.data();
+    accumulateMany(fused.data(), fusedPrev, inputs.data(), inputs.size(), n);
+    singleFolds(single.data(), singlePrev);
+    ASSERT_EQ(std::memcmp(fused.data(), single.data(), n * sizeof(float)), 0) << "mode " << mode;
+    for (uint64_t i = 0; i < n; ++i) {
+      double want = mode == 0 ? 0.0 : prev[i], magnitude = std::abs(want);
+      for (size_t k = 0; k < inputs.size(); ++k) {
+        want += inputs[k].weight * valueOf(k, i);
+        magnitude += std::abs(inputs[k].weight * valueOf(k, i));
+      }
+      ASSERT_LE(std::abs(fused[i] - want), 2.5e-7 * inputs.size() * magnitude + 1e-30)
+          << "mode " << mode << " i=" << i;
+    }
+  }
+}
+
+}  // namespace
+}  // namespace lifl::kernels
+
+namespace lifl::kernels {
+namespace {
+
+// A queue of int8 updates of one layout (what a leaf behind its queue folds at once) takes
+// the block-by-block path: for both block sizes, rows with a ragged last block, 1 to 8
+// inputs, from nothing, into a new accumulator and in place, bit for bit against single
+// folds and within 2.5e-7 per input of a double loop.
+TEST(AccumulateMany, Int8QueueMatchesSingleFolds) {
+  std::mt19937 rng(5);
+  std::uniform_real_distribution<float> fd(-1.f, 1.f);
+  std::uniform_int_distribution<int> qd(-127, 127);
+  for (uint32_t block : {64u, 128u}) {
+    const uint64_t rows = 3, cols = 1300, n = rows * cols, blocks = (cols + block - 1) / block;
+    std::vector<std::vector<int8_t>> q(kMaxFused, std::vector<int8_t>(n));
+    std::vector<std::vector<float>> scales(kMaxFused, std::vector<float>(rows * blocks));
+    std::vector<float> prev(n);
+    for (auto& input : q)
+      for (auto& v : input) v = static_cast<int8_t>(qd(rng));
+    for (auto& input : scales)
+      for (auto& s : input) s = std::abs(fd(rng)) / 127.f;
+    for (auto& p : prev) p = fd(rng);
+    for (size_t count = 1; count <= kMaxFused; ++count) {
+      std::vector<FoldInput> inputs;
+      for (size_t k = 0; k < count; ++k)
+        inputs.push_back({q[k].data(), DType::F32, scales[k].data(), cols, block, 0.5f + k});
+      for (int mode = 0; mode < 3; ++mode) {
+        std::vector<float> fused(n, std::nanf("")), single(n, std::nanf(""));
+        if (mode == 2) fused = single = prev;
+        const float* base = mode == 0 ? nullptr : prev.data();
+        accumulateMany(fused.data(), mode == 2 ? fused.data() : base, inputs.data(), count, n);
+        for (size_t k = 0; k < count; ++k)
+          accumulateInt8(single.data(), k == 0 ? (mode == 2 ? single.data() : base) : single.data(),
+                         q[k].data(), scales[k].data(), rows, cols, block, inputs[k].weight);
+        ASSERT_EQ(std::memcmp(fused.data(), single.data(), n * sizeof(float)), 0)
+            << "block " << block << " count " << count << " mode " << mode;
+        for (uint64_t i = 0; i < n; ++i) {
+          const uint64_t r = i / cols, c = i % cols;
+          double want = mode == 0 ? 0.0 : prev[i], magnitude = std::abs(want);
+          for (size_t k = 0; k < count; ++k) {
+            const double x = double{inputs[k].weight} * scales[k][r * blocks + c / block] * q[k][i];
+            want += x;
+            magnitude += std::abs(x);
+          }
+          ASSERT_LE(std::abs(fused[i] - want), 2.5e-7 * count * magnitude + 1e-30)
+              << "block " << block << " count " << count << " i=" << i;
+        }
+      }
+    }
+  }
+}
+
+}  // namespace
+}  // namespace lifl::kernels

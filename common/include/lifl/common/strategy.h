@@ -22,6 +22,7 @@ enum class StrategyKind {
   TrimmedMean,  ///< coordinate-wise mean after cutting beta of the updates at each end
   Krum,         ///< the update closest to its n - f - 2 nearest (Blanchard et al., 2017)
   MultiKrum,    ///< the weighted mean of the updates with the best Krum scores
+  FedBuff,      ///< asynchronous: a step after every K buffered deltas, staleness-weighted
 };
 
 struct Strategy {
@@ -31,12 +32,13 @@ struct Strategy {
   double beta1 = 0.9;  ///< first-moment decay (0 for fedadagrad, as in Flower)
   double beta2 = 0.99;
   double tau = 1e-9;
-  double serverLearningRate = 1.0;  ///< fedavgm
+  double serverLearningRate = 1.0;  ///< fedavgm, fedbuff
   double serverMomentum = 0.0;      ///< fedavgm
   double proximalMu = 0.0;          ///< fedprox: handed to the clients
   double beta = 0.2;                ///< trimmed_mean: the fraction cut at each end
   double numMalicious = 0;          ///< krum, multikrum: f, the updates assumed Byzantine
   double numToKeep = 0;             ///< multikrum: updates averaged (0: n - f)
+  double maxStaleness = 5;          ///< fedbuff: versions an update may lag; more: 409
 
   std::string name() const;
   /// Float vectors of model size the top keeps between rounds (momentum, second moment).
@@ -49,6 +51,11 @@ struct Strategy {
     return kind == StrategyKind::Median || kind == StrategyKind::TrimmedMean ||
            kind == StrategyKind::Krum || kind == StrategyKind::MultiKrum;
   }
+  /// FedBuff (Nguyen et al., 2022): no round barrier. A "round" is a buffer of K deltas; an
+  /// update trained from an older global version is taken, down-weighted by its staleness.
+  bool asynchronous() const { return kind == StrategyKind::FedBuff; }
+  /// The weight factor of an update `staleness` versions behind: 1/sqrt(1 + tau).
+  double stalenessFactor(uint32_t staleness) const;
   bool krum() const { return kind == StrategyKind::Krum || kind == StrategyKind::MultiKrum; }
   nlohmann::json toJson() const;
 };

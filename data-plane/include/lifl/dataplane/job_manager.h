@@ -50,6 +50,10 @@ struct UpdateMeta {
   // next round to start (parked) under the job's `late: next_round` policy.
   bool late = false;
   bool parked = false;
+  /// Set by admit(): the round the update was admitted into, and (fedbuff) how many global
+  /// versions that round is past the one the client trained from.
+  uint32_t target = 0;
+  uint32_t staleness = 0;
 };
 
 struct Admission {
@@ -151,6 +155,8 @@ class JobManager {
     double weight;
     double seconds;
     bool byDeadline;
+    double meanStaleness;  ///< fedbuff: of the round's updates
+    uint32_t maxStaleness;
   };
   /// This node's part of a clustered job's current round, as the controller assigned it.
   struct ClusterRound {
@@ -182,7 +188,7 @@ class JobManager {
     uint32_t round = 0;
     uint32_t received = 0;
     uint32_t reserved = 0;
-    std::unordered_map<std::string, std::string> sources;  ///< ce-source -> ce-id this round
+    std::unordered_map<std::string, std::string> sources;  ///< roundSlotKey -> ce-id this round
     std::unordered_set<std::string> accepted;              ///< source + '\n' + id this round
     std::unordered_set<std::string> acceptedBefore;        ///< the previous round's (retries)
     std::optional<ObjectHandle> model;
@@ -191,7 +197,9 @@ class JobManager {
     /// Per leaf: the client keys of the updates routed to it this round (recovery counts a
     /// subtree's clients by key).
     std::vector<std::vector<uint64_t>> routed;
-    uint32_t routedTotal = 0;                           ///< updates routed to leaves this round
+    uint32_t routedTotal = 0;   ///< updates routed to leaves this round
+    uint64_t stalenessSum = 0;  ///< fedbuff: of the updates routed this round
+    uint32_t stalenessMax = 0;
     std::chrono::steady_clock::time_point roundOpened;  ///< the deadline counts from here
     std::chrono::steady_clock::time_point roundStart;   ///< first update admitted
     std::chrono::steady_clock::time_point lastArrival;
@@ -218,6 +226,9 @@ class JobManager {
   };
 
   Result<Job*> find(const std::string& id) const;
+  /// Updates admitted now wait for the next round: the round closed at its deadline, or
+  /// (fedbuff, no round barrier) its buffer is full while its model is being made.
+  static bool admitsIntoNextRound(const Job& job);
   /// The job and the body parsed and checked against its model (400/404/422).
   /// @param update an update (blockwise int8 accepted), else a model
   Result<std::pair<Job*, SafetensorsView>> validated(const std::string& id, const ObjectRef& body,

@@ -33,6 +33,8 @@ class Metrics {
   void ingestSeconds(double seconds);
   /// Time from a round's last update to its new model (what aggregation adds to a round).
   void aggregationSeconds(const std::string& job, double seconds);
+  /// An asynchronous job's update, taken `versions` global versions after its client's model.
+  void updateStaleness(const std::string& job, uint32_t versions);
 
   struct NodeState {
     uint64_t storeCapacity = 0, storeFree = 0, storeLiveBytes = 0, storeLiveObjects = 0;
@@ -57,6 +59,7 @@ class Metrics {
   prometheus::Family<prometheus::Counter>& routedBytes_;
   prometheus::Family<prometheus::Histogram>& ingest_;
   prometheus::Family<prometheus::Histogram>& aggregation_;
+  prometheus::Family<prometheus::Histogram>& staleness_;
   prometheus::Family<prometheus::Gauge>& storeBytes_;
   prometheus::Family<prometheus::Gauge>& storeObjects_;
   prometheus::Family<prometheus::Gauge>& instances_;

@@ -67,6 +67,10 @@ class ObjectRef {
   /// An update's client key (hash of ce-source and ce-id), carried into partials.
   uint64_t clientKey() const;
   void setClientKey(uint64_t key) const;
+  /// An update's staleness: global model versions between the one its client trained from
+  /// and the one it is applied to (fedbuff; 0 otherwise). Read by the leaf, kept for recovery.
+  uint32_t staleness() const;
+  void setStaleness(uint32_t versions) const;
 
   void setOwner(InstanceId owner) const;
   void setContainer(uint64_t partialGeneration) const;

@@ -48,6 +48,9 @@ class Function {
   /// Called for every descriptor routed to the instance while it holds this function.
   /// An error is logged and, for chain events, answered to the caller as a failure.
   virtual Result<void> onEvent(Context& ctx, const Descriptor& d) = 0;
+  /// Called when the instance's queue has drained after one or more events: a function that
+  /// defers work to batch what is queued (the aggregator's fused fold) finishes it here.
+  virtual Result<void> onIdle(Context&) { return success(); }
 };
 
 using dataplane::EventView;
