@@ -53,12 +53,24 @@ class Aggregator final : public Function {
       LIFL_TRYV(configure(ctx.params(), ctx.self()));
     }
     if (slot_ && forSlot(d)) return slot_->onEvent(ctx, d);
+    if (d.kind == DescriptorKind::Update) return foldUpdate(ctx, d);
     // Updates queued for a fused fold are folded before anything else is handled, so every
-    // other event sees the state single folds would have left.
-    if (d.kind != DescriptorKind::Update) LIFL_TRYV(foldQueued(ctx));
+    // other event sees the state single folds would have left (and is handled whatever
+    // became of them).
+    auto folded = foldQueued(ctx);
+    auto handled = dispatch(ctx, d);
+    return folded ? handled : folded;
+  }
+
+  // The queue drained: what is queued is all that is coming for now.
+  Result<void> onIdle(Context& ctx) override {
+    if (slot_) LIFL_TRYV(slot_->onIdle(ctx));
+    return foldQueued(ctx);
+  }
+
+ private:
+  Result<void> dispatch(Context& ctx, const Descriptor& d) {
     switch (d.kind) {
-      case DescriptorKind::Update:
-        return foldUpdate(ctx, d);
       case DescriptorKind::Partial:
         return foldPartial(ctx, d);
       case DescriptorKind::Ack:
@@ -83,7 +95,6 @@ class Aggregator final : public Function {
     }
   }
 
- private:
   // A parent that hosts a leaf slot (co-located roles, docs/architecture.md "Scaling"): the
   // slot's updates go to an inner leaf, whose partial comes back to this process as any
   // child's would. So the leaf finishes first and its updates are released as soon as the
@@ -93,12 +104,6 @@ class Aggregator final : public Function {
     if (d.kind != DescriptorKind::Ack) return false;
     return std::none_of(unacked_.begin(), unacked_.end(),
                         [&](const ObjectHandle& u) { return u.generation == d.generation; });
-  }
-
-  // The queue drained: what is queued is all that is coming for now.
-  Result<void> onIdle(Context& ctx) override {
-    if (slot_) LIFL_TRYV(slot_->onIdle(ctx));
-    return foldQueued(ctx);
   }
 
   Result<void> configure(const nlohmann::json& p, InstanceId self) {
@@ -282,14 +287,16 @@ class Aggregator final : public Function {
     return static_cast<size_t>(std::clamp<uint64_t>(room, 1, kernels::kMaxFused));
   }
 
+  /// Folds every queued update; returns the first error after all the others are folded.
   Result<void> foldQueued(Context& ctx) {
+    Result<void> result = success();
     while (!queued_.empty()) {
       const size_t n = std::min(queued_.size(), fuseLimit());
       std::vector<std::pair<ObjectHandle, uint64_t>> group(queued_.begin(), queued_.begin() + n);
       queued_.erase(queued_.begin(), queued_.begin() + n);
-      LIFL_TRYV(foldUpdates(ctx, group));
+      if (auto r = foldUpdates(ctx, group); !r && result) result = r;
     }
-    return success();
+    return result;
   }
 
   bool lazyDone() const {
