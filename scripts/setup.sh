@@ -10,7 +10,7 @@ packages=(
   libbpf-dev bpftool libelf-dev zlib1g-dev libzip-dev
   libboost-dev prometheus-cpp-dev libyaml-cpp-dev nlohmann-json3-dev
   libgtest-dev libgmock-dev libbenchmark-dev libssl-dev
-  python3-numpy python3-pip python3-venv python3-sklearn python3-matplotlib
+  python3-numpy python3-pip python3-venv python3-sklearn python3-matplotlib python3-torch
   iproute2 curl nginx-light
 )
 

@@ -119,6 +119,12 @@ def decode_safetensors(body: bytes) -> dict:
     return out
 
 
+def model_tensors(tensors: dict, dtype: str = "F32") -> dict:
+    """The job spec's `model.tensors` for {name: array or torch.Tensor}, e.g. a PyTorch
+    model's state_dict(): every tensor's shape, held as `dtype` (the global model is F32)."""
+    return {name: {"dtype": dtype, "shape": list(_to_numpy(t).shape)} for name, t in tensors.items()}
+
+
 def _to_numpy(x):
     if hasattr(x, "detach"):  # torch.Tensor
         x = x.detach().cpu().numpy()
