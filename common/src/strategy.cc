@@ -99,6 +99,7 @@ nlohmann::json Strategy::toJson() const {
   nlohmann::json out = {{"name", name()}};
   Strategy self = *this;
   for (const auto& p : paramsOf(kind)) out[p.key] = self.*(p.field);
+  if (robust()) out["per_leaf"] = perLeaf;
   return out;
 }
 
@@ -121,6 +122,13 @@ Result<Strategy> strategyFromJson(const nlohmann::json& doc) {
   const auto params = paramsOf(s.kind);
   std::set<std::string> allowed = {"name"};
   for (const auto& p : params) allowed.insert(p.key);
+  if (s.robust()) {
+    allowed.insert("per_leaf");
+    if (auto it = doc.find("per_leaf"); it != doc.end() && !it->is_null()) {
+      if (!it->is_boolean()) return strategyError("per_leaf must be true or false");
+      s.perLeaf = it->get<bool>();
+    }
+  }
   for (const auto& [key, value] : doc.items())
     if (!allowed.count(key)) return strategyError(name + " has no parameter " + key);
   for (const auto& p : params) {

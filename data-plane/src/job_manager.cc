@@ -135,6 +135,8 @@ nlohmann::json JobManager::aggregatorParams(const Job& job, size_t node, uint32_
   p["delta"] = job.spec.update == UpdateMode::Delta;
   if (serverStep || job.spec.strategy.robust() || job.spec.strategy.asynchronous())
     p["strategy"] = job.spec.strategy.toJson();
+  // A single-node plan's top holds the round's updates itself: it applies the rule exactly.
+  if (job.spec.strategy.robust() && job.plan.nodes.size() == 1) p["robust_rule"] = true;
   if (job.spec.dp.enabled())
     p["dp"] = {{"clip_norm", job.spec.dp.clipNorm},
                {"noise_multiplier", job.spec.dp.noiseMultiplier},
@@ -228,8 +230,9 @@ Result<void> JobManager::startRound(Job& job, uint32_t coveredByPartials) {
   const uint32_t viaLeaves = job.spec.clientsPerRound > coveredByPartials
                                  ? job.spec.clientsPerRound - coveredByPartials
                                  : 0;
-  // A robust strategy needs every update at one aggregator: a single level.
-  const uint32_t levels = job.spec.strategy.robust() ? 1 : job.spec.levels;
+  // A robust strategy needs every update at one aggregator: a single level (unless the job
+  // asked for the per-leaf approximation).
+  const uint32_t levels = job.spec.strategy.singleLevel() ? 1 : job.spec.levels;
   job.plan =
       planner_(PlanRequest{viaLeaves, job.spec.fanIn, levels, job.arrivalRate, job.leafThroughput});
   job.plan.nodes[static_cast<size_t>(job.plan.top())].expected += coveredByPartials;

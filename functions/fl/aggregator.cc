@@ -142,7 +142,13 @@ class Aggregator final : public Function {
       if (p.contains("strategy")) {
         LIFL_TRY(strategy, strategyFromJson(p["strategy"]));
         strategy_ = strategy;
-        if (strategy_.robust()) eager_ = false;  // every update is needed at the end
+        // The aggregator that applies a robust rule needs every update at the end: a leaf
+        // (per-leaf approximation, one partial for its slot) or a single-level round's top.
+        robustRule_ = strategy_.robust() && (role_ == Role::Leaf || p.value("robust_rule", false));
+        if (robustRule_) {
+          eager_ = false;
+          batch_ = 0;
+        }
       }
       if (p.contains("base") && !p["base"].is_null())
         base_ = ObjectHandle{p["base"].at("offset"), p["base"].at("length"),
@@ -165,9 +171,11 @@ class Aggregator final : public Function {
     return batch_ ? std::min(batch_, remaining) : remaining;
   }
 
-  Result<void> ensureAccumulator(Context& ctx) {
+  /// @param inputs a leaf's input capacity (default: its batch)
+  Result<void> ensureAccumulator(Context& ctx, std::optional<uint32_t> inputs = std::nullopt) {
     if (acc_) return success();
-    const uint32_t capacity = role_ == Role::Leaf ? batchCapacity() : 0;  // parents: see above
+    const uint32_t capacity =
+        role_ == Role::Leaf ? inputs.value_or(batchCapacity()) : 0;  // parents: see above
     // One key per client: a leaf's inputs are single clients; a middle's (and the top's,
     // whose checkpoints a restarted agent reads), whole partials.
     const uint32_t keys =
@@ -304,7 +312,7 @@ class Aggregator final : public Function {
   }
 
   Result<void> finishLazy(Context& ctx) {
-    if (strategy_.robust() && role_ == Role::Top) return robustPublish(ctx);
+    if (robustRule_) return role_ == Role::Top ? robustPublish(ctx) : robustPartial(ctx);
     auto held = std::exchange(pending_, {});
     queued_.insert(queued_.end(), held.begin(), held.end());
     return foldQueued(ctx);
@@ -518,37 +526,35 @@ class Aggregator final : public Function {
     return ctx.emit(d);
   }
 
-  // The robust strategies (docs/strategies.md) at the one aggregator of a single-level round,
-  // over every update it holds: coordinate by coordinate, unweighted. The updates are read a
-  // block of rows at a time into fp32 (widened or dequantised there), so the working memory
-  // beside them is a few MB whatever their number.
-  Result<void> robustPublish(Context& ctx) {
-    const auto started = std::chrono::steady_clock::now();
-    std::vector<ObjectRef> inputs;
+  // The robust strategies (docs/strategies.md), over every update this aggregator holds
+  // (pending_): coordinate by coordinate, unweighted. The updates are read a block of rows at
+  // a time into fp32 (widened or dequantised there), so the working memory beside them is a
+  // few MB whatever their number. The rule's result goes to `out` (elements_ floats).
+  struct RobustInputs {
+    std::vector<ObjectRef> objects;
     std::vector<dataplane::SafetensorsView> views;
     std::vector<std::vector<dataplane::EncodedTensor>> encodings;
-    views.reserve(pending_.size());  // the encodings point into the views: no reallocation
-    double weightSum = 0;
+  };
+  Result<void> readPending(Context& ctx, RobustInputs& in) {
+    in.views.reserve(pending_.size());  // the encodings point into the views: no reallocation
     for (const auto& [handle, weight] : pending_) {
       LIFL_TRY(input, ctx.store().resolve(handle));
       LIFL_TRY(view, dataplane::parseSafetensors(input.data(), input.size()));
-      views.push_back(std::move(view));
-      LIFL_TRY(encoded, dataplane::matchModel(views.back(), spec_, /*allowInt8=*/true));
-      inputs.push_back(input);
-      encodings.push_back(std::move(encoded));
-      weightSum += static_cast<double>(weight);
+      in.views.push_back(std::move(view));
+      LIFL_TRY(encoded, dataplane::matchModel(in.views.back(), spec_, /*allowInt8=*/true));
+      in.objects.push_back(input);
+      in.encodings.push_back(std::move(encoded));
     }
-    const size_t n = inputs.size();
-    const std::string header = dataplane::modelHeader(spec_);
-    LIFL_TRY(model, ctx.allocate(header.size() + elements_ * sizeof(float), ObjectKind::Model));
-    model.setTag(job_, round_);
-    std::memcpy(model.data(), header.data(), header.size());
-    auto* out = reinterpret_cast<float*>(model.data() + header.size());
+    return success();
+  }
+
+  void applyRobustRule(const RobustInputs& in, float* out) {
+    const size_t n = in.objects.size();
     std::vector<float> block;
-    // Each tensor a block of rows at a time: fn(tensor, first row, rows end, values).
+    // Each tensor a block of rows at a time: fn(tensor, first row, rows end, values, out).
     auto forBlocks = [&](auto&& fn) {
       for (size_t t = 0; t < spec_.tensors.size(); ++t) {
-        const uint64_t rows = encodings[0][t].rows, cols = encodings[0][t].cols;
+        const uint64_t rows = in.encodings[0][t].rows, cols = in.encodings[0][t].cols;
         const uint64_t chunkRows = std::max<uint64_t>(1, 8192 / std::max<uint64_t>(cols, 1));
         for (uint64_t r0 = 0; r0 < rows; r0 += chunkRows) {
           const uint64_t r1 = std::min(rows, r0 + chunkRows);
@@ -558,37 +564,54 @@ class Aggregator final : public Function {
     };
     auto readAll = [&](size_t t, uint64_t r0, uint64_t r1, uint64_t m) {
       block.resize(n * m);
-      for (size_t k = 0; k < n; ++k) readRows(inputs[k], encodings[k][t], r0, r1, &block[k * m]);
+      for (size_t k = 0; k < n; ++k)
+        readRows(in.objects[k], in.encodings[k][t], r0, r1, &block[k * m]);
     };
     if (!strategy_.krum()) {
       forBlocks([&](size_t t, uint64_t r0, uint64_t r1, uint64_t m, float* dst) {
         readAll(t, r0, r1, m);
         kernels::robustReduce(strategy_, block.data(), n, m, dst);
       });
-    } else {
-      // Krum: the pairwise distances over every block first, then the kept updates' mean,
-      // weighted by their examples (one update for krum: that update).
-      std::vector<double> dist(n * n, 0.0);
-      forBlocks([&](size_t t, uint64_t r0, uint64_t r1, uint64_t m, float*) {
-        readAll(t, r0, r1, m);
-        kernels::addSquaredDistances(block.data(), n, m, dist.data());
-      });
-      const auto kept = kernels::krumSelect(strategy_, dist.data(), n);
-      double keptWeight = 0;
-      for (uint32_t k : kept) keptWeight += static_cast<double>(pending_[k].second);
-      forBlocks([&](size_t t, uint64_t r0, uint64_t r1, uint64_t m, float* dst) {
-        block.resize(m);
-        for (size_t i = 0; i < kept.size(); ++i) {
-          readRows(inputs[kept[i]], encodings[kept[i]][t], r0, r1, block.data());
-          const auto w =
-              static_cast<float>(static_cast<double>(pending_[kept[i]].second) / keptWeight);
-          if (i == 0)
-            kernels::assign(dst, block.data(), DType::F32, m, w);
-          else
-            kernels::accumulate(dst, block.data(), DType::F32, m, w);
-        }
-      });
+      return;
     }
+    // Krum: the pairwise distances over every block first, then the kept updates' mean,
+    // weighted by their examples (one update for krum: that update).
+    std::vector<double> dist(n * n, 0.0);
+    forBlocks([&](size_t t, uint64_t r0, uint64_t r1, uint64_t m, float*) {
+      readAll(t, r0, r1, m);
+      kernels::addSquaredDistances(block.data(), n, m, dist.data());
+    });
+    const auto kept = kernels::krumSelect(strategy_, dist.data(), n);
+    double keptWeight = 0;
+    for (uint32_t k : kept) keptWeight += static_cast<double>(pending_[k].second);
+    forBlocks([&](size_t t, uint64_t r0, uint64_t r1, uint64_t m, float* dst) {
+      block.resize(m);
+      for (size_t i = 0; i < kept.size(); ++i) {
+        readRows(in.objects[kept[i]], in.encodings[kept[i]][t], r0, r1, block.data());
+        const auto w =
+            static_cast<float>(static_cast<double>(pending_[kept[i]].second) / keptWeight);
+        if (i == 0)
+          kernels::assign(dst, block.data(), DType::F32, m, w);
+        else
+          kernels::accumulate(dst, block.data(), DType::F32, m, w);
+      }
+    });
+  }
+
+  // The one aggregator of a single-level round: the exact rule is the model.
+  Result<void> robustPublish(Context& ctx) {
+    const auto started = std::chrono::steady_clock::now();
+    RobustInputs in;
+    LIFL_TRYV(readPending(ctx, in));
+    double weightSum = 0;
+    for (const auto& [handle, weight] : pending_) weightSum += static_cast<double>(weight);
+    const size_t n = in.objects.size();
+    const std::string header = dataplane::modelHeader(spec_);
+    LIFL_TRY(model, ctx.allocate(header.size() + elements_ * sizeof(float), ObjectKind::Model));
+    model.setTag(job_, round_);
+    std::memcpy(model.data(), header.data(), header.size());
+    auto* out = reinterpret_cast<float*>(model.data() + header.size());
+    applyRobustRule(in, out);
     if (delta_ && base_) {
       LIFL_TRY(baseModel, ctx.store().resolve(*base_));
       const auto* base = reinterpret_cast<const float*>(baseModel.data() + header.size());
@@ -600,6 +623,29 @@ class Aggregator final : public Function {
     folded_ += static_cast<uint32_t>(n);
     for (const auto& [handle, weight] : std::exchange(pending_, {})) ctx.store().release(handle);
     return success();
+  }
+
+  // A leaf of a per-leaf robust round (the job asked for the approximation): the rule over
+  // the slot's m updates, r, goes up as a partial (m r, weight m), so the top's weighted mean
+  // is the leaves' results weighted by their update counts.
+  Result<void> robustPartial(Context& ctx) {
+    const auto started = std::chrono::steady_clock::now();
+    RobustInputs in;
+    LIFL_TRYV(readPending(ctx, in));
+    const auto n = static_cast<uint32_t>(in.objects.size());
+    LIFL_TRYV(ensureAccumulator(ctx, n));
+    float* acc = PartialView(*acc_).acc();
+    applyRobustRule(in, acc);
+    kernels::scaleInto(acc, acc, elements_, n, nullptr);
+    accFresh_ = false;
+    PartialView(*acc_).header().foldSeconds +=
+        std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
+    for (const auto& input : in.objects) {
+      const uint64_t key = input.clientKey();
+      noteInput(input, 1.0, 1, &key);
+    }
+    pending_.clear();
+    return settleInputs(ctx, in.objects);
   }
 
   /// Rows [r0, r1) of one update's tensor, as fp32.
@@ -673,6 +719,7 @@ class Aggregator final : public Function {
   std::optional<ObjectHandle> base_;  ///< the global model the round started from
   bool delta_ = false;                ///< updates are deltas from base_
   Strategy strategy_;                 ///< the top: how the model follows from the sums
+  bool robustRule_ = false;           ///< applies the robust rule to the updates it holds
   DpSpec dp_;                         ///< central DP: clip at the leaves, noise at the top
   uint64_t dpSeed_ = 0;
 

@@ -212,6 +212,65 @@ class RobustStrategies(PlatformTestCase):
         self.run_robust("trim", {"name": "trimmed_mean", "beta": 0.2}, trimmed)
 
 
+class PerLeafRobust(PlatformTestCase):
+    """The per-leaf approximation the job asks for (`per_leaf: true`): each leaf applies the
+    rule to the updates of its slot, in arrival order, and the model is the mean of the
+    leaves' results weighted by their update counts (docs/strategies.md)."""
+
+    def run_per_leaf(self, job, strategy, rule, clients=12, fan_in=4, delta=False):
+        spec = job_spec(job, clients=clients, rounds=2, fan_in=fan_in,
+                        strategy=dict(strategy, per_leaf=True),
+                        update="delta" if delta else "weights")
+        self.client.create_job(spec)
+        st = self.client.job(job)
+        self.assertIs(st["spec"]["strategy"]["per_leaf"], True)
+        self.assertGreaterEqual(st["plan"]["levels"], 2)
+        rng = np.random.default_rng(51)
+        x = {k: np.zeros(s) for k, s in MODEL.items()}
+        for r in range(2):
+            plan = self.client.job(job)["plan"]
+            slots = [n["expected"] for n in plan["nodes"][:plan["leaves"]]]
+            self.assertEqual(sum(slots), clients)
+            updates, weights = [], []
+            for c in range(clients):
+                tensors, exact = random_update(rng)
+                if c % 5 == 0:  # an outlier in most leaves
+                    tensors = {k: (v * 1000).astype(np.float32) for k, v in tensors.items()}
+                    exact = {k: v.astype(np.float64) for k, v in tensors.items()}
+                self.client.push(job, tensors, client=f"c{c}", num_examples=c + 1, round_=r)
+                updates.append(exact)
+                weights.append(c + 1)
+            results, counts, at = [], [], 0
+            for m in slots:  # the leaves' slots, filled in arrival order
+                results.append(rule(updates[at:at + m], weights[at:at + m]))
+                counts.append(m)
+                at += m
+            agg = {k: sum(m * res[k] for m, res in zip(counts, results)) / sum(counts) for k in MODEL}
+            x = {k: (x[k] + agg[k] if delta else agg[k]) for k in MODEL}
+            self.client.wait_round(job, r + 1, timeout=30)
+            model, _ = self.client.pull(job)
+            assert_model_equal(self, model, x)
+
+    def test_median_per_leaf(self):
+        self.run_per_leaf("pmed", {"name": "median"},
+                          lambda u, w: {k: np.median(np.stack([x[k] for x in u]), axis=0) for k in MODEL})
+
+    def test_trimmed_mean_per_leaf_with_deltas(self):
+        def trimmed(u, w, beta=0.25):
+            out = {}
+            for k in MODEL:
+                v = np.sort(np.stack([x[k] for x in u]), axis=0)
+                cut = int(beta * v.shape[0])
+                out[k] = v[cut:v.shape[0] - cut].mean(axis=0)
+            return out
+        self.run_per_leaf("ptrim", {"name": "trimmed_mean", "beta": 0.25}, trimmed, delta=True)
+
+    def test_multikrum_per_leaf(self):
+        self.run_per_leaf("pkrum", {"name": "multikrum", "num_malicious_clients": 1,
+                                    "num_clients_to_keep": 2},
+                          lambda u, w: krum_reference(u, w, 1, 2), clients=15, fan_in=5)
+
+
 def krum_reference(updates, weights, f, keep):
     """Flower's Krum: squared L2 distances between flattened updates; each one's score sums
     its n - f - 2 nearest (at least 1); keep the `keep` best (stable order) and take their
@@ -324,7 +383,9 @@ class StrategySpecs(PlatformTestCase):
                ({"nom": "fedavg"}, "name"),
                ({"name": "trimmed_mean", "beta": 0.5}, "beta must be between"),
                ({"name": "krum", "num_malicious_clients": 1.5}, "integers"),
-               ({"name": "krum", "num_clients_to_keep": 2}, "no parameter num_clients_to_keep")]
+               ({"name": "krum", "num_clients_to_keep": 2}, "no parameter num_clients_to_keep"),
+               ({"name": "median", "per_leaf": 1}, "per_leaf must be true or false"),
+               ({"name": "fedavg", "per_leaf": True}, "no parameter per_leaf")]
         for dp, why in [({"clip_norm": 1.0}, "needs update: delta"),
                         ({"clip_norm": 0, "noise_multiplier": 1}, "clip_norm must be > 0"),
                         ({"clip_norm": -1}, ">= 0"),

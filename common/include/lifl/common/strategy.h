@@ -39,6 +39,10 @@ struct Strategy {
   double numMalicious = 0;          ///< krum, multikrum: f, the updates assumed Byzantine
   double numToKeep = 0;             ///< multikrum: updates averaged (0: n - f)
   double maxStaleness = 5;          ///< fedbuff: versions an update may lag; more: 409
+  /// Robust rules, asked for by the job (`"per_leaf": true`): each leaf applies the rule to
+  /// its own updates and the model is the mean of the leaves' results weighted by their
+  /// update counts, an approximation that lets a round use the hierarchy.
+  bool perLeaf = false;
 
   std::string name() const;
   /// Float vectors of model size the top keeps between rounds (momentum, second moment).
@@ -56,6 +60,8 @@ struct Strategy {
   bool asynchronous() const { return kind == StrategyKind::FedBuff; }
   /// The weight factor of an update `staleness` versions behind: 1/sqrt(1 + tau).
   double stalenessFactor(uint32_t staleness) const;
+  /// A robust round that runs on a single level (the exact rule over every update).
+  bool singleLevel() const { return robust() && !perLeaf; }
   bool krum() const { return kind == StrategyKind::Krum || kind == StrategyKind::MultiKrum; }
   nlohmann::json toJson() const;
 };
