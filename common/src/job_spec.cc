@@ -111,7 +111,7 @@ json JobSpec::toJson() const {
                            : nlohmann::json{{"fan_in", fanIn}, {"batch", batch}, {"eager", eager}}},
       {"deadline_seconds", deadlineSeconds},
       {"late", late == LatePolicy::NextRound ? "next_round" : "drop"},
-      {"device", device}};
+      {"device", device.empty() ? nlohmann::json(nullptr) : nlohmann::json(device)}};
 }
 
 Result<json> yamlToJson(std::string_view text) {
@@ -242,9 +242,11 @@ Result<JobSpec> jobSpecFromJson(const json& doc) {
   LIFL_TRYV(readChoice<LatePolicy>(
       doc, "late", {{"drop", LatePolicy::Drop}, {"next_round", LatePolicy::NextRound}}, spec.late));
   auto device = doc.find("device");
-  if (device != doc.end()) {
-    if (!device->is_string() || device->get<std::string>() != "cpu")
-      return specError("device must be cpu (the GPU aggregator is not built yet)");
+  if (device != doc.end() && !device->is_null()) {
+    if (!device->is_string() ||
+        (device->get<std::string>() != "cpu" && device->get<std::string>() != "cuda"))
+      return specError("device must be cpu or cuda");
+    spec.device = device->get<std::string>();
   }
   return spec;
 }

@@ -66,6 +66,7 @@ Result<std::unique_ptr<Agent>> Agent::start(AgentConfig config, Planner planner,
         c.scaleUpQueueDepth);
     agent->jobs_->setColocation(c.colocateRoles);
     agent->jobs_->setUpdateBuffer(c.maxBufferedUpdates);
+    agent->jobs_->setDefaultDevice(c.device);
   }
   if (!c.cluster.controller.empty()) {
     agent->cluster_ = std::make_unique<ClusterLink>(c.cluster, *agent->store_);

@@ -133,6 +133,7 @@ nlohmann::json JobManager::aggregatorParams(const Job& job, size_t node, uint32_
                  {"length", job.model->length},
                  {"generation", job.model->generation}};
   p["delta"] = job.spec.update == UpdateMode::Delta;
+  p["device"] = job.spec.device.empty() ? defaultDevice_ : job.spec.device;
   if (serverStep || job.spec.strategy.robust() || job.spec.strategy.asynchronous())
     p["strategy"] = job.spec.strategy.toJson();
   // A single-node plan's top holds the round's updates itself: it applies the rule exactly.
@@ -300,6 +301,7 @@ nlohmann::json JobManager::statusOf(const Job& job) const {
       {"expected", job.spec.clientsPerRound},
       {"strategy", job.spec.strategy.name()},
       {"update", job.spec.update == UpdateMode::Delta ? "delta" : "weights"},
+      {"device", job.spec.device.empty() ? defaultDevice_ : job.spec.device},
       {"plan", plan},
       {"has_model", job.model.has_value()},
       {"history", history},

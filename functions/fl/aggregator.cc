@@ -32,6 +32,7 @@
 #include "lifl/dataplane/safetensors.h"
 #include "lifl/functions/sdk.h"
 #include "lifl/gpu/accumulate.h"
+#include "lifl/gpu/device.h"
 #include "lifl/gpu/robust.h"
 #include "lifl/gpu/server_optimizer.h"
 
@@ -134,6 +135,7 @@ class Aggregator final : public Function {
         spec_.tensors.push_back(std::move(ts));
       }
       delta_ = p.value("delta", false);
+      wantsGpu_ = p.value("device", std::string("cpu")) == "cuda";
       if (p.contains("dp")) {
         dp_.clipNorm = p["dp"].value("clip_norm", 0.0);
         dp_.noiseMultiplier = p["dp"].value("noise_multiplier", 0.0);
@@ -318,6 +320,33 @@ class Aggregator final : public Function {
     return foldQueued(ctx);
   }
 
+  /// A leaf of a device: cuda job folds on the GPU (docs/gpu.md): its sums live in device
+  /// memory and the updates are read where they are, in the store's segment (registered
+  /// once per process for zero-copy reads). Parents fold one partial per child on the CPU.
+  /// Null: fold on the CPU (asked for, or no device here: said once in the log).
+  Result<gpu::Accumulator*> deviceAccumulator(Context& ctx) {
+    if (!gpuChecked_) {
+      gpuChecked_ = true;
+      if (wantsGpu_ && role_ == Role::Leaf && eager_ &&
+          gpu::pickBackend(true) == gpu::Backend::Cuda) {
+        auto registered = gpu::registerHostMemory(ctx.store().base(), ctx.store().mappedBytes());
+        auto acc = registered ? gpu::Accumulator::create(gpu::Backend::Cuda, elements_)
+                              : Result<std::unique_ptr<gpu::Accumulator>>(registered.error());
+        if (acc) {
+          gpuAcc_ = std::move(acc).value();
+          LIFL_INFO("leaf folds on the GPU (" << gpu::cudaInfo().device << ")");
+        } else {
+          LIFL_WARN("leaf folds on the CPU: " << acc.error().detail);
+        }
+      } else if (static bool said = false;
+                 wantsGpu_ && role_ == Role::Leaf && !std::exchange(said, true)) {
+        LIFL_WARN("device: cuda asked for, but the leaf folds on the CPU ("
+                  << (eager_ ? gpu::cudaInfo().why : std::string("a lazy leaf")) << ")");
+      }
+    }
+    return gpuAcc_.get();
+  }
+
   /// Folds a group of updates (weights: their examples) in one pass over the accumulator.
   /// An update that cannot be read is left out, and its error returned after the others fold.
   Result<void> foldUpdates(Context& ctx,
@@ -350,6 +379,7 @@ class Aggregator final : public Function {
     }
     if (!inputs.empty()) {
       LIFL_TRY(target, foldTarget(ctx));
+      LIFL_TRY(gpu, deviceAccumulator(ctx));
       const auto started = std::chrono::steady_clock::now();
       std::vector<kernels::FoldInput> folds(inputs.size());
       for (size_t t = 0; t < spec_.tensors.size(); ++t) {  // the tensors cover every element
@@ -363,9 +393,15 @@ class Aggregator final : public Function {
                       e.block,
                       foldWeights[k]};
         }
-        kernels::accumulateMany(target.out + offsets_[t],
-                                target.prev ? target.prev + offsets_[t] : nullptr, folds.data(),
-                                folds.size(), spec_.tensors[t].elements);
+        if (gpu) {  // the sums stay on the device; forward() copies them into the partial
+          auto folded = gpu->fold(offsets_[t], folds.data(), folds.size(),
+                                  spec_.tensors[t].elements, accFresh_);
+          LIFL_CHECK(folded.has_value(), "a fold on the device failed: the instance restarts");
+        } else {
+          kernels::accumulateMany(target.out + offsets_[t],
+                                  target.prev ? target.prev + offsets_[t] : nullptr, folds.data(),
+                                  folds.size(), spec_.tensors[t].elements);
+        }
       }
       accFresh_ = false;
       PartialView(current()).header().foldSeconds +=
@@ -448,6 +484,10 @@ class Aggregator final : public Function {
     ObjectRef partial = std::exchange(acc_, std::nullopt).value();
     accInputs_ = 0;
     if (!partial.sealed()) {  // a leaf's batch (a parent's accumulator is sealed already)
+      if (gpuAcc_ && !accFresh_) {
+        auto copied = gpuAcc_->copyTo(PartialView(partial).acc());  // once per batch
+        LIFL_CHECK(copied.has_value(), "copying the sums from the device failed");
+      }
       for (const auto& h : batchInputs_)
         if (auto in = ctx.store().resolve(h)) in.value().setContainer(partial.handle().generation);
       partial.seal();  // after the container links: a sealed partial covers all its inputs
@@ -716,11 +756,14 @@ class Aggregator final : public Function {
   JobSpec spec_;
   std::vector<uint64_t> offsets_;
   uint64_t elements_ = 0;
-  std::optional<ObjectHandle> base_;  ///< the global model the round started from
-  bool delta_ = false;                ///< updates are deltas from base_
-  Strategy strategy_;                 ///< the top: how the model follows from the sums
-  bool robustRule_ = false;           ///< applies the robust rule to the updates it holds
-  DpSpec dp_;                         ///< central DP: clip at the leaves, noise at the top
+  std::optional<ObjectHandle> base_;          ///< the global model the round started from
+  bool delta_ = false;                        ///< updates are deltas from base_
+  Strategy strategy_;                         ///< the top: how the model follows from the sums
+  bool robustRule_ = false;                   ///< applies the robust rule to the updates it holds
+  bool wantsGpu_ = false;                     ///< the job (or node) asked for device: cuda
+  bool gpuChecked_ = false;                   ///< the backend was chosen (on the first fold)
+  std::unique_ptr<gpu::Accumulator> gpuAcc_;  ///< a leaf's sums on the device
+  DpSpec dp_;                                 ///< central DP: clip at the leaves, noise at the top
   uint64_t dpSeed_ = 0;
 
   std::optional<ObjectRef> acc_;  ///< the partial under construction

@@ -111,6 +111,9 @@ LIFL_CLONES void int8RowSpan(float* out, const float* prev, const int8_t* __rest
 // and with the roundings of single folds (one FMA per input). `q[k]` and `scales[k]` are at
 // the row's first block. Written with AVX-512 intrinsics because GCC 12, given the loop
 // over inputs, jams it and leaves the block scalar; other CPUs take the chunked path.
+// GCC 12 warns of an uninitialised variable inside its own AVX-512 headers here.
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 __attribute__((target("avx512f,avx512bw"))) inline __m512 widenInt8(const int8_t* x) {
   return _mm512_cvtepi32_ps(
       _mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(x))));
@@ -135,6 +138,8 @@ __attribute__((target("avx512f,avx512bw"))) void int8RowGroupAvx512(
       for (int j = 0; j < 4; ++j) _mm512_storeu_ps(out + at + 16 * j, a[j]);
     }
 }
+
+#pragma GCC diagnostic pop
 
 bool hasAvx512() {
   static const bool yes = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw");

@@ -54,7 +54,9 @@ struct JobSpec {
   uint32_t batch = 0;   ///< partial batch size; 0: a leaf forwards once, at its fan-in
   double deadlineSeconds = 600;
   LatePolicy late = LatePolicy::Drop;
-  std::string device = "cpu";
+  /// Where the leaves fold: "cpu", "cuda" (the GPU where one is present, else the CPU with a
+  /// log line), or "" (not named: the node's `functions.device`).
+  std::string device;
 
   uint64_t modelElements() const;
   uint32_t requiredClients() const { return minClients ? minClients : clientsPerRound; }

@@ -31,6 +31,7 @@ struct AgentConfig {
   bool colocateRoles = true;       ///< middles and the top run in their first leaf's process
   double keepAliveSeconds = 1;     ///< idle instances beyond the warm pool exit after this
   uint32_t maxBufferedUpdates = 12;  ///< per eager job: update bodies not yet in a partial
+  std::string device = "cpu";        ///< where leaves fold for jobs that name no device
   uint64_t maxEventBytes = 16ull << 20;
   // gateway
   uint32_t gatewayThreads = 2;

@@ -109,6 +109,8 @@ class JobManager {
   /// `functions.max_buffered_updates` (0: no bound); a job's bound is never below its leaves'
   /// fan-in + 2, so that a slot can always fill.
   void setUpdateBuffer(uint32_t maxUpdates) { maxBufferedUpdates_ = maxUpdates; }
+  /// `functions.device`: where the leaves of jobs that name no device fold ("cpu", "cuda").
+  void setDefaultDevice(std::string device) { defaultDevice_ = std::move(device); }
   /// Validates the body (400/422) and, if good, routes it to its leaf: the update is accepted.
   Result<uint32_t> commit(const std::string& id, const UpdateMeta& meta, ObjectRef update);
 
@@ -326,6 +328,7 @@ class JobManager {
   uint32_t scaleUpDepth_ = 0;
   bool colocate_ = true;
   uint32_t maxBufferedUpdates_ = 0;
+  std::string defaultDevice_ = "cpu";
   std::condition_variable stopDeadlines_;
   bool stopping_ = false;
   std::thread deadlines_;
