@@ -235,6 +235,27 @@ int main(int argc, char** argv) {
         "  one update per launch, read zero-copy:   %.1f GB/s of updates = %.1f%% of "
         "pinned copy\n",
         updateBytes / single / 1e9, (updateBytes / single) / (bytes / pinned) * 100);
+    // Zero-copy against the pipelined copy (3 streams), by update size: where auto switches.
+    std::printf("  by update size, %d per launch (GB/s of updates; %% of the pinned copy rate):\n",
+                k);
+    std::printf("  %12s %16s %16s\n", "update", "zero-copy", "pipelined");
+    for (uint64_t values :
+         std::initializer_list<uint64_t>{16'384, 262'144, 1'048'576, 4'194'304, n}) {
+      auto small = check(Accumulator::create(Backend::Cuda, values), "accumulator");
+      double rate[2];
+      for (int mode = 0; mode < 2; ++mode) {
+        lifl::gpu::setHostInputs(mode == 0 ? lifl::gpu::HostInputs::ZeroCopy
+                                           : lifl::gpu::HostInputs::Pipelined);
+        check(small->fold(0, in.data(), k, values, true), "warm-up");
+        const double t =
+            best(20, [&] { check(small->fold(0, in.data(), k, values, false), "fold"); });
+        rate[mode] = k * values * 4.0 / t;
+      }
+      std::printf("  %9.2f MB %9.1f (%3.0f%%) %9.1f (%3.0f%%)\n", values * 4 / 1e6, rate[0] / 1e9,
+                  rate[0] / (bytes / pinned) * 100, rate[1] / 1e9,
+                  rate[1] / (bytes / pinned) * 100);
+    }
+    lifl::gpu::setHostInputs(lifl::gpu::HostInputs::Auto);
   }
 
   // 3. A whole round: N updates of P values in shared memory, GPU against CPU.
@@ -288,7 +309,7 @@ int main(int argc, char** argv) {
         "the model copied back (registering %.1f GB took %.2f s, once)\n",
         static_cast<unsigned long long>(updates), static_cast<unsigned long long>(n),
         shm.bytes / 1e9, registerSeconds);
-    std::printf("  GPU (zero-copy, 8 per launch): %.3f s (%.1f GB/s of updates)\n", gpu,
+    std::printf("  GPU (8 per launch, auto host reads): %.3f s (%.1f GB/s of updates)\n", gpu,
                 updates * double(bytes) / gpu / 1e9);
     std::printf("  CPU, one core:                 %.3f s (%.1f GB/s) -> GPU %.1fx faster\n", cpu1,
                 updates * double(bytes) / cpu1 / 1e9, cpu1 / gpu);

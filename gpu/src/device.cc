@@ -16,6 +16,11 @@ namespace {
 
 Error cudaError(const std::string& what) { return internal("cuda_error", what); }
 
+/// Auto: registered inputs of at least this many bytes per launch are pipelined (bench_gpu).
+/// Measured on an H100 (docs/benchmarks.md, GPU): zero-copy wins up to 1 MB per update
+/// (8.4 MB a launch), the pipeline from 4 MB per update (34 MB a launch) by 3-5%.
+constexpr uint64_t kPipelineFromBytes = 16ull << 20;
+
 /// The reference: sums in host memory, the CPU kernels.
 class CpuAccumulator final : public Accumulator {
  public:
@@ -115,6 +120,7 @@ const CudaInfo& cudaInfo() {
     CudaInfo i;
 #ifdef LIFL_WITH_CUDA
     i.built = true;
+    cuda::setHostInputs(static_cast<int>(HostInputs::Auto), kPipelineFromBytes, 64ull << 20);
     const auto p = cuda::probe();
     i.usable = p.usable;
     i.device = p.device;
@@ -153,6 +159,12 @@ Result<void> registerHostMemory([[maybe_unused]] void* base, [[maybe_unused]] si
   registered.push_back(base);
 #endif
   return success();
+}
+
+void setHostInputs([[maybe_unused]] HostInputs mode, [[maybe_unused]] uint64_t stageBytes) {
+#ifdef LIFL_WITH_CUDA
+  cuda::setHostInputs(static_cast<int>(mode), kPipelineFromBytes, stageBytes);
+#endif
 }
 
 Result<void> unregisterHostMemory([[maybe_unused]] void* base) {

@@ -40,6 +40,9 @@ std::string copyOut(float* out, const float* acc, uint64_t n);
 /// Pins host memory and maps it for the device (once per range and process).
 std::string registerHost(void* base, size_t bytes);
 std::string unregisterHost(void* base);
+/// 0: auto (pipelined from `fromBytes` of registered input per launch; 0: never), 1: always
+/// zero-copy, 2: always pipelined.
+void setHostInputs(int mode, uint64_t fromBytes, uint64_t stageBytes);
 std::string countNonFinite(const void* x, DType dtype, uint64_t n, uint64_t* count);
 
 }  // namespace lifl::gpu::cuda

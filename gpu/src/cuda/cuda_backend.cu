@@ -39,8 +39,11 @@ struct Inputs {
   float w[kMaxInputs];
   int count;
   uint64_t cols;    ///< int8: row length
+  uint64_t base;    ///< int8: the tensor index of x[k][0] (a chunk's start), for its scales
   uint32_t blocks;  ///< int8: scales per row
   uint32_t block;   ///< int8: values per scale
+  int blockShift;   ///< int8: log2(block) when rows hold whole blocks (the scale index is then
+                    ///< the value index >> blockShift), else -1
 };
 
 template <int K>
@@ -52,7 +55,7 @@ __device__ __forceinline__ float scalarAt(const Inputs& in, int k, uint64_t i) {
   } else if constexpr (K == kBF16) {
     return __bfloat162float(static_cast<const __nv_bfloat16*>(in.x[k])[i]);
   } else {
-    const uint64_t row = i / in.cols, col = i - row * in.cols;
+    const uint64_t at = in.base + i, row = at / in.cols, col = at - row * in.cols;
     return in.scales[k][row * in.blocks + col / in.block] *
            static_cast<float>(static_cast<const int8_t*>(in.x[k])[i]);
   }
@@ -62,10 +65,9 @@ __device__ __forceinline__ float scalarAt(const Inputs& in, int k, uint64_t i) {
 template <int K>
 constexpr int kVec = K == kF32 ? 4 : K == kI8 ? 16 : 8;
 
-// 16 bytes of input k at vector v (F32, F16, BF16), widened into out[kVec<K>].
+// 16 bytes of an F32, F16 or BF16 input, widened into out[kVec<K>].
 template <int K>
-__device__ __forceinline__ void vectorAt(const Inputs& in, int k, uint64_t v, float* out) {
-  const uint4 raw = static_cast<const uint4*>(in.x[k])[v];
+__device__ __forceinline__ void widen(const uint4& raw, float* out) {
   if constexpr (K == kF32) {
     const float4 f = *reinterpret_cast<const float4*>(&raw);
     out[0] = f.x, out[1] = f.y, out[2] = f.z, out[3] = f.w;
@@ -105,23 +107,38 @@ __global__ void foldVectors(float* __restrict__ acc, Inputs in, uint64_t vectors
         a[4 * j] = f.x, a[4 * j + 1] = f.y, a[4 * j + 2] = f.z, a[4 * j + 3] = f.w;
       }
     }
+    // Every input's 16 bytes are loaded before any is summed: up to 8 loads in flight per
+    // thread instead of one at a time.
+    uint4 raw[kMaxInputs];
+#pragma unroll
+    for (int k = 0; k < kMaxInputs; ++k)
+      if (k < in.count) raw[k] = static_cast<const uint4*>(in.x[k])[v];
     if constexpr (K == kI8) {
       // The 16 values share a block (cols and block are multiples of 16), so one scale per
       // input, at an index computed once for all inputs (64-bit division is slow here). Each
       // folds as the CPU kernels do, (w * scale) * q.
-      const uint64_t firstValue = v * 16, row = firstValue / in.cols;
-      const uint64_t scaleAt = row * in.blocks + (firstValue - row * in.cols) / in.block;
-      for (int k = 0; k < in.count; ++k) {
+      const uint64_t firstValue = in.base + v * 16;
+      uint64_t scaleAt;
+      if (in.blockShift >= 0) {
+        scaleAt = firstValue >> in.blockShift;
+      } else {
+        const uint64_t row = firstValue / in.cols;
+        scaleAt = row * in.blocks + (firstValue - row * in.cols) / in.block;
+      }
+#pragma unroll
+      for (int k = 0; k < kMaxInputs; ++k) {
+        if (k >= in.count) break;
         const float ws = in.w[k] * in.scales[k][scaleAt];
-        const uint4 raw = static_cast<const uint4*>(in.x[k])[v];
-        const int8_t* q = reinterpret_cast<const int8_t*>(&raw);
+        const int8_t* q = reinterpret_cast<const int8_t*>(&raw[k]);
 #pragma unroll
         for (int j = 0; j < V; ++j) a[j] = fmaf(ws, static_cast<float>(q[j]), a[j]);
       }
     } else {
-      for (int k = 0; k < in.count; ++k) {
+#pragma unroll
+      for (int k = 0; k < kMaxInputs; ++k) {
+        if (k >= in.count) break;
         float x[V];
-        vectorAt<K>(in, k, v, x);
+        widen<K>(raw[k], x);
 #pragma unroll
         for (int j = 0; j < V; ++j) a[j] = fmaf(in.w[k], x[j], a[j]);
       }
@@ -139,8 +156,8 @@ __global__ void foldScalars(float* __restrict__ acc, Inputs in, uint64_t begin, 
     float a = first ? 0.f : acc[i];
     for (int k = 0; k < in.count; ++k) {
       if constexpr (K == kI8) {
-        const uint64_t row = i / in.cols;
-        const float ws = in.w[k] * in.scales[k][row * in.blocks + (i - row * in.cols) / in.block];
+        const uint64_t at = in.base + i, row = at / in.cols;
+        const float ws = in.w[k] * in.scales[k][row * in.blocks + (at - row * in.cols) / in.block];
         a = fmaf(ws, static_cast<float>(static_cast<const int8_t*>(in.x[k])[i]), a);
       } else {
         a = fmaf(in.w[k], scalarAt<K>(in, k, i), a);
@@ -212,6 +229,15 @@ class Resolver {
     *out = d;
     return "";
   }
+  /// True for host memory registered with the device (the store's segment).
+  static bool registered(const void* p) {
+    cudaPointerAttributes attr{};
+    if (cudaPointerGetAttributes(&attr, p) != cudaSuccess) {
+      cudaGetLastError();
+      return false;
+    }
+    return attr.type == cudaMemoryTypeHost && attr.devicePointer;
+  }
   /// Where output for host memory `p` is written: mapped memory directly; other host memory
   /// through a device buffer copied back by finish().
   std::string writable(float* p, uint64_t n, float** out) {
@@ -263,20 +289,97 @@ uint64_t bytesOf(const kernels::FoldInput& in, uint64_t n) {
 }
 
 template <int K>
-std::string launch(float* acc, const Inputs& in, uint64_t n, bool first) {
+std::string launch(float* acc, const Inputs& in, uint64_t n, bool first, cudaStream_t stream = 0) {
   constexpr int V = kVec<K>;
   bool aligned = reinterpret_cast<uintptr_t>(acc) % 16 == 0;
   for (int k = 0; k < in.count; ++k) aligned &= reinterpret_cast<uintptr_t>(in.x[k]) % 16 == 0;
-  if constexpr (K == kI8) aligned &= in.cols % 16 == 0 && in.block % 16 == 0;
+  if constexpr (K == kI8) aligned &= in.cols % 16 == 0 && in.block % 16 == 0 && in.base % 16 == 0;
   const uint64_t vectors = aligned ? n / V : 0;
-  if (vectors) foldVectors<K><<<gridFor(vectors), 256>>>(acc, in, vectors, first);
+  if (vectors) foldVectors<K><<<gridFor(vectors), 256, 0, stream>>>(acc, in, vectors, first);
   if (vectors * V < n)
-    foldScalars<K><<<gridFor(n - vectors * V), 256>>>(acc, in, vectors * V, n, first);
+    foldScalars<K><<<gridFor(n - vectors * V), 256, 0, stream>>>(acc, in, vectors * V, n, first);
   LIFL_CU(cudaGetLastError());
   return "";
 }
 
+
+std::string launchKind(int kind, float* acc, const Inputs& in, uint64_t n, bool first,
+                       cudaStream_t stream) {
+  return kind == kF32    ? launch<kF32>(acc, in, n, first, stream)
+         : kind == kF16  ? launch<kF16>(acc, in, n, first, stream)
+         : kind == kBF16 ? launch<kBF16>(acc, in, n, first, stream)
+                         : launch<kI8>(acc, in, n, first, stream);
+}
+
+int hostInputMode = 0;             ///< 0 auto, 1 zero-copy, 2 pipelined (setHostInputs)
+uint64_t pipelineFromBytes = 0;    ///< auto: pipelined from this many input bytes per launch
+uint64_t stageBytes = 64ull << 20;  ///< each staging buffer
+
+// The pipelined alternative to zero-copy for registered host inputs: chunks of every input
+// copied with cudaMemcpyAsync into one of 3 device staging buffers, each on its own stream,
+// the fold of chunk j running while chunk j+1 is copied. Stream order keeps a buffer from
+// being overwritten before its fold has read it.
+class Pipeline {
+ public:
+  static constexpr int kStages = 3;
+  std::string ready() {
+    if (buffers_[0] && bytes_ == stageBytes) return "";
+    LIFL_CU(cudaDeviceSynchronize());  // a resize: nothing may still use the old buffers
+    for (int s = 0; s < kStages; ++s) {
+      if (!streams_[s]) LIFL_CU(cudaStreamCreateWithFlags(&streams_[s], cudaStreamNonBlocking));
+      if (buffers_[s]) cudaFree(buffers_[s]);
+      buffers_[s] = nullptr;
+      LIFL_CU(cudaMalloc(&buffers_[s], stageBytes));
+    }
+    bytes_ = stageBytes;
+    return "";
+  }
+  std::string fold(float* acc, const Inputs& host, int kind, uint64_t n, bool first) {
+    if (auto why = ready(); !why.empty()) return why;
+    const uint64_t valueBytes = kind == kF32 ? 4 : kind == kI8 ? 1 : 2;
+    uint64_t chunk = bytes_ / (valueBytes * host.count) / 4096 * 4096;
+    if (kind == kI8 && host.cols % 16 == 0) chunk = chunk / host.cols * host.cols;
+    if (chunk == 0) return "the pipeline's staging buffers are too small";
+    int stage = 0;
+    for (uint64_t start = 0; start < n; start += chunk, stage = (stage + 1) % kStages) {
+      const uint64_t len = std::min(chunk, n - start);
+      Inputs dev = host;
+      dev.base = start;
+      auto* buffer = static_cast<std::byte*>(buffers_[stage]);
+      for (int k = 0; k < host.count; ++k) {
+        void* dst = buffer + k * chunk * valueBytes;
+        LIFL_CU(cudaMemcpyAsync(dst, static_cast<const std::byte*>(host.x[k]) + start * valueBytes,
+                                len * valueBytes, cudaMemcpyHostToDevice, streams_[stage]));
+        dev.x[k] = dst;
+      }
+      if (auto why = launchKind(kind, acc + start, dev, len, first, streams_[stage]); !why.empty())
+        return why;
+    }
+    return "";
+  }
+
+ private:
+  cudaStream_t streams_[kStages] = {};
+  void* buffers_[kStages] = {};
+  uint64_t bytes_ = 0;
+};
+
+Pipeline& pipeline() {
+  static Pipeline p;  // per process, for its lifetime
+  return p;
+}
+
+bool pipelined(uint64_t bytes) {
+  return hostInputMode == 2 || (hostInputMode == 0 && pipelineFromBytes && bytes >= pipelineFromBytes);
+}
+
 }  // namespace
+
+void setHostInputs(int mode, uint64_t fromBytes, uint64_t stage) {
+  hostInputMode = mode;
+  pipelineFromBytes = fromBytes;
+  stageBytes = stage;
+}
 
 Probe probe() {
   Probe p;
@@ -347,10 +450,23 @@ std::string fold(float* acc, const kernels::FoldInput* inputs, size_t count, uin
     in.cols = std::max<uint64_t>(inputs[k].cols, 1);
     in.block = std::max<uint32_t>(inputs[k].block, 1);
     in.blocks = static_cast<uint32_t>((in.cols + in.block - 1) / in.block);
+    in.blockShift = -1;
+    if (in.cols % in.block == 0 && (in.block & (in.block - 1)) == 0)
+      in.blockShift = __builtin_ctz(in.block);
+    // Registered host inputs (the store) are read through the mapping, or copied in by the
+    // pipeline, by size (setHostInputs).
+    bool staged = true;
+    uint64_t groupBytes = 0;
+    for (size_t j = k; j < count && j < k + kMaxInputs; ++j) {
+      staged &= Resolver::registered(inputs[j].values);
+      groupBytes += bytesOf(inputs[j], n);
+    }
+    staged &= pipelined(groupBytes);
     while (k < count && in.count < kMaxInputs && kindOf(inputs[k]) == kind &&
            (kind != kI8 || (inputs[k].cols == in.cols && inputs[k].block == in.block))) {
-      const void* x = nullptr;
-      std::string why = resolver.resolve(inputs[k].values, bytesOf(inputs[k], n), &x);
+      const void* x = inputs[k].values;
+      std::string why =
+          staged ? "" : resolver.resolve(inputs[k].values, bytesOf(inputs[k], n), &x);
       if (!why.empty()) return why;
       in.x[in.count] = x;
       if (kind == kI8) {
@@ -363,10 +479,8 @@ std::string fold(float* acc, const kernels::FoldInput* inputs, size_t count, uin
       in.count++;
       k++;
     }
-    std::string why = kind == kF32    ? launch<kF32>(acc, in, n, first)
-                      : kind == kF16  ? launch<kF16>(acc, in, n, first)
-                      : kind == kBF16 ? launch<kBF16>(acc, in, n, first)
-                                      : launch<kI8>(acc, in, n, first);
+    std::string why = staged ? pipeline().fold(acc, in, kind, n, first)
+                             : launchKind(kind, acc, in, n, first, 0);
     if (!why.empty()) return why;
     first = false;
   }

@@ -34,6 +34,14 @@ Backend pickBackend(bool wantCuda);
 /// and range, so that CUDA kernels read updates in it without staging (zero-copy). Nothing
 /// on the CPU backend.
 Result<void> registerHostMemory(void* base, size_t bytes);
+/// How CUDA folds read registered host memory: through its mapping in the kernel (zero-copy),
+/// or copied in chunks with cudaMemcpyAsync on 3 streams, overlapped with the fold
+/// (pipelined). Auto picks by the input bytes of a launch, at the crossover bench_gpu
+/// measured (docs/gpu.md).
+enum class HostInputs { Auto, ZeroCopy, Pipelined };
+/// `stageBytes`: each of the pipeline's 3 device buffers (a chunk of every input of a launch).
+void setHostInputs(HostInputs mode, uint64_t stageBytes = 64ull << 20);
+
 /// Undoes registerHostMemory; call it before the memory is unmapped.
 Result<void> unregisterHostMemory(void* base);
 
