@@ -334,7 +334,8 @@ class Aggregator final : public Function {
                               : Result<std::unique_ptr<gpu::Accumulator>>(registered.error());
         if (acc) {
           gpuAcc_ = std::move(acc).value();
-          LIFL_INFO("leaf folds on the GPU (" << gpu::cudaInfo().device << ")");
+          if (static bool said = false; !std::exchange(said, true))  // once per process
+            LIFL_INFO("leaf folds on the GPU (" << gpu::cudaInfo().device << ")");
         } else {
           LIFL_WARN("leaf folds on the CPU: " << acc.error().detail);
         }
