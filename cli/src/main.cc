@@ -30,6 +30,7 @@ void usage() {
       "  job         create, list, show or cancel jobs\n"
       "  status      show whether the platform is ready and its jobs\n"
       "  bench       simulated clients and other load generators\n"
+      "  model       write a random Llama model, or run one (CPU)\n"
       "  controller  run the cluster controller (jobs API, node registry, rounds)\n"
       "  agent       run a node agent that joins a controller\n"
       "\n"
@@ -53,6 +54,7 @@ int main(int argc, char** argv) {
   if (cmd == "job") return cmdJob(argc, argv);
   if (cmd == "status") return cmdStatus(argc, argv);
   if (cmd == "bench") return cmdBench(argc, argv);
+  if (cmd == "model") return cmdModel(argc, argv);
   if (cmd == "agent") return cmdAgent(argc, argv);
   if (cmd == "controller") return cmdController(argc, argv);
   std::fprintf(stderr, "lifl: unknown command %s\n\n", cmd.c_str());

@@ -1,0 +1,141 @@
+// `lifl model`: write a random-weight Llama model (generate), and run one on the CPU path
+// (run: greedy or sampled generation from token ids, optionally saving the logits).
+#include <cstdio>
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <sstream>
+
+#include "engine.h"
+#include "lifl/cli/args.h"
+#include "lifl/cli/commands.h"
+#include "lifl/gpu/llm.h"
+#include "model.h"
+
+namespace lifl::cli {
+namespace {
+
+const char* kUsage =
+    "usage: lifl model generate --dir DIR [--hidden 64] [--intermediate 176] [--layers 2]\n"
+    "                           [--heads 4] [--kv-heads 2] [--head-dim H/heads] [--vocab 320]\n"
+    "                           [--max-positions 2048] [--rope-theta 10000] [--eps 1e-6]\n"
+    "                           [--tied] [--dtype f32|f16|bf16] [--seed 1] [--files 1]\n"
+    "       lifl model run --model DIR --tokens 1,2,3 [--max-tokens 16] [--temperature 0]\n"
+    "                      [--top-k 0] [--top-p 1] [--seed 1] [--logits FILE]\n"
+    "\n"
+    "generate writes config.json and *.safetensors of a random Llama (Hugging Face layout).\n"
+    "run prints {\"tokens\": [...]} generated after the prompt; --logits saves the logits\n"
+    "after the prompt as float32 (little-endian).";
+
+Result<std::vector<uint32_t>> parseTokens(const std::string& text) {
+  std::vector<uint32_t> out;
+  std::stringstream in(text);
+  std::string item;
+  while (std::getline(in, item, ',')) {
+    try {
+      out.push_back(static_cast<uint32_t>(std::stoul(item)));
+    } catch (const std::exception&) {
+      return badRequest("bad_arguments", "--tokens is a comma-separated list of token ids");
+    }
+  }
+  if (out.empty()) return badRequest("bad_arguments", "--tokens needs at least one token id");
+  return out;
+}
+
+int generate(const Args& a) {
+  llm::GeneratorOptions o;
+  auto& c = o.config;
+  auto u = [&](const char* key, uint64_t fallback) { return a.getUnsigned(key, fallback); };
+  auto hidden = u("hidden", 64), inter = u("intermediate", 176), layers = u("layers", 2),
+       heads = u("heads", 4), kv = u("kv-heads", 2), vocab = u("vocab", 320),
+       positions = u("max-positions", 2048), seed = u("seed", 1), files = u("files", 1);
+  for (auto* r : {&hidden, &inter, &layers, &heads, &kv, &vocab, &positions, &seed, &files})
+    if (!*r) return fail(r->error());
+  c.hiddenSize = static_cast<uint32_t>(hidden.value());
+  c.intermediateSize = static_cast<uint32_t>(inter.value());
+  c.layers = static_cast<uint32_t>(layers.value());
+  c.heads = static_cast<uint32_t>(heads.value());
+  c.kvHeads = static_cast<uint32_t>(kv.value());
+  c.vocabSize = static_cast<uint32_t>(vocab.value());
+  c.maxPositions = static_cast<uint32_t>(positions.value());
+  auto headDim = a.getUnsigned("head-dim", c.heads ? c.hiddenSize / c.heads : 0);
+  auto theta = a.getDouble("rope-theta", 10000.0), eps = a.getDouble("eps", 1e-6);
+  if (!headDim) return fail(headDim.error());
+  if (!theta) return fail(theta.error());
+  if (!eps) return fail(eps.error());
+  c.headDim = static_cast<uint32_t>(headDim.value());
+  c.ropeTheta = theta.value();
+  c.rmsNormEps = eps.value();
+  c.tieWordEmbeddings = a.has("tied");
+  const std::string dtype = a.get("dtype", "f32");
+  o.dtype = dtype == "bf16" ? DType::BF16 : dtype == "f16" ? DType::F16 : DType::F32;
+  if (dtype != "f32" && dtype != "f16" && dtype != "bf16")
+    return fail(badRequest("bad_arguments", "--dtype is f32, f16 or bf16"));
+  o.seed = seed.value();
+  o.files = static_cast<uint32_t>(files.value());
+  // Checked as a loader would check it.
+  if (auto checked = llm::LlamaConfig::fromJson(c.toJson(o.dtype)); !checked)
+    return fail(checked.error());
+  const std::string dir = a.get("dir");
+  if (dir.empty()) return fail(badRequest("bad_arguments", "--dir is required"));
+  if (auto r = llm::generateModel(dir, o); !r) return fail(r.error());
+  std::printf("wrote a random Llama (%u layers, hidden %u, %u/%u heads, vocab %u, %s) to %s\n",
+              c.layers, c.hiddenSize, c.heads, c.kvHeads, c.vocabSize, dtype.c_str(), dir.c_str());
+  return 0;
+}
+
+int run(const Args& a) {
+  const std::string dir = a.get("model");
+  if (dir.empty()) return fail(badRequest("bad_arguments", "--model is required"));
+  auto model = llm::LlamaModel::load(dir);
+  if (!model) return fail(model.error());
+  auto prompt = parseTokens(a.get("tokens"));
+  if (!prompt) return fail(prompt.error());
+  auto maxTokens = a.getUnsigned("max-tokens", 16), topK = a.getUnsigned("top-k", 0),
+       seed = a.getUnsigned("seed", 1);
+  auto temperature = a.getDouble("temperature", 0.0), topP = a.getDouble("top-p", 1.0);
+  for (auto* r : {&maxTokens, &topK, &seed})
+    if (!*r) return fail(r->error());
+  if (!temperature) return fail(temperature.error());
+  if (!topP) return fail(topP.error());
+  const auto& c = model.value().config;
+  llm::Engine engine(model.value(),
+                     (c.maxPositions + kernels::llm::kPageTokens - 1) / kernels::llm::kPageTokens);
+  llm::Sequence seq;
+  auto logits = engine.prefill(seq, prompt.value());
+  if (!logits) return fail(logits.error());
+  if (a.has("logits")) {
+    std::ofstream out(a.get("logits"), std::ios::binary);
+    out.write(reinterpret_cast<const char*>(logits.value().data()),
+              static_cast<std::streamsize>(logits.value().size() * sizeof(float)));
+    if (!out) return fail(badRequest("bad_arguments", "cannot write " + a.get("logits")));
+  }
+  uint64_t rng = seed.value();
+  std::vector<uint32_t> generated;
+  for (uint64_t i = 0; i < maxTokens.value(); ++i) {
+    const uint32_t next = kernels::llm::sample(
+        logits.value().data(), c.vocabSize, static_cast<float>(temperature.value()),
+        static_cast<uint32_t>(topK.value()), static_cast<float>(topP.value()), rng);
+    generated.push_back(next);
+    if (i + 1 == maxTokens.value()) break;
+    llm::Sequence* one[] = {&seq};
+    logits = engine.decode(one, std::span<const uint32_t>(&next, 1));
+    if (!logits) return fail(logits.error());
+  }
+  std::printf("%s\n", nlohmann::json{{"tokens", generated}}.dump().c_str());
+  return 0;
+}
+
+}  // namespace
+
+int cmdModel(int argc, char** argv) {
+  auto args = Args::parse(argc, argv, 3, {"tied", "help", "h"});
+  if (!args) return fail(args.error());
+  const std::string verb = argc > 2 ? argv[2] : "";
+  if (args.value().wantsHelp() || (verb != "generate" && verb != "run")) {
+    std::puts(kUsage);
+    return args.value().wantsHelp() ? 0 : 1;
+  }
+  return verb == "generate" ? generate(args.value()) : run(args.value());
+}
+
+}  // namespace lifl::cli

@@ -1,0 +1,132 @@
+#include "engine.h"
+
+#include <algorithm>
+#include <cstring>
+#include <map>
+
+namespace lifl::llm {
+
+namespace kl = kernels::llm;
+
+Engine::Engine(const LlamaModel& model, uint32_t maxPages) : model_(model) {
+  const uint64_t rowFloats = uint64_t{model.config.kvHeads} * model.config.headDim;
+  k_.assign(model.config.layers,
+            std::vector<float>(uint64_t{maxPages} * kl::kPageTokens * rowFloats));
+  v_ = k_;
+  for (uint32_t p = maxPages; p-- > 0;) free_.push_back(p);
+}
+
+Result<void> Engine::reserve(Sequence& seq, uint32_t tokens) {
+  const uint32_t need = (seq.length + tokens + kl::kPageTokens - 1) / kl::kPageTokens;
+  if (seq.length + tokens > model_.config.maxPositions)
+    return unprocessable("context_too_long", "the sequence would be longer than the model's " +
+                                                 std::to_string(model_.config.maxPositions) +
+                                                 " positions");
+  if (need > seq.pages.size() + free_.size())
+    return unavailable("kv_cache_full", "no KV-cache pages left; retry later");
+  while (seq.pages.size() < need) {
+    seq.pages.push_back(free_.back());
+    free_.pop_back();
+  }
+  return success();
+}
+
+void Engine::release(Sequence& seq) {
+  for (uint32_t p : seq.pages) free_.push_back(p);
+  seq.pages.clear();
+  seq.length = 0;
+}
+
+Result<std::vector<float>> Engine::prefill(Sequence& seq, std::span<const uint32_t> tokens) {
+  if (tokens.empty()) return badRequest("empty_prompt", "a prompt needs at least one token");
+  LIFL_TRYV(reserve(seq, static_cast<uint32_t>(tokens.size())));
+  std::vector<Row> rows;
+  for (uint32_t t : tokens)
+    rows.push_back({&seq, t, seq.length + static_cast<uint32_t>(rows.size())});
+  LIFL_TRY(logits, forward(rows, {rows.size() - 1}));
+  seq.length += static_cast<uint32_t>(tokens.size());
+  return logits;
+}
+
+Result<std::vector<float>> Engine::decode(std::span<Sequence* const> seqs,
+                                          std::span<const uint32_t> tokens) {
+  std::vector<Row> rows;
+  std::vector<size_t> all;
+  for (size_t i = 0; i < seqs.size(); ++i) {
+    LIFL_TRYV(reserve(*seqs[i], 1));
+    rows.push_back({seqs[i], tokens[i], seqs[i]->length});
+    all.push_back(i);
+  }
+  LIFL_TRY(logits, forward(rows, all));
+  for (auto* s : seqs) s->length++;
+  return logits;
+}
+
+Result<std::vector<float>> Engine::forward(const std::vector<Row>& rows,
+                                           const std::vector<size_t>& logitRows) {
+  const auto& c = model_.config;
+  const uint64_t n = rows.size(), h = c.hiddenSize, q = uint64_t{c.heads} * c.headDim,
+                 kv = uint64_t{c.kvHeads} * c.headDim, inter = c.intermediateSize;
+  const float eps = static_cast<float>(c.rmsNormEps);
+  for (const auto& r : rows)
+    if (r.token >= c.vocabSize)
+      return badRequest("bad_token", "token id " + std::to_string(r.token) +
+                                         " is not below the vocabulary size " +
+                                         std::to_string(c.vocabSize));
+  std::vector<float> x(n * h), normed(n * h), qs(n * q), ks(n * kv), vs(n * kv), attn(n * q),
+      proj(n * h), gate(n * inter), up(n * inter);
+  std::vector<uint32_t> positions(n);
+  for (uint64_t i = 0; i < n; ++i) {
+    std::memcpy(&x[i * h], &model_.embed[uint64_t{rows[i].token} * h], h * sizeof(float));
+    positions[i] = rows[i].position;
+  }
+  // Rows of one sequence attend together (a prompt), each sequence over its own pages.
+  std::map<Sequence*, std::vector<uint64_t>> bySeq;
+  for (uint64_t i = 0; i < n; ++i) bySeq[rows[i].seq].push_back(i);
+  std::vector<float> qRows, outRows;
+  std::vector<uint32_t> seqPositions;
+  for (uint32_t l = 0; l < c.layers; ++l) {
+    const auto& w = model_.layers[l];
+    kl::rmsNorm(normed.data(), x.data(), w.inputNorm.data(), n, h, eps);
+    kl::matmul(qs.data(), normed.data(), w.q.data(), n, h, q);
+    kl::matmul(ks.data(), normed.data(), w.k.data(), n, h, kv);
+    kl::matmul(vs.data(), normed.data(), w.v.data(), n, h, kv);
+    kl::rope(qs.data(), n, c.heads, c.headDim, positions.data(), c.ropeTheta);
+    kl::rope(ks.data(), n, c.kvHeads, c.headDim, positions.data(), c.ropeTheta);
+    const kl::KvPages cache{k_[l].data(), v_[l].data(), c.kvHeads, c.headDim};
+    for (uint64_t i = 0; i < n; ++i) {
+      const uint32_t pos = rows[i].position;
+      const uint32_t page = rows[i].seq->pages[pos / kl::kPageTokens];
+      std::memcpy(cache.kRow(page, pos % kl::kPageTokens), &ks[i * kv], kv * sizeof(float));
+      std::memcpy(cache.vRow(page, pos % kl::kPageTokens), &vs[i * kv], kv * sizeof(float));
+    }
+    for (const auto& [seq, idx] : bySeq) {
+      qRows.resize(idx.size() * q);
+      outRows.resize(idx.size() * q);
+      seqPositions.resize(idx.size());
+      for (size_t j = 0; j < idx.size(); ++j) {
+        std::memcpy(&qRows[j * q], &qs[idx[j] * q], q * sizeof(float));
+        seqPositions[j] = positions[idx[j]];
+      }
+      kl::attention(outRows.data(), qRows.data(), idx.size(), seqPositions.data(), c.heads, cache,
+                    seq->pages);
+      for (size_t j = 0; j < idx.size(); ++j)
+        std::memcpy(&attn[idx[j] * q], &outRows[j * q], q * sizeof(float));
+    }
+    kl::matmul(proj.data(), attn.data(), w.o.data(), n, q, h);
+    kl::addRmsNorm(normed.data(), x.data(), proj.data(), w.postNorm.data(), n, h, eps);
+    kl::matmul(gate.data(), normed.data(), w.gate.data(), n, h, inter);
+    kl::matmul(up.data(), normed.data(), w.up.data(), n, h, inter);
+    kl::siluAndMul(gate.data(), gate.data(), up.data(), n * inter);
+    kl::matmul(proj.data(), gate.data(), w.down.data(), n, inter, h);
+    for (uint64_t i = 0; i < n * h; ++i) x[i] += proj[i];
+  }
+  std::vector<float> last(logitRows.size() * h), logits(logitRows.size() * c.vocabSize);
+  for (size_t j = 0; j < logitRows.size(); ++j)
+    std::memcpy(&last[j * h], &x[logitRows[j] * h], h * sizeof(float));
+  kl::rmsNorm(last.data(), last.data(), model_.norm.data(), logitRows.size(), h, eps);
+  kl::matmul(logits.data(), last.data(), model_.lmHead.data(), logitRows.size(), h, c.vocabSize);
+  return logits;
+}
+
+}  // namespace lifl::llm

@@ -1,0 +1,53 @@
+// The forward pass of a Llama decoder over a paged KV cache, on the kernel library's CPU
+// reference (the GPU path comes behind the same kernels). Sequences own pages of
+// kernels::llm::kPageTokens tokens from the engine's pool; a prefill runs a prompt's tokens
+// at once, a decode step one token of each of several sequences (continuous batching).
+#pragma once
+
+#include <cstdint>
+#include <span>
+#include <vector>
+
+#include "lifl/common/error.h"
+#include "lifl/gpu/llm.h"
+#include "model.h"
+
+namespace lifl::llm {
+
+struct Sequence {
+  std::vector<uint32_t> pages;  ///< the block table
+  uint32_t length = 0;          ///< tokens in the cache
+};
+
+class Engine {
+ public:
+  /// @param maxPages the KV pool, shared by all sequences (per layer, K and V)
+  Engine(const LlamaModel& model, uint32_t maxPages);
+
+  const LlamaConfig& config() const { return model_.config; }
+  /// Runs `tokens` of one sequence (a prompt, or one generated token) and appends their K/V
+  /// to its pages. Returns the logits of its last token ([vocab]).
+  Result<std::vector<float>> prefill(Sequence& seq, std::span<const uint32_t> tokens);
+  /// One token for each sequence, in one pass through the weights: logits [batch][vocab].
+  Result<std::vector<float>> decode(std::span<Sequence* const> seqs,
+                                    std::span<const uint32_t> tokens);
+  /// Gives a finished sequence's pages back to the pool.
+  void release(Sequence& seq);
+  uint32_t freePages() const { return static_cast<uint32_t>(free_.size()); }
+
+ private:
+  struct Row {
+    Sequence* seq;
+    uint32_t token;
+    uint32_t position;
+  };
+  Result<std::vector<float>> forward(const std::vector<Row>& rows,
+                                     const std::vector<size_t>& logitRows);
+  Result<void> reserve(Sequence& seq, uint32_t tokens);
+
+  const LlamaModel& model_;
+  std::vector<std::vector<float>> k_, v_;  ///< per layer: maxPages * kPageTokens rows
+  std::vector<uint32_t> free_;
+};
+
+}  // namespace lifl::llm

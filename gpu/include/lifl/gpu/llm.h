@@ -1,0 +1,60 @@
+// The LLM kernels of the shared library: their CPU reference implementations (the CUDA ones
+// come behind the same calls). Layouts follow Hugging Face's Llama: row-major activations
+// [rows][features], weights [out][in], RoPE in the rotate-half (NeoX) layout, and a KV cache
+// in pages of kPageTokens tokens, each row holding every KV head of one token.
+#pragma once
+
+#include <cstdint>
+#include <span>
+#include <vector>
+
+namespace lifl::kernels::llm {
+
+inline constexpr uint32_t kPageTokens = 16;
+
+/// out[r] = x[r] / sqrt(mean(x[r]^2) + eps) * w, over rows of n values (fp32 throughout).
+void rmsNorm(float* out, const float* x, const float* w, uint64_t rows, uint64_t n, float eps);
+/// The fused form between blocks: residual += x, then out = rmsNorm(residual).
+void addRmsNorm(float* out, float* residual, const float* x, const float* w, uint64_t rows,
+                uint64_t n, float eps);
+
+/// Rotary embedding in place on rows of `heads` heads of headDim values, the row r at
+/// position positions[r]: pairs (i, i + headDim/2) rotated by positions[r] * theta^(-2i/headDim).
+void rope(float* x, uint64_t rows, uint32_t heads, uint32_t headDim, const uint32_t* positions,
+          double theta);
+
+/// out[i] = silu(gate[i]) * up[i], silu(g) = g / (1 + exp(-g)).
+void siluAndMul(float* out, const float* gate, const float* up, uint64_t n);
+
+/// y[r][o] = sum_i x[r][i] * w[o][i]: activations times a [out][in] weight.
+void matmul(float* y, const float* x, const float* w, uint64_t rows, uint64_t in, uint64_t out);
+
+/// One layer's KV cache: pages of kPageTokens rows of kvHeads * headDim values, K and V apart.
+struct KvPages {
+  float* k = nullptr;
+  float* v = nullptr;
+  uint32_t kvHeads = 0, headDim = 0;
+  uint64_t rowFloats() const { return uint64_t{kvHeads} * headDim; }
+  float* kRow(uint32_t page, uint32_t slot) const {
+    return k + (uint64_t{page} * kPageTokens + slot) * rowFloats();
+  }
+  float* vRow(uint32_t page, uint32_t slot) const {
+    return v + (uint64_t{page} * kPageTokens + slot) * rowFloats();
+  }
+};
+
+/// Causal grouped-query attention of one sequence over its cached positions: query row r
+/// (heads * headDim values, at position positions[r]) attends to positions 0..positions[r]
+/// of the sequence, whose token t sits in page blockTable[t / kPageTokens], slot
+/// t % kPageTokens. Query head h reads KV head h / (heads / kvHeads). Scores are scaled by
+/// 1/sqrt(headDim); the softmax is taken in fp32 with the running maximum subtracted.
+void attention(float* out, const float* q, uint64_t rows, const uint32_t* positions, uint32_t heads,
+               const KvPages& cache, std::span<const uint32_t> blockTable);
+
+/// A token from logits: greedy (the first maximum) when temperature is 0, else sampled from
+/// softmax(logits / temperature) restricted to the topK largest (0: all) and to the smallest
+/// set whose probability reaches topP. `rng` is the state of a splitmix64 generator.
+uint32_t sample(const float* logits, uint32_t vocab, float temperature, uint32_t topK, float topP,
+                uint64_t& rng);
+
+}  // namespace lifl::kernels::llm

@@ -1,0 +1,151 @@
+#include "lifl/gpu/llm.h"
+
+#include <algorithm>
+#include <cmath>
+#include <numeric>
+
+#define LIFL_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+
+namespace lifl::kernels::llm {
+namespace {
+
+// 8 independent partial sums, so that GCC vectorises the reduction without reassociating a
+// single fp32 sum (which it may not do at -O3 without -ffast-math).
+LIFL_CLONES float dot(const float* __restrict a, const float* __restrict b, uint64_t n) {
+  float s[8] = {};
+  uint64_t i = 0;
+  for (; i + 8 <= n; i += 8)
+    for (int j = 0; j < 8; ++j) s[j] += a[i + j] * b[i + j];
+  float total = ((s[0] + s[1]) + (s[2] + s[3])) + ((s[4] + s[5]) + (s[6] + s[7]));
+  for (; i < n; ++i) total += a[i] * b[i];
+  return total;
+}
+
+LIFL_CLONES void axpy(float* __restrict y, const float* __restrict x, float a, uint64_t n) {
+  for (uint64_t i = 0; i < n; ++i) y[i] += a * x[i];
+}
+
+uint64_t splitmix64(uint64_t& s) {
+  uint64_t z = (s += 0x9e3779b97f4a7c15ull);
+  z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+  z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+  return z ^ (z >> 31);
+}
+
+}  // namespace
+
+void rmsNorm(float* out, const float* x, const float* w, uint64_t rows, uint64_t n, float eps) {
+  for (uint64_t r = 0; r < rows; ++r) {
+    const float* xr = x + r * n;
+    const float inv = 1.0f / std::sqrt(dot(xr, xr, n) / static_cast<float>(n) + eps);
+    for (uint64_t i = 0; i < n; ++i) out[r * n + i] = xr[i] * inv * w[i];
+  }
+}
+
+void addRmsNorm(float* out, float* residual, const float* x, const float* w, uint64_t rows,
+                uint64_t n, float eps) {
+  for (uint64_t i = 0; i < rows * n; ++i) residual[i] += x[i];
+  rmsNorm(out, residual, w, rows, n, eps);
+}
+
+void rope(float* x, uint64_t rows, uint32_t heads, uint32_t headDim, const uint32_t* positions,
+          double theta) {
+  const uint32_t half = headDim / 2;
+  std::vector<float> cosv(half), sinv(half);
+  for (uint64_t r = 0; r < rows; ++r) {
+    for (uint32_t i = 0; i < half; ++i) {
+      // As Hugging Face computes it: inv_freq in fp32, then position * inv_freq in fp32.
+      const float invFreq =
+          static_cast<float>(1.0 / std::pow(theta, (2.0 * i) / static_cast<double>(headDim)));
+      const float angle = static_cast<float>(positions[r]) * invFreq;
+      cosv[i] = std::cos(angle);
+      sinv[i] = std::sin(angle);
+    }
+    for (uint32_t h = 0; h < heads; ++h) {
+      float* v = x + (r * heads + h) * headDim;
+      for (uint32_t i = 0; i < half; ++i) {
+        const float a = v[i], b = v[i + half];
+        v[i] = a * cosv[i] - b * sinv[i];
+        v[i + half] = b * cosv[i] + a * sinv[i];
+      }
+    }
+  }
+}
+
+void siluAndMul(float* out, const float* gate, const float* up, uint64_t n) {
+  for (uint64_t i = 0; i < n; ++i) out[i] = gate[i] / (1.0f + std::exp(-gate[i])) * up[i];
+}
+
+void matmul(float* y, const float* x, const float* w, uint64_t rows, uint64_t in, uint64_t out) {
+  for (uint64_t r = 0; r < rows; ++r)
+    for (uint64_t o = 0; o < out; ++o) y[r * out + o] = dot(x + r * in, w + o * in, in);
+}
+
+void attention(float* out, const float* q, uint64_t rows, const uint32_t* positions, uint32_t heads,
+               const KvPages& cache, std::span<const uint32_t> blockTable) {
+  const uint32_t hd = cache.headDim, group = heads / cache.kvHeads;
+  const float scale = 1.0f / std::sqrt(static_cast<float>(hd));
+  std::vector<float> scores;
+  for (uint64_t r = 0; r < rows; ++r) {
+    const uint32_t context = positions[r] + 1;
+    scores.resize(context);
+    for (uint32_t h = 0; h < heads; ++h) {
+      const float* qh = q + (r * heads + h) * hd;
+      const uint32_t kvh = h / group;
+      float maxScore = -INFINITY;
+      for (uint32_t t = 0; t < context; ++t) {
+        const float* k =
+            cache.kRow(blockTable[t / kPageTokens], t % kPageTokens) + uint64_t{kvh} * hd;
+        scores[t] = dot(qh, k, hd) * scale;
+        maxScore = std::max(maxScore, scores[t]);
+      }
+      float total = 0;
+      for (auto& s : scores) total += (s = std::exp(s - maxScore));
+      float* o = out + (r * heads + h) * hd;
+      std::fill(o, o + hd, 0.0f);
+      for (uint32_t t = 0; t < context; ++t) {
+        const float* v =
+            cache.vRow(blockTable[t / kPageTokens], t % kPageTokens) + uint64_t{kvh} * hd;
+        axpy(o, v, scores[t] / total, hd);
+      }
+    }
+  }
+}
+
+uint32_t sample(const float* logits, uint32_t vocab, float temperature, uint32_t topK, float topP,
+                uint64_t& rng) {
+  if (temperature <= 0.0f)
+    return static_cast<uint32_t>(std::max_element(logits, logits + vocab) - logits);
+  std::vector<uint32_t> order(vocab);
+  std::iota(order.begin(), order.end(), 0u);
+  const uint32_t keep = topK ? std::min(topK, vocab) : vocab;
+  std::partial_sort(order.begin(), order.begin() + keep, order.end(),
+                    [&](uint32_t a, uint32_t b) { return logits[a] > logits[b]; });
+  order.resize(keep);
+  std::vector<double> p(keep);
+  const double top = logits[order[0]];
+  double total = 0;
+  for (uint32_t i = 0; i < keep; ++i)
+    total += (p[i] = std::exp((logits[order[i]] - top) / temperature));
+  // Nucleus: the smallest prefix (by probability) whose mass reaches topP.
+  uint32_t cut = keep;
+  if (topP > 0.0f && topP < 1.0f) {
+    double mass = 0;
+    for (uint32_t i = 0; i < keep; ++i) {
+      mass += p[i] / total;
+      if (mass >= topP) {
+        cut = i + 1;
+        break;
+      }
+    }
+  }
+  double kept = 0;
+  for (uint32_t i = 0; i < cut; ++i) kept += p[i];
+  const double u = static_cast<double>(splitmix64(rng) >> 11) * 0x1.0p-53 * kept;
+  double acc = 0;
+  for (uint32_t i = 0; i < cut; ++i)
+    if ((acc += p[i]) > u) return order[i];
+  return order[cut - 1];
+}
+
+}  // namespace lifl::kernels::llm

@@ -1,0 +1,170 @@
+"""The LLM forward pass on the CPU path (`lifl model generate`, `lifl model run`) against a
+straightforward float64 numpy implementation of Hugging Face's Llama written here: RMSNorm,
+rotate-half RoPE, grouped-query causal attention, SwiGLU, tied or untied head. Also: the
+paged decode step agrees with a longer prefill, greedy generation is deterministic and is
+numpy's argmax, and bad models and prompts are refused.
+
+Tolerance: fp32 against float64 through 2-3 layers of a 64-wide model: the logits' largest
+error is asserted below 1e-4 of their largest magnitude (a wrong RoPE pairing, head mapping
+or norm moves them by 1e-2 of it or more)."""
+import json
+import os
+import subprocess
+import tempfile
+import unittest
+
+import numpy as np
+
+from lifl_client import decode_safetensors
+
+LIFL = os.environ.get("LIFL_BIN", "build/bin/lifl")
+RTOL = 1e-4
+
+
+def lifl(*args, check=True):
+    r = subprocess.run([LIFL, *map(str, args)], capture_output=True, text=True, timeout=60)
+    if check and r.returncode != 0:
+        raise AssertionError(f"lifl {' '.join(map(str, args))}: {r.stderr}")
+    return r
+
+
+def load(dir_):
+    with open(os.path.join(dir_, "config.json")) as f:
+        cfg = json.load(f)
+    w = {}
+    for name in sorted(os.listdir(dir_)):
+        if name.endswith(".safetensors"):
+            with open(os.path.join(dir_, name), "rb") as f:
+                w.update({k: v.astype(np.float64) for k, v in decode_safetensors(f.read()).items()})
+    return cfg, w
+
+
+def forward(cfg, w, tokens):
+    """Logits of every position, float64."""
+    hidden, heads = cfg["hidden_size"], cfg["num_attention_heads"]
+    kvh, hd, eps = cfg["num_key_value_heads"], cfg["head_dim"], cfg["rms_norm_eps"]
+    n = len(tokens)
+
+    def norm(x, g):
+        return x / np.sqrt(np.mean(x * x, axis=-1, keepdims=True) + eps) * g
+
+    def rope(x, nh):  # x [n, nh*hd], rotate-half pairs (i, i + hd/2)
+        x = x.reshape(n, nh, hd)
+        inv = 1.0 / cfg["rope_theta"] ** (np.arange(0, hd, 2) / hd)
+        ang = np.arange(n)[:, None] * inv[None, :]
+        cos, sin = np.cos(ang)[:, None, :], np.sin(ang)[:, None, :]
+        a, b = x[..., :hd // 2], x[..., hd // 2:]
+        return np.concatenate([a * cos - b * sin, b * cos + a * sin], axis=-1).reshape(n, nh * hd)
+
+    x = w["model.embed_tokens.weight"][tokens]
+    for l in range(cfg["num_hidden_layers"]):
+        p = f"model.layers.{l}."
+        h = norm(x, w[p + "input_layernorm.weight"])
+        q = rope(h @ w[p + "self_attn.q_proj.weight"].T, heads).reshape(n, heads, hd)
+        k = rope(h @ w[p + "self_attn.k_proj.weight"].T, kvh).reshape(n, kvh, hd)
+        v = (h @ w[p + "self_attn.v_proj.weight"].T).reshape(n, kvh, hd)
+        out = np.zeros((n, heads, hd))
+        for hh in range(heads):
+            g = hh // (heads // kvh)
+            s = q[:, hh, :] @ k[:, g, :].T / np.sqrt(hd)
+            s = s + np.triu(np.full((n, n), -np.inf), 1)
+            pr = np.exp(s - s.max(axis=1, keepdims=True))
+            pr /= pr.sum(axis=1, keepdims=True)
+            out[:, hh, :] = pr @ v[:, g, :]
+        x = x + out.reshape(n, heads * hd) @ w[p + "self_attn.o_proj.weight"].T
+        h = norm(x, w[p + "post_attention_layernorm.weight"])
+        gate, up = h @ w[p + "mlp.gate_proj.weight"].T, h @ w[p + "mlp.up_proj.weight"].T
+        x = x + (gate / (1 + np.exp(-gate)) * up) @ w[p + "mlp.down_proj.weight"].T
+    head = w["model.embed_tokens.weight"] if cfg["tie_word_embeddings"] else w["lm_head.weight"]
+    return norm(x, w["model.norm.weight"]) @ head.T
+
+
+class LlmCpu(unittest.TestCase):
+    def setUp(self):
+        self.tmp = tempfile.TemporaryDirectory()
+
+    def tearDown(self):
+        self.tmp.cleanup()
+
+    def model(self, name, *args):
+        d = os.path.join(self.tmp.name, name)
+        lifl("model", "generate", "--dir", d, *args)
+        return d
+
+    def logits(self, d, tokens, **extra):
+        out = os.path.join(self.tmp.name, "logits.f32")
+        args = ["model", "run", "--model", d, "--tokens", ",".join(map(str, tokens)),
+                "--logits", out]
+        for k, v in extra.items():
+            args += [f"--{k.replace('_', '-')}", v]
+        r = lifl(*args)
+        return np.fromfile(out, dtype=np.float32), json.loads(r.stdout)["tokens"]
+
+    def check_logits(self, got, ref, what):
+        err = np.max(np.abs(got - ref)) / np.max(np.abs(ref))
+        self.assertLess(err, RTOL, f"{what}: relative error {err:.2e}")
+
+    def test_forward_matches_numpy(self):
+        rng = np.random.default_rng(3)
+        cases = [("gqa-f32", ["--layers", 2, "--heads", 4, "--kv-heads", 2]),
+                 ("mha-bf16-tied", ["--layers", 3, "--heads", 4, "--kv-heads", 4, "--dtype", "bf16",
+                                    "--tied", "--files", 3]),
+                 ("mqa-f16-theta", ["--heads", 8, "--kv-heads", 1, "--dtype", "f16", "--rope-theta",
+                                    500000, "--head-dim", 16, "--hidden", 96])]
+        for name, args in cases:
+            with self.subTest(model=name):
+                d = self.model(name, "--seed", 7, *args)
+                cfg, w = load(d)
+                tokens = rng.integers(0, cfg["vocab_size"], 37).tolist()  # crosses 2 pages
+                got, _ = self.logits(d, tokens, max_tokens=1)
+                self.check_logits(got, forward(cfg, w, tokens)[-1], name)
+
+    def test_decode_steps_match_a_longer_prefill(self):
+        d = self.model("steps", "--seed", 11)
+        cfg, w = load(d)
+        prompt = list(range(5, 20))  # 15 tokens: the decode steps cross into a second page
+        _, generated = self.logits(d, prompt, max_tokens=4)
+        ref = forward(cfg, w, prompt + generated[:3])
+        # Each generated token is numpy's argmax where the top two are clearly apart.
+        for i, t in enumerate(generated):
+            row = ref[len(prompt) - 1 + i]
+            top2 = np.sort(row)[-2:]
+            if top2[1] - top2[0] > 1e-3 * np.max(np.abs(row)):
+                self.assertEqual(t, int(np.argmax(row)), f"token {i}")
+        # Prefilling the prompt and the first 3 generated tokens gives the logits the decode
+        # steps saw before the 4th.
+        got, _ = self.logits(d, prompt + generated[:3], max_tokens=1)
+        self.check_logits(got, ref[-1], "prefill of prompt + 3 generated")
+
+    def test_generation_is_deterministic(self):
+        d = self.model("det", "--seed", 5)
+        runs = [lifl("model", "run", "--model", d, "--tokens", "1,2,3", "--max-tokens", 12).stdout
+                for _ in range(2)]
+        self.assertEqual(runs[0], runs[1])
+        sampled = [lifl("model", "run", "--model", d, "--tokens", "1,2,3", "--max-tokens", 12,
+                        "--temperature", 1.0, "--seed", s).stdout for s in (9, 9, 10)]
+        self.assertEqual(sampled[0], sampled[1], "same seed, same tokens")
+        self.assertNotEqual(sampled[0], sampled[2], "another seed, other tokens")
+
+    def test_bad_models_and_prompts_are_refused(self):
+        d = self.model("bad", "--vocab", 300)
+        r = lifl("model", "run", "--model", d, "--tokens", "1,300", check=False)
+        self.assertNotEqual(r.returncode, 0)
+        self.assertIn("bad_token", r.stderr)
+        r = lifl("model", "run", "--model", os.path.join(self.tmp.name, "nowhere"), "--tokens", "1",
+                 check=False)
+        self.assertIn("model_not_found", r.stderr)
+        with open(os.path.join(d, "config.json")) as f:
+            cfg = json.load(f)
+        cfg["num_key_value_heads"] = 3  # 4 heads are not a multiple of 3
+        with open(os.path.join(d, "config.json"), "w") as f:
+            json.dump(cfg, f)
+        r = lifl("model", "run", "--model", d, "--tokens", "1", check=False)
+        self.assertIn("invalid_model", r.stderr)
+        r = lifl("model", "generate", "--dir", os.path.join(self.tmp.name, "odd"), "--head-dim", 15,
+                 check=False)
+        self.assertIn("head_dim even", r.stderr)
+
+
+if __name__ == "__main__":
+    unittest.main()
