@@ -22,6 +22,7 @@ int cmdInstance(int argc, char** argv) {
   auto& registry = fn::FunctionRegistry::global();
   fn::registerExampleFunctions(registry);
   fn::registerFlFunctions(registry);
+  fn::registerLlmFunctions(registry);
   fn::InstanceOptions options{static_cast<InstanceId>(id.value()), static_cast<int>(fd.value()),
                               args.value().get("store"), static_cast<pid_t>(agent.value()),
                               std::nullopt};

@@ -12,6 +12,7 @@
 #include "lifl/control/planner.h"
 #include "lifl/dataplane/agent.h"
 #include "lifl/functions/sdk.h"
+#include "model.h"
 
 namespace lifl::cli {
 
@@ -19,11 +20,13 @@ namespace {
 constexpr const char* kUpHelp =
     "usage: lifl up [--port 8080] [--bind 127.0.0.1] [--data-dir DIR] [--config FILE]\n"
     "               [--router ebpf|userspace] [--store-bytes N] [--warm-pool N]\n"
-    "               [--port-file FILE]\n"
+    "               [--port-file FILE] [--model DIR [--model-name NAME]]\n"
     "\n"
     "Runs the whole platform on this machine (agent, gateway, jobs API, function instances)\n"
     "until SIGINT/SIGTERM. Flags override the YAML config (docs/config.md). GET /readyz\n"
-    "answers 200 once it accepts work. --port 0 picks a free port; --port-file writes it.";
+    "answers 200 once it accepts work. --port 0 picks a free port; --port-file writes it.\n"
+    "--model serves a Llama model folder (config.json + *.safetensors) at POST\n"
+    "/v1/completions through the chain llm.prefill -> llm.decode (docs/llm.md).";
 
 constexpr const char* kAgentHelp =
     "usage: lifl agent --controller URL [--name NODE] [--advertise URL] [--slots N]\n"
@@ -66,6 +69,17 @@ Result<dataplane::AgentConfig> configFromArgs(const Args& args, uint16_t default
   auto& registry = fn::FunctionRegistry::global();
   fn::registerExampleFunctions(registry);
   fn::registerFlFunctions(registry);
+  fn::registerLlmFunctions(registry);
+  if (args.has("model")) {
+    // Checked here, so that a bad folder stops `lifl up` instead of every request.
+    if (auto model = llm::LlamaModel::load(args.get("model")); !model) return model.error();
+    const std::string name =
+        args.get("model-name", std::filesystem::path(args.get("model")).filename().string());
+    config.chains.push_back(
+        {"llm",
+         {"llm.prefill", "llm.decode"},
+         {{"model", std::filesystem::absolute(args.get("model")).string()}, {"model_name", name}}});
+  }
   for (const auto& chain : config.chains)
     for (const auto& f : chain.functions)
       if (!registry.contains(f))

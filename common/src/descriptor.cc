@@ -34,6 +34,8 @@ std::string_view kindName(DescriptorKind kind) {
       return "reply";
     case DescriptorKind::Failure:
       return "failure";
+    case DescriptorKind::Stream:
+      return "stream";
   }
   return "unknown";
 }

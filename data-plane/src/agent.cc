@@ -185,6 +185,9 @@ void Agent::readEndpoint() {
       case DescriptorKind::Failure:
         chains_->onReply(d);
         break;
+      case DescriptorKind::Stream:
+        chains_->onStream(d);
+        break;
       default:
         LIFL_WARN("agent got an unexpected " << kindName(d.kind) << " from " << d.src);
     }

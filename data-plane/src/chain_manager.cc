@@ -28,8 +28,11 @@ Result<void> ChainManager::deployLocked(size_t c) {
   // after the gateway sends the first one, which is after every assignment.
   for (size_t i = 0; i < hops.size(); ++i) {
     const InstanceId next = i + 1 < hops.size() ? hops[i + 1] : kAgentInstance;
-    LIFL_TRYV(supervisor_.assign(hops[i], chain.functions[i],
-                                 {{"chain", chain.name}, {"position", i}, {"next", next}}));
+    nlohmann::json params = chain.params;
+    params["chain"] = chain.name;
+    params["position"] = i;
+    params["next"] = next;
+    LIFL_TRYV(supervisor_.assign(hops[i], chain.functions[i], params));
   }
   LIFL_INFO("chain " << chain.name << " deployed on " << hops.size() << " instances");
   return success();
@@ -88,6 +91,26 @@ Result<uint64_t> ChainManager::invoke(const std::string& name, ObjectRef event,
 void ChainManager::forget(uint64_t correlation) {
   std::lock_guard lock(mutex_);
   pending_.erase(correlation);
+}
+
+void ChainManager::onStream(const Descriptor& d) {
+  std::shared_ptr<ChainCall> call;
+  {
+    std::lock_guard lock(mutex_);
+    auto it = pending_.find(d.correlation);
+    if (it == pending_.end()) {  // the caller has gone
+      store_.release(ObjectHandle{d.offset, d.length, d.generation});
+      return;
+    }
+    call = it->second;
+  }
+  std::function<void()> wake;
+  {
+    std::lock_guard lock(call->mutex);
+    call->pieces.push_back(d);
+    wake = call->wake;
+  }
+  if (wake) wake();
 }
 
 void ChainManager::onReply(const Descriptor& d) {

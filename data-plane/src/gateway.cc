@@ -644,6 +644,153 @@ struct Gateway::Impl {
     co_await write(ex, http::status::ok, std::move(data), contentType, std::move(headers));
   }
 
+  // ---------------------------------------------------------------- LLM completions
+  // POST /v1/completions (API.md): the request goes as an event down the chain
+  // llm.prefill -> llm.decode. Streamed answers are server-sent events: one per token
+  // (the decode stage's Stream pieces), a last one with finish_reason and usage, and
+  // "data: [DONE]". Errors found before the first token are API.md's JSON error.
+  awaitable<void> completions(Exchange& ex) {
+    ex.route = "completions";
+    auto first = chains.entry("llm");
+    if (!first)
+      co_return co_await rejectBeforeBody(
+          ex, notFound("no_model", "this server has no model: start it with lifl up --model DIR"));
+    auto body = co_await readBodyString(ex, config.maxEventBytes);
+    if (!body) co_return co_await writeError(ex, body.error());
+    auto doc = nlohmann::json::parse(body.value(), nullptr, false);
+    if (doc.is_discarded() || !doc.is_object())
+      co_return co_await writeError(ex,
+                                    badRequest("invalid_request", "the body is not a JSON object"));
+    auto streamField = doc.find("stream");
+    const bool stream =
+        streamField != doc.end() && streamField->is_boolean() && streamField->get<bool>();
+    const auto received = std::chrono::steady_clock::now();
+    const nlohmann::json attributes = {{"specversion", "1.0"},
+                                       {"id", "completion"},
+                                       {"source", "/v1/completions"},
+                                       {"type", "dev.lifl.completion"}};
+    auto made = makeEvent(store, first.value(), attributes, body.value().size());
+    if (!made) co_return co_await writeError(ex, made.error());
+    std::memcpy(made.value().second, body.value().data(), body.value().size());
+
+    auto call = std::make_shared<ChainCall>();
+    auto timer = std::make_shared<asio::steady_timer>(co_await asio::this_coro::executor);
+    call->wake = [timer] { asio::post(timer->get_executor(), [timer] { timer->cancel(); }); };
+    auto correlation = chains.invoke("llm", made.value().first, call);
+    if (!correlation) co_return co_await writeError(ex, correlation.error());
+    const auto timeout = std::chrono::duration_cast<std::chrono::steady_clock::duration>(
+        std::chrono::duration<double>(config.chainTimeoutSeconds));
+    auto lastProgress = std::chrono::steady_clock::now();
+    bool headersSent = false;
+    std::optional<std::chrono::steady_clock::time_point> firstPiece;
+    http::response<http::empty_body> sse{http::status::ok, ex.parser.get().version()};
+    http::response_serializer<http::empty_body> serializer{sse};
+    auto sendEvent = [&](std::string text) -> awaitable<bool> {
+      beast::error_code ec;
+      if (!headersSent) {
+        headersSent = true;
+        ex.status = 200;
+        sse.set(http::field::server, "lifl");
+        sse.set(http::field::content_type, "text/event-stream");
+        sse.set(http::field::cache_control, "no-cache");
+        sse.chunked(true);
+        sse.keep_alive(ex.keepAlive);
+        co_await http::async_write_header(ex.stream, serializer,
+                                          asio::redirect_error(use_awaitable, ec));
+        if (ec) co_return false;
+      }
+      co_await asio::async_write(ex.stream, http::make_chunk(asio::buffer(text)),
+                                 asio::redirect_error(use_awaitable, ec));
+      co_return !ec;
+    };
+    for (;;) {
+      std::vector<Descriptor> pieces;
+      bool done = false;
+      Descriptor reply{};
+      {
+        std::lock_guard lock(call->mutex);
+        pieces.swap(call->pieces);
+        done = call->done;
+        reply = call->reply;
+      }
+      for (const auto& p : pieces) {
+        auto object = store.resolve(p);
+        if (!object) continue;
+        auto view = readEvent(object.value());
+        std::string data = view ? std::string(view.value().text()) : std::string();
+        store.release(object.value().handle());
+        if (!firstPiece) firstPiece = std::chrono::steady_clock::now();
+        if (!co_await sendEvent("data: " + data + "\n\n")) {
+          ex.keepAlive = false;  // the client left; the chain finishes on its own
+          chains.forget(correlation.value());
+          co_return;
+        }
+      }
+      if (!pieces.empty()) lastProgress = std::chrono::steady_clock::now();
+      if (done) {
+        auto object = store.resolve(reply);
+        if (!object)
+          co_return co_await writeError(ex, internal("lost_reply", "the completion is gone"));
+        auto view = readEvent(object.value());
+        std::string data = view ? std::string(view.value().text()) : std::string();
+        nlohmann::json attrs = view ? view.value().attributes : nlohmann::json::object();
+        store.release(object.value().handle());
+        if (reply.kind == DescriptorKind::Failure) {
+          Error e = makeError(attrs.value("status", 500), attrs.value("error", "function_failed"),
+                              attrs.value("detail", "the model failed"));
+          if (!headersSent) co_return co_await writeError(ex, e);
+          (void)co_await sendEvent("data: " + e.toJson() + "\n\n");
+        } else {
+          auto completion = nlohmann::json::parse(data, nullptr, false);
+          recordCompletion(completion, attrs, received);
+          if (!stream) co_return co_await write(ex, http::status::ok, data, "application/json");
+          // The last event: no text (every token was streamed), the reason and the usage.
+          if (!completion.is_discarded() && completion.contains("choices")) {
+            completion["choices"][0]["text"] = "";
+            completion["choices"][0]["token_ids"] = nlohmann::json::array();
+          }
+          (void)co_await sendEvent(
+              "data: " + completion.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace) +
+              "\n\n");
+          (void)co_await sendEvent("data: [DONE]\n\n");
+        }
+        beast::error_code ec;
+        co_await asio::async_write(ex.stream, http::make_chunk_last(),
+                                   asio::redirect_error(use_awaitable, ec));
+        if (ec) ex.keepAlive = false;
+        co_return;
+      }
+      if (std::chrono::steady_clock::now() - lastProgress > timeout) {
+        chains.forget(correlation.value());
+        if (!headersSent)
+          co_return co_await writeError(
+              ex, makeError(504, "function_timeout", "the model did not answer in time"));
+        ex.keepAlive = false;  // a stream cut short: the client sees no [DONE]
+        co_return;
+      }
+      // Woken by the next piece; a short cap covers a wake-up that came before the wait.
+      timer->expires_after(std::chrono::milliseconds(50));
+      beast::error_code ec;
+      co_await timer->async_wait(asio::redirect_error(use_awaitable, ec));
+    }
+  }
+
+  /// Time to first token, inter-token latency and tokens generated, from the decode stage's
+  /// steady-clock stamps (the same clock in every process of the node).
+  void recordCompletion(const nlohmann::json& completion, const nlohmann::json& attrs,
+                        std::chrono::steady_clock::time_point received) {
+    if (completion.is_discarded() || !completion.contains("usage")) return;
+    const uint64_t tokens = completion["usage"].value("completion_tokens", 0ull);
+    const double receivedNs = static_cast<double>(
+        std::chrono::duration_cast<std::chrono::nanoseconds>(received.time_since_epoch()).count());
+    const double firstNs = attrs.value("first_token_ns", 0.0);
+    const double finishedNs = attrs.value("finished_ns", 0.0);
+    if (firstNs <= 0 || finishedNs <= 0) return;
+    metrics.llmCompletion(std::max(0.0, (firstNs - receivedNs) / 1e9),
+                          tokens > 1 ? (finishedNs - firstNs) / 1e9 / double(tokens - 1) : 0.0,
+                          tokens, (finishedNs - receivedNs) / 1e9);
+  }
+
   // ---------------------------------------------------------------- routing
   awaitable<void> dispatch(Exchange& ex) {
     const auto method = ex.parser.get().method();
@@ -716,6 +863,10 @@ struct Gateway::Impl {
       ex.route = "store";
       if (method != http::verb::get) co_return co_await methodNotAllowed();
       co_return co_await writeJson(ex, http::status::ok, hooks.store());
+    }
+    if (path.size() == 2 && path[0] == "v1" && path[1] == "completions") {
+      if (method == http::verb::post) co_return co_await completions(ex);
+      co_return co_await methodNotAllowed();
     }
     if (path.size() == 3 && path[0] == "v1" && path[1] == "functions") {
       if (method == http::verb::post) co_return co_await invokeFunction(ex, path[2]);

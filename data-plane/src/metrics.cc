@@ -50,6 +50,23 @@ Metrics::Metrics()
                        .Name("lifl_aggregation_seconds")
                        .Help("Time from a round's last update to its new global model")
                        .Register(*registry_)),
+      ttft_(BuildHistogram()
+                .Name("lifl_llm_time_to_first_token_seconds")
+                .Help("LLM completions: time from the request to its first token")
+                .Register(*registry_)),
+      interToken_(BuildHistogram()
+                      .Name("lifl_llm_inter_token_latency_seconds")
+                      .Help("LLM completions: mean time between generated tokens")
+                      .Register(*registry_)),
+      generated_(BuildCounter()
+                     .Name("lifl_llm_generated_tokens_total")
+                     .Help("LLM tokens generated (rate() gives tokens/s)")
+                     .Register(*registry_)),
+      generationSeconds_(BuildCounter()
+                             .Name("lifl_llm_request_seconds_total")
+                             .Help("LLM completions: total request time (tokens/s per request: "
+                                   "generated tokens over this)")
+                             .Register(*registry_)),
       staleness_(BuildHistogram()
                      .Name("lifl_update_staleness")
                      .Help("Global model versions between an asynchronous (fedbuff) update's "
@@ -137,6 +154,16 @@ void Metrics::ingestSeconds(double seconds) { ingest_.Add({}, kSecondsBuckets).O
 
 void Metrics::aggregationSeconds(const std::string& job, double seconds) {
   aggregation_.Add({{"job", job}}, kSecondsBuckets).Observe(seconds);
+}
+
+void Metrics::llmCompletion(double ttftSeconds, double interTokenSeconds, uint64_t tokens,
+                            double seconds) {
+  static const prometheus::Histogram::BucketBoundaries kLatency = {
+      0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10};
+  ttft_.Add({}, kLatency).Observe(ttftSeconds);
+  if (tokens > 1) interToken_.Add({}, kLatency).Observe(interTokenSeconds);
+  generated_.Add({}).Increment(static_cast<double>(tokens));
+  generationSeconds_.Add({}).Increment(seconds);
 }
 
 void Metrics::updateStaleness(const std::string& job, uint32_t versions) {

@@ -31,6 +31,38 @@ Result<void> Engine::reserve(Sequence& seq, uint32_t tokens) {
   return success();
 }
 
+void Engine::exportKv(const Sequence& seq, float* out) const {
+  const uint64_t row = uint64_t{model_.config.kvHeads} * model_.config.headDim;
+  for (uint32_t l = 0; l < model_.config.layers; ++l) {
+    const kl::KvPages cache{const_cast<float*>(k_[l].data()), const_cast<float*>(v_[l].data()),
+                            model_.config.kvHeads, model_.config.headDim};
+    for (int kind = 0; kind < 2; ++kind)
+      for (uint32_t t = 0; t < seq.length; ++t) {
+        const uint32_t page = seq.pages[t / kl::kPageTokens], slot = t % kl::kPageTokens;
+        std::memcpy(out, kind ? cache.vRow(page, slot) : cache.kRow(page, slot), row * 4);
+        out += row;
+      }
+  }
+}
+
+Result<void> Engine::importKv(Sequence& seq, const float* in, uint32_t length) {
+  LIFL_TRYV(reserve(seq, length));
+  const uint64_t row = uint64_t{model_.config.kvHeads} * model_.config.headDim;
+  for (uint32_t l = 0; l < model_.config.layers; ++l) {
+    const kl::KvPages cache{k_[l].data(), v_[l].data(), model_.config.kvHeads,
+                            model_.config.headDim};
+    for (int kind = 0; kind < 2; ++kind)
+      for (uint32_t t = 0; t < length; ++t) {
+        const uint32_t pos = seq.length + t;
+        const uint32_t page = seq.pages[pos / kl::kPageTokens], slot = pos % kl::kPageTokens;
+        std::memcpy(kind ? cache.vRow(page, slot) : cache.kRow(page, slot), in, row * 4);
+        in += row;
+      }
+  }
+  seq.length += length;
+  return success();
+}
+
 void Engine::release(Sequence& seq) {
   for (uint32_t p : seq.pages) free_.push_back(p);
   seq.pages.clear();

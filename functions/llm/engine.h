@@ -31,6 +31,16 @@ class Engine {
   /// One token for each sequence, in one pass through the weights: logits [batch][vocab].
   Result<std::vector<float>> decode(std::span<Sequence* const> seqs,
                                     std::span<const uint32_t> tokens);
+  /// Floats of a hand-off of `length` tokens: every layer's K then V rows.
+  uint64_t kvFloats(uint32_t length) const {
+    return uint64_t{length} * 2 * model_.config.layers * model_.config.kvHeads *
+           model_.config.headDim;
+  }
+  /// Copies a sequence's cache out ([layer][K, V][token][kvHeads * headDim]), to hand it from
+  /// a prefill instance to a decode instance.
+  void exportKv(const Sequence& seq, float* out) const;
+  /// Takes a sequence's cache in (the layout of exportKv) into pages of this pool.
+  Result<void> importKv(Sequence& seq, const float* in, uint32_t length);
   /// Gives a finished sequence's pages back to the pool.
   void release(Sequence& seq);
   uint32_t freePages() const { return static_cast<uint32_t>(free_.size()); }

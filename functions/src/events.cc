@@ -29,15 +29,21 @@ Result<void> ChainFunction::onEvent(Context& ctx, const Descriptor& d) {
     produced.value().describe(out);
     return ctx.emit(out);
   }
-  // Tell the gateway which request failed and why; it answers the caller with this error.
-  const Error& err = produced.error();
-  nlohmann::json body = {{"status", err.status}, {"error", err.code}, {"detail", err.detail}};
+  LIFL_TRYV(replyFailure(ctx, d.correlation, d.job, produced.error()));
+  return produced.error();
+}
+
+// Tells the gateway which request failed and why; it answers the caller with this error.
+Result<void> replyFailure(Context& ctx, uint64_t correlation, uint32_t job, const Error& error) {
+  nlohmann::json body = {{"status", error.status}, {"error", error.code}, {"detail", error.detail}};
+  Descriptor out{};
   out.dst = kAgentInstance;
   out.kind = DescriptorKind::Failure;
+  out.job = job;
+  out.correlation = correlation;
   LIFL_TRY(failure, makeEvent(ctx.store(), kAgentInstance, body, 0));
   failure.first.describe(out);
-  LIFL_TRYV(ctx.emit(out));
-  return err;
+  return ctx.emit(out);
 }
 
 }  // namespace lifl::fn

@@ -69,10 +69,10 @@ int runInstance(const InstanceOptions& options) {
       return 0;
     }
     if (!next.value()) {  // the queue has drained
-      idle = true;
       if (function)
         if (auto r = function->onIdle(*context); !r)
           LIFL_WARN(functionName << ": " << r.error().toString());
+      idle = !function || !function->hasWork();  // else: look for events, then onIdle again
       continue;
     }
     idle = false;

@@ -44,7 +44,7 @@ class Platform:
     """`lifl up` on a free port, with an optional YAML config."""
 
     def __init__(self, router="ebpf", config: str | None = None, warm_pool=4, store_bytes=1 << 30,
-                 data_dir: str | None = None):
+                 data_dir: str | None = None, extra_args: list | None = None):
         self.tmp = tempfile.TemporaryDirectory(prefix="lifl-test-")
         self.port_file = os.path.join(self.tmp.name, "port")
         self.log_path = os.path.join(self.tmp.name, "lifl.log")
@@ -56,6 +56,7 @@ class Platform:
             with open(cfg, "w") as f:
                 f.write(config)
             args += ["--config", cfg]
+        args += [str(a) for a in extra_args or []]
         self.log = open(self.log_path, "w")
         self.proc = subprocess.Popen(args, stdout=self.log, stderr=subprocess.STDOUT)
         self.url = wait_ready(self.proc, self.port_file, "127.0.0.1", "lifl up", self.log_tail, 30)

@@ -34,6 +34,7 @@ enum class DescriptorKind : uint16_t {
   Event = 20,     ///< a function-chain event (payload object), hop to hop
   Reply = 21,     ///< last hop -> agent: the chain's output event
   Failure = 22,   ///< a hop failed; object holds the JSON error
+  Stream = 23,    ///< last hop -> agent: one piece of a streamed reply (more follow)
 };
 
 struct Descriptor {

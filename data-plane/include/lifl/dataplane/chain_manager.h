@@ -8,6 +8,7 @@
 #include <map>
 #include <memory>
 #include <mutex>
+#include <nlohmann/json.hpp>
 #include <string>
 #include <vector>
 
@@ -20,6 +21,7 @@ namespace lifl::dataplane {
 struct ChainSpec {
   std::string name;
   std::vector<std::string> functions;
+  nlohmann::json params = nlohmann::json::object();  ///< given to every hop with its position
 };
 
 /// The outcome of one invocation, filled in by the agent's endpoint thread.
@@ -27,7 +29,8 @@ struct ChainCall {
   std::mutex mutex;
   bool done = false;
   Descriptor reply{};
-  std::function<void()> wake;  ///< set by the waiter; called once when done
+  std::vector<Descriptor> pieces;  ///< streamed pieces not yet taken by the waiter
+  std::function<void()> wake;      ///< set by the waiter; called on each piece and when done
 };
 
 class ChainManager {
@@ -47,6 +50,8 @@ class ChainManager {
   Result<InstanceId> entry(const std::string& name) const;
   void forget(uint64_t correlation);
   void onReply(const Descriptor& d);
+  /// One piece of a streamed reply: kept for the waiter, who is woken.
+  void onStream(const Descriptor& d);
 
  private:
   Result<void> deployLocked(size_t chain);

@@ -33,6 +33,9 @@ class Metrics {
   void ingestSeconds(double seconds);
   /// Time from a round's last update to its new model (what aggregation adds to a round).
   void aggregationSeconds(const std::string& job, double seconds);
+  /// One LLM completion: time to first token, mean inter-token latency, tokens generated and
+  /// the request's whole time.
+  void llmCompletion(double ttftSeconds, double interTokenSeconds, uint64_t tokens, double seconds);
   /// An asynchronous job's update, taken `versions` global versions after its client's model.
   void updateStaleness(const std::string& job, uint32_t versions);
 
@@ -59,6 +62,10 @@ class Metrics {
   prometheus::Family<prometheus::Counter>& routedBytes_;
   prometheus::Family<prometheus::Histogram>& ingest_;
   prometheus::Family<prometheus::Histogram>& aggregation_;
+  prometheus::Family<prometheus::Histogram>& ttft_;
+  prometheus::Family<prometheus::Histogram>& interToken_;
+  prometheus::Family<prometheus::Counter>& generated_;
+  prometheus::Family<prometheus::Counter>& generationSeconds_;
   prometheus::Family<prometheus::Histogram>& staleness_;
   prometheus::Family<prometheus::Gauge>& storeBytes_;
   prometheus::Family<prometheus::Gauge>& storeObjects_;

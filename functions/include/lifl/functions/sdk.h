@@ -51,7 +51,13 @@ class Function {
   /// Called when the instance's queue has drained after one or more events: a function that
   /// defers work to batch what is queued (the aggregator's fused fold) finishes it here.
   virtual Result<void> onIdle(Context&) { return success(); }
+  /// True while the function has work of its own between events (a decode loop): the
+  /// runtime then keeps calling onIdle, checking for new events between calls.
+  virtual bool hasWork() const { return false; }
 };
+
+/// Answers the gateway that the request `correlation` failed, with API.md's error body.
+Result<void> replyFailure(Context& ctx, uint64_t correlation, uint32_t job, const Error& error);
 
 using dataplane::EventView;
 using dataplane::makeEvent;
@@ -88,6 +94,7 @@ class FunctionRegistry {
 /// Registration hooks of the built-in function sets (explicit, so static linking keeps them).
 void registerExampleFunctions(FunctionRegistry& registry);
 void registerFlFunctions(FunctionRegistry& registry);
+void registerLlmFunctions(FunctionRegistry& registry);
 
 struct InstanceOptions {
   InstanceId id = 0;

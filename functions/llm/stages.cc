@@ -1,0 +1,362 @@
+// The LLM inference stages as functions (docs/llm.md), chained by `lifl up --model DIR`:
+//
+//   gateway --event: the /v1/completions request--> llm.prefill
+//     tokenises, runs the prompt, samples the first token, and hands the sequence's KV cache
+//     to the decode stage in one store object (CPU path; a CUDA IPC handle on the GPU path)
+//   --event: the hand-off--> llm.decode
+//     takes each sequence into its own paged KV pool and generates for all of them together,
+//     one token each per step (continuous batching: new sequences join between steps);
+//     streams each token to the gateway (Stream) and answers with the completion (Reply).
+#include <chrono>
+#include <cstring>
+#include <ctime>
+#include <map>
+#include <memory>
+
+#include "engine.h"
+#include "lifl/common/log.h"
+#include "lifl/functions/sdk.h"
+#include "model.h"
+#include "tokenizer.h"
+
+namespace lifl::fn {
+namespace {
+
+using dataplane::ObjectRef;
+
+uint64_t monotonicNs() {
+  return static_cast<uint64_t>(std::chrono::duration_cast<std::chrono::nanoseconds>(
+                                   std::chrono::steady_clock::now().time_since_epoch())
+                                   .count());
+}
+
+/// What a request asks for, parsed and checked against the model (OpenAI's names).
+struct Request {
+  std::vector<uint32_t> prompt;
+  uint32_t maxTokens = 16;
+  double temperature = 1.0;
+  double topP = 1.0;
+  uint32_t topK = 0;
+  uint64_t seed = 0;
+  bool stream = false;
+  std::string model;
+
+  nlohmann::json toJson() const {
+    return {{"max_tokens", maxTokens},
+            {"temperature", temperature},
+            {"top_p", topP},
+            {"top_k", topK},
+            {"seed", seed},
+            {"stream", stream},
+            {"model", model}};
+  }
+};
+
+Error requestError(std::string detail) { return badRequest("invalid_request", std::move(detail)); }
+
+Result<Request> parseRequest(std::string_view body, const llm::LlamaConfig& config,
+                             const llm::ByteTokenizer& tokenizer, const std::string& served,
+                             uint64_t correlation) {
+  auto doc = nlohmann::json::parse(body, nullptr, false);
+  if (doc.is_discarded() || !doc.is_object()) return requestError("the body is not a JSON object");
+  Request r;
+  r.seed = correlation;  // a request without a seed samples differently each time
+  try {
+    r.model = doc.value("model", served);
+    if (r.model != served)
+      return notFound("model_not_found", "this server serves " + served + ", not " + r.model);
+    auto prompt = doc.find("prompt");
+    if (prompt == doc.end()) return requestError("prompt is required");
+    if (prompt->is_string()) {
+      LIFL_TRY(tokens, tokenizer.encode(prompt->get<std::string>()));
+      r.prompt = std::move(tokens);
+    } else if (prompt->is_array()) {
+      for (const auto& t : *prompt) {
+        if (!t.is_number_unsigned())
+          return requestError("prompt token ids are non-negative integers");
+        if (t.get<uint64_t>() >= config.vocabSize)
+          return requestError("token id " + t.dump() + " is not below the vocabulary size " +
+                              std::to_string(config.vocabSize));
+        r.prompt.push_back(t.get<uint32_t>());
+      }
+    } else {
+      return requestError("prompt is a string or a list of token ids");
+    }
+    if (r.prompt.empty()) return requestError("prompt is empty");
+    auto number = [&](const char* key, double fallback, double lo, double hi) -> Result<double> {
+      auto it = doc.find(key);
+      if (it == doc.end() || it->is_null()) return fallback;
+      if (!it->is_number() || it->get<double>() < lo || it->get<double>() > hi)
+        return requestError(std::string(key) + " must be a number in [" + std::to_string(lo) +
+                            ", " + std::to_string(hi) + "]");
+      return it->get<double>();
+    };
+    LIFL_TRY(maxTokens, number("max_tokens", 16, 1, 1 << 20));
+    LIFL_TRY(temperature, number("temperature", 1.0, 0, 100));
+    LIFL_TRY(topP, number("top_p", 1.0, 1e-9, 1.0));
+    LIFL_TRY(topK, number("top_k", 0, 0, 1 << 30));
+    LIFL_TRY(seed, number("seed", static_cast<double>(r.seed), 0, 9e15));
+    r.maxTokens = static_cast<uint32_t>(maxTokens);
+    r.temperature = temperature;
+    r.topP = topP;
+    r.topK = static_cast<uint32_t>(topK);
+    r.seed = static_cast<uint64_t>(seed);
+    if (auto s = doc.find("stream"); s != doc.end() && !s->is_null()) {
+      if (!s->is_boolean()) return requestError("stream must be true or false");
+      r.stream = s->get<bool>();
+    }
+  } catch (const nlohmann::json::exception& e) {
+    return requestError(e.what());
+  }
+  if (r.prompt.size() + r.maxTokens > config.maxPositions)
+    return requestError("prompt (" + std::to_string(r.prompt.size()) + " tokens) + max_tokens (" +
+                        std::to_string(r.maxTokens) + ") exceed the model's " +
+                        std::to_string(config.maxPositions) + " positions");
+  return r;
+}
+
+/// The model and its engine, loaded when the instance first needs them.
+struct Loaded {
+  llm::LlamaModel model;
+  std::unique_ptr<llm::Engine> engine;
+  std::unique_ptr<llm::ByteTokenizer> tokenizer;
+  std::string name;
+};
+
+Result<std::unique_ptr<Loaded>> load(const nlohmann::json& params) {
+  const std::string dir = params.value("model", "");
+  if (dir.empty()) return internal("no_model", "the LLM stage was assigned without a model");
+  LIFL_TRY(model, llm::LlamaModel::load(dir));
+  auto l = std::make_unique<Loaded>();
+  l->model = std::move(model);
+  const auto& c = l->model.config;
+  // KV pages: the decode stage holds every running sequence, so size it for several.
+  const uint32_t pagesPerSequence =
+      (c.maxPositions + kernels::llm::kPageTokens - 1) / kernels::llm::kPageTokens;
+  const uint32_t sequences = params.value("max_sequences", 16u);
+  l->engine = std::make_unique<llm::Engine>(l->model, pagesPerSequence * sequences);
+  l->tokenizer = std::make_unique<llm::ByteTokenizer>(c.vocabSize);
+  l->name = params.value("model_name", std::string("lifl"));
+  LIFL_INFO("llm: loaded " << dir << " (" << c.layers << " layers, hidden " << c.hiddenSize
+                           << ", vocab " << c.vocabSize << ")");
+  return l;
+}
+
+class Prefill final : public Function {
+ public:
+  Result<void> onEvent(Context& ctx, const Descriptor& d) override {
+    if (d.kind != DescriptorKind::Event)
+      return badRequest("unexpected_descriptor", "llm.prefill takes events");
+    LIFL_TRY(input, ctx.store().resolve(d));
+    auto handed = run(ctx, d, input);
+    ctx.store().release(input.handle());
+    if (!handed) LIFL_TRYV(replyFailure(ctx, d.correlation, d.job, handed.error()));
+    return success();
+  }
+
+ private:
+  Result<void> run(Context& ctx, const Descriptor& d, const ObjectRef& input) {
+    if (!loaded_) {
+      LIFL_TRY(l, load(ctx.params()));
+      loaded_ = std::move(l);
+    }
+    auto& engine = *loaded_->engine;
+    LIFL_TRY(event, dataplane::readEvent(input));
+    LIFL_TRY(request, parseRequest(event.text(), engine.config(), *loaded_->tokenizer,
+                                   loaded_->name, d.correlation));
+    llm::Sequence seq;
+    auto logits = engine.prefill(seq, request.prompt);
+    if (!logits) {
+      engine.release(seq);
+      return logits.error();
+    }
+    uint64_t rng = request.seed;
+    const uint32_t first = kernels::llm::sample(
+        logits.value().data(), engine.config().vocabSize, static_cast<float>(request.temperature),
+        request.topK, static_cast<float>(request.topP), rng);
+    // The hand-off: the request, the first token and the cache, in one object for decode.
+    const InstanceId next = ctx.params().value("next", kAgentInstance);
+    nlohmann::json attributes = event.attributes;
+    attributes["request"] = request.toJson();
+    attributes["prompt_tokens"] = request.prompt.size();
+    attributes["first_token"] = first;
+    attributes["first_token_ns"] = monotonicNs();
+    attributes["rng"] = rng;
+    const uint64_t floats = engine.kvFloats(seq.length);
+    auto made = dataplane::makeEvent(ctx.store(), next, attributes, floats * sizeof(float));
+    if (!made) {
+      engine.release(seq);
+      return made.error();
+    }
+    engine.exportKv(seq, reinterpret_cast<float*>(made.value().second));
+    engine.release(seq);
+    Descriptor out{};
+    out.dst = next;
+    out.kind = DescriptorKind::Event;
+    out.job = d.job;
+    out.correlation = d.correlation;
+    made.value().first.describe(out);
+    return ctx.emit(out);
+  }
+
+  std::unique_ptr<Loaded> loaded_;
+};
+
+class Decode final : public Function {
+ public:
+  Result<void> onEvent(Context& ctx, const Descriptor& d) override {
+    if (d.kind != DescriptorKind::Event)
+      return badRequest("unexpected_descriptor", "llm.decode takes events");
+    LIFL_TRY(input, ctx.store().resolve(d));
+    auto joined = join(ctx, d, input);
+    ctx.store().release(input.handle());
+    if (!joined) LIFL_TRYV(replyFailure(ctx, d.correlation, d.job, joined.error()));
+    return success();
+  }
+
+  // One step for every running sequence, then back to the queue for new ones.
+  Result<void> onIdle(Context& ctx) override {
+    if (running_.empty()) return success();
+    std::vector<llm::Sequence*> seqs;
+    std::vector<uint32_t> tokens;
+    for (auto& [_, r] : running_) {
+      seqs.push_back(&r.seq);
+      tokens.push_back(r.tokens.back());
+    }
+    auto logits = loaded_->engine->decode(seqs, tokens);
+    if (!logits) {  // no pages left: these requests fail rather than wait forever
+      for (auto& [corr, r] : running_) (void)replyFailure(ctx, corr, r.job, logits.error());
+      for (auto& [_, r] : running_) loaded_->engine->release(r.seq);
+      running_.clear();
+      return logits.error();
+    }
+    const uint32_t vocab = loaded_->engine->config().vocabSize;
+    size_t i = 0;
+    for (auto& [_, r] : running_) {
+      const uint32_t next = kernels::llm::sample(
+          logits.value().data() + i++ * vocab, vocab, static_cast<float>(r.request.temperature),
+          r.request.topK, static_cast<float>(r.request.topP), r.rng);
+      r.tokens.push_back(next);
+      if (r.request.stream) LIFL_TRYV(streamPiece(ctx, r, next));
+    }
+    return finishDone(ctx);
+  }
+
+  bool hasWork() const override { return !running_.empty(); }
+
+ private:
+  struct Running {
+    Request request;
+    llm::Sequence seq;
+    std::vector<uint32_t> tokens;  ///< generated
+    uint64_t rng = 0;
+    uint32_t job = 0;
+    uint64_t promptTokens = 0;
+    uint64_t firstTokenNs = 0;
+    int64_t created = 0;
+  };
+
+  Result<void> join(Context& ctx, const Descriptor& d, const ObjectRef& input) {
+    if (!loaded_) {
+      LIFL_TRY(l, load(ctx.params()));
+      loaded_ = std::move(l);
+    }
+    LIFL_TRY(event, dataplane::readEvent(input));
+    const auto& a = event.attributes;
+    Running r;
+    const auto& q = a.at("request");
+    r.request.maxTokens = q.at("max_tokens");
+    r.request.temperature = q.at("temperature");
+    r.request.topP = q.at("top_p");
+    r.request.topK = q.at("top_k");
+    r.request.stream = q.at("stream");
+    r.request.model = q.at("model");
+    r.promptTokens = a.at("prompt_tokens");
+    r.rng = a.at("rng");
+    r.firstTokenNs = a.at("first_token_ns");
+    r.job = d.job;
+    r.created = static_cast<int64_t>(std::time(nullptr));
+    r.tokens.push_back(a.at("first_token"));
+    const auto length = static_cast<uint32_t>(r.promptTokens);
+    if (event.size != loaded_->engine->kvFloats(length) * sizeof(float))
+      return internal("bad_handoff", "the KV hand-off does not match the model");
+    LIFL_TRYV(loaded_->engine->importKv(r.seq, reinterpret_cast<const float*>(event.data), length));
+    auto [it, _] = running_.emplace(d.correlation, std::move(r));
+    if (it->second.request.stream) LIFL_TRYV(streamPiece(ctx, it->second, it->second.tokens[0]));
+    return finishDone(ctx);
+  }
+
+  nlohmann::json completion(uint64_t correlation, const Running& r, const std::string& text,
+                            const std::vector<uint32_t>& ids, const char* finish) const {
+    nlohmann::json choice = {{"index", 0},
+                             {"text", text},
+                             {"token_ids", ids},
+                             {"logprobs", nullptr},
+                             {"finish_reason", finish ? nlohmann::json(finish) : nlohmann::json()}};
+    return {{"id", "cmpl-" + std::to_string(correlation)},
+            {"object", "text_completion"},
+            {"created", r.created},
+            {"model", r.request.model},
+            {"choices", nlohmann::json::array({choice})}};
+  }
+
+  Result<void> send(Context& ctx, uint64_t correlation, uint32_t job, DescriptorKind kind,
+                    const nlohmann::json& attributes, const std::string& data) {
+    LIFL_TRY(made, dataplane::makeEvent(ctx.store(), kAgentInstance, attributes, data.size()));
+    std::memcpy(made.second, data.data(), data.size());
+    Descriptor out{};
+    out.dst = kAgentInstance;
+    out.kind = kind;
+    out.job = job;
+    out.correlation = correlation;
+    made.first.describe(out);
+    return ctx.emit(out);
+  }
+
+  Result<void> streamPiece(Context& ctx, Running& r, uint32_t token) {
+    const auto it = std::find_if(running_.begin(), running_.end(),
+                                 [&](const auto& e) { return &e.second == &r; });
+    const std::string text = loaded_->tokenizer->decode({token});
+    const auto body = completion(it->first, r, text, {token}, nullptr)
+                          .dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
+    return send(ctx, it->first, r.job, DescriptorKind::Stream, {{"type", "llm.piece"}}, body);
+  }
+
+  // Answers every sequence that has its tokens, and gives its pages back.
+  Result<void> finishDone(Context& ctx) {
+    for (auto it = running_.begin(); it != running_.end();) {
+      Running& r = it->second;
+      if (r.tokens.size() < r.request.maxTokens) {
+        ++it;
+        continue;
+      }
+      nlohmann::json body =
+          completion(it->first, r, loaded_->tokenizer->decode(r.tokens), r.tokens, "length");
+      body["usage"] = {{"prompt_tokens", r.promptTokens},
+                       {"completion_tokens", r.tokens.size()},
+                       {"total_tokens", r.promptTokens + r.tokens.size()}};
+      // For the gateway's metrics (steady clock: the same on every process of the node).
+      nlohmann::json attributes = {{"type", "llm.completion"},
+                                   {"first_token_ns", r.firstTokenNs},
+                                   {"finished_ns", monotonicNs()}};
+      auto sent = send(ctx, it->first, r.job, DescriptorKind::Reply, attributes,
+                       body.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace));
+      loaded_->engine->release(r.seq);
+      it = running_.erase(it);
+      LIFL_TRYV(sent);
+    }
+    return success();
+  }
+
+  std::unique_ptr<Loaded> loaded_;
+  std::map<uint64_t, Running> running_;  ///< by correlation (request)
+};
+
+}  // namespace
+
+void registerLlmFunctions(FunctionRegistry& registry) {
+  registry.add("llm.prefill", [] { return std::make_unique<Prefill>(); });
+  registry.add("llm.decode", [] { return std::make_unique<Decode>(); });
+}
+
+}  // namespace lifl::fn

@@ -1,0 +1,22 @@
+#include "tokenizer.h"
+
+namespace lifl::llm {
+
+Result<std::vector<uint32_t>> ByteTokenizer::encode(std::string_view text) const {
+  if (vocab_ < 256)
+    return unprocessable("no_tokenizer", "this model's vocabulary (" + std::to_string(vocab_) +
+                                             ") has no byte tokens: send the prompt as token ids");
+  std::vector<uint32_t> out;
+  out.reserve(text.size());
+  for (unsigned char c : text) out.push_back(c);
+  return out;
+}
+
+std::string ByteTokenizer::decode(const std::vector<uint32_t>& tokens) const {
+  std::string out;
+  for (uint32_t t : tokens)
+    if (t < 256) out.push_back(static_cast<char>(t));
+  return out;
+}
+
+}  // namespace lifl::llm

@@ -1,0 +1,160 @@
+"""The LLM stages served by `lifl up --model DIR` (docs/llm.md): POST /v1/completions through
+the chain llm.prefill -> llm.decode, real processes on loopback, a random model written by
+`lifl model generate`. Checked against the CPU engine run directly (`lifl model run`): greedy
+completions give the same tokens whether served alone, streamed, or batched with other
+requests in the decode stage; the stream's events follow API.md; bad requests get API.md's
+JSON errors and disturb nothing; Prometheus has the latency metrics."""
+import concurrent.futures
+import http.client
+import json
+import os
+import subprocess
+import tempfile
+import unittest
+import urllib.parse
+
+from lifl_harness import LIFL_BIN, Platform, failed_so_far
+
+
+def post(url, body, timeout=60):
+    u = urllib.parse.urlparse(url)
+    conn = http.client.HTTPConnection(u.hostname, u.port, timeout=timeout)
+    conn.request("POST", "/v1/completions", json.dumps(body), {"Content-Type": "application/json"})
+    r = conn.getresponse()
+    data = r.read().decode()
+    conn.close()
+    return r.status, r.getheader("Content-Type"), data
+
+
+def direct(model, tokens, n):
+    r = subprocess.run([LIFL_BIN, "model", "run", "--model", model, "--tokens",
+                        ",".join(map(str, tokens)), "--max-tokens", str(n)],
+                       capture_output=True, text=True, timeout=60, check=True)
+    return json.loads(r.stdout)["tokens"]
+
+
+class LlmApi(unittest.TestCase):
+    @classmethod
+    def setUpClass(cls):
+        cls.tmp = tempfile.TemporaryDirectory()
+        cls.model = os.path.join(cls.tmp.name, "tiny")
+        subprocess.run([LIFL_BIN, "model", "generate", "--dir", cls.model, "--layers", "2",
+                        "--vocab", "320", "--seed", "4", "--max-positions", "256"], check=True,
+                       capture_output=True, timeout=60)
+        cls.platform = Platform(router="userspace", extra_args=["--model", cls.model])
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.platform.stop()
+        cls.tmp.cleanup()
+
+    def tearDown(self):
+        if failed_so_far(self):
+            print(f"\n---- lifl log ({self.id()}) ----\n{self.platform.log_tail()}")
+
+    def complete(self, **body):
+        status, ctype, data = post(self.platform.url, body)
+        self.assertEqual(status, 200, data)
+        self.assertEqual(ctype, "application/json")
+        return json.loads(data)
+
+    def test_greedy_completion_matches_the_engine(self):
+        prompt = [5, 17, 200, 3, 99, 42]
+        got = self.complete(prompt=prompt, max_tokens=12, temperature=0)
+        self.assertEqual(got["object"], "text_completion")
+        self.assertEqual(got["model"], "tiny")
+        choice = got["choices"][0]
+        self.assertEqual(choice["token_ids"], direct(self.model, prompt, 12))
+        self.assertEqual(choice["finish_reason"], "length")
+        self.assertEqual(got["usage"], {"prompt_tokens": 6, "completion_tokens": 12,
+                                        "total_tokens": 18})
+        expected_text = bytes(t for t in choice["token_ids"] if t < 256).decode("utf-8", "replace")
+        self.assertEqual(choice["text"], expected_text)
+
+    def test_text_prompts_are_byte_tokens(self):
+        got = self.complete(prompt="Hi!", max_tokens=4, temperature=0)
+        self.assertEqual(got["usage"]["prompt_tokens"], 3)
+        self.assertEqual(got["choices"][0]["token_ids"], direct(self.model, list(b"Hi!"), 4))
+
+    def test_streaming_sends_one_event_per_token(self):
+        prompt = [1, 2, 3, 4]
+        status, ctype, data = post(self.platform.url, {"prompt": prompt, "max_tokens": 6,
+                                                       "temperature": 0, "stream": True})
+        self.assertEqual(status, 200, data)
+        self.assertEqual(ctype, "text/event-stream")
+        events = [line[len("data: "):] for line in data.split("\n\n") if line.startswith("data: ")]
+        self.assertEqual(events[-1], "[DONE]")
+        chunks = [json.loads(e) for e in events[:-1]]
+        tokens = [t for c in chunks for t in c["choices"][0]["token_ids"]]
+        self.assertEqual(tokens, direct(self.model, prompt, 6))
+        self.assertEqual(len(chunks), 7, "6 tokens, then the finish event")
+        self.assertTrue(all(c["choices"][0]["finish_reason"] is None for c in chunks[:-1]))
+        self.assertEqual(chunks[-1]["choices"][0]["finish_reason"], "length")
+        self.assertEqual(chunks[-1]["usage"]["completion_tokens"], 6)
+
+    def test_concurrent_requests_are_batched_and_exact(self):
+        # 8 requests of different lengths at once: the decode stage runs them together
+        # (continuous batching); each must still be its greedy completion alone.
+        prompts = [[i + 1] * (i + 2) for i in range(8)]
+        lengths = [3 + 2 * i for i in range(8)]
+        with concurrent.futures.ThreadPoolExecutor(8) as pool:
+            results = list(pool.map(lambda pl: post(self.platform.url, {
+                "prompt": pl[0], "max_tokens": pl[1], "temperature": 0}), zip(prompts, lengths)))
+        for (status, _, data), prompt, n in zip(results, prompts, lengths):
+            self.assertEqual(status, 200, data)
+            self.assertEqual(json.loads(data)["choices"][0]["token_ids"], direct(self.model, prompt, n))
+
+    def test_sampling_with_a_seed_is_repeatable(self):
+        body = dict(prompt=[7, 8, 9], max_tokens=10, temperature=0.9, top_p=0.9, top_k=50, seed=3)
+        a, b = self.complete(**body), self.complete(**body)
+        self.assertEqual(a["choices"][0]["token_ids"], b["choices"][0]["token_ids"])
+        c = self.complete(**dict(body, seed=4))
+        self.assertNotEqual(a["choices"][0]["token_ids"], c["choices"][0]["token_ids"])
+
+    def test_bad_requests_get_json_errors(self):
+        cases = [
+            ({"max_tokens": 3}, 400, "prompt is required"),
+            ({"prompt": [1, 320]}, 400, "not below the vocabulary size"),
+            ({"prompt": []}, 400, "prompt is empty"),
+            ({"prompt": [1], "max_tokens": 0}, 400, "max_tokens"),
+            ({"prompt": [1], "temperature": -1}, 400, "temperature"),
+            ({"prompt": [1], "stream": "yes"}, 400, "stream must be"),
+            ({"prompt": [1], "max_tokens": 300}, 400, "positions"),
+            ({"prompt": [1], "model": "other"}, 404, "serves tiny"),
+        ]
+        for body, status, why in cases:
+            with self.subTest(body=body):
+                got_status, ctype, data = post(self.platform.url, body)
+                self.assertEqual(got_status, status, data)
+                self.assertEqual(ctype, "application/json")
+                self.assertIn(why, json.loads(data)["detail"])
+        status, _, data = post(self.platform.url, "not json")
+        self.assertEqual(status, 400)
+        # Nothing was disturbed: a good request still completes.
+        self.complete(prompt=[1, 2], max_tokens=2, temperature=0)
+
+    def test_metrics_report_latency_and_tokens(self):
+        self.complete(prompt=[3, 3, 3], max_tokens=5, temperature=0)
+        metrics = self.platform.metrics()
+        for name in ("lifl_llm_time_to_first_token_seconds_count",
+                     "lifl_llm_inter_token_latency_seconds_count",
+                     "lifl_llm_generated_tokens_total"):
+            self.assertIn(name, metrics)
+        generated = [float(l.split()[-1]) for l in metrics.splitlines()
+                     if l.startswith("lifl_llm_generated_tokens_total")]
+        self.assertGreaterEqual(generated[0], 5)
+
+
+class NoModel(unittest.TestCase):
+    def test_completions_without_a_model_is_404(self):
+        p = Platform(router="userspace")
+        try:
+            status, _, data = post(p.url, {"prompt": [1]})
+            self.assertEqual(status, 404)
+            self.assertEqual(json.loads(data)["error"], "no_model")
+        finally:
+            p.stop()
+
+
+if __name__ == "__main__":
+    unittest.main()
