@@ -18,7 +18,8 @@ const char* kUsage =
     "usage: lifl model generate --dir DIR [--hidden 64] [--intermediate 176] [--layers 2]\n"
     "                           [--heads 4] [--kv-heads 2] [--head-dim H/heads] [--vocab 320]\n"
     "                           [--max-positions 2048] [--rope-theta 10000] [--eps 1e-6]\n"
-    "                           [--tied] [--dtype f32|f16|bf16] [--seed 1] [--files 1]\n"
+    "                           [--tied] [--eos ID] [--dtype f32|f16|bf16] [--seed 1]\n"
+    "                           [--files 1]\n"
     "       lifl model run --model DIR --tokens 1,2,3 [--max-tokens 16] [--temperature 0]\n"
     "                      [--top-k 0] [--top-p 1] [--seed 1] [--logits FILE]\n"
     "\n"
@@ -66,6 +67,11 @@ int generate(const Args& a) {
   c.ropeTheta = theta.value();
   c.rmsNormEps = eps.value();
   c.tieWordEmbeddings = a.has("tied");
+  if (a.has("eos")) {
+    auto eos = a.getUnsigned("eos", 0);
+    if (!eos) return fail(eos.error());
+    c.eosTokens = {static_cast<uint32_t>(eos.value())};
+  }
   const std::string dtype = a.get("dtype", "f32");
   o.dtype = dtype == "bf16" ? DType::BF16 : dtype == "f16" ? DType::F16 : DType::F32;
   if (dtype != "f32" && dtype != "f16" && dtype != "bf16")
@@ -116,7 +122,7 @@ int run(const Args& a) {
         logits.value().data(), c.vocabSize, static_cast<float>(temperature.value()),
         static_cast<uint32_t>(topK.value()), static_cast<float>(topP.value()), rng);
     generated.push_back(next);
-    if (i + 1 == maxTokens.value()) break;
+    if (i + 1 == maxTokens.value() || c.isEos(next)) break;
     llm::Sequence* one[] = {&seq};
     logits = engine.decode(one, std::span<const uint32_t>(&next, 1));
     if (!logits) return fail(logits.error());

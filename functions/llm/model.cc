@@ -109,6 +109,14 @@ Result<LlamaConfig> LlamaConfig::fromJson(const nlohmann::json& doc) {
   c.rmsNormEps = eps;
   c.ropeTheta = theta;
   c.tieWordEmbeddings = tied;
+  if (auto eos = doc.find("eos_token_id"); eos != doc.end() && !eos->is_null()) {
+    const auto ids = eos->is_array() ? *eos : nlohmann::json::array({*eos});
+    for (const auto& id : ids) {
+      if (!id.is_number_unsigned() || id.get<uint64_t>() >= vocab)
+        return modelError("config.json: eos_token_id must be token ids below vocab_size");
+      c.eosTokens.push_back(id.get<uint32_t>());
+    }
+  }
   if (!hidden || !inter || !layers || !heads || !kv || !vocab || !headDim || headDim % 2)
     return modelError("config.json: sizes must be positive and head_dim even");
   if (heads % kv)
@@ -130,6 +138,7 @@ nlohmann::json LlamaConfig::toJson(DType dtype) const {
           {"rms_norm_eps", rmsNormEps},
           {"rope_theta", ropeTheta},
           {"tie_word_embeddings", tieWordEmbeddings},
+          {"eos_token_id", eosTokens.empty() ? nlohmann::json(nullptr) : nlohmann::json(eosTokens)},
           {"hidden_act", "silu"},
           {"attention_bias", false},
           {"mlp_bias", false},

@@ -4,6 +4,7 @@
 // no weights are ever downloaded).
 #pragma once
 
+#include <algorithm>
 #include <cstdint>
 #include <filesystem>
 #include <map>
@@ -29,6 +30,10 @@ struct LlamaConfig {
   double rmsNormEps = 1e-6;
   double ropeTheta = 10000.0;
   bool tieWordEmbeddings = false;
+  std::vector<uint32_t> eosTokens;  ///< eos_token_id (a number or a list): generation stops
+  bool isEos(uint32_t token) const {
+    return std::find(eosTokens.begin(), eosTokens.end(), token) != eosTokens.end();
+  }
 
   static Result<LlamaConfig> fromJson(const nlohmann::json& doc);
   nlohmann::json toJson(DType dtype) const;

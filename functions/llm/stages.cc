@@ -326,12 +326,15 @@ class Decode final : public Function {
   Result<void> finishDone(Context& ctx) {
     for (auto it = running_.begin(); it != running_.end();) {
       Running& r = it->second;
-      if (r.tokens.size() < r.request.maxTokens) {
+      // An end-of-sequence token stops the completion ("stop") and is not part of its text.
+      const bool stopped = loaded_->model.config.isEos(r.tokens.back());
+      if (!stopped && r.tokens.size() < r.request.maxTokens) {
         ++it;
         continue;
       }
-      nlohmann::json body =
-          completion(it->first, r, loaded_->tokenizer->decode(r.tokens), r.tokens, "length");
+      std::vector<uint32_t> textTokens(r.tokens.begin(), r.tokens.end() - (stopped ? 1 : 0));
+      nlohmann::json body = completion(it->first, r, loaded_->tokenizer->decode(textTokens),
+                                       r.tokens, stopped ? "stop" : "length");
       body["usage"] = {{"prompt_tokens", r.promptTokens},
                        {"completion_tokens", r.tokens.size()},
                        {"total_tokens", r.promptTokens + r.tokens.size()}};

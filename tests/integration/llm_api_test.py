@@ -145,6 +145,32 @@ class LlmApi(unittest.TestCase):
         self.assertGreaterEqual(generated[0], 5)
 
 
+class EndOfSequence(unittest.TestCase):
+    def test_eos_stops_with_finish_reason_stop(self):
+        with tempfile.TemporaryDirectory() as tmp:
+            plain, with_eos = os.path.join(tmp, "plain"), os.path.join(tmp, "eos")
+            args = ["model", "generate", "--layers", "2", "--vocab", "320", "--seed", "9"]
+            subprocess.run([LIFL_BIN, *args, "--dir", plain], check=True, capture_output=True)
+            prompt = [10, 20, 30]
+            free = direct(plain, prompt, 8)
+            eos = free[3]
+            stop_at = free.index(eos) + 1  # the first time the model emits it
+            subprocess.run([LIFL_BIN, *args, "--dir", with_eos, "--eos", str(eos)], check=True,
+                           capture_output=True)
+            self.assertEqual(direct(with_eos, prompt, 8), free[:stop_at])
+            p = Platform(router="userspace", extra_args=["--model", with_eos])
+            try:
+                status, _, data = post(p.url, {"prompt": prompt, "max_tokens": 8, "temperature": 0})
+                self.assertEqual(status, 200, data)
+                choice = json.loads(data)["choices"][0]
+                self.assertEqual(choice["finish_reason"], "stop")
+                self.assertEqual(choice["token_ids"], free[:stop_at])
+                text = bytes(t for t in free[:stop_at - 1] if t < 256).decode("utf-8", "replace")
+                self.assertEqual(choice["text"], text, "the end-of-sequence token has no text")
+            finally:
+                p.stop()
+
+
 class NoModel(unittest.TestCase):
     def test_completions_without_a_model_is_404(self):
         p = Platform(router="userspace")
