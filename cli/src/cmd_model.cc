@@ -22,6 +22,7 @@ const char* kUsage =
     "                           [--files 1]\n"
     "       lifl model run --model DIR --tokens 1,2,3 [--max-tokens 16] [--temperature 0]\n"
     "                      [--top-k 0] [--top-p 1] [--seed 1] [--logits FILE]\n"
+    "                      [--quantize int8|int4]\n"
     "\n"
     "generate writes config.json and *.safetensors of a random Llama (Hugging Face layout).\n"
     "run prints {\"tokens\": [...]} generated after the prompt; --logits saves the logits\n"
@@ -94,6 +95,12 @@ int run(const Args& a) {
   if (dir.empty()) return fail(badRequest("bad_arguments", "--model is required"));
   auto model = llm::LlamaModel::load(dir);
   if (!model) return fail(model.error());
+  if (a.has("quantize")) {
+    const std::string q = a.get("quantize");
+    if (q != "int8" && q != "int4")
+      return fail(badRequest("bad_arguments", "--quantize is int8 or int4"));
+    if (auto r = model.value().quantize(q == "int8" ? 8 : 4); !r) return fail(r.error());
+  }
   auto prompt = parseTokens(a.get("tokens"));
   if (!prompt) return fail(prompt.error());
   auto maxTokens = a.getUnsigned("max-tokens", 16), topK = a.getUnsigned("top-k", 0),

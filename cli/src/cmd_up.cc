@@ -20,7 +20,8 @@ namespace {
 constexpr const char* kUpHelp =
     "usage: lifl up [--port 8080] [--bind 127.0.0.1] [--data-dir DIR] [--config FILE]\n"
     "               [--router ebpf|userspace] [--store-bytes N] [--warm-pool N]\n"
-    "               [--port-file FILE] [--model DIR [--model-name NAME]]\n"
+    "               [--port-file FILE] [--model DIR [--model-name NAME]\n"
+    "               [--quantize int8|int4]]\n"
     "\n"
     "Runs the whole platform on this machine (agent, gateway, jobs API, function instances)\n"
     "until SIGINT/SIGTERM. Flags override the YAML config (docs/config.md). GET /readyz\n"
@@ -72,13 +73,21 @@ Result<dataplane::AgentConfig> configFromArgs(const Args& args, uint16_t default
   fn::registerLlmFunctions(registry);
   if (args.has("model")) {
     // Checked here, so that a bad folder stops `lifl up` instead of every request.
-    if (auto model = llm::LlamaModel::load(args.get("model")); !model) return model.error();
+    auto model = llm::LlamaModel::load(args.get("model"));
+    if (!model) return model.error();
+    const std::string quantize = args.get("quantize");
+    if (!quantize.empty()) {
+      if (quantize != "int8" && quantize != "int4")
+        return badRequest("bad_arguments", "--quantize is int8 or int4");
+      LIFL_TRYV(model.value().quantize(quantize == "int8" ? 8 : 4));
+    }
     const std::string name =
         args.get("model-name", std::filesystem::path(args.get("model")).filename().string());
-    config.chains.push_back(
-        {"llm",
-         {"llm.prefill", "llm.decode"},
-         {{"model", std::filesystem::absolute(args.get("model")).string()}, {"model_name", name}}});
+    config.chains.push_back({"llm",
+                             {"llm.prefill", "llm.decode"},
+                             {{"model", std::filesystem::absolute(args.get("model")).string()},
+                              {"model_name", name},
+                              {"quantize", quantize}}});
   }
   for (const auto& chain : config.chains)
     for (const auto& f : chain.functions)

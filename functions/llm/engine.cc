@@ -120,9 +120,9 @@ Result<std::vector<float>> Engine::forward(const std::vector<Row>& rows,
   for (uint32_t l = 0; l < c.layers; ++l) {
     const auto& w = model_.layers[l];
     kl::rmsNorm(normed.data(), x.data(), w.inputNorm.data(), n, h, eps);
-    kl::matmul(qs.data(), normed.data(), w.q.data(), n, h, q);
-    kl::matmul(ks.data(), normed.data(), w.k.data(), n, h, kv);
-    kl::matmul(vs.data(), normed.data(), w.v.data(), n, h, kv);
+    w.q.apply(qs.data(), normed.data(), n);
+    w.k.apply(ks.data(), normed.data(), n);
+    w.v.apply(vs.data(), normed.data(), n);
     kl::rope(qs.data(), n, c.heads, c.headDim, positions.data(), c.ropeTheta);
     kl::rope(ks.data(), n, c.kvHeads, c.headDim, positions.data(), c.ropeTheta);
     const kl::KvPages cache{k_[l].data(), v_[l].data(), c.kvHeads, c.headDim};
@@ -145,12 +145,12 @@ Result<std::vector<float>> Engine::forward(const std::vector<Row>& rows,
       for (size_t j = 0; j < idx.size(); ++j)
         std::memcpy(&attn[idx[j] * q], &outRows[j * q], q * sizeof(float));
     }
-    kl::matmul(proj.data(), attn.data(), w.o.data(), n, q, h);
+    w.o.apply(proj.data(), attn.data(), n);
     kl::addRmsNorm(normed.data(), x.data(), proj.data(), w.postNorm.data(), n, h, eps);
-    kl::matmul(gate.data(), normed.data(), w.gate.data(), n, h, inter);
-    kl::matmul(up.data(), normed.data(), w.up.data(), n, h, inter);
+    w.gate.apply(gate.data(), normed.data(), n);
+    w.up.apply(up.data(), normed.data(), n);
     kl::siluAndMul(gate.data(), gate.data(), up.data(), n * inter);
-    kl::matmul(proj.data(), gate.data(), w.down.data(), n, inter, h);
+    w.down.apply(proj.data(), gate.data(), n);
     for (uint64_t i = 0; i < n * h; ++i) x[i] += proj[i];
   }
   std::vector<float> last(logitRows.size() * h), logits(logitRows.size() * c.vocabSize);

@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <fstream>
 #include <random>
+#include <tuple>
 
 #include "lifl/common/safetensors_header.h"
 #include "lifl/dataplane/safetensors.h"
@@ -55,14 +56,14 @@ std::vector<float>* slotOf(LlamaModel& m, const std::string& name) {
   auto& w = m.layers[l];
   const std::string rest = name.substr(dot + 1);
   if (rest == "input_layernorm.weight") return &w.inputNorm;
-  if (rest == "self_attn.q_proj.weight") return &w.q;
-  if (rest == "self_attn.k_proj.weight") return &w.k;
-  if (rest == "self_attn.v_proj.weight") return &w.v;
-  if (rest == "self_attn.o_proj.weight") return &w.o;
+  if (rest == "self_attn.q_proj.weight") return &w.q.weight;
+  if (rest == "self_attn.k_proj.weight") return &w.k.weight;
+  if (rest == "self_attn.v_proj.weight") return &w.v.weight;
+  if (rest == "self_attn.o_proj.weight") return &w.o.weight;
   if (rest == "post_attention_layernorm.weight") return &w.postNorm;
-  if (rest == "mlp.gate_proj.weight") return &w.gate;
-  if (rest == "mlp.up_proj.weight") return &w.up;
-  if (rest == "mlp.down_proj.weight") return &w.down;
+  if (rest == "mlp.gate_proj.weight") return &w.gate.weight;
+  if (rest == "mlp.up_proj.weight") return &w.up.weight;
+  if (rest == "mlp.down_proj.weight") return &w.down.weight;
   return nullptr;
 }
 
@@ -184,7 +185,45 @@ Result<LlamaModel> LlamaModel::load(const fs::path& dir) {
   }
   if (!expected.empty()) return modelError("missing tensor " + expected.begin()->first);
   if (config.tieWordEmbeddings) m.lmHead = m.embed;
+  const uint64_t h = config.hiddenSize, q = uint64_t{config.heads} * config.headDim,
+                 kv = uint64_t{config.kvHeads} * config.headDim, inter = config.intermediateSize;
+  for (auto& l : m.layers) {
+    for (auto [lin, out, in] : {std::tuple{&l.q, q, h},
+                                {&l.k, kv, h},
+                                {&l.v, kv, h},
+                                {&l.o, h, q},
+                                {&l.gate, inter, h},
+                                {&l.up, inter, h},
+                                {&l.down, h, inter}}) {
+      lin->out = out;
+      lin->in = in;
+    }
+  }
   return m;
+}
+
+void Linear::apply(float* y, const float* x, uint64_t rows) const {
+  if (quant)
+    kernels::llm::matmulQuant(y, x, *quant, rows);
+  else
+    kernels::llm::matmul(y, x, weight.data(), rows, in, out);
+}
+
+Result<void> LlamaModel::quantize(uint32_t bits) {
+  if (bits != 8 && bits != 4) return badRequest("bad_arguments", "--quantize is int8 or int4");
+  for (auto& l : layers)
+    for (Linear* lin : {&l.q, &l.k, &l.v, &l.o, &l.gate, &l.up, &l.down})
+      if (lin->in % kernels::llm::kQuantGroup)
+        return modelError(
+            "quantising needs every linear input (hidden_size, heads * head_dim, "
+            "intermediate_size) to be a multiple of " +
+            std::to_string(kernels::llm::kQuantGroup));
+  for (auto& l : layers)
+    for (Linear* lin : {&l.q, &l.k, &l.v, &l.o, &l.gate, &l.up, &l.down}) {
+      lin->quant = kernels::llm::quantize(lin->weight.data(), lin->out, lin->in, bits);
+      lin->weight = {};  // the quantised copy replaces it
+    }
+  return success();
 }
 
 Result<void> generateModel(const fs::path& dir, const GeneratorOptions& options) {

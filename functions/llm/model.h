@@ -9,11 +9,13 @@
 #include <filesystem>
 #include <map>
 #include <nlohmann/json.hpp>
+#include <optional>
 #include <string>
 #include <vector>
 
 #include "lifl/common/dtype.h"
 #include "lifl/common/error.h"
+#include "lifl/gpu/llm.h"
 
 namespace lifl::llm {
 
@@ -39,8 +41,18 @@ struct LlamaConfig {
   nlohmann::json toJson(DType dtype) const;
 };
 
+/// A linear layer's [out][in] weight: fp32, or quantised (W8A16 / W4A16) by --quantize.
+struct Linear {
+  std::vector<float> weight;
+  std::optional<kernels::llm::QuantMatrix> quant;
+  uint64_t out = 0, in = 0;
+  /// y[rows][out] = x[rows][in] times the weight.
+  void apply(float* y, const float* x, uint64_t rows) const;
+};
+
 struct LayerWeights {
-  std::vector<float> inputNorm, q, k, v, o, postNorm, gate, up, down;
+  std::vector<float> inputNorm, postNorm;
+  Linear q, k, v, o, gate, up, down;
 };
 
 struct LlamaModel {
@@ -52,6 +64,10 @@ struct LlamaModel {
 
   /// Loads config.json and every *.safetensors of the folder; each tensor's shape is checked.
   static Result<LlamaModel> load(const std::filesystem::path& dir);
+  /// Quantises every layer's linear weights (8 or 4 bits, groups of kQuantGroup along their
+  /// inputs); embeddings, norms and the head stay fp32. Their inputs must be multiples of
+  /// the group.
+  Result<void> quantize(uint32_t bits);
 };
 
 struct GeneratorOptions {

@@ -127,6 +127,8 @@ Result<std::unique_ptr<Loaded>> load(const nlohmann::json& params) {
   const std::string dir = params.value("model", "");
   if (dir.empty()) return internal("no_model", "the LLM stage was assigned without a model");
   LIFL_TRY(model, llm::LlamaModel::load(dir));
+  if (const std::string q = params.value("quantize", ""); !q.empty())
+    LIFL_TRYV(model.quantize(q == "int4" ? 4 : 8));
   auto l = std::make_unique<Loaded>();
   l->model = std::move(model);
   const auto& c = l->model.config;

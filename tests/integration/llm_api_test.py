@@ -26,9 +26,9 @@ def post(url, body, timeout=60):
     return r.status, r.getheader("Content-Type"), data
 
 
-def direct(model, tokens, n):
+def direct(model, tokens, n, *extra):
     r = subprocess.run([LIFL_BIN, "model", "run", "--model", model, "--tokens",
-                        ",".join(map(str, tokens)), "--max-tokens", str(n)],
+                        ",".join(map(str, tokens)), "--max-tokens", str(n), *extra],
                        capture_output=True, text=True, timeout=60, check=True)
     return json.loads(r.stdout)["tokens"]
 
@@ -167,6 +167,24 @@ class EndOfSequence(unittest.TestCase):
                 self.assertEqual(choice["token_ids"], free[:stop_at])
                 text = bytes(t for t in free[:stop_at - 1] if t < 256).decode("utf-8", "replace")
                 self.assertEqual(choice["text"], text, "the end-of-sequence token has no text")
+            finally:
+                p.stop()
+
+
+class Quantised(unittest.TestCase):
+    def test_int4_served_as_run(self):
+        with tempfile.TemporaryDirectory() as tmp:
+            d = os.path.join(tmp, "q")
+            subprocess.run([LIFL_BIN, "model", "generate", "--dir", d, "--hidden", "128",
+                            "--intermediate", "256", "--vocab", "320"], check=True,
+                           capture_output=True)
+            p = Platform(router="userspace", extra_args=["--model", d, "--quantize", "int4"])
+            try:
+                prompt = [4, 5, 6, 7]
+                status, _, data = post(p.url, {"prompt": prompt, "max_tokens": 6, "temperature": 0})
+                self.assertEqual(status, 200, data)
+                self.assertEqual(json.loads(data)["choices"][0]["token_ids"],
+                                 direct(d, prompt, 6, "--quantize", "int4"))
             finally:
                 p.stop()
 

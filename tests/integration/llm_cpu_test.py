@@ -119,6 +119,36 @@ class LlmCpu(unittest.TestCase):
                 got, _ = self.logits(d, tokens, max_tokens=1)
                 self.check_logits(got, forward(cfg, w, tokens)[-1], name)
 
+    def test_quantised_weights_match_numpy(self):
+        # --quantize: each layer's linear weights, symmetric per group of 128 inputs; numpy
+        # quantises the same way here (fp32 division, rounding half away from zero) and
+        # runs the float64 forward on the dequantised weights.
+        d = self.model("quant", "--hidden", 128, "--intermediate", 256, "--heads", 4,
+                       "--kv-heads", 2, "--seed", 13)
+        cfg, w = load(d)
+        tokens = list(range(3, 40, 2))
+        full = forward(cfg, w, tokens)[-1]
+        errors = {}
+        for bits, qmax in ((8, 127), (4, 7)):
+            qw = dict(w)
+            for name, x in w.items():
+                if name.endswith("_proj.weight"):
+                    g = x.astype(np.float32).reshape(x.shape[0], -1, 128)
+                    scale = (np.max(np.abs(g), axis=2, keepdims=True) / np.float32(qmax)).astype(np.float32)
+                    r = g / scale
+                    q = np.clip(np.sign(r) * np.floor(np.abs(r) + np.float32(0.5)), -qmax, qmax)
+                    qw[name] = (scale * q.astype(np.float32)).reshape(x.shape).astype(np.float64)
+            got, _ = self.logits(d, tokens, max_tokens=1, quantize=f"int{bits}")
+            ref = forward(cfg, qw, tokens)[-1]
+            self.check_logits(got, ref, f"int{bits}")
+            errors[bits] = np.max(np.abs(ref - full)) / np.max(np.abs(full))
+        # The quantisation itself: int4 moves the logits more than int8, and int8 little.
+        self.assertLess(errors[8], 0.05)
+        self.assertLess(errors[8], errors[4])
+        r = lifl("model", "run", "--model", self.model("narrow", "--hidden", 64), "--tokens", "1",
+                 "--quantize", "int4", check=False)
+        self.assertIn("multiple of 128", r.stderr)
+
     def test_decode_steps_match_a_longer_prefill(self):
         d = self.model("steps", "--seed", 11)
         cfg, w = load(d)

@@ -112,6 +112,50 @@ void attention(float* out, const float* q, uint64_t rows, const uint32_t* positi
   }
 }
 
+QuantMatrix quantize(const float* w, uint64_t out, uint64_t in, uint32_t bits) {
+  QuantMatrix m;
+  m.bits = bits;
+  m.out = out;
+  m.in = in;
+  const int qmax = bits == 8 ? 127 : 7;
+  const uint64_t groups = in / kQuantGroup;
+  m.scales.resize(out * groups);
+  m.q.assign(bits == 8 ? out * in : out * in / 2, 0);
+  for (uint64_t o = 0; o < out; ++o)
+    for (uint64_t g = 0; g < groups; ++g) {
+      const float* row = w + o * in + g * kQuantGroup;
+      float amax = 0;
+      for (uint32_t i = 0; i < kQuantGroup; ++i) amax = std::max(amax, std::abs(row[i]));
+      const float scale = amax > 0 ? amax / static_cast<float>(qmax) : 1.0f;
+      m.scales[o * groups + g] = scale;
+      for (uint32_t i = 0; i < kQuantGroup; ++i) {
+        const long v = std::clamp(std::lround(row[i] / scale), -long{qmax}, long{qmax});
+        const uint64_t at = o * in + g * kQuantGroup + i;
+        if (bits == 8) {
+          m.q[at] = static_cast<int8_t>(v);
+        } else {
+          auto& byte = reinterpret_cast<uint8_t&>(m.q[at / 2]);
+          byte = static_cast<uint8_t>(at % 2 == 0 ? (byte & 0xF0) | (v & 0xF)
+                                                  : (byte & 0x0F) | ((v & 0xF) << 4));
+        }
+      }
+    }
+  return m;
+}
+
+void matmulQuant(float* y, const float* x, const QuantMatrix& w, uint64_t rows) {
+  const uint64_t groups = w.in / kQuantGroup;
+  std::vector<float> deq(w.in);
+  for (uint64_t o = 0; o < w.out; ++o) {
+    // One output row dequantised once for every activation row.
+    for (uint64_t g = 0; g < groups; ++g)
+      for (uint32_t i = 0; i < kQuantGroup; ++i)
+        deq[g * kQuantGroup + i] =
+            w.scales[o * groups + g] * static_cast<float>(w.at(o, g * kQuantGroup + i));
+    for (uint64_t r = 0; r < rows; ++r) y[r * w.out + o] = dot(x + r * w.in, deq.data(), w.in);
+  }
+}
+
 uint32_t sample(const float* logits, uint32_t vocab, float temperature, uint32_t topK, float topP,
                 uint64_t& rng) {
   if (temperature <= 0.0f)

@@ -29,6 +29,29 @@ void siluAndMul(float* out, const float* gate, const float* up, uint64_t n);
 /// y[r][o] = sum_i x[r][i] * w[o][i]: activations times a [out][in] weight.
 void matmul(float* y, const float* x, const float* w, uint64_t rows, uint64_t in, uint64_t out);
 
+/// A [out][in] weight quantised symmetrically per group of kQuantGroup values along `in`
+/// (W8A16 / W4A16, the layout of Marlin's and Tilus's inputs before their offline shuffle):
+/// scale[o][g] = max |w| of the group / qmax (127, or 7 for int4); q = round(w / scale)
+/// clamped to [-qmax, qmax]. int4 values are packed two per byte, the even index in the low
+/// nibble, as two's complement. `in` must be a multiple of kQuantGroup.
+inline constexpr uint32_t kQuantGroup = 128;
+struct QuantMatrix {
+  uint32_t bits = 8;  ///< 8 or 4
+  uint64_t out = 0, in = 0;
+  std::vector<int8_t> q;      ///< int8: out * in; int4: out * in / 2 packed
+  std::vector<float> scales;  ///< out * in / kQuantGroup
+  int8_t at(uint64_t o, uint64_t i) const {
+    if (bits == 8) return q[o * in + i];
+    const auto byte = static_cast<uint8_t>(q[(o * in + i) / 2]);
+    const int v = (i % 2 == 0) ? (byte & 0xF) : (byte >> 4);
+    return static_cast<int8_t>(v >= 8 ? v - 16 : v);
+  }
+};
+QuantMatrix quantize(const float* w, uint64_t out, uint64_t in, uint32_t bits);
+/// y[r][o] = sum_g scale[o][g] * sum_{i in g} q[o][i] * x[r][i]: the quantised GEMV (GEMM for
+/// rows > 1), dequantising on the fly.
+void matmulQuant(float* y, const float* x, const QuantMatrix& w, uint64_t rows);
+
 /// One layer's KV cache: pages of kPageTokens rows of kvHeads * headDim values, K and V apart.
 struct KvPages {
   float* k = nullptr;
