@@ -1,5 +1,6 @@
 // `lifl model`: write a random-weight Llama model (generate), and run one on the CPU path
 // (run: greedy or sampled generation from token ids, optionally saving the logits).
+#include <chrono>
 #include <cstdio>
 #include <fstream>
 #include <nlohmann/json.hpp>
@@ -22,7 +23,8 @@ const char* kUsage =
     "                           [--files 1]\n"
     "       lifl model run --model DIR --tokens 1,2,3 [--max-tokens 16] [--temperature 0]\n"
     "                      [--top-k 0] [--top-p 1] [--seed 1] [--logits FILE]\n"
-    "                      [--quantize int8|int4]\n"
+    "                      [--quantize int8|int4] [--device cpu|cuda]\n"
+    "                      [--batch B --timing]\n"
     "\n"
     "generate writes config.json and *.safetensors of a random Llama (Hugging Face layout).\n"
     "run prints {\"tokens\": [...]} generated after the prompt; --logits saves the logits\n"
@@ -90,6 +92,50 @@ int generate(const Args& a) {
   return 0;
 }
 
+double now() {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
+}
+
+/// --batch / --timing: `batch` copies of the prompt prefilled, then decoded together, greedy,
+/// for maxTokens steps; prints the times (the decode benchmark's measurement).
+int timed(llm::Engine& engine, const std::vector<uint32_t>& prompt, uint32_t batch,
+          uint32_t maxTokens) {
+  const uint32_t vocab = engine.config().vocabSize;
+  std::vector<llm::Sequence> seqs(batch);
+  std::vector<uint32_t> next(batch);
+  const double t0 = now();
+  for (uint32_t b = 0; b < batch; ++b) {
+    auto logits = engine.prefill(seqs[b], prompt);
+    if (!logits) return fail(logits.error());
+    uint64_t rng = 0;
+    next[b] = kernels::llm::sample(logits.value().data(), vocab, 0, 0, 1, rng);
+  }
+  const double t1 = now();
+  std::vector<llm::Sequence*> ptrs;
+  for (auto& s : seqs) ptrs.push_back(&s);
+  for (uint32_t step = 1; step < maxTokens; ++step) {
+    auto logits = engine.decode(ptrs, next);
+    if (!logits) return fail(logits.error());
+    for (uint32_t b = 0; b < batch; ++b) {
+      uint64_t rng = 0;
+      next[b] =
+          kernels::llm::sample(logits.value().data() + size_t{b} * vocab, vocab, 0, 0, 1, rng);
+    }
+  }
+  const double t2 = now();
+  const double steps = maxTokens > 1 ? maxTokens - 1 : 1;
+  std::printf("%s\n", nlohmann::json{{"device", engine.device()},
+                                     {"batch", batch},
+                                     {"prompt_tokens", prompt.size()},
+                                     {"prefill_seconds", t1 - t0},
+                                     {"decode_steps", steps},
+                                     {"decode_seconds", t2 - t1},
+                                     {"decode_tokens_per_second", batch * steps / (t2 - t1)}}
+                          .dump()
+                          .c_str());
+  return 0;
+}
+
 int run(const Args& a) {
   const std::string dir = a.get("model");
   if (dir.empty()) return fail(badRequest("bad_arguments", "--model is required"));
@@ -111,8 +157,18 @@ int run(const Args& a) {
   if (!temperature) return fail(temperature.error());
   if (!topP) return fail(topP.error());
   const auto& c = model.value().config;
-  llm::Engine engine(model.value(),
-                     (c.maxPositions + kernels::llm::kPageTokens - 1) / kernels::llm::kPageTokens);
+  const std::string device = a.get("device", "cpu");
+  if (device != "cpu" && device != "cuda")
+    return fail(badRequest("bad_arguments", "--device is cpu or cuda"));
+  auto batch = a.getUnsigned("batch", 1);
+  if (!batch || batch.value() == 0) return fail(badRequest("bad_arguments", "--batch >= 1"));
+  const uint32_t pagesPerSequence =
+      (c.maxPositions + kernels::llm::kPageTokens - 1) / kernels::llm::kPageTokens;
+  llm::Engine engine(model.value(), pagesPerSequence * static_cast<uint32_t>(batch.value()),
+                     device == "cuda");
+  if (batch.value() > 1 || a.has("timing"))
+    return timed(engine, prompt.value(), static_cast<uint32_t>(batch.value()),
+                 static_cast<uint32_t>(maxTokens.value()));
   llm::Sequence seq;
   auto logits = engine.prefill(seq, prompt.value());
   if (!logits) return fail(logits.error());
@@ -141,7 +197,7 @@ int run(const Args& a) {
 }  // namespace
 
 int cmdModel(int argc, char** argv) {
-  auto args = Args::parse(argc, argv, 3, {"tied", "help", "h"});
+  auto args = Args::parse(argc, argv, 3, {"tied", "timing", "help", "h"});
   if (!args) return fail(args.error());
   const std::string verb = argc > 2 ? argv[2] : "";
   if (args.value().wantsHelp() || (verb != "generate" && verb != "run")) {

@@ -21,7 +21,7 @@ constexpr const char* kUpHelp =
     "usage: lifl up [--port 8080] [--bind 127.0.0.1] [--data-dir DIR] [--config FILE]\n"
     "               [--router ebpf|userspace] [--store-bytes N] [--warm-pool N]\n"
     "               [--port-file FILE] [--model DIR [--model-name NAME]\n"
-    "               [--quantize int8|int4]]\n"
+    "               [--quantize int8|int4] [--model-device cpu|cuda]]\n"
     "\n"
     "Runs the whole platform on this machine (agent, gateway, jobs API, function instances)\n"
     "until SIGINT/SIGTERM. Flags override the YAML config (docs/config.md). GET /readyz\n"
@@ -87,7 +87,8 @@ Result<dataplane::AgentConfig> configFromArgs(const Args& args, uint16_t default
                              {"llm.prefill", "llm.decode"},
                              {{"model", std::filesystem::absolute(args.get("model")).string()},
                               {"model_name", name},
-                              {"quantize", quantize}}});
+                              {"quantize", quantize},
+                              {"device", args.get("model-device", "cpu")}}});
   }
   for (const auto& chain : config.chains)
     for (const auto& f : chain.functions)

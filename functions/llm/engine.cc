@@ -4,16 +4,61 @@
 #include <cstring>
 #include <map>
 
+#include "lifl/common/log.h"
+
 namespace lifl::llm {
 
 namespace kl = kernels::llm;
 
-Engine::Engine(const LlamaModel& model, uint32_t maxPages) : model_(model) {
-  const uint64_t rowFloats = uint64_t{model.config.kvHeads} * model.config.headDim;
-  k_.assign(model.config.layers,
-            std::vector<float>(uint64_t{maxPages} * kl::kPageTokens * rowFloats));
-  v_ = k_;
+Engine::Engine(const LlamaModel& model, uint32_t maxPages, bool gpu) : model_(model) {
+  const auto& c = model.config;
+  const bool quantised = !model.layers.empty() && model.layers[0].q.quant.has_value();
+  if (gpu && !quantised && gpu::pickBackend(true) == gpu::Backend::Cuda) {
+    gpu::llm::Shape shape{c.hiddenSize, c.intermediateSize, c.layers,
+                          c.heads,      c.kvHeads,          c.headDim,
+                          c.vocabSize,  maxPages,           static_cast<float>(c.rmsNormEps),
+                          c.ropeTheta};
+    std::vector<gpu::llm::HostLayer> layers;
+    for (const auto& l : model.layers)
+      layers.push_back({l.inputNorm.data(), l.postNorm.data(), l.q.weight.data(), l.k.weight.data(),
+                        l.v.weight.data(), l.o.weight.data(), l.gate.weight.data(),
+                        l.up.weight.data(), l.down.weight.data()});
+    auto d = gpu::llm::DeviceModel::create(shape, model.embed.data(), model.norm.data(),
+                                           model.lmHead.data(), layers);
+    if (d)
+      device_ = std::move(d).value();
+    else
+      LIFL_WARN("llm: the model runs on the CPU: " << d.error().detail);
+  } else if (gpu) {
+    LIFL_WARN("llm: the model runs on the CPU ("
+              << (quantised ? "quantised weights run on the CPU for now" : gpu::cudaInfo().why)
+              << ")");
+  }
+  if (!device_) {
+    const uint64_t rowFloats = uint64_t{c.kvHeads} * c.headDim;
+    k_.assign(c.layers, std::vector<float>(uint64_t{maxPages} * kl::kPageTokens * rowFloats));
+    v_ = k_;
+  }
   for (uint32_t p = maxPages; p-- > 0;) free_.push_back(p);
+}
+
+Result<std::vector<float>> Engine::forwardOnDevice(const std::vector<Row>& rows,
+                                                   const std::vector<size_t>& logitRows) {
+  std::vector<uint32_t> tokens, positions, seqOf, tableStart, tableLen, tables, logit;
+  std::map<Sequence*, uint32_t> index;
+  for (const auto& r : rows) {
+    auto [it, fresh] = index.emplace(r.seq, static_cast<uint32_t>(index.size()));
+    if (fresh) {
+      tableStart.push_back(static_cast<uint32_t>(tables.size()));
+      tableLen.push_back(static_cast<uint32_t>(r.seq->pages.size()));
+      tables.insert(tables.end(), r.seq->pages.begin(), r.seq->pages.end());
+    }
+    tokens.push_back(r.token);
+    positions.push_back(r.position);
+    seqOf.push_back(it->second);
+  }
+  for (size_t j : logitRows) logit.push_back(static_cast<uint32_t>(j));
+  return device_->forward({tokens, positions, seqOf, tableStart, tableLen, tables, logit});
 }
 
 Result<void> Engine::reserve(Sequence& seq, uint32_t tokens) {
@@ -32,6 +77,11 @@ Result<void> Engine::reserve(Sequence& seq, uint32_t tokens) {
 }
 
 void Engine::exportKv(const Sequence& seq, float* out) const {
+  if (device_) {
+    auto copied = device_->exportKv(seq.pages, seq.length, out);
+    LIFL_CHECK(copied.has_value(), "copying the KV cache from the device failed");
+    return;
+  }
   const uint64_t row = uint64_t{model_.config.kvHeads} * model_.config.headDim;
   for (uint32_t l = 0; l < model_.config.layers; ++l) {
     const kl::KvPages cache{const_cast<float*>(k_[l].data()), const_cast<float*>(v_[l].data()),
@@ -47,6 +97,12 @@ void Engine::exportKv(const Sequence& seq, float* out) const {
 
 Result<void> Engine::importKv(Sequence& seq, const float* in, uint32_t length) {
   LIFL_TRYV(reserve(seq, length));
+  if (device_) {
+    LIFL_CHECK(seq.length == 0, "a hand-off starts a sequence");
+    LIFL_TRYV(device_->importKv(seq.pages, length, in));
+    seq.length = length;
+    return success();
+  }
   const uint64_t row = uint64_t{model_.config.kvHeads} * model_.config.headDim;
   for (uint32_t l = 0; l < model_.config.layers; ++l) {
     const kl::KvPages cache{k_[l].data(), v_[l].data(), model_.config.kvHeads,
@@ -105,6 +161,7 @@ Result<std::vector<float>> Engine::forward(const std::vector<Row>& rows,
       return badRequest("bad_token", "token id " + std::to_string(r.token) +
                                          " is not below the vocabulary size " +
                                          std::to_string(c.vocabSize));
+  if (device_) return forwardOnDevice(rows, logitRows);
   std::vector<float> x(n * h), normed(n * h), qs(n * q), ks(n * kv), vs(n * kv), attn(n * q),
       proj(n * h), gate(n * inter), up(n * inter);
   std::vector<uint32_t> positions(n);

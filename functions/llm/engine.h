@@ -10,6 +10,7 @@
 
 #include "lifl/common/error.h"
 #include "lifl/gpu/llm.h"
+#include "lifl/gpu/llm_device.h"
 #include "model.h"
 
 namespace lifl::llm {
@@ -22,7 +23,11 @@ struct Sequence {
 class Engine {
  public:
   /// @param maxPages the KV pool, shared by all sequences (per layer, K and V)
-  Engine(const LlamaModel& model, uint32_t maxPages);
+  /// @param gpu run on the GPU when one is present (weights in BF16 there; a quantised
+  ///        model stays on the CPU for now), else on the CPU reference
+  Engine(const LlamaModel& model, uint32_t maxPages, bool gpu = false);
+  /// Where it runs: "cuda" or "cpu".
+  const char* device() const { return device_ ? "cuda" : "cpu"; }
 
   const LlamaConfig& config() const { return model_.config; }
   /// Runs `tokens` of one sequence (a prompt, or one generated token) and appends their K/V
@@ -55,8 +60,12 @@ class Engine {
                                      const std::vector<size_t>& logitRows);
   Result<void> reserve(Sequence& seq, uint32_t tokens);
 
+  Result<std::vector<float>> forwardOnDevice(const std::vector<Row>& rows,
+                                             const std::vector<size_t>& logitRows);
+
   const LlamaModel& model_;
-  std::vector<std::vector<float>> k_, v_;  ///< per layer: maxPages * kPageTokens rows
+  std::unique_ptr<gpu::llm::DeviceModel> device_;  ///< the GPU path, when it runs there
+  std::vector<std::vector<float>> k_, v_;  ///< CPU path, per layer: maxPages * kPageTokens rows
   std::vector<uint32_t> free_;
 };
 

@@ -136,11 +136,12 @@ Result<std::unique_ptr<Loaded>> load(const nlohmann::json& params) {
   const uint32_t pagesPerSequence =
       (c.maxPositions + kernels::llm::kPageTokens - 1) / kernels::llm::kPageTokens;
   const uint32_t sequences = params.value("max_sequences", 16u);
-  l->engine = std::make_unique<llm::Engine>(l->model, pagesPerSequence * sequences);
+  l->engine = std::make_unique<llm::Engine>(l->model, pagesPerSequence * sequences,
+                                            params.value("device", std::string("cpu")) == "cuda");
   l->tokenizer = std::make_unique<llm::ByteTokenizer>(c.vocabSize);
   l->name = params.value("model_name", std::string("lifl"));
   LIFL_INFO("llm: loaded " << dir << " (" << c.layers << " layers, hidden " << c.hiddenSize
-                           << ", vocab " << c.vocabSize << ")");
+                           << ", vocab " << c.vocabSize << ") on " << l->engine->device());
   return l;
 }
 

@@ -1,0 +1,66 @@
+// The LLM kernels where the backend computes (lifl/gpu/device.h): the CPU reference of
+// lifl/gpu/llm.h, or their CUDA versions. A DeviceModel holds a Llama's weights (BF16) and
+// its paged KV cache on the GPU and runs the forward pass there; the single-kernel calls take
+// host data, for the tests that compare the two backends.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <span>
+#include <vector>
+
+#include "lifl/common/error.h"
+#include "lifl/gpu/device.h"
+#include "lifl/gpu/llm.h"
+
+namespace lifl::gpu::llm {
+
+struct Shape {
+  uint32_t hidden = 0, inter = 0, layers = 0, heads = 0, kvHeads = 0, headDim = 0, vocab = 0;
+  uint32_t maxPages = 0;  ///< KV pages per layer
+  float eps = 1e-6f;
+  double theta = 10000.0;
+};
+
+/// One layer's fp32 weights in host memory ([out][in] for the linears).
+struct HostLayer {
+  const float *inputNorm, *postNorm, *q, *k, *v, *o, *gate, *up, *down;
+};
+
+/// The rows of one forward pass: row r is tokens[r] at positions[r] of sequence seqOf[r];
+/// sequence s's block table is tables[tableStart[s] .. + tableLen[s]).
+struct Batch {
+  std::span<const uint32_t> tokens, positions, seqOf;
+  std::span<const uint32_t> tableStart, tableLen, tables;
+  std::span<const uint32_t> logitRows;  ///< the rows whose logits are wanted
+};
+
+class DeviceModel {
+ public:
+  static Result<std::unique_ptr<DeviceModel>> create(const Shape& shape, const float* embed,
+                                                     const float* norm, const float* lmHead,
+                                                     const std::vector<HostLayer>& layers);
+  virtual ~DeviceModel() = default;
+  /// Stores every row's K/V in its page, runs the layers, returns [logitRows][vocab].
+  virtual Result<std::vector<float>> forward(const Batch& batch) = 0;
+  /// A sequence's K/V between its pages and host memory (the hand-off layout of
+  /// Engine::exportKv: [layer][K, V][token][kvHeads * headDim]).
+  virtual Result<void> exportKv(std::span<const uint32_t> pages, uint32_t length, float* out) = 0;
+  virtual Result<void> importKv(std::span<const uint32_t> pages, uint32_t length,
+                                const float* in) = 0;
+};
+
+// Single kernels on host data, on either backend (the CUDA linear holds W in BF16).
+Result<void> rmsNorm(Backend b, float* out, const float* x, const float* w, uint64_t rows,
+                     uint64_t n, float eps);
+Result<void> rope(Backend b, float* x, uint64_t rows, uint32_t heads, uint32_t headDim,
+                  const uint32_t* positions, double theta);
+Result<void> siluAndMul(Backend b, float* out, const float* gate, const float* up, uint64_t n);
+Result<void> linear(Backend b, float* y, const float* x, const float* w, uint64_t rows, uint64_t in,
+                    uint64_t out);
+Result<void> attention(Backend b, float* out, const float* q, uint64_t rows,
+                       const uint32_t* positions, uint32_t heads,
+                       const kernels::llm::KvPages& cache, uint64_t pageFloats,
+                       std::span<const uint32_t> blockTable);
+
+}  // namespace lifl::gpu::llm

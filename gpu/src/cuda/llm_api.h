@@ -1,0 +1,55 @@
+// The CUDA side of the LLM kernels (gpu/src/cuda/llm_kernels.cu), as the C++ side sees it:
+// plain types, "" on success or one line saying what failed.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+namespace lifl::gpu::cuda::llm {
+
+struct Shape {
+  uint32_t hidden = 0, inter = 0, layers = 0, heads = 0, kvHeads = 0, headDim = 0, vocab = 0;
+  uint32_t maxPages = 0;
+  float eps = 1e-6f;
+  double theta = 10000.0;
+};
+
+/// Host fp32 weights of one layer (uploaded as BF16).
+struct HostLayer {
+  const float *inputNorm, *postNorm, *q, *k, *v, *o, *gate, *up, *down;
+};
+
+struct Model;  ///< device weights, KV pages, scratch
+std::string create(const Shape& shape, const float* embed, const float* norm, const float* lmHead,
+                   const std::vector<HostLayer>& layers, Model** out);
+void destroy(Model* model);
+
+/// One forward pass over `rows` tokens: row r is token tokens[r] at position positions[r] of
+/// sequence seqOf[r], whose block table is tables[tableStart[s] .. tableStart[s] + tableLen[s]).
+/// K/V of every row are stored in its page first; logits of rows logitRows go to `logits`.
+std::string forward(Model* model, uint32_t rows, const uint32_t* tokens, const uint32_t* positions,
+                    const uint32_t* seqOf, uint32_t sequences, const uint32_t* tableStart,
+                    const uint32_t* tableLen, const uint32_t* tables, uint32_t tableEntries,
+                    const uint32_t* logitRows, uint32_t logitCount, float* logits);
+
+/// Copies `length` tokens of a sequence's K/V between its pages and host memory, in the
+/// hand-off layout ([layer][K, V][token][kvHeads * headDim]).
+std::string copyKv(Model* model, const uint32_t* pages, uint32_t length, float* host, bool toHost);
+
+// Single kernels on host data (copied in and out), for the tests against the CPU reference.
+std::string rmsNorm(float* out, const float* x, const float* w, uint64_t rows, uint64_t n,
+                    float eps);
+std::string rope(float* x, uint64_t rows, uint32_t heads, uint32_t headDim,
+                 const uint32_t* positions, double theta);
+std::string siluAndMul(float* out, const float* gate, const float* up, uint64_t n);
+/// y = x W^T with W rounded to BF16 (as the device model holds it).
+std::string linearBf16(float* y, const float* x, const float* w, uint64_t rows, uint64_t in,
+                       uint64_t out);
+/// Paged causal GQA attention of one sequence (the layout of kernels::llm::attention).
+std::string attention(float* out, const float* q, uint64_t rows, const uint32_t* positions,
+                      uint32_t heads, uint32_t kvHeads, uint32_t headDim, const float* kPages,
+                      const float* vPages, uint64_t pageFloats, const uint32_t* blockTable,
+                      uint32_t blocks);
+
+}  // namespace lifl::gpu::cuda::llm

@@ -1,0 +1,489 @@
+// CUDA kernels of the LLM stages and the device forward pass that strings them together
+// (docs/llm.md). Weights are held in BF16, activations and the paged KV cache in fp32.
+// Each kernel has its CPU reference in gpu/src/cpu/llm.cc; the tests compare them.
+#include <cuda_bf16.h>
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <cmath>
+#include <memory>
+#include <vector>
+
+#include "llm_api.h"
+
+namespace lifl::gpu::cuda::llm {
+namespace {
+
+constexpr uint32_t kPageTokens = 16;
+constexpr int kMaxRows = 16;  ///< activation rows per pass of the linear kernel over a weight
+
+std::string failed(cudaError_t e, const char* what) {
+  return std::string(what) + ": " + cudaGetErrorString(e);
+}
+#define LIFL_CU(call)                                \
+  do {                                               \
+    cudaError_t e_ = (call);                         \
+    if (e_ != cudaSuccess) return failed(e_, #call); \
+  } while (0)
+
+__device__ __forceinline__ float warpSum(float v) {
+  for (int off = 16; off > 0; off /= 2) v += __shfl_xor_sync(0xffffffffu, v, off);
+  return v;
+}
+__device__ __forceinline__ float warpMax(float v) {
+  for (int off = 16; off > 0; off /= 2) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, off));
+  return v;
+}
+/// Sum (or max) over the block; every thread gets it. Needs 32 floats of shared memory.
+template <bool Max>
+__device__ float blockReduce(float v, float* shared) {
+  v = Max ? warpMax(v) : warpSum(v);
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32, warps = (blockDim.x + 31) / 32;
+  __syncthreads();
+  if (lane == 0) shared[warp] = v;
+  __syncthreads();
+  v = lane < warps ? shared[lane] : (Max ? -INFINITY : 0.f);
+  v = Max ? warpMax(v) : warpSum(v);
+  return v;
+}
+
+__global__ void rmsNormKernel(float* __restrict__ out, float* __restrict__ residual,
+                              const float* __restrict__ x, const float* __restrict__ w, uint64_t n,
+                              float eps) {
+  __shared__ float shared[32];
+  const uint64_t row = blockIdx.x;
+  float* res = residual ? residual + row * n : nullptr;
+  const float* in = x + row * n;
+  float sum = 0;
+  for (uint64_t i = threadIdx.x; i < n; i += blockDim.x) {
+    const float v = res ? (res[i] += in[i]) : in[i];
+    sum += v * v;
+  }
+  const float total = blockReduce<false>(sum, shared);
+  const float inv = 1.0f / sqrtf(total / static_cast<float>(n) + eps);
+  const float* src = res ? res : in;
+  for (uint64_t i = threadIdx.x; i < n; i += blockDim.x) out[row * n + i] = src[i] * inv * w[i];
+}
+
+__global__ void ropeKernel(float* __restrict__ x, uint64_t rows, uint32_t heads, uint32_t headDim,
+                           const uint32_t* __restrict__ positions,
+                           const float* __restrict__ invFreq) {
+  const uint32_t half = headDim / 2;
+  const uint64_t total = rows * heads * half;
+  for (uint64_t i = uint64_t{blockIdx.x} * blockDim.x + threadIdx.x; i < total;
+       i += uint64_t{gridDim.x} * blockDim.x) {
+    const uint32_t j = i % half;
+    const uint64_t rh = i / half, row = rh / heads;
+    float* v = x + rh * headDim;
+    const float angle = static_cast<float>(positions[row]) * invFreq[j];
+    float s, c;
+    sincosf(angle, &s, &c);
+    const float a = v[j], b = v[j + half];
+    v[j] = a * c - b * s;
+    v[j + half] = b * c + a * s;
+  }
+}
+
+__global__ void siluMulKernel(float* __restrict__ out, const float* __restrict__ gate,
+                              const float* __restrict__ up, uint64_t n) {
+  for (uint64_t i = uint64_t{blockIdx.x} * blockDim.x + threadIdx.x; i < n;
+       i += uint64_t{gridDim.x} * blockDim.x)
+    out[i] = gate[i] / (1.0f + __expf(-gate[i])) * up[i];
+}
+
+__global__ void addKernel(float* __restrict__ x, const float* __restrict__ y, uint64_t n) {
+  for (uint64_t i = uint64_t{blockIdx.x} * blockDim.x + threadIdx.x; i < n;
+       i += uint64_t{gridDim.x} * blockDim.x)
+    x[i] += y[i];
+}
+
+__global__ void embedKernel(float* __restrict__ x, const __nv_bfloat16* __restrict__ table,
+                            const uint32_t* __restrict__ tokens, uint64_t rows, uint64_t n) {
+  for (uint64_t i = uint64_t{blockIdx.x} * blockDim.x + threadIdx.x; i < rows * n;
+       i += uint64_t{gridDim.x} * blockDim.x)
+    x[i] = __bfloat162float(table[uint64_t{tokens[i / n]} * n + i % n]);
+}
+
+// y[r][o] = x[r] . W[o] for up to kMaxRows rows: one warp per output, 8 BF16 weights (16
+// bytes) per lane per step, so the weight matrix streams through once per pass (decode is
+// bound by reading the weights).
+__global__ void linearKernel(float* __restrict__ y, const float* __restrict__ x,
+                             const __nv_bfloat16* __restrict__ w, uint32_t rows, uint64_t in,
+                             uint64_t out) {
+  const uint64_t o = uint64_t{blockIdx.x} * (blockDim.x / 32) + threadIdx.x / 32;
+  const int lane = threadIdx.x % 32;
+  if (o >= out) return;
+  float acc[kMaxRows] = {};
+  const __nv_bfloat16* row = w + o * in;
+  for (uint64_t i = static_cast<uint64_t>(lane) * 8; i < in; i += 32 * 8) {
+    const uint4 raw = *reinterpret_cast<const uint4*>(row + i);
+    const __nv_bfloat162* h = reinterpret_cast<const __nv_bfloat162*>(&raw);
+    float wv[8];
+#pragma unroll
+    for (int j = 0; j < 4; ++j) {
+      const float2 f = __bfloat1622float2(h[j]);
+      wv[2 * j] = f.x, wv[2 * j + 1] = f.y;
+    }
+#pragma unroll
+    for (int r = 0; r < kMaxRows; ++r) {
+      if (r >= rows) break;
+      const float4 a = *reinterpret_cast<const float4*>(x + r * in + i);
+      const float4 b = *reinterpret_cast<const float4*>(x + r * in + i + 4);
+      acc[r] += wv[0] * a.x + wv[1] * a.y + wv[2] * a.z + wv[3] * a.w + wv[4] * b.x +
+                wv[5] * b.y + wv[6] * b.z + wv[7] * b.w;
+    }
+  }
+#pragma unroll
+  for (int r = 0; r < kMaxRows; ++r) {
+    if (r >= rows) break;
+    const float s = warpSum(acc[r]);
+    if (lane == 0) y[r * out + o] = s;
+  }
+}
+
+__global__ void storeKvKernel(float* __restrict__ kPages, float* __restrict__ vPages,
+                              const float* __restrict__ ks, const float* __restrict__ vs,
+                              const uint32_t* __restrict__ rowPage,
+                              const uint32_t* __restrict__ rowSlot, uint64_t rows, uint64_t kvDim) {
+  for (uint64_t i = uint64_t{blockIdx.x} * blockDim.x + threadIdx.x; i < rows * kvDim;
+       i += uint64_t{gridDim.x} * blockDim.x) {
+    const uint64_t r = i / kvDim, d = i % kvDim;
+    const uint64_t at = (uint64_t{rowPage[r]} * kPageTokens + rowSlot[r]) * kvDim + d;
+    kPages[at] = ks[i];
+    vPages[at] = vs[i];
+  }
+}
+
+// One block per (row, head): scores over the row's context into shared memory, the softmax,
+// then each thread one output dimension. The K/V rows come from the sequence's pages.
+__global__ void attentionKernel(float* __restrict__ out, const float* __restrict__ q,
+                                const uint32_t* __restrict__ positions,
+                                const uint32_t* __restrict__ tables,
+                                const uint32_t* __restrict__ rowTable, uint32_t heads,
+                                uint32_t kvHeads, uint32_t headDim,
+                                const float* __restrict__ kPages,
+                                const float* __restrict__ vPages) {
+  extern __shared__ float scores[];
+  __shared__ float shared[32];
+  __shared__ float qh[256];
+  const uint32_t row = blockIdx.x, h = blockIdx.y, kvh = h / (heads / kvHeads);
+  const uint32_t context = positions[row] + 1;
+  const uint32_t* table = tables + rowTable[row];
+  const uint64_t kvDim = uint64_t{kvHeads} * headDim;
+  const float scale = rsqrtf(static_cast<float>(headDim));
+  for (uint32_t d = threadIdx.x; d < headDim; d += blockDim.x)
+    qh[d] = q[(uint64_t{row} * heads + h) * headDim + d];
+  __syncthreads();
+  float localMax = -INFINITY;
+  for (uint32_t t = threadIdx.x; t < context; t += blockDim.x) {
+    const float* k = kPages + (uint64_t{table[t / kPageTokens]} * kPageTokens + t % kPageTokens) *
+                                  kvDim +
+                     uint64_t{kvh} * headDim;
+    float s = 0;
+    for (uint32_t d = 0; d < headDim; ++d) s += qh[d] * k[d];
+    s *= scale;
+    scores[t] = s;
+    localMax = fmaxf(localMax, s);
+  }
+  const float maxScore = blockReduce<true>(localMax, shared);
+  float localSum = 0;
+  for (uint32_t t = threadIdx.x; t < context; t += blockDim.x) {
+    const float p = __expf(scores[t] - maxScore);
+    scores[t] = p;
+    localSum += p;
+  }
+  const float total = blockReduce<false>(localSum, shared);
+  __syncthreads();
+  for (uint32_t d = threadIdx.x; d < headDim; d += blockDim.x) {
+    float acc = 0;
+    for (uint32_t t = 0; t < context; ++t) {
+      const float* v = vPages +
+                       (uint64_t{table[t / kPageTokens]} * kPageTokens + t % kPageTokens) * kvDim +
+                       uint64_t{kvh} * headDim;
+      acc += scores[t] * v[d];
+    }
+    out[(uint64_t{row} * heads + h) * headDim + d] = acc / total;
+  }
+}
+
+unsigned grid(uint64_t work) {
+  return static_cast<unsigned>(std::clamp<uint64_t>((work + 255) / 256, 1, 132 * 16));
+}
+
+/// A device buffer that grows as needed (RAII).
+struct Buffer {
+  void* p = nullptr;
+  size_t bytes = 0;
+  ~Buffer() { cudaFree(p); }
+  std::string reserve(size_t want) {
+    if (want <= bytes) return "";
+    cudaFree(p);
+    p = nullptr;
+    bytes = 0;
+    LIFL_CU(cudaMalloc(&p, want));
+    bytes = want;
+    return "";
+  }
+  template <class T>
+  T* as() const {
+    return static_cast<T*>(p);
+  }
+};
+#define LIFL_TRY_STR(expr)             \
+  do {                                 \
+    std::string why_ = (expr);         \
+    if (!why_.empty()) return why_;    \
+  } while (0)
+
+std::string uploadBf16(Buffer& b, const float* host, uint64_t n) {
+  std::vector<__nv_bfloat16> tmp(n);
+  for (uint64_t i = 0; i < n; ++i) tmp[i] = __float2bfloat16(host[i]);
+  LIFL_TRY_STR(b.reserve(n * 2));
+  LIFL_CU(cudaMemcpy(b.p, tmp.data(), n * 2, cudaMemcpyHostToDevice));
+  return "";
+}
+std::string uploadF32(Buffer& b, const void* host, size_t bytes) {
+  LIFL_TRY_STR(b.reserve(bytes));
+  LIFL_CU(cudaMemcpy(b.p, host, bytes, cudaMemcpyHostToDevice));
+  return "";
+}
+
+std::string linear(float* y, const float* x, const __nv_bfloat16* w, uint64_t rows, uint64_t in,
+                   uint64_t out) {
+  if (in % 8) return "linear: the input width must be a multiple of 8";
+  for (uint64_t r = 0; r < rows; r += kMaxRows) {
+    const auto n = static_cast<uint32_t>(std::min<uint64_t>(kMaxRows, rows - r));
+    linearKernel<<<static_cast<unsigned>((out + 7) / 8), 256>>>(y + r * out, x + r * in, w, n, in,
+                                                                 out);
+  }
+  LIFL_CU(cudaGetLastError());
+  return "";
+}
+
+std::string attend(float* out, const float* q, uint32_t rows, const uint32_t* positions,
+                   const uint32_t* tables, const uint32_t* rowTable, uint32_t maxContext,
+                   uint32_t heads, uint32_t kvHeads, uint32_t headDim, const float* kPages,
+                   const float* vPages) {
+  if (headDim > 256) return "attention: head_dim above 256";
+  const size_t shared = size_t{maxContext} * sizeof(float);
+  if (shared > 48 * 1024)
+    LIFL_CU(cudaFuncSetAttribute(attentionKernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                 static_cast<int>(shared)));
+  attentionKernel<<<dim3(rows, heads), 128, shared>>>(out, q, positions, tables, rowTable, heads,
+                                                      kvHeads, headDim, kPages, vPages);
+  LIFL_CU(cudaGetLastError());
+  return "";
+}
+
+}  // namespace
+
+struct Model {
+  Shape s;
+  Buffer embed, norm, lmHead, invFreq;
+  struct Layer {
+    Buffer inputNorm, postNorm, q, k, v, o, gate, up, down, kPages, vPages;
+  };
+  std::vector<Layer> layers;
+  Buffer x, normed, qs, ks, vs, attn, proj, gate, up, logits, last;
+  Buffer tokens, positions, rowPage, rowSlot, tables, rowTable, logitRows;
+};
+
+std::string create(const Shape& s, const float* embed, const float* norm, const float* lmHead,
+                   const std::vector<HostLayer>& layers, Model** out) {
+  auto m = std::make_unique<Model>();
+  m->s = s;
+  const uint64_t h = s.hidden, q = uint64_t{s.heads} * s.headDim,
+                 kv = uint64_t{s.kvHeads} * s.headDim, inter = s.inter;
+  LIFL_TRY_STR(uploadBf16(m->embed, embed, uint64_t{s.vocab} * h));
+  LIFL_TRY_STR(uploadF32(m->norm, norm, h * 4));
+  LIFL_TRY_STR(uploadBf16(m->lmHead, lmHead, uint64_t{s.vocab} * h));
+  std::vector<float> inv(s.headDim / 2);
+  for (uint32_t i = 0; i < inv.size(); ++i)  // as the CPU reference computes it
+    inv[i] = static_cast<float>(1.0 / std::pow(s.theta, (2.0 * i) / s.headDim));
+  LIFL_TRY_STR(uploadF32(m->invFreq, inv.data(), inv.size() * 4));
+  m->layers.resize(layers.size());
+  const size_t pageBytes = size_t{s.maxPages} * kPageTokens * kv * sizeof(float);
+  for (size_t l = 0; l < layers.size(); ++l) {
+    auto& d = m->layers[l];
+    const auto& w = layers[l];
+    LIFL_TRY_STR(uploadF32(d.inputNorm, w.inputNorm, h * 4));
+    LIFL_TRY_STR(uploadF32(d.postNorm, w.postNorm, h * 4));
+    LIFL_TRY_STR(uploadBf16(d.q, w.q, q * h));
+    LIFL_TRY_STR(uploadBf16(d.k, w.k, kv * h));
+    LIFL_TRY_STR(uploadBf16(d.v, w.v, kv * h));
+    LIFL_TRY_STR(uploadBf16(d.o, w.o, h * q));
+    LIFL_TRY_STR(uploadBf16(d.gate, w.gate, inter * h));
+    LIFL_TRY_STR(uploadBf16(d.up, w.up, inter * h));
+    LIFL_TRY_STR(uploadBf16(d.down, w.down, h * inter));
+    LIFL_TRY_STR(d.kPages.reserve(pageBytes));
+    LIFL_TRY_STR(d.vPages.reserve(pageBytes));
+  }
+  *out = m.release();
+  return "";
+}
+
+void destroy(Model* model) { delete model; }
+
+std::string copyKv(Model* m, const uint32_t* pages, uint32_t length, float* host, bool toHost) {
+  const uint64_t kv = uint64_t{m->s.kvHeads} * m->s.headDim;
+  for (auto& L : m->layers)
+    for (Buffer* b : {&L.kPages, &L.vPages})
+      for (uint32_t t = 0; t < length; t += kPageTokens) {
+        const uint32_t n = std::min(kPageTokens, length - t);
+        float* dev = b->as<float>() + uint64_t{pages[t / kPageTokens]} * kPageTokens * kv;
+        if (toHost)
+          LIFL_CU(cudaMemcpy(host, dev, n * kv * 4, cudaMemcpyDeviceToHost));
+        else
+          LIFL_CU(cudaMemcpy(dev, host, n * kv * 4, cudaMemcpyHostToDevice));
+        host += n * kv;
+      }
+  return "";
+}
+
+std::string forward(Model* m, uint32_t rows, const uint32_t* tokens, const uint32_t* positions,
+                    const uint32_t* seqOf, uint32_t sequences, const uint32_t* tableStart,
+                    const uint32_t* tableLen, const uint32_t* tables, uint32_t tableEntries,
+                    const uint32_t* logitRows, uint32_t logitCount, float* logits) {
+  const auto& s = m->s;
+  const uint64_t n = rows, h = s.hidden, q = uint64_t{s.heads} * s.headDim,
+                 kv = uint64_t{s.kvHeads} * s.headDim, inter = s.inter;
+  (void)sequences;
+  std::vector<uint32_t> rowPage(n), rowSlot(n), rowTable(n);
+  uint32_t maxContext = 0;
+  for (uint64_t r = 0; r < n; ++r) {
+    const uint32_t seq = seqOf[r], pos = positions[r];
+    if (pos / kPageTokens >= tableLen[seq]) return "forward: a position beyond its block table";
+    rowPage[r] = tables[tableStart[seq] + pos / kPageTokens];
+    rowSlot[r] = pos % kPageTokens;
+    rowTable[r] = tableStart[seq];
+    maxContext = std::max(maxContext, pos + 1);
+  }
+  LIFL_TRY_STR(uploadF32(m->tokens, tokens, n * 4));
+  LIFL_TRY_STR(uploadF32(m->positions, positions, n * 4));
+  LIFL_TRY_STR(uploadF32(m->rowPage, rowPage.data(), n * 4));
+  LIFL_TRY_STR(uploadF32(m->rowSlot, rowSlot.data(), n * 4));
+  LIFL_TRY_STR(uploadF32(m->rowTable, rowTable.data(), n * 4));
+  LIFL_TRY_STR(uploadF32(m->tables, tables, size_t{tableEntries} * 4));
+  for (Buffer* b : {&m->x, &m->normed, &m->proj}) LIFL_TRY_STR(b->reserve(n * h * 4));
+  for (Buffer* b : {&m->qs, &m->attn}) LIFL_TRY_STR(b->reserve(n * q * 4));
+  for (Buffer* b : {&m->ks, &m->vs}) LIFL_TRY_STR(b->reserve(n * kv * 4));
+  for (Buffer* b : {&m->gate, &m->up}) LIFL_TRY_STR(b->reserve(n * inter * 4));
+  float *x = m->x.as<float>(), *normed = m->normed.as<float>(), *proj = m->proj.as<float>();
+  float *qs = m->qs.as<float>(), *attn = m->attn.as<float>(), *ks = m->ks.as<float>(),
+        *vs = m->vs.as<float>(), *gate = m->gate.as<float>(), *up = m->up.as<float>();
+  const auto* pos = m->positions.as<uint32_t>();
+  embedKernel<<<grid(n * h), 256>>>(x, m->embed.as<__nv_bfloat16>(), m->tokens.as<uint32_t>(), n,
+                                    h);
+  for (auto& L : m->layers) {
+    rmsNormKernel<<<static_cast<unsigned>(n), 256>>>(normed, nullptr, x, L.inputNorm.as<float>(),
+                                                     h, s.eps);
+    LIFL_TRY_STR(linear(qs, normed, L.q.as<__nv_bfloat16>(), n, h, q));
+    LIFL_TRY_STR(linear(ks, normed, L.k.as<__nv_bfloat16>(), n, h, kv));
+    LIFL_TRY_STR(linear(vs, normed, L.v.as<__nv_bfloat16>(), n, h, kv));
+    ropeKernel<<<grid(n * s.heads * s.headDim / 2), 256>>>(qs, n, s.heads, s.headDim, pos,
+                                                          m->invFreq.as<float>());
+    ropeKernel<<<grid(n * s.kvHeads * s.headDim / 2), 256>>>(ks, n, s.kvHeads, s.headDim, pos,
+                                                            m->invFreq.as<float>());
+    storeKvKernel<<<grid(n * kv), 256>>>(L.kPages.as<float>(), L.vPages.as<float>(), ks, vs,
+                                         m->rowPage.as<uint32_t>(), m->rowSlot.as<uint32_t>(), n,
+                                         kv);
+    LIFL_TRY_STR(attend(attn, qs, static_cast<uint32_t>(n), pos, m->tables.as<uint32_t>(),
+                        m->rowTable.as<uint32_t>(), maxContext, s.heads, s.kvHeads, s.headDim,
+                        L.kPages.as<float>(), L.vPages.as<float>()));
+    LIFL_TRY_STR(linear(proj, attn, L.o.as<__nv_bfloat16>(), n, q, h));
+    rmsNormKernel<<<static_cast<unsigned>(n), 256>>>(normed, x, proj, L.postNorm.as<float>(), h,
+                                                     s.eps);
+    LIFL_TRY_STR(linear(gate, normed, L.gate.as<__nv_bfloat16>(), n, h, inter));
+    LIFL_TRY_STR(linear(up, normed, L.up.as<__nv_bfloat16>(), n, h, inter));
+    siluMulKernel<<<grid(n * inter), 256>>>(gate, gate, up, n * inter);
+    LIFL_TRY_STR(linear(proj, gate, L.down.as<__nv_bfloat16>(), n, inter, h));
+    addKernel<<<grid(n * h), 256>>>(x, proj, n * h);
+  }
+  // The head, over the rows that need logits only.
+  LIFL_TRY_STR(m->last.reserve(size_t{logitCount} * h * 4));
+  LIFL_TRY_STR(m->logits.reserve(size_t{logitCount} * s.vocab * 4));
+  for (uint32_t j = 0; j < logitCount; ++j)
+    LIFL_CU(cudaMemcpyAsync(m->last.as<float>() + j * h, x + uint64_t{logitRows[j]} * h, h * 4,
+                            cudaMemcpyDeviceToDevice));
+  rmsNormKernel<<<logitCount, 256>>>(m->last.as<float>(), nullptr, m->last.as<float>(),
+                                     m->norm.as<float>(), h, s.eps);
+  LIFL_TRY_STR(linear(m->logits.as<float>(), m->last.as<float>(), m->lmHead.as<__nv_bfloat16>(),
+                      logitCount, h, s.vocab));
+  LIFL_CU(cudaMemcpy(logits, m->logits.p, size_t{logitCount} * s.vocab * 4,
+                     cudaMemcpyDeviceToHost));
+  LIFL_CU(cudaGetLastError());
+  return "";
+}
+
+// ---------------------------------------------------------------- single kernels (tests)
+
+std::string rmsNorm(float* out, const float* x, const float* w, uint64_t rows, uint64_t n,
+                    float eps) {
+  Buffer dx, dw, dout;
+  LIFL_TRY_STR(uploadF32(dx, x, rows * n * 4));
+  LIFL_TRY_STR(uploadF32(dw, w, n * 4));
+  LIFL_TRY_STR(dout.reserve(rows * n * 4));
+  rmsNormKernel<<<static_cast<unsigned>(rows), 256>>>(dout.as<float>(), nullptr, dx.as<float>(),
+                                                      dw.as<float>(), n, eps);
+  LIFL_CU(cudaMemcpy(out, dout.p, rows * n * 4, cudaMemcpyDeviceToHost));
+  return "";
+}
+
+std::string rope(float* x, uint64_t rows, uint32_t heads, uint32_t headDim,
+                 const uint32_t* positions, double theta) {
+  std::vector<float> inv(headDim / 2);
+  for (uint32_t i = 0; i < inv.size(); ++i)
+    inv[i] = static_cast<float>(1.0 / std::pow(theta, (2.0 * i) / headDim));
+  Buffer dx, dp, di;
+  LIFL_TRY_STR(uploadF32(dx, x, rows * heads * headDim * 4));
+  LIFL_TRY_STR(uploadF32(dp, positions, rows * 4));
+  LIFL_TRY_STR(uploadF32(di, inv.data(), inv.size() * 4));
+  ropeKernel<<<grid(rows * heads * headDim / 2), 256>>>(dx.as<float>(), rows, heads, headDim,
+                                                        dp.as<uint32_t>(), di.as<float>());
+  LIFL_CU(cudaMemcpy(x, dx.p, rows * heads * headDim * 4, cudaMemcpyDeviceToHost));
+  return "";
+}
+
+std::string siluAndMul(float* out, const float* gate, const float* up, uint64_t n) {
+  Buffer dg, du;
+  LIFL_TRY_STR(uploadF32(dg, gate, n * 4));
+  LIFL_TRY_STR(uploadF32(du, up, n * 4));
+  siluMulKernel<<<grid(n), 256>>>(dg.as<float>(), dg.as<float>(), du.as<float>(), n);
+  LIFL_CU(cudaMemcpy(out, dg.p, n * 4, cudaMemcpyDeviceToHost));
+  return "";
+}
+
+std::string linearBf16(float* y, const float* x, const float* w, uint64_t rows, uint64_t in,
+                       uint64_t out) {
+  Buffer dx, dw, dy;
+  LIFL_TRY_STR(uploadF32(dx, x, rows * in * 4));
+  LIFL_TRY_STR(uploadBf16(dw, w, out * in));
+  LIFL_TRY_STR(dy.reserve(rows * out * 4));
+  LIFL_TRY_STR(linear(dy.as<float>(), dx.as<float>(), dw.as<__nv_bfloat16>(), rows, in, out));
+  LIFL_CU(cudaMemcpy(y, dy.p, rows * out * 4, cudaMemcpyDeviceToHost));
+  return "";
+}
+
+std::string attention(float* out, const float* q, uint64_t rows, const uint32_t* positions,
+                      uint32_t heads, uint32_t kvHeads, uint32_t headDim, const float* kPages,
+                      const float* vPages, uint64_t pageFloats, const uint32_t* blockTable,
+                      uint32_t blocks) {
+  Buffer dq, dk, dv, dp, dt, drt, dout;
+  LIFL_TRY_STR(uploadF32(dq, q, rows * heads * headDim * 4));
+  LIFL_TRY_STR(uploadF32(dk, kPages, pageFloats * 4));
+  LIFL_TRY_STR(uploadF32(dv, vPages, pageFloats * 4));
+  LIFL_TRY_STR(uploadF32(dp, positions, rows * 4));
+  LIFL_TRY_STR(uploadF32(dt, blockTable, size_t{blocks} * 4));
+  std::vector<uint32_t> rowTable(rows, 0);
+  LIFL_TRY_STR(uploadF32(drt, rowTable.data(), rows * 4));
+  LIFL_TRY_STR(dout.reserve(rows * heads * headDim * 4));
+  uint32_t maxContext = 0;
+  for (uint64_t r = 0; r < rows; ++r) maxContext = std::max(maxContext, positions[r] + 1);
+  LIFL_TRY_STR(attend(dout.as<float>(), dq.as<float>(), static_cast<uint32_t>(rows),
+                      dp.as<uint32_t>(), dt.as<uint32_t>(), drt.as<uint32_t>(), maxContext, heads,
+                      kvHeads, headDim, dk.as<float>(), dv.as<float>()));
+  LIFL_CU(cudaMemcpy(out, dout.p, rows * heads * headDim * 4, cudaMemcpyDeviceToHost));
+  return "";
+}
+
+}  // namespace lifl::gpu::cuda::llm

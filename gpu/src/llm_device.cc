@@ -1,0 +1,125 @@
+#include "lifl/gpu/llm_device.h"
+
+#ifdef LIFL_WITH_CUDA
+#include "cuda/llm_api.h"
+#endif
+
+namespace lifl::gpu::llm {
+namespace {
+
+Error noDevice() { return unavailable("no_gpu", "no CUDA device: " + cudaInfo().why); }
+
+#ifdef LIFL_WITH_CUDA
+Result<void> checked(const std::string& why) {
+  if (why.empty()) return success();
+  return internal("cuda_error", why);
+}
+
+class CudaModel final : public DeviceModel {
+ public:
+  explicit CudaModel(cuda::llm::Model* m, uint32_t vocab) : model_(m), vocab_(vocab) {}
+  ~CudaModel() override { cuda::llm::destroy(model_); }
+  Result<std::vector<float>> forward(const Batch& b) override {
+    std::vector<float> logits(b.logitRows.size() * size_t{vocab_});
+    LIFL_TRYV(checked(cuda::llm::forward(
+        model_, static_cast<uint32_t>(b.tokens.size()), b.tokens.data(), b.positions.data(),
+        b.seqOf.data(), static_cast<uint32_t>(b.tableStart.size()), b.tableStart.data(),
+        b.tableLen.data(), b.tables.data(), static_cast<uint32_t>(b.tables.size()),
+        b.logitRows.data(), static_cast<uint32_t>(b.logitRows.size()), logits.data())));
+    return logits;
+  }
+  Result<void> exportKv(std::span<const uint32_t> pages, uint32_t length, float* out) override {
+    return checked(cuda::llm::copyKv(model_, pages.data(), length, out, true));
+  }
+  Result<void> importKv(std::span<const uint32_t> pages, uint32_t length,
+                        const float* in) override {
+    return checked(cuda::llm::copyKv(model_, pages.data(), length, const_cast<float*>(in), false));
+  }
+
+ private:
+  cuda::llm::Model* model_;
+  uint32_t vocab_;
+};
+#endif
+
+}  // namespace
+
+Result<std::unique_ptr<DeviceModel>> DeviceModel::create(
+    [[maybe_unused]] const Shape& s, [[maybe_unused]] const float* embed,
+    [[maybe_unused]] const float* norm, [[maybe_unused]] const float* lmHead,
+    [[maybe_unused]] const std::vector<HostLayer>& layers) {
+#ifdef LIFL_WITH_CUDA
+  if (!cudaInfo().usable) return noDevice();
+  cuda::llm::Shape cs{s.hidden,  s.inter, s.layers,   s.heads, s.kvHeads,
+                      s.headDim, s.vocab, s.maxPages, s.eps,   s.theta};
+  std::vector<cuda::llm::HostLayer> cl;
+  for (const auto& l : layers)
+    cl.push_back({l.inputNorm, l.postNorm, l.q, l.k, l.v, l.o, l.gate, l.up, l.down});
+  cuda::llm::Model* m = nullptr;
+  if (auto why = cuda::llm::create(cs, embed, norm, lmHead, cl, &m); !why.empty())
+    return unavailable("gpu_memory", "cannot load the model on the device: " + why);
+  return std::unique_ptr<DeviceModel>(new CudaModel(m, s.vocab));
+#else
+  return noDevice();
+#endif
+}
+
+#ifdef LIFL_WITH_CUDA
+#define LIFL_ON_DEVICE(call)                   \
+  do {                                         \
+    if (!cudaInfo().usable) return noDevice(); \
+    return checked(call);                      \
+  } while (0)
+#else
+#define LIFL_ON_DEVICE(call) return noDevice()
+#endif
+
+Result<void> rmsNorm(Backend b, float* out, const float* x, const float* w, uint64_t rows,
+                     uint64_t n, float eps) {
+  if (b == Backend::Cpu) {
+    kernels::llm::rmsNorm(out, x, w, rows, n, eps);
+    return success();
+  }
+  LIFL_ON_DEVICE(cuda::llm::rmsNorm(out, x, w, rows, n, eps));
+}
+
+Result<void> rope(Backend b, float* x, uint64_t rows, uint32_t heads, uint32_t headDim,
+                  const uint32_t* positions, double theta) {
+  if (b == Backend::Cpu) {
+    kernels::llm::rope(x, rows, heads, headDim, positions, theta);
+    return success();
+  }
+  LIFL_ON_DEVICE(cuda::llm::rope(x, rows, heads, headDim, positions, theta));
+}
+
+Result<void> siluAndMul(Backend b, float* out, const float* gate, const float* up, uint64_t n) {
+  if (b == Backend::Cpu) {
+    kernels::llm::siluAndMul(out, gate, up, n);
+    return success();
+  }
+  LIFL_ON_DEVICE(cuda::llm::siluAndMul(out, gate, up, n));
+}
+
+Result<void> linear(Backend b, float* y, const float* x, const float* w, uint64_t rows, uint64_t in,
+                    uint64_t out) {
+  if (b == Backend::Cpu) {
+    kernels::llm::matmul(y, x, w, rows, in, out);
+    return success();
+  }
+  LIFL_ON_DEVICE(cuda::llm::linearBf16(y, x, w, rows, in, out));
+}
+
+Result<void> attention(Backend b, float* out, const float* q, uint64_t rows,
+                       const uint32_t* positions, uint32_t heads,
+                       const kernels::llm::KvPages& cache, [[maybe_unused]] uint64_t pageFloats,
+                       std::span<const uint32_t> blockTable) {
+  if (b == Backend::Cpu) {
+    kernels::llm::attention(out, q, rows, positions, heads, cache, blockTable);
+    return success();
+  }
+  LIFL_ON_DEVICE(cuda::llm::attention(out, q, rows, positions, heads, cache.kvHeads, cache.headDim,
+                                      cache.k, cache.v, pageFloats, blockTable.data(),
+                                      static_cast<uint32_t>(blockTable.size())));
+}
+
+}  // namespace lifl::gpu::llm

@@ -1,0 +1,104 @@
+"""The LLM forward pass on the GPU (docs/llm.md), where a CUDA device is present: its logits
+match the CPU path's on the same BF16 weights; its greedy tokens are the CPU path's; served by
+`lifl up --model-device cuda`, concurrent requests equal `lifl model run --device cuda`. With
+`transformers` installed (the GPU machine), the same folder loaded by LlamaForCausalLM gives
+the same logits and the same 32 greedy tokens. Skipped elsewhere, with a message saying so.
+
+Tolerance: the GPU and the CPU read the same BF16 weights and compute in fp32 in different
+orders; 2e-4 of the largest logit (a wrong kernel moves them by 1e-2 or more). transformers
+runs in fp32 on the same weights: the same bound."""
+import json
+import os
+import shutil
+import subprocess
+import tempfile
+import unittest
+
+import numpy as np
+
+from llm_api_test import post
+from lifl_harness import LIFL_BIN, Platform
+
+RTOL = 2e-4
+
+
+def cuda_device_present():
+    return bool(shutil.which("nvidia-smi")) and subprocess.run(
+        ["nvidia-smi", "-L"], capture_output=True).returncode == 0
+
+
+def run(model, tokens, n, *extra, logits=None):
+    args = [LIFL_BIN, "model", "run", "--model", model, "--tokens", ",".join(map(str, tokens)),
+            "--max-tokens", str(n), *extra]
+    if logits:
+        args += ["--logits", logits]
+    r = subprocess.run(args, capture_output=True, text=True, timeout=300)
+    if r.returncode != 0:
+        raise AssertionError(r.stderr)
+    return json.loads(r.stdout)["tokens"], (np.fromfile(logits, np.float32) if logits else None)
+
+
+@unittest.skipUnless(cuda_device_present(), "SKIPPED: no CUDA device here; run on the GPU machine")
+class LlmGpu(unittest.TestCase):
+    @classmethod
+    def setUpClass(cls):
+        cls.tmp = tempfile.TemporaryDirectory()
+        cls.model = os.path.join(cls.tmp.name, "gpu-tiny")
+        subprocess.run([LIFL_BIN, "model", "generate", "--dir", cls.model, "--layers", "3",
+                        "--hidden", "256", "--intermediate", "512", "--heads", "8", "--kv-heads",
+                        "2", "--vocab", "512", "--dtype", "bf16", "--seed", "21",
+                        "--max-positions", "1024"], check=True, capture_output=True)
+        cls.prompt = [int(t) for t in np.random.default_rng(2).integers(0, 512, 45)]
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.tmp.cleanup()
+
+    def check(self, got, ref, what):
+        err = np.max(np.abs(got - ref)) / np.max(np.abs(ref))
+        print(f"{what}: max relative error {err:.2e}", flush=True)
+        self.assertLess(err, RTOL, what)
+
+    def test_logits_and_tokens_match_the_cpu_path(self):
+        out = os.path.join(self.tmp.name, "l")
+        cpu_tokens, cpu = run(self.model, self.prompt, 16, "--device", "cpu", logits=out + ".cpu")
+        gpu_tokens, gpu = run(self.model, self.prompt, 16, "--device", "cuda", logits=out + ".gpu")
+        self.check(gpu, cpu, "GPU vs CPU logits after the prompt")
+        self.assertEqual(gpu_tokens, cpu_tokens)
+
+    def test_transformers_gives_the_same_logits_and_tokens(self):
+        try:
+            import torch
+            from transformers import LlamaForCausalLM
+        except ImportError:
+            self.skipTest("SKIPPED: transformers is not installed here")
+        hf = LlamaForCausalLM.from_pretrained(self.model, torch_dtype=torch.float32).cuda().eval()
+        ids = torch.tensor([self.prompt], device="cuda")
+        with torch.no_grad():
+            ref = hf(ids).logits[0, -1].float().cpu().numpy()
+            generated = hf.generate(ids, max_new_tokens=32, min_new_tokens=32, do_sample=False,
+                                    pad_token_id=0)[0, len(self.prompt):].tolist()
+        out = os.path.join(self.tmp.name, "hf")
+        tokens, ours = run(self.model, self.prompt, 32, "--device", "cuda", logits=out)
+        self.check(ours, ref, "LIFL GPU vs transformers LlamaForCausalLM logits")
+        self.assertEqual(tokens, generated, "32 greedy tokens")
+
+    def test_served_on_the_gpu(self):
+        import concurrent.futures
+        p = Platform(router="userspace", extra_args=["--model", self.model, "--model-device", "cuda"])
+        try:
+            prompts = [self.prompt[:10 + 5 * i] for i in range(4)]
+            with concurrent.futures.ThreadPoolExecutor(4) as pool:
+                results = list(pool.map(lambda pr: post(p.url, {"prompt": pr, "max_tokens": 8,
+                                                               "temperature": 0}), prompts))
+            for (status, _, data), pr in zip(results, prompts):
+                self.assertEqual(status, 200, data)
+                self.assertEqual(json.loads(data)["choices"][0]["token_ids"],
+                                 run(self.model, pr, 8, "--device", "cuda")[0])
+            self.assertIn("on cuda", p.log_tail(200))
+        finally:
+            p.stop()
+
+
+if __name__ == "__main__":
+    unittest.main()

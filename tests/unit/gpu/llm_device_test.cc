@@ -1,0 +1,115 @@
+// The LLM kernels on the GPU against their CPU reference (lifl/gpu/llm_device.h), where a
+// CUDA device is present; elsewhere skipped with a message saying so. Fresh random inputs
+// per test; outputs poisoned (NaN) before the call.
+//
+// Tolerance: both backends compute in fp32 in different orders (and the GPU's exp and sincos
+// differ by ulps), so the norm-wise relative error ||gpu - cpu|| / ||cpu|| is asserted below
+// 1e-5; the linear's weights are rounded to BF16 first, as the device holds them, so both
+// see the same values.
+#include "lifl/gpu/llm_device.h"
+
+#include <gtest/gtest.h>
+
+#include <bit>
+#include <cmath>
+#include <random>
+#include <vector>
+
+namespace lifl::gpu::llm {
+namespace {
+
+constexpr double kTolerance = 1e-5;
+
+class LlmKernels : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    if (!cudaInfo().usable)
+      GTEST_SKIP() << "SKIPPED: no CUDA device here (" << cudaInfo().why
+                   << "); run on the GPU machine";
+  }
+  std::vector<float> random(size_t n, float scale = 1.f) {
+    std::uniform_real_distribution<float> d(-scale, scale);
+    std::vector<float> v(n);
+    for (auto& x : v) x = d(rng_);
+    return v;
+  }
+  static double relative(const std::vector<float>& got, const std::vector<float>& ref) {
+    double err = 0, norm = 0;
+    for (size_t i = 0; i < ref.size(); ++i) {
+      if (!std::isfinite(got[i])) return INFINITY;
+      err += (double(got[i]) - ref[i]) * (double(got[i]) - ref[i]);
+      norm += double(ref[i]) * ref[i];
+    }
+    return std::sqrt(err / std::max(norm, 1e-300));
+  }
+  std::mt19937 rng_{std::random_device{}()};
+};
+
+TEST_F(LlmKernels, RmsNorm) {
+  const uint64_t rows = 5, n = 2048;
+  auto x = random(rows * n, 3.f), w = random(n);
+  std::vector<float> cpu(rows * n), gpu(rows * n, std::nanf(""));
+  ASSERT_TRUE(rmsNorm(Backend::Cpu, cpu.data(), x.data(), w.data(), rows, n, 1e-5f).has_value());
+  ASSERT_TRUE(rmsNorm(Backend::Cuda, gpu.data(), x.data(), w.data(), rows, n, 1e-5f).has_value());
+  EXPECT_LT(relative(gpu, cpu), kTolerance);
+}
+
+TEST_F(LlmKernels, Rope) {
+  const uint64_t rows = 40;
+  const uint32_t heads = 8, hd = 64;
+  auto x = random(rows * heads * hd);
+  std::vector<uint32_t> pos(rows);
+  for (uint64_t r = 0; r < rows; ++r) pos[r] = static_cast<uint32_t>(r * 97 % 4000);
+  auto cpu = x, gpu = x;
+  ASSERT_TRUE(rope(Backend::Cpu, cpu.data(), rows, heads, hd, pos.data(), 500000.0).has_value());
+  ASSERT_TRUE(rope(Backend::Cuda, gpu.data(), rows, heads, hd, pos.data(), 500000.0).has_value());
+  EXPECT_LT(relative(gpu, cpu), kTolerance);
+}
+
+TEST_F(LlmKernels, SiluAndMul) {
+  const uint64_t n = 100003;
+  auto g = random(n, 6.f), u = random(n);
+  std::vector<float> cpu(n), gpu(n, std::nanf(""));
+  ASSERT_TRUE(siluAndMul(Backend::Cpu, cpu.data(), g.data(), u.data(), n).has_value());
+  ASSERT_TRUE(siluAndMul(Backend::Cuda, gpu.data(), g.data(), u.data(), n).has_value());
+  EXPECT_LT(relative(gpu, cpu), kTolerance);
+}
+
+TEST_F(LlmKernels, LinearWithBf16Weights) {
+  for (uint64_t rows : {1u, 3u, 16u, 37u}) {  // 37: three passes of up to 16 rows
+    const uint64_t in = 1024, out = 600;
+    auto x = random(rows * in), w = random(out * in, 0.05f);
+    for (auto& v : w)  // as the device holds them
+      v = std::bit_cast<float>(std::bit_cast<uint32_t>(v) & 0xffff0000u);
+    std::vector<float> cpu(rows * out), gpu(rows * out, std::nanf(""));
+    ASSERT_TRUE(linear(Backend::Cpu, cpu.data(), x.data(), w.data(), rows, in, out).has_value());
+    ASSERT_TRUE(linear(Backend::Cuda, gpu.data(), x.data(), w.data(), rows, in, out).has_value());
+    EXPECT_LT(relative(gpu, cpu), kTolerance) << rows << " rows";
+  }
+}
+
+TEST_F(LlmKernels, PagedCausalGqaAttention) {
+  const uint32_t heads = 8, kvHeads = 2, hd = 64, context = 300;
+  const uint32_t pages = (context + kernels::llm::kPageTokens - 1) / kernels::llm::kPageTokens;
+  const uint64_t pageFloats = uint64_t{pages + 3} * kernels::llm::kPageTokens * kvHeads * hd;
+  auto k = random(pageFloats), v = random(pageFloats);
+  std::vector<uint32_t> table(pages);
+  for (uint32_t p = 0; p < pages; ++p) table[p] = (p * 7 + 2) % (pages + 3);  // scattered
+  // A prefill's rows (the last 20 positions) and a decode row.
+  std::vector<uint32_t> pos;
+  for (uint32_t t = context - 20; t < context; ++t) pos.push_back(t);
+  const uint64_t rows = pos.size();
+  auto q = random(rows * heads * hd);
+  const kernels::llm::KvPages cache{k.data(), v.data(), kvHeads, hd};
+  std::vector<float> cpu(rows * heads * hd), gpu(rows * heads * hd, std::nanf(""));
+  ASSERT_TRUE(attention(Backend::Cpu, cpu.data(), q.data(), rows, pos.data(), heads, cache,
+                        pageFloats, table)
+                  .has_value());
+  ASSERT_TRUE(attention(Backend::Cuda, gpu.data(), q.data(), rows, pos.data(), heads, cache,
+                        pageFloats, table)
+                  .has_value());
+  EXPECT_LT(relative(gpu, cpu), kTolerance);
+}
+
+}  // namespace
+}  // namespace lifl::gpu::llm
