@@ -74,6 +74,21 @@ Result<std::unique_ptr<DeviceModel>> DeviceModel::create(
 #define LIFL_ON_DEVICE(call) return noDevice()
 #endif
 
+Result<double> timeDecodeAttention([[maybe_unused]] uint32_t batch, [[maybe_unused]] uint32_t heads,
+                                   [[maybe_unused]] uint32_t kvHeads,
+                                   [[maybe_unused]] uint32_t headDim,
+                                   [[maybe_unused]] uint32_t context, [[maybe_unused]] int reps) {
+#ifdef LIFL_WITH_CUDA
+  if (!cudaInfo().usable) return noDevice();
+  double seconds = 0;
+  LIFL_TRYV(checked(
+      cuda::llm::timeDecodeAttention(batch, heads, kvHeads, headDim, context, reps, &seconds)));
+  return seconds;
+#else
+  return noDevice();
+#endif
+}
+
 Result<void> rmsNorm(Backend b, float* out, const float* x, const float* w, uint64_t rows,
                      uint64_t n, float eps) {
   if (b == Backend::Cpu) {

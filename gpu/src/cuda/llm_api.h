@@ -37,6 +37,11 @@ std::string forward(Model* model, uint32_t rows, const uint32_t* tokens, const u
 /// hand-off layout ([layer][K, V][token][kvHeads * headDim]).
 std::string copyKv(Model* model, const uint32_t* pages, uint32_t length, float* host, bool toHost);
 
+/// Mean seconds of the decode attention over `batch` sequences of `context` positions each
+/// (device-resident pages), timed with CUDA events over `reps` launches.
+std::string timeDecodeAttention(uint32_t batch, uint32_t heads, uint32_t kvHeads, uint32_t headDim,
+                                uint32_t context, int reps, double* seconds);
+
 // Single kernels on host data (copied in and out), for the tests against the CPU reference.
 std::string rmsNorm(float* out, const float* x, const float* w, uint64_t rows, uint64_t n,
                     float eps);

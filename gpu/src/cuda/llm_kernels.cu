@@ -154,55 +154,135 @@ __global__ void storeKvKernel(float* __restrict__ kPages, float* __restrict__ vP
   }
 }
 
-// One block per (row, head): scores over the row's context into shared memory, the softmax,
-// then each thread one output dimension. The K/V rows come from the sequence's pages.
-__global__ void attentionKernel(float* __restrict__ out, const float* __restrict__ q,
-                                const uint32_t* __restrict__ positions,
-                                const uint32_t* __restrict__ tables,
-                                const uint32_t* __restrict__ rowTable, uint32_t heads,
-                                uint32_t kvHeads, uint32_t headDim,
-                                const float* __restrict__ kPages,
-                                const float* __restrict__ vPages) {
-  extern __shared__ float scores[];
-  __shared__ float shared[32];
-  __shared__ float qh[256];
-  const uint32_t row = blockIdx.x, h = blockIdx.y, kvh = h / (heads / kvHeads);
+// Paged causal GQA attention, split over the context (Flash-Decoding): one block per (row,
+// KV head, split of splitTokensFor(context) positions) computes, for every query head of that KV head's
+// group, the split's running max m, sum l and unnormalised output o (online softmax, one
+// warp per token stride); splitMerge then combines the splits by their log-sum-exp. Each
+// K/V row is read once for the whole group, whatever the context length.
+/// Positions per split: 256 keeps enough blocks busy at short contexts, 512 halves the
+/// partials at long ones (measured: bench_attention, docs/benchmarks.md).
+__host__ __device__ constexpr uint32_t splitTokensFor(uint32_t maxContext) {
+  return maxContext < 16384 ? 256 : 512;
+}
+constexpr int kWarps = 4;
+
+// GROUP and DL are template parameters so that the per-head arrays stay in registers (a
+// runtime index would put them in local memory).
+template <int GROUP, int DL>
+__global__ void splitAttentionKernel(float* __restrict__ partial, const float* __restrict__ q,
+                                     const uint32_t* __restrict__ positions,
+                                     const uint32_t* __restrict__ tables,
+                                     const uint32_t* __restrict__ rowTable, uint32_t heads,
+                                     uint32_t kvHeads, uint32_t headDim, uint32_t splits,
+                                     uint32_t splitTokens, const float* __restrict__ kPages,
+                                     const float* __restrict__ vPages) {
+  const uint32_t row = blockIdx.x, kvh = blockIdx.y, split = blockIdx.z;
+  constexpr uint32_t group = GROUP;
   const uint32_t context = positions[row] + 1;
+  const uint32_t begin = split * splitTokens, end = min(context, begin + splitTokens);
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const uint32_t* table = tables + rowTable[row];
   const uint64_t kvDim = uint64_t{kvHeads} * headDim;
   const float scale = rsqrtf(static_cast<float>(headDim));
-  for (uint32_t d = threadIdx.x; d < headDim; d += blockDim.x)
-    qh[d] = q[(uint64_t{row} * heads + h) * headDim + d];
-  __syncthreads();
-  float localMax = -INFINITY;
-  for (uint32_t t = threadIdx.x; t < context; t += blockDim.x) {
-    const float* k = kPages + (uint64_t{table[t / kPageTokens]} * kPageTokens + t % kPageTokens) *
-                                  kvDim +
-                     uint64_t{kvh} * headDim;
-    float s = 0;
-    for (uint32_t d = 0; d < headDim; ++d) s += qh[d] * k[d];
-    s *= scale;
-    scores[t] = s;
-    localMax = fmaxf(localMax, s);
-  }
-  const float maxScore = blockReduce<true>(localMax, shared);
-  float localSum = 0;
-  for (uint32_t t = threadIdx.x; t < context; t += blockDim.x) {
-    const float p = __expf(scores[t] - maxScore);
-    scores[t] = p;
-    localSum += p;
-  }
-  const float total = blockReduce<false>(localSum, shared);
-  __syncthreads();
-  for (uint32_t d = threadIdx.x; d < headDim; d += blockDim.x) {
-    float acc = 0;
-    for (uint32_t t = 0; t < context; ++t) {
-      const float* v = vPages +
-                       (uint64_t{table[t / kPageTokens]} * kPageTokens + t % kPageTokens) * kvDim +
-                       uint64_t{kvh} * headDim;
-      acc += scores[t] * v[d];
+  float qv[GROUP][DL], acc[GROUP][DL], m[GROUP], l[GROUP];
+#pragma unroll
+  for (uint32_t g = 0; g < group; ++g) {
+    const float* qh = q + (uint64_t{row} * heads + kvh * group + g) * headDim;
+#pragma unroll
+    for (int j = 0; j < DL; ++j) {
+      qv[g][j] = qh[j * 32 + lane] * scale;
+      acc[g][j] = 0.f;
     }
-    out[(uint64_t{row} * heads + h) * headDim + d] = acc / total;
+    m[g] = -INFINITY;
+    l[g] = 0.f;
+  }
+  // kUnroll tokens per warp per step, their K/V rows loaded before any is used: more loads
+  // in flight per warp (the step is otherwise a chain of dependent reductions).
+  constexpr int kUnroll = 4;
+  for (uint32_t t0 = begin + warp; t0 < end; t0 += kWarps * kUnroll) {
+    float kr[kUnroll][DL], vr[kUnroll][DL];
+#pragma unroll
+    for (int u = 0; u < kUnroll; ++u) {
+      const uint32_t t = t0 + u * kWarps;
+      if (t >= end) break;
+      const uint64_t at =
+          (uint64_t{table[t / kPageTokens]} * kPageTokens + t % kPageTokens) * kvDim +
+          uint64_t{kvh} * headDim;
+#pragma unroll
+      for (int j = 0; j < DL; ++j) {
+        kr[u][j] = kPages[at + j * 32 + lane];
+        vr[u][j] = vPages[at + j * 32 + lane];
+      }
+    }
+#pragma unroll
+    for (int u = 0; u < kUnroll; ++u) {
+      if (t0 + u * kWarps >= end) break;
+#pragma unroll
+      for (uint32_t g = 0; g < group; ++g) {
+        float s = 0;
+#pragma unroll
+        for (int j = 0; j < DL; ++j) s += qv[g][j] * kr[u][j];
+        s = warpSum(s);
+        const float mNew = fmaxf(m[g], s), correction = __expf(m[g] - mNew),
+                    p = __expf(s - mNew);
+        l[g] = l[g] * correction + p;
+#pragma unroll
+        for (int j = 0; j < DL; ++j) acc[g][j] = acc[g][j] * correction + p * vr[u][j];
+        m[g] = mNew;
+      }
+    }
+  }
+  // The block's warps combined in shared memory, then one partial per (head, split).
+  __shared__ float sm[kWarps][GROUP], sl[kWarps][GROUP];
+  __shared__ float so[kWarps][GROUP][DL * 32];
+#pragma unroll
+  for (uint32_t g = 0; g < group; ++g) {
+    if (lane == 0) {
+      sm[warp][g] = m[g];
+      sl[warp][g] = l[g];
+    }
+#pragma unroll
+    for (int j = 0; j < DL; ++j) so[warp][g][j * 32 + lane] = acc[g][j];
+  }
+  __syncthreads();
+  const uint32_t outDims = headDim + 2;  // o[headDim], m, l
+  for (uint32_t i = threadIdx.x; i < group * headDim; i += blockDim.x) {
+    const uint32_t g = i / headDim, d = i % headDim;
+    float M = -INFINITY;
+    for (int w = 0; w < kWarps; ++w) M = fmaxf(M, sm[w][g]);
+    float L = 0, O = 0;
+    for (int w = 0; w < kWarps; ++w) {
+      const float f = sm[w][g] == -INFINITY ? 0.f : __expf(sm[w][g] - M);
+      L += sl[w][g] * f;
+      O += so[w][g][d] * f;
+    }
+    float* dst = partial + ((uint64_t{row} * heads + kvh * group + g) * splits + split) * outDims;
+    dst[d] = O;
+    if (d == 0) {
+      dst[headDim] = M;
+      dst[headDim + 1] = L;
+    }
+  }
+}
+
+__global__ void splitMergeKernel(float* __restrict__ out, const float* __restrict__ partial,
+                                 const uint32_t* __restrict__ positions, uint32_t heads,
+                                 uint32_t headDim, uint32_t splits, uint32_t splitTokens) {
+  const uint32_t row = blockIdx.x, h = blockIdx.y;
+  const uint32_t used = (positions[row] + splitTokens) / splitTokens;  // splits with tokens
+  const uint32_t outDims = headDim + 2;
+  const float* p = partial + (uint64_t{row} * heads + h) * splits * outDims;
+  float M = -INFINITY;
+  for (uint32_t s = 0; s < used; ++s) M = fmaxf(M, p[s * outDims + headDim]);
+  for (uint32_t d = threadIdx.x; d < headDim; d += blockDim.x) {
+    float L = 0, O = 0;
+    for (uint32_t s = 0; s < used; ++s) {
+      const float mi = p[s * outDims + headDim];
+      const float f = mi == -INFINITY ? 0.f : __expf(mi - M);
+      L += p[s * outDims + headDim + 1] * f;
+      O += p[s * outDims + d] * f;
+    }
+    out[(uint64_t{row} * heads + h) * headDim + d] = O / L;
   }
 }
 
@@ -260,17 +340,43 @@ std::string linear(float* y, const float* x, const __nv_bfloat16* w, uint64_t ro
   return "";
 }
 
+/// Scratch of the split partials (per process, grown as needed).
+Buffer& splitScratch() {
+  static Buffer b;
+  return b;
+}
+
 std::string attend(float* out, const float* q, uint32_t rows, const uint32_t* positions,
                    const uint32_t* tables, const uint32_t* rowTable, uint32_t maxContext,
                    uint32_t heads, uint32_t kvHeads, uint32_t headDim, const float* kPages,
                    const float* vPages) {
-  if (headDim > 256) return "attention: head_dim above 256";
-  const size_t shared = size_t{maxContext} * sizeof(float);
-  if (shared > 48 * 1024)
-    LIFL_CU(cudaFuncSetAttribute(attentionKernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                 static_cast<int>(shared)));
-  attentionKernel<<<dim3(rows, heads), 128, shared>>>(out, q, positions, tables, rowTable, heads,
-                                                      kvHeads, headDim, kPages, vPages);
+  const uint32_t splitTokens = splitTokensFor(maxContext);
+  const uint32_t splits = (maxContext + splitTokens - 1) / splitTokens;
+  LIFL_TRY_STR(splitScratch().reserve(size_t{rows} * heads * splits * (headDim + 2) * 4));
+  float* partial = splitScratch().as<float>();
+  const dim3 blocks(rows, kvHeads, splits);
+  const uint32_t group = heads / kvHeads, lanes = headDim / 32;
+  bool launched = false;
+#define LIFL_SPLIT(G, DL)                                                                     \
+  if (group == G && lanes == DL) {                                                            \
+    splitAttentionKernel<G, DL><<<blocks, kWarps * 32>>>(partial, q, positions, tables,        \
+                                                         rowTable, heads, kvHeads, headDim,    \
+                                                         splits, splitTokens, kPages, vPages); \
+    launched = true;                                                                          \
+  }
+#define LIFL_SPLIT_DIMS(G) \
+  LIFL_SPLIT(G, 1) LIFL_SPLIT(G, 2) LIFL_SPLIT(G, 3) LIFL_SPLIT(G, 4) LIFL_SPLIT(G, 8)
+  LIFL_SPLIT_DIMS(1)
+  LIFL_SPLIT_DIMS(2)
+  LIFL_SPLIT_DIMS(4)
+  LIFL_SPLIT_DIMS(8)
+#undef LIFL_SPLIT_DIMS
+#undef LIFL_SPLIT
+  if (!launched)
+    return "attention: needs head_dim 32, 64, 96, 128 or 256 and 1, 2, 4 or 8 query heads per "
+           "KV head";
+  splitMergeKernel<<<dim3(rows, heads), 128>>>(out, partial, positions, heads, headDim, splits,
+                                               splitTokens);
   LIFL_CU(cudaGetLastError());
   return "";
 }
@@ -412,6 +518,48 @@ std::string forward(Model* m, uint32_t rows, const uint32_t* tokens, const uint3
   LIFL_CU(cudaMemcpy(logits, m->logits.p, size_t{logitCount} * s.vocab * 4,
                      cudaMemcpyDeviceToHost));
   LIFL_CU(cudaGetLastError());
+  return "";
+}
+
+std::string timeDecodeAttention(uint32_t batch, uint32_t heads, uint32_t kvHeads,
+                                uint32_t headDim, uint32_t context, int reps, double* seconds) {
+  const uint32_t pagesPerSeq = (context + kPageTokens - 1) / kPageTokens;
+  const uint64_t kvDim = uint64_t{kvHeads} * headDim;
+  Buffer k, v, qs, out, pos, tables, rowTable;
+  const size_t pageBytes = size_t{batch} * pagesPerSeq * kPageTokens * kvDim * 4;
+  LIFL_TRY_STR(k.reserve(pageBytes));
+  LIFL_TRY_STR(v.reserve(pageBytes));
+  LIFL_CU(cudaMemset(k.p, 0, pageBytes));
+  LIFL_CU(cudaMemset(v.p, 0, pageBytes));
+  LIFL_TRY_STR(qs.reserve(size_t{batch} * heads * headDim * 4));
+  LIFL_CU(cudaMemset(qs.p, 0, size_t{batch} * heads * headDim * 4));
+  LIFL_TRY_STR(out.reserve(size_t{batch} * heads * headDim * 4));
+  std::vector<uint32_t> p(batch, context - 1), t(size_t{batch} * pagesPerSeq), rt(batch);
+  for (uint32_t b = 0; b < batch; ++b) {
+    rt[b] = b * pagesPerSeq;
+    for (uint32_t i = 0; i < pagesPerSeq; ++i) t[size_t{b} * pagesPerSeq + i] = b * pagesPerSeq + i;
+  }
+  LIFL_TRY_STR(uploadF32(pos, p.data(), p.size() * 4));
+  LIFL_TRY_STR(uploadF32(tables, t.data(), t.size() * 4));
+  LIFL_TRY_STR(uploadF32(rowTable, rt.data(), rt.size() * 4));
+  auto once = [&] {
+    return attend(out.as<float>(), qs.as<float>(), batch, pos.as<uint32_t>(),
+                  tables.as<uint32_t>(), rowTable.as<uint32_t>(), context, heads, kvHeads,
+                  headDim, k.as<float>(), v.as<float>());
+  };
+  LIFL_TRY_STR(once());
+  cudaEvent_t start, stop;
+  LIFL_CU(cudaEventCreate(&start));
+  LIFL_CU(cudaEventCreate(&stop));
+  LIFL_CU(cudaEventRecord(start));
+  for (int r = 0; r < reps; ++r) LIFL_TRY_STR(once());
+  LIFL_CU(cudaEventRecord(stop));
+  LIFL_CU(cudaEventSynchronize(stop));
+  float ms = 0;
+  LIFL_CU(cudaEventElapsedTime(&ms, start, stop));
+  cudaEventDestroy(start);
+  cudaEventDestroy(stop);
+  *seconds = ms / 1e3 / reps;
   return "";
 }
 

@@ -50,6 +50,11 @@ class DeviceModel {
                                 const float* in) = 0;
 };
 
+/// The decode attention's mean time over `batch` sequences of `context` positions (the
+/// benchmark's measurement; CUDA only).
+Result<double> timeDecodeAttention(uint32_t batch, uint32_t heads, uint32_t kvHeads,
+                                   uint32_t headDim, uint32_t context, int reps);
+
 // Single kernels on host data, on either backend (the CUDA linear holds W in BF16).
 Result<void> rmsNorm(Backend b, float* out, const float* x, const float* w, uint64_t rows,
                      uint64_t n, float eps);

@@ -1,0 +1,39 @@
+// Decode attention over the paged KV cache on the GPU (docs/benchmarks.md "LLM"): one query
+// token per sequence attending to `context` cached positions, at the KV shape of
+// Llama-3.2-1B (32 query heads, 8 KV heads, head_dim 64, fp32 pages). GB/s counts the K and V
+// bytes read once; the fraction is of the H100's 3.35 TB/s.
+//
+//   bench_attention [--batch 8] [--reps 50]
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+
+#include "lifl/gpu/llm_device.h"
+
+int main(int argc, char** argv) {
+  uint32_t batch = 8;
+  int reps = 50;
+  for (int i = 1; i + 1 < argc; ++i) {
+    if (!std::strcmp(argv[i], "--batch")) batch = static_cast<uint32_t>(std::atoi(argv[i + 1]));
+    if (!std::strcmp(argv[i], "--reps")) reps = std::atoi(argv[i + 1]);
+  }
+  if (!lifl::gpu::cudaInfo().usable) {
+    std::printf("bench_attention: no CUDA device (%s)\n", lifl::gpu::cudaInfo().why.c_str());
+    return 0;
+  }
+  const uint32_t heads = 32, kvHeads = 8, headDim = 64;
+  std::printf("decode attention, batch %u, %u heads / %u KV heads, head_dim %u, fp32 KV\n", batch,
+              heads, kvHeads, headDim);
+  std::printf("%10s %12s %12s %14s\n", "context", "us", "KV GB/s", "of 3.35 TB/s");
+  for (uint32_t context : {1024u, 4096u, 16384u, 32768u}) {
+    auto t = lifl::gpu::llm::timeDecodeAttention(batch, heads, kvHeads, headDim, context, reps);
+    if (!t) {
+      std::printf("%10u  %s\n", context, t.error().detail.c_str());
+      continue;
+    }
+    const double bytes = 2.0 * batch * context * kvHeads * headDim * 4;
+    std::printf("%10u %12.1f %12.1f %13.1f%%\n", context, t.value() * 1e6, bytes / t.value() / 1e9,
+                bytes / t.value() / 3.35e12 * 100);
+  }
+  return 0;
+}
