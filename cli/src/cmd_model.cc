@@ -11,6 +11,7 @@
 #include "lifl/cli/commands.h"
 #include "lifl/gpu/llm.h"
 #include "model.h"
+#include "tokenizer.h"
 
 namespace lifl::cli {
 namespace {
@@ -21,7 +22,9 @@ const char* kUsage =
     "                           [--max-positions 2048] [--rope-theta 10000] [--eps 1e-6]\n"
     "                           [--tied] [--eos ID] [--dtype f32|f16|bf16] [--seed 1]\n"
     "                           [--files 1]\n"
-    "       lifl model run --model DIR --tokens 1,2,3 [--max-tokens 16] [--temperature 0]\n"
+    "       lifl model tokenize --model DIR --text TEXT\n"
+    "       lifl model run --model DIR (--tokens 1,2,3 | --prompt TEXT) [--max-tokens 16]\n"
+    "                      [--temperature 0]\n"
     "                      [--top-k 0] [--top-p 1] [--seed 1] [--logits FILE]\n"
     "                      [--quantize int8|int4] [--device cpu|cuda]\n"
     "                      [--batch B --timing]\n"
@@ -136,6 +139,24 @@ int timed(llm::Engine& engine, const std::vector<uint32_t>& prompt, uint32_t bat
   return 0;
 }
 
+/// `lifl model tokenize --model DIR --text T`: the ids of T by the folder's tokenizer, and
+/// the text they decode to.
+int tokenize(const Args& a) {
+  const std::string dir = a.get("model");
+  if (dir.empty()) return fail(badRequest("bad_arguments", "--model is required"));
+  auto config = llm::LlamaModel::loadConfig(dir);
+  if (!config) return fail(config.error());
+  auto tokenizer = llm::Tokenizer::forModel(dir, config.value().vocabSize);
+  if (!tokenizer) return fail(tokenizer.error());
+  auto ids = tokenizer.value()->encode(a.get("text"));
+  if (!ids) return fail(ids.error());
+  std::printf("%s\n", nlohmann::json{{"tokens", ids.value()},
+                                     {"text", tokenizer.value()->decode(ids.value())}}
+                          .dump(-1, ' ', false, nlohmann::json::error_handler_t::replace)
+                          .c_str());
+  return 0;
+}
+
 int run(const Args& a) {
   const std::string dir = a.get("model");
   if (dir.empty()) return fail(badRequest("bad_arguments", "--model is required"));
@@ -147,7 +168,14 @@ int run(const Args& a) {
       return fail(badRequest("bad_arguments", "--quantize is int8 or int4"));
     if (auto r = model.value().quantize(q == "int8" ? 8 : 4); !r) return fail(r.error());
   }
-  auto prompt = parseTokens(a.get("tokens"));
+  Result<std::vector<uint32_t>> prompt = std::vector<uint32_t>{};
+  if (a.has("prompt")) {  // text, by the folder's tokenizer
+    auto tokenizer = llm::Tokenizer::forModel(dir, model.value().config.vocabSize);
+    if (!tokenizer) return fail(tokenizer.error());
+    prompt = tokenizer.value()->encode(a.get("prompt"));
+  } else {
+    prompt = parseTokens(a.get("tokens"));
+  }
   if (!prompt) return fail(prompt.error());
   auto maxTokens = a.getUnsigned("max-tokens", 16), topK = a.getUnsigned("top-k", 0),
        seed = a.getUnsigned("seed", 1);
@@ -200,10 +228,11 @@ int cmdModel(int argc, char** argv) {
   auto args = Args::parse(argc, argv, 3, {"tied", "timing", "help", "h"});
   if (!args) return fail(args.error());
   const std::string verb = argc > 2 ? argv[2] : "";
-  if (args.value().wantsHelp() || (verb != "generate" && verb != "run")) {
+  if (args.value().wantsHelp() || (verb != "generate" && verb != "run" && verb != "tokenize")) {
     std::puts(kUsage);
     return args.value().wantsHelp() ? 0 : 1;
   }
+  if (verb == "tokenize") return tokenize(args.value());
   return verb == "generate" ? generate(args.value()) : run(args.value());
 }
 

@@ -148,11 +148,15 @@ nlohmann::json LlamaConfig::toJson(DType dtype) const {
                                                 : "bfloat16"}};
 }
 
-Result<LlamaModel> LlamaModel::load(const fs::path& dir) {
+Result<LlamaConfig> LlamaModel::loadConfig(const fs::path& dir) {
   LIFL_TRY(configText, readFile(dir / "config.json"));
   auto doc = nlohmann::json::parse(configText, nullptr, false);
   if (doc.is_discarded()) return modelError("config.json is not JSON");
-  LIFL_TRY(config, LlamaConfig::fromJson(doc));
+  return LlamaConfig::fromJson(doc);
+}
+
+Result<LlamaModel> LlamaModel::load(const fs::path& dir) {
+  LIFL_TRY(config, loadConfig(dir));
   LlamaModel m;
   m.config = config;
   m.layers.resize(config.layers);

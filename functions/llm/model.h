@@ -64,6 +64,8 @@ struct LlamaModel {
 
   /// Loads config.json and every *.safetensors of the folder; each tensor's shape is checked.
   static Result<LlamaModel> load(const std::filesystem::path& dir);
+  /// config.json alone.
+  static Result<LlamaConfig> loadConfig(const std::filesystem::path& dir);
   /// Quantises every layer's linear weights (8 or 4 bits, groups of kQuantGroup along their
   /// inputs); embeddings, norms and the head stay fp32. Their inputs must be multiples of
   /// the group.

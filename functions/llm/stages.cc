@@ -55,7 +55,7 @@ struct Request {
 Error requestError(std::string detail) { return badRequest("invalid_request", std::move(detail)); }
 
 Result<Request> parseRequest(std::string_view body, const llm::LlamaConfig& config,
-                             const llm::ByteTokenizer& tokenizer, const std::string& served,
+                             const llm::Tokenizer& tokenizer, const std::string& served,
                              uint64_t correlation) {
   auto doc = nlohmann::json::parse(body, nullptr, false);
   if (doc.is_discarded() || !doc.is_object()) return requestError("the body is not a JSON object");
@@ -119,7 +119,7 @@ Result<Request> parseRequest(std::string_view body, const llm::LlamaConfig& conf
 struct Loaded {
   llm::LlamaModel model;
   std::unique_ptr<llm::Engine> engine;
-  std::unique_ptr<llm::ByteTokenizer> tokenizer;
+  std::unique_ptr<llm::Tokenizer> tokenizer;
   std::string name;
 };
 
@@ -138,7 +138,8 @@ Result<std::unique_ptr<Loaded>> load(const nlohmann::json& params) {
   const uint32_t sequences = params.value("max_sequences", 16u);
   l->engine = std::make_unique<llm::Engine>(l->model, pagesPerSequence * sequences,
                                             params.value("device", std::string("cpu")) == "cuda");
-  l->tokenizer = std::make_unique<llm::ByteTokenizer>(c.vocabSize);
+  LIFL_TRY(tokenizer, llm::Tokenizer::forModel(dir, c.vocabSize));
+  l->tokenizer = std::move(tokenizer);
   l->name = params.value("model_name", std::string("lifl"));
   LIFL_INFO("llm: loaded " << dir << " (" << c.layers << " layers, hidden " << c.hiddenSize
                            << ", vocab " << c.vocabSize << ") on " << l->engine->device());

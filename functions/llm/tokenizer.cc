@@ -1,6 +1,17 @@
 #include "tokenizer.h"
 
+#include "bpe.h"
+
 namespace lifl::llm {
+
+Result<std::unique_ptr<Tokenizer>> Tokenizer::forModel(const std::filesystem::path& dir,
+                                                       uint32_t vocab) {
+  if (std::filesystem::exists(dir / "tokenizer.json")) {
+    LIFL_TRY(bpe, BpeTokenizer::load(dir / "tokenizer.json"));
+    return std::unique_ptr<Tokenizer>(std::move(bpe));
+  }
+  return std::unique_ptr<Tokenizer>(new ByteTokenizer(vocab));
+}
 
 Result<std::vector<uint32_t>> ByteTokenizer::encode(std::string_view text) const {
   if (vocab_ < 256)
