@@ -12,17 +12,19 @@ namespace kl = kernels::llm;
 
 Engine::Engine(const LlamaModel& model, uint32_t maxPages, bool gpu) : model_(model) {
   const auto& c = model.config;
-  const bool quantised = !model.layers.empty() && model.layers[0].q.quant.has_value();
-  if (gpu && !quantised && gpu::pickBackend(true) == gpu::Backend::Cuda) {
+  if (gpu && gpu::pickBackend(true) == gpu::Backend::Cuda) {
     gpu::llm::Shape shape{c.hiddenSize, c.intermediateSize, c.layers,
                           c.heads,      c.kvHeads,          c.headDim,
                           c.vocabSize,  maxPages,           static_cast<float>(c.rmsNormEps),
                           c.ropeTheta};
+    auto lin = [](const Linear& l) -> gpu::llm::HostLinear {
+      if (l.quant) return {nullptr, l.quant->bits, l.quant->q.data(), l.quant->scales.data()};
+      return {l.weight.data(), 16, nullptr, nullptr};
+    };
     std::vector<gpu::llm::HostLayer> layers;
     for (const auto& l : model.layers)
-      layers.push_back({l.inputNorm.data(), l.postNorm.data(), l.q.weight.data(), l.k.weight.data(),
-                        l.v.weight.data(), l.o.weight.data(), l.gate.weight.data(),
-                        l.up.weight.data(), l.down.weight.data()});
+      layers.push_back({l.inputNorm.data(), l.postNorm.data(), lin(l.q), lin(l.k), lin(l.v),
+                        lin(l.o), lin(l.gate), lin(l.up), lin(l.down)});
     auto d = gpu::llm::DeviceModel::create(shape, model.embed.data(), model.norm.data(),
                                            model.lmHead.data(), layers);
     if (d)
@@ -30,9 +32,7 @@ Engine::Engine(const LlamaModel& model, uint32_t maxPages, bool gpu) : model_(mo
     else
       LIFL_WARN("llm: the model runs on the CPU: " << d.error().detail);
   } else if (gpu) {
-    LIFL_WARN("llm: the model runs on the CPU ("
-              << (quantised ? "quantised weights run on the CPU for now" : gpu::cudaInfo().why)
-              << ")");
+    LIFL_WARN("llm: the model runs on the CPU (" << gpu::cudaInfo().why << ")");
   }
   if (!device_) {
     const uint64_t rowFloats = uint64_t{c.kvHeads} * c.headDim;

@@ -23,8 +23,8 @@ struct Sequence {
 class Engine {
  public:
   /// @param maxPages the KV pool, shared by all sequences (per layer, K and V)
-  /// @param gpu run on the GPU when one is present (weights in BF16 there; a quantised
-  ///        model stays on the CPU for now), else on the CPU reference
+  /// @param gpu run on the GPU when one is present (weights in BF16 there, or quantised as
+  ///        loaded), else on the CPU reference
   Engine(const LlamaModel& model, uint32_t maxPages, bool gpu = false);
   /// Where it runs: "cuda" or "cpu".
   const char* device() const { return device_ ? "cuda" : "cpu"; }

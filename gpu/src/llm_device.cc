@@ -52,9 +52,13 @@ Result<std::unique_ptr<DeviceModel>> DeviceModel::create(
   if (!cudaInfo().usable) return noDevice();
   cuda::llm::Shape cs{s.hidden,  s.inter, s.layers,   s.heads, s.kvHeads,
                       s.headDim, s.vocab, s.maxPages, s.eps,   s.theta};
+  auto lin = [](const HostLinear& h) {
+    return cuda::llm::HostLinear{h.weight, h.bits, h.q, h.scales};
+  };
   std::vector<cuda::llm::HostLayer> cl;
   for (const auto& l : layers)
-    cl.push_back({l.inputNorm, l.postNorm, l.q, l.k, l.v, l.o, l.gate, l.up, l.down});
+    cl.push_back({l.inputNorm, l.postNorm, lin(l.q), lin(l.k), lin(l.v), lin(l.o), lin(l.gate),
+                  lin(l.up), lin(l.down)});
   cuda::llm::Model* m = nullptr;
   if (auto why = cuda::llm::create(cs, embed, norm, lmHead, cl, &m); !why.empty())
     return unavailable("gpu_memory", "cannot load the model on the device: " + why);
@@ -122,6 +126,29 @@ Result<void> linear(Backend b, float* y, const float* x, const float* w, uint64_
     return success();
   }
   LIFL_ON_DEVICE(cuda::llm::linearBf16(y, x, w, rows, in, out));
+}
+
+Result<void> linearQuant(Backend b, float* y, const float* x, const kernels::llm::QuantMatrix& w,
+                         uint64_t rows) {
+  if (b == Backend::Cpu) {
+    kernels::llm::matmulQuant(y, x, w, rows);
+    return success();
+  }
+  LIFL_ON_DEVICE(
+      cuda::llm::linearQuant(y, x, w.bits, w.q.data(), w.scales.data(), rows, w.in, w.out));
+}
+
+Result<double> timeLinear([[maybe_unused]] int kind, [[maybe_unused]] uint64_t rows,
+                          [[maybe_unused]] uint64_t in, [[maybe_unused]] uint64_t out,
+                          [[maybe_unused]] int reps) {
+#ifdef LIFL_WITH_CUDA
+  if (!cudaInfo().usable) return noDevice();
+  double seconds = 0;
+  LIFL_TRYV(checked(cuda::llm::timeLinear(kind, rows, in, out, reps, &seconds)));
+  return seconds;
+#else
+  return noDevice();
+#endif
 }
 
 Result<void> attention(Backend b, float* out, const float* q, uint64_t rows,

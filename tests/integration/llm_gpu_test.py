@@ -66,6 +66,21 @@ class LlmGpu(unittest.TestCase):
         self.check(gpu, cpu, "GPU vs CPU logits after the prompt")
         self.assertEqual(gpu_tokens, cpu_tokens)
 
+    def test_quantised_weights_on_the_gpu_match_the_cpu(self):
+        d = os.path.join(self.tmp.name, "gpu-quant")
+        subprocess.run([LIFL_BIN, "model", "generate", "--dir", d, "--layers", "2", "--hidden",
+                        "256", "--intermediate", "512", "--heads", "8", "--kv-heads", "2",
+                        "--vocab", "512", "--seed", "8", "--dtype", "bf16"],  # the rest BF16-exact
+                       check=True, capture_output=True)
+        for q in ("int8", "int4"):
+            out = os.path.join(self.tmp.name, "q" + q)
+            cpu_tokens, cpu = run(d, self.prompt, 8, "--device", "cpu", "--quantize", q,
+                                  logits=out + ".cpu")
+            gpu_tokens, gpu = run(d, self.prompt, 8, "--device", "cuda", "--quantize", q,
+                                  logits=out + ".gpu")
+            self.check(gpu, cpu, f"{q} GPU vs CPU logits")
+            self.assertEqual(gpu_tokens, cpu_tokens)
+
     def test_transformers_gives_the_same_logits_and_tokens(self):
         try:
             import torch

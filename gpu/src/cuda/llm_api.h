@@ -16,8 +16,19 @@ struct Shape {
 };
 
 /// Host fp32 weights of one layer (uploaded as BF16).
+/// A linear layer's [out][in] weight in host memory: fp32 (held as BF16 on the device), or
+/// quantised (kernels::llm::QuantMatrix's layout: int8, or int4 packed two per byte, with
+/// one fp32 scale per 128 inputs).
+struct HostLinear {
+  const float* weight = nullptr;
+  uint32_t bits = 16;  ///< 16: BF16 from `weight`; 8 or 4: `q` and `scales`
+  const int8_t* q = nullptr;
+  const float* scales = nullptr;
+};
+
 struct HostLayer {
-  const float *inputNorm, *postNorm, *q, *k, *v, *o, *gate, *up, *down;
+  const float *inputNorm, *postNorm;
+  HostLinear q, k, v, o, gate, up, down;
 };
 
 struct Model;  ///< device weights, KV pages, scratch
@@ -51,6 +62,14 @@ std::string siluAndMul(float* out, const float* gate, const float* up, uint64_t 
 /// y = x W^T with W rounded to BF16 (as the device model holds it).
 std::string linearBf16(float* y, const float* x, const float* w, uint64_t rows, uint64_t in,
                        uint64_t out);
+/// y = x W^T with W quantised (bits 8 or 4, the QuantMatrix layout).
+std::string linearQuant(float* y, const float* x, uint32_t bits, const int8_t* q,
+                        const float* scales, uint64_t rows, uint64_t in, uint64_t out);
+/// Mean seconds of y = x W^T, W [out][in] on the device: kind 16 (BF16, this library), 8 or
+/// 4 (quantised), or 0 (cuBLAS GemmEx, BF16 inputs, fp32 output and compute: the baseline).
+std::string timeLinear(int kind, uint64_t rows, uint64_t in, uint64_t out, int reps,
+                       double* seconds);
+
 /// Paged causal GQA attention of one sequence (the layout of kernels::llm::attention).
 std::string attention(float* out, const float* q, uint64_t rows, const uint32_t* positions,
                       uint32_t heads, uint32_t kvHeads, uint32_t headDim, const float* kPages,

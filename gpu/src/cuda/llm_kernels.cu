@@ -3,6 +3,7 @@
 // Each kernel has its CPU reference in gpu/src/cpu/llm.cc; the tests compare them.
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
+#include <dlfcn.h>
 
 #include <algorithm>
 #include <cmath>
@@ -131,6 +132,83 @@ __global__ void linearKernel(float* __restrict__ y, const float* __restrict__ x,
       const float4 b = *reinterpret_cast<const float4*>(x + r * in + i + 4);
       acc[r] += wv[0] * a.x + wv[1] * a.y + wv[2] * a.z + wv[3] * a.w + wv[4] * b.x +
                 wv[5] * b.y + wv[6] * b.z + wv[7] * b.w;
+    }
+  }
+#pragma unroll
+  for (int r = 0; r < kMaxRows; ++r) {
+    if (r >= rows) break;
+    const float s = warpSum(acc[r]);
+    if (lane == 0) y[r * out + o] = s;
+  }
+}
+
+// The quantised linear (W8A16 / W4A16): one warp per output, each lane 32 weights per step
+// (int4: 16 bytes, one vector load; int8: two), their group's scale applied to the step's
+// dot product. Packing: int4 two per byte, the even index in the low nibble.
+template <int BITS>
+__global__ void quantLinearKernel(float* __restrict__ y, const float* __restrict__ x,
+                                  const int8_t* __restrict__ q, const float* __restrict__ scales,
+                                  uint32_t rows, uint64_t in, uint64_t out) {
+  const uint64_t o = uint64_t{blockIdx.x} * (blockDim.x / 32) + threadIdx.x / 32;
+  const int lane = threadIdx.x % 32;
+  if (o >= out) return;
+  float acc[kMaxRows] = {};
+  const uint64_t groups = in / 128;
+  // kSteps chunks of 32 weights per lane loaded before any is used: a short row is otherwise
+  // one or two dependent round trips to memory per warp.
+  constexpr int kSteps = 4;
+  constexpr int kChunkBytes = BITS == 4 ? 16 : 32;
+  for (uint64_t base = static_cast<uint64_t>(lane) * 32; base < in; base += 32 * 32 * kSteps) {
+    uint4 raw[kSteps][kChunkBytes / 16];
+#pragma unroll
+    for (int u = 0; u < kSteps; ++u) {
+      const uint64_t i = base + u * 32 * 32;
+      if (i >= in) break;
+      const uint4* src = reinterpret_cast<const uint4*>(q + (o * in + i) * BITS / 8);
+#pragma unroll
+      for (int c = 0; c < kChunkBytes / 16; ++c) raw[u][c] = src[c];
+    }
+#pragma unroll
+    for (int u = 0; u < kSteps; ++u) {
+      const uint64_t i = base + u * 32 * 32;
+      if (i >= in) break;
+      // Integer to float without the slow conversion instruction: flipping the sign bit
+      // makes v + 2^(bits-1) unsigned; OR-ed into the mantissa of 2^23 it is the float
+      // 2^23 + v + 2^(bits-1), and one subtraction leaves v (exact: small integers).
+      float wv[32];
+      const uint32_t* words = reinterpret_cast<const uint32_t*>(&raw[u][0]);
+      if constexpr (BITS == 4) {
+#pragma unroll
+        for (int w = 0; w < 4; ++w) {
+          const uint32_t flipped = words[w] ^ 0x88888888u;
+#pragma unroll
+          for (int k = 0; k < 8; ++k)
+            wv[8 * w + k] =
+                __int_as_float(0x4B000000 | ((flipped >> (4 * k)) & 0xF)) - 8388616.0f;
+        }
+      } else {
+#pragma unroll
+        for (int w = 0; w < 8; ++w) {
+          const uint32_t flipped = words[w] ^ 0x80808080u;
+#pragma unroll
+          for (int k = 0; k < 4; ++k)
+            wv[4 * w + k] =
+                __int_as_float(0x4B000000 | ((flipped >> (8 * k)) & 0xFF)) - 8388736.0f;
+        }
+      }
+      const float scale = scales[o * groups + i / 128];
+#pragma unroll
+      for (int r = 0; r < kMaxRows; ++r) {
+        if (r >= rows) break;
+        const float4* xr = reinterpret_cast<const float4*>(x + r * in + i);
+        float s = 0;
+#pragma unroll
+        for (int j = 0; j < 8; ++j) {
+          const float4 a = xr[j];
+          s += wv[4 * j] * a.x + wv[4 * j + 1] * a.y + wv[4 * j + 2] * a.z + wv[4 * j + 3] * a.w;
+        }
+        acc[r] += scale * s;
+      }
     }
   }
 #pragma unroll
@@ -346,6 +424,43 @@ Buffer& splitScratch() {
   return b;
 }
 
+/// A linear layer's weight on the device: BF16, or quantised (8/4 bits) with its scales.
+struct Weight {
+  Buffer data, scales;
+  uint32_t bits = 16;
+};
+
+std::string quantLinear(float* y, const float* x, const Weight& w, uint64_t rows, uint64_t in,
+                        uint64_t out) {
+  if (in % 128) return "quantised linear: the input width must be a multiple of 128";
+  for (uint64_t r = 0; r < rows; r += kMaxRows) {
+    const auto n = static_cast<uint32_t>(std::min<uint64_t>(kMaxRows, rows - r));
+    const unsigned blocks = static_cast<unsigned>((out + 7) / 8);
+    if (w.bits == 4)
+      quantLinearKernel<4><<<blocks, 256>>>(y + r * out, x + r * in, w.data.as<int8_t>(),
+                                           w.scales.as<float>(), n, in, out);
+    else
+      quantLinearKernel<8><<<blocks, 256>>>(y + r * out, x + r * in, w.data.as<int8_t>(),
+                                           w.scales.as<float>(), n, in, out);
+  }
+  LIFL_CU(cudaGetLastError());
+  return "";
+}
+
+std::string apply(float* y, const float* x, const Weight& w, uint64_t rows, uint64_t in,
+                  uint64_t out) {
+  if (w.bits == 16) return linear(y, x, w.data.as<__nv_bfloat16>(), rows, in, out);
+  return quantLinear(y, x, w, rows, in, out);
+}
+
+std::string uploadWeight(Weight& w, const HostLinear& h, uint64_t out, uint64_t in) {
+  w.bits = h.bits;
+  if (h.bits == 16) return uploadBf16(w.data, h.weight, out * in);
+  const size_t bytes = h.bits == 8 ? out * in : out * in / 2;
+  LIFL_TRY_STR(uploadF32(w.data, h.q, bytes));
+  return uploadF32(w.scales, h.scales, out * (in / 128) * sizeof(float));
+}
+
 std::string attend(float* out, const float* q, uint32_t rows, const uint32_t* positions,
                    const uint32_t* tables, const uint32_t* rowTable, uint32_t maxContext,
                    uint32_t heads, uint32_t kvHeads, uint32_t headDim, const float* kPages,
@@ -387,7 +502,8 @@ struct Model {
   Shape s;
   Buffer embed, norm, lmHead, invFreq;
   struct Layer {
-    Buffer inputNorm, postNorm, q, k, v, o, gate, up, down, kPages, vPages;
+    Buffer inputNorm, postNorm, kPages, vPages;
+    Weight q, k, v, o, gate, up, down;
   };
   std::vector<Layer> layers;
   Buffer x, normed, qs, ks, vs, attn, proj, gate, up, logits, last;
@@ -414,13 +530,13 @@ std::string create(const Shape& s, const float* embed, const float* norm, const 
     const auto& w = layers[l];
     LIFL_TRY_STR(uploadF32(d.inputNorm, w.inputNorm, h * 4));
     LIFL_TRY_STR(uploadF32(d.postNorm, w.postNorm, h * 4));
-    LIFL_TRY_STR(uploadBf16(d.q, w.q, q * h));
-    LIFL_TRY_STR(uploadBf16(d.k, w.k, kv * h));
-    LIFL_TRY_STR(uploadBf16(d.v, w.v, kv * h));
-    LIFL_TRY_STR(uploadBf16(d.o, w.o, h * q));
-    LIFL_TRY_STR(uploadBf16(d.gate, w.gate, inter * h));
-    LIFL_TRY_STR(uploadBf16(d.up, w.up, inter * h));
-    LIFL_TRY_STR(uploadBf16(d.down, w.down, h * inter));
+    LIFL_TRY_STR(uploadWeight(d.q, w.q, q, h));
+    LIFL_TRY_STR(uploadWeight(d.k, w.k, kv, h));
+    LIFL_TRY_STR(uploadWeight(d.v, w.v, kv, h));
+    LIFL_TRY_STR(uploadWeight(d.o, w.o, h, q));
+    LIFL_TRY_STR(uploadWeight(d.gate, w.gate, inter, h));
+    LIFL_TRY_STR(uploadWeight(d.up, w.up, inter, h));
+    LIFL_TRY_STR(uploadWeight(d.down, w.down, h, inter));
     LIFL_TRY_STR(d.kPages.reserve(pageBytes));
     LIFL_TRY_STR(d.vPages.reserve(pageBytes));
   }
@@ -483,9 +599,9 @@ std::string forward(Model* m, uint32_t rows, const uint32_t* tokens, const uint3
   for (auto& L : m->layers) {
     rmsNormKernel<<<static_cast<unsigned>(n), 256>>>(normed, nullptr, x, L.inputNorm.as<float>(),
                                                      h, s.eps);
-    LIFL_TRY_STR(linear(qs, normed, L.q.as<__nv_bfloat16>(), n, h, q));
-    LIFL_TRY_STR(linear(ks, normed, L.k.as<__nv_bfloat16>(), n, h, kv));
-    LIFL_TRY_STR(linear(vs, normed, L.v.as<__nv_bfloat16>(), n, h, kv));
+    LIFL_TRY_STR(apply(qs, normed, L.q, n, h, q));
+    LIFL_TRY_STR(apply(ks, normed, L.k, n, h, kv));
+    LIFL_TRY_STR(apply(vs, normed, L.v, n, h, kv));
     ropeKernel<<<grid(n * s.heads * s.headDim / 2), 256>>>(qs, n, s.heads, s.headDim, pos,
                                                           m->invFreq.as<float>());
     ropeKernel<<<grid(n * s.kvHeads * s.headDim / 2), 256>>>(ks, n, s.kvHeads, s.headDim, pos,
@@ -496,13 +612,13 @@ std::string forward(Model* m, uint32_t rows, const uint32_t* tokens, const uint3
     LIFL_TRY_STR(attend(attn, qs, static_cast<uint32_t>(n), pos, m->tables.as<uint32_t>(),
                         m->rowTable.as<uint32_t>(), maxContext, s.heads, s.kvHeads, s.headDim,
                         L.kPages.as<float>(), L.vPages.as<float>()));
-    LIFL_TRY_STR(linear(proj, attn, L.o.as<__nv_bfloat16>(), n, q, h));
+    LIFL_TRY_STR(apply(proj, attn, L.o, n, q, h));
     rmsNormKernel<<<static_cast<unsigned>(n), 256>>>(normed, x, proj, L.postNorm.as<float>(), h,
                                                      s.eps);
-    LIFL_TRY_STR(linear(gate, normed, L.gate.as<__nv_bfloat16>(), n, h, inter));
-    LIFL_TRY_STR(linear(up, normed, L.up.as<__nv_bfloat16>(), n, h, inter));
+    LIFL_TRY_STR(apply(gate, normed, L.gate, n, h, inter));
+    LIFL_TRY_STR(apply(up, normed, L.up, n, h, inter));
     siluMulKernel<<<grid(n * inter), 256>>>(gate, gate, up, n * inter);
-    LIFL_TRY_STR(linear(proj, gate, L.down.as<__nv_bfloat16>(), n, inter, h));
+    LIFL_TRY_STR(apply(proj, gate, L.down, n, inter, h));
     addKernel<<<grid(n * h), 256>>>(x, proj, n * h);
   }
   // The head, over the rows that need logits only.
@@ -563,7 +679,96 @@ std::string timeDecodeAttention(uint32_t batch, uint32_t heads, uint32_t kvHeads
   return "";
 }
 
+// cuBLAS, loaded when first needed (the library is not a link dependency): the baseline of
+// the linear benchmark.
+struct Cublas {
+  using Create = int (*)(void**);
+  using GemmEx = int (*)(void*, int, int, int, int, int, const void*, const void*, int, int,
+                         const void*, int, int, const void*, void*, int, int, int, int);
+  Create create = nullptr;
+  GemmEx gemmEx = nullptr;
+  void* handle = nullptr;
+  std::string why;
+};
+const Cublas& cublas() {
+  static Cublas c = [] {
+    Cublas c;
+    void* lib = nullptr;
+    for (const char* name : {"libcublas.so.13", "/usr/local/cuda/lib64/libcublas.so.13",
+                             "libcublas.so.12", "libcublas.so"})
+      if ((lib = dlopen(name, RTLD_NOW | RTLD_LOCAL))) break;
+    if (!lib) {
+      c.why = "cannot load libcublas";
+      return c;
+    }
+    c.create = reinterpret_cast<Cublas::Create>(dlsym(lib, "cublasCreate_v2"));
+    c.gemmEx = reinterpret_cast<Cublas::GemmEx>(dlsym(lib, "cublasGemmEx"));
+    if (!c.create || !c.gemmEx || c.create(&c.handle) != 0) c.why = "cannot start cuBLAS";
+    return c;
+  }();
+  return c;
+}
+
+std::string timeLinear(int kind, uint64_t rows, uint64_t in, uint64_t out, int reps,
+                       double* seconds) {
+  Buffer x, xb, y;
+  Weight w;
+  w.bits = kind == 0 ? 16 : static_cast<uint32_t>(kind);
+  LIFL_TRY_STR(x.reserve(rows * in * 4));
+  LIFL_TRY_STR(xb.reserve(rows * in * 2));
+  LIFL_TRY_STR(y.reserve(rows * out * 4));
+  LIFL_CU(cudaMemset(x.p, 0, rows * in * 4));
+  LIFL_CU(cudaMemset(xb.p, 0, rows * in * 2));
+  const size_t weightBytes = w.bits == 16 ? out * in * 2 : w.bits == 8 ? out * in : out * in / 2;
+  LIFL_TRY_STR(w.data.reserve(weightBytes));
+  LIFL_CU(cudaMemset(w.data.p, 1, weightBytes));
+  if (w.bits != 16) {
+    LIFL_TRY_STR(w.scales.reserve(out * (in / 128) * 4));
+    LIFL_CU(cudaMemset(w.scales.p, 0, out * (in / 128) * 4));
+  }
+  auto once = [&]() -> std::string {
+    if (kind != 0) return apply(y.as<float>(), x.as<float>(), w, rows, in, out);
+    const auto& c = cublas();
+    if (!c.why.empty()) return c.why;
+    const float alpha = 1, beta = 0;
+    // C[out x rows] = W^T[out x in] X[in x rows], column-major: W is [in x out] (lda in).
+    constexpr int kOpN = 0, kOpT = 1, kBf16 = 14, kF32 = 0, kCompute32F = 68, kDefault = -1;
+    if (c.gemmEx(c.handle, kOpT, kOpN, static_cast<int>(out), static_cast<int>(rows),
+                 static_cast<int>(in), &alpha, w.data.p, kBf16, static_cast<int>(in), xb.p,
+                 kBf16, static_cast<int>(in), &beta, y.p, kF32, static_cast<int>(out),
+                 kCompute32F, kDefault) != 0)
+      return "cublasGemmEx failed";
+    return "";
+  };
+  LIFL_TRY_STR(once());
+  cudaEvent_t start, stop;
+  LIFL_CU(cudaEventCreate(&start));
+  LIFL_CU(cudaEventCreate(&stop));
+  LIFL_CU(cudaEventRecord(start));
+  for (int r = 0; r < reps; ++r) LIFL_TRY_STR(once());
+  LIFL_CU(cudaEventRecord(stop));
+  LIFL_CU(cudaEventSynchronize(stop));
+  float ms = 0;
+  LIFL_CU(cudaEventElapsedTime(&ms, start, stop));
+  cudaEventDestroy(start);
+  cudaEventDestroy(stop);
+  *seconds = ms / 1e3 / reps;
+  return "";
+}
+
 // ---------------------------------------------------------------- single kernels (tests)
+
+std::string linearQuant(float* y, const float* x, uint32_t bits, const int8_t* q,
+                        const float* scales, uint64_t rows, uint64_t in, uint64_t out) {
+  Buffer dx, dy;
+  Weight w;
+  LIFL_TRY_STR(uploadF32(dx, x, rows * in * 4));
+  LIFL_TRY_STR(uploadWeight(w, HostLinear{nullptr, bits, q, scales}, out, in));
+  LIFL_TRY_STR(dy.reserve(rows * out * 4));
+  LIFL_TRY_STR(quantLinear(dy.as<float>(), dx.as<float>(), w, rows, in, out));
+  LIFL_CU(cudaMemcpy(y, dy.p, rows * out * 4, cudaMemcpyDeviceToHost));
+  return "";
+}
 
 std::string rmsNorm(float* out, const float* x, const float* w, uint64_t rows, uint64_t n,
                     float eps) {

@@ -88,6 +88,19 @@ TEST_F(LlmKernels, LinearWithBf16Weights) {
   }
 }
 
+TEST_F(LlmKernels, QuantisedLinearInt8AndInt4) {
+  for (uint32_t bits : {8u, 4u})
+    for (uint64_t rows : {1u, 5u, 16u, 21u}) {
+      const uint64_t in = 1024, out = 300;
+      auto x = random(rows * in), w = random(out * in, 0.05f);
+      const auto q = kernels::llm::quantize(w.data(), out, in, bits);
+      std::vector<float> cpu(rows * out), gpu(rows * out, std::nanf(""));
+      ASSERT_TRUE(linearQuant(Backend::Cpu, cpu.data(), x.data(), q, rows).has_value());
+      ASSERT_TRUE(linearQuant(Backend::Cuda, gpu.data(), x.data(), q, rows).has_value());
+      EXPECT_LT(relative(gpu, cpu), kTolerance) << "int" << bits << ", " << rows << " rows";
+    }
+}
+
 TEST_F(LlmKernels, PagedCausalGqaAttention) {
   const uint32_t heads = 8, kvHeads = 2, hd = 64, context = 300;
   const uint32_t pages = (context + kernels::llm::kPageTokens - 1) / kernels::llm::kPageTokens;

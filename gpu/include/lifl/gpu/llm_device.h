@@ -23,8 +23,19 @@ struct Shape {
 };
 
 /// One layer's fp32 weights in host memory ([out][in] for the linears).
+/// A linear layer's [out][in] weight in host memory: fp32 (held as BF16 on the device), or
+/// quantised (kernels::llm::QuantMatrix's layout: int8, or int4 packed two per byte, with
+/// one fp32 scale per 128 inputs).
+struct HostLinear {
+  const float* weight = nullptr;
+  uint32_t bits = 16;  ///< 16: BF16 from `weight`; 8 or 4: `q` and `scales`
+  const int8_t* q = nullptr;
+  const float* scales = nullptr;
+};
+
 struct HostLayer {
-  const float *inputNorm, *postNorm, *q, *k, *v, *o, *gate, *up, *down;
+  const float *inputNorm, *postNorm;
+  HostLinear q, k, v, o, gate, up, down;
 };
 
 /// The rows of one forward pass: row r is tokens[r] at positions[r] of sequence seqOf[r];
@@ -63,6 +74,13 @@ Result<void> rope(Backend b, float* x, uint64_t rows, uint32_t heads, uint32_t h
 Result<void> siluAndMul(Backend b, float* out, const float* gate, const float* up, uint64_t n);
 Result<void> linear(Backend b, float* y, const float* x, const float* w, uint64_t rows, uint64_t in,
                     uint64_t out);
+/// y = x W^T with W quantised (QuantMatrix), on either backend.
+Result<void> linearQuant(Backend b, float* y, const float* x, const kernels::llm::QuantMatrix& w,
+                         uint64_t rows);
+/// The linear's mean time on the device: kind 16 (BF16), 8, 4 (quantised), 0 (cuBLAS BF16
+/// GemmEx, the baseline). CUDA only; the benchmark's measurement.
+Result<double> timeLinear(int kind, uint64_t rows, uint64_t in, uint64_t out, int reps);
+
 Result<void> attention(Backend b, float* out, const float* q, uint64_t rows,
                        const uint32_t* positions, uint32_t heads,
                        const kernels::llm::KvPages& cache, uint64_t pageFloats,

@@ -1,0 +1,55 @@
+// The linear layers of decode on the GPU (docs/benchmarks.md "LLM"): y = x W^T at batch 1
+// (and 16) for Llama-3.2-1B's matrix shapes, with W in BF16, int8 and int4 (groups of 128),
+// beside cuBLAS GemmEx on BF16 in the same run. GB/s counts the weight bytes (with the
+// scales) read once.
+//
+//   bench_gemv [--reps 200]
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+
+#include "lifl/gpu/llm_device.h"
+
+int main(int argc, char** argv) {
+  int reps = 200;
+  for (int i = 1; i + 1 < argc; ++i)
+    if (!std::strcmp(argv[i], "--reps")) reps = std::atoi(argv[i + 1]);
+  if (!lifl::gpu::cudaInfo().usable) {
+    std::printf("bench_gemv: no CUDA device (%s)\n", lifl::gpu::cudaInfo().why.c_str());
+    return 0;
+  }
+  struct Shape {
+    const char* name;
+    uint64_t in, out;
+  } shapes[] = {{"q/o 2048x2048", 2048, 2048},
+                {"gate/up 2048->8192", 2048, 8192},
+                {"down 8192->2048", 8192, 2048},
+                {"head 2048->128256", 2048, 128256}};
+  const struct {
+    int kind;
+    const char* name;
+    double bytesPerWeight;
+  } kinds[] = {{0, "cuBLAS BF16", 2},
+               {16, "LIFL BF16", 2},
+               {8, "LIFL int8", 1 + 4.0 / 128},
+               {4, "LIFL int4", 0.5 + 4.0 / 128}};
+  for (uint64_t rows : {1u, 16u}) {
+    std::printf("\nbatch %llu\n%-20s %-12s %10s %10s %14s\n", static_cast<unsigned long long>(rows),
+                "shape", "kernel", "us", "GB/s", "vs cuBLAS");
+    for (const auto& s : shapes) {
+      double base = 0;
+      for (const auto& k : kinds) {
+        auto t = lifl::gpu::llm::timeLinear(k.kind, rows, s.in, s.out, reps);
+        if (!t) {
+          std::printf("%-20s %-12s %s\n", s.name, k.name, t.error().detail.c_str());
+          continue;
+        }
+        if (k.kind == 0) base = t.value();
+        const double bytes = k.bytesPerWeight * s.in * s.out;
+        std::printf("%-20s %-12s %10.1f %10.1f %13.2fx\n", s.name, k.name, t.value() * 1e6,
+                    bytes / t.value() / 1e9, base > 0 ? base / t.value() : 0.0);
+      }
+    }
+  }
+  return 0;
+}
