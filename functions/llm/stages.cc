@@ -40,6 +40,7 @@ struct Request {
   uint64_t seed = 0;
   bool stream = false;
   std::string model;
+  std::vector<std::string> stop;  ///< OpenAI's `stop`: the text ends before the first found
 
   nlohmann::json toJson() const {
     return {{"max_tokens", maxTokens},
@@ -48,6 +49,7 @@ struct Request {
             {"top_k", topK},
             {"seed", seed},
             {"stream", stream},
+            {"stop", stop},
             {"model", model}};
   }
 };
@@ -104,6 +106,15 @@ Result<Request> parseRequest(std::string_view body, const llm::LlamaConfig& conf
     if (auto s = doc.find("stream"); s != doc.end() && !s->is_null()) {
       if (!s->is_boolean()) return requestError("stream must be true or false");
       r.stream = s->get<bool>();
+    }
+    if (auto s = doc.find("stop"); s != doc.end() && !s->is_null()) {
+      const auto list = s->is_array() ? *s : nlohmann::json::array({*s});
+      if (list.size() > 4) return requestError("stop takes at most 4 strings");
+      for (const auto& item : list) {
+        if (!item.is_string() || item.get<std::string>().empty())
+          return requestError("stop is a non-empty string or a list of them");
+        r.stop.push_back(item.get<std::string>());
+      }
     }
   } catch (const nlohmann::json::exception& e) {
     return requestError(e.what());
@@ -275,6 +286,7 @@ class Decode final : public Function {
     r.request.topK = q.at("top_k");
     r.request.stream = q.at("stream");
     r.request.model = q.at("model");
+    r.request.stop = q.value("stop", std::vector<std::string>{});
     r.promptTokens = a.at("prompt_tokens");
     r.rng = a.at("rng");
     r.firstTokenNs = a.at("first_token_ns");
@@ -330,15 +342,20 @@ class Decode final : public Function {
   Result<void> finishDone(Context& ctx) {
     for (auto it = running_.begin(); it != running_.end();) {
       Running& r = it->second;
-      // An end-of-sequence token stops the completion ("stop") and is not part of its text.
-      const bool stopped = loaded_->model.config.isEos(r.tokens.back());
+      // An end-of-sequence token stops the completion ("stop") and is not part of its text;
+      // so does a stop string, the text ending before it.
+      const bool eos = loaded_->model.config.isEos(r.tokens.back());
+      std::vector<uint32_t> textTokens(r.tokens.begin(), r.tokens.end() - (eos ? 1 : 0));
+      std::string text = loaded_->tokenizer->decode(textTokens);
+      size_t cut = std::string::npos;
+      for (const auto& s : r.request.stop) cut = std::min(cut, text.find(s));
+      const bool stopped = eos || cut != std::string::npos;
       if (!stopped && r.tokens.size() < r.request.maxTokens) {
         ++it;
         continue;
       }
-      std::vector<uint32_t> textTokens(r.tokens.begin(), r.tokens.end() - (stopped ? 1 : 0));
-      nlohmann::json body = completion(it->first, r, loaded_->tokenizer->decode(textTokens),
-                                       r.tokens, stopped ? "stop" : "length");
+      if (cut != std::string::npos) text.resize(cut);
+      nlohmann::json body = completion(it->first, r, text, r.tokens, stopped ? "stop" : "length");
       body["usage"] = {{"prompt_tokens", r.promptTokens},
                        {"completion_tokens", r.tokens.size()},
                        {"total_tokens", r.promptTokens + r.tokens.size()}};

@@ -104,6 +104,25 @@ class LlmApi(unittest.TestCase):
             self.assertEqual(status, 200, data)
             self.assertEqual(json.loads(data)["choices"][0]["token_ids"], direct(self.model, prompt, n))
 
+    def test_stop_strings_end_the_text(self):
+        prompt = [9, 8, 7, 6]
+        free = direct(self.model, prompt, 20)
+        text = bytes(t for t in free if t < 256)
+        # The first ASCII letter or digit the model writes, as a stop string.
+        at = next((i for i, b in enumerate(text) if b < 128 and chr(b).isalnum()), None)
+        if at is None:
+            self.skipTest("the model wrote no ASCII letter or digit")
+        stop = chr(text[at])
+        got = self.complete(prompt=prompt, max_tokens=20, temperature=0, stop=[stop, "zzzz"])
+        choice = got["choices"][0]
+        self.assertEqual(choice["finish_reason"], "stop")
+        self.assertEqual(choice["text"], text[:at].decode("utf-8", "replace"))
+        self.assertNotIn(stop, choice["text"])
+        self.assertLess(len(choice["token_ids"]), 20)
+        self.assertEqual(choice["token_ids"], free[:len(choice["token_ids"])])
+        status, _, data = post(self.platform.url, {"prompt": prompt, "stop": [1]})
+        self.assertEqual(status, 400, data)
+
     def test_sampling_with_a_seed_is_repeatable(self):
         body = dict(prompt=[7, 8, 9], max_tokens=10, temperature=0.9, top_p=0.9, top_k=50, seed=3)
         a, b = self.complete(**body), self.complete(**body)
