@@ -30,14 +30,22 @@ def main():
                         "--dtype", "bf16"], check=True, capture_output=True)
         print(f"model written in {time.time() - t0:.1f} s", flush=True)
         prompt = list(range(100, 132))
-        ours = {}
-        for b in a.batches:
+        ours, tensor = {}, {}
+
+        def lifl_run(tokens, steps, batch, gemm):
             r = subprocess.run([a.lifl, "model", "run", "--model", model, "--device", "cuda",
-                                "--tokens", ",".join(map(str, prompt)), "--max-tokens",
-                                str(a.steps + 1), "--batch", str(b), "--timing"],
+                                "--tokens", ",".join(map(str, tokens)), "--max-tokens",
+                                str(steps), "--batch", str(batch), "--timing", "--gemm", gemm],
                                capture_output=True, text=True, check=True)
-            ours[b] = json.loads(r.stdout.strip().splitlines()[-1])
-            print("lifl", b, ours[b], flush=True)
+            return json.loads(r.stdout.strip().splitlines()[-1])
+
+        for b in a.batches:
+            ours[b] = lifl_run(prompt, a.steps + 1, b, "exact")
+            tensor[b] = lifl_run(prompt, a.steps + 1, b, "cublas")
+            print("lifl", b, ours[b], tensor[b], flush=True)
+        long_prompt = [100 + i % 1000 for i in range(512)]
+        prefill = {g: min(lifl_run(long_prompt, 2, 1, g)["prefill_seconds"] for _ in range(3))
+                   for g in ("exact", "cublas")}
         env = dict(os.environ)
         env.pop("LD_LIBRARY_PATH", None)
         hf = subprocess.run(["python3", "-c", HF, model, str(a.steps), *map(str, a.batches)],
@@ -46,11 +54,15 @@ def main():
             print(hf.stderr[-2000:])
             return 1
         theirs = json.loads(hf.stdout.strip().splitlines()[-1])
-        print("\nbatch | LIFL decode tok/s | transformers tok/s | ratio | LIFL prefill s (32 tokens x batch)")
+        print("\nbatch | LIFL decode tok/s (exact) | (--gemm cublas) | transformers tok/s | ratio exact | ratio cublas")
         for b in a.batches:
             t = theirs[str(b)]
-            print(f"{b:5d} | {ours[b]['decode_tokens_per_second']:17.1f} | {t:18.1f} | "
-                  f"{ours[b]['decode_tokens_per_second'] / t:5.2f}x | {ours[b]['prefill_seconds']:.3f}")
+            e, c = ours[b]['decode_tokens_per_second'], tensor[b]['decode_tokens_per_second']
+            print(f"{b:5d} | {e:25.1f} | {c:15.1f} | {t:18.1f} | {e / t:10.2f}x | {c / t:11.2f}x")
+        tp = theirs["prefill"]
+        print(f"\nprefill of 512 tokens: LIFL exact {512 / prefill['exact']:.0f} tok/s, "
+              f"--gemm cublas {512 / prefill['cublas']:.0f} tok/s, transformers {512 / tp:.0f} tok/s "
+              f"({tp / prefill['cublas']:.2f}x with cublas)")
     return 0
 
 
@@ -69,6 +81,14 @@ for b in batches:
     gen(4)
     full, one = min(gen(steps + 1) for _ in range(2)), min(gen(1) for _ in range(3))
     out[str(b)] = b * steps / (full - one)  # decode steps only: the prefill subtracted
+ids = torch.tensor([[100 + i % 1000 for i in range(512)]], device="cuda")
+def prefill():
+    torch.cuda.synchronize(); t = time.perf_counter()
+    with torch.no_grad():
+        m(ids)
+    torch.cuda.synchronize(); return time.perf_counter() - t
+prefill()
+out["prefill"] = min(prefill() for _ in range(3))
 print(json.dumps(out))
 '''
 

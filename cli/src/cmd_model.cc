@@ -27,7 +27,7 @@ const char* kUsage =
     "                      [--temperature 0]\n"
     "                      [--top-k 0] [--top-p 1] [--seed 1] [--logits FILE]\n"
     "                      [--quantize int8|int4] [--device cpu|cuda]\n"
-    "                      [--batch B --timing]\n"
+    "                      [--batch B --timing] [--gemm exact|cublas]\n"
     "\n"
     "generate writes config.json and *.safetensors of a random Llama (Hugging Face layout).\n"
     "run prints {\"tokens\": [...]} generated after the prompt; --logits saves the logits\n"
@@ -192,8 +192,11 @@ int run(const Args& a) {
   if (!batch || batch.value() == 0) return fail(badRequest("bad_arguments", "--batch >= 1"));
   const uint32_t pagesPerSequence =
       (c.maxPositions + kernels::llm::kPageTokens - 1) / kernels::llm::kPageTokens;
+  const std::string gemm = a.get("gemm", "exact");
+  if (gemm != "exact" && gemm != "cublas")
+    return fail(badRequest("bad_arguments", "--gemm is exact or cublas"));
   llm::Engine engine(model.value(), pagesPerSequence * static_cast<uint32_t>(batch.value()),
-                     device == "cuda");
+                     device == "cuda", gemm == "cublas");
   if (batch.value() > 1 || a.has("timing"))
     return timed(engine, prompt.value(), static_cast<uint32_t>(batch.value()),
                  static_cast<uint32_t>(maxTokens.value()));

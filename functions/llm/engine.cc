@@ -10,13 +10,14 @@ namespace lifl::llm {
 
 namespace kl = kernels::llm;
 
-Engine::Engine(const LlamaModel& model, uint32_t maxPages, bool gpu) : model_(model) {
+Engine::Engine(const LlamaModel& model, uint32_t maxPages, bool gpu, bool tensorCores)
+    : model_(model) {
   const auto& c = model.config;
   if (gpu && gpu::pickBackend(true) == gpu::Backend::Cuda) {
     gpu::llm::Shape shape{c.hiddenSize, c.intermediateSize, c.layers,
                           c.heads,      c.kvHeads,          c.headDim,
                           c.vocabSize,  maxPages,           static_cast<float>(c.rmsNormEps),
-                          c.ropeTheta};
+                          c.ropeTheta,  tensorCores};
     auto lin = [](const Linear& l) -> gpu::llm::HostLinear {
       if (l.quant) return {nullptr, l.quant->bits, l.quant->q.data(), l.quant->scales.data()};
       return {l.weight.data(), 16, nullptr, nullptr};

@@ -25,7 +25,9 @@ class Engine {
   /// @param maxPages the KV pool, shared by all sequences (per layer, K and V)
   /// @param gpu run on the GPU when one is present (weights in BF16 there, or quantised as
   ///        loaded), else on the CPU reference
-  Engine(const LlamaModel& model, uint32_t maxPages, bool gpu = false);
+  /// @param tensorCores on the GPU, linears of 8 rows and more through cuBLAS on BF16
+  ///        activations (faster prefill and batched decode, less precise)
+  Engine(const LlamaModel& model, uint32_t maxPages, bool gpu = false, bool tensorCores = false);
   /// Where it runs: "cuda" or "cpu".
   const char* device() const { return device_ ? "cuda" : "cpu"; }
 

@@ -50,8 +50,8 @@ Result<std::unique_ptr<DeviceModel>> DeviceModel::create(
     [[maybe_unused]] const std::vector<HostLayer>& layers) {
 #ifdef LIFL_WITH_CUDA
   if (!cudaInfo().usable) return noDevice();
-  cuda::llm::Shape cs{s.hidden,  s.inter, s.layers,   s.heads, s.kvHeads,
-                      s.headDim, s.vocab, s.maxPages, s.eps,   s.theta};
+  cuda::llm::Shape cs{s.hidden, s.inter,    s.layers, s.heads, s.kvHeads,    s.headDim,
+                      s.vocab,  s.maxPages, s.eps,    s.theta, s.tensorCores};
   auto lin = [](const HostLinear& h) {
     return cuda::llm::HostLinear{h.weight, h.bits, h.q, h.scales};
   };

@@ -66,6 +66,18 @@ class LlmGpu(unittest.TestCase):
         self.check(gpu, cpu, "GPU vs CPU logits after the prompt")
         self.assertEqual(gpu_tokens, cpu_tokens)
 
+    def test_tensor_core_gemm_stays_close(self):
+        # --gemm cublas: prefill's linears on the tensor cores with BF16 activations. Not
+        # exact: each BF16 rounding is 2^-9 relative; 2e-2 of the largest logit is asserted
+        # through 3 layers (a wrong GEMM layout gives errors of order 1).
+        out = os.path.join(self.tmp.name, "tc")
+        _, cpu = run(self.model, self.prompt, 1, "--device", "cpu", logits=out + ".cpu")
+        _, tc = run(self.model, self.prompt, 1, "--device", "cuda", "--gemm", "cublas",
+                    logits=out + ".tc")
+        err = np.max(np.abs(tc - cpu)) / np.max(np.abs(cpu))
+        print(f"--gemm cublas vs CPU logits: max relative error {err:.2e}", flush=True)
+        self.assertLess(err, 2e-2)
+
     def test_quantised_weights_on_the_gpu_match_the_cpu(self):
         d = os.path.join(self.tmp.name, "gpu-quant")
         subprocess.run([LIFL_BIN, "model", "generate", "--dir", d, "--layers", "2", "--hidden",

@@ -424,6 +424,36 @@ Buffer& splitScratch() {
   return b;
 }
 
+// cuBLAS, loaded when first needed (the library is not a link dependency): the baseline of
+// the linear benchmark, and the tensor-core GEMM of --gemm cublas.
+struct Cublas {
+  using Create = int (*)(void**);
+  using GemmEx = int (*)(void*, int, int, int, int, int, const void*, const void*, int, int,
+                         const void*, int, int, const void*, void*, int, int, int, int);
+  Create create = nullptr;
+  GemmEx gemmEx = nullptr;
+  void* handle = nullptr;
+  std::string why;
+};
+const Cublas& cublas() {
+  static Cublas c = [] {
+    Cublas c;
+    void* lib = nullptr;
+    for (const char* name : {"libcublas.so.13", "/usr/local/cuda/lib64/libcublas.so.13",
+                             "libcublas.so.12", "libcublas.so"})
+      if ((lib = dlopen(name, RTLD_NOW | RTLD_LOCAL))) break;
+    if (!lib) {
+      c.why = "cannot load libcublas";
+      return c;
+    }
+    c.create = reinterpret_cast<Cublas::Create>(dlsym(lib, "cublasCreate_v2"));
+    c.gemmEx = reinterpret_cast<Cublas::GemmEx>(dlsym(lib, "cublasGemmEx"));
+    if (!c.create || !c.gemmEx || c.create(&c.handle) != 0) c.why = "cannot start cuBLAS";
+    return c;
+  }();
+  return c;
+}
+
 /// A linear layer's weight on the device: BF16, or quantised (8/4 bits) with its scales.
 struct Weight {
   Buffer data, scales;
@@ -447,8 +477,38 @@ std::string quantLinear(float* y, const float* x, const Weight& w, uint64_t rows
   return "";
 }
 
+__global__ void toBf16Kernel(__nv_bfloat16* __restrict__ out, const float* __restrict__ x,
+                             uint64_t n) {
+  for (uint64_t i = uint64_t{blockIdx.x} * blockDim.x + threadIdx.x; i < n;
+       i += uint64_t{gridDim.x} * blockDim.x)
+    out[i] = __float2bfloat16(x[i]);
+}
+
+/// y = x W^T on the tensor cores through cuBLAS: the activations rounded to BF16 first (the
+/// precision --gemm cublas trades for speed), fp32 accumulation and output.
+std::string cublasLinear(float* y, const float* x, const __nv_bfloat16* w, uint64_t rows,
+                         uint64_t in, uint64_t out, Buffer& scratch) {
+  const auto& c = cublas();
+  if (!c.why.empty()) return c.why;
+  LIFL_TRY_STR(scratch.reserve(rows * in * 2));
+  toBf16Kernel<<<grid(rows * in), 256>>>(scratch.as<__nv_bfloat16>(), x, rows * in);
+  const float alpha = 1, beta = 0;
+  constexpr int kOpN = 0, kOpT = 1, kBf16 = 14, kF32 = 0, kCompute32F = 68, kDefault = -1;
+  if (c.gemmEx(c.handle, kOpT, kOpN, static_cast<int>(out), static_cast<int>(rows),
+               static_cast<int>(in), &alpha, w, kBf16, static_cast<int>(in), scratch.p, kBf16,
+               static_cast<int>(in), &beta, y, kF32, static_cast<int>(out), kCompute32F,
+               kDefault) != 0)
+    return "cublasGemmEx failed";
+  return "";
+}
+
+/// From this many rows, --gemm cublas sends BF16 linears to the tensor cores.
+constexpr uint64_t kCublasFromRows = 8;
+
 std::string apply(float* y, const float* x, const Weight& w, uint64_t rows, uint64_t in,
-                  uint64_t out) {
+                  uint64_t out, Buffer* tensorCoreScratch = nullptr) {
+  if (w.bits == 16 && tensorCoreScratch && rows >= kCublasFromRows)
+    return cublasLinear(y, x, w.data.as<__nv_bfloat16>(), rows, in, out, *tensorCoreScratch);
   if (w.bits == 16) return linear(y, x, w.data.as<__nv_bfloat16>(), rows, in, out);
   return quantLinear(y, x, w, rows, in, out);
 }
@@ -506,7 +566,7 @@ struct Model {
     Weight q, k, v, o, gate, up, down;
   };
   std::vector<Layer> layers;
-  Buffer x, normed, qs, ks, vs, attn, proj, gate, up, logits, last;
+  Buffer x, normed, qs, ks, vs, attn, proj, gate, up, logits, last, bf16x;
   Buffer tokens, positions, rowPage, rowSlot, tables, rowTable, logitRows;
 };
 
@@ -596,12 +656,13 @@ std::string forward(Model* m, uint32_t rows, const uint32_t* tokens, const uint3
   const auto* pos = m->positions.as<uint32_t>();
   embedKernel<<<grid(n * h), 256>>>(x, m->embed.as<__nv_bfloat16>(), m->tokens.as<uint32_t>(), n,
                                     h);
+  Buffer* tc = s.tensorCores ? &m->bf16x : nullptr;  // --gemm cublas
   for (auto& L : m->layers) {
     rmsNormKernel<<<static_cast<unsigned>(n), 256>>>(normed, nullptr, x, L.inputNorm.as<float>(),
                                                      h, s.eps);
-    LIFL_TRY_STR(apply(qs, normed, L.q, n, h, q));
-    LIFL_TRY_STR(apply(ks, normed, L.k, n, h, kv));
-    LIFL_TRY_STR(apply(vs, normed, L.v, n, h, kv));
+    LIFL_TRY_STR(apply(qs, normed, L.q, n, h, q, tc));
+    LIFL_TRY_STR(apply(ks, normed, L.k, n, h, kv, tc));
+    LIFL_TRY_STR(apply(vs, normed, L.v, n, h, kv, tc));
     ropeKernel<<<grid(n * s.heads * s.headDim / 2), 256>>>(qs, n, s.heads, s.headDim, pos,
                                                           m->invFreq.as<float>());
     ropeKernel<<<grid(n * s.kvHeads * s.headDim / 2), 256>>>(ks, n, s.kvHeads, s.headDim, pos,
@@ -612,13 +673,13 @@ std::string forward(Model* m, uint32_t rows, const uint32_t* tokens, const uint3
     LIFL_TRY_STR(attend(attn, qs, static_cast<uint32_t>(n), pos, m->tables.as<uint32_t>(),
                         m->rowTable.as<uint32_t>(), maxContext, s.heads, s.kvHeads, s.headDim,
                         L.kPages.as<float>(), L.vPages.as<float>()));
-    LIFL_TRY_STR(apply(proj, attn, L.o, n, q, h));
+    LIFL_TRY_STR(apply(proj, attn, L.o, n, q, h, tc));
     rmsNormKernel<<<static_cast<unsigned>(n), 256>>>(normed, x, proj, L.postNorm.as<float>(), h,
                                                      s.eps);
-    LIFL_TRY_STR(apply(gate, normed, L.gate, n, h, inter));
-    LIFL_TRY_STR(apply(up, normed, L.up, n, h, inter));
+    LIFL_TRY_STR(apply(gate, normed, L.gate, n, h, inter, tc));
+    LIFL_TRY_STR(apply(up, normed, L.up, n, h, inter, tc));
     siluMulKernel<<<grid(n * inter), 256>>>(gate, gate, up, n * inter);
-    LIFL_TRY_STR(apply(proj, gate, L.down, n, inter, h));
+    LIFL_TRY_STR(apply(proj, gate, L.down, n, inter, h, tc));
     addKernel<<<grid(n * h), 256>>>(x, proj, n * h);
   }
   // The head, over the rows that need logits only.
@@ -677,36 +738,6 @@ std::string timeDecodeAttention(uint32_t batch, uint32_t heads, uint32_t kvHeads
   cudaEventDestroy(stop);
   *seconds = ms / 1e3 / reps;
   return "";
-}
-
-// cuBLAS, loaded when first needed (the library is not a link dependency): the baseline of
-// the linear benchmark.
-struct Cublas {
-  using Create = int (*)(void**);
-  using GemmEx = int (*)(void*, int, int, int, int, int, const void*, const void*, int, int,
-                         const void*, int, int, const void*, void*, int, int, int, int);
-  Create create = nullptr;
-  GemmEx gemmEx = nullptr;
-  void* handle = nullptr;
-  std::string why;
-};
-const Cublas& cublas() {
-  static Cublas c = [] {
-    Cublas c;
-    void* lib = nullptr;
-    for (const char* name : {"libcublas.so.13", "/usr/local/cuda/lib64/libcublas.so.13",
-                             "libcublas.so.12", "libcublas.so"})
-      if ((lib = dlopen(name, RTLD_NOW | RTLD_LOCAL))) break;
-    if (!lib) {
-      c.why = "cannot load libcublas";
-      return c;
-    }
-    c.create = reinterpret_cast<Cublas::Create>(dlsym(lib, "cublasCreate_v2"));
-    c.gemmEx = reinterpret_cast<Cublas::GemmEx>(dlsym(lib, "cublasGemmEx"));
-    if (!c.create || !c.gemmEx || c.create(&c.handle) != 0) c.why = "cannot start cuBLAS";
-    return c;
-  }();
-  return c;
 }
 
 std::string timeLinear(int kind, uint64_t rows, uint64_t in, uint64_t out, int reps,
