@@ -104,6 +104,12 @@ double now() {
 int timed(llm::Engine& engine, const std::vector<uint32_t>& prompt, uint32_t batch,
           uint32_t maxTokens) {
   const uint32_t vocab = engine.config().vocabSize;
+  {  // a warm-up pass, untimed: one-time costs (a cuBLAS handle, lazy allocations) stay out
+    llm::Sequence warm;
+    auto logits = engine.prefill(warm, prompt);
+    engine.release(warm);
+    if (!logits) return fail(logits.error());
+  }
   std::vector<llm::Sequence> seqs(batch);
   std::vector<uint32_t> next(batch);
   const double t0 = now();

@@ -364,6 +364,98 @@ __global__ void splitMergeKernel(float* __restrict__ out, const float* __restric
   }
 }
 
+// Prefill attention, tiled (FlashAttention-2's schedule without tensor cores): a block takes
+// kTileRows consecutive query rows of one sequence and one KV head, for every query head of
+// its group; K/V tiles of 32 positions are loaded into shared memory once for all of them,
+// and each (row, head) pair keeps an online softmax in a warp (lane k scores key k, lanes
+// own output dimensions). Rows are at consecutive positions starting at positions[0].
+constexpr uint32_t kTileRows = 16;
+template <int GROUP, int DL>
+__global__ void prefillAttentionKernel(float* __restrict__ out, const float* __restrict__ q,
+                                       const uint32_t* __restrict__ positions,
+                                       const uint32_t* __restrict__ table, uint32_t rows,
+                                       uint32_t heads, uint32_t kvHeads,
+                                       const float* __restrict__ kPages,
+                                       const float* __restrict__ vPages) {
+  constexpr int HD = DL * 32, PAIRS = kTileRows * GROUP, WARPS = 8;
+  extern __shared__ float shared[];
+  float* sK = shared;                // [32][HD + 1]
+  float* sV = sK + 32 * (HD + 1);    // [32][HD]
+  float* sQ = sV + 32 * HD;          // [PAIRS][HD]
+  const uint32_t r0 = blockIdx.x * kTileRows, kvh = blockIdx.y;
+  const uint32_t tileRows = min(kTileRows, rows - r0);
+  const uint64_t kvDim = uint64_t{kvHeads} * HD;
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const float scale = rsqrtf(static_cast<float>(HD));
+  for (uint32_t i = threadIdx.x; i < PAIRS * HD; i += blockDim.x) {
+    const uint32_t pair = i / HD, d = i % HD, r = pair / GROUP, g = pair % GROUP;
+    sQ[i] = r < tileRows ? q[(uint64_t{r0 + r} * heads + kvh * GROUP + g) * HD + d] * scale : 0.f;
+  }
+  constexpr int MINE = PAIRS / WARPS;  // pairs per warp: pair = warp + WARPS * k
+  float m[MINE], l[MINE], acc[MINE][DL];
+#pragma unroll
+  for (int k = 0; k < MINE; ++k) {
+    m[k] = -INFINITY;
+    l[k] = 0.f;
+#pragma unroll
+    for (int j = 0; j < DL; ++j) acc[k][j] = 0.f;
+  }
+  const uint32_t first = positions[0];
+  const uint32_t lastPos = first + r0 + tileRows - 1;
+  for (uint32_t t0 = 0; t0 <= lastPos; t0 += 32) {
+    __syncthreads();  // the previous tile is read by every warp
+    for (uint32_t i = threadIdx.x; i < 32 * HD; i += blockDim.x) {
+      const uint32_t k = i / HD, d = i % HD, t = t0 + k;
+      float kv = 0.f, vv = 0.f;
+      if (t <= lastPos) {
+        const uint64_t at =
+            (uint64_t{table[t / kPageTokens]} * kPageTokens + t % kPageTokens) * kvDim +
+            uint64_t{kvh} * HD + d;
+        kv = kPages[at];
+        vv = vPages[at];
+      }
+      sK[k * (HD + 1) + d] = kv;
+      sV[k * HD + d] = vv;
+    }
+    __syncthreads();
+#pragma unroll
+    for (int k = 0; k < MINE; ++k) {
+      const uint32_t pair = warp + WARPS * k, r = pair / GROUP;
+      if (r >= tileRows) continue;
+      const uint32_t pos = first + r0 + r, t = t0 + lane;
+      float s = -INFINITY;
+      if (t <= pos) {
+        s = 0.f;
+        const float* qp = sQ + pair * HD;
+        const float* kp = sK + lane * (HD + 1);
+#pragma unroll 16
+        for (int d = 0; d < HD; ++d) s += qp[d] * kp[d];
+      }
+      const float mNew = fmaxf(m[k], warpMax(s));
+      if (mNew == -INFINITY) continue;  // no key of this tile is visible to the row
+      const float p = t <= pos ? __expf(s - mNew) : 0.f;
+      const float correction = __expf(m[k] - mNew);
+      l[k] = l[k] * correction + warpSum(p);
+#pragma unroll
+      for (int j = 0; j < DL; ++j) acc[k][j] *= correction;
+      for (int key = 0; key < 32; ++key) {
+        const float pk = __shfl_sync(0xffffffffu, p, key);
+#pragma unroll
+        for (int j = 0; j < DL; ++j) acc[k][j] += pk * sV[key * HD + j * 32 + lane];
+      }
+      m[k] = mNew;
+    }
+  }
+#pragma unroll
+  for (int k = 0; k < MINE; ++k) {
+    const uint32_t pair = warp + WARPS * k, r = pair / GROUP, g = pair % GROUP;
+    if (r >= tileRows) continue;
+#pragma unroll
+    for (int j = 0; j < DL; ++j)
+      out[(uint64_t{r0 + r} * heads + kvh * GROUP + g) * HD + j * 32 + lane] = acc[k][j] / l[k];
+  }
+}
+
 unsigned grid(uint64_t work) {
   return static_cast<unsigned>(std::clamp<uint64_t>((work + 255) / 256, 1, 132 * 16));
 }
@@ -521,16 +613,36 @@ std::string uploadWeight(Weight& w, const HostLinear& h, uint64_t out, uint64_t 
   return uploadF32(w.scales, h.scales, out * (in / 128) * sizeof(float));
 }
 
+/// @param prefill the rows are one sequence's, at consecutive positions (`table` its block
+///        table): they may take the tiled prefill kernel
 std::string attend(float* out, const float* q, uint32_t rows, const uint32_t* positions,
                    const uint32_t* tables, const uint32_t* rowTable, uint32_t maxContext,
                    uint32_t heads, uint32_t kvHeads, uint32_t headDim, const float* kPages,
-                   const float* vPages) {
+                   const float* vPages, const uint32_t* prefillTable = nullptr) {
+  const uint32_t group = heads / kvHeads, lanes = headDim / 32;
+  if (prefillTable && rows >= kTileRows && (group == 1 || group == 2 || group == 4) &&
+      (lanes == 2 || lanes == 4)) {
+    const dim3 blocks((rows + kTileRows - 1) / kTileRows, kvHeads);
+#define LIFL_PREFILL(G, DL)                                                                      \
+  if (group == G && lanes == DL) {                                                               \
+    constexpr size_t bytes = (32 * (DL * 32 + 1) + 32 * DL * 32 + kTileRows * G * DL * 32) * 4; \
+    if (bytes > 48 * 1024)                                                                       \
+      LIFL_CU(cudaFuncSetAttribute(prefillAttentionKernel<G, DL>,                                \
+                                   cudaFuncAttributeMaxDynamicSharedMemorySize, bytes));         \
+    prefillAttentionKernel<G, DL><<<blocks, 256, bytes>>>(out, q, positions, prefillTable, rows, \
+                                                          heads, kvHeads, kPages, vPages);       \
+    LIFL_CU(cudaGetLastError());                                                                 \
+    return "";                                                                                   \
+  }
+    LIFL_PREFILL(1, 2) LIFL_PREFILL(2, 2) LIFL_PREFILL(4, 2)
+    LIFL_PREFILL(1, 4) LIFL_PREFILL(2, 4) LIFL_PREFILL(4, 4)
+#undef LIFL_PREFILL
+  }
   const uint32_t splitTokens = splitTokensFor(maxContext);
   const uint32_t splits = (maxContext + splitTokens - 1) / splitTokens;
   LIFL_TRY_STR(splitScratch().reserve(size_t{rows} * heads * splits * (headDim + 2) * 4));
   float* partial = splitScratch().as<float>();
   const dim3 blocks(rows, kvHeads, splits);
-  const uint32_t group = heads / kvHeads, lanes = headDim / 32;
   bool launched = false;
 #define LIFL_SPLIT(G, DL)                                                                     \
   if (group == G && lanes == DL) {                                                            \
@@ -629,9 +741,11 @@ std::string forward(Model* m, uint32_t rows, const uint32_t* tokens, const uint3
   const auto& s = m->s;
   const uint64_t n = rows, h = s.hidden, q = uint64_t{s.heads} * s.headDim,
                  kv = uint64_t{s.kvHeads} * s.headDim, inter = s.inter;
-  (void)sequences;
   std::vector<uint32_t> rowPage(n), rowSlot(n), rowTable(n);
   uint32_t maxContext = 0;
+  // One sequence at consecutive positions (a prompt): the tiled prefill attention applies.
+  bool prefill = sequences == 1 && n > 1;
+  for (uint64_t r = 1; r < n && prefill; ++r) prefill = positions[r] == positions[r - 1] + 1;
   for (uint64_t r = 0; r < n; ++r) {
     const uint32_t seq = seqOf[r], pos = positions[r];
     if (pos / kPageTokens >= tableLen[seq]) return "forward: a position beyond its block table";
@@ -672,7 +786,8 @@ std::string forward(Model* m, uint32_t rows, const uint32_t* tokens, const uint3
                                          kv);
     LIFL_TRY_STR(attend(attn, qs, static_cast<uint32_t>(n), pos, m->tables.as<uint32_t>(),
                         m->rowTable.as<uint32_t>(), maxContext, s.heads, s.kvHeads, s.headDim,
-                        L.kPages.as<float>(), L.vPages.as<float>()));
+                        L.kPages.as<float>(), L.vPages.as<float>(),
+                        prefill ? m->tables.as<uint32_t>() : nullptr));
     LIFL_TRY_STR(apply(proj, attn, L.o, n, q, h, tc));
     rmsNormKernel<<<static_cast<unsigned>(n), 256>>>(normed, x, proj, L.postNorm.as<float>(), h,
                                                      s.eps);
@@ -863,9 +978,13 @@ std::string attention(float* out, const float* q, uint64_t rows, const uint32_t*
   LIFL_TRY_STR(dout.reserve(rows * heads * headDim * 4));
   uint32_t maxContext = 0;
   for (uint64_t r = 0; r < rows; ++r) maxContext = std::max(maxContext, positions[r] + 1);
+  bool consecutive = rows > 1;
+  for (uint64_t r = 1; r < rows && consecutive; ++r)
+    consecutive = positions[r] == positions[r - 1] + 1;
   LIFL_TRY_STR(attend(dout.as<float>(), dq.as<float>(), static_cast<uint32_t>(rows),
                       dp.as<uint32_t>(), dt.as<uint32_t>(), drt.as<uint32_t>(), maxContext, heads,
-                      kvHeads, headDim, dk.as<float>(), dv.as<float>()));
+                      kvHeads, headDim, dk.as<float>(), dv.as<float>(),
+                      consecutive ? dt.as<uint32_t>() : nullptr));
   LIFL_CU(cudaMemcpy(out, dout.p, rows * heads * headDim * 4, cudaMemcpyDeviceToHost));
   return "";
 }

@@ -108,20 +108,25 @@ TEST_F(LlmKernels, PagedCausalGqaAttention) {
   auto k = random(pageFloats), v = random(pageFloats);
   std::vector<uint32_t> table(pages);
   for (uint32_t p = 0; p < pages; ++p) table[p] = (p * 7 + 2) % (pages + 3);  // scattered
-  // A prefill's rows (the last 20 positions) and a decode row.
-  std::vector<uint32_t> pos;
-  for (uint32_t t = context - 20; t < context; ++t) pos.push_back(t);
-  const uint64_t rows = pos.size();
-  auto q = random(rows * heads * hd);
-  const kernels::llm::KvPages cache{k.data(), v.data(), kvHeads, hd};
-  std::vector<float> cpu(rows * heads * hd), gpu(rows * heads * hd, std::nanf(""));
-  ASSERT_TRUE(attention(Backend::Cpu, cpu.data(), q.data(), rows, pos.data(), heads, cache,
-                        pageFloats, table)
-                  .has_value());
-  ASSERT_TRUE(attention(Backend::Cuda, gpu.data(), q.data(), rows, pos.data(), heads, cache,
-                        pageFloats, table)
-                  .has_value());
-  EXPECT_LT(relative(gpu, cpu), kTolerance);
+  // A prompt's rows at consecutive positions (the tiled prefill kernel: the last 40, and a
+  // prompt from position 0) and rows at scattered positions (the split decode kernel).
+  std::vector<std::vector<uint32_t>> cases(3);
+  for (uint32_t t = context - 40; t < context; ++t) cases[0].push_back(t);
+  for (uint32_t t = 0; t < 37; ++t) cases[1].push_back(t);
+  for (uint32_t t = 3; t < context; t += 29) cases[2].push_back(t);
+  for (const auto& pos : cases) {
+    const uint64_t rows = pos.size();
+    auto q = random(rows * heads * hd);
+    const kernels::llm::KvPages cache{k.data(), v.data(), kvHeads, hd};
+    std::vector<float> cpu(rows * heads * hd), gpu(rows * heads * hd, std::nanf(""));
+    ASSERT_TRUE(attention(Backend::Cpu, cpu.data(), q.data(), rows, pos.data(), heads, cache,
+                          pageFloats, table)
+                    .has_value());
+    ASSERT_TRUE(attention(Backend::Cuda, gpu.data(), q.data(), rows, pos.data(), heads, cache,
+                          pageFloats, table)
+                    .has_value());
+    EXPECT_LT(relative(gpu, cpu), kTolerance) << rows << " rows from position " << pos[0];
+  }
 }
 
 }  // namespace
