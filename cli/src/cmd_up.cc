@@ -21,7 +21,8 @@ constexpr const char* kUpHelp =
     "usage: lifl up [--port 8080] [--bind 127.0.0.1] [--data-dir DIR] [--config FILE]\n"
     "               [--router ebpf|userspace] [--store-bytes N] [--warm-pool N]\n"
     "               [--port-file FILE] [--model DIR [--model-name NAME]\n"
-    "               [--quantize int8|int4] [--model-device cpu|cuda]]\n"
+    "               [--quantize int8|int4] [--model-device cpu|cuda]\n"
+    "               [--model-max-sequences 16]]\n"
     "\n"
     "Runs the whole platform on this machine (agent, gateway, jobs API, function instances)\n"
     "until SIGINT/SIGTERM. Flags override the YAML config (docs/config.md). GET /readyz\n"
@@ -83,12 +84,15 @@ Result<dataplane::AgentConfig> configFromArgs(const Args& args, uint16_t default
     }
     const std::string name =
         args.get("model-name", std::filesystem::path(args.get("model")).filename().string());
+    LIFL_TRY(sequences, args.getUnsigned("model-max-sequences", 16));
+    if (sequences == 0) return badRequest("bad_arguments", "--model-max-sequences >= 1");
     config.chains.push_back({"llm",
                              {"llm.prefill", "llm.decode"},
                              {{"model", std::filesystem::absolute(args.get("model")).string()},
                               {"model_name", name},
                               {"quantize", quantize},
-                              {"device", args.get("model-device", "cpu")}}});
+                              {"device", args.get("model-device", "cpu")},
+                              {"max_sequences", sequences}}});
   }
   for (const auto& chain : config.chains)
     for (const auto& f : chain.functions)

@@ -41,6 +41,7 @@ Engine::Engine(const LlamaModel& model, uint32_t maxPages, bool gpu, bool tensor
     v_ = k_;
   }
   for (uint32_t p = maxPages; p-- > 0;) free_.push_back(p);
+  totalPages_ = maxPages;
 }
 
 Result<std::vector<float>> Engine::forwardOnDevice(const std::vector<Row>& rows,

@@ -51,6 +51,13 @@ class Engine {
   /// Gives a finished sequence's pages back to the pool.
   void release(Sequence& seq);
   uint32_t freePages() const { return static_cast<uint32_t>(free_.size()); }
+  uint32_t totalPages() const { return totalPages_; }
+  static uint32_t pagesFor(uint32_t tokens) {
+    return (tokens + kernels::llm::kPageTokens - 1) / kernels::llm::kPageTokens;
+  }
+  /// Takes the pages for `tokens` more tokens of the sequence now, so that its later decode
+  /// steps cannot run out (the decode stage reserves a request's whole length on admission).
+  Result<void> reserve(Sequence& seq, uint32_t tokens);
 
  private:
   struct Row {
@@ -60,12 +67,11 @@ class Engine {
   };
   Result<std::vector<float>> forward(const std::vector<Row>& rows,
                                      const std::vector<size_t>& logitRows);
-  Result<void> reserve(Sequence& seq, uint32_t tokens);
-
   Result<std::vector<float>> forwardOnDevice(const std::vector<Row>& rows,
                                              const std::vector<size_t>& logitRows);
 
   const LlamaModel& model_;
+  uint32_t totalPages_ = 0;
   std::unique_ptr<gpu::llm::DeviceModel> device_;  ///< the GPU path, when it runs there
   std::vector<std::vector<float>> k_, v_;  ///< CPU path, per layer: maxPages * kPageTokens rows
   std::vector<uint32_t> free_;

@@ -10,6 +10,7 @@
 #include <chrono>
 #include <cstring>
 #include <ctime>
+#include <deque>
 #include <map>
 #include <memory>
 
@@ -222,11 +223,8 @@ class Decode final : public Function {
   Result<void> onEvent(Context& ctx, const Descriptor& d) override {
     if (d.kind != DescriptorKind::Event)
       return badRequest("unexpected_descriptor", "llm.decode takes events");
-    LIFL_TRY(input, ctx.store().resolve(d));
-    auto joined = join(ctx, d, input);
-    ctx.store().release(input.handle());
-    if (!joined) LIFL_TRYV(replyFailure(ctx, d.correlation, d.job, joined.error()));
-    return success();
+    waiting_.push_back(d);  // admitted in arrival order as KV pages allow
+    return admitWaiting(ctx);
   }
 
   // One step for every running sequence, then back to the queue for new ones.
@@ -271,11 +269,46 @@ class Decode final : public Function {
     int64_t created = 0;
   };
 
-  Result<void> join(Context& ctx, const Descriptor& d, const ObjectRef& input) {
+  /// Takes the waiting hand-offs whose whole length (prompt + max_tokens) fits in the free
+  /// KV pages, oldest first; the others wait for running sequences to finish. A request
+  /// longer than the whole pool is refused (503 kv_cache_full) rather than left waiting.
+  Result<void> admitWaiting(Context& ctx) {
     if (!loaded_) {
       LIFL_TRY(l, load(ctx.params()));
       loaded_ = std::move(l);
     }
+    auto& engine = *loaded_->engine;
+    while (!waiting_.empty()) {
+      const Descriptor d = waiting_.front();
+      auto input = ctx.store().resolve(d);
+      if (!input) {  // gone: nothing to answer with
+        waiting_.pop_front();
+        continue;
+      }
+      auto event = dataplane::readEvent(input.value());
+      uint32_t pages = 0;
+      if (event) {
+        const auto& a = event.value().attributes;
+        pages = llm::Engine::pagesFor(a.value("prompt_tokens", 0u) +
+                                      a["request"].value("max_tokens", 0u));
+        if (pages <= engine.totalPages() && pages > engine.freePages()) break;  // wait
+      }
+      waiting_.pop_front();
+      Result<void> joined = success();
+      if (!event)
+        joined = event.error();
+      else if (pages > engine.totalPages())
+        joined = unavailable("kv_cache_full",
+                             "the request needs more KV-cache pages than the decode stage has");
+      else
+        joined = join(ctx, d, input.value());
+      ctx.store().release(input.value().handle());
+      if (!joined) LIFL_TRYV(replyFailure(ctx, d.correlation, d.job, joined.error()));
+    }
+    return success();
+  }
+
+  Result<void> join(Context& ctx, const Descriptor& d, const ObjectRef& input) {
     LIFL_TRY(event, dataplane::readEvent(input));
     const auto& a = event.attributes;
     Running r;
@@ -297,6 +330,10 @@ class Decode final : public Function {
     if (event.size != loaded_->engine->kvFloats(length) * sizeof(float))
       return internal("bad_handoff", "the KV hand-off does not match the model");
     LIFL_TRYV(loaded_->engine->importKv(r.seq, reinterpret_cast<const float*>(event.data), length));
+    if (auto reserved = loaded_->engine->reserve(r.seq, r.request.maxTokens); !reserved) {
+      loaded_->engine->release(r.seq);
+      return reserved.error();
+    }
     auto [it, _] = running_.emplace(d.correlation, std::move(r));
     if (it->second.request.stream) LIFL_TRYV(streamPiece(ctx, it->second, it->second.tokens[0]));
     return finishDone(ctx);
@@ -369,11 +406,12 @@ class Decode final : public Function {
       it = running_.erase(it);
       LIFL_TRYV(sent);
     }
-    return success();
+    return waiting_.empty() ? success() : admitWaiting(ctx);  // pages may have come free
   }
 
   std::unique_ptr<Loaded> loaded_;
   std::map<uint64_t, Running> running_;  ///< by correlation (request)
+  std::deque<Descriptor> waiting_;       ///< hand-offs not yet admitted (their objects are ours)
 };
 
 }  // namespace

@@ -164,6 +164,31 @@ class LlmApi(unittest.TestCase):
         self.assertGreaterEqual(generated[0], 5)
 
 
+class KvCacheAdmission(unittest.TestCase):
+    def test_requests_wait_for_pages_instead_of_failing(self):
+        # The decode stage holds KV pages for 2 full-length sequences; 6 requests of 200
+        # tokens each need 13 pages apiece, so at most 2 run at once and the others wait to
+        # be admitted. Each still gets its own greedy completion.
+        with tempfile.TemporaryDirectory() as tmp:
+            d = os.path.join(tmp, "small-pool")
+            subprocess.run([LIFL_BIN, "model", "generate", "--dir", d, "--layers", "1", "--vocab",
+                            "320", "--max-positions", "256", "--seed", "6"], check=True,
+                           capture_output=True)
+            p = Platform(router="userspace",
+                         extra_args=["--model", d, "--model-max-sequences", "2"])
+            try:
+                prompts = [[i + 1, i + 2, i + 3] for i in range(6)]
+                with concurrent.futures.ThreadPoolExecutor(6) as pool:
+                    results = list(pool.map(lambda pr: post(p.url, {
+                        "prompt": pr, "max_tokens": 200, "temperature": 0}), prompts))
+                for (status, _, data), pr in zip(results, prompts):
+                    self.assertEqual(status, 200, data)
+                    self.assertEqual(json.loads(data)["choices"][0]["token_ids"],
+                                     direct(d, pr, 200))
+            finally:
+                p.stop()
+
+
 class EndOfSequence(unittest.TestCase):
     def test_eos_stops_with_finish_reason_stop(self):
         with tempfile.TemporaryDirectory() as tmp:
