@@ -28,6 +28,7 @@ const char* kUsage =
     "                      [--top-k 0] [--top-p 1] [--seed 1] [--logits FILE]\n"
     "                      [--quantize int8|int4] [--device cpu|cuda]\n"
     "                      [--batch B --timing] [--gemm exact|cublas]\n"
+    "                      [--kv-retrieval budget=N,tau=T]\n"
     "\n"
     "generate writes config.json and *.safetensors of a random Llama (Hugging Face layout).\n"
     "run prints {\"tokens\": [...]} generated after the prompt; --logits saves the logits\n"
@@ -203,6 +204,11 @@ int run(const Args& a) {
     return fail(badRequest("bad_arguments", "--gemm is exact or cublas"));
   llm::Engine engine(model.value(), pagesPerSequence * static_cast<uint32_t>(batch.value()),
                      device == "cuda", gemm == "cublas");
+  if (a.has("kv-retrieval")) {
+    auto retrieval = llm::RetrievalConfig::parse(a.get("kv-retrieval"));
+    if (!retrieval) return fail(retrieval.error());
+    engine.setRetrieval(retrieval.value());
+  }
   if (batch.value() > 1 || a.has("timing"))
     return timed(engine, prompt.value(), static_cast<uint32_t>(batch.value()),
                  static_cast<uint32_t>(maxTokens.value()));
@@ -227,7 +233,9 @@ int run(const Args& a) {
     logits = engine.decode(one, std::span<const uint32_t>(&next, 1));
     if (!logits) return fail(logits.error());
   }
-  std::printf("%s\n", nlohmann::json{{"tokens", generated}}.dump().c_str());
+  nlohmann::json result = {{"tokens", generated}};
+  if (seq.retrieval) result["retrievals"] = seq.retrieval->retrievals();
+  std::printf("%s\n", result.dump().c_str());
   return 0;
 }
 

@@ -13,6 +13,7 @@
 #include "lifl/dataplane/agent.h"
 #include "lifl/functions/sdk.h"
 #include "model.h"
+#include "retrieval.h"
 
 namespace lifl::cli {
 
@@ -22,7 +23,7 @@ constexpr const char* kUpHelp =
     "               [--router ebpf|userspace] [--store-bytes N] [--warm-pool N]\n"
     "               [--port-file FILE] [--model DIR [--model-name NAME]\n"
     "               [--quantize int8|int4] [--model-device cpu|cuda]\n"
-    "               [--model-max-sequences 16]]\n"
+    "               [--model-max-sequences 16] [--kv-retrieval budget=N,tau=T]]\n"
     "\n"
     "Runs the whole platform on this machine (agent, gateway, jobs API, function instances)\n"
     "until SIGINT/SIGTERM. Flags override the YAML config (docs/config.md). GET /readyz\n"
@@ -85,6 +86,7 @@ Result<dataplane::AgentConfig> configFromArgs(const Args& args, uint16_t default
     const std::string name =
         args.get("model-name", std::filesystem::path(args.get("model")).filename().string());
     LIFL_TRY(sequences, args.getUnsigned("model-max-sequences", 16));
+    if (args.has("kv-retrieval")) LIFL_TRYV(llm::RetrievalConfig::parse(args.get("kv-retrieval")));
     if (sequences == 0) return badRequest("bad_arguments", "--model-max-sequences >= 1");
     config.chains.push_back({"llm",
                              {"llm.prefill", "llm.decode"},
@@ -92,7 +94,8 @@ Result<dataplane::AgentConfig> configFromArgs(const Args& args, uint16_t default
                               {"model_name", name},
                               {"quantize", quantize},
                               {"device", args.get("model-device", "cpu")},
-                              {"max_sequences", sequences}}});
+                              {"max_sequences", sequences},
+                              {"kv_retrieval", args.get("kv-retrieval")}}});
   }
   for (const auto& chain : config.chains)
     for (const auto& f : chain.functions)

@@ -118,10 +118,30 @@ Result<void> Engine::importKv(Sequence& seq, const float* in, uint32_t length) {
       }
   }
   seq.length += length;
+  startRetrieval(seq);
   return success();
 }
 
+void Engine::setRetrieval(const RetrievalConfig& config) {
+  if (config.enabled() && device_) {
+    LIFL_WARN("llm: KV retrieval runs on the CPU path only; off on the GPU");
+    return;
+  }
+  retrieval_ = config;
+}
+
+void Engine::startRetrieval(Sequence& seq) {
+  if (!retrieval_.enabled()) return;
+  const auto& c = model_.config;
+  seq.retrieval =
+      std::make_shared<SequenceRetrieval>(retrieval_, c.layers, c.heads, c.kvHeads, c.headDim);
+  for (uint32_t l = 0; l < c.layers; ++l)
+    seq.retrieval->clusterPrompt(l, {k_[l].data(), v_[l].data(), c.kvHeads, c.headDim}, seq.pages,
+                                 seq.length);
+}
+
 void Engine::release(Sequence& seq) {
+  seq.retrieval.reset();
   for (uint32_t p : seq.pages) free_.push_back(p);
   seq.pages.clear();
   seq.length = 0;
@@ -135,6 +155,7 @@ Result<std::vector<float>> Engine::prefill(Sequence& seq, std::span<const uint32
     rows.push_back({&seq, t, seq.length + static_cast<uint32_t>(rows.size())});
   LIFL_TRY(logits, forward(rows, {rows.size() - 1}));
   seq.length += static_cast<uint32_t>(tokens.size());
+  if (!seq.retrieval) startRetrieval(seq);
   return logits;
 }
 
@@ -199,8 +220,13 @@ Result<std::vector<float>> Engine::forward(const std::vector<Row>& rows,
         std::memcpy(&qRows[j * q], &qs[idx[j] * q], q * sizeof(float));
         seqPositions[j] = positions[idx[j]];
       }
-      kl::attention(outRows.data(), qRows.data(), idx.size(), seqPositions.data(), c.heads, cache,
-                    seq->pages);
+      if (seq->retrieval && idx.size() == 1)  // a decode step: the retrieved positions only
+        kl::attentionAt(
+            outRows.data(), qRows.data(), c.heads, cache, seq->pages,
+            seq->retrieval->select(l, qRows.data(), seqPositions[0], cache, seq->pages));
+      else
+        kl::attention(outRows.data(), qRows.data(), idx.size(), seqPositions.data(), c.heads, cache,
+                      seq->pages);
       for (size_t j = 0; j < idx.size(); ++j)
         std::memcpy(&attn[idx[j] * q], &outRows[j * q], q * sizeof(float));
     }

@@ -5,6 +5,7 @@
 #pragma once
 
 #include <cstdint>
+#include <memory>
 #include <span>
 #include <vector>
 
@@ -12,12 +13,14 @@
 #include "lifl/gpu/llm.h"
 #include "lifl/gpu/llm_device.h"
 #include "model.h"
+#include "retrieval.h"
 
 namespace lifl::llm {
 
 struct Sequence {
-  std::vector<uint32_t> pages;  ///< the block table
-  uint32_t length = 0;          ///< tokens in the cache
+  std::vector<uint32_t> pages;                   ///< the block table
+  uint32_t length = 0;                           ///< tokens in the cache
+  std::shared_ptr<SequenceRetrieval> retrieval;  ///< KV retrieval's state, when it is on
 };
 
 class Engine {
@@ -28,6 +31,8 @@ class Engine {
   /// @param tensorCores on the GPU, linears of 8 rows and more through cuBLAS on BF16
   ///        activations (faster prefill and batched decode, less precise)
   Engine(const LlamaModel& model, uint32_t maxPages, bool gpu = false, bool tensorCores = false);
+  /// KV retrieval for the sequences prefilled (or handed over) from now on; CPU path only.
+  void setRetrieval(const RetrievalConfig& config);
   /// Where it runs: "cuda" or "cpu".
   const char* device() const { return device_ ? "cuda" : "cpu"; }
 
@@ -70,8 +75,11 @@ class Engine {
   Result<std::vector<float>> forwardOnDevice(const std::vector<Row>& rows,
                                              const std::vector<size_t>& logitRows);
 
+  void startRetrieval(Sequence& seq);
+
   const LlamaModel& model_;
   uint32_t totalPages_ = 0;
+  RetrievalConfig retrieval_;
   std::unique_ptr<gpu::llm::DeviceModel> device_;  ///< the GPU path, when it runs there
   std::vector<std::vector<float>> k_, v_;  ///< CPU path, per layer: maxPages * kPageTokens rows
   std::vector<uint32_t> free_;

@@ -150,6 +150,10 @@ Result<std::unique_ptr<Loaded>> load(const nlohmann::json& params) {
   const uint32_t sequences = params.value("max_sequences", 16u);
   l->engine = std::make_unique<llm::Engine>(l->model, pagesPerSequence * sequences,
                                             params.value("device", std::string("cpu")) == "cuda");
+  if (const std::string spec = params.value("kv_retrieval", ""); !spec.empty()) {
+    LIFL_TRY(retrieval, llm::RetrievalConfig::parse(spec));
+    l->engine->setRetrieval(retrieval);
+  }
   LIFL_TRY(tokenizer, llm::Tokenizer::forModel(dir, c.vocabSize));
   l->tokenizer = std::move(tokenizer);
   l->name = params.value("model_name", std::string("lifl"));

@@ -166,6 +166,33 @@ class LlmCpu(unittest.TestCase):
         got, _ = self.logits(d, prompt + generated[:3], max_tokens=1)
         self.check_logits(got, ref[-1], "prefill of prompt + 3 generated")
 
+    def test_kv_retrieval(self):
+        # --kv-retrieval (LouisKV-style): with a budget above the context and a retrieval at
+        # every step (tau above any cosine), every position is attended: the tokens are full
+        # attention's. tau below any cosine retrieves once per layer; a small budget still
+        # generates, attending to sinks, the chosen units and the recent window.
+        d = self.model("kv", "--layers", "2", "--max-positions", "1024", "--seed", 3)
+        prompt = [(i * 37) % 300 for i in range(300)]
+        steps = 40
+
+        def go(*extra):
+            r = lifl("model", "run", "--model", d, "--tokens", ",".join(map(str, prompt)),
+                     "--max-tokens", steps, *extra)
+            return json.loads(r.stdout)
+
+        full = go()["tokens"]
+        every = go("--kv-retrieval", "budget=100000,tau=2")
+        self.assertEqual(every["tokens"], full)
+        self.assertEqual(every["retrievals"], 2 * (steps - 1))
+        once = go("--kv-retrieval", "budget=64,tau=-2")
+        self.assertEqual(once["retrievals"], 2)
+        self.assertEqual(len(once["tokens"]), steps)
+        small = go("--kv-retrieval", "budget=64,tau=0.5")
+        self.assertTrue(2 <= small["retrievals"] <= 2 * (steps - 1))
+        r = lifl("model", "run", "--model", d, "--tokens", "1", "--kv-retrieval", "tau=0.5",
+                 check=False)
+        self.assertIn("budget", r.stderr)
+
     def test_generation_is_deterministic(self):
         d = self.model("det", "--seed", 5)
         runs = [lifl("model", "run", "--model", d, "--tokens", "1,2,3", "--max-tokens", 12).stdout

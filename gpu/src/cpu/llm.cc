@@ -156,6 +156,38 @@ void matmulQuant(float* y, const float* x, const QuantMatrix& w, uint64_t rows) 
   }
 }
 
+void attentionAt(float* out, const float* q, uint32_t heads, const KvPages& cache,
+                 std::span<const uint32_t> blockTable,
+                 std::span<const std::vector<uint32_t>> positions) {
+  const uint32_t hd = cache.headDim, group = heads / cache.kvHeads;
+  const float scale = 1.0f / std::sqrt(static_cast<float>(hd));
+  std::vector<float> scores;
+  for (uint32_t h = 0; h < heads; ++h) {
+    const uint32_t kvh = h / group;
+    const auto& at = positions[kvh];
+    const float* qh = q + uint64_t{h} * hd;
+    scores.resize(at.size());
+    float maxScore = -INFINITY;
+    for (size_t i = 0; i < at.size(); ++i) {
+      const uint32_t t = at[i];
+      const float* k =
+          cache.kRow(blockTable[t / kPageTokens], t % kPageTokens) + uint64_t{kvh} * hd;
+      scores[i] = dot(qh, k, hd) * scale;
+      maxScore = std::max(maxScore, scores[i]);
+    }
+    float total = 0;
+    for (auto& s : scores) total += (s = std::exp(s - maxScore));
+    float* o = out + uint64_t{h} * hd;
+    std::fill(o, o + hd, 0.0f);
+    for (size_t i = 0; i < at.size(); ++i) {
+      const uint32_t t = at[i];
+      const float* v =
+          cache.vRow(blockTable[t / kPageTokens], t % kPageTokens) + uint64_t{kvh} * hd;
+      axpy(o, v, scores[i] / total, hd);
+    }
+  }
+}
+
 uint32_t sample(const float* logits, uint32_t vocab, float temperature, uint32_t topK, float topP,
                 uint64_t& rng) {
   if (temperature <= 0.0f)

@@ -74,6 +74,12 @@ struct KvPages {
 void attention(float* out, const float* q, uint64_t rows, const uint32_t* positions, uint32_t heads,
                const KvPages& cache, std::span<const uint32_t> blockTable);
 
+/// The same attention for one query row over explicit positions: KV head g reads the cached
+/// positions positions[g] (ascending), query head h the set of its KV head (KV retrieval).
+void attentionAt(float* out, const float* q, uint32_t heads, const KvPages& cache,
+                 std::span<const uint32_t> blockTable,
+                 std::span<const std::vector<uint32_t>> positions);
+
 /// A token from logits: greedy (the first maximum) when temperature is 0, else sampled from
 /// softmax(logits / temperature) restricted to the topK largest (0: all) and to the smallest
 /// set whose probability reaches topP. `rng` is the state of a splitmix64 generator.

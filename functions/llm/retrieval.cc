@@ -1,0 +1,187 @@
+#include "retrieval.h"
+
+#include <algorithm>
+#include <cmath>
+#include <numeric>
+#include <sstream>
+#include <string>
+
+namespace lifl::llm {
+
+namespace kl = kernels::llm;
+
+Result<RetrievalConfig> RetrievalConfig::parse(std::string_view spec) {
+  RetrievalConfig c;
+  std::stringstream in{std::string(spec)};
+  std::string item;
+  while (std::getline(in, item, ',')) {
+    const auto eq = item.find('=');
+    const std::string key = item.substr(0, eq),
+                      value = eq == std::string::npos ? "" : item.substr(eq + 1);
+    try {
+      if (key == "budget")
+        c.budget = static_cast<uint32_t>(std::stoul(value));
+      else if (key == "tau")
+        c.tau = std::stod(value);
+      else if (key == "sinks")
+        c.sinks = static_cast<uint32_t>(std::stoul(value));
+      else if (key == "recent")
+        c.recent = static_cast<uint32_t>(std::stoul(value));
+      else
+        return badRequest("bad_arguments", "--kv-retrieval takes budget=N,tau=T (sinks, recent)");
+    } catch (const std::exception&) {
+      return badRequest("bad_arguments", "--kv-retrieval: " + key + " needs a number");
+    }
+  }
+  if (!c.budget) return badRequest("bad_arguments", "--kv-retrieval needs budget=N (tokens)");
+  return c;
+}
+
+SequenceRetrieval::SequenceRetrieval(const RetrievalConfig& config, uint32_t layers, uint32_t heads,
+                                     uint32_t kvHeads, uint32_t headDim)
+    : config_(config), heads_(heads), kvHeads_(kvHeads), headDim_(headDim), layers_(layers) {
+  for (auto& l : layers_) {
+    l.units.resize(kvHeads);
+    l.chosen.resize(kvHeads);
+    l.attend.resize(kvHeads);
+  }
+}
+
+SequenceRetrieval::Unit SequenceRetrieval::unitOf(const kl::KvPages& cache,
+                                                  std::span<const uint32_t> table, uint32_t kvh,
+                                                  std::vector<uint32_t> positions) const {
+  Unit u{std::vector<float>(headDim_, 0.f), std::move(positions)};
+  for (uint32_t t : u.positions) {
+    const float* k =
+        cache.kRow(table[t / kl::kPageTokens], t % kl::kPageTokens) + uint64_t{kvh} * headDim_;
+    for (uint32_t d = 0; d < headDim_; ++d) u.centroid[d] += k[d];
+  }
+  for (auto& v : u.centroid) v /= static_cast<float>(u.positions.size());
+  return u;
+}
+
+void SequenceRetrieval::clusterPrompt(uint32_t layer, const kl::KvPages& cache,
+                                      std::span<const uint32_t> table, uint32_t promptLength) {
+  promptLength_ = segmentStart_ = promptLength;
+  const uint32_t first = std::min(config_.sinks, promptLength);
+  const uint32_t n = promptLength - first;
+  if (n == 0) return;
+  const uint32_t clusters = (n + config_.clusterTokens - 1) / config_.clusterTokens;
+  auto key = [&](uint32_t kvh, uint32_t t) {
+    return cache.kRow(table[t / kl::kPageTokens], t % kl::kPageTokens) + uint64_t{kvh} * headDim_;
+  };
+  for (uint32_t kvh = 0; kvh < kvHeads_; ++kvh) {
+    // k-means on squared distance: evenly spaced keys to start, 4 rounds of Lloyd.
+    std::vector<std::vector<float>> centroids(clusters);
+    for (uint32_t c = 0; c < clusters; ++c) {
+      const float* k = key(kvh, first + static_cast<uint32_t>(uint64_t{c} * n / clusters));
+      centroids[c].assign(k, k + headDim_);
+    }
+    std::vector<uint32_t> owner(n, 0);
+    for (int round = 0; round < 4; ++round) {
+      for (uint32_t i = 0; i < n; ++i) {
+        const float* k = key(kvh, first + i);
+        float best = INFINITY;
+        for (uint32_t c = 0; c < clusters; ++c) {
+          float dist = 0;
+          for (uint32_t d = 0; d < headDim_; ++d)
+            dist += (k[d] - centroids[c][d]) * (k[d] - centroids[c][d]);
+          if (dist < best) {
+            best = dist;
+            owner[i] = c;
+          }
+        }
+      }
+      std::vector<std::vector<float>> sums(clusters, std::vector<float>(headDim_, 0.f));
+      std::vector<uint32_t> counts(clusters, 0);
+      for (uint32_t i = 0; i < n; ++i) {
+        const float* k = key(kvh, first + i);
+        for (uint32_t d = 0; d < headDim_; ++d) sums[owner[i]][d] += k[d];
+        counts[owner[i]]++;
+      }
+      for (uint32_t c = 0; c < clusters; ++c)
+        if (counts[c])
+          for (uint32_t d = 0; d < headDim_; ++d) centroids[c][d] = sums[c][d] / counts[c];
+    }
+    std::vector<std::vector<uint32_t>> members(clusters);
+    for (uint32_t i = 0; i < n; ++i) members[owner[i]].push_back(first + i);
+    auto& units = layers_[layer].units[kvh];
+    for (uint32_t c = 0; c < clusters; ++c)
+      if (!members[c].empty()) units.push_back({centroids[c], std::move(members[c])});
+  }
+}
+
+const std::vector<std::vector<uint32_t>>& SequenceRetrieval::select(
+    uint32_t layer, const float* q, uint32_t pos, const kl::KvPages& cache,
+    std::span<const uint32_t> table) {
+  auto& L = layers_[layer];
+  const uint64_t qFloats = uint64_t{heads_} * headDim_;
+  // The trigger: the queries' mean cosine against the previous step's.
+  bool retrieve = !L.selected;
+  if (!retrieve) {
+    double cosine = 0;
+    for (uint32_t h = 0; h < heads_; ++h) {
+      const float* a = q + uint64_t{h} * headDim_;
+      const float* b = L.lastQ.data() + uint64_t{h} * headDim_;
+      double ab = 0, aa = 0, bb = 0;
+      for (uint32_t d = 0; d < headDim_; ++d) {
+        ab += double{a[d]} * b[d];
+        aa += double{a[d]} * a[d];
+        bb += double{b[d]} * b[d];
+      }
+      cosine += ab / std::sqrt(std::max(aa * bb, 1e-30));
+    }
+    retrieve = cosine / heads_ < config_.tau;
+  }
+  L.lastQ.assign(q, q + qFloats);
+  const uint32_t recentStart = pos + 1 > config_.recent ? pos + 1 - config_.recent : 0;
+  if (retrieve) {
+    retrievals_++;
+    L.selected = true;
+    const uint32_t group = heads_ / kvHeads_;
+    for (uint32_t kvh = 0; kvh < kvHeads_; ++kvh) {
+      auto& units = L.units[kvh];
+      // Generated tokens that left the recent window since the last boundary: a segment.
+      if (recentStart > segmentStart_ && segmentStart_ >= promptLength_) {
+        std::vector<uint32_t> segment(recentStart - segmentStart_);
+        std::iota(segment.begin(), segment.end(), segmentStart_);
+        units.push_back(unitOf(cache, table, kvh, std::move(segment)));
+      }
+      // Group-consistent: one selection per KV head, by its query heads' mean q . centroid.
+      std::vector<std::pair<float, size_t>> scored;
+      for (size_t u = 0; u < units.size(); ++u) {
+        float s = 0;
+        for (uint32_t g = 0; g < group; ++g) {
+          const float* qh = q + uint64_t{kvh * group + g} * headDim_;
+          for (uint32_t d = 0; d < headDim_; ++d) s += qh[d] * units[u].centroid[d];
+        }
+        scored.emplace_back(s / group, u);
+      }
+      std::sort(scored.begin(), scored.end(),
+                [](const auto& a, const auto& b) { return a.first > b.first; });
+      auto& chosen = L.chosen[kvh];
+      chosen.clear();
+      uint32_t used = 0;
+      for (const auto& [score, u] : scored) {
+        if (used + units[u].positions.size() > config_.budget) continue;
+        used += static_cast<uint32_t>(units[u].positions.size());
+        chosen.insert(chosen.end(), units[u].positions.begin(), units[u].positions.end());
+      }
+    }
+    if (recentStart > segmentStart_ && segmentStart_ >= promptLength_) segmentStart_ = recentStart;
+  }
+  // This step's positions: sinks, the chosen units, the recent window (with pos itself).
+  for (uint32_t kvh = 0; kvh < kvHeads_; ++kvh) {
+    auto& at = L.attend[kvh];
+    at.clear();
+    for (uint32_t t = 0; t < std::min(config_.sinks, pos + 1); ++t) at.push_back(t);
+    for (uint32_t t : L.chosen[kvh])
+      if (t < recentStart) at.push_back(t);
+    for (uint32_t t = recentStart; t <= pos; ++t) at.push_back(t);
+    std::sort(at.begin(), at.end());
+    at.erase(std::unique(at.begin(), at.end()), at.end());
+  }
+  return L.attend;
+}
+
+}  // namespace lifl::llm

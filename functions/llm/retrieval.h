@@ -1,0 +1,67 @@
+// KV retrieval for long sequences, in the manner of LouisKV (docs/llm.md), on the CPU path:
+// a decode step attends to the sink tokens, a window of recent tokens and the units whose
+// centroid the query scores highest, up to a token budget. The prompt's keys are clustered per
+// layer and KV head (k-means, about 16 tokens a cluster); generated tokens that leave the
+// recent window become segment units at the next retrieval. Units are re-selected only when
+// the query moves: the mean cosine of consecutive queries (over the heads) below tau.
+#pragma once
+
+#include <cstdint>
+#include <span>
+#include <string_view>
+#include <vector>
+
+#include "lifl/common/error.h"
+#include "lifl/gpu/llm.h"
+
+namespace lifl::llm {
+
+struct RetrievalConfig {
+  uint32_t budget = 0;  ///< tokens of selected units per KV head; 0: off
+  double tau = 0.7;     ///< re-select when the queries' mean cosine falls below this
+  uint32_t sinks = 4;
+  uint32_t recent = 32;
+  uint32_t clusterTokens = 16;
+  bool enabled() const { return budget > 0; }
+  /// "budget=N,tau=T" (the --kv-retrieval option).
+  static Result<RetrievalConfig> parse(std::string_view spec);
+};
+
+class SequenceRetrieval {
+ public:
+  SequenceRetrieval(const RetrievalConfig& config, uint32_t layers, uint32_t heads,
+                    uint32_t kvHeads, uint32_t headDim);
+  /// Clusters one layer's prompt keys (positions [sinks, promptLength)) per KV head.
+  void clusterPrompt(uint32_t layer, const kernels::llm::KvPages& cache,
+                     std::span<const uint32_t> table, uint32_t promptLength);
+  /// The positions each KV head attends to for query q (heads * headDim) at position pos.
+  const std::vector<std::vector<uint32_t>>& select(uint32_t layer, const float* q, uint32_t pos,
+                                                   const kernels::llm::KvPages& cache,
+                                                   std::span<const uint32_t> table);
+  /// Selections made (each layer's count), for the figures and tests.
+  uint64_t retrievals() const { return retrievals_; }
+
+ private:
+  struct Unit {
+    std::vector<float> centroid;
+    std::vector<uint32_t> positions;
+  };
+  struct Layer {
+    std::vector<std::vector<Unit>> units;  ///< per KV head
+    std::vector<float> lastQ;              ///< the previous step's query
+    bool selected = false;
+    std::vector<std::vector<uint32_t>> chosen;  ///< per KV head: the selected units' positions
+    std::vector<std::vector<uint32_t>> attend;  ///< per KV head: this step's positions
+  };
+  Unit unitOf(const kernels::llm::KvPages& cache, std::span<const uint32_t> table, uint32_t kvh,
+              std::vector<uint32_t> positions) const;
+
+  RetrievalConfig config_;
+  uint32_t heads_, kvHeads_, headDim_;
+  uint32_t segmentStart_ = 0;  ///< first generated position not yet in a unit
+  uint32_t promptLength_ = 0;
+  std::vector<Layer> layers_;
+  uint64_t retrievals_ = 0;
+};
+
+}  // namespace lifl::llm
