@@ -22,18 +22,8 @@ namespace {
 using lifl::DType;
 using lifl::Strategy;
 using lifl::StrategyKind;
+using lifl::bench::bestSeconds;
 using lifl::bench::now;
-
-template <class F>
-double bestSeconds(int reps, F&& f) {
-  double best = 1e30;
-  for (int r = 0; r < reps; ++r) {
-    const double t0 = now();
-    f();
-    best = std::min(best, now() - t0);
-  }
-  return best;
-}
 
 /// numpy's seconds per update (F32: acc += w*x; int8: acc += w * (q * repeated scales)) and
 /// per Adam step, best of 5.

@@ -23,6 +23,7 @@
 #include <thread>
 #include <vector>
 
+#include "bench_util.h"
 #include "lifl/gpu/device.h"
 
 namespace {
@@ -33,20 +34,8 @@ using lifl::gpu::Backend;
 using lifl::gpu::DeviceBuffer;
 using lifl::kernels::FoldInput;
 
-double now() {
-  return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
-}
-
-template <class F>
-double best(int reps, F&& f) {
-  double b = 1e30;
-  for (int r = 0; r < reps; ++r) {
-    const double t0 = now();
-    f();
-    b = std::min(b, now() - t0);
-  }
-  return b;
-}
+using lifl::bench::bestSeconds;
+using lifl::bench::now;
 
 uint64_t argOr(int argc, char** argv, const char* name, uint64_t fallback) {
   for (int i = 1; i + 1 < argc; ++i)
@@ -178,7 +167,8 @@ int main(int argc, char** argv) {
                       0.5f + i});
       }
       check(acc->fold(0, in.data(), k, n, false), "warm-up");
-      const double t = best(10, [&] { check(acc->fold(0, in.data(), k, n, false), "fold"); });
+      const double t =
+          bestSeconds(10, [&] { check(acc->fold(0, in.data(), k, n, false), "fold"); });
       // Bytes moved: every input once (int8: its scales too), the accumulator read and written.
       const double moved =
           k * (n * double(f.bytesPerValue) + (f.int8 ? n / 64 * 4.0 : 0)) + 2.0 * n * 4;
@@ -208,15 +198,17 @@ int main(int argc, char** argv) {
     for (int i = 0; i < k; ++i)
       in.push_back({shm.base + i * bytes, DType::F32, nullptr, n, 64, 1.0f});
     check(acc->fold(0, in.data(), k, n, true), "warm-up");
-    const double fold = best(10, [&] { check(acc->fold(0, in.data(), k, n, false), "fold"); });
-    const double single = best(10, [&] {
+    const double fold =
+        bestSeconds(10, [&] { check(acc->fold(0, in.data(), k, n, false), "fold"); });
+    const double single = bestSeconds(10, [&] {
       for (int i = 0; i < k; ++i) check(acc->fold(0, &in[i], 1, n, false), "fold");
     });
     auto staging = check(DeviceBuffer::upload(Backend::Cuda, shm.base, bytes), "staging");
-    const double pinned = best(10, [&] { check(staging->copyFrom(shm.base, bytes), "copy"); });
+    const double pinned =
+        bestSeconds(10, [&] { check(staging->copyFrom(shm.base, bytes), "copy"); });
     std::vector<float> pageableSrc(n, 1.f);
     const double pageable =
-        best(5, [&] { check(staging->copyFrom(pageableSrc.data(), bytes), "copy"); });
+        bestSeconds(5, [&] { check(staging->copyFrom(pageableSrc.data(), bytes), "copy"); });
     const double updateBytes = double(k) * bytes;
     std::printf(
         "\n2. inputs in registered shared memory: %d updates x %llu F32 values "
@@ -248,7 +240,7 @@ int main(int argc, char** argv) {
                                            : lifl::gpu::HostInputs::Pipelined);
         check(small->fold(0, in.data(), k, values, true), "warm-up");
         const double t =
-            best(20, [&] { check(small->fold(0, in.data(), k, values, false), "fold"); });
+            bestSeconds(20, [&] { check(small->fold(0, in.data(), k, values, false), "fold"); });
         rate[mode] = k * values * 4.0 / t;
       }
       std::printf("  %9.2f MB %9.1f (%3.0f%%) %9.1f (%3.0f%%)\n", values * 4 / 1e6, rate[0] / 1e9,

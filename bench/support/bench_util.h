@@ -26,6 +26,18 @@ inline double now() {
 }
 
 /// CPU seconds (user + system) of this process, all threads.
+/// The best wall time of `reps` runs of f.
+template <class F>
+double bestSeconds(int reps, F&& f) {
+  double best = 1e30;
+  for (int r = 0; r < reps; ++r) {
+    const double t0 = now();
+    f();
+    best = std::min(best, now() - t0);
+  }
+  return best;
+}
+
 inline double processCpu() {
   rusage ru{};
   getrusage(RUSAGE_SELF, &ru);

@@ -249,12 +249,12 @@ class Decode final : public Function {
     }
     const uint32_t vocab = loaded_->engine->config().vocabSize;
     size_t i = 0;
-    for (auto& [_, r] : running_) {
+    for (auto& [correlation, r] : running_) {
       const uint32_t next = kernels::llm::sample(
           logits.value().data() + i++ * vocab, vocab, static_cast<float>(r.request.temperature),
           r.request.topK, static_cast<float>(r.request.topP), r.rng);
       r.tokens.push_back(next);
-      if (r.request.stream) LIFL_TRYV(streamPiece(ctx, r, next));
+      if (r.request.stream) LIFL_TRYV(streamPiece(ctx, correlation, r, next));
     }
     return finishDone(ctx);
   }
@@ -339,7 +339,8 @@ class Decode final : public Function {
       return reserved.error();
     }
     auto [it, _] = running_.emplace(d.correlation, std::move(r));
-    if (it->second.request.stream) LIFL_TRYV(streamPiece(ctx, it->second, it->second.tokens[0]));
+    if (it->second.request.stream)
+      LIFL_TRYV(streamPiece(ctx, it->first, it->second, it->second.tokens[0]));
     return finishDone(ctx);
   }
 
@@ -370,13 +371,11 @@ class Decode final : public Function {
     return ctx.emit(out);
   }
 
-  Result<void> streamPiece(Context& ctx, Running& r, uint32_t token) {
-    const auto it = std::find_if(running_.begin(), running_.end(),
-                                 [&](const auto& e) { return &e.second == &r; });
+  Result<void> streamPiece(Context& ctx, uint64_t correlation, const Running& r, uint32_t token) {
     const std::string text = loaded_->tokenizer->decode({token});
-    const auto body = completion(it->first, r, text, {token}, nullptr)
+    const auto body = completion(correlation, r, text, {token}, nullptr)
                           .dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
-    return send(ctx, it->first, r.job, DescriptorKind::Stream, {{"type", "llm.piece"}}, body);
+    return send(ctx, correlation, r.job, DescriptorKind::Stream, {{"type", "llm.piece"}}, body);
   }
 
   // Answers every sequence that has its tokens, and gives its pages back.
@@ -385,13 +384,18 @@ class Decode final : public Function {
       Running& r = it->second;
       // An end-of-sequence token stops the completion ("stop") and is not part of its text;
       // so does a stop string, the text ending before it.
+      // The text is decoded each step only when stop strings are to be looked for.
       const bool eos = loaded_->model.config.isEos(r.tokens.back());
-      std::vector<uint32_t> textTokens(r.tokens.begin(), r.tokens.end() - (eos ? 1 : 0));
-      std::string text = loaded_->tokenizer->decode(textTokens);
+      const bool full = r.tokens.size() >= r.request.maxTokens;
+      std::string text;
       size_t cut = std::string::npos;
-      for (const auto& s : r.request.stop) cut = std::min(cut, text.find(s));
+      if (eos || full || !r.request.stop.empty()) {
+        std::vector<uint32_t> textTokens(r.tokens.begin(), r.tokens.end() - (eos ? 1 : 0));
+        text = loaded_->tokenizer->decode(textTokens);
+        for (const auto& s : r.request.stop) cut = std::min(cut, text.find(s));
+      }
       const bool stopped = eos || cut != std::string::npos;
-      if (!stopped && r.tokens.size() < r.request.maxTokens) {
+      if (!stopped && !full) {
         ++it;
         continue;
       }

@@ -50,17 +50,8 @@ Result<std::unique_ptr<DeviceModel>> DeviceModel::create(
     [[maybe_unused]] const std::vector<HostLayer>& layers) {
 #ifdef LIFL_WITH_CUDA
   if (!cudaInfo().usable) return noDevice();
-  cuda::llm::Shape cs{s.hidden, s.inter,    s.layers, s.heads, s.kvHeads,    s.headDim,
-                      s.vocab,  s.maxPages, s.eps,    s.theta, s.tensorCores};
-  auto lin = [](const HostLinear& h) {
-    return cuda::llm::HostLinear{h.weight, h.bits, h.q, h.scales};
-  };
-  std::vector<cuda::llm::HostLayer> cl;
-  for (const auto& l : layers)
-    cl.push_back({l.inputNorm, l.postNorm, lin(l.q), lin(l.k), lin(l.v), lin(l.o), lin(l.gate),
-                  lin(l.up), lin(l.down)});
   cuda::llm::Model* m = nullptr;
-  if (auto why = cuda::llm::create(cs, embed, norm, lmHead, cl, &m); !why.empty())
+  if (auto why = cuda::llm::create(s, embed, norm, lmHead, layers, &m); !why.empty())
     return unavailable("gpu_memory", "cannot load the model on the device: " + why);
   return std::unique_ptr<DeviceModel>(new CudaModel(m, s.vocab));
 #else

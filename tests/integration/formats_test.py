@@ -12,24 +12,7 @@ import unittest
 import numpy as np
 
 from lifl_client import LiflError, decode_safetensors, encode_safetensors
-from lifl_harness import MODEL, PlatformTestCase, assert_model_equal, fedavg, job_spec
-
-
-def dequantised(body):
-    """What an int8 body stands for, from its own bytes, in float64."""
-    arrays = decode_safetensors(body)
-    out = {}
-    for name in MODEL:
-        x = arrays[name]
-        if x.dtype != np.int8:
-            out[name] = x.astype(np.float64)
-            continue
-        scales = arrays[name + ":scale"].astype(np.float64)
-        cols = x.shape[-1] if x.ndim else 1
-        block = 64 if scales.shape[-1] == -(-cols // 64) else 128
-        per_value = np.repeat(scales, block, axis=-1)[..., :cols]
-        out[name] = x.astype(np.float64) * per_value.reshape(x.shape)
-    return out
+from lifl_harness import MODEL, PlatformTestCase, assert_model_equal, dequantised, fedavg, job_spec
 
 
 class Int8Updates(PlatformTestCase):
@@ -46,7 +29,7 @@ class Int8Updates(PlatformTestCase):
                 body = encode_safetensors(tensors, dtype, block=block or 64)
                 n = int(rng.integers(1, 300))
                 self.client.push_raw("i8", body, client=f"c{c}", num_examples=n, round_=r)
-                updates.append((n, dequantised(body)))
+                updates.append((n, dequantised(body, MODEL)))
             self.client.wait_round("i8", r + 1, timeout=30)
             model, _ = self.client.pull("i8")
             assert_model_equal(self, model, fedavg(updates))
@@ -78,7 +61,7 @@ class Int8Updates(PlatformTestCase):
                     body = encode_safetensors(tensors, dtype, block=block or 64)
                     n = int(rng.integers(1, 300))
                     self.client.push_raw("queued", body, client=f"c{c}", num_examples=n, round_=r)
-                    updates.append((n, dequantised(body)))
+                    updates.append((n, dequantised(body, MODEL)))
             finally:
                 for pid in pids:
                     os.kill(pid, signal.SIGCONT)

@@ -14,7 +14,7 @@ import unittest
 import numpy as np
 
 from lifl_client import encode_safetensors
-from lifl_harness import PlatformTestCase, assert_model_equal, fedavg, job_spec
+from lifl_harness import PlatformTestCase, assert_model_equal, dequantised, fedavg, job_spec
 
 MODEL = {"dense.weight": (256, 1024), "dense.bias": (1024,), "head.weight": (10, 256)}
 
@@ -44,29 +44,13 @@ class GpuRound(PlatformTestCase):
                 body = encode_safetensors(tensors, dtype)
                 n = int(rng.integers(1, 200))
                 self.client.push_raw("gpu", body, client=f"g{c}", num_examples=n, round_=r)
-                updates.append((n, exact_values(body)))
+                updates.append((n, dequantised(body, MODEL)))
             self.client.wait_round("gpu", r + 1, timeout=60)
             model, _ = self.client.pull("gpu")
             assert_model_equal(self, model, fedavg(updates))
         log = self.platform.log_tail(2000)
         self.assertIn("leaf folds on the GPU", log, "the leaves must have folded on the device")
         self.assertNotIn("leaf folds on the CPU", log)
-
-
-def exact_values(body):
-    """The values an update body stands for, from its own bytes, in float64."""
-    from lifl_client import decode_safetensors
-    arrays = decode_safetensors(body)
-    out = {}
-    for name in MODEL:
-        x = arrays[name]
-        if x.dtype != np.int8:
-            out[name] = x.astype(np.float64)
-            continue
-        scales = arrays[name + ":scale"].astype(np.float64)
-        per_value = np.repeat(scales, 64, axis=-1)[..., :x.shape[-1]]
-        out[name] = x.astype(np.float64) * per_value.reshape(x.shape)
-    return out
 
 
 if __name__ == "__main__":

@@ -16,7 +16,7 @@ import urllib.request
 
 import numpy as np
 
-from lifl_client import Client, bf16_bits, bf16_to_f32
+from lifl_client import Client, bf16_bits, bf16_to_f32, decode_safetensors
 
 LIFL_BIN = os.environ.get("LIFL_BIN", os.path.join(os.path.dirname(__file__), "../../build/bin/lifl"))
 
@@ -145,6 +145,25 @@ def random_update(rng, model=MODEL, dtype="F32"):
     else:
         exact = {n: t.astype(np.float64) for n, t in tensors.items()}
     return tensors, exact
+
+
+def dequantised(body, model):
+    """The values an update body stands for, from its own bytes, in float64: F32/F16/BF16 as
+    stored, blockwise int8 as q times its block's scale (block 64 or 128, read from the scale
+    tensor's shape)."""
+    arrays = decode_safetensors(body)
+    out = {}
+    for name in model:
+        x = arrays[name]
+        if x.dtype != np.int8:
+            out[name] = x.astype(np.float64)
+            continue
+        scales = arrays[name + ":scale"].astype(np.float64)
+        cols = x.shape[-1] if x.ndim else 1
+        block = 64 if scales.shape[-1] == -(-cols // 64) else 128
+        per_value = np.repeat(scales, block, axis=-1)[..., :cols]
+        out[name] = x.astype(np.float64) * per_value.reshape(x.shape)
+    return out
 
 
 def fedavg(updates):

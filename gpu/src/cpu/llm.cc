@@ -81,35 +81,45 @@ void matmul(float* y, const float* x, const float* w, uint64_t rows, uint64_t in
     for (uint64_t o = 0; o < out; ++o) y[r * out + o] = dot(x + r * in, w + o * in, in);
 }
 
+namespace {
+
+/// One query head's attention over `count` cached positions, position i being positionAt(i):
+/// max-subtracted fp32 softmax of the scaled scores, then the weighted sum of the V rows.
+template <class PositionAt>
+void attendHead(float* o, const float* qh, uint32_t kvh, const KvPages& cache,
+                std::span<const uint32_t> blockTable, size_t count, PositionAt positionAt,
+                std::vector<float>& scores) {
+  const uint32_t hd = cache.headDim;
+  const float scale = 1.0f / std::sqrt(static_cast<float>(hd));
+  scores.resize(count);
+  float maxScore = -INFINITY;
+  for (size_t i = 0; i < count; ++i) {
+    const uint32_t t = positionAt(i);
+    const float* k = cache.kRow(blockTable[t / kPageTokens], t % kPageTokens) + uint64_t{kvh} * hd;
+    scores[i] = dot(qh, k, hd) * scale;
+    maxScore = std::max(maxScore, scores[i]);
+  }
+  float total = 0;
+  for (auto& s : scores) total += (s = std::exp(s - maxScore));
+  std::fill(o, o + hd, 0.0f);
+  for (size_t i = 0; i < count; ++i) {
+    const uint32_t t = positionAt(i);
+    const float* v = cache.vRow(blockTable[t / kPageTokens], t % kPageTokens) + uint64_t{kvh} * hd;
+    axpy(o, v, scores[i] / total, hd);
+  }
+}
+
+}  // namespace
+
 void attention(float* out, const float* q, uint64_t rows, const uint32_t* positions, uint32_t heads,
                const KvPages& cache, std::span<const uint32_t> blockTable) {
   const uint32_t hd = cache.headDim, group = heads / cache.kvHeads;
-  const float scale = 1.0f / std::sqrt(static_cast<float>(hd));
   std::vector<float> scores;
-  for (uint64_t r = 0; r < rows; ++r) {
-    const uint32_t context = positions[r] + 1;
-    scores.resize(context);
-    for (uint32_t h = 0; h < heads; ++h) {
-      const float* qh = q + (r * heads + h) * hd;
-      const uint32_t kvh = h / group;
-      float maxScore = -INFINITY;
-      for (uint32_t t = 0; t < context; ++t) {
-        const float* k =
-            cache.kRow(blockTable[t / kPageTokens], t % kPageTokens) + uint64_t{kvh} * hd;
-        scores[t] = dot(qh, k, hd) * scale;
-        maxScore = std::max(maxScore, scores[t]);
-      }
-      float total = 0;
-      for (auto& s : scores) total += (s = std::exp(s - maxScore));
-      float* o = out + (r * heads + h) * hd;
-      std::fill(o, o + hd, 0.0f);
-      for (uint32_t t = 0; t < context; ++t) {
-        const float* v =
-            cache.vRow(blockTable[t / kPageTokens], t % kPageTokens) + uint64_t{kvh} * hd;
-        axpy(o, v, scores[t] / total, hd);
-      }
-    }
-  }
+  for (uint64_t r = 0; r < rows; ++r)
+    for (uint32_t h = 0; h < heads; ++h)
+      attendHead(
+          out + (r * heads + h) * hd, q + (r * heads + h) * hd, h / group, cache, blockTable,
+          positions[r] + 1, [](size_t i) { return static_cast<uint32_t>(i); }, scores);
 }
 
 QuantMatrix quantize(const float* w, uint64_t out, uint64_t in, uint32_t bits) {
@@ -160,31 +170,12 @@ void attentionAt(float* out, const float* q, uint32_t heads, const KvPages& cach
                  std::span<const uint32_t> blockTable,
                  std::span<const std::vector<uint32_t>> positions) {
   const uint32_t hd = cache.headDim, group = heads / cache.kvHeads;
-  const float scale = 1.0f / std::sqrt(static_cast<float>(hd));
   std::vector<float> scores;
   for (uint32_t h = 0; h < heads; ++h) {
-    const uint32_t kvh = h / group;
-    const auto& at = positions[kvh];
-    const float* qh = q + uint64_t{h} * hd;
-    scores.resize(at.size());
-    float maxScore = -INFINITY;
-    for (size_t i = 0; i < at.size(); ++i) {
-      const uint32_t t = at[i];
-      const float* k =
-          cache.kRow(blockTable[t / kPageTokens], t % kPageTokens) + uint64_t{kvh} * hd;
-      scores[i] = dot(qh, k, hd) * scale;
-      maxScore = std::max(maxScore, scores[i]);
-    }
-    float total = 0;
-    for (auto& s : scores) total += (s = std::exp(s - maxScore));
-    float* o = out + uint64_t{h} * hd;
-    std::fill(o, o + hd, 0.0f);
-    for (size_t i = 0; i < at.size(); ++i) {
-      const uint32_t t = at[i];
-      const float* v =
-          cache.vRow(blockTable[t / kPageTokens], t % kPageTokens) + uint64_t{kvh} * hd;
-      axpy(o, v, scores[i] / total, hd);
-    }
+    const auto& at = positions[h / group];
+    attendHead(
+        out + uint64_t{h} * hd, q + uint64_t{h} * hd, h / group, cache, blockTable, at.size(),
+        [&](size_t i) { return at[i]; }, scores);
   }
 }
 

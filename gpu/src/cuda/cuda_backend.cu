@@ -17,18 +17,10 @@
 #include <vector>
 
 #include "cuda_api.h"
+#include "cuda_check.h"
 
 namespace lifl::gpu::cuda {
 namespace {
-
-std::string failed(cudaError_t e, const char* what) {
-  return std::string(what) + ": " + cudaGetErrorString(e);
-}
-#define LIFL_CU(call)                                       \
-  do {                                                      \
-    cudaError_t e_ = (call);                                \
-    if (e_ != cudaSuccess) return failed(e_, #call);        \
-  } while (0)
 
 constexpr int kMaxInputs = 8;
 enum Kind : int { kF32 = 0, kF16 = 1, kBF16 = 2, kI8 = 3 };
@@ -209,54 +201,24 @@ class Resolver {
     for (void* p : staged_) cudaFree(p);
   }
   std::string resolve(const void* p, size_t bytes, const void** out) {
-    cudaPointerAttributes attr{};
-    if (cudaPointerGetAttributes(&attr, p) != cudaSuccess) {
-      cudaGetLastError();  // clear the sticky-free error state of the query
-      attr.type = cudaMemoryTypeUnregistered;
-    }
-    if (attr.type == cudaMemoryTypeDevice || attr.type == cudaMemoryTypeManaged) {
-      *out = p;
-      return "";
-    }
-    if (attr.type == cudaMemoryTypeHost && attr.devicePointer) {
-      *out = attr.devicePointer;
-      return "";
-    }
+    if ((*out = deviceAddress(p))) return "";
     void* d = nullptr;
-    LIFL_CU(cudaMalloc(&d, bytes));
-    staged_.push_back(d);
+    LIFL_TRY_STR(stage(bytes, &d));
     LIFL_CU(cudaMemcpy(d, p, bytes, cudaMemcpyHostToDevice));
     *out = d;
     return "";
   }
   /// True for host memory registered with the device (the store's segment).
   static bool registered(const void* p) {
-    cudaPointerAttributes attr{};
-    if (cudaPointerGetAttributes(&attr, p) != cudaSuccess) {
-      cudaGetLastError();
-      return false;
-    }
+    const auto attr = attributesOf(p);
     return attr.type == cudaMemoryTypeHost && attr.devicePointer;
   }
   /// Where output for host memory `p` is written: mapped memory directly; other host memory
   /// through a device buffer copied back by finish().
   std::string writable(float* p, uint64_t n, float** out) {
-    cudaPointerAttributes attr{};
-    if (cudaPointerGetAttributes(&attr, p) != cudaSuccess) {
-      cudaGetLastError();
-      attr.type = cudaMemoryTypeUnregistered;
-    }
-    if (attr.type == cudaMemoryTypeDevice || attr.type == cudaMemoryTypeManaged) {
-      *out = p;
-      return "";
-    }
-    if (attr.type == cudaMemoryTypeHost && attr.devicePointer) {
-      *out = static_cast<float*>(attr.devicePointer);
-      return "";
-    }
+    if ((*out = static_cast<float*>(const_cast<void*>(deviceAddress(p))))) return "";
     void* d = nullptr;
-    LIFL_CU(cudaMalloc(&d, n * sizeof(float)));
-    staged_.push_back(d);
+    LIFL_TRY_STR(stage(n * sizeof(float), &d));
     copyBack_ = {p, static_cast<float*>(d), n};
     *out = static_cast<float*>(d);
     return "";
@@ -270,6 +232,28 @@ class Resolver {
   }
 
  private:
+  static cudaPointerAttributes attributesOf(const void* p) {
+    cudaPointerAttributes attr{};
+    if (cudaPointerGetAttributes(&attr, p) != cudaSuccess) {
+      cudaGetLastError();  // clear the error state the failed query leaves
+      attr.type = cudaMemoryTypeUnregistered;
+    }
+    return attr;
+  }
+  /// The address the device reads `p` at without a copy (device memory as it is, registered
+  /// host memory through its mapping), or null.
+  static const void* deviceAddress(const void* p) {
+    const auto attr = attributesOf(p);
+    if (attr.type == cudaMemoryTypeDevice || attr.type == cudaMemoryTypeManaged) return p;
+    if (attr.type == cudaMemoryTypeHost && attr.devicePointer) return attr.devicePointer;
+    return nullptr;
+  }
+  /// A device buffer freed with the resolver.
+  std::string stage(size_t bytes, void** out) {
+    LIFL_CU(cudaMalloc(out, bytes));
+    staged_.push_back(*out);
+    return "";
+  }
   struct CopyBack {
     float* host = nullptr;
     float* device = nullptr;

@@ -10,6 +10,7 @@
 #include <memory>
 #include <vector>
 
+#include "cuda_check.h"
 #include "llm_api.h"
 
 namespace lifl::gpu::cuda::llm {
@@ -17,15 +18,6 @@ namespace {
 
 constexpr uint32_t kPageTokens = 16;
 constexpr int kMaxRows = 16;  ///< activation rows per pass of the linear kernel over a weight
-
-std::string failed(cudaError_t e, const char* what) {
-  return std::string(what) + ": " + cudaGetErrorString(e);
-}
-#define LIFL_CU(call)                                \
-  do {                                               \
-    cudaError_t e_ = (call);                         \
-    if (e_ != cudaSuccess) return failed(e_, #call); \
-  } while (0)
 
 __device__ __forceinline__ float warpSum(float v) {
   for (int off = 16; off > 0; off /= 2) v += __shfl_xor_sync(0xffffffffu, v, off);
@@ -130,8 +122,8 @@ __global__ void linearKernel(float* __restrict__ y, const float* __restrict__ x,
       if (r >= rows) break;
       const float4 a = *reinterpret_cast<const float4*>(x + r * in + i);
       const float4 b = *reinterpret_cast<const float4*>(x + r * in + i + 4);
-      acc[r] += wv[0] * a.x + wv[1] * a.y + wv[2] * a.z + wv[3] * a.w + wv[4] * b.x +
-                wv[5] * b.y + wv[6] * b.z + wv[7] * b.w;
+      acc[r] += wv[0] * a.x + wv[1] * a.y + wv[2] * a.z + wv[3] * a.w + wv[4] * b.x + wv[5] * b.y +
+                wv[6] * b.z + wv[7] * b.w;
     }
   }
 #pragma unroll
@@ -183,8 +175,7 @@ __global__ void quantLinearKernel(float* __restrict__ y, const float* __restrict
           const uint32_t flipped = words[w] ^ 0x88888888u;
 #pragma unroll
           for (int k = 0; k < 8; ++k)
-            wv[8 * w + k] =
-                __int_as_float(0x4B000000 | ((flipped >> (4 * k)) & 0xF)) - 8388616.0f;
+            wv[8 * w + k] = __int_as_float(0x4B000000 | ((flipped >> (4 * k)) & 0xF)) - 8388616.0f;
         }
       } else {
 #pragma unroll
@@ -192,8 +183,7 @@ __global__ void quantLinearKernel(float* __restrict__ y, const float* __restrict
           const uint32_t flipped = words[w] ^ 0x80808080u;
 #pragma unroll
           for (int k = 0; k < 4; ++k)
-            wv[4 * w + k] =
-                __int_as_float(0x4B000000 | ((flipped >> (8 * k)) & 0xFF)) - 8388736.0f;
+            wv[4 * w + k] = __int_as_float(0x4B000000 | ((flipped >> (8 * k)) & 0xFF)) - 8388736.0f;
         }
       }
       const float scale = scales[o * groups + i / 128];
@@ -233,8 +223,8 @@ __global__ void storeKvKernel(float* __restrict__ kPages, float* __restrict__ vP
 }
 
 // Paged causal GQA attention, split over the context (Flash-Decoding): one block per (row,
-// KV head, split of splitTokensFor(context) positions) computes, for every query head of that KV head's
-// group, the split's running max m, sum l and unnormalised output o (online softmax, one
+// KV head, split of splitTokensFor(context) positions) computes, for every query head of that KV
+// head's group, the split's running max m, sum l and unnormalised output o (online softmax, one
 // warp per token stride); splitMerge then combines the splits by their log-sum-exp. Each
 // K/V row is read once for the whole group, whatever the context length.
 /// Positions per split: 256 keeps enough blocks busy at short contexts, 512 halves the
@@ -301,8 +291,7 @@ __global__ void splitAttentionKernel(float* __restrict__ partial, const float* _
 #pragma unroll
         for (int j = 0; j < DL; ++j) s += qv[g][j] * kr[u][j];
         s = warpSum(s);
-        const float mNew = fmaxf(m[g], s), correction = __expf(m[g] - mNew),
-                    p = __expf(s - mNew);
+        const float mNew = fmaxf(m[g], s), correction = __expf(m[g] - mNew), p = __expf(s - mNew);
         l[g] = l[g] * correction + p;
 #pragma unroll
         for (int j = 0; j < DL; ++j) acc[g][j] = acc[g][j] * correction + p * vr[u][j];
@@ -379,9 +368,9 @@ __global__ void prefillAttentionKernel(float* __restrict__ out, const float* __r
                                        const float* __restrict__ vPages) {
   constexpr int HD = DL * 32, PAIRS = kTileRows * GROUP, WARPS = 8;
   extern __shared__ float shared[];
-  float* sK = shared;                // [32][HD + 1]
-  float* sV = sK + 32 * (HD + 1);    // [32][HD]
-  float* sQ = sV + 32 * HD;          // [PAIRS][HD]
+  float* sK = shared;              // [32][HD + 1]
+  float* sV = sK + 32 * (HD + 1);  // [32][HD]
+  float* sQ = sV + 32 * HD;        // [PAIRS][HD]
   const uint32_t r0 = blockIdx.x * kTileRows, kvh = blockIdx.y;
   const uint32_t tileRows = min(kTileRows, rows - r0);
   const uint64_t kvDim = uint64_t{kvHeads} * HD;
@@ -479,11 +468,6 @@ struct Buffer {
     return static_cast<T*>(p);
   }
 };
-#define LIFL_TRY_STR(expr)             \
-  do {                                 \
-    std::string why_ = (expr);         \
-    if (!why_.empty()) return why_;    \
-  } while (0)
 
 std::string uploadBf16(Buffer& b, const float* host, uint64_t n) {
   std::vector<__nv_bfloat16> tmp(n);
@@ -504,7 +488,7 @@ std::string linear(float* y, const float* x, const __nv_bfloat16* w, uint64_t ro
   for (uint64_t r = 0; r < rows; r += kMaxRows) {
     const auto n = static_cast<uint32_t>(std::min<uint64_t>(kMaxRows, rows - r));
     linearKernel<<<static_cast<unsigned>((out + 7) / 8), 256>>>(y + r * out, x + r * in, w, n, in,
-                                                                 out);
+                                                                out);
   }
   LIFL_CU(cudaGetLastError());
   return "";
@@ -560,12 +544,28 @@ std::string quantLinear(float* y, const float* x, const Weight& w, uint64_t rows
     const unsigned blocks = static_cast<unsigned>((out + 7) / 8);
     if (w.bits == 4)
       quantLinearKernel<4><<<blocks, 256>>>(y + r * out, x + r * in, w.data.as<int8_t>(),
-                                           w.scales.as<float>(), n, in, out);
+                                            w.scales.as<float>(), n, in, out);
     else
       quantLinearKernel<8><<<blocks, 256>>>(y + r * out, x + r * in, w.data.as<int8_t>(),
-                                           w.scales.as<float>(), n, in, out);
+                                            w.scales.as<float>(), n, in, out);
   }
   LIFL_CU(cudaGetLastError());
+  return "";
+}
+
+/// y[rows][out] (fp32) = x W^T with x and W in BF16, fp32 compute, through cuBLAS GemmEx:
+/// column-major C[out x rows] = W^T[out x in] X[in x rows], W read as [in x out] (lda in).
+std::string gemmBf16(float* y, const __nv_bfloat16* x, const __nv_bfloat16* w, uint64_t rows,
+                     uint64_t in, uint64_t out) {
+  const auto& c = cublas();
+  if (!c.why.empty()) return c.why;
+  const float alpha = 1, beta = 0;
+  constexpr int kOpN = 0, kOpT = 1, kBf16 = 14, kF32 = 0, kCompute32F = 68, kDefault = -1;
+  if (c.gemmEx(c.handle, kOpT, kOpN, static_cast<int>(out), static_cast<int>(rows),
+               static_cast<int>(in), &alpha, w, kBf16, static_cast<int>(in), x, kBf16,
+               static_cast<int>(in), &beta, y, kF32, static_cast<int>(out), kCompute32F,
+               kDefault) != 0)
+    return "cublasGemmEx failed";
   return "";
 }
 
@@ -580,18 +580,9 @@ __global__ void toBf16Kernel(__nv_bfloat16* __restrict__ out, const float* __res
 /// precision --gemm cublas trades for speed), fp32 accumulation and output.
 std::string cublasLinear(float* y, const float* x, const __nv_bfloat16* w, uint64_t rows,
                          uint64_t in, uint64_t out, Buffer& scratch) {
-  const auto& c = cublas();
-  if (!c.why.empty()) return c.why;
   LIFL_TRY_STR(scratch.reserve(rows * in * 2));
   toBf16Kernel<<<grid(rows * in), 256>>>(scratch.as<__nv_bfloat16>(), x, rows * in);
-  const float alpha = 1, beta = 0;
-  constexpr int kOpN = 0, kOpT = 1, kBf16 = 14, kF32 = 0, kCompute32F = 68, kDefault = -1;
-  if (c.gemmEx(c.handle, kOpT, kOpN, static_cast<int>(out), static_cast<int>(rows),
-               static_cast<int>(in), &alpha, w, kBf16, static_cast<int>(in), scratch.p, kBf16,
-               static_cast<int>(in), &beta, y, kF32, static_cast<int>(out), kCompute32F,
-               kDefault) != 0)
-    return "cublasGemmEx failed";
-  return "";
+  return gemmBf16(y, scratch.as<__nv_bfloat16>(), w, rows, in, out);
 }
 
 /// From this many rows, --gemm cublas sends BF16 linears to the tensor cores.
@@ -625,7 +616,7 @@ std::string attend(float* out, const float* q, uint32_t rows, const uint32_t* po
     const dim3 blocks((rows + kTileRows - 1) / kTileRows, kvHeads);
 #define LIFL_PREFILL(G, DL)                                                                      \
   if (group == G && lanes == DL) {                                                               \
-    constexpr size_t bytes = (32 * (DL * 32 + 1) + 32 * DL * 32 + kTileRows * G * DL * 32) * 4; \
+    constexpr size_t bytes = (32 * (DL * 32 + 1) + 32 * DL * 32 + kTileRows * G * DL * 32) * 4;  \
     if (bytes > 48 * 1024)                                                                       \
       LIFL_CU(cudaFuncSetAttribute(prefillAttentionKernel<G, DL>,                                \
                                    cudaFuncAttributeMaxDynamicSharedMemorySize, bytes));         \
@@ -634,8 +625,8 @@ std::string attend(float* out, const float* q, uint32_t rows, const uint32_t* po
     LIFL_CU(cudaGetLastError());                                                                 \
     return "";                                                                                   \
   }
-    LIFL_PREFILL(1, 2) LIFL_PREFILL(2, 2) LIFL_PREFILL(4, 2)
-    LIFL_PREFILL(1, 4) LIFL_PREFILL(2, 4) LIFL_PREFILL(4, 4)
+    LIFL_PREFILL(1, 2)
+    LIFL_PREFILL(2, 2) LIFL_PREFILL(4, 2) LIFL_PREFILL(1, 4) LIFL_PREFILL(2, 4) LIFL_PREFILL(4, 4)
 #undef LIFL_PREFILL
   }
   const uint32_t splitTokens = splitTokensFor(maxContext);
@@ -644,12 +635,12 @@ std::string attend(float* out, const float* q, uint32_t rows, const uint32_t* po
   float* partial = splitScratch().as<float>();
   const dim3 blocks(rows, kvHeads, splits);
   bool launched = false;
-#define LIFL_SPLIT(G, DL)                                                                     \
-  if (group == G && lanes == DL) {                                                            \
-    splitAttentionKernel<G, DL><<<blocks, kWarps * 32>>>(partial, q, positions, tables,        \
-                                                         rowTable, heads, kvHeads, headDim,    \
-                                                         splits, splitTokens, kPages, vPages); \
-    launched = true;                                                                          \
+#define LIFL_SPLIT(G, DL)                                                                         \
+  if (group == G && lanes == DL) {                                                                \
+    splitAttentionKernel<G, DL><<<blocks, kWarps * 32>>>(partial, q, positions, tables, rowTable, \
+                                                         heads, kvHeads, headDim, splits,         \
+                                                         splitTokens, kPages, vPages);            \
+    launched = true;                                                                              \
   }
 #define LIFL_SPLIT_DIMS(G) \
   LIFL_SPLIT(G, 1) LIFL_SPLIT(G, 2) LIFL_SPLIT(G, 3) LIFL_SPLIT(G, 4) LIFL_SPLIT(G, 8)
@@ -772,15 +763,15 @@ std::string forward(Model* m, uint32_t rows, const uint32_t* tokens, const uint3
                                     h);
   Buffer* tc = s.tensorCores ? &m->bf16x : nullptr;  // --gemm cublas
   for (auto& L : m->layers) {
-    rmsNormKernel<<<static_cast<unsigned>(n), 256>>>(normed, nullptr, x, L.inputNorm.as<float>(),
-                                                     h, s.eps);
+    rmsNormKernel<<<static_cast<unsigned>(n), 256>>>(normed, nullptr, x, L.inputNorm.as<float>(), h,
+                                                     s.eps);
     LIFL_TRY_STR(apply(qs, normed, L.q, n, h, q, tc));
     LIFL_TRY_STR(apply(ks, normed, L.k, n, h, kv, tc));
     LIFL_TRY_STR(apply(vs, normed, L.v, n, h, kv, tc));
     ropeKernel<<<grid(n * s.heads * s.headDim / 2), 256>>>(qs, n, s.heads, s.headDim, pos,
-                                                          m->invFreq.as<float>());
+                                                           m->invFreq.as<float>());
     ropeKernel<<<grid(n * s.kvHeads * s.headDim / 2), 256>>>(ks, n, s.kvHeads, s.headDim, pos,
-                                                            m->invFreq.as<float>());
+                                                             m->invFreq.as<float>());
     storeKvKernel<<<grid(n * kv), 256>>>(L.kPages.as<float>(), L.vPages.as<float>(), ks, vs,
                                          m->rowPage.as<uint32_t>(), m->rowSlot.as<uint32_t>(), n,
                                          kv);
@@ -807,14 +798,14 @@ std::string forward(Model* m, uint32_t rows, const uint32_t* tokens, const uint3
                                      m->norm.as<float>(), h, s.eps);
   LIFL_TRY_STR(linear(m->logits.as<float>(), m->last.as<float>(), m->lmHead.as<__nv_bfloat16>(),
                       logitCount, h, s.vocab));
-  LIFL_CU(cudaMemcpy(logits, m->logits.p, size_t{logitCount} * s.vocab * 4,
-                     cudaMemcpyDeviceToHost));
+  LIFL_CU(
+      cudaMemcpy(logits, m->logits.p, size_t{logitCount} * s.vocab * 4, cudaMemcpyDeviceToHost));
   LIFL_CU(cudaGetLastError());
   return "";
 }
 
-std::string timeDecodeAttention(uint32_t batch, uint32_t heads, uint32_t kvHeads,
-                                uint32_t headDim, uint32_t context, int reps, double* seconds) {
+std::string timeDecodeAttention(uint32_t batch, uint32_t heads, uint32_t kvHeads, uint32_t headDim,
+                                uint32_t context, int reps, double* seconds) {
   const uint32_t pagesPerSeq = (context + kPageTokens - 1) / kPageTokens;
   const uint64_t kvDim = uint64_t{kvHeads} * headDim;
   Buffer k, v, qs, out, pos, tables, rowTable;
@@ -835,24 +826,11 @@ std::string timeDecodeAttention(uint32_t batch, uint32_t heads, uint32_t kvHeads
   LIFL_TRY_STR(uploadF32(tables, t.data(), t.size() * 4));
   LIFL_TRY_STR(uploadF32(rowTable, rt.data(), rt.size() * 4));
   auto once = [&] {
-    return attend(out.as<float>(), qs.as<float>(), batch, pos.as<uint32_t>(),
-                  tables.as<uint32_t>(), rowTable.as<uint32_t>(), context, heads, kvHeads,
-                  headDim, k.as<float>(), v.as<float>());
+    return attend(out.as<float>(), qs.as<float>(), batch, pos.as<uint32_t>(), tables.as<uint32_t>(),
+                  rowTable.as<uint32_t>(), context, heads, kvHeads, headDim, k.as<float>(),
+                  v.as<float>());
   };
-  LIFL_TRY_STR(once());
-  cudaEvent_t start, stop;
-  LIFL_CU(cudaEventCreate(&start));
-  LIFL_CU(cudaEventCreate(&stop));
-  LIFL_CU(cudaEventRecord(start));
-  for (int r = 0; r < reps; ++r) LIFL_TRY_STR(once());
-  LIFL_CU(cudaEventRecord(stop));
-  LIFL_CU(cudaEventSynchronize(stop));
-  float ms = 0;
-  LIFL_CU(cudaEventElapsedTime(&ms, start, stop));
-  cudaEventDestroy(start);
-  cudaEventDestroy(stop);
-  *seconds = ms / 1e3 / reps;
-  return "";
+  return timeLaunches(reps, once, seconds);
 }
 
 std::string timeLinear(int kind, uint64_t rows, uint64_t in, uint64_t out, int reps,
@@ -874,32 +852,10 @@ std::string timeLinear(int kind, uint64_t rows, uint64_t in, uint64_t out, int r
   }
   auto once = [&]() -> std::string {
     if (kind != 0) return apply(y.as<float>(), x.as<float>(), w, rows, in, out);
-    const auto& c = cublas();
-    if (!c.why.empty()) return c.why;
-    const float alpha = 1, beta = 0;
-    // C[out x rows] = W^T[out x in] X[in x rows], column-major: W is [in x out] (lda in).
-    constexpr int kOpN = 0, kOpT = 1, kBf16 = 14, kF32 = 0, kCompute32F = 68, kDefault = -1;
-    if (c.gemmEx(c.handle, kOpT, kOpN, static_cast<int>(out), static_cast<int>(rows),
-                 static_cast<int>(in), &alpha, w.data.p, kBf16, static_cast<int>(in), xb.p,
-                 kBf16, static_cast<int>(in), &beta, y.p, kF32, static_cast<int>(out),
-                 kCompute32F, kDefault) != 0)
-      return "cublasGemmEx failed";
-    return "";
+    return gemmBf16(y.as<float>(), xb.as<__nv_bfloat16>(), w.data.as<__nv_bfloat16>(), rows, in,
+                    out);
   };
-  LIFL_TRY_STR(once());
-  cudaEvent_t start, stop;
-  LIFL_CU(cudaEventCreate(&start));
-  LIFL_CU(cudaEventCreate(&stop));
-  LIFL_CU(cudaEventRecord(start));
-  for (int r = 0; r < reps; ++r) LIFL_TRY_STR(once());
-  LIFL_CU(cudaEventRecord(stop));
-  LIFL_CU(cudaEventSynchronize(stop));
-  float ms = 0;
-  LIFL_CU(cudaEventElapsedTime(&ms, start, stop));
-  cudaEventDestroy(start);
-  cudaEventDestroy(stop);
-  *seconds = ms / 1e3 / reps;
-  return "";
+  return timeLaunches(reps, once, seconds);
 }
 
 // ---------------------------------------------------------------- single kernels (tests)
