@@ -8,12 +8,11 @@ import concurrent.futures
 import http.client
 import json
 import os
-import subprocess
 import tempfile
 import unittest
 import urllib.parse
 
-from lifl_harness import LIFL_BIN, Platform, failed_so_far
+from lifl_harness import Platform, failed_so_far, lifl_cli, model_run
 
 
 def post(url, body, timeout=60):
@@ -26,21 +25,13 @@ def post(url, body, timeout=60):
     return r.status, r.getheader("Content-Type"), data
 
 
-def direct(model, tokens, n, *extra):
-    r = subprocess.run([LIFL_BIN, "model", "run", "--model", model, "--tokens",
-                        ",".join(map(str, tokens)), "--max-tokens", str(n), *extra],
-                       capture_output=True, text=True, timeout=60, check=True)
-    return json.loads(r.stdout)["tokens"]
-
-
 class LlmApi(unittest.TestCase):
     @classmethod
     def setUpClass(cls):
         cls.tmp = tempfile.TemporaryDirectory()
         cls.model = os.path.join(cls.tmp.name, "tiny")
-        subprocess.run([LIFL_BIN, "model", "generate", "--dir", cls.model, "--layers", "2",
-                        "--vocab", "320", "--seed", "4", "--max-positions", "256"], check=True,
-                       capture_output=True, timeout=60)
+        lifl_cli("model", "generate", "--dir", cls.model, "--layers", "2", "--vocab", "320",
+                 "--seed", "4", "--max-positions", "256")
         cls.platform = Platform(router="userspace", extra_args=["--model", cls.model])
 
     @classmethod
@@ -64,7 +55,7 @@ class LlmApi(unittest.TestCase):
         self.assertEqual(got["object"], "text_completion")
         self.assertEqual(got["model"], "tiny")
         choice = got["choices"][0]
-        self.assertEqual(choice["token_ids"], direct(self.model, prompt, 12))
+        self.assertEqual(choice["token_ids"], model_run(self.model, prompt, 12)[0])
         self.assertEqual(choice["finish_reason"], "length")
         self.assertEqual(got["usage"], {"prompt_tokens": 6, "completion_tokens": 12,
                                         "total_tokens": 18})
@@ -74,7 +65,7 @@ class LlmApi(unittest.TestCase):
     def test_text_prompts_are_byte_tokens(self):
         got = self.complete(prompt="Hi!", max_tokens=4, temperature=0)
         self.assertEqual(got["usage"]["prompt_tokens"], 3)
-        self.assertEqual(got["choices"][0]["token_ids"], direct(self.model, list(b"Hi!"), 4))
+        self.assertEqual(got["choices"][0]["token_ids"], model_run(self.model, list(b"Hi!"), 4)[0])
 
     def test_streaming_sends_one_event_per_token(self):
         prompt = [1, 2, 3, 4]
@@ -86,7 +77,7 @@ class LlmApi(unittest.TestCase):
         self.assertEqual(events[-1], "[DONE]")
         chunks = [json.loads(e) for e in events[:-1]]
         tokens = [t for c in chunks for t in c["choices"][0]["token_ids"]]
-        self.assertEqual(tokens, direct(self.model, prompt, 6))
+        self.assertEqual(tokens, model_run(self.model, prompt, 6)[0])
         self.assertEqual(len(chunks), 7, "6 tokens, then the finish event")
         self.assertTrue(all(c["choices"][0]["finish_reason"] is None for c in chunks[:-1]))
         self.assertEqual(chunks[-1]["choices"][0]["finish_reason"], "length")
@@ -102,11 +93,12 @@ class LlmApi(unittest.TestCase):
                 "prompt": pl[0], "max_tokens": pl[1], "temperature": 0}), zip(prompts, lengths)))
         for (status, _, data), prompt, n in zip(results, prompts, lengths):
             self.assertEqual(status, 200, data)
-            self.assertEqual(json.loads(data)["choices"][0]["token_ids"], direct(self.model, prompt, n))
+            self.assertEqual(json.loads(data)["choices"][0]["token_ids"],
+                             model_run(self.model, prompt, n)[0])
 
     def test_stop_strings_end_the_text(self):
         prompt = [9, 8, 7, 6]
-        free = direct(self.model, prompt, 20)
+        free = model_run(self.model, prompt, 20)[0]
         text = bytes(t for t in free if t < 256)
         # The first ASCII letter or digit the model writes, as a stop string.
         at = next((i for i, b in enumerate(text) if b < 128 and chr(b).isalnum()), None)
@@ -171,9 +163,8 @@ class KvCacheAdmission(unittest.TestCase):
         # be admitted. Each still gets its own greedy completion.
         with tempfile.TemporaryDirectory() as tmp:
             d = os.path.join(tmp, "small-pool")
-            subprocess.run([LIFL_BIN, "model", "generate", "--dir", d, "--layers", "1", "--vocab",
-                            "320", "--max-positions", "256", "--seed", "6"], check=True,
-                           capture_output=True)
+            lifl_cli("model", "generate", "--dir", d, "--layers", "1", "--vocab", "320",
+                     "--max-positions", "256", "--seed", "6")
             p = Platform(router="userspace",
                          extra_args=["--model", d, "--model-max-sequences", "2"])
             try:
@@ -184,7 +175,7 @@ class KvCacheAdmission(unittest.TestCase):
                 for (status, _, data), pr in zip(results, prompts):
                     self.assertEqual(status, 200, data)
                     self.assertEqual(json.loads(data)["choices"][0]["token_ids"],
-                                     direct(d, pr, 200))
+                                     model_run(d, pr, 200)[0])
             finally:
                 p.stop()
 
@@ -194,14 +185,13 @@ class EndOfSequence(unittest.TestCase):
         with tempfile.TemporaryDirectory() as tmp:
             plain, with_eos = os.path.join(tmp, "plain"), os.path.join(tmp, "eos")
             args = ["model", "generate", "--layers", "2", "--vocab", "320", "--seed", "9"]
-            subprocess.run([LIFL_BIN, *args, "--dir", plain], check=True, capture_output=True)
+            lifl_cli(*args, "--dir", plain)
             prompt = [10, 20, 30]
-            free = direct(plain, prompt, 8)
+            free = model_run(plain, prompt, 8)[0]
             eos = free[3]
             stop_at = free.index(eos) + 1  # the first time the model emits it
-            subprocess.run([LIFL_BIN, *args, "--dir", with_eos, "--eos", str(eos)], check=True,
-                           capture_output=True)
-            self.assertEqual(direct(with_eos, prompt, 8), free[:stop_at])
+            lifl_cli(*args, "--dir", with_eos, "--eos", str(eos))
+            self.assertEqual(model_run(with_eos, prompt, 8)[0], free[:stop_at])
             p = Platform(router="userspace", extra_args=["--model", with_eos])
             try:
                 status, _, data = post(p.url, {"prompt": prompt, "max_tokens": 8, "temperature": 0})
@@ -219,16 +209,15 @@ class Quantised(unittest.TestCase):
     def test_int4_served_as_run(self):
         with tempfile.TemporaryDirectory() as tmp:
             d = os.path.join(tmp, "q")
-            subprocess.run([LIFL_BIN, "model", "generate", "--dir", d, "--hidden", "128",
-                            "--intermediate", "256", "--vocab", "320"], check=True,
-                           capture_output=True)
+            lifl_cli("model", "generate", "--dir", d, "--hidden", "128", "--intermediate", "256",
+                     "--vocab", "320")
             p = Platform(router="userspace", extra_args=["--model", d, "--quantize", "int4"])
             try:
                 prompt = [4, 5, 6, 7]
                 status, _, data = post(p.url, {"prompt": prompt, "max_tokens": 6, "temperature": 0})
                 self.assertEqual(status, 200, data)
                 self.assertEqual(json.loads(data)["choices"][0]["token_ids"],
-                                 direct(d, prompt, 6, "--quantize", "int4"))
+                                 model_run(d, prompt, 6, "--quantize", "int4")[0])
             finally:
                 p.stop()
 

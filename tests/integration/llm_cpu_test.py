@@ -9,23 +9,15 @@ error is asserted below 1e-4 of their largest magnitude (a wrong RoPE pairing, h
 or norm moves them by 1e-2 of it or more)."""
 import json
 import os
-import subprocess
 import tempfile
 import unittest
 
 import numpy as np
 
 from lifl_client import decode_safetensors
+from lifl_harness import lifl_cli as lifl
 
-LIFL = os.environ.get("LIFL_BIN", "build/bin/lifl")
 RTOL = 1e-4
-
-
-def lifl(*args, check=True):
-    r = subprocess.run([LIFL, *map(str, args)], capture_output=True, text=True, timeout=60)
-    if check and r.returncode != 0:
-        raise AssertionError(f"lifl {' '.join(map(str, args))}: {r.stderr}")
-    return r
 
 
 def load(dir_):

@@ -17,7 +17,7 @@ import unittest
 import numpy as np
 
 from llm_api_test import post
-from lifl_harness import LIFL_BIN, Platform
+from lifl_harness import Platform, lifl_cli, model_run
 
 RTOL = 2e-4
 
@@ -27,27 +27,15 @@ def cuda_device_present():
         ["nvidia-smi", "-L"], capture_output=True).returncode == 0
 
 
-def run(model, tokens, n, *extra, logits=None):
-    args = [LIFL_BIN, "model", "run", "--model", model, "--tokens", ",".join(map(str, tokens)),
-            "--max-tokens", str(n), *extra]
-    if logits:
-        args += ["--logits", logits]
-    r = subprocess.run(args, capture_output=True, text=True, timeout=300)
-    if r.returncode != 0:
-        raise AssertionError(r.stderr)
-    return json.loads(r.stdout)["tokens"], (np.fromfile(logits, np.float32) if logits else None)
-
-
 @unittest.skipUnless(cuda_device_present(), "SKIPPED: no CUDA device here; run on the GPU machine")
 class LlmGpu(unittest.TestCase):
     @classmethod
     def setUpClass(cls):
         cls.tmp = tempfile.TemporaryDirectory()
         cls.model = os.path.join(cls.tmp.name, "gpu-tiny")
-        subprocess.run([LIFL_BIN, "model", "generate", "--dir", cls.model, "--layers", "3",
-                        "--hidden", "256", "--intermediate", "512", "--heads", "8", "--kv-heads",
-                        "2", "--vocab", "512", "--dtype", "bf16", "--seed", "21",
-                        "--max-positions", "1024"], check=True, capture_output=True)
+        lifl_cli("model", "generate", "--dir", cls.model, "--layers", "3", "--hidden", "256",
+                 "--intermediate", "512", "--heads", "8", "--kv-heads", "2", "--vocab", "512",
+                 "--dtype", "bf16", "--seed", "21", "--max-positions", "1024")
         cls.prompt = [int(t) for t in np.random.default_rng(2).integers(0, 512, 45)]
 
     @classmethod
@@ -61,8 +49,10 @@ class LlmGpu(unittest.TestCase):
 
     def test_logits_and_tokens_match_the_cpu_path(self):
         out = os.path.join(self.tmp.name, "l")
-        cpu_tokens, cpu = run(self.model, self.prompt, 16, "--device", "cpu", logits=out + ".cpu")
-        gpu_tokens, gpu = run(self.model, self.prompt, 16, "--device", "cuda", logits=out + ".gpu")
+        cpu_tokens, cpu = model_run(self.model, self.prompt, 16, "--device", "cpu",
+                                    logits=out + ".cpu")
+        gpu_tokens, gpu = model_run(self.model, self.prompt, 16, "--device", "cuda",
+                                    logits=out + ".gpu")
         self.check(gpu, cpu, "GPU vs CPU logits after the prompt")
         self.assertEqual(gpu_tokens, cpu_tokens)
 
@@ -71,25 +61,24 @@ class LlmGpu(unittest.TestCase):
         # exact: each BF16 rounding is 2^-9 relative; 2e-2 of the largest logit is asserted
         # through 3 layers (a wrong GEMM layout gives errors of order 1).
         out = os.path.join(self.tmp.name, "tc")
-        _, cpu = run(self.model, self.prompt, 1, "--device", "cpu", logits=out + ".cpu")
-        _, tc = run(self.model, self.prompt, 1, "--device", "cuda", "--gemm", "cublas",
-                    logits=out + ".tc")
+        _, cpu = model_run(self.model, self.prompt, 1, "--device", "cpu", logits=out + ".cpu")
+        _, tc = model_run(self.model, self.prompt, 1, "--device", "cuda", "--gemm", "cublas",
+                          logits=out + ".tc")
         err = np.max(np.abs(tc - cpu)) / np.max(np.abs(cpu))
         print(f"--gemm cublas vs CPU logits: max relative error {err:.2e}", flush=True)
         self.assertLess(err, 2e-2)
 
     def test_quantised_weights_on_the_gpu_match_the_cpu(self):
         d = os.path.join(self.tmp.name, "gpu-quant")
-        subprocess.run([LIFL_BIN, "model", "generate", "--dir", d, "--layers", "2", "--hidden",
-                        "256", "--intermediate", "512", "--heads", "8", "--kv-heads", "2",
-                        "--vocab", "512", "--seed", "8", "--dtype", "bf16"],  # the rest BF16-exact
-                       check=True, capture_output=True)
+        lifl_cli("model", "generate", "--dir", d, "--layers", "2", "--hidden", "256",
+                 "--intermediate", "512", "--heads", "8", "--kv-heads", "2", "--vocab", "512",
+                 "--seed", "8", "--dtype", "bf16")  # the rest BF16-exact
         for q in ("int8", "int4"):
             out = os.path.join(self.tmp.name, "q" + q)
-            cpu_tokens, cpu = run(d, self.prompt, 8, "--device", "cpu", "--quantize", q,
-                                  logits=out + ".cpu")
-            gpu_tokens, gpu = run(d, self.prompt, 8, "--device", "cuda", "--quantize", q,
-                                  logits=out + ".gpu")
+            cpu_tokens, cpu = model_run(d, self.prompt, 8, "--device", "cpu", "--quantize", q,
+                                        logits=out + ".cpu")
+            gpu_tokens, gpu = model_run(d, self.prompt, 8, "--device", "cuda", "--quantize", q,
+                                        logits=out + ".gpu")
             self.check(gpu, cpu, f"{q} GPU vs CPU logits")
             self.assertEqual(gpu_tokens, cpu_tokens)
 
@@ -106,7 +95,7 @@ class LlmGpu(unittest.TestCase):
             generated = hf.generate(ids, max_new_tokens=32, min_new_tokens=32, do_sample=False,
                                     pad_token_id=0)[0, len(self.prompt):].tolist()
         out = os.path.join(self.tmp.name, "hf")
-        tokens, ours = run(self.model, self.prompt, 32, "--device", "cuda", logits=out)
+        tokens, ours = model_run(self.model, self.prompt, 32, "--device", "cuda", logits=out)
         self.check(ours, ref, "LIFL GPU vs transformers LlamaForCausalLM logits")
         self.assertEqual(tokens, generated, "32 greedy tokens")
 
@@ -121,7 +110,7 @@ class LlmGpu(unittest.TestCase):
             for (status, _, data), pr in zip(results, prompts):
                 self.assertEqual(status, 200, data)
                 self.assertEqual(json.loads(data)["choices"][0]["token_ids"],
-                                 run(self.model, pr, 8, "--device", "cuda")[0])
+                                 model_run(self.model, pr, 8, "--device", "cuda")[0])
             self.assertIn("on cuda", p.log_tail(200))
         finally:
             p.stop()

@@ -21,6 +21,22 @@ from lifl_client import Client, bf16_bits, bf16_to_f32, decode_safetensors
 LIFL_BIN = os.environ.get("LIFL_BIN", os.path.join(os.path.dirname(__file__), "../../build/bin/lifl"))
 
 
+def lifl_cli(*args, check=True, timeout=300):
+    """Runs the `lifl` CLI (not the platform); with check, a non-zero exit raises with stderr."""
+    r = subprocess.run([LIFL_BIN, *map(str, args)], capture_output=True, text=True,
+                       timeout=timeout)
+    if check and r.returncode != 0:
+        raise AssertionError(f"lifl {' '.join(map(str, args))}: {r.stderr}")
+    return r
+
+
+def model_run(model, tokens, max_tokens, *extra, logits=None):
+    """`lifl model run`: its greedy tokens, and the last logits where a file for them is named."""
+    r = lifl_cli("model", "run", "--model", model, "--tokens", ",".join(map(str, tokens)),
+                 "--max-tokens", max_tokens, *extra, *(["--logits", logits] if logits else []))
+    return json.loads(r.stdout)["tokens"], (np.fromfile(logits, np.float32) if logits else None)
+
+
 def wait_ready(proc, port_file, host, name, log_tail, timeout):
     """The URL of a lifl process once its port file exists and GET /readyz answers 200."""
     deadline = time.monotonic() + timeout

@@ -9,6 +9,7 @@
 #include <cmath>
 #include <cstring>
 #include <random>
+#include <string>
 #include <vector>
 
 namespace lifl::kernels {
@@ -109,12 +110,6 @@ TEST(Accumulate, AddIntoAndScale) {
   for (uint64_t i = 0; i < n; ++i) ASSERT_NEAR(out[i], base[i] + acc[i] * s, 5e-7);
 }
 
-}  // namespace
-}  // namespace lifl::kernels
-
-namespace lifl::kernels {
-namespace {
-
 // Blockwise int8 against a double loop: rows x cols with ragged last blocks, both block sizes,
 // from nothing (poisoned output), into a separate accumulator, and in place. Each output is
 // prev + (w * scale) * q in fp32: two roundings, so 2.5e-7 relative as above.
@@ -157,16 +152,73 @@ TEST(AccumulateInt8, MatchesDoubleLoop) {
   }
 }
 
-}  // namespace
-}  // namespace lifl::kernels
+// One input's value at flat index i of a rows x cols tensor, in double.
+double valueOf(const FoldInput& in, uint64_t i) {
+  if (in.scales) {
+    const uint64_t blocks = (in.cols + in.block - 1) / in.block;
+    const uint64_t r = i / in.cols, c = i % in.cols;
+    return double{in.scales[r * blocks + c / in.block]} * static_cast<const int8_t*>(in.values)[i];
+  }
+  switch (in.dtype) {
+    case DType::F16:
+      return static_cast<double>(static_cast<const _Float16*>(in.values)[i]);
+    case DType::BF16:
+      return fromBf16(static_cast<const uint16_t*>(in.values)[i]);
+    default:
+      return static_cast<const float*>(in.values)[i];
+  }
+}
 
-namespace lifl::kernels {
-namespace {
+// The same inputs folded one at a time by the single-input kernels; from is null (fresh), a
+// separate accumulator, or out itself (in place).
+void foldOneAtATime(float* out, const float* from, const std::vector<FoldInput>& inputs,
+                    uint64_t rows, uint64_t n) {
+  for (size_t k = 0; k < inputs.size(); ++k) {
+    const FoldInput& in = inputs[k];
+    const float* p = k == 0 ? from : out;
+    if (in.scales)
+      accumulateInt8(out, p, static_cast<const int8_t*>(in.values), in.scales, rows, in.cols,
+                     in.block, in.weight);
+    else if (!p)
+      assign(out, in.values, in.dtype, n, in.weight);
+    else if (p == out)
+      accumulate(out, in.values, in.dtype, n, in.weight);
+    else
+      accumulateInto(out, p, in.values, in.dtype, n, in.weight);
+  }
+}
+
+// accumulateMany from nothing, into a new accumulator and in place: bit for bit against
+// foldOneAtATime, and within 2.5e-7 per input (one fp32 rounding each) of the running
+// magnitude of a double loop.
+void expectFusedMatchesSingleFolds(const std::vector<FoldInput>& inputs,
+                                   const std::vector<float>& prev, uint64_t rows,
+                                   const std::string& label) {
+  const uint64_t n = prev.size();
+  for (int mode = 0; mode < 3; ++mode) {
+    std::vector<float> fused(n, std::nanf("")), single(n, std::nanf(""));
+    if (mode == 2) fused = single = prev;
+    const float* fusedPrev = mode == 0 ? nullptr : mode == 1 ? prev.data() : fused.data();
+    const float* singlePrev = mode == 0 ? nullptr : mode == 1 ? prev.data() : single.data();
+    accumulateMany(fused.data(), fusedPrev, inputs.data(), inputs.size(), n);
+    foldOneAtATime(single.data(), singlePrev, inputs, rows, n);
+    ASSERT_EQ(std::memcmp(fused.data(), single.data(), n * sizeof(float)), 0)
+        << label << " mode " << mode;
+    for (uint64_t i = 0; i < n; ++i) {
+      double want = mode == 0 ? 0.0 : prev[i], magnitude = std::abs(want);
+      for (const FoldInput& in : inputs) {
+        const double x = in.weight * valueOf(in, i);
+        want += x;
+        magnitude += std::abs(x);
+      }
+      ASSERT_LE(std::abs(fused[i] - want), 2.5e-7 * inputs.size() * magnitude + 1e-30)
+          << label << " mode " << mode << " i=" << i;
+    }
+  }
+}
 
 // The N-input fused fold over inputs of every format (F32, F16, BF16, int8 blocks of 64 and
-// 128) and a length spanning several of its chunks with rows that cross chunk boundaries:
-// against a double loop (each input adds one fp32 rounding: 2.5e-7 per input of the running
-// magnitude), and bit for bit against the same inputs folded one at a time.
+// 128) and a length spanning several of its chunks with rows that cross chunk boundaries.
 TEST(AccumulateMany, MatchesSingleFoldsAndDoubleLoop) {
   std::mt19937 rng(91);
   std::uniform_real_distribution<float> fd(-1.f, 1.f);
@@ -194,66 +246,11 @@ TEST(AccumulateMany, MatchesSingleFoldsAndDoubleLoop) {
       {bf16.data(), DType::BF16, nullptr, cols, 64, 1.5f},
       {q128.data(), DType::F32, s128.data(), cols, 128, 7.0f},
   };
-  auto valueOf = [&](size_t k, uint64_t i) -> double {
-    const uint64_t r = i / cols, c = i % cols;
-    switch (k) {
-      case 0:
-        return f32[i];
-      case 1:
-        return double{s64[r * ((cols + 63) / 64) + c / 64]} * q64[i];
-      case 2:
-        return static_cast<double>(f16[i]);
-      case 3:
-        return fromBf16(bf16[i]);
-      default:
-        return double{s128[r * ((cols + 127) / 128) + c / 128]} * q128[i];
-    }
-  };
-  auto singleFolds = [&](float* out, const float* from) {
-    for (size_t k = 0; k < inputs.size(); ++k) {
-      const FoldInput& in = inputs[k];
-      const float* p = k == 0 ? from : out;
-      if (in.scales)
-        accumulateInt8(out, p, static_cast<const int8_t*>(in.values), in.scales, rows, cols,
-                       in.block, in.weight);
-      else if (!p)
-        assign(out, in.values, in.dtype, n, in.weight);
-      else if (p == out)
-        accumulate(out, in.values, in.dtype, n, in.weight);
-      else
-        accumulateInto(out, p, in.values, in.dtype, n, in.weight);
-    }
-  };
-  for (int mode = 0; mode < 3; ++mode) {  // fresh, into a new accumulator, in place
-    std::vector<float> fused(n, std::nanf("")), single(n, std::nanf(""));
-    if (mode == 2) fused = single = prev;
-    const float* fusedPrev = mode == 0 ? nullptr : mode == 1 ? prev.data() : fused.data();
-    const float* singlePrev = mode == 0 ? nullptr : mode == 1 ? prev.data() : single.data();
-    accumulateMany(fused.data(), fusedPrev, inputs.data(), inputs.size(), n);
-    singleFolds(single.data(), singlePrev);
-    ASSERT_EQ(std::memcmp(fused.data(), single.data(), n * sizeof(float)), 0) << "mode " << mode;
-    for (uint64_t i = 0; i < n; ++i) {
-      double want = mode == 0 ? 0.0 : prev[i], magnitude = std::abs(want);
-      for (size_t k = 0; k < inputs.size(); ++k) {
-        want += inputs[k].weight * valueOf(k, i);
-        magnitude += std::abs(inputs[k].weight * valueOf(k, i));
-      }
-      ASSERT_LE(std::abs(fused[i] - want), 2.5e-7 * inputs.size() * magnitude + 1e-30)
-          << "mode " << mode << " i=" << i;
-    }
-  }
+  expectFusedMatchesSingleFolds(inputs, prev, rows, "mixed formats");
 }
 
-}  // namespace
-}  // namespace lifl::kernels
-
-namespace lifl::kernels {
-namespace {
-
 // A queue of int8 updates of one layout (what a leaf behind its queue folds at once) takes
-// the block-by-block path: for both block sizes, rows with a ragged last block, 1 to 8
-// inputs, from nothing, into a new accumulator and in place, bit for bit against single
-// folds and within 2.5e-7 per input of a double loop.
+// the block-by-block path: for both block sizes, rows with a ragged last block, 1 to 8 inputs.
 TEST(AccumulateMany, Int8QueueMatchesSingleFolds) {
   std::mt19937 rng(5);
   std::uniform_real_distribution<float> fd(-1.f, 1.f);
@@ -272,28 +269,8 @@ TEST(AccumulateMany, Int8QueueMatchesSingleFolds) {
       std::vector<FoldInput> inputs;
       for (size_t k = 0; k < count; ++k)
         inputs.push_back({q[k].data(), DType::F32, scales[k].data(), cols, block, 0.5f + k});
-      for (int mode = 0; mode < 3; ++mode) {
-        std::vector<float> fused(n, std::nanf("")), single(n, std::nanf(""));
-        if (mode == 2) fused = single = prev;
-        const float* base = mode == 0 ? nullptr : prev.data();
-        accumulateMany(fused.data(), mode == 2 ? fused.data() : base, inputs.data(), count, n);
-        for (size_t k = 0; k < count; ++k)
-          accumulateInt8(single.data(), k == 0 ? (mode == 2 ? single.data() : base) : single.data(),
-                         q[k].data(), scales[k].data(), rows, cols, block, inputs[k].weight);
-        ASSERT_EQ(std::memcmp(fused.data(), single.data(), n * sizeof(float)), 0)
-            << "block " << block << " count " << count << " mode " << mode;
-        for (uint64_t i = 0; i < n; ++i) {
-          const uint64_t r = i / cols, c = i % cols;
-          double want = mode == 0 ? 0.0 : prev[i], magnitude = std::abs(want);
-          for (size_t k = 0; k < count; ++k) {
-            const double x = double{inputs[k].weight} * scales[k][r * blocks + c / block] * q[k][i];
-            want += x;
-            magnitude += std::abs(x);
-          }
-          ASSERT_LE(std::abs(fused[i] - want), 2.5e-7 * count * magnitude + 1e-30)
-              << "block " << block << " count " << count << " i=" << i;
-        }
-      }
+      expectFusedMatchesSingleFolds(
+          inputs, prev, rows, "block " + std::to_string(block) + " count " + std::to_string(count));
     }
   }
 }
