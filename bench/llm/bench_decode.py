@@ -2,6 +2,8 @@
 GPU, in the same run (docs/benchmarks.md "LLM"). A random model of Llama-3.2-1B's shape
 (hidden 2048, 16 layers, 32 heads, 8 KV heads, head_dim 64, intermediate 8192, vocab 128256,
 tied, BF16) is written by `lifl model generate`; both decode greedy after a 32-token prompt.
+LIFL runs three ways: the default (BF16 weights, tensor-core GEMM from 8 rows), --gemm exact
+(fp32 activations everywhere), and --quantize int4 (W4A16); transformers runs BF16.
 
     python3 bench/llm/bench_decode.py --lifl build/bin/lifl [--steps 128] [--batches 1 16]
 """
@@ -30,22 +32,25 @@ def main():
                         "--dtype", "bf16"], check=True, capture_output=True)
         print(f"model written in {time.time() - t0:.1f} s", flush=True)
         prompt = list(range(100, 132))
-        ours, tensor = {}, {}
 
-        def lifl_run(tokens, steps, batch, gemm):
+        def lifl_run(tokens, steps, batch, *extra):
             r = subprocess.run([a.lifl, "model", "run", "--model", model, "--device", "cuda",
                                 "--tokens", ",".join(map(str, tokens)), "--max-tokens",
-                                str(steps), "--batch", str(batch), "--timing", "--gemm", gemm],
+                                str(steps), "--batch", str(batch), "--timing", *extra],
                                capture_output=True, text=True, check=True)
             return json.loads(r.stdout.strip().splitlines()[-1])
 
+        # The default (BF16 weights, tensor-core GEMM from 8 rows), every linear exact in
+        # fp32 activations, and int4 weights (W4A16).
+        modes = {"bf16": [], "bf16 exact": ["--gemm", "exact"], "int4": ["--quantize", "int4"]}
+        ours = {m: {} for m in modes}
         for b in a.batches:
-            ours[b] = lifl_run(prompt, a.steps + 1, b, "exact")
-            tensor[b] = lifl_run(prompt, a.steps + 1, b, "cublas")
-            print("lifl", b, ours[b], tensor[b], flush=True)
+            for m, extra in modes.items():
+                ours[m][b] = lifl_run(prompt, a.steps + 1, b, *extra)
+                print("lifl", m, b, ours[m][b], flush=True)
         long_prompt = [100 + i % 1000 for i in range(512)]
-        prefill = {g: min(lifl_run(long_prompt, 2, 1, g)["prefill_seconds"] for _ in range(3))
-                   for g in ("exact", "cublas")}
+        prefill = {m: min(lifl_run(long_prompt, 2, 1, *modes[m])["prefill_seconds"]
+                          for _ in range(3)) for m in ("bf16", "bf16 exact")}
         env = dict(os.environ)
         env.pop("LD_LIBRARY_PATH", None)
         hf = subprocess.run(["python3", "-c", HF, model, str(a.steps), *map(str, a.batches)],
@@ -54,15 +59,19 @@ def main():
             print(hf.stderr[-2000:])
             return 1
         theirs = json.loads(hf.stdout.strip().splitlines()[-1])
-        print("\nbatch | LIFL decode tok/s (exact) | (--gemm cublas) | transformers tok/s | ratio exact | ratio cublas")
+        print("\nbatch | transformers BF16 tok/s | " +
+              " | ".join(f"LIFL {m} tok/s (ratio)" for m in modes))
         for b in a.batches:
             t = theirs[str(b)]
-            e, c = ours[b]['decode_tokens_per_second'], tensor[b]['decode_tokens_per_second']
-            print(f"{b:5d} | {e:25.1f} | {c:15.1f} | {t:18.1f} | {e / t:10.2f}x | {c / t:11.2f}x")
+            cells = []
+            for m in modes:
+                v = ours[m][b]["decode_tokens_per_second"]
+                cells.append(f"{v:.1f} ({v / t:.2f}x)")
+            print(f"{b:5d} | {t:.1f} | " + " | ".join(cells))
         tp = theirs["prefill"]
-        print(f"\nprefill of 512 tokens: LIFL exact {512 / prefill['exact']:.0f} tok/s, "
-              f"--gemm cublas {512 / prefill['cublas']:.0f} tok/s, transformers {512 / tp:.0f} tok/s "
-              f"({tp / prefill['cublas']:.2f}x with cublas)")
+        print(f"\nprefill of 512 tokens: transformers {512 / tp:.0f} tok/s; " +
+              "; ".join(f"LIFL {m} {512 / prefill[m]:.0f} tok/s ({tp / prefill[m]:.2f}x)"
+                        for m in prefill))
     return 0
 
 

@@ -27,7 +27,7 @@ const char* kUsage =
     "                      [--temperature 0]\n"
     "                      [--top-k 0] [--top-p 1] [--seed 1] [--logits FILE]\n"
     "                      [--quantize int8|int4] [--device cpu|cuda]\n"
-    "                      [--batch B --timing] [--gemm exact|cublas]\n"
+    "                      [--batch B --timing] [--gemm cublas|exact]\n"
     "                      [--kv-retrieval budget=N,tau=T]\n"
     "\n"
     "generate writes config.json and *.safetensors of a random Llama (Hugging Face layout).\n"
@@ -199,9 +199,9 @@ int run(const Args& a) {
   if (!batch || batch.value() == 0) return fail(badRequest("bad_arguments", "--batch >= 1"));
   const uint32_t pagesPerSequence =
       (c.maxPositions + kernels::llm::kPageTokens - 1) / kernels::llm::kPageTokens;
-  const std::string gemm = a.get("gemm", "exact");
+  const std::string gemm = a.get("gemm", "cublas");
   if (gemm != "exact" && gemm != "cublas")
-    return fail(badRequest("bad_arguments", "--gemm is exact or cublas"));
+    return fail(badRequest("bad_arguments", "--gemm is cublas or exact"));
   llm::Engine engine(model.value(), pagesPerSequence * static_cast<uint32_t>(batch.value()),
                      device == "cuda", gemm == "cublas");
   if (a.has("kv-retrieval")) {

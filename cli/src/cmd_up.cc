@@ -23,7 +23,8 @@ constexpr const char* kUpHelp =
     "               [--router ebpf|userspace] [--store-bytes N] [--warm-pool N]\n"
     "               [--port-file FILE] [--model DIR [--model-name NAME]\n"
     "               [--quantize int8|int4] [--model-device cpu|cuda]\n"
-    "               [--model-max-sequences 16] [--kv-retrieval budget=N,tau=T]]\n"
+    "               [--model-gemm cublas|exact] [--model-max-sequences 16]\n"
+    "               [--kv-retrieval budget=N,tau=T]]\n"
     "\n"
     "Runs the whole platform on this machine (agent, gateway, jobs API, function instances)\n"
     "until SIGINT/SIGTERM. Flags override the YAML config (docs/config.md). GET /readyz\n"
@@ -88,12 +89,16 @@ Result<dataplane::AgentConfig> configFromArgs(const Args& args, uint16_t default
     LIFL_TRY(sequences, args.getUnsigned("model-max-sequences", 16));
     if (args.has("kv-retrieval")) LIFL_TRYV(llm::RetrievalConfig::parse(args.get("kv-retrieval")));
     if (sequences == 0) return badRequest("bad_arguments", "--model-max-sequences >= 1");
+    const std::string gemm = args.get("model-gemm", "cublas");
+    if (gemm != "exact" && gemm != "cublas")
+      return badRequest("bad_arguments", "--model-gemm is cublas or exact");
     config.chains.push_back({"llm",
                              {"llm.prefill", "llm.decode"},
                              {{"model", std::filesystem::absolute(args.get("model")).string()},
                               {"model_name", name},
                               {"quantize", quantize},
                               {"device", args.get("model-device", "cpu")},
+                              {"gemm", gemm},
                               {"max_sequences", sequences},
                               {"kv_retrieval", args.get("kv-retrieval")}}});
   }

@@ -4,9 +4,10 @@ match the CPU path's on the same BF16 weights; its greedy tokens are the CPU pat
 `transformers` installed (the GPU machine), the same folder loaded by LlamaForCausalLM gives
 the same logits and the same 32 greedy tokens. Skipped elsewhere, with a message saying so.
 
-Tolerance: the GPU and the CPU read the same BF16 weights and compute in fp32 in different
-orders; 2e-4 of the largest logit (a wrong kernel moves them by 1e-2 or more). transformers
-runs in fp32 on the same weights: the same bound."""
+Tolerance: with --gemm exact the GPU and the CPU read the same BF16 weights and compute in
+fp32 in different orders; 2e-4 of the largest logit (a wrong kernel moves them by 1e-2 or
+more). transformers runs in fp32 on the same weights: the same bound. Paths that round
+activations to BF16 (the default tensor-core GEMM, quantised linears) get 2e-2."""
 import json
 import os
 import shutil
@@ -52,18 +53,17 @@ class LlmGpu(unittest.TestCase):
         cpu_tokens, cpu = model_run(self.model, self.prompt, 16, "--device", "cpu",
                                     logits=out + ".cpu")
         gpu_tokens, gpu = model_run(self.model, self.prompt, 16, "--device", "cuda",
-                                    logits=out + ".gpu")
+                                    "--gemm", "exact", logits=out + ".gpu")
         self.check(gpu, cpu, "GPU vs CPU logits after the prompt")
         self.assertEqual(gpu_tokens, cpu_tokens)
 
     def test_tensor_core_gemm_stays_close(self):
-        # --gemm cublas: prefill's linears on the tensor cores with BF16 activations. Not
-        # exact: each BF16 rounding is 2^-9 relative; 2e-2 of the largest logit is asserted
-        # through 3 layers (a wrong GEMM layout gives errors of order 1).
+        # The default, --gemm cublas: prefill's linears on the tensor cores with BF16
+        # activations. Not exact: each BF16 rounding is 2^-9 relative; 2e-2 of the largest
+        # logit is asserted through 3 layers (a wrong GEMM layout gives errors of order 1).
         out = os.path.join(self.tmp.name, "tc")
         _, cpu = model_run(self.model, self.prompt, 1, "--device", "cpu", logits=out + ".cpu")
-        _, tc = model_run(self.model, self.prompt, 1, "--device", "cuda", "--gemm", "cublas",
-                          logits=out + ".tc")
+        _, tc = model_run(self.model, self.prompt, 1, "--device", "cuda", logits=out + ".tc")
         err = np.max(np.abs(tc - cpu)) / np.max(np.abs(cpu))
         print(f"--gemm cublas vs CPU logits: max relative error {err:.2e}", flush=True)
         self.assertLess(err, 2e-2)
@@ -73,14 +73,18 @@ class LlmGpu(unittest.TestCase):
         lifl_cli("model", "generate", "--dir", d, "--layers", "2", "--hidden", "256",
                  "--intermediate", "512", "--heads", "8", "--kv-heads", "2", "--vocab", "512",
                  "--seed", "8", "--dtype", "bf16")  # the rest BF16-exact
+        # W8A16 / W4A16: the GPU rounds the activations of the quantised linears to BF16
+        # (the CPU reference keeps fp32), so the bound is --gemm cublas's, 2e-2 of the
+        # largest logit; the kernel itself is checked exactly in lifl_unit_tests.
         for q in ("int8", "int4"):
             out = os.path.join(self.tmp.name, "q" + q)
-            cpu_tokens, cpu = model_run(d, self.prompt, 8, "--device", "cpu", "--quantize", q,
-                                        logits=out + ".cpu")
-            gpu_tokens, gpu = model_run(d, self.prompt, 8, "--device", "cuda", "--quantize", q,
-                                        logits=out + ".gpu")
-            self.check(gpu, cpu, f"{q} GPU vs CPU logits")
-            self.assertEqual(gpu_tokens, cpu_tokens)
+            _, cpu = model_run(d, self.prompt, 1, "--device", "cpu", "--quantize", q,
+                               logits=out + ".cpu")
+            _, gpu = model_run(d, self.prompt, 1, "--device", "cuda", "--quantize", q,
+                               logits=out + ".gpu")
+            err = np.max(np.abs(gpu - cpu)) / np.max(np.abs(cpu))
+            print(f"{q} GPU vs CPU logits: max relative error {err:.2e}", flush=True)
+            self.assertLess(err, 2e-2)
 
     def test_transformers_gives_the_same_logits_and_tokens(self):
         try:
@@ -95,7 +99,8 @@ class LlmGpu(unittest.TestCase):
             generated = hf.generate(ids, max_new_tokens=32, min_new_tokens=32, do_sample=False,
                                     pad_token_id=0)[0, len(self.prompt):].tolist()
         out = os.path.join(self.tmp.name, "hf")
-        tokens, ours = model_run(self.model, self.prompt, 32, "--device", "cuda", logits=out)
+        tokens, ours = model_run(self.model, self.prompt, 32, "--device", "cuda", "--gemm", "exact",
+                                 logits=out)
         self.check(ours, ref, "LIFL GPU vs transformers LlamaForCausalLM logits")
         self.assertEqual(tokens, generated, "32 greedy tokens")
 

@@ -12,6 +12,7 @@
 
 #include "cuda_check.h"
 #include "llm_api.h"
+#include "quant_linear.h"
 
 namespace lifl::gpu::cuda::llm {
 namespace {
@@ -124,81 +125,6 @@ __global__ void linearKernel(float* __restrict__ y, const float* __restrict__ x,
       const float4 b = *reinterpret_cast<const float4*>(x + r * in + i + 4);
       acc[r] += wv[0] * a.x + wv[1] * a.y + wv[2] * a.z + wv[3] * a.w + wv[4] * b.x + wv[5] * b.y +
                 wv[6] * b.z + wv[7] * b.w;
-    }
-  }
-#pragma unroll
-  for (int r = 0; r < kMaxRows; ++r) {
-    if (r >= rows) break;
-    const float s = warpSum(acc[r]);
-    if (lane == 0) y[r * out + o] = s;
-  }
-}
-
-// The quantised linear (W8A16 / W4A16): one warp per output, each lane 32 weights per step
-// (int4: 16 bytes, one vector load; int8: two), their group's scale applied to the step's
-// dot product. Packing: int4 two per byte, the even index in the low nibble.
-template <int BITS>
-__global__ void quantLinearKernel(float* __restrict__ y, const float* __restrict__ x,
-                                  const int8_t* __restrict__ q, const float* __restrict__ scales,
-                                  uint32_t rows, uint64_t in, uint64_t out) {
-  const uint64_t o = uint64_t{blockIdx.x} * (blockDim.x / 32) + threadIdx.x / 32;
-  const int lane = threadIdx.x % 32;
-  if (o >= out) return;
-  float acc[kMaxRows] = {};
-  const uint64_t groups = in / 128;
-  // kSteps chunks of 32 weights per lane loaded before any is used: a short row is otherwise
-  // one or two dependent round trips to memory per warp.
-  constexpr int kSteps = 4;
-  constexpr int kChunkBytes = BITS == 4 ? 16 : 32;
-  for (uint64_t base = static_cast<uint64_t>(lane) * 32; base < in; base += 32 * 32 * kSteps) {
-    uint4 raw[kSteps][kChunkBytes / 16];
-#pragma unroll
-    for (int u = 0; u < kSteps; ++u) {
-      const uint64_t i = base + u * 32 * 32;
-      if (i >= in) break;
-      const uint4* src = reinterpret_cast<const uint4*>(q + (o * in + i) * BITS / 8);
-#pragma unroll
-      for (int c = 0; c < kChunkBytes / 16; ++c) raw[u][c] = src[c];
-    }
-#pragma unroll
-    for (int u = 0; u < kSteps; ++u) {
-      const uint64_t i = base + u * 32 * 32;
-      if (i >= in) break;
-      // Integer to float without the slow conversion instruction: flipping the sign bit
-      // makes v + 2^(bits-1) unsigned; OR-ed into the mantissa of 2^23 it is the float
-      // 2^23 + v + 2^(bits-1), and one subtraction leaves v (exact: small integers).
-      float wv[32];
-      const uint32_t* words = reinterpret_cast<const uint32_t*>(&raw[u][0]);
-      if constexpr (BITS == 4) {
-#pragma unroll
-        for (int w = 0; w < 4; ++w) {
-          const uint32_t flipped = words[w] ^ 0x88888888u;
-#pragma unroll
-          for (int k = 0; k < 8; ++k)
-            wv[8 * w + k] = __int_as_float(0x4B000000 | ((flipped >> (4 * k)) & 0xF)) - 8388616.0f;
-        }
-      } else {
-#pragma unroll
-        for (int w = 0; w < 8; ++w) {
-          const uint32_t flipped = words[w] ^ 0x80808080u;
-#pragma unroll
-          for (int k = 0; k < 4; ++k)
-            wv[4 * w + k] = __int_as_float(0x4B000000 | ((flipped >> (8 * k)) & 0xFF)) - 8388736.0f;
-        }
-      }
-      const float scale = scales[o * groups + i / 128];
-#pragma unroll
-      for (int r = 0; r < kMaxRows; ++r) {
-        if (r >= rows) break;
-        const float4* xr = reinterpret_cast<const float4*>(x + r * in + i);
-        float s = 0;
-#pragma unroll
-        for (int j = 0; j < 8; ++j) {
-          const float4 a = xr[j];
-          s += wv[4 * j] * a.x + wv[4 * j + 1] * a.y + wv[4 * j + 2] * a.z + wv[4 * j + 3] * a.w;
-        }
-        acc[r] += scale * s;
-      }
     }
   }
 #pragma unroll
@@ -530,28 +456,12 @@ const Cublas& cublas() {
   return c;
 }
 
-/// A linear layer's weight on the device: BF16, or quantised (8/4 bits) with its scales.
+/// A linear layer's weight on the device: BF16, or quantised (8/4 bits) with its scales, in
+/// the tensor-core layout of quant_linear.h.
 struct Weight {
   Buffer data, scales;
   uint32_t bits = 16;
 };
-
-std::string quantLinear(float* y, const float* x, const Weight& w, uint64_t rows, uint64_t in,
-                        uint64_t out) {
-  if (in % 128) return "quantised linear: the input width must be a multiple of 128";
-  for (uint64_t r = 0; r < rows; r += kMaxRows) {
-    const auto n = static_cast<uint32_t>(std::min<uint64_t>(kMaxRows, rows - r));
-    const unsigned blocks = static_cast<unsigned>((out + 7) / 8);
-    if (w.bits == 4)
-      quantLinearKernel<4><<<blocks, 256>>>(y + r * out, x + r * in, w.data.as<int8_t>(),
-                                            w.scales.as<float>(), n, in, out);
-    else
-      quantLinearKernel<8><<<blocks, 256>>>(y + r * out, x + r * in, w.data.as<int8_t>(),
-                                            w.scales.as<float>(), n, in, out);
-  }
-  LIFL_CU(cudaGetLastError());
-  return "";
-}
 
 /// y[rows][out] (fp32) = x W^T with x and W in BF16, fp32 compute, through cuBLAS GemmEx:
 /// column-major C[out x rows] = W^T[out x in] X[in x rows], W read as [in x out] (lda in).
@@ -593,15 +503,17 @@ std::string apply(float* y, const float* x, const Weight& w, uint64_t rows, uint
   if (w.bits == 16 && tensorCoreScratch && rows >= kCublasFromRows)
     return cublasLinear(y, x, w.data.as<__nv_bfloat16>(), rows, in, out, *tensorCoreScratch);
   if (w.bits == 16) return linear(y, x, w.data.as<__nv_bfloat16>(), rows, in, out);
-  return quantLinear(y, x, w, rows, in, out);
+  return quantLinear(y, x, w.bits, w.data.p, w.scales.as<float>(), rows, in, out);
 }
 
 std::string uploadWeight(Weight& w, const HostLinear& h, uint64_t out, uint64_t in) {
   w.bits = h.bits;
   if (h.bits == 16) return uploadBf16(w.data, h.weight, out * in);
-  const size_t bytes = h.bits == 8 ? out * in : out * in / 2;
-  LIFL_TRY_STR(uploadF32(w.data, h.q, bytes));
-  return uploadF32(w.scales, h.scales, out * (in / 128) * sizeof(float));
+  if (in % 128) return "quantised linear: the input width must be a multiple of 128";
+  const auto words = shuffleQuantised(h.q, h.bits, out, in);
+  const auto scales = padScales(h.scales, out, in);
+  LIFL_TRY_STR(uploadF32(w.data, words.data(), words.size() * 4));
+  return uploadF32(w.scales, scales.data(), scales.size() * 4);
 }
 
 /// @param prefill the rows are one sequence's, at consecutive positions (`table` its block
@@ -843,12 +755,13 @@ std::string timeLinear(int kind, uint64_t rows, uint64_t in, uint64_t out, int r
   LIFL_TRY_STR(y.reserve(rows * out * 4));
   LIFL_CU(cudaMemset(x.p, 0, rows * in * 4));
   LIFL_CU(cudaMemset(xb.p, 0, rows * in * 2));
-  const size_t weightBytes = w.bits == 16 ? out * in * 2 : w.bits == 8 ? out * in : out * in / 2;
+  const uint64_t padded = (out + kQuantTileRows - 1) / kQuantTileRows * kQuantTileRows;
+  const size_t weightBytes = w.bits == 16 ? out * in * 2 : padded * in * w.bits / 8;
   LIFL_TRY_STR(w.data.reserve(weightBytes));
   LIFL_CU(cudaMemset(w.data.p, 1, weightBytes));
   if (w.bits != 16) {
-    LIFL_TRY_STR(w.scales.reserve(out * (in / 128) * 4));
-    LIFL_CU(cudaMemset(w.scales.p, 0, out * (in / 128) * 4));
+    LIFL_TRY_STR(w.scales.reserve(padded * (in / 128) * 4));
+    LIFL_CU(cudaMemset(w.scales.p, 0, padded * (in / 128) * 4));
   }
   auto once = [&]() -> std::string {
     if (kind != 0) return apply(y.as<float>(), x.as<float>(), w, rows, in, out);
@@ -867,7 +780,8 @@ std::string linearQuant(float* y, const float* x, uint32_t bits, const int8_t* q
   LIFL_TRY_STR(uploadF32(dx, x, rows * in * 4));
   LIFL_TRY_STR(uploadWeight(w, HostLinear{nullptr, bits, q, scales}, out, in));
   LIFL_TRY_STR(dy.reserve(rows * out * 4));
-  LIFL_TRY_STR(quantLinear(dy.as<float>(), dx.as<float>(), w, rows, in, out));
+  LIFL_TRY_STR(quantLinear(dy.as<float>(), dx.as<float>(), bits, w.data.p, w.scales.as<float>(),
+                           rows, in, out));
   LIFL_CU(cudaMemcpy(y, dy.p, rows * out * 4, cudaMemcpyDeviceToHost));
   return "";
 }

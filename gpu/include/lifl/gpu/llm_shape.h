@@ -11,7 +11,8 @@ struct Shape {
   uint32_t maxPages = 0;  ///< KV pages per layer
   float eps = 1e-6f;
   double theta = 10000.0;
-  /// --gemm cublas: linears of 8 rows and more (prefill, batched decode) on the tensor cores,
+  /// --gemm cublas (the default): linears of 8 rows and more (prefill, batched decode) on the
+  /// tensor cores,
   /// their activations rounded to BF16; else every linear keeps fp32 activations.
   bool tensorCores = false;
 };
