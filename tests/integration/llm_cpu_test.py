@@ -213,6 +213,13 @@ class LlmCpu(unittest.TestCase):
         r = lifl("model", "generate", "--dir", os.path.join(self.tmp.name, "odd"), "--head-dim", 15,
                  check=False)
         self.assertIn("head_dim even", r.stderr)
+        good = self.model("good")
+        r = lifl("model", "run", "--model", good, "--tokens", "1", "--gemm", "fast", check=False)
+        self.assertNotEqual(r.returncode, 0)
+        self.assertIn("--gemm is cublas or exact", r.stderr)
+        r = lifl("up", "--port", 0, "--model", good, "--model-gemm", "fast", check=False)
+        self.assertNotEqual(r.returncode, 0)
+        self.assertIn("--model-gemm is cublas or exact", r.stderr)
 
 
 if __name__ == "__main__":
