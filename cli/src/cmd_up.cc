@@ -23,8 +23,8 @@ constexpr const char* kUpHelp =
     "               [--router ebpf|userspace] [--store-bytes N] [--warm-pool N]\n"
     "               [--port-file FILE] [--model DIR [--model-name NAME]\n"
     "               [--quantize int8|int4] [--model-device cpu|cuda]\n"
-    "               [--model-gemm cublas|exact] [--model-max-sequences 16]\n"
-    "               [--kv-retrieval budget=N,tau=T]]\n"
+    "               [--model-gemm cublas|exact] [--model-kv-handoff ipc|host]\n"
+    "               [--model-max-sequences 16] [--kv-retrieval budget=N,tau=T]]\n"
     "\n"
     "Runs the whole platform on this machine (agent, gateway, jobs API, function instances)\n"
     "until SIGINT/SIGTERM. Flags override the YAML config (docs/config.md). GET /readyz\n"
@@ -92,6 +92,9 @@ Result<dataplane::AgentConfig> configFromArgs(const Args& args, uint16_t default
     const std::string gemm = args.get("model-gemm", "cublas");
     if (gemm != "exact" && gemm != "cublas")
       return badRequest("bad_arguments", "--model-gemm is cublas or exact");
+    const std::string handoff = args.get("model-kv-handoff", "ipc");
+    if (handoff != "ipc" && handoff != "host")
+      return badRequest("bad_arguments", "--model-kv-handoff is ipc or host");
     config.chains.push_back({"llm",
                              {"llm.prefill", "llm.decode"},
                              {{"model", std::filesystem::absolute(args.get("model")).string()},
@@ -99,6 +102,7 @@ Result<dataplane::AgentConfig> configFromArgs(const Args& args, uint16_t default
                               {"quantize", quantize},
                               {"device", args.get("model-device", "cpu")},
                               {"gemm", gemm},
+                              {"kv_handoff", handoff},
                               {"max_sequences", sequences},
                               {"kv_retrieval", args.get("kv-retrieval")}}});
   }

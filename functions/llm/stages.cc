@@ -15,6 +15,7 @@
 #include <memory>
 
 #include "engine.h"
+#include "kv_handoff.h"
 #include "lifl/common/log.h"
 #include "lifl/functions/sdk.h"
 #include "model.h"
@@ -203,13 +204,16 @@ class Prefill final : public Function {
     attributes["first_token"] = first;
     attributes["first_token_ns"] = monotonicNs();
     attributes["rng"] = rng;
-    const uint64_t floats = engine.kvFloats(seq.length);
-    auto made = dataplane::makeEvent(ctx.store(), next, attributes, floats * sizeof(float));
+    LIFL_TRY(viaIpc, sendOnDevice(ctx, engine, seq));
+    if (viaIpc) attributes["kv_ipc"] = *viaIpc;
+    const uint64_t bytes = viaIpc ? 0 : engine.kvFloats(seq.length) * sizeof(float);
+    auto made = dataplane::makeEvent(ctx.store(), next, attributes, bytes);
     if (!made) {
+      if (viaIpc) ipc_->cancel(*viaIpc);
       engine.release(seq);
       return made.error();
     }
-    engine.exportKv(seq, reinterpret_cast<float*>(made.value().second));
+    if (!viaIpc) engine.exportKv(seq, reinterpret_cast<float*>(made.value().second));
     engine.release(seq);
     Descriptor out{};
     out.dst = next;
@@ -220,7 +224,27 @@ class Prefill final : public Function {
     return ctx.emit(out);
   }
 
+  /// The K/V into a CUDA IPC slot (kv_handoff.h), on the GPU unless the chain says
+  /// kv_handoff: host; none when there is no slot to take (the host carries it then).
+  Result<std::optional<nlohmann::json>> sendOnDevice(Context& ctx, const llm::Engine& engine,
+                                                     const llm::Sequence& seq) {
+    if (!ipcTried_ && std::string(engine.device()) == "cuda" &&
+        ctx.params().value("kv_handoff", std::string("ipc")) == "ipc") {
+      ipcTried_ = true;
+      constexpr uint32_t kSlots = 4;  // prompts in flight between the stages
+      auto made = llm::KvHandoffSender::create(engine, kSlots, engine.config().maxPositions);
+      if (made)
+        ipc_ = std::move(made).value();
+      else
+        LIFL_WARN("llm: KV hand-off through the host: " << made.error().detail);
+    }
+    if (!ipc_) return std::optional<nlohmann::json>();
+    return ipc_->send(engine, seq);
+  }
+
   std::unique_ptr<Loaded> loaded_;
+  std::unique_ptr<llm::KvHandoffSender> ipc_;
+  bool ipcTried_ = false;
 };
 
 class Decode final : public Function {
@@ -302,10 +326,13 @@ class Decode final : public Function {
       Result<void> joined = success();
       if (!event)
         joined = event.error();
-      else if (pages > engine.totalPages())
+      else if (pages > engine.totalPages()) {
         joined = unavailable("kv_cache_full",
                              "the request needs more KV-cache pages than the decode stage has");
-      else
+        if (auto ipc = event.value().attributes.find("kv_ipc");
+            ipc != event.value().attributes.end())
+          ipc_.discard(*ipc);
+      } else
         joined = join(ctx, d, input.value());
       ctx.store().release(input.value().handle());
       if (!joined) LIFL_TRYV(replyFailure(ctx, d.correlation, d.job, joined.error()));
@@ -332,9 +359,16 @@ class Decode final : public Function {
     r.created = static_cast<int64_t>(std::time(nullptr));
     r.tokens.push_back(a.at("first_token"));
     const auto length = static_cast<uint32_t>(r.promptTokens);
-    if (event.size != loaded_->engine->kvFloats(length) * sizeof(float))
-      return internal("bad_handoff", "the KV hand-off does not match the model");
-    LIFL_TRYV(loaded_->engine->importKv(r.seq, reinterpret_cast<const float*>(event.data), length));
+    if (auto ipc = a.find("kv_ipc"); ipc != a.end()) {
+      LIFL_TRYV(ipc_.receive(*loaded_->engine, r.seq, *ipc, length));
+      if (!loggedIpc_) LIFL_INFO("llm: KV hand-off through CUDA IPC");
+      loggedIpc_ = true;
+    } else {
+      if (event.size != loaded_->engine->kvFloats(length) * sizeof(float))
+        return internal("bad_handoff", "the KV hand-off does not match the model");
+      LIFL_TRYV(
+          loaded_->engine->importKv(r.seq, reinterpret_cast<const float*>(event.data), length));
+    }
     if (auto reserved = loaded_->engine->reserve(r.seq, r.request.maxTokens); !reserved) {
       loaded_->engine->release(r.seq);
       return reserved.error();
@@ -421,6 +455,8 @@ class Decode final : public Function {
   std::unique_ptr<Loaded> loaded_;
   std::map<uint64_t, Running> running_;  ///< by correlation (request)
   std::deque<Descriptor> waiting_;       ///< hand-offs not yet admitted (their objects are ours)
+  llm::KvHandoffReceiver ipc_;
+  bool loggedIpc_ = false;
 };
 
 }  // namespace

@@ -1,5 +1,7 @@
 #include "lifl/gpu/llm_device.h"
 
+#include <utility>
+
 #ifdef LIFL_WITH_CUDA
 #include "cuda/llm_api.h"
 #endif
@@ -68,6 +70,52 @@ Result<std::unique_ptr<DeviceModel>> DeviceModel::create(
 #else
 #define LIFL_ON_DEVICE(call) return noDevice()
 #endif
+
+Result<IpcMemory> IpcMemory::allocate([[maybe_unused]] size_t bytes) {
+#ifdef LIFL_WITH_CUDA
+  if (!cudaInfo().usable) return noDevice();
+  IpcMemory m;
+  LIFL_TRYV(checked(cuda::llm::ipcAllocate(bytes, &m.device_, m.handle_.data())));
+  return m;
+#else
+  return noDevice();
+#endif
+}
+
+Result<IpcMemory> IpcMemory::open([[maybe_unused]] const Handle& handle) {
+#ifdef LIFL_WITH_CUDA
+  if (!cudaInfo().usable) return noDevice();
+  IpcMemory m;
+  LIFL_TRYV(checked(cuda::llm::ipcOpen(handle.data(), &m.device_)));
+  m.opened_ = true;
+  m.handle_ = handle;
+  return m;
+#else
+  return noDevice();
+#endif
+}
+
+IpcMemory::IpcMemory(IpcMemory&& other) noexcept
+    : device_(std::exchange(other.device_, nullptr)),
+      opened_(other.opened_),
+      handle_(other.handle_) {}
+
+IpcMemory& IpcMemory::operator=(IpcMemory&& other) noexcept {
+  if (this != &other) {
+    this->~IpcMemory();
+    device_ = std::exchange(other.device_, nullptr);
+    opened_ = other.opened_;
+    handle_ = other.handle_;
+  }
+  return *this;
+}
+
+IpcMemory::~IpcMemory() {
+#ifdef LIFL_WITH_CUDA
+  if (device_) cuda::llm::ipcRelease(device_, opened_);
+#endif
+  device_ = nullptr;
+}
 
 Result<double> timeDecodeAttention([[maybe_unused]] uint32_t batch, [[maybe_unused]] uint32_t heads,
                                    [[maybe_unused]] uint32_t kvHeads,

@@ -220,6 +220,9 @@ class LlmCpu(unittest.TestCase):
         r = lifl("up", "--port", 0, "--model", good, "--model-gemm", "fast", check=False)
         self.assertNotEqual(r.returncode, 0)
         self.assertIn("--model-gemm is cublas or exact", r.stderr)
+        r = lifl("up", "--port", 0, "--model", good, "--model-kv-handoff", "nvlink", check=False)
+        self.assertNotEqual(r.returncode, 0)
+        self.assertIn("--model-kv-handoff is ipc or host", r.stderr)
 
 
 if __name__ == "__main__":

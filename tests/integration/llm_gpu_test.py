@@ -105,21 +105,29 @@ class LlmGpu(unittest.TestCase):
         self.assertEqual(tokens, generated, "32 greedy tokens")
 
     def test_served_on_the_gpu(self):
+        # The KV cache goes from llm.prefill to llm.decode by CUDA IPC (the default) or
+        # through the host (--model-kv-handoff host); either way each of 4 concurrent
+        # requests equals `lifl model run --device cuda`. 6 requests against 4 IPC slots:
+        # the ones that find no free slot go through the host.
         import concurrent.futures
-        p = Platform(router="userspace", extra_args=["--model", self.model, "--model-device", "cuda"])
-        try:
-            prompts = [self.prompt[:10 + 5 * i] for i in range(4)]
-            with concurrent.futures.ThreadPoolExecutor(4) as pool:
-                results = list(pool.map(lambda pr: post(p.url, {"prompt": pr, "max_tokens": 8,
-                                                               "temperature": 0}), prompts))
-            for (status, _, data), pr in zip(results, prompts):
-                self.assertEqual(status, 200, data)
-                self.assertEqual(json.loads(data)["choices"][0]["token_ids"],
-                                 model_run(self.model, pr, 8, "--device", "cuda")[0])
-            self.assertIn("on cuda", p.log_tail(200))
-        finally:
-            p.stop()
-
+        prompts = [self.prompt[:10 + 5 * i] for i in range(6)]
+        expected = [model_run(self.model, pr, 8, "--device", "cuda")[0] for pr in prompts]
+        for handoff in ("ipc", "host"):
+            p = Platform(router="userspace", extra_args=[
+                "--model", self.model, "--model-device", "cuda", "--model-kv-handoff", handoff])
+            try:
+                for _ in range(2):  # the second round reuses the slots the first freed
+                    with concurrent.futures.ThreadPoolExecutor(6) as pool:
+                        results = list(pool.map(lambda pr: post(
+                            p.url, {"prompt": pr, "max_tokens": 8, "temperature": 0}), prompts))
+                    for (status, _, data), want in zip(results, expected):
+                        self.assertEqual(status, 200, data)
+                        self.assertEqual(json.loads(data)["choices"][0]["token_ids"], want, handoff)
+                log = p.log_tail(400)
+                self.assertIn("on cuda", log)
+                self.assertEqual("KV hand-off through CUDA IPC" in log, handoff == "ipc", log[-3000:])
+            finally:
+                p.stop()
 
 if __name__ == "__main__":
     unittest.main()

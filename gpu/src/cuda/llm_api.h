@@ -27,9 +27,17 @@ std::string forward(Model* model, uint32_t rows, const uint32_t* tokens, const u
                     const uint32_t* tableLen, const uint32_t* tables, uint32_t tableEntries,
                     const uint32_t* logitRows, uint32_t logitCount, float* logits);
 
-/// Copies `length` tokens of a sequence's K/V between its pages and host memory, in the
-/// hand-off layout ([layer][K, V][token][kvHeads * headDim]).
-std::string copyKv(Model* model, const uint32_t* pages, uint32_t length, float* host, bool toHost);
+/// Copies `length` tokens of a sequence's K/V between its pages and `other` (host memory, or
+/// device memory such as an IPC mapping), in the hand-off layout ([layer][K, V][token][kvHeads
+/// * headDim]); complete when it returns, so that another process may read what it wrote.
+std::string copyKv(Model* model, const uint32_t* pages, uint32_t length, float* other,
+                   bool fromPages);
+
+/// Device memory another process on this GPU maps by a 64-byte handle (CUDA IPC).
+std::string ipcAllocate(size_t bytes, void** device, unsigned char* handle);
+std::string ipcOpen(const unsigned char* handle, void** device);
+/// Frees what ipcAllocate gave, or unmaps what ipcOpen gave.
+void ipcRelease(void* device, bool opened);
 
 /// Mean seconds of the decode attention over `batch` sequences of `context` positions each
 /// (device-resident pages), timed with CUDA events over `reps` launches.

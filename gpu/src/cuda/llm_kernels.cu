@@ -7,6 +7,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <memory>
 #include <vector>
 
@@ -621,20 +622,49 @@ std::string create(const Shape& s, const float* embed, const float* norm, const 
 
 void destroy(Model* model) { delete model; }
 
-std::string copyKv(Model* m, const uint32_t* pages, uint32_t length, float* host, bool toHost) {
+std::string copyKv(Model* m, const uint32_t* pages, uint32_t length, float* other, bool fromPages) {
   const uint64_t kv = uint64_t{m->s.kvHeads} * m->s.headDim;
   for (auto& L : m->layers)
     for (Buffer* b : {&L.kPages, &L.vPages})
       for (uint32_t t = 0; t < length; t += kPageTokens) {
         const uint32_t n = std::min(kPageTokens, length - t);
         float* dev = b->as<float>() + uint64_t{pages[t / kPageTokens]} * kPageTokens * kv;
-        if (toHost)
-          LIFL_CU(cudaMemcpy(host, dev, n * kv * 4, cudaMemcpyDeviceToHost));
+        // cudaMemcpyDefault: `other` may be host or device memory (unified addressing).
+        if (fromPages)
+          LIFL_CU(cudaMemcpyAsync(other, dev, n * kv * 4, cudaMemcpyDefault));
         else
-          LIFL_CU(cudaMemcpy(dev, host, n * kv * 4, cudaMemcpyHostToDevice));
-        host += n * kv;
+          LIFL_CU(cudaMemcpyAsync(dev, other, n * kv * 4, cudaMemcpyDefault));
+        other += n * kv;
       }
+  LIFL_CU(cudaDeviceSynchronize());
   return "";
+}
+
+static_assert(sizeof(cudaIpcMemHandle_t) == 64, "llm_api.h promises 64-byte handles");
+
+std::string ipcAllocate(size_t bytes, void** device, unsigned char* handle) {
+  LIFL_CU(cudaMalloc(device, bytes));
+  cudaIpcMemHandle_t h;
+  if (cudaError_t e = cudaIpcGetMemHandle(&h, *device); e != cudaSuccess) {
+    cudaFree(*device);
+    return failed(e, "cudaIpcGetMemHandle");
+  }
+  std::memcpy(handle, &h, sizeof h);
+  return "";
+}
+
+std::string ipcOpen(const unsigned char* handle, void** device) {
+  cudaIpcMemHandle_t h;
+  std::memcpy(&h, handle, sizeof h);
+  LIFL_CU(cudaIpcOpenMemHandle(device, h, cudaIpcMemLazyEnablePeerAccess));
+  return "";
+}
+
+void ipcRelease(void* device, bool opened) {
+  if (opened)
+    cudaIpcCloseMemHandle(device);
+  else
+    cudaFree(device);
 }
 
 std::string forward(Model* m, uint32_t rows, const uint32_t* tokens, const uint32_t* positions,

@@ -4,6 +4,7 @@
 // host data, for the tests that compare the two backends.
 #pragma once
 
+#include <array>
 #include <cstdint>
 #include <memory>
 #include <span>
@@ -32,11 +33,32 @@ class DeviceModel {
   virtual ~DeviceModel() = default;
   /// Stores every row's K/V in its page, runs the layers, returns [logitRows][vocab].
   virtual Result<std::vector<float>> forward(const Batch& batch) = 0;
-  /// A sequence's K/V between its pages and host memory (the hand-off layout of
-  /// Engine::exportKv: [layer][K, V][token][kvHeads * headDim]).
+  /// A sequence's K/V between its pages and host or device memory (an IpcMemory), in the
+  /// hand-off layout of Engine::exportKv: [layer][K, V][token][kvHeads * headDim].
   virtual Result<void> exportKv(std::span<const uint32_t> pages, uint32_t length, float* out) = 0;
   virtual Result<void> importKv(std::span<const uint32_t> pages, uint32_t length,
                                 const float* in) = 0;
+};
+
+/// Device memory that another process on the same GPU maps by a 64-byte handle (CUDA IPC):
+/// the KV hand-off from the prefill stage to the decode stage without a trip through the
+/// host. The allocating side frees it, the opening side unmaps it, when destroyed.
+class IpcMemory {
+ public:
+  using Handle = std::array<uint8_t, 64>;
+  static Result<IpcMemory> allocate(size_t bytes);
+  static Result<IpcMemory> open(const Handle& handle);
+  IpcMemory(IpcMemory&& other) noexcept;
+  IpcMemory& operator=(IpcMemory&& other) noexcept;
+  ~IpcMemory();
+  float* data() const { return static_cast<float*>(device_); }
+  const Handle& handle() const { return handle_; }
+
+ private:
+  IpcMemory() = default;
+  void* device_ = nullptr;
+  bool opened_ = false;
+  Handle handle_{};
 };
 
 /// The decode attention's mean time over `batch` sequences of `context` positions (the
