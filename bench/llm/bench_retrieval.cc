@@ -3,7 +3,8 @@
 // `context` positions, on the CPU path. Per decode step: full attention, retrieval as
 // configured (re-selecting when the queries' mean cosine falls below tau), and retrieval at
 // every step (tau above any cosine); the step time of each, and the attention output's
-// relative L2 error against full attention.
+// relative L2 error against full attention. Beside them, the oracle: the same budget of
+// positions with the highest exact scores (what no selection of that size can beat).
 //
 // The cache is synthetic with the structure retrieval relies on (random weights have none):
 // keys come in runs of 64 positions on one of 256 topic directions per KV head, plus noise;
@@ -13,6 +14,7 @@
 // context, where no selection can be right).
 //
 //   bench_retrieval [--context 32768] [--steps 32] [--budget 2048] [--tau 0.7]
+#include <algorithm>
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
@@ -80,7 +82,31 @@ int main(int argc, char** argv) {
   auto everyStep = make(2.0);
   std::vector<float> q(uint64_t{heads} * hd), full(q.size()), got(q.size());
   std::vector<uint32_t> topic(kvHeads);
-  double tFull = 0, tConf = 0, tEvery = 0, eConf = 0, eEvery = 0;
+  double tFull = 0, tConf = 0, tEvery = 0, eConf = 0, eEvery = 0, eOracle = 0;
+  // The oracle's positions per KV head: sinks, the recent window, and the `budget` prompt
+  // positions of highest mean q . k over the group's heads.
+  auto oracle = [&](uint32_t pos) {
+    std::vector<std::vector<uint32_t>> at(kvHeads);
+    const lifl::llm::RetrievalConfig defaults;
+    for (uint32_t h = 0; h < kvHeads; ++h) {
+      std::vector<std::pair<float, uint32_t>> scored;
+      for (uint32_t t = defaults.sinks; t + defaults.recent <= pos; ++t) {
+        const float* kr = cache.kRow(table[t / kl::kPageTokens], t % kl::kPageTokens) + h * hd;
+        float sc = 0;
+        for (uint32_t g = 0; g < group; ++g)
+          for (uint32_t d = 0; d < hd; ++d) sc += q[(h * group + g) * hd + d] * kr[d];
+        scored.emplace_back(sc, t);
+      }
+      const size_t keep = std::min<size_t>(budget, scored.size());
+      std::partial_sort(scored.begin(), scored.begin() + keep, scored.end(),
+                        [](const auto& a, const auto& b) { return a.first > b.first; });
+      for (uint32_t t = 0; t < defaults.sinks; ++t) at[h].push_back(t);
+      for (size_t i = 0; i < keep; ++i) at[h].push_back(scored[i].second);
+      for (uint32_t t = pos + 1 - defaults.recent; t <= pos; ++t) at[h].push_back(t);
+      std::sort(at[h].begin(), at[h].end());
+    }
+    return at;
+  };
   auto relative = [&](const std::vector<float>& a) {
     double err = 0, norm = 0;
     for (size_t i = 0; i < a.size(); ++i) {
@@ -111,6 +137,8 @@ int main(int argc, char** argv) {
                     everyStep->select(0, q.data(), pos, cache, table));
     tEvery += lifl::bench::now() - t0;
     eEvery += relative(got);
+    kl::attentionAt(got.data(), q.data(), heads, cache, table, oracle(pos));
+    eOracle += relative(got);
   }
   std::printf("prompt clustering (k-means, ~16 tokens a unit): %.2f s\n", clusterSeconds);
   std::printf("%-34s %12s %14s %12s\n", "attention", "ms / step", "rel. L2 error", "retrievals");
@@ -119,5 +147,7 @@ int main(int argc, char** argv) {
               eConf / steps, static_cast<unsigned long long>(configured->retrievals()));
   std::printf("%-34s %12.3f %14.2e %12llu\n", "retrieval at every step", tEvery / steps * 1e3,
               eEvery / steps, static_cast<unsigned long long>(everyStep->retrievals()));
+  std::printf("%-34s %12s %14.2e %12s\n", "oracle: top scores, same budget", "-", eOracle / steps,
+              "-");
   return 0;
 }

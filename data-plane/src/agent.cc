@@ -64,6 +64,13 @@ Result<std::unique_ptr<Agent>> Agent::start(AgentConfig config, Planner planner,
           return delivered > processed ? delivered - processed : 0;
         },
         c.scaleUpQueueDepth);
+    agent->chains_->setAutoscale(
+        [router, supervisor](InstanceId id) -> uint64_t {
+          const uint64_t delivered = router->counters(id).deliveredMsgs;
+          const uint64_t processed = supervisor->processed(id);
+          return delivered > processed ? delivered - processed : 0;
+        },
+        c.scaleUpQueueDepth, c.idleSeconds);
     agent->jobs_->setColocation(c.colocateRoles);
     agent->jobs_->setUpdateBuffer(c.maxBufferedUpdates);
     agent->jobs_->setDefaultDevice(c.device);

@@ -84,6 +84,9 @@ Result<AgentConfig> parseAgentConfig(const std::string& yaml) {
           if (!ch["functions"] || !ch["functions"].IsSequence() || ch["functions"].size() == 0)
             return configError("chain " + spec.name + " needs a non-empty functions list");
           for (const auto& fn : ch["functions"]) spec.functions.push_back(fn.as<std::string>());
+          spec.maxInstances = ch["max_instances"].as<uint32_t>(1);
+          if (spec.maxInstances == 0)
+            return configError("chain " + spec.name + ": max_instances must be at least 1");
           c.chains.push_back(std::move(spec));
         }
       }

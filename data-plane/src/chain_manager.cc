@@ -7,10 +7,19 @@ namespace lifl::dataplane {
 ChainManager::ChainManager(ObjectStore& store, Endpoint& endpoint, Supervisor& supervisor)
     : store_(store), endpoint_(endpoint), supervisor_(supervisor) {}
 
+void ChainManager::setAutoscale(QueueProbe probe, uint32_t scaleUpDepth, double idleSeconds) {
+  std::lock_guard lock(mutex_);
+  queue_ = std::move(probe);
+  scaleUpDepth_ = scaleUpDepth;
+  idleSeconds_ = idleSeconds;
+}
+
 Result<void> ChainManager::deploy(std::vector<ChainSpec> chains) {
   std::lock_guard lock(mutex_);
+  for (size_t c = 0; c < added_.size(); ++c) releaseAddedLocked(c);
   chains_ = std::move(chains);
   hops_.assign(chains_.size(), {});
+  added_.assign(chains_.size(), {});
   for (size_t c = 0; c < chains_.size(); ++c) LIFL_TRYV(deployLocked(c));
   return success();
 }
@@ -19,6 +28,7 @@ Result<void> ChainManager::deployLocked(size_t c) {
   const auto& chain = chains_[c];
   auto& hops = hops_[c];
   for (InstanceId id : hops) supervisor_.release(id);
+  releaseAddedLocked(c);
   hops.assign(chain.functions.size(), 0);
   for (size_t i = 0; i < hops.size(); ++i) {
     LIFL_TRY(id, supervisor_.reserve());
@@ -43,11 +53,22 @@ bool ChainManager::owns(InstanceId id) const {
   for (const auto& hops : hops_)
     for (InstanceId h : hops)
       if (h == id) return true;
+  for (const auto& added : added_)
+    for (const auto& a : added)
+      if (a.id == id) return true;
   return false;
 }
 
 void ChainManager::onInstanceDeath(InstanceId id) {
   std::lock_guard lock(mutex_);
+  for (auto& added : added_)  // an added first-hop instance: the others go on without it
+    for (auto it = added.begin(); it != added.end(); ++it)
+      if (it->id == id) {
+        for (const auto& o : store_.ownedBy(id)) store_.release(o.handle());
+        added.erase(it);
+        LIFL_WARN("chain instance " << id << " died; the chain goes on without it");
+        return;
+      }
   for (size_t c = 0; c < hops_.size(); ++c) {
     for (InstanceId h : hops_[c]) {
       if (h != id) continue;
@@ -65,12 +86,74 @@ Result<InstanceId> ChainManager::entry(const std::string& name) const {
   return notFound("unknown_function", "no function chain named " + name);
 }
 
+size_t ChainManager::entryInstances(const std::string& name) const {
+  std::lock_guard lock(mutex_);
+  for (size_t c = 0; c < chains_.size(); ++c)
+    if (chains_[c].name == name && !hops_[c].empty()) return 1 + added_[c].size();
+  return 0;
+}
+
+void ChainManager::releaseAddedLocked(size_t c) {
+  if (c >= added_.size()) return;
+  for (const auto& a : added_[c]) supervisor_.release(a.id);
+  added_[c].clear();
+}
+
+Result<InstanceId> ChainManager::pickLocked(size_t c) {
+  const auto& chain = chains_[c];
+  auto& added = added_[c];
+  if (!queue_) return hops_[c][0];
+  const auto now = std::chrono::steady_clock::now();
+  InstanceId best = hops_[c][0];
+  uint64_t shortest = queue_(best);
+  for (const auto& a : added)
+    if (const uint64_t q = queue_(a.id); q < shortest) {
+      shortest = q;
+      best = a.id;
+    }
+  if (scaleUpDepth_ > 0 && shortest >= scaleUpDepth_ && 1 + added.size() < chain.maxInstances) {
+    LIFL_TRY(id, supervisor_.reserve());
+    nlohmann::json params = chain.params;
+    params["chain"] = chain.name;
+    params["position"] = 0;
+    params["next"] = hops_[c].size() > 1 ? hops_[c][1] : kAgentInstance;
+    if (auto assigned = supervisor_.assign(id, chain.functions[0], params); !assigned) {
+      supervisor_.release(id);
+      return assigned.error();
+    }
+    added.push_back({id, now});
+    best = id;
+    LIFL_INFO("chain " << chain.name << ": " << chain.functions[0] << " scaled up to "
+                       << 1 + added.size() << " instances (shortest queue " << shortest << ")");
+  }
+  for (auto it = added.begin(); it != added.end();) {
+    if (it->id == best) {
+      it->lastPicked = now;
+      ++it;
+    } else if (std::chrono::duration<double>(now - it->lastPicked).count() >= idleSeconds_ &&
+               queue_(it->id) == 0) {
+      supervisor_.release(it->id);
+      LIFL_INFO("chain " << chain.name << ": " << chain.functions[0] << " scaled down to "
+                         << added.size() << " instances");
+      it = added.erase(it);
+    } else {
+      ++it;
+    }
+  }
+  return best;
+}
+
 Result<uint64_t> ChainManager::invoke(const std::string& name, ObjectRef event,
                                       std::shared_ptr<ChainCall> call) {
-  LIFL_TRY(first, entry(name));
   uint64_t correlation = 0;
+  InstanceId first = 0;
   {
     std::lock_guard lock(mutex_);
+    size_t c = 0;
+    while (c < chains_.size() && !(chains_[c].name == name && !hops_[c].empty())) ++c;
+    if (c == chains_.size()) return notFound("unknown_function", "no function chain named " + name);
+    LIFL_TRY(picked, pickLocked(c));
+    first = picked;
     correlation = nextCorrelation_++;
     pending_[correlation] = std::move(call);
   }

@@ -9,6 +9,7 @@ import http.client
 import json
 import os
 import tempfile
+import time
 import unittest
 import urllib.parse
 
@@ -176,6 +177,43 @@ class KvCacheAdmission(unittest.TestCase):
                     self.assertEqual(status, 200, data)
                     self.assertEqual(json.loads(data)["choices"][0]["token_ids"],
                                      model_run(d, pr, 200)[0])
+            finally:
+                p.stop()
+
+
+class PrefillScaling(unittest.TestCase):
+    def test_prefill_scales_with_its_queue_and_back(self):
+        # Prompts of 300 tokens keep a CPU prefill busy for a while, so 8 concurrent requests
+        # queue at the first instance: with scale_up_queue_depth 1 the chain's first hop grows
+        # (up to --model-prefill-instances 3, never beyond), each completion still equals its
+        # own `lifl model run`, and after idle_seconds (1) an added instance goes back.
+        with tempfile.TemporaryDirectory() as tmp:
+            d = os.path.join(tmp, "scaling")
+            lifl_cli("model", "generate", "--dir", d, "--layers", "4", "--hidden", "256",
+                     "--intermediate", "512", "--heads", "4", "--kv-heads", "2", "--vocab", "512",
+                     "--max-positions", "512", "--seed", "12")
+            config = "functions:\n  scale_up_queue_depth: 1\n  idle_seconds: 1\n"
+            p = Platform(router="userspace", config=config, warm_pool=4,
+                         extra_args=["--model", d, "--model-prefill-instances", "3"])
+            try:
+                prompts = [[(7 * i + j) % 500 + 1 for j in range(300)] for i in range(8)]
+                with concurrent.futures.ThreadPoolExecutor(8) as pool:
+                    results = list(pool.map(lambda pr: post(p.url, {
+                        "prompt": pr, "max_tokens": 3, "temperature": 0}), prompts))
+                prefills = [i for i in p.instances() if i["function"] == "llm.prefill"]
+                for (status, _, data), pr in zip(results, prompts):
+                    self.assertEqual(status, 200, data)
+                    self.assertEqual(json.loads(data)["choices"][0]["token_ids"],
+                                     model_run(d, pr, 3)[0])
+                log = p.log_tail(400)
+                self.assertIn("llm.prefill scaled up to 2 instances", log)
+                self.assertNotIn("scaled up to 4", log)
+                self.assertTrue(2 <= len(prefills) <= 3, prefills)
+                print(f"prefill instances after the burst: {len(prefills)}", flush=True)
+                time.sleep(1.5)  # past idle_seconds: the next request lets an idle one go
+                status, _, _ = post(p.url, {"prompt": [1, 2, 3], "max_tokens": 1})
+                self.assertEqual(status, 200)
+                self.assertIn("llm.prefill scaled down", p.log_tail(400))
             finally:
                 p.stop()
 
