@@ -55,7 +55,9 @@ __device__ __forceinline__ float scalarAt(const Inputs& in, int k, uint64_t i) {
 
 /// Values per 16-byte load of one input.
 template <int K>
-constexpr int kVec = K == kF32 ? 4 : K == kI8 ? 16 : 8;
+constexpr int kVec = K == kF32  ? 4
+                     : K == kI8 ? 16
+                                : 8;
 
 // 16 bytes of an F32, F16 or BF16 input, widened into out[kVec<K>].
 template <int K>
@@ -136,7 +138,8 @@ __global__ void foldVectors(float* __restrict__ acc, Inputs in, uint64_t vectors
       }
     }
 #pragma unroll
-    for (int j = 0; j < V / 4; ++j) a4[j] = make_float4(a[4 * j], a[4 * j + 1], a[4 * j + 2], a[4 * j + 3]);
+    for (int j = 0; j < V / 4; ++j)
+      a4[j] = make_float4(a[4 * j], a[4 * j + 1], a[4 * j + 2], a[4 * j + 3]);
   }
 }
 
@@ -286,7 +289,6 @@ std::string launch(float* acc, const Inputs& in, uint64_t n, bool first, cudaStr
   return "";
 }
 
-
 std::string launchKind(int kind, float* acc, const Inputs& in, uint64_t n, bool first,
                        cudaStream_t stream) {
   return kind == kF32    ? launch<kF32>(acc, in, n, first, stream)
@@ -295,8 +297,8 @@ std::string launchKind(int kind, float* acc, const Inputs& in, uint64_t n, bool 
                          : launch<kI8>(acc, in, n, first, stream);
 }
 
-int hostInputMode = 0;             ///< 0 auto, 1 zero-copy, 2 pipelined (setHostInputs)
-uint64_t pipelineFromBytes = 0;    ///< auto: pipelined from this many input bytes per launch
+int hostInputMode = 0;              ///< 0 auto, 1 zero-copy, 2 pipelined (setHostInputs)
+uint64_t pipelineFromBytes = 0;     ///< auto: pipelined from this many input bytes per launch
 uint64_t stageBytes = 64ull << 20;  ///< each staging buffer
 
 // The pipelined alternative to zero-copy for registered host inputs: chunks of every input
@@ -354,7 +356,8 @@ Pipeline& pipeline() {
 }
 
 bool pipelined(uint64_t bytes) {
-  return hostInputMode == 2 || (hostInputMode == 0 && pipelineFromBytes && bytes >= pipelineFromBytes);
+  return hostInputMode == 2 ||
+         (hostInputMode == 0 && pipelineFromBytes && bytes >= pipelineFromBytes);
 }
 
 }  // namespace
@@ -449,8 +452,7 @@ std::string fold(float* acc, const kernels::FoldInput* inputs, size_t count, uin
     while (k < count && in.count < kMaxInputs && kindOf(inputs[k]) == kind &&
            (kind != kI8 || (inputs[k].cols == in.cols && inputs[k].block == in.block))) {
       const void* x = inputs[k].values;
-      std::string why =
-          staged ? "" : resolver.resolve(inputs[k].values, bytesOf(inputs[k], n), &x);
+      std::string why = staged ? "" : resolver.resolve(inputs[k].values, bytesOf(inputs[k], n), &x);
       if (!why.empty()) return why;
       in.x[in.count] = x;
       if (kind == kI8) {
@@ -463,8 +465,8 @@ std::string fold(float* acc, const kernels::FoldInput* inputs, size_t count, uin
       in.count++;
       k++;
     }
-    std::string why = staged ? pipeline().fold(acc, in, kind, n, first)
-                             : launchKind(kind, acc, in, n, first, 0);
+    std::string why =
+        staged ? pipeline().fold(acc, in, kind, n, first) : launchKind(kind, acc, in, n, first, 0);
     if (!why.empty()) return why;
     first = false;
   }
@@ -482,7 +484,7 @@ std::string scaleInto(float* out, const float* acc, uint64_t n, double scale, co
     if (!why.empty()) return why;
   }
   scaleKernel<<<gridFor(n), 256>>>(dst, acc, n, static_cast<float>(scale),
-                                    static_cast<const float*>(b));
+                                   static_cast<const float*>(b));
   LIFL_CU(cudaGetLastError());
   return resolver.finish();
 }

@@ -28,6 +28,19 @@ inline std::string failed(cudaError_t e, const char* what) {
 
 namespace lifl::gpu::cuda {
 
+/// The stream the kernels of this library launch on: the legacy default stream, or a model's
+/// own stream while its forward pass runs (so that the pass can be captured into a CUDA
+/// graph). Set for a scope with StreamScope.
+inline thread_local cudaStream_t currentStreamValue = nullptr;
+inline cudaStream_t currentStream() { return currentStreamValue; }
+struct StreamScope {
+  cudaStream_t saved;
+  explicit StreamScope(cudaStream_t s) : saved(currentStreamValue) { currentStreamValue = s; }
+  ~StreamScope() { currentStreamValue = saved; }
+  StreamScope(const StreamScope&) = delete;
+  StreamScope& operator=(const StreamScope&) = delete;
+};
+
 /// Mean seconds of `once()` (which launches work and returns "" or why it failed) over
 /// `reps` calls, timed with CUDA events after one untimed call.
 template <class F>

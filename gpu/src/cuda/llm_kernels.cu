@@ -8,6 +8,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <map>
 #include <memory>
 #include <vector>
 
@@ -414,8 +415,8 @@ std::string linear(float* y, const float* x, const __nv_bfloat16* w, uint64_t ro
   if (in % 8) return "linear: the input width must be a multiple of 8";
   for (uint64_t r = 0; r < rows; r += kMaxRows) {
     const auto n = static_cast<uint32_t>(std::min<uint64_t>(kMaxRows, rows - r));
-    linearKernel<<<static_cast<unsigned>((out + 7) / 8), 256>>>(y + r * out, x + r * in, w, n, in,
-                                                                out);
+    linearKernel<<<static_cast<unsigned>((out + 7) / 8), 256, 0, currentStream()>>>(
+        y + r * out, x + r * in, w, n, in, out);
   }
   LIFL_CU(cudaGetLastError());
   return "";
@@ -426,6 +427,10 @@ Buffer& splitScratch() {
   static Buffer b;
   return b;
 }
+size_t splitScratchBytes(uint32_t rows, uint32_t heads, uint32_t headDim, uint32_t maxContext) {
+  const uint32_t splitTokens = splitTokensFor(maxContext);
+  return size_t{rows} * heads * ((maxContext + splitTokens - 1) / splitTokens) * (headDim + 2) * 4;
+}
 
 // cuBLAS, loaded when first needed (the library is not a link dependency): the baseline of
 // the linear benchmark, and the tensor-core GEMM of --gemm cublas.
@@ -433,8 +438,10 @@ struct Cublas {
   using Create = int (*)(void**);
   using GemmEx = int (*)(void*, int, int, int, int, int, const void*, const void*, int, int,
                          const void*, int, int, const void*, void*, int, int, int, int);
+  using SetStream = int (*)(void*, cudaStream_t);
   Create create = nullptr;
   GemmEx gemmEx = nullptr;
+  SetStream setStream = nullptr;
   void* handle = nullptr;
   std::string why;
 };
@@ -451,7 +458,9 @@ const Cublas& cublas() {
     }
     c.create = reinterpret_cast<Cublas::Create>(dlsym(lib, "cublasCreate_v2"));
     c.gemmEx = reinterpret_cast<Cublas::GemmEx>(dlsym(lib, "cublasGemmEx"));
-    if (!c.create || !c.gemmEx || c.create(&c.handle) != 0) c.why = "cannot start cuBLAS";
+    c.setStream = reinterpret_cast<Cublas::SetStream>(dlsym(lib, "cublasSetStream_v2"));
+    if (!c.create || !c.gemmEx || !c.setStream || c.create(&c.handle) != 0)
+      c.why = "cannot start cuBLAS";
     return c;
   }();
   return c;
@@ -472,6 +481,7 @@ std::string gemmBf16(float* y, const __nv_bfloat16* x, const __nv_bfloat16* w, u
   if (!c.why.empty()) return c.why;
   const float alpha = 1, beta = 0;
   constexpr int kOpN = 0, kOpT = 1, kBf16 = 14, kF32 = 0, kCompute32F = 68, kDefault = -1;
+  if (c.setStream(c.handle, currentStream()) != 0) return "cublasSetStream failed";
   if (c.gemmEx(c.handle, kOpT, kOpN, static_cast<int>(out), static_cast<int>(rows),
                static_cast<int>(in), &alpha, w, kBf16, static_cast<int>(in), x, kBf16,
                static_cast<int>(in), &beta, y, kF32, static_cast<int>(out), kCompute32F,
@@ -492,7 +502,8 @@ __global__ void toBf16Kernel(__nv_bfloat16* __restrict__ out, const float* __res
 std::string cublasLinear(float* y, const float* x, const __nv_bfloat16* w, uint64_t rows,
                          uint64_t in, uint64_t out, Buffer& scratch) {
   LIFL_TRY_STR(scratch.reserve(rows * in * 2));
-  toBf16Kernel<<<grid(rows * in), 256>>>(scratch.as<__nv_bfloat16>(), x, rows * in);
+  toBf16Kernel<<<grid(rows * in), 256, 0, currentStream()>>>(scratch.as<__nv_bfloat16>(), x,
+                                                             rows * in);
   return gemmBf16(y, scratch.as<__nv_bfloat16>(), w, rows, in, out);
 }
 
@@ -527,16 +538,16 @@ std::string attend(float* out, const float* q, uint32_t rows, const uint32_t* po
   if (prefillTable && rows >= kTileRows && (group == 1 || group == 2 || group == 4) &&
       (lanes == 2 || lanes == 4)) {
     const dim3 blocks((rows + kTileRows - 1) / kTileRows, kvHeads);
-#define LIFL_PREFILL(G, DL)                                                                      \
-  if (group == G && lanes == DL) {                                                               \
-    constexpr size_t bytes = (32 * (DL * 32 + 1) + 32 * DL * 32 + kTileRows * G * DL * 32) * 4;  \
-    if (bytes > 48 * 1024)                                                                       \
-      LIFL_CU(cudaFuncSetAttribute(prefillAttentionKernel<G, DL>,                                \
-                                   cudaFuncAttributeMaxDynamicSharedMemorySize, bytes));         \
-    prefillAttentionKernel<G, DL><<<blocks, 256, bytes>>>(out, q, positions, prefillTable, rows, \
-                                                          heads, kvHeads, kPages, vPages);       \
-    LIFL_CU(cudaGetLastError());                                                                 \
-    return "";                                                                                   \
+#define LIFL_PREFILL(G, DL)                                                                     \
+  if (group == G && lanes == DL) {                                                              \
+    constexpr size_t bytes = (32 * (DL * 32 + 1) + 32 * DL * 32 + kTileRows * G * DL * 32) * 4; \
+    if (bytes > 48 * 1024)                                                                      \
+      LIFL_CU(cudaFuncSetAttribute(prefillAttentionKernel<G, DL>,                               \
+                                   cudaFuncAttributeMaxDynamicSharedMemorySize, bytes));        \
+    prefillAttentionKernel<G, DL><<<blocks, 256, bytes, currentStream()>>>(                     \
+        out, q, positions, prefillTable, rows, heads, kvHeads, kPages, vPages);                 \
+    LIFL_CU(cudaGetLastError());                                                                \
+    return "";                                                                                  \
   }
     LIFL_PREFILL(1, 2)
     LIFL_PREFILL(2, 2) LIFL_PREFILL(4, 2) LIFL_PREFILL(1, 4) LIFL_PREFILL(2, 4) LIFL_PREFILL(4, 4)
@@ -544,16 +555,16 @@ std::string attend(float* out, const float* q, uint32_t rows, const uint32_t* po
   }
   const uint32_t splitTokens = splitTokensFor(maxContext);
   const uint32_t splits = (maxContext + splitTokens - 1) / splitTokens;
-  LIFL_TRY_STR(splitScratch().reserve(size_t{rows} * heads * splits * (headDim + 2) * 4));
+  LIFL_TRY_STR(splitScratch().reserve(splitScratchBytes(rows, heads, headDim, maxContext)));
   float* partial = splitScratch().as<float>();
   const dim3 blocks(rows, kvHeads, splits);
   bool launched = false;
-#define LIFL_SPLIT(G, DL)                                                                         \
-  if (group == G && lanes == DL) {                                                                \
-    splitAttentionKernel<G, DL><<<blocks, kWarps * 32>>>(partial, q, positions, tables, rowTable, \
-                                                         heads, kvHeads, headDim, splits,         \
-                                                         splitTokens, kPages, vPages);            \
-    launched = true;                                                                              \
+#define LIFL_SPLIT(G, DL)                                                                      \
+  if (group == G && lanes == DL) {                                                             \
+    splitAttentionKernel<G, DL><<<blocks, kWarps * 32, 0, currentStream()>>>(                  \
+        partial, q, positions, tables, rowTable, heads, kvHeads, headDim, splits, splitTokens, \
+        kPages, vPages);                                                                       \
+    launched = true;                                                                           \
   }
 #define LIFL_SPLIT_DIMS(G) \
   LIFL_SPLIT(G, 1) LIFL_SPLIT(G, 2) LIFL_SPLIT(G, 3) LIFL_SPLIT(G, 4) LIFL_SPLIT(G, 8)
@@ -566,8 +577,8 @@ std::string attend(float* out, const float* q, uint32_t rows, const uint32_t* po
   if (!launched)
     return "attention: needs head_dim 32, 64, 96, 128 or 256 and 1, 2, 4 or 8 query heads per "
            "KV head";
-  splitMergeKernel<<<dim3(rows, heads), 128>>>(out, partial, positions, heads, headDim, splits,
-                                               splitTokens);
+  splitMergeKernel<<<dim3(rows, heads), 128, 0, currentStream()>>>(out, partial, positions, heads,
+                                                                   headDim, splits, splitTokens);
   LIFL_CU(cudaGetLastError());
   return "";
 }
@@ -584,12 +595,23 @@ struct Model {
   std::vector<Layer> layers;
   Buffer x, normed, qs, ks, vs, attn, proj, gate, up, logits, last, bf16x;
   Buffer tokens, positions, rowPage, rowSlot, tables, rowTable, logitRows;
+  // Decode steps run as CUDA graphs (one launch for ~15 kernels a layer), captured on the
+  // model's stream once per shape of step and replayed; the key holds what a capture bakes
+  // in: the row and logit counts, the attention's split, and every buffer's address.
+  cudaStream_t stream = nullptr;
+  std::map<std::vector<uintptr_t>, cudaGraphExec_t> graphs;
+  ~Model() {
+    for (auto& [_, exec] : graphs) cudaGraphExecDestroy(exec);
+    if (stream) cudaStreamDestroy(stream);
+  }
 };
 
 std::string create(const Shape& s, const float* embed, const float* norm, const float* lmHead,
                    const std::vector<HostLayer>& layers, Model** out) {
   auto m = std::make_unique<Model>();
   m->s = s;
+  // A blocking stream: the synchronous copies on the default stream stay ordered with it.
+  LIFL_CU(cudaStreamCreate(&m->stream));
   const uint64_t h = s.hidden, q = uint64_t{s.heads} * s.headDim,
                  kv = uint64_t{s.kvHeads} * s.headDim, inter = s.inter;
   LIFL_TRY_STR(uploadBf16(m->embed, embed, uint64_t{s.vocab} * h));
@@ -667,6 +689,102 @@ void ipcRelease(void* device, bool opened) {
     cudaFree(device);
 }
 
+namespace {
+
+__global__ void gatherRowsKernel(float* __restrict__ out, const float* __restrict__ x,
+                                 const uint32_t* __restrict__ rows, uint32_t count, uint64_t n) {
+  for (uint64_t i = uint64_t{blockIdx.x} * blockDim.x + threadIdx.x; i < count * n;
+       i += uint64_t{gridDim.x} * blockDim.x)
+    out[i] = x[uint64_t{rows[i / n]} * n + i % n];
+}
+
+/// Every kernel of one forward pass over `n` rows whose inputs are on the device (no copy
+/// from the host, no allocation: a CUDA graph may capture it).
+std::string launchForward(Model* m, uint64_t n, uint32_t logitCount, uint32_t maxContext,
+                          bool prefill) {
+  const auto& s = m->s;
+  const uint64_t h = s.hidden, q = uint64_t{s.heads} * s.headDim,
+                 kv = uint64_t{s.kvHeads} * s.headDim, inter = s.inter;
+  float *x = m->x.as<float>(), *normed = m->normed.as<float>(), *proj = m->proj.as<float>();
+  float *qs = m->qs.as<float>(), *attn = m->attn.as<float>(), *ks = m->ks.as<float>(),
+        *vs = m->vs.as<float>(), *gate = m->gate.as<float>(), *up = m->up.as<float>();
+  const auto* pos = m->positions.as<uint32_t>();
+  embedKernel<<<grid(n * h), 256, 0, currentStream()>>>(x, m->embed.as<__nv_bfloat16>(),
+                                                        m->tokens.as<uint32_t>(), n, h);
+  Buffer* tc = s.tensorCores ? &m->bf16x : nullptr;  // --gemm cublas
+  for (auto& L : m->layers) {
+    rmsNormKernel<<<static_cast<unsigned>(n), 256, 0, currentStream()>>>(
+        normed, nullptr, x, L.inputNorm.as<float>(), h, s.eps);
+    LIFL_TRY_STR(apply(qs, normed, L.q, n, h, q, tc));
+    LIFL_TRY_STR(apply(ks, normed, L.k, n, h, kv, tc));
+    LIFL_TRY_STR(apply(vs, normed, L.v, n, h, kv, tc));
+    ropeKernel<<<grid(n * s.heads * s.headDim / 2), 256, 0, currentStream()>>>(
+        qs, n, s.heads, s.headDim, pos, m->invFreq.as<float>());
+    ropeKernel<<<grid(n * s.kvHeads * s.headDim / 2), 256, 0, currentStream()>>>(
+        ks, n, s.kvHeads, s.headDim, pos, m->invFreq.as<float>());
+    storeKvKernel<<<grid(n * kv), 256, 0, currentStream()>>>(
+        L.kPages.as<float>(), L.vPages.as<float>(), ks, vs, m->rowPage.as<uint32_t>(),
+        m->rowSlot.as<uint32_t>(), n, kv);
+    LIFL_TRY_STR(attend(attn, qs, static_cast<uint32_t>(n), pos, m->tables.as<uint32_t>(),
+                        m->rowTable.as<uint32_t>(), maxContext, s.heads, s.kvHeads, s.headDim,
+                        L.kPages.as<float>(), L.vPages.as<float>(),
+                        prefill ? m->tables.as<uint32_t>() : nullptr));
+    LIFL_TRY_STR(apply(proj, attn, L.o, n, q, h, tc));
+    rmsNormKernel<<<static_cast<unsigned>(n), 256, 0, currentStream()>>>(
+        normed, x, proj, L.postNorm.as<float>(), h, s.eps);
+    LIFL_TRY_STR(apply(gate, normed, L.gate, n, h, inter, tc));
+    LIFL_TRY_STR(apply(up, normed, L.up, n, h, inter, tc));
+    siluMulKernel<<<grid(n * inter), 256, 0, currentStream()>>>(gate, gate, up, n * inter);
+    LIFL_TRY_STR(apply(proj, gate, L.down, n, inter, h, tc));
+    addKernel<<<grid(n * h), 256, 0, currentStream()>>>(x, proj, n * h);
+  }
+  // The head, over the rows that need logits only.
+  gatherRowsKernel<<<grid(uint64_t{logitCount} * h), 256, 0, currentStream()>>>(
+      m->last.as<float>(), x, m->logitRows.as<uint32_t>(), logitCount, h);
+  rmsNormKernel<<<logitCount, 256, 0, currentStream()>>>(
+      m->last.as<float>(), nullptr, m->last.as<float>(), m->norm.as<float>(), h, s.eps);
+  LIFL_TRY_STR(linear(m->logits.as<float>(), m->last.as<float>(), m->lmHead.as<__nv_bfloat16>(),
+                      logitCount, h, s.vocab));
+  LIFL_CU(cudaGetLastError());
+  return "";
+}
+
+/// Runs launchForward as a CUDA graph captured for this shape of step (captured on first use).
+std::string launchAsGraph(Model* m, uint64_t n, uint32_t logitCount, uint32_t maxContext) {
+  const uint32_t splitTokens = splitTokensFor(maxContext);
+  std::vector<uintptr_t> key = {n, logitCount, (maxContext + splitTokens - 1) / splitTokens,
+                                splitTokens, reinterpret_cast<uintptr_t>(splitScratch().p)};
+  for (const Buffer* b : {&m->x, &m->normed, &m->qs, &m->ks, &m->vs, &m->attn, &m->proj, &m->gate,
+                          &m->up, &m->logits, &m->last, &m->tokens, &m->positions, &m->rowPage,
+                          &m->rowSlot, &m->tables, &m->rowTable, &m->logitRows})
+    key.push_back(reinterpret_cast<uintptr_t>(b->p));
+  auto found = m->graphs.find(key);
+  if (found == m->graphs.end()) {
+    if (m->graphs.size() >= 64) {  // buffers have moved or shapes vary: start over
+      for (auto& [_, exec] : m->graphs) cudaGraphExecDestroy(exec);
+      m->graphs.clear();
+    }
+    LIFL_CU(cudaStreamBeginCapture(m->stream, cudaStreamCaptureModeThreadLocal));
+    const std::string why = launchForward(m, n, logitCount, maxContext, false);
+    cudaGraph_t graph = nullptr;
+    const cudaError_t ended = cudaStreamEndCapture(m->stream, &graph);
+    if (!why.empty()) {
+      if (graph) cudaGraphDestroy(graph);
+      return why;
+    }
+    if (ended != cudaSuccess) return failed(ended, "cudaStreamEndCapture");
+    cudaGraphExec_t exec = nullptr;
+    const cudaError_t made = cudaGraphInstantiate(&exec, graph, 0);
+    cudaGraphDestroy(graph);
+    if (made != cudaSuccess) return failed(made, "cudaGraphInstantiate");
+    found = m->graphs.emplace(std::move(key), exec).first;
+  }
+  LIFL_CU(cudaGraphLaunch(found->second, m->stream));
+  return "";
+}
+
+}  // namespace
+
 std::string forward(Model* m, uint32_t rows, const uint32_t* tokens, const uint32_t* positions,
                     const uint32_t* seqOf, uint32_t sequences, const uint32_t* tableStart,
                     const uint32_t* tableLen, const uint32_t* tables, uint32_t tableEntries,
@@ -687,59 +805,31 @@ std::string forward(Model* m, uint32_t rows, const uint32_t* tokens, const uint3
     rowTable[r] = tableStart[seq];
     maxContext = std::max(maxContext, pos + 1);
   }
+  for (uint32_t j = 0; j < logitCount; ++j)
+    if (logitRows[j] >= n) return "forward: a logit row beyond the rows";
+  // Inputs and buffers first, on the default stream (ordered with the model's stream).
   LIFL_TRY_STR(uploadF32(m->tokens, tokens, n * 4));
   LIFL_TRY_STR(uploadF32(m->positions, positions, n * 4));
   LIFL_TRY_STR(uploadF32(m->rowPage, rowPage.data(), n * 4));
   LIFL_TRY_STR(uploadF32(m->rowSlot, rowSlot.data(), n * 4));
   LIFL_TRY_STR(uploadF32(m->rowTable, rowTable.data(), n * 4));
   LIFL_TRY_STR(uploadF32(m->tables, tables, size_t{tableEntries} * 4));
+  LIFL_TRY_STR(uploadF32(m->logitRows, logitRows, size_t{logitCount} * 4));
   for (Buffer* b : {&m->x, &m->normed, &m->proj}) LIFL_TRY_STR(b->reserve(n * h * 4));
   for (Buffer* b : {&m->qs, &m->attn}) LIFL_TRY_STR(b->reserve(n * q * 4));
   for (Buffer* b : {&m->ks, &m->vs}) LIFL_TRY_STR(b->reserve(n * kv * 4));
   for (Buffer* b : {&m->gate, &m->up}) LIFL_TRY_STR(b->reserve(n * inter * 4));
-  float *x = m->x.as<float>(), *normed = m->normed.as<float>(), *proj = m->proj.as<float>();
-  float *qs = m->qs.as<float>(), *attn = m->attn.as<float>(), *ks = m->ks.as<float>(),
-        *vs = m->vs.as<float>(), *gate = m->gate.as<float>(), *up = m->up.as<float>();
-  const auto* pos = m->positions.as<uint32_t>();
-  embedKernel<<<grid(n * h), 256>>>(x, m->embed.as<__nv_bfloat16>(), m->tokens.as<uint32_t>(), n,
-                                    h);
-  Buffer* tc = s.tensorCores ? &m->bf16x : nullptr;  // --gemm cublas
-  for (auto& L : m->layers) {
-    rmsNormKernel<<<static_cast<unsigned>(n), 256>>>(normed, nullptr, x, L.inputNorm.as<float>(), h,
-                                                     s.eps);
-    LIFL_TRY_STR(apply(qs, normed, L.q, n, h, q, tc));
-    LIFL_TRY_STR(apply(ks, normed, L.k, n, h, kv, tc));
-    LIFL_TRY_STR(apply(vs, normed, L.v, n, h, kv, tc));
-    ropeKernel<<<grid(n * s.heads * s.headDim / 2), 256>>>(qs, n, s.heads, s.headDim, pos,
-                                                           m->invFreq.as<float>());
-    ropeKernel<<<grid(n * s.kvHeads * s.headDim / 2), 256>>>(ks, n, s.kvHeads, s.headDim, pos,
-                                                             m->invFreq.as<float>());
-    storeKvKernel<<<grid(n * kv), 256>>>(L.kPages.as<float>(), L.vPages.as<float>(), ks, vs,
-                                         m->rowPage.as<uint32_t>(), m->rowSlot.as<uint32_t>(), n,
-                                         kv);
-    LIFL_TRY_STR(attend(attn, qs, static_cast<uint32_t>(n), pos, m->tables.as<uint32_t>(),
-                        m->rowTable.as<uint32_t>(), maxContext, s.heads, s.kvHeads, s.headDim,
-                        L.kPages.as<float>(), L.vPages.as<float>(),
-                        prefill ? m->tables.as<uint32_t>() : nullptr));
-    LIFL_TRY_STR(apply(proj, attn, L.o, n, q, h, tc));
-    rmsNormKernel<<<static_cast<unsigned>(n), 256>>>(normed, x, proj, L.postNorm.as<float>(), h,
-                                                     s.eps);
-    LIFL_TRY_STR(apply(gate, normed, L.gate, n, h, inter, tc));
-    LIFL_TRY_STR(apply(up, normed, L.up, n, h, inter, tc));
-    siluMulKernel<<<grid(n * inter), 256>>>(gate, gate, up, n * inter);
-    LIFL_TRY_STR(apply(proj, gate, L.down, n, inter, h, tc));
-    addKernel<<<grid(n * h), 256>>>(x, proj, n * h);
-  }
-  // The head, over the rows that need logits only.
   LIFL_TRY_STR(m->last.reserve(size_t{logitCount} * h * 4));
   LIFL_TRY_STR(m->logits.reserve(size_t{logitCount} * s.vocab * 4));
-  for (uint32_t j = 0; j < logitCount; ++j)
-    LIFL_CU(cudaMemcpyAsync(m->last.as<float>() + j * h, x + uint64_t{logitRows[j]} * h, h * 4,
-                            cudaMemcpyDeviceToDevice));
-  rmsNormKernel<<<logitCount, 256>>>(m->last.as<float>(), nullptr, m->last.as<float>(),
-                                     m->norm.as<float>(), h, s.eps);
-  LIFL_TRY_STR(linear(m->logits.as<float>(), m->last.as<float>(), m->lmHead.as<__nv_bfloat16>(),
-                      logitCount, h, s.vocab));
+  LIFL_TRY_STR(splitScratch().reserve(splitScratchBytes(rows, s.heads, s.headDim, maxContext)));
+  {
+    StreamScope scope(m->stream);
+    // A decode step (no prompt, no cuBLAS call) as a graph; the rest launched one by one.
+    if (!prefill && (n < kCublasFromRows || !s.tensorCores))
+      LIFL_TRY_STR(launchAsGraph(m, n, logitCount, maxContext));
+    else
+      LIFL_TRY_STR(launchForward(m, n, logitCount, maxContext, prefill));
+  }
   LIFL_CU(
       cudaMemcpy(logits, m->logits.p, size_t{logitCount} * s.vocab * 4, cudaMemcpyDeviceToHost));
   LIFL_CU(cudaGetLastError());
@@ -822,8 +912,8 @@ std::string rmsNorm(float* out, const float* x, const float* w, uint64_t rows, u
   LIFL_TRY_STR(uploadF32(dx, x, rows * n * 4));
   LIFL_TRY_STR(uploadF32(dw, w, n * 4));
   LIFL_TRY_STR(dout.reserve(rows * n * 4));
-  rmsNormKernel<<<static_cast<unsigned>(rows), 256>>>(dout.as<float>(), nullptr, dx.as<float>(),
-                                                      dw.as<float>(), n, eps);
+  rmsNormKernel<<<static_cast<unsigned>(rows), 256, 0, currentStream()>>>(
+      dout.as<float>(), nullptr, dx.as<float>(), dw.as<float>(), n, eps);
   LIFL_CU(cudaMemcpy(out, dout.p, rows * n * 4, cudaMemcpyDeviceToHost));
   return "";
 }
@@ -837,8 +927,8 @@ std::string rope(float* x, uint64_t rows, uint32_t heads, uint32_t headDim,
   LIFL_TRY_STR(uploadF32(dx, x, rows * heads * headDim * 4));
   LIFL_TRY_STR(uploadF32(dp, positions, rows * 4));
   LIFL_TRY_STR(uploadF32(di, inv.data(), inv.size() * 4));
-  ropeKernel<<<grid(rows * heads * headDim / 2), 256>>>(dx.as<float>(), rows, heads, headDim,
-                                                        dp.as<uint32_t>(), di.as<float>());
+  ropeKernel<<<grid(rows * heads * headDim / 2), 256, 0, currentStream()>>>(
+      dx.as<float>(), rows, heads, headDim, dp.as<uint32_t>(), di.as<float>());
   LIFL_CU(cudaMemcpy(x, dx.p, rows * heads * headDim * 4, cudaMemcpyDeviceToHost));
   return "";
 }
@@ -847,7 +937,8 @@ std::string siluAndMul(float* out, const float* gate, const float* up, uint64_t 
   Buffer dg, du;
   LIFL_TRY_STR(uploadF32(dg, gate, n * 4));
   LIFL_TRY_STR(uploadF32(du, up, n * 4));
-  siluMulKernel<<<grid(n), 256>>>(dg.as<float>(), dg.as<float>(), du.as<float>(), n);
+  siluMulKernel<<<grid(n), 256, 0, currentStream()>>>(dg.as<float>(), dg.as<float>(),
+                                                      du.as<float>(), n);
   LIFL_CU(cudaMemcpy(out, dg.p, n * 4, cudaMemcpyDeviceToHost));
   return "";
 }

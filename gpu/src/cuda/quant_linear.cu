@@ -164,13 +164,17 @@ void launch(float* y, const float* x, const uint4* w, const float* scales, uint3
   // Fewer tiles than two per SM (decode's 2048-wide layers): twice the warps per tile and
   // twice the loads in flight, so that a tile's whole row streams in about one round trip.
   if (rows <= 8 && tiles < 2 * 132)
-    quantMmaKernel<BITS, 1, 16, 2 * U><<<tiles, 16 * 32>>>(y, x, w, scales, rows, in, out);
+    quantMmaKernel<BITS, 1, 16, 2 * U>
+        <<<tiles, 16 * 32, 0, currentStream()>>>(y, x, w, scales, rows, in, out);
   else if (rows <= 8)
-    quantMmaKernel<BITS, 1, 8, U><<<tiles, 8 * 32>>>(y, x, w, scales, rows, in, out);
+    quantMmaKernel<BITS, 1, 8, U>
+        <<<tiles, 8 * 32, 0, currentStream()>>>(y, x, w, scales, rows, in, out);
   else if (rows <= 16)
-    quantMmaKernel<BITS, 2, 8, U><<<tiles, 8 * 32>>>(y, x, w, scales, rows, in, out);
+    quantMmaKernel<BITS, 2, 8, U>
+        <<<tiles, 8 * 32, 0, currentStream()>>>(y, x, w, scales, rows, in, out);
   else
-    quantMmaKernel<BITS, 4, 8, U><<<tiles, 8 * 32>>>(y, x, w, scales, rows, in, out);
+    quantMmaKernel<BITS, 4, 8, U>
+        <<<tiles, 8 * 32, 0, currentStream()>>>(y, x, w, scales, rows, in, out);
 }
 
 }  // namespace
