@@ -11,6 +11,7 @@ packages=(
   libboost-dev prometheus-cpp-dev libyaml-cpp-dev nlohmann-json3-dev
   libgtest-dev libgmock-dev libbenchmark-dev libssl-dev
   python3-numpy python3-pip python3-venv python3-sklearn python3-matplotlib python3-torch
+  python3-regex libicu-dev
   iproute2 curl nginx-light
 )
 

@@ -5,8 +5,6 @@
 #include <limits>
 #include <nlohmann/json.hpp>
 
-#include "lifl/common/log.h"
-
 namespace lifl::llm {
 namespace {
 
@@ -63,63 +61,6 @@ size_t charLength(std::string_view s, size_t i) {
   return std::min(n, s.size() - i);
 }
 
-enum class Class { Letter, Number, Space, Other };
-Class classOf(std::string_view s, size_t i) {
-  const auto c = static_cast<unsigned char>(s[i]);
-  if (c >= 0x80) return Class::Letter;  // the approximation (see bpe.h)
-  if (std::isalpha(c)) return Class::Letter;
-  if (std::isdigit(c)) return Class::Number;
-  if (std::isspace(c)) return Class::Space;
-  return Class::Other;
-}
-
-/// The words of GPT-2's pattern:
-/// 's|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+
-std::vector<std::string_view> preTokenize(std::string_view s) {
-  std::vector<std::string_view> words;
-  size_t i = 0;
-  auto runOf = [&](size_t from, Class k) {
-    size_t j = from;
-    while (j < s.size() && classOf(s, j) == k) j += charLength(s, j);
-    return j;
-  };
-  while (i < s.size()) {
-    if (s[i] == '\'') {
-      bool matched = false;
-      for (std::string_view c : {"s", "t", "re", "ve", "m", "ll", "d"})
-        if (s.substr(i + 1, c.size()) == c) {
-          words.push_back(s.substr(i, 1 + c.size()));
-          i += 1 + c.size();
-          matched = true;
-          break;
-        }
-      if (matched) continue;
-    }
-    // ' ?\p{L}+', ' ?\p{N}+', ' ?[^\s\p{L}\p{N}]+': an optional space, then a run of one class.
-    const size_t at =
-        s[i] == ' ' && i + 1 < s.size() && classOf(s, i + 1) != Class::Space ? i + 1 : i;
-    if (classOf(s, at) != Class::Space) {
-      const size_t j = runOf(at, classOf(s, at));
-      words.push_back(s.substr(i, j - i));
-      i = j;
-      continue;
-    }
-    // Whitespace: all of it at the end of the text, else all but its last character (which
-    // joins the next word), or the single character when that is all there is.
-    const size_t j = runOf(i, Class::Space);
-    if (j < s.size() && j - i > 1) {
-      size_t last = i;
-      for (size_t p = i; p < j; p += charLength(s, p)) last = p;
-      words.push_back(s.substr(i, last - i));
-      i = last;
-    } else {
-      words.push_back(s.substr(i, j - i));
-      i = j;
-    }
-  }
-  return words;
-}
-
 }  // namespace
 
 Result<std::unique_ptr<BpeTokenizer>> BpeTokenizer::load(const std::filesystem::path& file) {
@@ -155,10 +96,9 @@ Result<std::unique_ptr<BpeTokenizer>> BpeTokenizer::load(const std::filesystem::
   }
   std::sort(t.added_.begin(), t.added_.end(),
             [](const auto& a, const auto& b) { return a.first.size() > b.first.size(); });
-  if (auto pre = doc.find("pre_tokenizer");
-      pre != doc.end() && pre->is_object() && pre->value("type", "") != "ByteLevel")
-    LIFL_WARN("tokenizer.json: pre-tokenizer " << pre->value("type", "?")
-                                               << " read as GPT-2's byte-level pattern");
+  const auto pre = doc.find("pre_tokenizer");
+  LIFL_TRY(splitter, PreTokenizer::fromJson(pre == doc.end() ? nlohmann::json() : *pre));
+  t.pre_ = std::move(splitter);
   return owned;
 }
 
@@ -205,14 +145,16 @@ void BpeTokenizer::encodeWord(std::string_view word, std::vector<uint32_t>& out)
 Result<std::vector<uint32_t>> BpeTokenizer::encode(std::string_view text) const {
   std::vector<uint32_t> out;
   size_t start = 0;
-  auto plain = [&](std::string_view part) {
-    for (auto word : preTokenize(part)) encodeWord(word, out);
+  auto plain = [&](std::string_view part) -> Result<void> {
+    LIFL_TRY(words, pre_.split(part));
+    for (const auto& word : words) encodeWord(word, out);
+    return success();
   };
   for (size_t i = 0; i < text.size();) {
     bool matched = false;
     for (const auto& [content, id] : added_) {
       if (!content.empty() && text.substr(i, content.size()) == content) {
-        plain(text.substr(start, i - start));
+        LIFL_TRYV(plain(text.substr(start, i - start)));
         out.push_back(id);
         i += content.size();
         start = i;
@@ -222,7 +164,7 @@ Result<std::vector<uint32_t>> BpeTokenizer::encode(std::string_view text) const 
     }
     if (!matched) ++i;
   }
-  plain(text.substr(start));
+  LIFL_TRYV(plain(text.substr(start)));
   return out;
 }
 

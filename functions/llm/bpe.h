@@ -1,12 +1,9 @@
 // Hugging Face `tokenizer.json` byte-level BPE (GPT-2, Llama 3): text split into words by
-// the GPT-2 pattern, each word's bytes mapped to printable characters, then merged pair by
-// pair in the order of `model.merges`; added tokens (e.g. <|begin_of_text|>) match first,
-// whole. Decoding maps the characters back to bytes.
-//
-// The pattern's \p{L} and \p{N} are approximated: ASCII letters and any non-ASCII character
-// count as letters, ASCII digits as numbers. ASCII text tokenises exactly as `tokenizers`
-// does (tests/integration/llm_tokenizer_test.py checks it against the library where it is
-// installed).
+// the file's pre-tokenizer (pre_tokenizer.h), each word's bytes mapped to printable
+// characters, then merged pair by pair in the order of `model.merges`; added tokens (e.g.
+// <|begin_of_text|>) match first, whole. Decoding maps the characters back to bytes.
+// tests/integration/llm_tokenizer_test.py checks it against a reference, and against the
+// `tokenizers` library where that is installed.
 #pragma once
 
 #include <cstdint>
@@ -18,6 +15,7 @@
 #include <vector>
 
 #include "lifl/common/error.h"
+#include "pre_tokenizer.h"
 #include "tokenizer.h"
 
 namespace lifl::llm {
@@ -38,6 +36,7 @@ class BpeTokenizer final : public Tokenizer {
   std::vector<std::pair<std::string, uint32_t>> added_;  ///< added tokens, longest first
   std::unordered_map<uint32_t, std::string> idToToken_;
   std::unordered_map<uint32_t, bool> special_;
+  PreTokenizer pre_;
 };
 
 }  // namespace lifl::llm

@@ -1,9 +1,10 @@
 """Hugging Face tokenizer.json byte-level BPE (`lifl model tokenize`, and text prompts served
 by `lifl up --model DIR`), against a reference written here: GPT-2's byte-to-character table,
-GPT-2's pre-tokenization pattern (ASCII text) and BPE merging by rank. A tokenizer.json is
-built in the test (the 256 byte characters, merges learned from a sample, added tokens). Where
-the `tokenizers` library is installed (the GPU machine), a tokenizer trained by it is
-checked against the library itself as well.
+the pre-tokenization patterns of GPT-2 (inside ByteLevel) and of Llama 3 (a Split) run by
+Python's `regex` module (Unicode classes: an engine other than LIFL's ICU), and BPE merging by
+rank. Tokenizer files are built in the test (the 256 byte characters, merges learned from a
+sample with accented, Greek, CJK and emoji text, added tokens). Where the `tokenizers` library
+is installed (the GPU machine), tokenizers trained by it are checked against the library too.
 
 Encoding must equal the reference token for token; decoding must give the text back."""
 import json
@@ -14,16 +15,23 @@ import tempfile
 import unittest
 from collections import Counter
 
+import regex
+
 from lifl_harness import LIFL_BIN, Platform
 from llm_api_test import post
 
-GPT2_PATTERN = re.compile(r"""'s|'t|'re|'ve|'m|'ll|'d| ?[A-Za-z]+| ?[0-9]+| ?[^\sA-Za-z0-9]+|\s+(?!\S)|\s+""")
+GPT2_PATTERN = r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
+LLAMA3_PATTERN = (r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}|"""
+                  r""" ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+""")
 SAMPLE = ("The quick brown fox jumps over the lazy dog. It's 2026, and we're training "
           "federated models: the dog doesn't mind!  Numbers 12345 and words, words, words.\n"
-          "Hello world; hello LIFL.\n\nThe end   ")
+          "Hello world; hello LIFL.\n\nGrüße aus Köln, naïve café — Ελληνικά κείμενα. "
+          "東京と大阪の天気。 Emoji 🙂🙂 and ٣٤٥ digits.\nThe end   ")
 TEXTS = ["Hello world", "the dog's bone, 42 times!", "  leading and trailing  ",
          "<|begin_of_text|>The fox<|end_of_text|>", "line one\nline two\n\n\tindented",
-         "don't we'll they've I'm she'd you're", "a" * 50, "numbers 1234567 and 3.14159"]
+         "don't we'll they've I'm she'd you're", "a" * 50, "numbers 1234567 and 3.14159",
+         "Grüße aus Köln", "naïve café—ok", "ΑΒΓ αβγ 東京 大阪", "emoji 🙂👍🏽 mixed",
+         "digits ٣٤٥ and ²³ and 12,345", "IT'S DON'T We'Re", "tabs\t\tand\r\nCRLF"]
 
 
 def bytes_to_unicode():
@@ -40,8 +48,8 @@ def bytes_to_unicode():
 B2U = bytes_to_unicode()
 
 
-def words(text):
-    return ["".join(B2U[b] for b in w.encode()) for w in GPT2_PATTERN.findall(text)]
+def words(text, pattern=GPT2_PATTERN):
+    return ["".join(B2U[b] for b in w.encode()) for w in regex.findall(pattern, text)]
 
 
 def learn_merges(text, count):
@@ -63,7 +71,7 @@ def learn_merges(text, count):
     return merges
 
 
-def reference_encode(text, vocab, merges, added):
+def reference_encode(text, vocab, merges, added, pattern=GPT2_PATTERN):
     rank = {m: i for i, m in enumerate(merges)}
     out = []
     parts = re.split("(" + "|".join(map(re.escape, added)) + ")", text) if added else [text]
@@ -71,7 +79,7 @@ def reference_encode(text, vocab, merges, added):
         if part in added:
             out.append(added[part])
             continue
-        for w in words(part):
+        for w in words(part, pattern):
             syms = list(w)
             while True:
                 cands = [(rank[(a, b)], i) for i, (a, b) in enumerate(zip(syms, syms[1:]))
@@ -136,6 +144,54 @@ class Tokenizer(unittest.TestCase):
         # The merges do something: the sample takes far fewer tokens than bytes.
         self.assertLess(len(self.lifl_tokenize(self.model, SAMPLE)["tokens"]), len(SAMPLE) * 0.7)
 
+    def test_llama3_split_pattern(self):
+        # Llama 3's tokenizer.json: a Split by its pattern (case-insensitive contractions,
+        # numbers of at most 3 digits, punctuation with its newlines), then ByteLevel without
+        # a regex of its own.
+        d = os.path.join(self.tmp.name, "llama3-style")
+        subprocess.run([LIFL_BIN, "model", "generate", "--dir", d, "--vocab",
+                        str(len(self.vocab) + 2), "--layers", "1"], check=True, capture_output=True)
+        with open(os.path.join(self.model, "tokenizer.json")) as f:
+            doc = json.load(f)
+        doc["pre_tokenizer"] = {"type": "Sequence", "pretokenizers": [
+            {"type": "Split", "pattern": {"Regex": LLAMA3_PATTERN}, "behavior": "Isolated",
+             "invert": False},
+            {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True,
+             "use_regex": False}]}
+        with open(os.path.join(d, "tokenizer.json"), "w") as f:
+            json.dump(doc, f)
+        for text in TEXTS + [SAMPLE]:
+            with self.subTest(text=text[:30]):
+                got = self.lifl_tokenize(d, text)
+                self.assertEqual(got["tokens"], reference_encode(
+                    text, self.vocab, self.merges, self.added, LLAMA3_PATTERN))
+        # The check can fail: GPT-2's pattern (the other file) misses Llama 3's reference.
+        self.assertTrue(any(
+            self.lifl_tokenize(self.model, text)["tokens"] != reference_encode(
+                text, self.vocab, self.merges, self.added, LLAMA3_PATTERN)
+            for text in TEXTS + [SAMPLE]))
+
+    def test_unsupported_pre_tokenizers_and_bad_text_are_refused(self):
+        d = os.path.join(self.tmp.name, "metaspace")
+        subprocess.run([LIFL_BIN, "model", "generate", "--dir", d, "--vocab",
+                        str(len(self.vocab) + 2), "--layers", "1"], check=True, capture_output=True)
+        with open(os.path.join(self.model, "tokenizer.json")) as f:
+            doc = json.load(f)
+        for pre, why in (({"type": "Metaspace", "replacement": "_"}, "Metaspace is not supported"),
+                         ({"type": "Split", "pattern": {"Regex": "(unclosed"},
+                           "behavior": "Isolated"}, "does not compile")):
+            doc["pre_tokenizer"] = pre
+            with open(os.path.join(d, "tokenizer.json"), "w") as f:
+                json.dump(doc, f)
+            r = subprocess.run([LIFL_BIN, "model", "tokenize", "--model", d, "--text", "hi"],
+                               capture_output=True, text=True, timeout=30)
+            self.assertNotEqual(r.returncode, 0)
+            self.assertIn(why, r.stderr)
+        r = subprocess.run([LIFL_BIN, "model", "tokenize", "--model", self.model, "--text",
+                            b"caf\xe9"], capture_output=True, timeout=30)
+        self.assertNotEqual(r.returncode, 0)
+        self.assertIn(b"not valid UTF-8", r.stderr)
+
     def test_text_prompts_are_served_through_the_tokenizer(self):
         p = Platform(router="userspace", extra_args=["--model", self.model])
         try:
@@ -168,6 +224,15 @@ class Tokenizer(unittest.TestCase):
                 got = self.lifl_tokenize(d, text)
                 self.assertEqual(got["tokens"], hf.encode(text).ids)
                 self.assertEqual(got["text"], hf.decode(hf.encode(text).ids, skip_special_tokens=True))
+        # Llama 3's pre-tokenizer, trained and saved by the library.
+        from tokenizers import Regex
+        hf.pre_tokenizer = pre_tokenizers.Sequence([
+            pre_tokenizers.Split(Regex(LLAMA3_PATTERN), behavior="isolated"),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
+        hf.save(os.path.join(d, "tokenizer.json"))
+        for text in TEXTS + [SAMPLE]:
+            with self.subTest(text=text[:30], pattern="llama3"):
+                self.assertEqual(self.lifl_tokenize(d, text)["tokens"], hf.encode(text).ids)
 
 
 if __name__ == "__main__":
