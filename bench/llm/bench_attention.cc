@@ -3,6 +3,10 @@
 // Llama-3.2-1B (32 query heads, 8 KV heads, head_dim 64, fp32 pages). GB/s counts the K and V
 // bytes read once; the fraction is of the H100's 3.35 TB/s.
 //
+// Then KV retrieval's attention at batch 1: each KV head gathers sinks + a 2048-token budget
+// + a 32-token window of rows from the cache in pinned host memory (zero-copy reads over
+// PCIe), then attends over them, beside full attention over the device-resident cache.
+//
 //   bench_attention [--batch 8] [--reps 50]
 #include <cstdio>
 #include <cstdlib>
@@ -34,6 +38,30 @@ int main(int argc, char** argv) {
     const double bytes = 2.0 * batch * context * kvHeads * headDim * 4;
     std::printf("%10u %12.1f %12.1f %13.1f%%\n", context, t.value() * 1e6, bytes / t.value() / 1e9,
                 bytes / t.value() / 3.35e12 * 100);
+  }
+  // A step that re-selects gathers the rows over PCIe; the others attend over the rows
+  // already on the device. At a re-selection every 8 steps (the tau trigger of
+  // bench_retrieval's 32K run), a mean step is (gather + 7 x attention) / 8.
+  const uint32_t rows = 4 + 2048 + 32;
+  std::printf("\nKV retrieval, batch 1: %u rows a KV head, from pinned host memory\n", rows);
+  std::printf("%10s %14s %16s %16s %18s\n", "context", "full us", "re-select us", "retrieved us",
+              "mean of 8 vs full");
+  for (uint32_t context : {4096u, 16384u, 32768u}) {
+    using lifl::gpu::llm::timeRetrievedAttention;
+    auto full = lifl::gpu::llm::timeDecodeAttention(1, heads, kvHeads, headDim, context, reps);
+    auto gathered = timeRetrievedAttention(heads, kvHeads, headDim, context, rows, true, reps);
+    auto kept = timeRetrievedAttention(heads, kvHeads, headDim, context, rows, false, reps);
+    if (!full || !gathered || !kept) {
+      std::printf("%10u  %s\n", context,
+                  (!full       ? full.error()
+                   : !gathered ? gathered.error()
+                               : kept.error())
+                      .detail.c_str());
+      continue;
+    }
+    const double mean = (gathered.value() + 7 * kept.value()) / 8;
+    std::printf("%10u %14.1f %16.1f %16.1f %17.2fx\n", context, full.value() * 1e6,
+                gathered.value() * 1e6, kept.value() * 1e6, full.value() / mean);
   }
   return 0;
 }

@@ -203,4 +203,34 @@ Result<void> attention(Backend b, float* out, const float* q, uint64_t rows,
                                       static_cast<uint32_t>(blockTable.size())));
 }
 
+Result<void> attentionAt(Backend b, float* out, const float* q, uint32_t heads,
+                         const kernels::llm::KvPages& cache, [[maybe_unused]] uint64_t pageFloats,
+                         std::span<const uint32_t> blockTable,
+                         std::span<const std::vector<uint32_t>> positions) {
+  if (b == Backend::Cpu) {
+    kernels::llm::attentionAt(out, q, heads, cache, blockTable, positions);
+    return success();
+  }
+  LIFL_ON_DEVICE(cuda::llm::attentionAtHost(
+      out, q, heads, cache.kvHeads, cache.headDim, cache.k, cache.v, pageFloats, blockTable.data(),
+      std::vector<std::vector<uint32_t>>(positions.begin(), positions.end())));
+}
+
+Result<double> timeRetrievedAttention([[maybe_unused]] uint32_t heads,
+                                      [[maybe_unused]] uint32_t kvHeads,
+                                      [[maybe_unused]] uint32_t headDim,
+                                      [[maybe_unused]] uint32_t context,
+                                      [[maybe_unused]] uint32_t rowsPerHead,
+                                      [[maybe_unused]] bool gather, [[maybe_unused]] int reps) {
+#ifdef LIFL_WITH_CUDA
+  if (!cudaInfo().usable) return noDevice();
+  double seconds = 0;
+  LIFL_TRYV(checked(cuda::llm::timeRetrievedAttention(heads, kvHeads, headDim, context, rowsPerHead,
+                                                      gather, reps, &seconds)));
+  return seconds;
+#else
+  return noDevice();
+#endif
+}
+
 }  // namespace lifl::gpu::llm

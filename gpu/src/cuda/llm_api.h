@@ -67,4 +67,17 @@ std::string attention(float* out, const float* q, uint64_t rows, const uint32_t*
                       const float* vPages, uint64_t pageFloats, const uint32_t* blockTable,
                       uint32_t blocks);
 
+/// One query row's attention over per-KV-head position lists of a paged cache that stays in
+/// host memory: the listed K/V rows are read zero-copy into a working set on the device, then
+/// attended (KV retrieval's GPU side). kHost/vHost hold pageFloats floats each.
+std::string attentionAtHost(float* out, const float* q, uint32_t heads, uint32_t kvHeads,
+                            uint32_t headDim, const float* kHost, const float* vHost,
+                            uint64_t pageFloats, const uint32_t* blockTable,
+                            const std::vector<std::vector<uint32_t>>& positions);
+/// Mean seconds of that with rowsPerHead rows a head out of `context` in pinned host memory:
+/// gather and attention (a step that re-selects), or the attention alone (one that does not).
+std::string timeRetrievedAttention(uint32_t heads, uint32_t kvHeads, uint32_t headDim,
+                                   uint32_t context, uint32_t rowsPerHead, bool gather, int reps,
+                                   double* seconds);
+
 }  // namespace lifl::gpu::cuda::llm

@@ -171,10 +171,11 @@ __global__ void splitAttentionKernel(float* __restrict__ partial, const float* _
                                      const uint32_t* __restrict__ rowTable, uint32_t heads,
                                      uint32_t kvHeads, uint32_t headDim, uint32_t splits,
                                      uint32_t splitTokens, const float* __restrict__ kPages,
-                                     const float* __restrict__ vPages) {
+                                     const float* __restrict__ vPages,
+                                     const uint32_t* __restrict__ headLengths) {
   const uint32_t row = blockIdx.x, kvh = blockIdx.y, split = blockIdx.z;
   constexpr uint32_t group = GROUP;
-  const uint32_t context = positions[row] + 1;
+  const uint32_t context = headLengths ? headLengths[row * kvHeads + kvh] : positions[row] + 1;
   const uint32_t begin = split * splitTokens, end = min(context, begin + splitTokens);
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const uint32_t* table = tables + rowTable[row];
@@ -262,9 +263,12 @@ __global__ void splitAttentionKernel(float* __restrict__ partial, const float* _
 
 __global__ void splitMergeKernel(float* __restrict__ out, const float* __restrict__ partial,
                                  const uint32_t* __restrict__ positions, uint32_t heads,
-                                 uint32_t headDim, uint32_t splits, uint32_t splitTokens) {
+                                 uint32_t headDim, uint32_t splits, uint32_t splitTokens,
+                                 const uint32_t* __restrict__ headLengths, uint32_t kvHeads) {
   const uint32_t row = blockIdx.x, h = blockIdx.y;
-  const uint32_t used = (positions[row] + splitTokens) / splitTokens;  // splits with tokens
+  const uint32_t context =
+      headLengths ? headLengths[row * kvHeads + h / (heads / kvHeads)] : positions[row] + 1;
+  const uint32_t used = (context + splitTokens - 1) / splitTokens;  // splits with tokens
   const uint32_t outDims = headDim + 2;
   const float* p = partial + (uint64_t{row} * heads + h) * splits * outDims;
   float M = -INFINITY;
@@ -530,10 +534,13 @@ std::string uploadWeight(Weight& w, const HostLinear& h, uint64_t out, uint64_t 
 
 /// @param prefill the rows are one sequence's, at consecutive positions (`table` its block
 ///        table): they may take the tiled prefill kernel
+/// @param headLengths per (row, KV head), the rows of the pages it attends to (a working set
+///        of retrieved rows), instead of positions[row] + 1; maxContext bounds them
 std::string attend(float* out, const float* q, uint32_t rows, const uint32_t* positions,
                    const uint32_t* tables, const uint32_t* rowTable, uint32_t maxContext,
                    uint32_t heads, uint32_t kvHeads, uint32_t headDim, const float* kPages,
-                   const float* vPages, const uint32_t* prefillTable = nullptr) {
+                   const float* vPages, const uint32_t* prefillTable = nullptr,
+                   const uint32_t* headLengths = nullptr) {
   const uint32_t group = heads / kvHeads, lanes = headDim / 32;
   if (prefillTable && rows >= kTileRows && (group == 1 || group == 2 || group == 4) &&
       (lanes == 2 || lanes == 4)) {
@@ -563,7 +570,7 @@ std::string attend(float* out, const float* q, uint32_t rows, const uint32_t* po
   if (group == G && lanes == DL) {                                                             \
     splitAttentionKernel<G, DL><<<blocks, kWarps * 32, 0, currentStream()>>>(                  \
         partial, q, positions, tables, rowTable, heads, kvHeads, headDim, splits, splitTokens, \
-        kPages, vPages);                                                                       \
+        kPages, vPages, headLengths);                                                          \
     launched = true;                                                                           \
   }
 #define LIFL_SPLIT_DIMS(G) \
@@ -577,8 +584,8 @@ std::string attend(float* out, const float* q, uint32_t rows, const uint32_t* po
   if (!launched)
     return "attention: needs head_dim 32, 64, 96, 128 or 256 and 1, 2, 4 or 8 query heads per "
            "KV head";
-  splitMergeKernel<<<dim3(rows, heads), 128, 0, currentStream()>>>(out, partial, positions, heads,
-                                                                   headDim, splits, splitTokens);
+  splitMergeKernel<<<dim3(rows, heads), 128, 0, currentStream()>>>(
+      out, partial, positions, heads, headDim, splits, splitTokens, headLengths, kvHeads);
   LIFL_CU(cudaGetLastError());
   return "";
 }
@@ -952,6 +959,157 @@ std::string linearBf16(float* y, const float* x, const float* w, uint64_t rows, 
   LIFL_TRY_STR(linear(dy.as<float>(), dx.as<float>(), dw.as<__nv_bfloat16>(), rows, in, out));
   LIFL_CU(cudaMemcpy(y, dy.p, rows * out * 4, cudaMemcpyDeviceToHost));
   return "";
+}
+
+namespace {
+
+// KV retrieval's GPU side: each KV head's listed rows (host row offsets in `rows`, from
+// headStart[h], headLen[h] of them) read from host memory zero-copy into rows 0.. of
+// working-set pages; the split attention then reads headLen[h] rows for head h.
+__global__ void gatherHostRowsKernel(float* __restrict__ kWs, float* __restrict__ vWs,
+                                     const float* __restrict__ kHost,
+                                     const float* __restrict__ vHost,
+                                     const uint64_t* __restrict__ rows,
+                                     const uint32_t* __restrict__ headStart,
+                                     const uint32_t* __restrict__ headLen, uint32_t kvHeads,
+                                     uint32_t headDim) {
+  const uint32_t h = blockIdx.y, warps = blockDim.x / 32;
+  const uint64_t kvDim = uint64_t{kvHeads} * headDim;
+  for (uint32_t i = blockIdx.x * warps + threadIdx.x / 32; i < headLen[h]; i += gridDim.x * warps) {
+    const uint64_t from = rows[headStart[h] + i] + uint64_t{h} * headDim;
+    const uint64_t to = i * kvDim + uint64_t{h} * headDim;
+    for (uint32_t d = threadIdx.x % 32; d < headDim; d += 32) {
+      kWs[to + d] = kHost[from + d];
+      vWs[to + d] = vHost[from + d];
+    }
+  }
+}
+
+/// One query row's attention over per-KV-head position lists of a paged cache in host memory.
+struct RetrievedAttention {
+  Buffer kWs, vWs, table, rows, headStart, headLen, position, rowTable;
+  uint32_t maxLen = 0, kvHeads = 0, headDim = 0;
+
+  std::string prepare(const uint32_t* blockTable, const std::vector<std::vector<uint32_t>>& lists,
+                      uint32_t kvHeadCount, uint32_t dim) {
+    kvHeads = kvHeadCount;
+    headDim = dim;
+    const uint64_t kvDim = uint64_t{kvHeads} * headDim;
+    std::vector<uint64_t> offsets;
+    std::vector<uint32_t> start, len;
+    maxLen = 0;
+    for (const auto& list : lists) {
+      start.push_back(static_cast<uint32_t>(offsets.size()));
+      len.push_back(static_cast<uint32_t>(list.size()));
+      maxLen = std::max(maxLen, static_cast<uint32_t>(list.size()));
+      for (uint32_t p : list)
+        offsets.push_back((uint64_t{blockTable[p / kPageTokens]} * kPageTokens + p % kPageTokens) *
+                          kvDim);
+    }
+    if (maxLen == 0) return "retrieved attention: every list is empty";
+    const uint32_t pages = (maxLen + kPageTokens - 1) / kPageTokens;
+    std::vector<uint32_t> identity(pages);
+    for (uint32_t p = 0; p < pages; ++p) identity[p] = p;
+    const uint32_t last = maxLen - 1, zero = 0;
+    LIFL_TRY_STR(kWs.reserve(size_t{pages} * kPageTokens * kvDim * 4));
+    LIFL_TRY_STR(vWs.reserve(size_t{pages} * kPageTokens * kvDim * 4));
+    LIFL_TRY_STR(uploadF32(table, identity.data(), identity.size() * 4));
+    LIFL_TRY_STR(uploadF32(rows, offsets.data(), offsets.size() * 8));
+    LIFL_TRY_STR(uploadF32(headStart, start.data(), start.size() * 4));
+    LIFL_TRY_STR(uploadF32(headLen, len.data(), len.size() * 4));
+    LIFL_TRY_STR(uploadF32(position, &last, 4));
+    LIFL_TRY_STR(uploadF32(rowTable, &zero, 4));
+    return "";
+  }
+
+  /// kHost, vHost: the cache's pages as the device addresses them (registered host memory).
+  /// @param gather false: attend over the rows gathered before (a step that re-selects nothing)
+  std::string launch(float* out, const float* q, uint32_t heads, const float* kHost,
+                     const float* vHost, bool gather = true) {
+    LIFL_TRY_STR(splitScratch().reserve(splitScratchBytes(1, heads, headDim, maxLen)));
+    if (gather)
+      gatherHostRowsKernel<<<dim3(std::min<uint32_t>((maxLen + 7) / 8, 256), kvHeads), 256, 0,
+                             currentStream()>>>(kWs.as<float>(), vWs.as<float>(), kHost, vHost,
+                                                rows.as<uint64_t>(), headStart.as<uint32_t>(),
+                                                headLen.as<uint32_t>(), kvHeads, headDim);
+    return attend(out, q, 1, position.as<uint32_t>(), table.as<uint32_t>(), rowTable.as<uint32_t>(),
+                  maxLen, heads, kvHeads, headDim, kWs.as<float>(), vWs.as<float>(), nullptr,
+                  headLen.as<uint32_t>());
+  }
+};
+
+/// Host memory registered with the device for the scope (RAII), and its device address.
+struct Registered {
+  void* host = nullptr;
+  void* device = nullptr;
+  std::string why;
+  Registered(const void* p, size_t bytes) : host(const_cast<void*>(p)) {
+    if (cudaError_t e = cudaHostRegister(host, bytes, cudaHostRegisterMapped); e != cudaSuccess) {
+      why = failed(e, "cudaHostRegister");
+      host = nullptr;
+    } else if (cudaError_t g = cudaHostGetDevicePointer(&device, host, 0); g != cudaSuccess) {
+      why = failed(g, "cudaHostGetDevicePointer");
+    }
+  }
+  ~Registered() {
+    if (host) cudaHostUnregister(host);
+  }
+};
+
+}  // namespace
+
+std::string attentionAtHost(float* out, const float* q, uint32_t heads, uint32_t kvHeads,
+                            uint32_t headDim, const float* kHost, const float* vHost,
+                            uint64_t pageFloats, const uint32_t* blockTable,
+                            const std::vector<std::vector<uint32_t>>& positions) {
+  Registered k(kHost, pageFloats * 4), v(vHost, pageFloats * 4);
+  if (!k.why.empty()) return k.why;
+  if (!v.why.empty()) return v.why;
+  RetrievedAttention r;
+  LIFL_TRY_STR(r.prepare(blockTable, positions, kvHeads, headDim));
+  Buffer dq, dout;
+  LIFL_TRY_STR(uploadF32(dq, q, size_t{heads} * headDim * 4));
+  LIFL_TRY_STR(dout.reserve(size_t{heads} * headDim * 4));
+  LIFL_TRY_STR(r.launch(dout.as<float>(), dq.as<float>(), heads, static_cast<float*>(k.device),
+                        static_cast<float*>(v.device)));
+  LIFL_CU(cudaMemcpy(out, dout.p, size_t{heads} * headDim * 4, cudaMemcpyDeviceToHost));
+  return "";
+}
+
+std::string timeRetrievedAttention(uint32_t heads, uint32_t kvHeads, uint32_t headDim,
+                                   uint32_t context, uint32_t rowsPerHead, bool gather, int reps,
+                                   double* seconds) {
+  const uint64_t kvDim = uint64_t{kvHeads} * headDim;
+  const uint32_t pages = (context + kPageTokens - 1) / kPageTokens;
+  const size_t bytes = size_t{pages} * kPageTokens * kvDim * 4;
+  float *k = nullptr, *v = nullptr;
+  LIFL_CU(cudaHostAlloc(&k, bytes, cudaHostAllocMapped));
+  std::unique_ptr<float, cudaError_t (*)(void*)> ownK(k, cudaFreeHost);
+  LIFL_CU(cudaHostAlloc(&v, bytes, cudaHostAllocMapped));
+  std::unique_ptr<float, cudaError_t (*)(void*)> ownV(v, cudaFreeHost);
+  std::memset(k, 0, bytes);
+  std::memset(v, 0, bytes);
+  std::vector<uint32_t> table(pages);
+  for (uint32_t p = 0; p < pages; ++p) table[p] = p;
+  // Each head's rows spread over the context, as clusters of 16 positions would be.
+  std::vector<std::vector<uint32_t>> lists(kvHeads);
+  for (uint32_t h = 0; h < kvHeads; ++h)
+    for (uint32_t i = 0; i < rowsPerHead; ++i)
+      lists[h].push_back(static_cast<uint32_t>(
+          (uint64_t{i / 16} * context / std::max(1u, rowsPerHead / 16) + i % 16 + h) % context));
+  float *dk = nullptr, *dv = nullptr;
+  LIFL_CU(cudaHostGetDevicePointer(reinterpret_cast<void**>(&dk), k, 0));
+  LIFL_CU(cudaHostGetDevicePointer(reinterpret_cast<void**>(&dv), v, 0));
+  RetrievedAttention r;
+  LIFL_TRY_STR(r.prepare(table.data(), lists, kvHeads, headDim));
+  Buffer dq, dout;
+  LIFL_TRY_STR(dq.reserve(size_t{heads} * headDim * 4));
+  LIFL_CU(cudaMemset(dq.p, 0, size_t{heads} * headDim * 4));
+  LIFL_TRY_STR(dout.reserve(size_t{heads} * headDim * 4));
+  LIFL_TRY_STR(r.launch(dout.as<float>(), dq.as<float>(), heads, dk, dv));
+  return timeLaunches(
+      reps, [&] { return r.launch(dout.as<float>(), dq.as<float>(), heads, dk, dv, gather); },
+      seconds);
 }
 
 std::string attention(float* out, const float* q, uint64_t rows, const uint32_t* positions,

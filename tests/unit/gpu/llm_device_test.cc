@@ -120,6 +120,43 @@ TEST_F(LlmKernels, QuantisedLinearInt8AndInt4) {
       }
 }
 
+// KV retrieval's attention: each KV head attends to its own list of positions (sinks, a
+// few scattered units, the recent window; lists of different lengths), the K/V rows read from
+// host memory (zero-copy on CUDA) through a scattered block table. The host pages are over
+// 128 KiB each, so that each is its own mapping (registered with the device once).
+TEST_F(LlmKernels, AttentionOverRetrievedRowsInHostMemory) {
+  const uint32_t heads = 8, kvHeads = 2, hd = 64, context = 600;
+  const uint32_t pages = (context + kernels::llm::kPageTokens - 1) / kernels::llm::kPageTokens;
+  const uint64_t pageFloats = uint64_t{pages + 5} * kernels::llm::kPageTokens * kvHeads * hd;
+  auto k = random(pageFloats), v = random(pageFloats), q = random(uint64_t{heads} * hd);
+  std::vector<uint32_t> table(pages);
+  for (uint32_t p = 0; p < pages; ++p) table[p] = (p * 11 + 3) % (pages + 5);
+  std::vector<std::vector<uint32_t>> lists(kvHeads);
+  for (uint32_t h = 0; h < kvHeads; ++h) {
+    for (uint32_t t = 0; t < 4; ++t) lists[h].push_back(t);    // sinks
+    for (uint32_t t = 40 + 97 * h; t < 500; t += 61 + 13 * h)  // "units"
+      for (uint32_t u = t; u < t + 16; ++u) lists[h].push_back(u);
+    for (uint32_t t = context - 32; t < context; ++t) lists[h].push_back(t);  // recent
+  }
+  ASSERT_NE(lists[0].size(), lists[1].size());
+  const kernels::llm::KvPages cache{k.data(), v.data(), kvHeads, hd};
+  std::vector<float> cpu(q.size()), gpu(q.size(), std::nanf(""));
+  ASSERT_TRUE(
+      attentionAt(Backend::Cpu, cpu.data(), q.data(), heads, cache, pageFloats, table, lists)
+          .has_value());
+  auto done =
+      attentionAt(Backend::Cuda, gpu.data(), q.data(), heads, cache, pageFloats, table, lists);
+  ASSERT_TRUE(done.has_value()) << done.error().detail;
+  EXPECT_LT(relative(gpu, cpu), kTolerance);
+  // Against full attention over all positions the answer differs: the lists matter.
+  std::vector<float> full(q.size());
+  const uint32_t last = context - 1;
+  ASSERT_TRUE(
+      attention(Backend::Cpu, full.data(), q.data(), 1, &last, heads, cache, pageFloats, table)
+          .has_value());
+  EXPECT_GT(relative(gpu, full), 1e-3);
+}
+
 TEST_F(LlmKernels, PagedCausalGqaAttention) {
   const uint32_t heads = 8, kvHeads = 2, hd = 64, context = 300;
   const uint32_t pages = (context + kernels::llm::kPageTokens - 1) / kernels::llm::kPageTokens;

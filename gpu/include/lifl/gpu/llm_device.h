@@ -85,5 +85,18 @@ Result<void> attention(Backend b, float* out, const float* q, uint64_t rows,
                        const uint32_t* positions, uint32_t heads,
                        const kernels::llm::KvPages& cache, uint64_t pageFloats,
                        std::span<const uint32_t> blockTable);
+/// One query row's attention over per-KV-head lists of positions (kernels::llm::attentionAt):
+/// KV retrieval's attention. On CUDA the cache stays in host memory and the listed K/V rows
+/// are read from it zero-copy into a working set on the device.
+Result<void> attentionAt(Backend b, float* out, const float* q, uint32_t heads,
+                         const kernels::llm::KvPages& cache, uint64_t pageFloats,
+                         std::span<const uint32_t> blockTable,
+                         std::span<const std::vector<uint32_t>> positions);
+/// Mean time of that on CUDA (the benchmark's measurement): `rowsPerHead` rows a KV head
+/// gathered from `context` positions in pinned host memory and attended (`gather`), or the
+/// attention alone over rows gathered before.
+Result<double> timeRetrievedAttention(uint32_t heads, uint32_t kvHeads, uint32_t headDim,
+                                      uint32_t context, uint32_t rowsPerHead, bool gather,
+                                      int reps);
 
 }  // namespace lifl::gpu::llm
