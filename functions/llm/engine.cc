@@ -60,7 +60,13 @@ Result<std::vector<float>> Engine::forwardOnDevice(const std::vector<Row>& rows,
     seqOf.push_back(it->second);
   }
   for (size_t j : logitRows) logit.push_back(static_cast<uint32_t>(j));
-  return device_->forward({tokens, positions, seqOf, tableStart, tableLen, tables, logit});
+  std::vector<uint32_t> retrieving;
+  for (size_t r = 0; r < rows.size(); ++r)
+    if (rows[r].seq->hostKv) retrieving.push_back(static_cast<uint32_t>(r));
+  if (retrieving.empty())
+    return device_->forward({tokens, positions, seqOf, tableStart, tableLen, tables, logit});
+  const auto step = retrievalStep(rows, std::move(retrieving));
+  return device_->forward({tokens, positions, seqOf, tableStart, tableLen, tables, logit, &step});
 }
 
 Result<void> Engine::reserve(Sequence& seq, uint32_t tokens) {
@@ -69,6 +75,7 @@ Result<void> Engine::reserve(Sequence& seq, uint32_t tokens) {
     return unprocessable("context_too_long", "the sequence would be longer than the model's " +
                                                  std::to_string(model_.config.maxPositions) +
                                                  " positions");
+  if (seq.hostKv) return success();  // its K/V go to host memory; its pages stay the same
   if (need > seq.pages.size() + free_.size())
     return unavailable("kv_cache_full", "no KV-cache pages left; retry later");
   while (seq.pages.size() < need) {
@@ -122,16 +129,11 @@ Result<void> Engine::importKv(Sequence& seq, const float* in, uint32_t length) {
   return success();
 }
 
-void Engine::setRetrieval(const RetrievalConfig& config) {
-  if (config.enabled() && device_) {
-    LIFL_WARN("llm: KV retrieval runs on the CPU path only; off on the GPU");
-    return;
-  }
-  retrieval_ = config;
-}
+void Engine::setRetrieval(const RetrievalConfig& config) { retrieval_ = config; }
 
 void Engine::startRetrieval(Sequence& seq) {
-  if (!retrieval_.enabled()) return;
+  // On the GPU a sequence moves to retrieval at its first decode step (toWorkingSet).
+  if (device_ || !retrieval_.enabled() || !retrieval_.worthwhile(seq.length)) return;
   const auto& c = model_.config;
   seq.retrieval =
       std::make_shared<SequenceRetrieval>(retrieval_, c.layers, c.heads, c.kvHeads, c.headDim);
@@ -140,8 +142,90 @@ void Engine::startRetrieval(Sequence& seq) {
                                  seq.length);
 }
 
+kl::KvPages Engine::hostView(const Sequence& seq, uint32_t layer) const {
+  const auto& c = model_.config;
+  const uint64_t block = uint64_t{seq.hostKv->capacity} * c.kvHeads * c.headDim;
+  float* base = seq.hostKv->memory.data() + 2 * layer * block;
+  return {base, base + block, c.kvHeads, c.headDim};
+}
+
+Result<void> Engine::toWorkingSet(Sequence& seq) {
+  const auto& c = model_.config;
+  auto host = std::make_shared<HostKv>();
+  host->capacity = pagesFor(c.maxPositions) * kl::kPageTokens;
+  for (uint32_t p = 0; p < host->capacity / kl::kPageTokens; ++p) host->identity.push_back(p);
+  LIFL_TRY(memory, gpu::llm::PinnedMemory::allocate(uint64_t{c.layers} * 2 * host->capacity *
+                                                    c.kvHeads * c.headDim * sizeof(float)));
+  host->memory = std::move(memory);
+  LIFL_TRYV(device_->exportKv(seq.pages, seq.length, host->memory.data(), host->capacity));
+  seq.hostKv = std::move(host);
+  seq.retrieval =
+      std::make_shared<SequenceRetrieval>(retrieval_, c.layers, c.heads, c.kvHeads, c.headDim);
+  for (uint32_t l = 0; l < c.layers; ++l)
+    seq.retrieval->clusterPrompt(l, hostView(seq, l), seq.hostKv->identity, seq.length);
+  // The pages now hold the working set: at most the sinks, the budget and the window.
+  const uint32_t keep = pagesFor(static_cast<uint32_t>(std::min<uint64_t>(
+      uint64_t{retrieval_.sinks} + retrieval_.budget + retrieval_.recent, seq.hostKv->capacity)));
+  while (seq.pages.size() > keep) {
+    free_.push_back(seq.pages.back());
+    seq.pages.pop_back();
+  }
+  while (seq.pages.size() < keep) {
+    if (free_.empty()) return unavailable("kv_cache_full", "no KV-cache pages left; retry later");
+    seq.pages.push_back(free_.back());
+    free_.pop_back();
+  }
+  return success();
+}
+
+gpu::llm::RetrievalStep Engine::retrievalStep(const std::vector<Row>& batch,
+                                              std::vector<uint32_t> rows) {
+  gpu::llm::RetrievalStep step;
+  step.rows = std::move(rows);
+  step.onLayer = [this, &batch, rows = step.rows](uint32_t layer, const float* q, const float* k,
+                                                  const float* v, gpu::llm::RetrievalLayer& out) {
+    const auto& c = model_.config;
+    const uint64_t qFloats = uint64_t{c.heads} * c.headDim, kv = uint64_t{c.kvHeads} * c.headDim;
+    for (size_t j = 0; j < rows.size(); ++j) {
+      const uint32_t r = rows[j];
+      Sequence& seq = *batch[r].seq;
+      const uint32_t pos = batch[r].position;
+      const auto view = hostView(seq, layer);
+      std::memcpy(view.kRow(pos / kl::kPageTokens, pos % kl::kPageTokens), k + j * kv, kv * 4);
+      std::memcpy(view.vRow(pos / kl::kPageTokens, pos % kl::kPageTokens), v + j * kv, kv * 4);
+      seq.retrieval->select(layer, q + j * qFloats, pos, view, seq.hostKv->identity);
+      const bool all = seq.retrieval->reselected(layer);
+      const uint32_t window = seq.retrieval->recent(), from = pos + 1 - window;
+      // Device addresses of a position's K and V rows in the layer's host blocks.
+      const float* base = seq.hostKv->memory.device() + (view.k - seq.hostKv->memory.data());
+      const uint64_t vOffset = view.v - view.k;
+      auto copy = [&](uint32_t position, uint32_t dest, uint32_t h) {
+        const float* kRow = base + uint64_t{position} * kv;
+        out.copies.push_back(
+            {kRow, kRow + vOffset, dest, static_cast<uint16_t>(r), static_cast<uint16_t>(h)});
+      };
+      for (uint32_t h = 0; h < c.kvHeads; ++h) {
+        const auto& fixed = seq.retrieval->fixedRows(layer, h);
+        const auto held = static_cast<uint32_t>(fixed.size());
+        if (held + window > seq.pages.size() * kl::kPageTokens)
+          return std::string("retrieval: the working set outgrew its pages");
+        if (all) {
+          for (uint32_t i = 0; i < held; ++i) copy(fixed[i], i, h);
+          for (uint32_t p = from; p <= pos; ++p) copy(p, held + p % window, h);
+        } else {
+          copy(pos, held + pos % window, h);  // the window's ring: pos replaces pos - window
+        }
+        out.lengths[r * c.kvHeads + h] = held + window;
+      }
+    }
+    return std::string();
+  };
+  return step;
+}
+
 void Engine::release(Sequence& seq) {
   seq.retrieval.reset();
+  seq.hostKv.reset();
   for (uint32_t p : seq.pages) free_.push_back(p);
   seq.pages.clear();
   seq.length = 0;
@@ -149,6 +233,7 @@ void Engine::release(Sequence& seq) {
 
 Result<std::vector<float>> Engine::prefill(Sequence& seq, std::span<const uint32_t> tokens) {
   if (tokens.empty()) return badRequest("empty_prompt", "a prompt needs at least one token");
+  if (seq.hostKv) return badRequest("bad_sequence", "a retrieving sequence decodes only");
   LIFL_TRYV(reserve(seq, static_cast<uint32_t>(tokens.size())));
   std::vector<Row> rows;
   for (uint32_t t : tokens)
@@ -164,6 +249,9 @@ Result<std::vector<float>> Engine::decode(std::span<Sequence* const> seqs,
   std::vector<Row> rows;
   std::vector<size_t> all;
   for (size_t i = 0; i < seqs.size(); ++i) {
+    if (device_ && retrieval_.enabled() && !seqs[i]->retrieval &&
+        retrieval_.worthwhile(seqs[i]->length))
+      LIFL_TRYV(toWorkingSet(*seqs[i]));
     LIFL_TRYV(reserve(*seqs[i], 1));
     rows.push_back({seqs[i], tokens[i], seqs[i]->length});
     all.push_back(i);

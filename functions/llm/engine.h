@@ -17,10 +17,19 @@
 
 namespace lifl::llm {
 
+/// A retrieving sequence's K/V on the GPU path: every position in pinned host memory,
+/// [layer][K, V][capacity][kvHeads * headDim]; its device pages hold only its working set.
+struct HostKv {
+  gpu::llm::PinnedMemory memory;
+  uint32_t capacity = 0;           ///< positions per (layer, K/V) block
+  std::vector<uint32_t> identity;  ///< the block table of a block
+};
+
 struct Sequence {
   std::vector<uint32_t> pages;                   ///< the block table
   uint32_t length = 0;                           ///< tokens in the cache
   std::shared_ptr<SequenceRetrieval> retrieval;  ///< KV retrieval's state, when it is on
+  std::shared_ptr<HostKv> hostKv;                ///< GPU path with retrieval: the full K/V
 };
 
 class Engine {
@@ -31,7 +40,9 @@ class Engine {
   /// @param tensorCores on the GPU, linears of 8 rows and more through cuBLAS on BF16
   ///        activations (faster prefill and batched decode, less precise)
   Engine(const LlamaModel& model, uint32_t maxPages, bool gpu = false, bool tensorCores = false);
-  /// KV retrieval for the sequences prefilled (or handed over) from now on; CPU path only.
+  /// KV retrieval for the sequences prefilled (or handed over) from now on. On the GPU a
+  /// sequence moves to it at its first decode step: its K/V to pinned host memory, its pages
+  /// down to a working set (sinks, selected units, the recent window).
   void setRetrieval(const RetrievalConfig& config);
   /// Where it runs: "cuda" or "cpu".
   const char* device() const { return device_ ? "cuda" : "cpu"; }
@@ -76,6 +87,12 @@ class Engine {
                                              const std::vector<size_t>& logitRows);
 
   void startRetrieval(Sequence& seq);
+  /// GPU path: the sequence's K/V to host memory, clustered, its pages cut to a working set.
+  Result<void> toWorkingSet(Sequence& seq);
+  /// A layer's view of a retrieving sequence's host K/V (the CPU kernels' page layout).
+  kernels::llm::KvPages hostView(const Sequence& seq, uint32_t layer) const;
+  /// The host's part of a GPU retrieval step for `rows` (indices into `batch`).
+  gpu::llm::RetrievalStep retrievalStep(const std::vector<Row>& batch, std::vector<uint32_t> rows);
 
   const LlamaModel& model_;
   uint32_t totalPages_ = 0;

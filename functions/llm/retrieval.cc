@@ -159,27 +159,29 @@ const std::vector<std::vector<uint32_t>>& SequenceRetrieval::select(
       }
       std::sort(scored.begin(), scored.end(),
                 [](const auto& a, const auto& b) { return a.first > b.first; });
-      auto& chosen = L.chosen[kvh];
-      chosen.clear();
+      // The fixed rows until the next selection: the sinks and the chosen units' positions
+      // before the window (those in it are the window's, and leave with it).
+      auto& fixed = L.chosen[kvh];
+      fixed.clear();
+      for (uint32_t t = 0; t < std::min(config_.sinks, recentStart); ++t) fixed.push_back(t);
       uint32_t used = 0;
       for (const auto& [score, u] : scored) {
         if (used + units[u].positions.size() > config_.budget) continue;
         used += static_cast<uint32_t>(units[u].positions.size());
-        chosen.insert(chosen.end(), units[u].positions.begin(), units[u].positions.end());
+        for (uint32_t t : units[u].positions)
+          if (t >= config_.sinks && t < recentStart) fixed.push_back(t);
       }
+      std::sort(fixed.begin(), fixed.end());
+      fixed.erase(std::unique(fixed.begin(), fixed.end()), fixed.end());
     }
     if (recentStart > segmentStart_ && segmentStart_ >= promptLength_) segmentStart_ = recentStart;
   }
-  // This step's positions: sinks, the chosen units, the recent window (with pos itself).
+  L.reselected = retrieve;
+  // This step's positions: the fixed rows, then the recent window (with pos itself).
   for (uint32_t kvh = 0; kvh < kvHeads_; ++kvh) {
     auto& at = L.attend[kvh];
-    at.clear();
-    for (uint32_t t = 0; t < std::min(config_.sinks, pos + 1); ++t) at.push_back(t);
-    for (uint32_t t : L.chosen[kvh])
-      if (t < recentStart) at.push_back(t);
+    at = L.chosen[kvh];
     for (uint32_t t = recentStart; t <= pos; ++t) at.push_back(t);
-    std::sort(at.begin(), at.end());
-    at.erase(std::unique(at.begin(), at.end()), at.end());
   }
   return L.attend;
 }

@@ -23,6 +23,8 @@ struct RetrievalConfig {
   uint32_t recent = 32;
   uint32_t clusterTokens = 16;
   bool enabled() const { return budget > 0; }
+  /// Prompts shorter than the sinks and the window attend to everything: no retrieval.
+  bool worthwhile(uint32_t promptLength) const { return promptLength >= sinks + recent; }
   /// "budget=N,tau=T" (the --kv-retrieval option).
   static Result<RetrievalConfig> parse(std::string_view spec);
 };
@@ -40,6 +42,15 @@ class SequenceRetrieval {
                                                    std::span<const uint32_t> table);
   /// Selections made (each layer's count), for the figures and tests.
   uint64_t retrievals() const { return retrievals_; }
+  /// Whether the layer's last select() re-selected units.
+  bool reselected(uint32_t layer) const { return layers_[layer].reselected; }
+  /// A KV head's rows fixed since the layer's last selection (sinks and chosen units before
+  /// the window, ascending); a step attends to them and then to the window [pos + 1 - recent,
+  /// pos].
+  const std::vector<uint32_t>& fixedRows(uint32_t layer, uint32_t kvh) const {
+    return layers_[layer].chosen[kvh];
+  }
+  uint32_t recent() const { return config_.recent; }
 
  private:
   struct Unit {
@@ -50,7 +61,8 @@ class SequenceRetrieval {
     std::vector<std::vector<Unit>> units;  ///< per KV head
     std::vector<float> lastQ;              ///< the previous step's query
     bool selected = false;
-    std::vector<std::vector<uint32_t>> chosen;  ///< per KV head: the selected units' positions
+    bool reselected = false;
+    std::vector<std::vector<uint32_t>> chosen;  ///< per KV head: the fixed rows (fixedRows)
     std::vector<std::vector<uint32_t>> attend;  ///< per KV head: this step's positions
   };
   Unit unitOf(const kernels::llm::KvPages& cache, std::span<const uint32_t> table, uint32_t kvh,

@@ -27,11 +27,13 @@ class CudaModel final : public DeviceModel {
         model_, static_cast<uint32_t>(b.tokens.size()), b.tokens.data(), b.positions.data(),
         b.seqOf.data(), static_cast<uint32_t>(b.tableStart.size()), b.tableStart.data(),
         b.tableLen.data(), b.tables.data(), static_cast<uint32_t>(b.tables.size()),
-        b.logitRows.data(), static_cast<uint32_t>(b.logitRows.size()), logits.data())));
+        b.logitRows.data(), static_cast<uint32_t>(b.logitRows.size()), logits.data(),
+        b.retrieval)));
     return logits;
   }
-  Result<void> exportKv(std::span<const uint32_t> pages, uint32_t length, float* out) override {
-    return checked(cuda::llm::copyKv(model_, pages.data(), length, out, true));
+  Result<void> exportKv(std::span<const uint32_t> pages, uint32_t length, float* out,
+                        uint32_t stride) override {
+    return checked(cuda::llm::copyKv(model_, pages.data(), length, out, true, stride));
   }
   Result<void> importKv(std::span<const uint32_t> pages, uint32_t length,
                         const float* in) override {
@@ -70,6 +72,36 @@ Result<std::unique_ptr<DeviceModel>> DeviceModel::create(
 #else
 #define LIFL_ON_DEVICE(call) return noDevice()
 #endif
+
+Result<PinnedMemory> PinnedMemory::allocate([[maybe_unused]] size_t bytes) {
+#ifdef LIFL_WITH_CUDA
+  if (!cudaInfo().usable) return noDevice();
+  PinnedMemory m;
+  LIFL_TRYV(checked(cuda::llm::pinnedAllocate(bytes, &m.host_, &m.device_)));
+  return m;
+#else
+  return noDevice();
+#endif
+}
+
+PinnedMemory::PinnedMemory(PinnedMemory&& other) noexcept
+    : host_(std::exchange(other.host_, nullptr)), device_(std::exchange(other.device_, nullptr)) {}
+
+PinnedMemory& PinnedMemory::operator=(PinnedMemory&& other) noexcept {
+  if (this != &other) {
+    this->~PinnedMemory();
+    host_ = std::exchange(other.host_, nullptr);
+    device_ = std::exchange(other.device_, nullptr);
+  }
+  return *this;
+}
+
+PinnedMemory::~PinnedMemory() {
+#ifdef LIFL_WITH_CUDA
+  if (host_) cuda::llm::pinnedFree(host_);
+#endif
+  host_ = device_ = nullptr;
+}
 
 Result<IpcMemory> IpcMemory::allocate([[maybe_unused]] size_t bytes) {
 #ifdef LIFL_WITH_CUDA

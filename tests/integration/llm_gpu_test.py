@@ -86,6 +86,32 @@ class LlmGpu(unittest.TestCase):
             print(f"{q} GPU vs CPU logits: max relative error {err:.2e}", flush=True)
             self.assertLess(err, 2e-2)
 
+    def test_kv_retrieval_on_the_gpu(self):
+        # --kv-retrieval on the GPU: the K/V move to pinned host memory at the first decode
+        # step and the pages keep a working set. With a budget above the context every
+        # position is attended: the tokens are full attention's. With a budget of 64 tokens
+        # the GPU attends to the same rows as the CPU path (the same selection: at every step
+        # with tau 2, once with tau -2): the same tokens and the same count of selections.
+        prompt = [(i * 37) % 500 for i in range(300)]
+        steps = 24
+
+        def run(device, *extra):
+            r = lifl_cli("model", "run", "--model", self.model, "--tokens",
+                         ",".join(map(str, prompt)), "--max-tokens", steps, "--device", device,
+                         "--gemm", "exact", *extra)
+            return json.loads(r.stdout)
+
+        full = run("cuda")["tokens"]
+        everything = run("cuda", "--kv-retrieval", "budget=100000,tau=2")
+        self.assertEqual(everything["tokens"], full)
+        self.assertEqual(everything["retrievals"], 3 * (steps - 1))
+        for tau in ("2", "-2"):
+            gpu = run("cuda", "--kv-retrieval", f"budget=64,tau={tau}")
+            cpu = run("cpu", "--kv-retrieval", f"budget=64,tau={tau}")
+            self.assertEqual(gpu["tokens"], cpu["tokens"], f"tau {tau}")
+            self.assertEqual(gpu["retrievals"], cpu["retrievals"], f"tau {tau}")
+        self.assertEqual(gpu["retrievals"], 3)  # tau -2: once per layer
+
     def test_transformers_gives_the_same_logits_and_tokens(self):
         try:
             import torch

@@ -6,13 +6,17 @@
 #include <string>
 #include <vector>
 
+#include "lifl/gpu/llm_retrieval.h"
 #include "lifl/gpu/llm_shape.h"
 
 namespace lifl::gpu::cuda::llm {
 
 using gpu::llm::HostLayer;
 using gpu::llm::HostLinear;
+using gpu::llm::RetrievalLayer;
+using gpu::llm::RetrievalStep;
 using gpu::llm::Shape;
+using gpu::llm::WorkingSetCopy;
 
 struct Model;  ///< device weights, KV pages, scratch
 std::string create(const Shape& shape, const float* embed, const float* norm, const float* lmHead,
@@ -25,13 +29,19 @@ void destroy(Model* model);
 std::string forward(Model* model, uint32_t rows, const uint32_t* tokens, const uint32_t* positions,
                     const uint32_t* seqOf, uint32_t sequences, const uint32_t* tableStart,
                     const uint32_t* tableLen, const uint32_t* tables, uint32_t tableEntries,
-                    const uint32_t* logitRows, uint32_t logitCount, float* logits);
+                    const uint32_t* logitRows, uint32_t logitCount, float* logits,
+                    const RetrievalStep* retrieval = nullptr);
 
 /// Copies `length` tokens of a sequence's K/V between its pages and `other` (host memory, or
 /// device memory such as an IPC mapping), in the hand-off layout ([layer][K, V][token][kvHeads
-/// * headDim]); complete when it returns, so that another process may read what it wrote.
+/// * headDim], `stride` tokens a block: 0 for `length`); complete when it returns, so that
+/// another process may read what it wrote.
 std::string copyKv(Model* model, const uint32_t* pages, uint32_t length, float* other,
-                   bool fromPages);
+                   bool fromPages, uint32_t stride = 0);
+
+/// Host memory pinned and mapped (cudaHostAlloc), and its device address.
+std::string pinnedAllocate(size_t bytes, void** host, void** device);
+void pinnedFree(void* host);
 
 /// Device memory another process on this GPU maps by a 64-byte handle (CUDA IPC).
 std::string ipcAllocate(size_t bytes, void** device, unsigned char* handle);

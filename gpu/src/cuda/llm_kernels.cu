@@ -20,6 +20,7 @@ namespace lifl::gpu::cuda::llm {
 namespace {
 
 constexpr uint32_t kPageTokens = 16;
+constexpr uint32_t kNoPage = 0xFFFFFFFFu;
 constexpr int kMaxRows = 16;  ///< activation rows per pass of the linear kernel over a weight
 
 __device__ __forceinline__ float warpSum(float v) {
@@ -137,6 +138,29 @@ __global__ void linearKernel(float* __restrict__ y, const float* __restrict__ x,
   }
 }
 
+// One warp per copy: a KV head's K and V of one position, from host memory (zero-copy) into
+// a row of a retrieval row's working-set pages.
+__global__ void workingSetKernel(float* __restrict__ kPages, float* __restrict__ vPages,
+                                 const WorkingSetCopy* __restrict__ copies, uint32_t count,
+                                 const uint32_t* __restrict__ tables,
+                                 const uint32_t* __restrict__ rowTable, uint32_t kvHeads,
+                                 uint32_t headDim) {
+  const uint32_t warps = blockDim.x / 32, lane = threadIdx.x % 32;
+  const uint64_t kvDim = uint64_t{kvHeads} * headDim;
+  for (uint32_t c = blockIdx.x * warps + threadIdx.x / 32; c < count; c += gridDim.x * warps) {
+    const WorkingSetCopy w = copies[c];
+    const uint32_t* table = tables + rowTable[w.row];
+    const uint64_t to =
+        (uint64_t{table[w.dest / kPageTokens]} * kPageTokens + w.dest % kPageTokens) * kvDim +
+        uint64_t{w.head} * headDim;
+    const uint64_t from = uint64_t{w.head} * headDim;
+    for (uint32_t d = lane; d < headDim; d += 32) {
+      kPages[to + d] = w.k[from + d];
+      vPages[to + d] = w.v[from + d];
+    }
+  }
+}
+
 __global__ void storeKvKernel(float* __restrict__ kPages, float* __restrict__ vPages,
                               const float* __restrict__ ks, const float* __restrict__ vs,
                               const uint32_t* __restrict__ rowPage,
@@ -144,6 +168,7 @@ __global__ void storeKvKernel(float* __restrict__ kPages, float* __restrict__ vP
   for (uint64_t i = uint64_t{blockIdx.x} * blockDim.x + threadIdx.x; i < rows * kvDim;
        i += uint64_t{gridDim.x} * blockDim.x) {
     const uint64_t r = i / kvDim, d = i % kvDim;
+    if (rowPage[r] == kNoPage) continue;  // a retrieval row: its working set is copied apart
     const uint64_t at = (uint64_t{rowPage[r]} * kPageTokens + rowSlot[r]) * kvDim + d;
     kPages[at] = ks[i];
     vPages[at] = vs[i];
@@ -602,6 +627,7 @@ struct Model {
   std::vector<Layer> layers;
   Buffer x, normed, qs, ks, vs, attn, proj, gate, up, logits, last, bf16x;
   Buffer tokens, positions, rowPage, rowSlot, tables, rowTable, logitRows;
+  Buffer copies, headLengths;  ///< a retrieval step's working-set copies and lengths
   // Decode steps run as CUDA graphs (one launch for ~15 kernels a layer), captured on the
   // model's stream once per shape of step and replayed; the key holds what a capture bakes
   // in: the row and logit counts, the attention's split, and every buffer's address.
@@ -651,10 +677,12 @@ std::string create(const Shape& s, const float* embed, const float* norm, const 
 
 void destroy(Model* model) { delete model; }
 
-std::string copyKv(Model* m, const uint32_t* pages, uint32_t length, float* other, bool fromPages) {
+std::string copyKv(Model* m, const uint32_t* pages, uint32_t length, float* other, bool fromPages,
+                   uint32_t stride) {
   const uint64_t kv = uint64_t{m->s.kvHeads} * m->s.headDim;
+  const uint64_t skip = stride > length ? (stride - length) * kv : 0;  // after each block
   for (auto& L : m->layers)
-    for (Buffer* b : {&L.kPages, &L.vPages})
+    for (Buffer* b : {&L.kPages, &L.vPages}) {
       for (uint32_t t = 0; t < length; t += kPageTokens) {
         const uint32_t n = std::min(kPageTokens, length - t);
         float* dev = b->as<float>() + uint64_t{pages[t / kPageTokens]} * kPageTokens * kv;
@@ -665,9 +693,22 @@ std::string copyKv(Model* m, const uint32_t* pages, uint32_t length, float* othe
           LIFL_CU(cudaMemcpyAsync(dev, other, n * kv * 4, cudaMemcpyDefault));
         other += n * kv;
       }
+      other += skip;
+    }
   LIFL_CU(cudaDeviceSynchronize());
   return "";
 }
+
+std::string pinnedAllocate(size_t bytes, void** host, void** device) {
+  LIFL_CU(cudaHostAlloc(host, bytes, cudaHostAllocMapped));
+  if (cudaError_t e = cudaHostGetDevicePointer(device, *host, 0); e != cudaSuccess) {
+    cudaFreeHost(*host);
+    return failed(e, "cudaHostGetDevicePointer");
+  }
+  return "";
+}
+
+void pinnedFree(void* host) { cudaFreeHost(host); }
 
 static_assert(sizeof(cudaIpcMemHandle_t) == 64, "llm_api.h promises 64-byte handles");
 
@@ -705,10 +746,53 @@ __global__ void gatherRowsKernel(float* __restrict__ out, const float* __restric
     out[i] = x[uint64_t{rows[i / n]} * n + i % n];
 }
 
+/// A retrieval step's layer (RetrievalStep): the retrieval rows' q, k, v to the host, the
+/// host's decision, then its copies into the working sets and every row's attended lengths.
+std::string retrievalLayer(Model* m, Model::Layer& L, uint32_t layer, uint64_t n,
+                           const RetrievalStep& step, const uint32_t* hostPositions,
+                           std::vector<float>& hostQ, std::vector<float>& hostK,
+                           std::vector<float>& hostV, std::vector<float>& rowsQ,
+                           std::vector<float>& rowsK, std::vector<float>& rowsV,
+                           RetrievalLayer& decided) {
+  const auto& s = m->s;
+  const uint64_t q = uint64_t{s.heads} * s.headDim, kv = uint64_t{s.kvHeads} * s.headDim;
+  hostQ.resize(n * q);
+  hostK.resize(n * kv);
+  hostV.resize(n * kv);
+  LIFL_CU(cudaMemcpy(hostQ.data(), m->qs.p, n * q * 4, cudaMemcpyDeviceToHost));
+  LIFL_CU(cudaMemcpy(hostK.data(), m->ks.p, n * kv * 4, cudaMemcpyDeviceToHost));
+  LIFL_CU(cudaMemcpy(hostV.data(), m->vs.p, n * kv * 4, cudaMemcpyDeviceToHost));
+  rowsQ.clear();
+  rowsK.clear();
+  rowsV.clear();
+  for (uint32_t r : step.rows) {
+    rowsQ.insert(rowsQ.end(), hostQ.begin() + r * q, hostQ.begin() + (r + 1) * q);
+    rowsK.insert(rowsK.end(), hostK.begin() + r * kv, hostK.begin() + (r + 1) * kv);
+    rowsV.insert(rowsV.end(), hostV.begin() + r * kv, hostV.begin() + (r + 1) * kv);
+  }
+  decided.copies.clear();
+  decided.lengths.assign(n * s.kvHeads, 0);
+  for (uint64_t r = 0; r < n; ++r)  // rows that do not retrieve attend to their positions
+    for (uint32_t h = 0; h < s.kvHeads; ++h)
+      decided.lengths[r * s.kvHeads + h] = hostPositions[r] + 1;
+  LIFL_TRY_STR(step.onLayer(layer, rowsQ.data(), rowsK.data(), rowsV.data(), decided));
+  LIFL_TRY_STR(uploadF32(m->headLengths, decided.lengths.data(), decided.lengths.size() * 4));
+  if (decided.copies.empty()) return "";
+  LIFL_TRY_STR(
+      uploadF32(m->copies, decided.copies.data(), decided.copies.size() * sizeof(WorkingSetCopy)));
+  const auto count = static_cast<uint32_t>(decided.copies.size());
+  workingSetKernel<<<std::min<uint32_t>((count + 7) / 8, 1024), 256, 0, currentStream()>>>(
+      L.kPages.as<float>(), L.vPages.as<float>(), m->copies.as<WorkingSetCopy>(), count,
+      m->tables.as<uint32_t>(), m->rowTable.as<uint32_t>(), s.kvHeads, s.headDim);
+  LIFL_CU(cudaGetLastError());
+  return "";
+}
+
 /// Every kernel of one forward pass over `n` rows whose inputs are on the device (no copy
 /// from the host, no allocation: a CUDA graph may capture it).
 std::string launchForward(Model* m, uint64_t n, uint32_t logitCount, uint32_t maxContext,
-                          bool prefill) {
+                          bool prefill, const RetrievalStep* retrieval = nullptr,
+                          const uint32_t* hostPositions = nullptr) {
   const auto& s = m->s;
   const uint64_t h = s.hidden, q = uint64_t{s.heads} * s.headDim,
                  kv = uint64_t{s.kvHeads} * s.headDim, inter = s.inter;
@@ -719,7 +803,10 @@ std::string launchForward(Model* m, uint64_t n, uint32_t logitCount, uint32_t ma
   embedKernel<<<grid(n * h), 256, 0, currentStream()>>>(x, m->embed.as<__nv_bfloat16>(),
                                                         m->tokens.as<uint32_t>(), n, h);
   Buffer* tc = s.tensorCores ? &m->bf16x : nullptr;  // --gemm cublas
-  for (auto& L : m->layers) {
+  std::vector<float> hostQ, hostK, hostV, rowsQ, rowsK, rowsV;
+  RetrievalLayer decided;
+  for (uint32_t layer = 0; layer < m->layers.size(); ++layer) {
+    auto& L = m->layers[layer];
     rmsNormKernel<<<static_cast<unsigned>(n), 256, 0, currentStream()>>>(
         normed, nullptr, x, L.inputNorm.as<float>(), h, s.eps);
     LIFL_TRY_STR(apply(qs, normed, L.q, n, h, q, tc));
@@ -732,10 +819,14 @@ std::string launchForward(Model* m, uint64_t n, uint32_t logitCount, uint32_t ma
     storeKvKernel<<<grid(n * kv), 256, 0, currentStream()>>>(
         L.kPages.as<float>(), L.vPages.as<float>(), ks, vs, m->rowPage.as<uint32_t>(),
         m->rowSlot.as<uint32_t>(), n, kv);
+    if (retrieval)
+      LIFL_TRY_STR(retrievalLayer(m, L, layer, n, *retrieval, hostPositions, hostQ, hostK, hostV,
+                                  rowsQ, rowsK, rowsV, decided));
     LIFL_TRY_STR(attend(attn, qs, static_cast<uint32_t>(n), pos, m->tables.as<uint32_t>(),
                         m->rowTable.as<uint32_t>(), maxContext, s.heads, s.kvHeads, s.headDim,
                         L.kPages.as<float>(), L.vPages.as<float>(),
-                        prefill ? m->tables.as<uint32_t>() : nullptr));
+                        prefill ? m->tables.as<uint32_t>() : nullptr,
+                        retrieval ? m->headLengths.as<uint32_t>() : nullptr));
     LIFL_TRY_STR(apply(proj, attn, L.o, n, q, h, tc));
     rmsNormKernel<<<static_cast<unsigned>(n), 256, 0, currentStream()>>>(
         normed, x, proj, L.postNorm.as<float>(), h, s.eps);
@@ -795,7 +886,8 @@ std::string launchAsGraph(Model* m, uint64_t n, uint32_t logitCount, uint32_t ma
 std::string forward(Model* m, uint32_t rows, const uint32_t* tokens, const uint32_t* positions,
                     const uint32_t* seqOf, uint32_t sequences, const uint32_t* tableStart,
                     const uint32_t* tableLen, const uint32_t* tables, uint32_t tableEntries,
-                    const uint32_t* logitRows, uint32_t logitCount, float* logits) {
+                    const uint32_t* logitRows, uint32_t logitCount, float* logits,
+                    const RetrievalStep* retrieval) {
   const auto& s = m->s;
   const uint64_t n = rows, h = s.hidden, q = uint64_t{s.heads} * s.headDim,
                  kv = uint64_t{s.kvHeads} * s.headDim, inter = s.inter;
@@ -804,13 +896,25 @@ std::string forward(Model* m, uint32_t rows, const uint32_t* tokens, const uint3
   // One sequence at consecutive positions (a prompt): the tiled prefill attention applies.
   bool prefill = sequences == 1 && n > 1;
   for (uint64_t r = 1; r < n && prefill; ++r) prefill = positions[r] == positions[r - 1] + 1;
+  std::vector<bool> retrieves(n, false);
+  if (retrieval)
+    for (uint32_t r : retrieval->rows) {
+      if (r >= n) return "forward: a retrieval row beyond the rows";
+      retrieves[r] = true;
+    }
+  if (retrieval && prefill) return "forward: a retrieval step is one token per sequence";
   for (uint64_t r = 0; r < n; ++r) {
     const uint32_t seq = seqOf[r], pos = positions[r];
+    maxContext = std::max(maxContext, pos + 1);
+    rowTable[r] = tableStart[seq];
+    if (retrieves[r]) {  // its K/V go to host memory; its pages hold the working set
+      rowPage[r] = kNoPage;
+      rowSlot[r] = 0;
+      continue;
+    }
     if (pos / kPageTokens >= tableLen[seq]) return "forward: a position beyond its block table";
     rowPage[r] = tables[tableStart[seq] + pos / kPageTokens];
     rowSlot[r] = pos % kPageTokens;
-    rowTable[r] = tableStart[seq];
-    maxContext = std::max(maxContext, pos + 1);
   }
   for (uint32_t j = 0; j < logitCount; ++j)
     if (logitRows[j] >= n) return "forward: a logit row beyond the rows";
@@ -832,7 +936,9 @@ std::string forward(Model* m, uint32_t rows, const uint32_t* tokens, const uint3
   {
     StreamScope scope(m->stream);
     // A decode step (no prompt, no cuBLAS call) as a graph; the rest launched one by one.
-    if (!prefill && (n < kCublasFromRows || !s.tensorCores))
+    if (retrieval)  // the host decides between kernels: no graph
+      LIFL_TRY_STR(launchForward(m, n, logitCount, maxContext, false, retrieval, positions));
+    else if (!prefill && (n < kCublasFromRows || !s.tensorCores))
       LIFL_TRY_STR(launchAsGraph(m, n, logitCount, maxContext));
     else
       LIFL_TRY_STR(launchForward(m, n, logitCount, maxContext, prefill));
@@ -963,50 +1069,33 @@ std::string linearBf16(float* y, const float* x, const float* w, uint64_t rows, 
 
 namespace {
 
-// KV retrieval's GPU side: each KV head's listed rows (host row offsets in `rows`, from
-// headStart[h], headLen[h] of them) read from host memory zero-copy into rows 0.. of
-// working-set pages; the split attention then reads headLen[h] rows for head h.
-__global__ void gatherHostRowsKernel(float* __restrict__ kWs, float* __restrict__ vWs,
-                                     const float* __restrict__ kHost,
-                                     const float* __restrict__ vHost,
-                                     const uint64_t* __restrict__ rows,
-                                     const uint32_t* __restrict__ headStart,
-                                     const uint32_t* __restrict__ headLen, uint32_t kvHeads,
-                                     uint32_t headDim) {
-  const uint32_t h = blockIdx.y, warps = blockDim.x / 32;
-  const uint64_t kvDim = uint64_t{kvHeads} * headDim;
-  for (uint32_t i = blockIdx.x * warps + threadIdx.x / 32; i < headLen[h]; i += gridDim.x * warps) {
-    const uint64_t from = rows[headStart[h] + i] + uint64_t{h} * headDim;
-    const uint64_t to = i * kvDim + uint64_t{h} * headDim;
-    for (uint32_t d = threadIdx.x % 32; d < headDim; d += 32) {
-      kWs[to + d] = kHost[from + d];
-      vWs[to + d] = vHost[from + d];
-    }
-  }
-}
-
-/// One query row's attention over per-KV-head position lists of a paged cache in host memory.
+/// One query row's attention over per-KV-head position lists of a paged cache in host memory
+/// (the working-set copy of a retrieval step, then the split attention).
 struct RetrievedAttention {
-  Buffer kWs, vWs, table, rows, headStart, headLen, position, rowTable;
-  uint32_t maxLen = 0, kvHeads = 0, headDim = 0;
+  Buffer kWs, vWs, table, copies, headLen, position, rowTable;
+  uint32_t maxLen = 0, count = 0, kvHeads = 0, headDim = 0;
 
+  /// kHost, vHost: the cache's pages as the device addresses them (registered host memory).
   std::string prepare(const uint32_t* blockTable, const std::vector<std::vector<uint32_t>>& lists,
-                      uint32_t kvHeadCount, uint32_t dim) {
+                      uint32_t kvHeadCount, uint32_t dim, const float* kHost, const float* vHost) {
     kvHeads = kvHeadCount;
     headDim = dim;
     const uint64_t kvDim = uint64_t{kvHeads} * headDim;
-    std::vector<uint64_t> offsets;
-    std::vector<uint32_t> start, len;
+    std::vector<WorkingSetCopy> all;
+    std::vector<uint32_t> len;
     maxLen = 0;
-    for (const auto& list : lists) {
-      start.push_back(static_cast<uint32_t>(offsets.size()));
-      len.push_back(static_cast<uint32_t>(list.size()));
-      maxLen = std::max(maxLen, static_cast<uint32_t>(list.size()));
-      for (uint32_t p : list)
-        offsets.push_back((uint64_t{blockTable[p / kPageTokens]} * kPageTokens + p % kPageTokens) *
-                          kvDim);
+    for (uint32_t h = 0; h < lists.size(); ++h) {
+      len.push_back(static_cast<uint32_t>(lists[h].size()));
+      maxLen = std::max(maxLen, len.back());
+      for (uint32_t i = 0; i < lists[h].size(); ++i) {
+        const uint32_t p = lists[h][i];
+        const uint64_t at =
+            (uint64_t{blockTable[p / kPageTokens]} * kPageTokens + p % kPageTokens) * kvDim;
+        all.push_back({kHost + at, vHost + at, i, 0, static_cast<uint16_t>(h)});
+      }
     }
     if (maxLen == 0) return "retrieved attention: every list is empty";
+    count = static_cast<uint32_t>(all.size());
     const uint32_t pages = (maxLen + kPageTokens - 1) / kPageTokens;
     std::vector<uint32_t> identity(pages);
     for (uint32_t p = 0; p < pages; ++p) identity[p] = p;
@@ -1014,24 +1103,19 @@ struct RetrievedAttention {
     LIFL_TRY_STR(kWs.reserve(size_t{pages} * kPageTokens * kvDim * 4));
     LIFL_TRY_STR(vWs.reserve(size_t{pages} * kPageTokens * kvDim * 4));
     LIFL_TRY_STR(uploadF32(table, identity.data(), identity.size() * 4));
-    LIFL_TRY_STR(uploadF32(rows, offsets.data(), offsets.size() * 8));
-    LIFL_TRY_STR(uploadF32(headStart, start.data(), start.size() * 4));
+    LIFL_TRY_STR(uploadF32(copies, all.data(), all.size() * sizeof(WorkingSetCopy)));
     LIFL_TRY_STR(uploadF32(headLen, len.data(), len.size() * 4));
     LIFL_TRY_STR(uploadF32(position, &last, 4));
-    LIFL_TRY_STR(uploadF32(rowTable, &zero, 4));
-    return "";
+    return uploadF32(rowTable, &zero, 4);
   }
 
-  /// kHost, vHost: the cache's pages as the device addresses them (registered host memory).
-  /// @param gather false: attend over the rows gathered before (a step that re-selects nothing)
-  std::string launch(float* out, const float* q, uint32_t heads, const float* kHost,
-                     const float* vHost, bool gather = true) {
+  /// @param gather false: attend over the rows copied before (a step that re-selects nothing)
+  std::string launch(float* out, const float* q, uint32_t heads, bool gather = true) {
     LIFL_TRY_STR(splitScratch().reserve(splitScratchBytes(1, heads, headDim, maxLen)));
     if (gather)
-      gatherHostRowsKernel<<<dim3(std::min<uint32_t>((maxLen + 7) / 8, 256), kvHeads), 256, 0,
-                             currentStream()>>>(kWs.as<float>(), vWs.as<float>(), kHost, vHost,
-                                                rows.as<uint64_t>(), headStart.as<uint32_t>(),
-                                                headLen.as<uint32_t>(), kvHeads, headDim);
+      workingSetKernel<<<std::min<uint32_t>((count + 7) / 8, 1024), 256, 0, currentStream()>>>(
+          kWs.as<float>(), vWs.as<float>(), copies.as<WorkingSetCopy>(), count,
+          table.as<uint32_t>(), rowTable.as<uint32_t>(), kvHeads, headDim);
     return attend(out, q, 1, position.as<uint32_t>(), table.as<uint32_t>(), rowTable.as<uint32_t>(),
                   maxLen, heads, kvHeads, headDim, kWs.as<float>(), vWs.as<float>(), nullptr,
                   headLen.as<uint32_t>());
@@ -1066,12 +1150,12 @@ std::string attentionAtHost(float* out, const float* q, uint32_t heads, uint32_t
   if (!k.why.empty()) return k.why;
   if (!v.why.empty()) return v.why;
   RetrievedAttention r;
-  LIFL_TRY_STR(r.prepare(blockTable, positions, kvHeads, headDim));
+  LIFL_TRY_STR(r.prepare(blockTable, positions, kvHeads, headDim, static_cast<float*>(k.device),
+                         static_cast<float*>(v.device)));
   Buffer dq, dout;
   LIFL_TRY_STR(uploadF32(dq, q, size_t{heads} * headDim * 4));
   LIFL_TRY_STR(dout.reserve(size_t{heads} * headDim * 4));
-  LIFL_TRY_STR(r.launch(dout.as<float>(), dq.as<float>(), heads, static_cast<float*>(k.device),
-                        static_cast<float*>(v.device)));
+  LIFL_TRY_STR(r.launch(dout.as<float>(), dq.as<float>(), heads));
   LIFL_CU(cudaMemcpy(out, dout.p, size_t{heads} * headDim * 4, cudaMemcpyDeviceToHost));
   return "";
 }
@@ -1101,15 +1185,14 @@ std::string timeRetrievedAttention(uint32_t heads, uint32_t kvHeads, uint32_t he
   LIFL_CU(cudaHostGetDevicePointer(reinterpret_cast<void**>(&dk), k, 0));
   LIFL_CU(cudaHostGetDevicePointer(reinterpret_cast<void**>(&dv), v, 0));
   RetrievedAttention r;
-  LIFL_TRY_STR(r.prepare(table.data(), lists, kvHeads, headDim));
+  LIFL_TRY_STR(r.prepare(table.data(), lists, kvHeads, headDim, dk, dv));
   Buffer dq, dout;
   LIFL_TRY_STR(dq.reserve(size_t{heads} * headDim * 4));
   LIFL_CU(cudaMemset(dq.p, 0, size_t{heads} * headDim * 4));
   LIFL_TRY_STR(dout.reserve(size_t{heads} * headDim * 4));
-  LIFL_TRY_STR(r.launch(dout.as<float>(), dq.as<float>(), heads, dk, dv));
+  LIFL_TRY_STR(r.launch(dout.as<float>(), dq.as<float>(), heads));
   return timeLaunches(
-      reps, [&] { return r.launch(dout.as<float>(), dq.as<float>(), heads, dk, dv, gather); },
-      seconds);
+      reps, [&] { return r.launch(dout.as<float>(), dq.as<float>(), heads, gather); }, seconds);
 }
 
 std::string attention(float* out, const float* q, uint64_t rows, const uint32_t* positions,

@@ -13,6 +13,7 @@
 #include "lifl/common/error.h"
 #include "lifl/gpu/device.h"
 #include "lifl/gpu/llm.h"
+#include "lifl/gpu/llm_retrieval.h"
 #include "lifl/gpu/llm_shape.h"
 
 namespace lifl::gpu::llm {
@@ -22,7 +23,8 @@ namespace lifl::gpu::llm {
 struct Batch {
   std::span<const uint32_t> tokens, positions, seqOf;
   std::span<const uint32_t> tableStart, tableLen, tables;
-  std::span<const uint32_t> logitRows;  ///< the rows whose logits are wanted
+  std::span<const uint32_t> logitRows;       ///< the rows whose logits are wanted
+  const RetrievalStep* retrieval = nullptr;  ///< rows attending to a working set (decode)
 };
 
 class DeviceModel {
@@ -35,7 +37,9 @@ class DeviceModel {
   virtual Result<std::vector<float>> forward(const Batch& batch) = 0;
   /// A sequence's K/V between its pages and host or device memory (an IpcMemory), in the
   /// hand-off layout of Engine::exportKv: [layer][K, V][token][kvHeads * headDim].
-  virtual Result<void> exportKv(std::span<const uint32_t> pages, uint32_t length, float* out) = 0;
+  /// @param stride tokens per (layer, K/V) block of `out` (0: `length`)
+  virtual Result<void> exportKv(std::span<const uint32_t> pages, uint32_t length, float* out,
+                                uint32_t stride = 0) = 0;
   virtual Result<void> importKv(std::span<const uint32_t> pages, uint32_t length,
                                 const float* in) = 0;
 };
@@ -59,6 +63,23 @@ class IpcMemory {
   void* device_ = nullptr;
   bool opened_ = false;
   Handle handle_{};
+};
+
+/// Host memory pinned and mapped for the device (RAII): what the device reads zero-copy.
+class PinnedMemory {
+ public:
+  PinnedMemory() = default;  ///< none
+  static Result<PinnedMemory> allocate(size_t bytes);
+  PinnedMemory(PinnedMemory&& other) noexcept;
+  PinnedMemory& operator=(PinnedMemory&& other) noexcept;
+  ~PinnedMemory();
+  float* data() const { return static_cast<float*>(host_); }
+  /// The device's address of data().
+  const float* device() const { return static_cast<const float*>(device_); }
+
+ private:
+  void* host_ = nullptr;
+  void* device_ = nullptr;
 };
 
 /// The decode attention's mean time over `batch` sequences of `context` positions (the
