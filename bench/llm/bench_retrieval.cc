@@ -73,7 +73,7 @@ int main(int argc, char** argv) {
     config.budget = budget;
     config.tau = t;
     auto r = std::make_unique<lifl::llm::SequenceRetrieval>(config, 1, heads, kvHeads, hd);
-    r->clusterPrompt(0, cache, table, prompt);
+    r->clusterPrompt([&](uint32_t) { return cache; }, table, prompt);
     return r;
   };
   const double c0 = lifl::bench::now();

@@ -137,9 +137,11 @@ void Engine::startRetrieval(Sequence& seq) {
   const auto& c = model_.config;
   seq.retrieval =
       std::make_shared<SequenceRetrieval>(retrieval_, c.layers, c.heads, c.kvHeads, c.headDim);
-  for (uint32_t l = 0; l < c.layers; ++l)
-    seq.retrieval->clusterPrompt(l, {k_[l].data(), v_[l].data(), c.kvHeads, c.headDim}, seq.pages,
-                                 seq.length);
+  seq.retrieval->clusterPrompt(
+      [&](uint32_t l) {
+        return kl::KvPages{k_[l].data(), v_[l].data(), c.kvHeads, c.headDim};
+      },
+      seq.pages, seq.length);
 }
 
 kl::KvPages Engine::hostView(const Sequence& seq, uint32_t layer) const {
@@ -161,8 +163,8 @@ Result<void> Engine::toWorkingSet(Sequence& seq) {
   seq.hostKv = std::move(host);
   seq.retrieval =
       std::make_shared<SequenceRetrieval>(retrieval_, c.layers, c.heads, c.kvHeads, c.headDim);
-  for (uint32_t l = 0; l < c.layers; ++l)
-    seq.retrieval->clusterPrompt(l, hostView(seq, l), seq.hostKv->identity, seq.length);
+  seq.retrieval->clusterPrompt([&](uint32_t l) { return hostView(seq, l); }, seq.hostKv->identity,
+                               seq.length);
   // The pages now hold the working set: at most the sinks, the budget and the window.
   const uint32_t keep = pagesFor(static_cast<uint32_t>(std::min<uint64_t>(
       uint64_t{retrieval_.sinks} + retrieval_.budget + retrieval_.recent, seq.hostKv->capacity)));

@@ -1,10 +1,12 @@
 #include "retrieval.h"
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <numeric>
 #include <sstream>
 #include <string>
+#include <thread>
 
 namespace lifl::llm {
 
@@ -60,9 +62,25 @@ SequenceRetrieval::Unit SequenceRetrieval::unitOf(const kl::KvPages& cache,
   return u;
 }
 
-void SequenceRetrieval::clusterPrompt(uint32_t layer, const kl::KvPages& cache,
+void SequenceRetrieval::clusterPrompt(const std::function<kl::KvPages(uint32_t)>& cache,
                                       std::span<const uint32_t> table, uint32_t promptLength) {
   promptLength_ = segmentStart_ = promptLength;
+  // k-means is the prompt's main cost at long contexts (docs/benchmarks.md): a thread per
+  // layer, as many at once as there are cores.
+  const auto layers = static_cast<uint32_t>(layers_.size());
+  const uint32_t width = std::max(1u, std::min(layers, std::thread::hardware_concurrency()));
+  std::atomic<uint32_t> next{0};
+  std::vector<std::thread> workers;
+  for (uint32_t w = 0; w < width; ++w)
+    workers.emplace_back([&] {
+      for (uint32_t l = next++; l < layers; l = next++) clusterLayer(l, cache(l), table);
+    });
+  for (auto& t : workers) t.join();
+}
+
+void SequenceRetrieval::clusterLayer(uint32_t layer, const kl::KvPages& cache,
+                                     std::span<const uint32_t> table) {
+  const uint32_t promptLength = promptLength_;
   const uint32_t first = std::min(config_.sinks, promptLength);
   const uint32_t n = promptLength - first;
   if (n == 0) return;

@@ -7,6 +7,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <span>
 #include <string_view>
 #include <vector>
@@ -33,8 +34,9 @@ class SequenceRetrieval {
  public:
   SequenceRetrieval(const RetrievalConfig& config, uint32_t layers, uint32_t heads,
                     uint32_t kvHeads, uint32_t headDim);
-  /// Clusters one layer's prompt keys (positions [sinks, promptLength)) per KV head.
-  void clusterPrompt(uint32_t layer, const kernels::llm::KvPages& cache,
+  /// Clusters every layer's prompt keys (positions [sinks, promptLength)) per KV head, the
+  /// layers on threads of their own; `cache(layer)` is a layer's pages.
+  void clusterPrompt(const std::function<kernels::llm::KvPages(uint32_t layer)>& cache,
                      std::span<const uint32_t> table, uint32_t promptLength);
   /// The positions each KV head attends to for query q (heads * headDim) at position pos.
   const std::vector<std::vector<uint32_t>>& select(uint32_t layer, const float* q, uint32_t pos,
@@ -65,6 +67,8 @@ class SequenceRetrieval {
     std::vector<std::vector<uint32_t>> chosen;  ///< per KV head: the fixed rows (fixedRows)
     std::vector<std::vector<uint32_t>> attend;  ///< per KV head: this step's positions
   };
+  void clusterLayer(uint32_t layer, const kernels::llm::KvPages& cache,
+                    std::span<const uint32_t> table);
   Unit unitOf(const kernels::llm::KvPages& cache, std::span<const uint32_t> table, uint32_t kvh,
               std::vector<uint32_t> positions) const;
 
