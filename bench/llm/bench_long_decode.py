@@ -31,13 +31,15 @@ def main():
                         "--kv-heads", "8", "--head-dim", "64", "--vocab", "128256",
                         "--max-positions", str(positions), "--rope-theta", "500000", "--tied",
                         "--dtype", "bf16"], check=True, capture_output=True)
-        prompt = ",".join(str(100 + (i * 7919) % 100000) for i in range(a.context))
+        prompt = os.path.join(tmp, "prompt.txt")
+        with open(prompt, "w") as f:
+            f.write(",".join(str(100 + (i * 7919) % 100000) for i in range(a.context)))
         results = {}
         for name, extra in (("full attention", []),
                             (f"retrieval {a.retrieval}", ["--kv-retrieval", a.retrieval])):
             t0 = time.time()
             r = subprocess.run([a.lifl, "model", "run", "--model", model, "--device", "cuda",
-                                "--tokens", prompt, "--max-tokens", str(a.steps + 2), "--timing",
+                                "--tokens-file", prompt, "--max-tokens", str(a.steps + 2), "--timing",
                                 *extra], capture_output=True, text=True)
             if r.returncode != 0:
                 print(name, "failed:", r.stderr[-2000:])

@@ -3,6 +3,7 @@
 #include <chrono>
 #include <cstdio>
 #include <fstream>
+#include <iterator>
 #include <nlohmann/json.hpp>
 #include <sstream>
 
@@ -23,7 +24,8 @@ const char* kUsage =
     "                           [--tied] [--eos ID] [--dtype f32|f16|bf16] [--seed 1]\n"
     "                           [--files 1]\n"
     "       lifl model tokenize --model DIR --text TEXT\n"
-    "       lifl model run --model DIR (--tokens 1,2,3 | --prompt TEXT) [--max-tokens 16]\n"
+    "       lifl model run --model DIR (--tokens 1,2,3 | --tokens-file F | --prompt TEXT)\n"
+    "                      [--max-tokens 16]\n"
     "                      [--temperature 0]\n"
     "                      [--top-k 0] [--top-p 1] [--seed 1] [--logits FILE]\n"
     "                      [--quantize int8|int4] [--device cpu|cuda]\n"
@@ -182,6 +184,10 @@ int run(const Args& a) {
     auto tokenizer = llm::Tokenizer::forModel(dir, model.value().config.vocabSize);
     if (!tokenizer) return fail(tokenizer.error());
     prompt = tokenizer.value()->encode(a.get("prompt"));
+  } else if (a.has("tokens-file")) {  // long prompts: past the limit of one argument
+    std::ifstream in(a.get("tokens-file"));
+    if (!in) return fail(badRequest("bad_arguments", "cannot read " + a.get("tokens-file")));
+    prompt = parseTokens(std::string(std::istreambuf_iterator<char>(in), {}));
   } else {
     prompt = parseTokens(a.get("tokens"));
   }
