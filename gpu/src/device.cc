@@ -14,7 +14,7 @@
 namespace lifl::gpu {
 namespace {
 
-Error cudaError(const std::string& what) { return internal("cuda_error", what); }
+[[maybe_unused]] Error cudaError(const std::string& what) { return internal("cuda_error", what); }
 
 /// Auto: registered inputs of at least this many bytes per launch are pipelined (bench_gpu).
 /// Measured on an H100 (docs/benchmarks.md, GPU): zero-copy wins up to 1 MB per update

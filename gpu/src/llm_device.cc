@@ -69,8 +69,17 @@ Result<std::unique_ptr<DeviceModel>> DeviceModel::create(
     if (!cudaInfo().usable) return noDevice(); \
     return checked(call);                      \
   } while (0)
+/// The seconds a cuda::llm::time* call measures into `seconds`.
+#define LIFL_TIMED_ON_DEVICE(call)             \
+  do {                                         \
+    if (!cudaInfo().usable) return noDevice(); \
+    double seconds = 0;                        \
+    LIFL_TRYV(checked(call));                  \
+    return seconds;                            \
+  } while (0)
 #else
 #define LIFL_ON_DEVICE(call) return noDevice()
+#define LIFL_TIMED_ON_DEVICE(call) return noDevice()
 #endif
 
 Result<PinnedMemory> PinnedMemory::allocate([[maybe_unused]] size_t bytes) {
@@ -153,15 +162,8 @@ Result<double> timeDecodeAttention([[maybe_unused]] uint32_t batch, [[maybe_unus
                                    [[maybe_unused]] uint32_t kvHeads,
                                    [[maybe_unused]] uint32_t headDim,
                                    [[maybe_unused]] uint32_t context, [[maybe_unused]] int reps) {
-#ifdef LIFL_WITH_CUDA
-  if (!cudaInfo().usable) return noDevice();
-  double seconds = 0;
-  LIFL_TRYV(checked(
-      cuda::llm::timeDecodeAttention(batch, heads, kvHeads, headDim, context, reps, &seconds)));
-  return seconds;
-#else
-  return noDevice();
-#endif
+  LIFL_TIMED_ON_DEVICE(
+      cuda::llm::timeDecodeAttention(batch, heads, kvHeads, headDim, context, reps, &seconds));
 }
 
 Result<void> rmsNorm(Backend b, float* out, const float* x, const float* w, uint64_t rows,
@@ -212,14 +214,7 @@ Result<void> linearQuant(Backend b, float* y, const float* x, const kernels::llm
 Result<double> timeLinear([[maybe_unused]] int kind, [[maybe_unused]] uint64_t rows,
                           [[maybe_unused]] uint64_t in, [[maybe_unused]] uint64_t out,
                           [[maybe_unused]] int reps) {
-#ifdef LIFL_WITH_CUDA
-  if (!cudaInfo().usable) return noDevice();
-  double seconds = 0;
-  LIFL_TRYV(checked(cuda::llm::timeLinear(kind, rows, in, out, reps, &seconds)));
-  return seconds;
-#else
-  return noDevice();
-#endif
+  LIFL_TIMED_ON_DEVICE(cuda::llm::timeLinear(kind, rows, in, out, reps, &seconds));
 }
 
 Result<void> attention(Backend b, float* out, const float* q, uint64_t rows,
@@ -254,15 +249,8 @@ Result<double> timeRetrievedAttention([[maybe_unused]] uint32_t heads,
                                       [[maybe_unused]] uint32_t context,
                                       [[maybe_unused]] uint32_t rowsPerHead,
                                       [[maybe_unused]] bool gather, [[maybe_unused]] int reps) {
-#ifdef LIFL_WITH_CUDA
-  if (!cudaInfo().usable) return noDevice();
-  double seconds = 0;
-  LIFL_TRYV(checked(cuda::llm::timeRetrievedAttention(heads, kvHeads, headDim, context, rowsPerHead,
-                                                      gather, reps, &seconds)));
-  return seconds;
-#else
-  return noDevice();
-#endif
+  LIFL_TIMED_ON_DEVICE(cuda::llm::timeRetrievedAttention(heads, kvHeads, headDim, context,
+                                                         rowsPerHead, gather, reps, &seconds));
 }
 
 }  // namespace lifl::gpu::llm

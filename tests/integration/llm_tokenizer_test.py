@@ -126,6 +126,18 @@ class Tokenizer(unittest.TestCase):
     def tearDownClass(cls):
         cls.tmp.cleanup()
 
+    def model_with_pre_tokenizer(self, name, pre_tokenizer):
+        """A model folder whose tokenizer.json is the test's with another pre_tokenizer."""
+        d = os.path.join(self.tmp.name, name)
+        subprocess.run([LIFL_BIN, "model", "generate", "--dir", d, "--vocab",
+                        str(len(self.vocab) + 2), "--layers", "1"], check=True, capture_output=True)
+        with open(os.path.join(self.model, "tokenizer.json")) as f:
+            doc = json.load(f)
+        doc["pre_tokenizer"] = pre_tokenizer
+        with open(os.path.join(d, "tokenizer.json"), "w") as f:
+            json.dump(doc, f)
+        return d
+
     def lifl_tokenize(self, model, text):
         r = subprocess.run([LIFL_BIN, "model", "tokenize", "--model", model, "--text", text],
                            capture_output=True, text=True, timeout=30, check=True)
@@ -148,18 +160,12 @@ class Tokenizer(unittest.TestCase):
         # Llama 3's tokenizer.json: a Split by its pattern (case-insensitive contractions,
         # numbers of at most 3 digits, punctuation with its newlines), then ByteLevel without
         # a regex of its own.
-        d = os.path.join(self.tmp.name, "llama3-style")
-        subprocess.run([LIFL_BIN, "model", "generate", "--dir", d, "--vocab",
-                        str(len(self.vocab) + 2), "--layers", "1"], check=True, capture_output=True)
-        with open(os.path.join(self.model, "tokenizer.json")) as f:
-            doc = json.load(f)
-        doc["pre_tokenizer"] = {"type": "Sequence", "pretokenizers": [
-            {"type": "Split", "pattern": {"Regex": LLAMA3_PATTERN}, "behavior": "Isolated",
-             "invert": False},
-            {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True,
-             "use_regex": False}]}
-        with open(os.path.join(d, "tokenizer.json"), "w") as f:
-            json.dump(doc, f)
+        d = self.model_with_pre_tokenizer("llama3-style", {
+            "type": "Sequence", "pretokenizers": [
+                {"type": "Split", "pattern": {"Regex": LLAMA3_PATTERN}, "behavior": "Isolated",
+                 "invert": False},
+                {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True,
+                 "use_regex": False}]})
         for text in TEXTS + [SAMPLE]:
             with self.subTest(text=text[:30]):
                 got = self.lifl_tokenize(d, text)
@@ -172,17 +178,10 @@ class Tokenizer(unittest.TestCase):
             for text in TEXTS + [SAMPLE]))
 
     def test_unsupported_pre_tokenizers_and_bad_text_are_refused(self):
-        d = os.path.join(self.tmp.name, "metaspace")
-        subprocess.run([LIFL_BIN, "model", "generate", "--dir", d, "--vocab",
-                        str(len(self.vocab) + 2), "--layers", "1"], check=True, capture_output=True)
-        with open(os.path.join(self.model, "tokenizer.json")) as f:
-            doc = json.load(f)
         for pre, why in (({"type": "Metaspace", "replacement": "_"}, "Metaspace is not supported"),
                          ({"type": "Split", "pattern": {"Regex": "(unclosed"},
                            "behavior": "Isolated"}, "does not compile")):
-            doc["pre_tokenizer"] = pre
-            with open(os.path.join(d, "tokenizer.json"), "w") as f:
-                json.dump(doc, f)
+            d = self.model_with_pre_tokenizer("refused-" + pre["type"], pre)
             r = subprocess.run([LIFL_BIN, "model", "tokenize", "--model", d, "--text", "hi"],
                                capture_output=True, text=True, timeout=30)
             self.assertNotEqual(r.returncode, 0)
