@@ -165,15 +165,19 @@ const std::vector<std::vector<uint32_t>>& SequenceRetrieval::select(
         std::iota(segment.begin(), segment.end(), segmentStart_);
         units.push_back(unitOf(cache, table, kvh, std::move(segment)));
       }
-      // Group-consistent: one selection per KV head, by its query heads' mean q . centroid.
-      std::vector<std::pair<float, size_t>> scored;
+      // Group-consistent: one selection per KV head, by its query heads' mean q . centroid,
+      // which is the group's mean query . centroid (one dot product a unit).
+      std::vector<float> mean(headDim_, 0.f);
+      for (uint32_t g = 0; g < group; ++g) {
+        const float* qh = q + uint64_t{kvh * group + g} * headDim_;
+        for (uint32_t d = 0; d < headDim_; ++d) mean[d] += qh[d] / static_cast<float>(group);
+      }
+      std::vector<std::pair<float, size_t>> scored(units.size());
       for (size_t u = 0; u < units.size(); ++u) {
+        const float* c = units[u].centroid.data();
         float s = 0;
-        for (uint32_t g = 0; g < group; ++g) {
-          const float* qh = q + uint64_t{kvh * group + g} * headDim_;
-          for (uint32_t d = 0; d < headDim_; ++d) s += qh[d] * units[u].centroid[d];
-        }
-        scored.emplace_back(s / group, u);
+        for (uint32_t d = 0; d < headDim_; ++d) s += mean[d] * c[d];
+        scored[u] = {s, u};
       }
       std::sort(scored.begin(), scored.end(),
                 [](const auto& a, const auto& b) { return a.first > b.first; });
