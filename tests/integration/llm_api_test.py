@@ -218,6 +218,33 @@ class PrefillScaling(unittest.TestCase):
                 p.stop()
 
 
+class ServedRetrieval(unittest.TestCase):
+    def test_kv_retrieval_served_as_run(self):
+        # lifl up --kv-retrieval: the decode stage clusters the handed-over prompt and attends
+        # to sinks, selected units and the window; each completion equals `lifl model run`
+        # with the same setting (and, with a 64-token budget, differs from full attention's
+        # at least once among the requests: the setting reaches the stages).
+        with tempfile.TemporaryDirectory() as tmp:
+            d = os.path.join(tmp, "retrieval")
+            lifl_cli("model", "generate", "--dir", d, "--layers", "2", "--vocab", "320",
+                     "--max-positions", "1024", "--seed", "14")
+            spec = "budget=64,tau=0.5"
+            p = Platform(router="userspace", extra_args=["--model", d, "--kv-retrieval", spec])
+            try:
+                prompts = [[(i * 37 + s) % 300 for i in range(300)] for s in range(3)]
+                with concurrent.futures.ThreadPoolExecutor(3) as pool:
+                    results = list(pool.map(lambda pr: post(p.url, {
+                        "prompt": pr, "max_tokens": 12, "temperature": 0}), prompts))
+                served = []
+                for (status, _, data), pr in zip(results, prompts):
+                    self.assertEqual(status, 200, data)
+                    served.append(json.loads(data)["choices"][0]["token_ids"])
+                    self.assertEqual(served[-1], model_run(d, pr, 12, "--kv-retrieval", spec)[0])
+                self.assertNotEqual(served, [model_run(d, pr, 12)[0] for pr in prompts])
+            finally:
+                p.stop()
+
+
 class EndOfSequence(unittest.TestCase):
     def test_eos_stops_with_finish_reason_stop(self):
         with tempfile.TemporaryDirectory() as tmp:

@@ -8,6 +8,7 @@ Tolerance: with --gemm exact the GPU and the CPU read the same BF16 weights and 
 fp32 in different orders; 2e-4 of the largest logit (a wrong kernel moves them by 1e-2 or
 more). transformers runs in fp32 on the same weights: the same bound. Paths that round
 activations to BF16 (the default tensor-core GEMM, quantised linears) get 2e-2."""
+import concurrent.futures
 import json
 import os
 import shutil
@@ -111,6 +112,23 @@ class LlmGpu(unittest.TestCase):
             self.assertEqual(gpu["tokens"], cpu["tokens"], f"tau {tau}")
             self.assertEqual(gpu["retrievals"], cpu["retrievals"], f"tau {tau}")
         self.assertEqual(gpu["retrievals"], 3)  # tau -2: once per layer
+        # Served: 3 concurrent requests through prefill -> decode (the hand-off, then the
+        # move to host memory in the decode stage), each as `lifl model run` gives it.
+        spec = "budget=64,tau=0.5"
+        p = Platform(router="userspace", extra_args=[
+            "--model", self.model, "--model-device", "cuda", "--kv-retrieval", spec])
+        try:
+            prompts = [[(i * 37 + s) % 500 for i in range(300)] for s in range(3)]
+            with concurrent.futures.ThreadPoolExecutor(3) as pool:
+                results = list(pool.map(lambda pr: post(p.url, {
+                    "prompt": pr, "max_tokens": 12, "temperature": 0}), prompts))
+            for (status, _, data), pr in zip(results, prompts):
+                self.assertEqual(status, 200, data)
+                self.assertEqual(json.loads(data)["choices"][0]["token_ids"],
+                                 model_run(self.model, pr, 12, "--device", "cuda",
+                                           "--kv-retrieval", spec)[0])
+        finally:
+            p.stop()
 
     def test_transformers_gives_the_same_logits_and_tokens(self):
         try:
@@ -135,7 +153,6 @@ class LlmGpu(unittest.TestCase):
         # through the host (--model-kv-handoff host); either way each of 4 concurrent
         # requests equals `lifl model run --device cuda`. 6 requests against 4 IPC slots:
         # the ones that find no free slot go through the host.
-        import concurrent.futures
         prompts = [self.prompt[:10 + 5 * i] for i in range(6)]
         expected = [model_run(self.model, pr, 8, "--device", "cuda")[0] for pr in prompts]
         for handoff in ("ipc", "host"):
