@@ -25,6 +25,7 @@ constexpr const char* kUpHelp =
     "               [--quantize int8|int4] [--model-device cpu|cuda]\n"
     "               [--model-gemm cublas|exact] [--model-kv-handoff ipc|host]\n"
     "               [--model-max-sequences 16] [--model-prefill-instances 4]\n"
+    "               [--model-decode-instances 1]\n"
     "               [--kv-retrieval budget=N,tau=T]]\n"
     "\n"
     "Runs the whole platform on this machine (agent, gateway, jobs API, function instances)\n"
@@ -32,7 +33,8 @@ constexpr const char* kUpHelp =
     "answers 200 once it accepts work. --port 0 picks a free port; --port-file writes it.\n"
     "--model serves a Llama model folder (config.json + *.safetensors) at POST\n"
     "/v1/completions through the chain llm.prefill -> llm.decode (docs/llm.md); prefill\n"
-    "scales from 1 to --model-prefill-instances instances by queue depth.";
+    "scales from 1 to --model-prefill-instances instances by queue depth, decode to\n"
+    "--model-decode-instances by requests in flight.";
 
 constexpr const char* kAgentHelp =
     "usage: lifl agent --controller URL [--name NODE] [--advertise URL] [--slots N]\n"
@@ -96,6 +98,8 @@ Result<dataplane::AgentConfig> configFromArgs(const Args& args, uint16_t default
       return badRequest("bad_arguments", "--model-gemm is cublas or exact");
     LIFL_TRY(prefills, args.getUnsigned("model-prefill-instances", 4));
     if (prefills == 0) return badRequest("bad_arguments", "--model-prefill-instances >= 1");
+    LIFL_TRY(decodes, args.getUnsigned("model-decode-instances", 1));
+    if (decodes == 0) return badRequest("bad_arguments", "--model-decode-instances >= 1");
     const std::string handoff = args.get("model-kv-handoff", "ipc");
     if (handoff != "ipc" && handoff != "host")
       return badRequest("bad_arguments", "--model-kv-handoff is ipc or host");
@@ -109,7 +113,7 @@ Result<dataplane::AgentConfig> configFromArgs(const Args& args, uint16_t default
                               {"kv_handoff", handoff},
                               {"max_sequences", sequences},
                               {"kv_retrieval", args.get("kv-retrieval")}},
-                             static_cast<uint32_t>(prefills)});
+                             {static_cast<uint32_t>(prefills), static_cast<uint32_t>(decodes)}});
   }
   for (const auto& chain : config.chains)
     for (const auto& f : chain.functions)

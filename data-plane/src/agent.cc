@@ -195,6 +195,9 @@ void Agent::readEndpoint() {
       case DescriptorKind::Stream:
         chains_->onStream(d);
         break;
+      case DescriptorKind::Event:  // a chain hop's event for a routed next hop
+        chains_->route(d);
+        break;
       default:
         LIFL_WARN("agent got an unexpected " << kindName(d.kind) << " from " << d.src);
     }

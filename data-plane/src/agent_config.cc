@@ -84,9 +84,14 @@ Result<AgentConfig> parseAgentConfig(const std::string& yaml) {
           if (!ch["functions"] || !ch["functions"].IsSequence() || ch["functions"].size() == 0)
             return configError("chain " + spec.name + " needs a non-empty functions list");
           for (const auto& fn : ch["functions"]) spec.functions.push_back(fn.as<std::string>());
-          spec.maxInstances = ch["max_instances"].as<uint32_t>(1);
-          if (spec.maxInstances == 0)
-            return configError("chain " + spec.name + ": max_instances must be at least 1");
+          // A number (the first hop's), or a list with one per hop.
+          if (const auto m = ch["max_instances"]; m && m.IsSequence())
+            for (const auto& v : m) spec.maxInstances.push_back(v.as<uint32_t>());
+          else if (m)
+            spec.maxInstances.push_back(m.as<uint32_t>());
+          for (uint32_t v : spec.maxInstances)
+            if (v == 0)
+              return configError("chain " + spec.name + ": max_instances must be at least 1");
           c.chains.push_back(std::move(spec));
         }
       }

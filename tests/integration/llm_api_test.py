@@ -218,6 +218,46 @@ class PrefillScaling(unittest.TestCase):
                 p.stop()
 
 
+class DecodeScaling(unittest.TestCase):
+    def test_decode_scales_with_requests_in_flight(self):
+        # --model-decode-instances 3: prefill hands its events to the agent, which gives each
+        # to the decode instance with the fewest requests in flight; with
+        # scale_up_queue_depth 1 a second (and third) instance joins while requests run, never
+        # a fourth. Each completion equals its own `lifl model run`; after idle_seconds (1)
+        # an added decode instance goes back.
+        with tempfile.TemporaryDirectory() as tmp:
+            d = os.path.join(tmp, "decode-scaling")
+            lifl_cli("model", "generate", "--dir", d, "--layers", "2", "--vocab", "320",
+                     "--max-positions", "512", "--seed", "15")
+            config = "functions:\n  scale_up_queue_depth: 1\n  idle_seconds: 1\n"
+            p = Platform(router="userspace", config=config, warm_pool=6,
+                         extra_args=["--model", d, "--model-decode-instances", "3",
+                                     "--model-prefill-instances", "1"])
+            try:
+                prompts = [[i + 1, i + 2, i + 3, i + 4] for i in range(6)]
+                with concurrent.futures.ThreadPoolExecutor(6) as pool:
+                    results = list(pool.map(lambda pr: post(p.url, {
+                        "prompt": pr, "max_tokens": 60, "temperature": 0}), prompts))
+                decodes = [i for i in p.instances() if i["function"] == "llm.decode"]
+                for (status, _, data), pr in zip(results, prompts):
+                    self.assertEqual(status, 200, data)
+                    self.assertEqual(json.loads(data)["choices"][0]["token_ids"],
+                                     model_run(d, pr, 60)[0])
+                log = p.log_tail(400)
+                self.assertIn("llm.decode scaled up to 2 instances", log)
+                self.assertNotIn("scaled up to 4", log)
+                self.assertTrue(2 <= len(decodes) <= 3, decodes)
+                time.sleep(1.5)
+                status, _, _ = post(p.url, {"prompt": [1, 2, 3], "max_tokens": 1})
+                self.assertEqual(status, 200)
+                self.assertIn("llm.decode scaled down", p.log_tail(400))
+            finally:
+                p.stop()
+            r = lifl_cli("up", "--port", 0, "--model", d, "--model-decode-instances", 0,
+                         check=False)
+            self.assertIn("--model-decode-instances >= 1", r.stderr)
+
+
 class ServedRetrieval(unittest.TestCase):
     def test_kv_retrieval_served_as_run(self):
         # lifl up --kv-retrieval: the decode stage clusters the handed-over prompt and attends

@@ -2,13 +2,16 @@
 // assignment names the next hop; the last hop answers the agent. An invocation writes the
 // event into the store once and sends its descriptor to the first hop.
 //
-// The first hop scales like the aggregators' leaves: from the eBPF router's counters (the
-// descriptors delivered to an instance minus those it has handled), an invocation goes to the
-// instance with the shortest queue, and when even that queue has reached
-// `functions.scale_up_queue_depth` another instance is taken from the warm pool, up to the
-// chain's `max_instances`. An added instance that has been given nothing for
-// `functions.idle_seconds` goes back to the pool. The later hops stay single (the LLM decode
-// stage batches every sequence in one instance).
+// Hops scale like the aggregators' leaves, each up to its `max_instances`:
+// - the first hop from the eBPF router's counters (descriptors delivered to an instance minus
+//   those it has handled): an invocation goes to the instance with the shortest queue, and
+//   when even that queue has reached `functions.scale_up_queue_depth` another instance is
+//   taken from the warm pool;
+// - a later hop allowed more than one instance is routed by the agent: the hop before sends
+//   its events to the agent, which gives each to the instance with the fewest requests in
+//   flight (a decode stage holds its requests until they finish, so its queue says little),
+//   adding one when even that has `scale_up_queue_depth` in flight.
+// An added instance given nothing for `functions.idle_seconds` goes back to the pool.
 #pragma once
 
 #include <chrono>
@@ -31,7 +34,10 @@ struct ChainSpec {
   std::string name;
   std::vector<std::string> functions;
   nlohmann::json params = nlohmann::json::object();  ///< given to every hop with its position
-  uint32_t maxInstances = 1;                         ///< of the first hop
+  std::vector<uint32_t> maxInstances;                ///< per hop; 1 where absent
+  uint32_t maxOf(size_t hop) const { return hop < maxInstances.size() ? maxInstances[hop] : 1; }
+  /// The hop's events come through the agent, which picks one of its instances.
+  bool routed(size_t hop) const { return hop > 0 && maxOf(hop) > 1; }
 };
 
 /// Descriptors delivered to an instance and not yet handled (the agent's probe).
@@ -63,34 +69,47 @@ class ChainManager {
                           std::shared_ptr<ChainCall> call);
   /// First hop of the chain (the event's owner), or 404.
   Result<InstanceId> entry(const std::string& name) const;
-  /// Instances of the chain's first hop (1 up to max_instances).
-  size_t entryInstances(const std::string& name) const;
+  /// Instances of a hop of the chain (1 up to its max_instances; 0: no such chain or hop).
+  size_t instances(const std::string& name, size_t hop) const;
+  /// An event a hop sent to the agent: given to an instance of the next hop (routed hops).
+  void route(const Descriptor& d);
   void forget(uint64_t correlation);
   void onReply(const Descriptor& d);
   /// One piece of a streamed reply: kept for the waiter, who is woken.
   void onStream(const Descriptor& d);
 
  private:
+  struct Instance {
+    InstanceId id;
+    std::chrono::steady_clock::time_point lastPicked;
+    uint32_t inFlight = 0;  ///< routed requests not yet answered
+  };
+  using Pool = std::vector<Instance>;  ///< a hop's instances; the first is never scaled away
+
   Result<void> deployLocked(size_t chain);
-  /// The first-hop instance an invocation goes to, scaling up or down as the queues say.
+  nlohmann::json paramsLocked(size_t chain, size_t hop) const;
+  Result<InstanceId> addLocked(size_t chain, size_t hop);
+  /// The first-hop instance an invocation goes to, scaling up as the queues say.
   Result<InstanceId> pickLocked(size_t chain);
-  void releaseAddedLocked(size_t chain);
+  /// The instance of a routed hop with the fewest requests in flight, scaling up as they say.
+  Result<InstanceId> routeLocked(size_t chain, size_t hop);
+  /// Gives back the added instances of a hop given nothing for idle_seconds and holding no
+  /// work, but `picked`, which has just been given some.
+  void trimLocked(size_t chain, size_t hop, InstanceId picked);
+  void releaseLocked(size_t chain);
+  void settleLocked(uint64_t correlation);
 
   ObjectStore& store_;
   Endpoint& endpoint_;
   Supervisor& supervisor_;
   mutable std::mutex mutex_;
   std::vector<ChainSpec> chains_;
-  std::vector<std::vector<InstanceId>> hops_;
-  struct Added {
-    InstanceId id;
-    std::chrono::steady_clock::time_point lastPicked;
-  };
-  std::vector<std::vector<Added>> added_;  ///< first-hop instances beyond hops_[c][0]
+  std::vector<std::vector<Pool>> pools_;  ///< [chain][hop]
   QueueProbe queue_;
   uint32_t scaleUpDepth_ = 4;
   double idleSeconds_ = 30;
   std::map<uint64_t, std::shared_ptr<ChainCall>> pending_;
+  std::map<uint64_t, InstanceId> routedTo_;  ///< correlation -> the routed instance holding it
   uint64_t nextCorrelation_ = 1;
 };
 
