@@ -39,6 +39,41 @@ Result<RetrievalConfig> RetrievalConfig::parse(std::string_view spec) {
   return c;
 }
 
+namespace {
+
+#define LIFL_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+
+constexpr uint32_t kKeysAtOnce = 4;  ///< their score rows stay in L1 while a centroid row streams
+
+/// The centroids nearest to `count` (<= kKeysAtOnce) keys by squared distance, ||c||^2 - 2 k.c
+/// (a key's own norm is the same for every c): centroids transposed, [dim][clusters], so that
+/// the inner loop runs over clusters in vector registers, each centroid row read once for all
+/// the keys. Ties go to the lowest index.
+LIFL_CLONES void nearestCentroids(const float* const* keys, uint32_t count,
+                                  const float* __restrict__ transposed,
+                                  const float* __restrict__ norms, float* __restrict__ scores,
+                                  uint32_t clusters, uint32_t dim, uint32_t* out) {
+  for (uint32_t j = 0; j < count; ++j)
+    for (uint32_t c = 0; c < clusters; ++c) scores[j * clusters + c] = norms[c];
+  for (uint32_t d = 0; d < dim; ++d) {
+    const float* row = transposed + uint64_t{d} * clusters;
+    for (uint32_t j = 0; j < count; ++j) {
+      const float kd = -2.f * keys[j][d];
+      float* __restrict__ score = scores + j * clusters;
+      for (uint32_t c = 0; c < clusters; ++c) score[c] += kd * row[c];
+    }
+  }
+  for (uint32_t j = 0; j < count; ++j) {
+    const float* score = scores + j * clusters;
+    uint32_t best = 0;
+    for (uint32_t c = 1; c < clusters; ++c)
+      if (score[c] < score[best]) best = c;
+    out[j] = best;
+  }
+}
+
+}  // namespace
+
 SequenceRetrieval::SequenceRetrieval(const RetrievalConfig& config, uint32_t layers, uint32_t heads,
                                      uint32_t kvHeads, uint32_t headDim)
     : config_(config), heads_(heads), kvHeads_(kvHeads), headDim_(headDim), layers_(layers) {
@@ -96,19 +131,22 @@ void SequenceRetrieval::clusterLayer(uint32_t layer, const kl::KvPages& cache,
       centroids[c].assign(k, k + headDim_);
     }
     std::vector<uint32_t> owner(n, 0);
+    std::vector<float> transposed(uint64_t{headDim_} * clusters), norms(clusters),
+        scores(uint64_t{kKeysAtOnce} * clusters);
     for (int round = 0; round < 4; ++round) {
-      for (uint32_t i = 0; i < n; ++i) {
-        const float* k = key(kvh, first + i);
-        float best = INFINITY;
-        for (uint32_t c = 0; c < clusters; ++c) {
-          float dist = 0;
-          for (uint32_t d = 0; d < headDim_; ++d)
-            dist += (k[d] - centroids[c][d]) * (k[d] - centroids[c][d]);
-          if (dist < best) {
-            best = dist;
-            owner[i] = c;
-          }
+      for (uint32_t c = 0; c < clusters; ++c) {
+        norms[c] = 0;
+        for (uint32_t d = 0; d < headDim_; ++d) {
+          transposed[uint64_t{d} * clusters + c] = centroids[c][d];
+          norms[c] += centroids[c][d] * centroids[c][d];
         }
+      }
+      for (uint32_t i = 0; i < n; i += kKeysAtOnce) {
+        const uint32_t count = std::min(kKeysAtOnce, n - i);
+        const float* keys[kKeysAtOnce];
+        for (uint32_t j = 0; j < count; ++j) keys[j] = key(kvh, first + i + j);
+        nearestCentroids(keys, count, transposed.data(), norms.data(), scores.data(), clusters,
+                         headDim_, owner.data() + i);
       }
       std::vector<std::vector<float>> sums(clusters, std::vector<float>(headDim_, 0.f));
       std::vector<uint32_t> counts(clusters, 0);
