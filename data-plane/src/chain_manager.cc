@@ -136,6 +136,8 @@ void ChainManager::route(const Descriptor& d) {
       for (size_t h = 0; h < pools_[c].size(); ++h)
         for (const auto& i : pools_[c][h])
           if (i.id == d.src) chain = c, hop = h + 1;
+    if (chain == pools_.size() || hop >= pools_[chain].size() || !chains_[chain].routed(hop))
+      LIFL_WARN("an event from instance " << d.src << " that no chain routes: dropped");
     const bool routable = chain < pools_.size() && hop < pools_[chain].size() &&
                           chains_[chain].routed(hop) && pending_.count(d.correlation);
     if (routable) {
