@@ -25,7 +25,7 @@ constexpr const char* kUpHelp =
     "               [--quantize int8|int4] [--model-device cpu|cuda]\n"
     "               [--model-gemm cublas|exact] [--model-kv-handoff ipc|host]\n"
     "               [--model-max-sequences 16] [--model-prefill-instances 4]\n"
-    "               [--model-decode-instances 1]\n"
+    "               [--model-decode-instances 1] [--model-max-context 8192]\n"
     "               [--kv-retrieval budget=N,tau=T]]\n"
     "\n"
     "Runs the whole platform on this machine (agent, gateway, jobs API, function instances)\n"
@@ -98,6 +98,8 @@ Result<dataplane::AgentConfig> configFromArgs(const Args& args, uint16_t default
       return badRequest("bad_arguments", "--model-gemm is cublas or exact");
     LIFL_TRY(prefills, args.getUnsigned("model-prefill-instances", 4));
     if (prefills == 0) return badRequest("bad_arguments", "--model-prefill-instances >= 1");
+    LIFL_TRY(context, args.getUnsigned("model-max-context", 8192));
+    if (context == 0) return badRequest("bad_arguments", "--model-max-context >= 1");
     LIFL_TRY(decodes, args.getUnsigned("model-decode-instances", 1));
     if (decodes == 0) return badRequest("bad_arguments", "--model-decode-instances >= 1");
     const std::string handoff = args.get("model-kv-handoff", "ipc");
@@ -112,6 +114,7 @@ Result<dataplane::AgentConfig> configFromArgs(const Args& args, uint16_t default
                               {"gemm", gemm},
                               {"kv_handoff", handoff},
                               {"max_sequences", sequences},
+                              {"max_context", context},
                               {"kv_retrieval", args.get("kv-retrieval")}},
                              {static_cast<uint32_t>(prefills), static_cast<uint32_t>(decodes)}});
   }

@@ -7,6 +7,7 @@
 //     takes each sequence into its own paged KV pool and generates for all of them together,
 //     one token each per step (continuous batching: new sequences join between steps);
 //     streams each token to the gateway (Stream) and answers with the completion (Reply).
+#include <algorithm>
 #include <chrono>
 #include <cstring>
 #include <ctime>
@@ -144,6 +145,10 @@ Result<std::unique_ptr<Loaded>> load(const nlohmann::json& params) {
     LIFL_TRYV(model.quantize(q == "int4" ? 4 : 8));
   auto l = std::make_unique<Loaded>();
   l->model = std::move(model);
+  // The served context: a config's max_position_embeddings (Llama 3: 131 072) would size a
+  // KV pool of every sequence at full length beyond any GPU; --model-max-context caps it.
+  if (const uint32_t cap = params.value("max_context", 0u); cap > 0)
+    l->model.config.maxPositions = std::min(l->model.config.maxPositions, cap);
   const auto& c = l->model.config;
   // KV pages: the decode stage holds every running sequence, so size it for several.
   const uint32_t pagesPerSequence =
@@ -232,7 +237,11 @@ class Prefill final : public Function {
         ctx.params().value("kv_handoff", std::string("ipc")) == "ipc") {
       ipcTried_ = true;
       constexpr uint32_t kSlots = 4;  // prompts in flight between the stages
-      auto made = llm::KvHandoffSender::create(engine, kSlots, engine.config().maxPositions);
+      // Slots for prompts of up to 4096 tokens (longer ones go through the host), so that
+      // long-context models do not pin gigabytes of device memory for the hand-off.
+      constexpr uint32_t kSlotTokens = 4096;
+      auto made = llm::KvHandoffSender::create(engine, kSlots,
+                                               std::min(kSlotTokens, engine.config().maxPositions));
       if (made)
         ipc_ = std::move(made).value();
       else

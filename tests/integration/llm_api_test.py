@@ -258,6 +258,29 @@ class DecodeScaling(unittest.TestCase):
             self.assertIn("--model-decode-instances >= 1", r.stderr)
 
 
+class ServedContext(unittest.TestCase):
+    def test_max_context_caps_requests(self):
+        # --model-max-context 64 on a model of 1024 positions: a request of 50 + 20 tokens is
+        # refused with the cap in its error, one of 50 + 14 is served as `lifl model run`.
+        with tempfile.TemporaryDirectory() as tmp:
+            d = os.path.join(tmp, "context")
+            lifl_cli("model", "generate", "--dir", d, "--layers", "1", "--vocab", "320",
+                     "--max-positions", "1024", "--seed", "16")
+            p = Platform(router="userspace", extra_args=["--model", d, "--model-max-context", 64])
+            try:
+                prompt = list(range(1, 51))
+                status, _, data = post(p.url, {"prompt": prompt, "max_tokens": 20})
+                self.assertEqual(status, 400, data)
+                self.assertIn("64 positions", json.loads(data)["detail"])
+                status, _, data = post(p.url, {"prompt": prompt, "max_tokens": 14,
+                                               "temperature": 0})
+                self.assertEqual(status, 200, data)
+                self.assertEqual(json.loads(data)["choices"][0]["token_ids"],
+                                 model_run(d, prompt, 14)[0])
+            finally:
+                p.stop()
+
+
 class ServedRetrieval(unittest.TestCase):
     def test_kv_retrieval_served_as_run(self):
         # lifl up --kv-retrieval: the decode stage clusters the handed-over prompt and attends
