@@ -11,9 +11,14 @@ packages=(
   libboost-dev prometheus-cpp-dev libyaml-cpp-dev nlohmann-json3-dev
   libgtest-dev libgmock-dev libbenchmark-dev libssl-dev
   python3-numpy python3-pip python3-venv python3-sklearn python3-matplotlib python3-torch
-  python3-regex libicu-dev
+  python3-regex libicu-dev yamllint
   iproute2 curl nginx-light
 )
+# The Kubernetes manifests' offline checks (tests/deploy): kubectl for `kubectl kustomize`,
+# Node.js for the schema validation. A machine that has them from elsewhere keeps its own.
+command -v kubectl >/dev/null || packages+=(kubernetes-client)
+command -v node >/dev/null || packages+=(nodejs)
+command -v npm >/dev/null || packages+=(npm)
 
 missing=()
 for p in "${packages[@]}"; do
@@ -28,6 +33,13 @@ fi
 # bpffs holds pinned maps; tracefs is required by SEC("tracepoint/...") programs.
 mountpoint -q /sys/fs/bpf || mount -t bpf bpf /sys/fs/bpf
 mountpoint -q /sys/kernel/tracing || mount -t tracefs tracefs /sys/kernel/tracing
+
+# The schema validation's npm packages, pinned by deploy/validate/package-lock.json.
+validate="$(dirname "$0")/../deploy/validate"
+if [ ! -d "$validate/node_modules" ] || [ "$validate/package-lock.json" -nt "$validate/node_modules" ]; then
+  npm ci --prefix "$validate" --no-audit --no-fund >/dev/null
+  touch "$validate/node_modules"
+fi
 
 # nginx is only a benchmark baseline; never leave the distribution's default site running.
 if systemctl is-active --quiet nginx 2>/dev/null; then systemctl stop nginx || true; fi
