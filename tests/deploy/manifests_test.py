@@ -66,7 +66,7 @@ class Manifests(unittest.TestCase):
         self.assertFalse(security["privileged"])
         self.assertFalse(security["allowPrivilegeEscalation"])
         self.assertEqual(security["capabilities"]["drop"], ["ALL"])
-        self.assertEqual(sorted(security["capabilities"]["add"]), ["BPF", "NET_ADMIN", "PERFMON"])
+        self.assertEqual(sorted(security["capabilities"]["add"]), ["BPF", "NET_ADMIN"])
         self.assertTrue(agent["automountServiceAccountToken"] is False)
         # Only the init step that mounts bpffs is privileged.
         self.assertEqual([c["name"] for c in agent["initContainers"]

@@ -60,11 +60,13 @@ class Platform:
     """`lifl up` on a free port, with an optional YAML config."""
 
     def __init__(self, router="ebpf", config: str | None = None, warm_pool=4, store_bytes=1 << 30,
-                 data_dir: str | None = None, extra_args: list | None = None):
+                 data_dir: str | None = None, extra_args: list | None = None,
+                 prefix: list | None = None):
+        """prefix: a command that runs `lifl up` (setpriv with a capability set, say)."""
         self.tmp = tempfile.TemporaryDirectory(prefix="lifl-test-")
         self.port_file = os.path.join(self.tmp.name, "port")
         self.log_path = os.path.join(self.tmp.name, "lifl.log")
-        args = [LIFL_BIN, "up", "--port", "0", "--port-file", self.port_file, "--router", router,
+        args = [*(prefix or []), LIFL_BIN, "up", "--port", "0", "--port-file", self.port_file, "--router", router,
                 "--data-dir", data_dir or os.path.join(self.tmp.name, "data"), "--warm-pool", str(warm_pool),
                 "--store-bytes", str(store_bytes)]
         if config:
