@@ -12,6 +12,7 @@ packages=(
   libgtest-dev libgmock-dev libbenchmark-dev libssl-dev
   python3-numpy python3-pip python3-venv python3-sklearn python3-matplotlib python3-torch
   python3-regex libicu-dev yamllint
+  debootstrap buildah podman runc
   iproute2 curl nginx-light
 )
 # The Kubernetes manifests' offline checks (tests/deploy): kubectl for `kubectl kustomize`,

@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# Builds the LIFL OCI image without a container registry (docs/kubernetes.md, "Image"):
+# a Debian bookworm root from debootstrap with the runtime libraries of the Containerfile's
+# last stage, the lifl binary built here, a non-root user 10001, committed by buildah to an
+# OCI archive. Run as root after ./scripts/build.sh.
+#
+#   deploy/image/build_image.sh [OUT.tar]      (default build/image/lifl-image.tar, tag lifl:dev)
+#
+# Load it into a cluster: `kind load image-archive OUT.tar`, or `podman load -i OUT.tar`.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+out="$(realpath -m "${1:-build/image/lifl-image.tar}")"
+work="$(dirname "$out")/rootfs"
+runtime="libbpf1,libelf1,libicu72,libprometheus-cpp-core1.0,libssl3,libyaml-cpp0.7,libzip4,ca-certificates"
+[ -x build/bin/lifl ] || { echo "build_image: build/bin/lifl is missing: run ./scripts/build.sh" >&2; exit 1; }
+mkdir -p "$(dirname "$out")"
+if [ ! -x "$work/usr/bin/apt-get" ]; then  # the root is kept between builds
+  rm -rf "$work"
+  debootstrap --variant=minbase --include="$runtime" bookworm "$work" http://deb.debian.org/debian >/dev/null
+  chroot "$work" useradd --uid 10001 --user-group --create-home --shell /usr/sbin/nologin lifl
+  rm -rf "$work"/var/cache/apt/archives/*.deb "$work"/var/lib/apt/lists/* "$work"/usr/share/doc "$work"/usr/share/man
+fi
+install -m 0755 build/bin/lifl "$work/usr/local/bin/lifl"
+export STORAGE_DRIVER=vfs  # no overlay mount needed where buildah runs
+container="$(buildah from scratch)"
+trap 'buildah rm "$container" >/dev/null 2>&1 || true' EXIT
+buildah copy "$container" "$work/" / >/dev/null
+buildah config --entrypoint '["lifl"]' --cmd '["--help"]' --user 10001 \
+  --label org.opencontainers.image.title=lifl --label org.opencontainers.image.source=lifl "$container"
+rm -f "$out"
+buildah commit --quiet --format oci "$container" "oci-archive:$out:lifl:dev" >/dev/null
+echo "build_image: $out ($(du -h "$out" | cut -f1), lifl:dev)"
