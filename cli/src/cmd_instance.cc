@@ -1,10 +1,13 @@
 #include "lifl/cli/args.h"
 #include "lifl/cli/commands.h"
+#include "lifl/common/capabilities.h"
 #include "lifl/functions/sdk.h"
 
 namespace lifl::cli {
 
 int cmdInstance(int argc, char** argv) {
+  // First of all: a function instance holds no privilege, whatever its agent holds.
+  if (auto dropped = dropAllCapabilities(); !dropped) return fail(dropped.error());
   auto args = Args::parse(argc, argv, 2);
   if (!args) return fail(args.error());
   if (args.value().wantsHelp()) {

@@ -6,7 +6,6 @@
 #include <atomic>
 #include <csignal>
 
-#include "lifl/common/capabilities.h"
 #include "lifl/common/log.h"
 #include "lifl/common/scope_exit.h"
 #include "lifl/functions/sdk.h"
@@ -39,11 +38,6 @@ int runInstance(const InstanceOptions& options) {
   if (options.agentPid && getppid() != options.agentPid) return 0;
   log::setTag("fn-" + std::to_string(options.id));
   log::setLevelFromEnv();
-  // A function instance needs no privilege: whatever the agent holds (CAP_BPF, ...) stops here.
-  if (auto dropped = dropAllCapabilities(); !dropped) {
-    LIFL_ERROR(dropped.error().toString());
-    return 2;
-  }
 
   auto store = dataplane::ObjectStore::open(options.storePath);
   if (!store) {

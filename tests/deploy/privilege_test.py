@@ -6,6 +6,7 @@ function instances hold no capability at all. The capability set is read from th
 manifest, so that the test and the manifest cannot drift apart."""
 import os
 import subprocess
+import time
 import unittest
 
 import numpy as np
@@ -55,9 +56,15 @@ class LeastPrivilege(unittest.TestCase):
             self.assertIn("router ebpf", p.log_tail(50))
             instances = p.instances()
             self.assertGreater(len(instances), 0)
+            # An instance drops its capabilities as it starts: each reaches none (bounded).
             for i in instances:
-                held = capabilities_of(i["pid"])
-                self.assertEqual((held["CapEff"], held["CapPrm"]), (0, 0), f"instance {i}")
+                deadline = time.monotonic() + 10
+                while True:
+                    held = capabilities_of(i["pid"])
+                    if (held["CapEff"], held["CapPrm"]) == (0, 0):
+                        break
+                    self.assertLess(time.monotonic(), deadline, f"instance {i} holds {held}")
+                    time.sleep(0.05)
             # A round through the eBPF router: 12 clients, the model against numpy.
             client = p.client
             client.create_job(job_spec("priv", clients=12, rounds=1))
