@@ -6,12 +6,14 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <cmath>
 #include <cstdio>
 #include <filesystem>
 #include <functional>
 #include <unordered_set>
 
 #include "lifl/common/log.h"
+#include "lifl/dataplane/cgroup_limits.h"
 
 namespace lifl::dataplane {
 
@@ -123,11 +125,12 @@ Result<void> Agent::joinCluster() {
                         "cluster.advertise_url is needed when the gateway binds 0.0.0.0");
     cc.advertiseUrl = "http://" + config_.bind + ":" + std::to_string(port_);
   }
-  if (cc.slots == 0) {
+  if (cc.slots == 0) {  // 4 a CPU this agent may use: its affinity, within its cgroup's limit
     cpu_set_t cpus;
     CPU_ZERO(&cpus);
-    const int n = ::sched_getaffinity(0, sizeof(cpus), &cpus) == 0 ? CPU_COUNT(&cpus) : 1;
-    cc.slots = static_cast<uint32_t>(4 * std::max(n, 1));
+    double n = ::sched_getaffinity(0, sizeof(cpus), &cpus) == 0 ? CPU_COUNT(&cpus) : 1;
+    if (const double limit = cgroupCpuLimit(); limit > 0) n = std::min(n, std::ceil(limit));
+    cc.slots = static_cast<uint32_t>(4 * std::max(n, 1.0));
   }
   cluster_->start([this] {
     const auto s = store_->stats();
