@@ -2,7 +2,7 @@
 overlay renders with `kubectl kustomize`; every rendered object is valid against its
 Kubernetes (or Prometheus operator) schema, by deploy/validate/validate.mjs with the npm
 package kubernetes-models (installed by scripts/setup.sh); the security and sizing promises
-of the DaemonSet hold in every overlay; yamllint passes on every YAML file of deploy/. A
+of the DaemonSet hold in every overlay; yamllint passes on every YAML file of the repository. A
 manifest broken on purpose fails the validation, so that the validation is seen to work."""
 import glob
 import os
@@ -110,9 +110,12 @@ class Manifests(unittest.TestCase):
             self.assertIn("must have required property selector", r.stdout)
 
     def test_yamllint(self):
-        files = sorted(glob.glob(os.path.join(DEPLOY, "**", "*.yaml"), recursive=True))
-        files = [f for f in files if "node_modules" not in f]
-        self.assertGreater(len(files), 10)
+        # Every YAML file of the repository: the manifests, the example configs and jobs.
+        files = sorted(f for pattern in ("*.yaml", "*.yml")
+                       for f in glob.glob(os.path.join(ROOT, "**", pattern), recursive=True)
+                       if not re.search(r"/(build[^/]*|node_modules|\.git)/", f))
+        self.assertGreater(len(files), 15)
+        self.assertTrue(any("/examples/" in f for f in files))
         r = subprocess.run(["yamllint", "-s", "-c", os.path.join(DEPLOY, ".yamllint"), *files],
                            capture_output=True, text=True, timeout=120)
         self.assertEqual(r.returncode, 0, r.stdout + r.stderr)

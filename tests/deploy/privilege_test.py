@@ -82,6 +82,51 @@ class LeastPrivilege(unittest.TestCase):
         finally:
             p.stop()
 
+    def test_controller_as_the_manifests_non_root_user(self):
+        # The controller's Deployment runs it as user 10001 with no capability: so here, and
+        # it answers /readyz and its API.
+        import json
+        import socket
+        import tempfile
+        import time
+        import urllib.request
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = sock.getsockname()[1]
+        with tempfile.TemporaryDirectory() as data:
+            os.chown(data, 10001, 10001)
+            proc = subprocess.Popen(
+                ["setpriv", "--reuid=10001", "--regid=10001", "--clear-groups",
+                 "--inh-caps=-all", "--bounding-set=-all", "--", os.environ["LIFL_BIN"],
+                 "controller", "--port", str(port), "--data-dir", data],
+                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+            try:
+                url = f"http://127.0.0.1:{port}"
+                deadline = time.monotonic() + 30
+                while True:
+                    try:
+                        with urllib.request.urlopen(url + "/readyz", timeout=2) as r:
+                            if r.status == 200:
+                                break
+                    except OSError:
+                        pass
+                    self.assertIsNone(proc.poll(), "the controller exited")
+                    self.assertLess(time.monotonic(), deadline, "the controller never got ready")
+                    time.sleep(0.1)
+                held = capabilities_of(proc.pid)
+                self.assertEqual((held["CapEff"], held["CapBnd"]), (0, 0))
+                with open(f"/proc/{proc.pid}/status") as f:
+                    uid = next(line.split()[1] for line in f if line.startswith("Uid:"))
+                self.assertEqual(uid, "10001")
+                # Its API and its data directory work as that user: the node and job lists.
+                for path in ("/v1/nodes", "/v1/jobs"):
+                    with urllib.request.urlopen(url + path, timeout=10) as r:
+                        self.assertEqual(r.status, 200)
+                        json.loads(r.read())
+            finally:
+                proc.terminate()
+                proc.wait(timeout=30)
+
     def test_one_capability_short_the_agent_says_why(self):
         # Without CAP_BPF, or without CAP_NET_ADMIN, the eBPF router cannot load: `lifl up`
         # stops with an error naming it rather than running without its router. So neither
