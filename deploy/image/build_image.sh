@@ -1,14 +1,20 @@
 #!/usr/bin/env bash
-# Builds the LIFL OCI image without a container registry (docs/kubernetes.md, "Image"):
-# a Debian bookworm root from debootstrap with the runtime libraries of the Containerfile's
-# last stage, the lifl binary built here, a non-root user 10001, committed by buildah to an
-# OCI archive. Run as root after ./scripts/build.sh.
+# Builds the LIFL image (docs/kubernetes.md, "Image"), tagged lifl:dev.
 #
-#   deploy/image/build_image.sh [OUT.tar]      (default build/image/lifl-image.tar, tag lifl:dev)
-#
-# Load it into a cluster: `kind load image-archive OUT.tar`, or `podman load -i OUT.tar`.
+#   deploy/image/build_image.sh --engine docker|podman
+#     where an engine reaches a registry: builds deploy/image/Containerfile with it.
+#   deploy/image/build_image.sh [OUT.tar]
+#     without a registry (our machines), as root after ./scripts/build.sh: a Debian bookworm
+#     root from debootstrap with the runtime libraries of the Containerfile's last stage, the
+#     lifl binary built here and a non-root user 10001, committed by buildah to an OCI
+#     archive (default build/image/lifl-image.tar). Load it with `kind load image-archive
+#     OUT.tar` or `podman load -i OUT.tar`.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
+if [ "${1:-}" = "--engine" ]; then
+  engine="${2:?--engine docker or podman}"
+  exec "$engine" build -f deploy/image/Containerfile -t lifl:dev .
+fi
 out="$(realpath -m "${1:-build/image/lifl-image.tar}")"
 work="$(dirname "$out")/rootfs"
 runtime="libbpf1,libelf1,libicu72,libprometheus-cpp-core1.0,libssl3,libyaml-cpp0.7,libzip4,ca-certificates"
