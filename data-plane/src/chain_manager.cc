@@ -36,6 +36,7 @@ nlohmann::json ChainManager::paramsLocked(size_t c, size_t hop) const {
   params["chain"] = chain.name;
   params["position"] = hop;
   params["next"] = last || chain.routed(hop + 1) ? kAgentInstance : pools_[c][hop + 1][0].id;
+  params["last"] = last;  // next is the agent either way: the last hop replies, others route
   return params;
 }
 

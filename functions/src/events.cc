@@ -25,7 +25,10 @@ Result<void> ChainFunction::onEvent(Context& ctx, const Descriptor& d) {
   auto produced = produce();
   ctx.store().release(input.handle());
   if (produced) {
-    out.kind = next == kAgentInstance ? DescriptorKind::Reply : DescriptorKind::Event;
+    // The last hop answers; an earlier one sends on (to the agent when the next hop is
+    // routed: ChainManager::route).
+    out.kind = ctx.params().value("last", next == kAgentInstance) ? DescriptorKind::Reply
+                                                                  : DescriptorKind::Event;
     produced.value().describe(out);
     return ctx.emit(out);
   }

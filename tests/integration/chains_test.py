@@ -20,6 +20,9 @@ functions:
       functions: [example.upper, example.reverse, example.rot13]
     - name: echo-upper
       functions: [example.upper]
+    - name: routed
+      functions: [example.rot13, example.upper]
+      max_instances: [1, 3]
 """
 
 
@@ -110,6 +113,30 @@ class Chains(PlatformTestCase):
         for i in range(24):
             self.assertEqual(results[i][0], 200)
             self.assertEqual(results[i][2].decode(), expected(f"request number {i}"))
+
+    def test_routed_hop_under_load(self):
+        # max_instances [1, 3]: rot13 sends its events to the agent, which gives each to the
+        # upper instance with the fewest requests in flight (adding up to 3). 48 concurrent
+        # invocations each get their own answer.
+        results, errors = {}, []
+
+        def call(i):
+            try:
+                results[i] = self.binary(f"routed request {i}", chain="routed")
+            except Exception as e:
+                errors.append(e)
+
+        threads = [threading.Thread(target=call, args=(i,)) for i in range(48)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(30)
+        self.assertEqual(errors, [])
+        for i in range(48):
+            self.assertEqual(results[i][0], 200, results[i][2])
+            self.assertEqual(results[i][2].decode(),
+                             codecs.encode(f"routed request {i}", "rot13").upper())
+        self.assertNotIn("example.upper scaled up to 4", self.platform.log_tail(400))
 
     def test_chain_survives_instance_kill(self):
         busy = [i for i in self.platform.instances() if i["function"] == "example.reverse"]
