@@ -13,6 +13,7 @@ packages=(
   python3-numpy python3-pip python3-venv python3-sklearn python3-matplotlib python3-torch
   python3-regex libicu-dev yamllint
   debootstrap buildah podman runc
+  clang-16 libclang-rt-16-dev
   iproute2 curl nginx-light
 )
 # The Kubernetes manifests' offline checks (tests/deploy): kubectl for `kubectl kustomize`,

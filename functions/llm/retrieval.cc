@@ -8,6 +8,8 @@
 #include <string>
 #include <thread>
 
+#include "lifl/common/clones.h"
+
 namespace lifl::llm {
 
 namespace kl = kernels::llm;
@@ -40,8 +42,6 @@ Result<RetrievalConfig> RetrievalConfig::parse(std::string_view spec) {
 }
 
 namespace {
-
-#define LIFL_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
 
 constexpr uint32_t kKeysAtOnce = 4;  ///< their score rows stay in L1 while a centroid row streams
 

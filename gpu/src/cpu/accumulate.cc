@@ -7,10 +7,11 @@
 #include <cstddef>
 #include <cstring>
 
+#include "lifl/common/clones.h"
+
 // One clone per x86-64 level: v4 (AVX-512), v3 (AVX2 + F16C + FMA), baseline. The loops are
 // written so that GCC vectorises each clone; bench/aggregation checks the achieved GB/s
 // against a plain C roofline loop.
-#define LIFL_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
 
 namespace lifl::kernels {
 namespace {

@@ -4,7 +4,7 @@
 #include <cmath>
 #include <numeric>
 
-#define LIFL_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+#include "lifl/common/clones.h"
 
 namespace lifl::kernels::llm {
 namespace {

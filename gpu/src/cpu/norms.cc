@@ -1,9 +1,8 @@
 #include <algorithm>
 #include <bit>
 
+#include "lifl/common/clones.h"
 #include "lifl/gpu/accumulate.h"
-
-#define LIFL_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
 
 namespace lifl::kernels {
 namespace {

@@ -2,9 +2,8 @@
 
 #include <cmath>
 
+#include "lifl/common/clones.h"
 #include "lifl/common/error.h"
-
-#define LIFL_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
 
 namespace lifl::kernels {
 namespace {
