@@ -5,25 +5,14 @@ registry by deploy/image/build_image.sh (a debootstrap root, buildah) and run wi
 and lowered ulimits, which the sandboxes we run in need (no CAP_SYS_RESOURCE, hybrid cgroups)."""
 import os
 import shutil
-import socket
 import subprocess
 import tempfile
-import time
 import unittest
-import urllib.request
 
-import numpy as np
-
-from lifl_harness import Client, assert_model_equal, fedavg, job_spec, random_update
+from lifl_harness import Client, exact_round, free_port, wait_readyz
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 TOOLS = ("debootstrap", "buildah", "podman", "runc")
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @unittest.skipUnless(os.geteuid() == 0 and all(shutil.which(t) for t in TOOLS),
@@ -70,31 +59,11 @@ class Image(unittest.TestCase):
         self.assertEqual(r.returncode, 0, r.stderr)
         try:
             url = f"http://127.0.0.1:{port}"
-            deadline = time.monotonic() + 60
-            while True:
-                try:
-                    with urllib.request.urlopen(url + "/readyz", timeout=2) as resp:
-                        if resp.status == 200:
-                            break
-                except OSError:
-                    pass
-                self.assertLess(time.monotonic(), deadline, "lifl up in the image never got ready")
-                time.sleep(0.2)
+            wait_readyz(url, 60, "lifl up in the image")
             user = subprocess.run([*self.podman, "exec", name, "id", "-u"], capture_output=True,
                                   text=True, env=self.env, timeout=60)
             self.assertEqual(user.stdout.strip(), "10001", user.stderr)
-            client = Client(url)
-            client.create_job(job_spec("image", clients=6, rounds=1))
-            rng = np.random.default_rng(9)
-            updates = []
-            for c in range(6):
-                tensors, exact = random_update(rng)
-                n = int(rng.integers(1, 50))
-                client.push("image", tensors, client=f"c{c}", num_examples=n, round_=0)
-                updates.append((n, exact))
-            self.assertEqual(client.wait_round("image", 1, timeout=60)["round"], 1)
-            model, _ = client.pull("image")
-            assert_model_equal(self, model, fedavg(updates))
+            exact_round(self, Client(url), "image", clients=6, seed=9)
         finally:
             subprocess.run([*self.podman, "rm", "-f", name], capture_output=True, env=self.env,
                            timeout=120)

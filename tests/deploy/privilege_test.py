@@ -9,10 +9,9 @@ import subprocess
 import time
 import unittest
 
-import numpy as np
 import yaml
 
-from lifl_harness import Platform, assert_model_equal, fedavg, job_spec, random_update
+from lifl_harness import Platform, exact_round, free_port, wait_readyz
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 CAP_BITS = {"NET_ADMIN": 12, "BPF": 39}
@@ -66,19 +65,7 @@ class LeastPrivilege(unittest.TestCase):
                     self.assertLess(time.monotonic(), deadline, f"instance {i} holds {held}")
                     time.sleep(0.05)
             # A round through the eBPF router: 12 clients, the model against numpy.
-            client = p.client
-            client.create_job(job_spec("priv", clients=12, rounds=1))
-            rng = np.random.default_rng(4)
-            updates = []
-            for c in range(12):
-                tensors, exact = random_update(rng)
-                n = int(rng.integers(1, 100))
-                self.assertEqual(client.push("priv", tensors, client=f"c{c}", num_examples=n,
-                                             round_=0), {"accepted": True, "round": 0})
-                updates.append((n, exact))
-            self.assertEqual(client.wait_round("priv", 1, timeout=60)["round"], 1)
-            model, _ = client.pull("priv")
-            assert_model_equal(self, model, fedavg(updates))
+            exact_round(self, p.client, "priv", clients=12, seed=4)
         finally:
             p.stop()
 
@@ -86,13 +73,9 @@ class LeastPrivilege(unittest.TestCase):
         # The controller's Deployment runs it as user 10001 with no capability: so here, and
         # it answers /readyz and its API.
         import json
-        import socket
         import tempfile
-        import time
         import urllib.request
-        with socket.socket() as sock:
-            sock.bind(("127.0.0.1", 0))
-            port = sock.getsockname()[1]
+        port = free_port()
         with tempfile.TemporaryDirectory() as data:
             os.chown(data, 10001, 10001)
             proc = subprocess.Popen(
@@ -102,17 +85,7 @@ class LeastPrivilege(unittest.TestCase):
                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
             try:
                 url = f"http://127.0.0.1:{port}"
-                deadline = time.monotonic() + 30
-                while True:
-                    try:
-                        with urllib.request.urlopen(url + "/readyz", timeout=2) as r:
-                            if r.status == 200:
-                                break
-                    except OSError:
-                        pass
-                    self.assertIsNone(proc.poll(), "the controller exited")
-                    self.assertLess(time.monotonic(), deadline, "the controller never got ready")
-                    time.sleep(0.1)
+                wait_readyz(url, 30, "the controller", alive=lambda: proc.poll() is None)
                 held = capabilities_of(proc.pid)
                 self.assertEqual((held["CapEff"], held["CapBnd"]), (0, 0))
                 with open(f"/proc/{proc.pid}/status") as f:

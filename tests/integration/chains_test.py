@@ -95,47 +95,38 @@ class Chains(PlatformTestCase):
         status, _, body = self.binary("still works after errors")
         self.assertEqual((status, body.decode()), (200, expected("still works after errors")))
 
-    def test_concurrent_invocations(self):
+    def invoke_all(self, texts, chain):
+        """Each text sent to the chain from a thread of its own, all at once; the replies."""
         results, errors = {}, []
 
         def call(i):
             try:
-                results[i] = self.binary(f"request number {i}")
+                results[i] = self.binary(texts[i], chain=chain)
             except Exception as e:
                 errors.append(e)
 
-        threads = [threading.Thread(target=call, args=(i,)) for i in range(24)]
+        threads = [threading.Thread(target=call, args=(i,)) for i in range(len(texts))]
         for t in threads:
             t.start()
         for t in threads:
             t.join(30)
         self.assertEqual(errors, [])
-        for i in range(24):
-            self.assertEqual(results[i][0], 200)
-            self.assertEqual(results[i][2].decode(), expected(f"request number {i}"))
+        return [results[i] for i in range(len(texts))]
+
+    def test_concurrent_invocations(self):
+        texts = [f"request number {i}" for i in range(24)]
+        for text, (status, _, body) in zip(texts, self.invoke_all(texts, "shout")):
+            self.assertEqual(status, 200)
+            self.assertEqual(body.decode(), expected(text))
 
     def test_routed_hop_under_load(self):
         # max_instances [1, 3]: rot13 sends its events to the agent, which gives each to the
         # upper instance with the fewest requests in flight (adding up to 3). 48 concurrent
         # invocations each get their own answer.
-        results, errors = {}, []
-
-        def call(i):
-            try:
-                results[i] = self.binary(f"routed request {i}", chain="routed")
-            except Exception as e:
-                errors.append(e)
-
-        threads = [threading.Thread(target=call, args=(i,)) for i in range(48)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join(30)
-        self.assertEqual(errors, [])
-        for i in range(48):
-            self.assertEqual(results[i][0], 200, results[i][2])
-            self.assertEqual(results[i][2].decode(),
-                             codecs.encode(f"routed request {i}", "rot13").upper())
+        texts = [f"routed request {i}" for i in range(48)]
+        for text, (status, _, body) in zip(texts, self.invoke_all(texts, "routed")):
+            self.assertEqual(status, 200, body)
+            self.assertEqual(body.decode(), codecs.encode(text, "rot13").upper())
         self.assertNotIn("example.upper scaled up to 4", self.platform.log_tail(400))
 
     def test_chain_survives_instance_kill(self):

@@ -26,6 +26,16 @@ def post(url, body, timeout=60):
     return r.status, r.getheader("Content-Type"), data
 
 
+def greedy_all(test, url, prompts, max_tokens):
+    """Greedy completions of `prompts`, posted at once; each must answer 200. Their token ids."""
+    with concurrent.futures.ThreadPoolExecutor(len(prompts)) as pool:
+        results = list(pool.map(lambda pr: post(url, {"prompt": pr, "max_tokens": max_tokens,
+                                                      "temperature": 0}, timeout=120), prompts))
+    for status, _, data in results:
+        test.assertEqual(status, 200, data)
+    return [json.loads(data)["choices"][0]["token_ids"] for _, _, data in results]
+
+
 class LlmApi(unittest.TestCase):
     @classmethod
     def setUpClass(cls):
@@ -170,13 +180,9 @@ class KvCacheAdmission(unittest.TestCase):
                          extra_args=["--model", d, "--model-max-sequences", "2"])
             try:
                 prompts = [[i + 1, i + 2, i + 3] for i in range(6)]
-                with concurrent.futures.ThreadPoolExecutor(6) as pool:
-                    results = list(pool.map(lambda pr: post(p.url, {
-                        "prompt": pr, "max_tokens": 200, "temperature": 0}), prompts))
-                for (status, _, data), pr in zip(results, prompts):
-                    self.assertEqual(status, 200, data)
-                    self.assertEqual(json.loads(data)["choices"][0]["token_ids"],
-                                     model_run(d, pr, 200)[0])
+                served = greedy_all(self, p.url, prompts, 200)
+                for ids, pr in zip(served, prompts):
+                    self.assertEqual(ids, model_run(d, pr, 200)[0])
             finally:
                 p.stop()
 
@@ -197,14 +203,10 @@ class PrefillScaling(unittest.TestCase):
                          extra_args=["--model", d, "--model-prefill-instances", "3"])
             try:
                 prompts = [[(7 * i + j) % 500 + 1 for j in range(300)] for i in range(8)]
-                with concurrent.futures.ThreadPoolExecutor(8) as pool:
-                    results = list(pool.map(lambda pr: post(p.url, {
-                        "prompt": pr, "max_tokens": 3, "temperature": 0}), prompts))
+                served = greedy_all(self, p.url, prompts, 3)
                 prefills = [i for i in p.instances() if i["function"] == "llm.prefill"]
-                for (status, _, data), pr in zip(results, prompts):
-                    self.assertEqual(status, 200, data)
-                    self.assertEqual(json.loads(data)["choices"][0]["token_ids"],
-                                     model_run(d, pr, 3)[0])
+                for ids, pr in zip(served, prompts):
+                    self.assertEqual(ids, model_run(d, pr, 3)[0])
                 log = p.log_tail(400)
                 self.assertIn("llm.prefill scaled up to 2 instances", log)
                 self.assertNotIn("scaled up to 4", log)
@@ -235,14 +237,10 @@ class DecodeScaling(unittest.TestCase):
                                      "--model-prefill-instances", "1"])
             try:
                 prompts = [[i + 1, i + 2, i + 3, i + 4] for i in range(6)]
-                with concurrent.futures.ThreadPoolExecutor(6) as pool:
-                    results = list(pool.map(lambda pr: post(p.url, {
-                        "prompt": pr, "max_tokens": 60, "temperature": 0}), prompts))
+                served = greedy_all(self, p.url, prompts, 60)
                 decodes = [i for i in p.instances() if i["function"] == "llm.decode"]
-                for (status, _, data), pr in zip(results, prompts):
-                    self.assertEqual(status, 200, data)
-                    self.assertEqual(json.loads(data)["choices"][0]["token_ids"],
-                                     model_run(d, pr, 60)[0])
+                for ids, pr in zip(served, prompts):
+                    self.assertEqual(ids, model_run(d, pr, 60)[0])
                 log = p.log_tail(400)
                 self.assertIn("llm.decode scaled up to 2 instances", log)
                 self.assertNotIn("scaled up to 4", log)
@@ -295,14 +293,9 @@ class ServedRetrieval(unittest.TestCase):
             p = Platform(router="userspace", extra_args=["--model", d, "--kv-retrieval", spec])
             try:
                 prompts = [[(i * 37 + s) % 300 for i in range(300)] for s in range(3)]
-                with concurrent.futures.ThreadPoolExecutor(3) as pool:
-                    results = list(pool.map(lambda pr: post(p.url, {
-                        "prompt": pr, "max_tokens": 12, "temperature": 0}), prompts))
-                served = []
-                for (status, _, data), pr in zip(results, prompts):
-                    self.assertEqual(status, 200, data)
-                    served.append(json.loads(data)["choices"][0]["token_ids"])
-                    self.assertEqual(served[-1], model_run(d, pr, 12, "--kv-retrieval", spec)[0])
+                served = greedy_all(self, p.url, prompts, 12)
+                for ids, pr in zip(served, prompts):
+                    self.assertEqual(ids, model_run(d, pr, 12, "--kv-retrieval", spec)[0])
                 self.assertNotEqual(served, [model_run(d, pr, 12)[0] for pr in prompts])
             finally:
                 p.stop()

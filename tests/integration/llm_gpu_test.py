@@ -8,7 +8,6 @@ Tolerance: with --gemm exact the GPU and the CPU read the same BF16 weights and 
 fp32 in different orders; 2e-4 of the largest logit (a wrong kernel moves them by 1e-2 or
 more). transformers runs in fp32 on the same weights: the same bound. Paths that round
 activations to BF16 (the default tensor-core GEMM, quantised linears) get 2e-2."""
-import concurrent.futures
 import json
 import os
 import shutil
@@ -18,7 +17,7 @@ import unittest
 
 import numpy as np
 
-from llm_api_test import post
+from llm_api_test import greedy_all
 from lifl_harness import Platform, lifl_cli, model_run
 
 RTOL = 2e-4
@@ -119,14 +118,9 @@ class LlmGpu(unittest.TestCase):
             "--model", self.model, "--model-device", "cuda", "--kv-retrieval", spec])
         try:
             prompts = [[(i * 37 + s) % 500 for i in range(300)] for s in range(3)]
-            with concurrent.futures.ThreadPoolExecutor(3) as pool:
-                results = list(pool.map(lambda pr: post(p.url, {
-                    "prompt": pr, "max_tokens": 12, "temperature": 0}), prompts))
-            for (status, _, data), pr in zip(results, prompts):
-                self.assertEqual(status, 200, data)
-                self.assertEqual(json.loads(data)["choices"][0]["token_ids"],
-                                 model_run(self.model, pr, 12, "--device", "cuda",
-                                           "--kv-retrieval", spec)[0])
+            for ids, pr in zip(greedy_all(self, p.url, prompts, 12), prompts):
+                self.assertEqual(ids, model_run(self.model, pr, 12, "--device", "cuda",
+                                                "--kv-retrieval", spec)[0])
         finally:
             p.stop()
 
@@ -160,12 +154,7 @@ class LlmGpu(unittest.TestCase):
                 "--model", self.model, "--model-device", "cuda", "--model-kv-handoff", handoff])
             try:
                 for _ in range(2):  # the second round reuses the slots the first freed
-                    with concurrent.futures.ThreadPoolExecutor(6) as pool:
-                        results = list(pool.map(lambda pr: post(
-                            p.url, {"prompt": pr, "max_tokens": 8, "temperature": 0}), prompts))
-                    for (status, _, data), want in zip(results, expected):
-                        self.assertEqual(status, 200, data)
-                        self.assertEqual(json.loads(data)["choices"][0]["token_ids"], want, handoff)
+                    self.assertEqual(greedy_all(self, p.url, prompts, 8), expected, handoff)
                 log = p.log_tail(400)
                 self.assertIn("on cuda", log)
                 self.assertEqual("KV hand-off through CUDA IPC" in log, handoff == "ipc", log[-3000:])

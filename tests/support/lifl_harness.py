@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import signal
 import subprocess
 import tempfile
@@ -35,6 +36,31 @@ def model_run(model, tokens, max_tokens, *extra, logits=None):
     r = lifl_cli("model", "run", "--model", model, "--tokens", ",".join(map(str, tokens)),
                  "--max-tokens", max_tokens, *extra, *(["--logits", logits] if logits else []))
     return json.loads(r.stdout)["tokens"], (np.fromfile(logits, np.float32) if logits else None)
+
+
+def free_port():
+    """A TCP port free on loopback now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_readyz(url, timeout, what, alive=lambda: True):
+    """Polls GET url/readyz until it answers 200; fails after `timeout` s or when alive()
+    turns false (the process exited)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with urllib.request.urlopen(url + "/readyz", timeout=2) as r:
+                if r.status == 200:
+                    return
+        except OSError:
+            pass
+        if not alive():
+            raise RuntimeError(f"{what} exited before it was ready")
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{what} not ready in {timeout} s")
+        time.sleep(0.1)
 
 
 def wait_ready(proc, port_file, host, name, log_tail, timeout):
@@ -203,3 +229,20 @@ def assert_model_equal(test, got, ref, rtol=RTOL):
         scale = max(float(np.max(np.abs(ref[k]))), 1e-12)
         err = float(np.max(np.abs(got[k].astype(np.float64) - ref[k])))
         test.assertLessEqual(err / scale, rtol, f"tensor {k}: max error {err:.3e} vs scale {scale:.3e}")
+
+
+def exact_round(test, client, job_id, clients, seed):
+    """One FedAvg round of `clients` random F32 updates through a running platform; the pulled
+    model must equal numpy's FedAvg of them."""
+    client.create_job(job_spec(job_id, clients=clients, rounds=1))
+    rng = np.random.default_rng(seed)
+    updates = []
+    for c in range(clients):
+        tensors, exact = random_update(rng)
+        n = int(rng.integers(1, 100))
+        test.assertEqual(client.push(job_id, tensors, client=f"c{c}", num_examples=n, round_=0),
+                         {"accepted": True, "round": 0})
+        updates.append((n, exact))
+    test.assertEqual(client.wait_round(job_id, 1, timeout=60)["round"], 1)
+    model, _ = client.pull(job_id)
+    assert_model_equal(test, model, fedavg(updates))
