@@ -203,14 +203,16 @@ Result<ObjectRef> ObjectStore::allocate(uint64_t bytes, ObjectKind kind, Instanc
 
 Result<ObjectRef> ObjectStore::resolve(const ObjectHandle& handle) const {
   const uint64_t size = impl_->region.get_size();
-  if (handle.generation == 0 || handle.offset % ShmHeap::kAlign != 0 ||
-      handle.offset + sizeof(ObjectHeader) > size || handle.offset == 0)
+  // Written so that no sum can wrap: a descriptor's fields come from other processes
+  // (tests/fuzz found an offset near 2^64 that wrapped past this check).
+  if (handle.generation == 0 || handle.offset % ShmHeap::kAlign != 0 || handle.offset == 0 ||
+      handle.offset > size || size - handle.offset < sizeof(ObjectHeader))
     return makeError(410, "stale_object", "descriptor does not name an object in this store");
   auto* h = impl_->at(handle.offset);
   if (h->magic != kHeaderMagic ||
       h->generation.load(std::memory_order_acquire) != handle.generation)
     return makeError(410, "stale_object", "object was freed or replaced");
-  if (handle.length > h->capacity || handle.offset + sizeof(ObjectHeader) + h->capacity > size)
+  if (handle.length > h->capacity || h->capacity > size - handle.offset - sizeof(ObjectHeader))
     return makeError(410, "stale_object", "descriptor length beyond the object");
   return ObjectRef(h, reinterpret_cast<std::byte*>(h) + sizeof(ObjectHeader), handle);
 }

@@ -84,6 +84,10 @@ TEST_F(ObjectStoreTest, RejectsForgedDescriptors) {
   EXPECT_FALSE(store_->resolve(ObjectHandle{h.offset, h.length + 1'000'000, h.generation}));
   EXPECT_FALSE(store_->resolve(ObjectHandle{1ull << 40, 8, h.generation}));
   EXPECT_FALSE(store_->resolve(ObjectHandle{h.offset, h.length, 0}));
+  // Regression (tests/fuzz/corpus/fuzz_descriptor/regression-offset-wraps): offsets so close
+  // to 2^64 that offset + header size wraps used to pass the bounds check and be read.
+  for (uint64_t offset : {~uint64_t{0} - 127, ~uint64_t{0} - 63, ~uint64_t{0} & ~uint64_t{63}})
+    EXPECT_FALSE(store_->resolve(ObjectHandle{offset, 8, h.generation})) << offset;
 }
 
 TEST_F(ObjectStoreTest, FullStoreAnswers503) {
