@@ -55,6 +55,19 @@ Result<uint64_t> Args::getUnsigned(const std::string& key, uint64_t fallback) co
   return v;
 }
 
+Result<uint64_t> Args::getPositive(const std::string& key, uint64_t fallback) const {
+  LIFL_TRY(v, getUnsigned(key, fallback));
+  if (v == 0) return badRequest("bad_arguments", "--" + key + " >= 1");
+  return v;
+}
+
+Result<std::string> Args::getChoice(const std::string& key, const std::string& a,
+                                    const std::string& b) const {
+  const std::string v = get(key, a);
+  if (v != a && v != b) return badRequest("bad_arguments", "--" + key + " is " + a + " or " + b);
+  return v;
+}
+
 Result<double> Args::getDouble(const std::string& key, double fallback) const {
   auto it = options_.find(key);
   if (it == options_.end()) return fallback;

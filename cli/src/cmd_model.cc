@@ -200,18 +200,16 @@ int run(const Args& a) {
   if (!temperature) return fail(temperature.error());
   if (!topP) return fail(topP.error());
   const auto& c = model.value().config;
-  const std::string device = a.get("device", "cpu");
-  if (device != "cpu" && device != "cuda")
-    return fail(badRequest("bad_arguments", "--device is cpu or cuda"));
+  auto device = a.getChoice("device", "cpu", "cuda");
+  if (!device) return fail(device.error());
   auto batch = a.getUnsigned("batch", 1);
   if (!batch || batch.value() == 0) return fail(badRequest("bad_arguments", "--batch >= 1"));
   const uint32_t pagesPerSequence =
       (c.maxPositions + kernels::llm::kPageTokens - 1) / kernels::llm::kPageTokens;
-  const std::string gemm = a.get("gemm", "cublas");
-  if (gemm != "exact" && gemm != "cublas")
-    return fail(badRequest("bad_arguments", "--gemm is cublas or exact"));
+  auto gemm = a.getChoice("gemm", "cublas", "exact");
+  if (!gemm) return fail(gemm.error());
   llm::Engine engine(model.value(), pagesPerSequence * static_cast<uint32_t>(batch.value()),
-                     device == "cuda", gemm == "cublas");
+                     device.value() == "cuda", gemm.value() == "cublas");
   if (a.has("kv-retrieval")) {
     auto retrieval = llm::RetrievalConfig::parse(a.get("kv-retrieval"));
     if (!retrieval) return fail(retrieval.error());

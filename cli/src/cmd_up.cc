@@ -90,21 +90,13 @@ Result<dataplane::AgentConfig> configFromArgs(const Args& args, uint16_t default
     }
     const std::string name =
         args.get("model-name", std::filesystem::path(args.get("model")).filename().string());
-    LIFL_TRY(sequences, args.getUnsigned("model-max-sequences", 16));
+    LIFL_TRY(sequences, args.getPositive("model-max-sequences", 16));
     if (args.has("kv-retrieval")) LIFL_TRYV(llm::RetrievalConfig::parse(args.get("kv-retrieval")));
-    if (sequences == 0) return badRequest("bad_arguments", "--model-max-sequences >= 1");
-    const std::string gemm = args.get("model-gemm", "cublas");
-    if (gemm != "exact" && gemm != "cublas")
-      return badRequest("bad_arguments", "--model-gemm is cublas or exact");
-    LIFL_TRY(prefills, args.getUnsigned("model-prefill-instances", 4));
-    if (prefills == 0) return badRequest("bad_arguments", "--model-prefill-instances >= 1");
-    LIFL_TRY(context, args.getUnsigned("model-max-context", 8192));
-    if (context == 0) return badRequest("bad_arguments", "--model-max-context >= 1");
-    LIFL_TRY(decodes, args.getUnsigned("model-decode-instances", 1));
-    if (decodes == 0) return badRequest("bad_arguments", "--model-decode-instances >= 1");
-    const std::string handoff = args.get("model-kv-handoff", "ipc");
-    if (handoff != "ipc" && handoff != "host")
-      return badRequest("bad_arguments", "--model-kv-handoff is ipc or host");
+    LIFL_TRY(gemm, args.getChoice("model-gemm", "cublas", "exact"));
+    LIFL_TRY(prefills, args.getPositive("model-prefill-instances", 4));
+    LIFL_TRY(context, args.getPositive("model-max-context", 8192));
+    LIFL_TRY(decodes, args.getPositive("model-decode-instances", 1));
+    LIFL_TRY(handoff, args.getChoice("model-kv-handoff", "ipc", "host"));
     config.chains.push_back({"llm",
                              {"llm.prefill", "llm.decode"},
                              {{"model", std::filesystem::absolute(args.get("model")).string()},

@@ -41,19 +41,19 @@ Result<PreTokenizer> PreTokenizer::fromJson(const nlohmann::json& spec) {
     p.steps_.push_back({std::move(compiled), keep});
     return success();
   };
-  std::vector<const nlohmann::json*> todo;
+  std::vector<const nlohmann::json*> parts;  // the pre-tokenizers, in order
   if (spec.is_null()) return p;
   if (!spec.is_object()) return tokenizerError("pre_tokenizer is not an object");
   if (spec.value("type", "") == "Sequence") {
     const auto list = spec.find("pretokenizers");
     if (list == spec.end() || !list->is_array())
       return tokenizerError("a Sequence pre-tokenizer needs a pretokenizers list");
-    for (const auto& s : *list) todo.push_back(&s);
+    for (const auto& s : *list) parts.push_back(&s);
   } else {
-    todo.push_back(&spec);
+    parts.push_back(&spec);
   }
   try {
-    for (const auto* s : todo) {
+    for (const auto* s : parts) {
       const std::string type = s->value("type", "");
       if (type == "ByteLevel") {
         if (s->value("add_prefix_space", false)) p.steps_.push_back({nullptr, true});

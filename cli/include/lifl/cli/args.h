@@ -24,6 +24,11 @@ class Args {
   std::string get(const std::string& key, const std::string& fallback = "") const;
   Result<uint64_t> getUnsigned(const std::string& key, uint64_t fallback) const;
   Result<double> getDouble(const std::string& key, double fallback) const;
+  /// An integer of at least 1 ("--key >= 1" otherwise).
+  Result<uint64_t> getPositive(const std::string& key, uint64_t fallback) const;
+  /// One of two values ("--key is a or b" otherwise).
+  Result<std::string> getChoice(const std::string& key, const std::string& a,
+                                const std::string& b) const;
   const std::vector<std::string>& positionals() const { return positionals_; }
   bool wantsHelp() const { return has("help") || has("h"); }
   /// A copy of `args` with `key` set to `value`.
