@@ -13,13 +13,13 @@
 #include <vector>
 
 #include "cuda_check.h"
+#include "decode_attention.h"
 #include "llm_api.h"
 #include "quant_linear.h"
 
 namespace lifl::gpu::cuda::llm {
 namespace {
 
-constexpr uint32_t kPageTokens = 16;
 constexpr uint32_t kNoPage = 0xFFFFFFFFu;
 constexpr int kMaxRows = 16;  ///< activation rows per pass of the linear kernel over a weight
 
@@ -175,141 +175,6 @@ __global__ void storeKvKernel(float* __restrict__ kPages, float* __restrict__ vP
   }
 }
 
-// Paged causal GQA attention, split over the context (Flash-Decoding): one block per (row,
-// KV head, split of splitTokensFor(context) positions) computes, for every query head of that KV
-// head's group, the split's running max m, sum l and unnormalised output o (online softmax, one
-// warp per token stride); splitMerge then combines the splits by their log-sum-exp. Each
-// K/V row is read once for the whole group, whatever the context length.
-/// Positions per split: 256 keeps enough blocks busy at short contexts, 512 halves the
-/// partials at long ones (measured: bench_attention, docs/benchmarks.md).
-__host__ __device__ constexpr uint32_t splitTokensFor(uint32_t maxContext) {
-  return maxContext < 16384 ? 256 : 512;
-}
-constexpr int kWarps = 4;
-
-// GROUP and DL are template parameters so that the per-head arrays stay in registers (a
-// runtime index would put them in local memory).
-template <int GROUP, int DL>
-__global__ void splitAttentionKernel(float* __restrict__ partial, const float* __restrict__ q,
-                                     const uint32_t* __restrict__ positions,
-                                     const uint32_t* __restrict__ tables,
-                                     const uint32_t* __restrict__ rowTable, uint32_t heads,
-                                     uint32_t kvHeads, uint32_t headDim, uint32_t splits,
-                                     uint32_t splitTokens, const float* __restrict__ kPages,
-                                     const float* __restrict__ vPages,
-                                     const uint32_t* __restrict__ headLengths) {
-  const uint32_t row = blockIdx.x, kvh = blockIdx.y, split = blockIdx.z;
-  constexpr uint32_t group = GROUP;
-  const uint32_t context = headLengths ? headLengths[row * kvHeads + kvh] : positions[row] + 1;
-  const uint32_t begin = split * splitTokens, end = min(context, begin + splitTokens);
-  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-  const uint32_t* table = tables + rowTable[row];
-  const uint64_t kvDim = uint64_t{kvHeads} * headDim;
-  const float scale = rsqrtf(static_cast<float>(headDim));
-  float qv[GROUP][DL], acc[GROUP][DL], m[GROUP], l[GROUP];
-#pragma unroll
-  for (uint32_t g = 0; g < group; ++g) {
-    const float* qh = q + (uint64_t{row} * heads + kvh * group + g) * headDim;
-#pragma unroll
-    for (int j = 0; j < DL; ++j) {
-      qv[g][j] = qh[j * 32 + lane] * scale;
-      acc[g][j] = 0.f;
-    }
-    m[g] = -INFINITY;
-    l[g] = 0.f;
-  }
-  // kUnroll tokens per warp per step, their K/V rows loaded before any is used: more loads
-  // in flight per warp (the step is otherwise a chain of dependent reductions).
-  constexpr int kUnroll = 4;
-  for (uint32_t t0 = begin + warp; t0 < end; t0 += kWarps * kUnroll) {
-    float kr[kUnroll][DL], vr[kUnroll][DL];
-#pragma unroll
-    for (int u = 0; u < kUnroll; ++u) {
-      const uint32_t t = t0 + u * kWarps;
-      if (t >= end) break;
-      const uint64_t at =
-          (uint64_t{table[t / kPageTokens]} * kPageTokens + t % kPageTokens) * kvDim +
-          uint64_t{kvh} * headDim;
-#pragma unroll
-      for (int j = 0; j < DL; ++j) {
-        kr[u][j] = kPages[at + j * 32 + lane];
-        vr[u][j] = vPages[at + j * 32 + lane];
-      }
-    }
-#pragma unroll
-    for (int u = 0; u < kUnroll; ++u) {
-      if (t0 + u * kWarps >= end) break;
-#pragma unroll
-      for (uint32_t g = 0; g < group; ++g) {
-        float s = 0;
-#pragma unroll
-        for (int j = 0; j < DL; ++j) s += qv[g][j] * kr[u][j];
-        s = warpSum(s);
-        const float mNew = fmaxf(m[g], s), correction = __expf(m[g] - mNew), p = __expf(s - mNew);
-        l[g] = l[g] * correction + p;
-#pragma unroll
-        for (int j = 0; j < DL; ++j) acc[g][j] = acc[g][j] * correction + p * vr[u][j];
-        m[g] = mNew;
-      }
-    }
-  }
-  // The block's warps combined in shared memory, then one partial per (head, split).
-  __shared__ float sm[kWarps][GROUP], sl[kWarps][GROUP];
-  __shared__ float so[kWarps][GROUP][DL * 32];
-#pragma unroll
-  for (uint32_t g = 0; g < group; ++g) {
-    if (lane == 0) {
-      sm[warp][g] = m[g];
-      sl[warp][g] = l[g];
-    }
-#pragma unroll
-    for (int j = 0; j < DL; ++j) so[warp][g][j * 32 + lane] = acc[g][j];
-  }
-  __syncthreads();
-  const uint32_t outDims = headDim + 2;  // o[headDim], m, l
-  for (uint32_t i = threadIdx.x; i < group * headDim; i += blockDim.x) {
-    const uint32_t g = i / headDim, d = i % headDim;
-    float M = -INFINITY;
-    for (int w = 0; w < kWarps; ++w) M = fmaxf(M, sm[w][g]);
-    float L = 0, O = 0;
-    for (int w = 0; w < kWarps; ++w) {
-      const float f = sm[w][g] == -INFINITY ? 0.f : __expf(sm[w][g] - M);
-      L += sl[w][g] * f;
-      O += so[w][g][d] * f;
-    }
-    float* dst = partial + ((uint64_t{row} * heads + kvh * group + g) * splits + split) * outDims;
-    dst[d] = O;
-    if (d == 0) {
-      dst[headDim] = M;
-      dst[headDim + 1] = L;
-    }
-  }
-}
-
-__global__ void splitMergeKernel(float* __restrict__ out, const float* __restrict__ partial,
-                                 const uint32_t* __restrict__ positions, uint32_t heads,
-                                 uint32_t headDim, uint32_t splits, uint32_t splitTokens,
-                                 const uint32_t* __restrict__ headLengths, uint32_t kvHeads) {
-  const uint32_t row = blockIdx.x, h = blockIdx.y;
-  const uint32_t context =
-      headLengths ? headLengths[row * kvHeads + h / (heads / kvHeads)] : positions[row] + 1;
-  const uint32_t used = (context + splitTokens - 1) / splitTokens;  // splits with tokens
-  const uint32_t outDims = headDim + 2;
-  const float* p = partial + (uint64_t{row} * heads + h) * splits * outDims;
-  float M = -INFINITY;
-  for (uint32_t s = 0; s < used; ++s) M = fmaxf(M, p[s * outDims + headDim]);
-  for (uint32_t d = threadIdx.x; d < headDim; d += blockDim.x) {
-    float L = 0, O = 0;
-    for (uint32_t s = 0; s < used; ++s) {
-      const float mi = p[s * outDims + headDim];
-      const float f = mi == -INFINITY ? 0.f : __expf(mi - M);
-      L += p[s * outDims + headDim + 1] * f;
-      O += p[s * outDims + d] * f;
-    }
-    out[(uint64_t{row} * heads + h) * headDim + d] = O / L;
-  }
-}
-
 // Prefill attention, tiled (FlashAttention-2's schedule without tensor cores): a block takes
 // kTileRows consecutive query rows of one sequence and one KV head, for every query head of
 // its group; K/V tiles of 32 positions are loaded into shared memory once for all of them,
@@ -451,14 +316,24 @@ std::string linear(float* y, const float* x, const __nv_bfloat16* w, uint64_t ro
   return "";
 }
 
-/// Scratch of the split partials (per process, grown as needed).
+/// Scratch of the split decode attention (per process, grown as needed): its partials, and
+/// its arrival counters (zeroed when grown; each call leaves them zero).
 Buffer& splitScratch() {
   static Buffer b;
   return b;
 }
-size_t splitScratchBytes(uint32_t rows, uint32_t heads, uint32_t headDim, uint32_t maxContext) {
-  const uint32_t splitTokens = splitTokensFor(maxContext);
-  return size_t{rows} * heads * ((maxContext + splitTokens - 1) / splitTokens) * (headDim + 2) * 4;
+Buffer& splitArrivals() {
+  static Buffer b;
+  return b;
+}
+std::string reserveSplitScratch(uint32_t rows, uint32_t heads, uint32_t kvHeads, uint32_t headDim,
+                                uint32_t maxContext) {
+  LIFL_TRY_STR(splitScratch().reserve(splitPartialBytes(rows, heads, headDim, maxContext)));
+  const size_t arrivalBytes = splitArrivalBytes(rows, kvHeads);
+  if (arrivalBytes <= splitArrivals().bytes) return "";
+  LIFL_TRY_STR(splitArrivals().reserve(arrivalBytes));
+  LIFL_CU(cudaMemset(splitArrivals().p, 0, arrivalBytes));
+  return "";
 }
 
 // cuBLAS, loaded when first needed (the library is not a link dependency): the baseline of
@@ -585,34 +460,10 @@ std::string attend(float* out, const float* q, uint32_t rows, const uint32_t* po
     LIFL_PREFILL(2, 2) LIFL_PREFILL(4, 2) LIFL_PREFILL(1, 4) LIFL_PREFILL(2, 4) LIFL_PREFILL(4, 4)
 #undef LIFL_PREFILL
   }
-  const uint32_t splitTokens = splitTokensFor(maxContext);
-  const uint32_t splits = (maxContext + splitTokens - 1) / splitTokens;
-  LIFL_TRY_STR(splitScratch().reserve(splitScratchBytes(rows, heads, headDim, maxContext)));
-  float* partial = splitScratch().as<float>();
-  const dim3 blocks(rows, kvHeads, splits);
-  bool launched = false;
-#define LIFL_SPLIT(G, DL)                                                                      \
-  if (group == G && lanes == DL) {                                                             \
-    splitAttentionKernel<G, DL><<<blocks, kWarps * 32, 0, currentStream()>>>(                  \
-        partial, q, positions, tables, rowTable, heads, kvHeads, headDim, splits, splitTokens, \
-        kPages, vPages, headLengths);                                                          \
-    launched = true;                                                                           \
-  }
-#define LIFL_SPLIT_DIMS(G) \
-  LIFL_SPLIT(G, 1) LIFL_SPLIT(G, 2) LIFL_SPLIT(G, 3) LIFL_SPLIT(G, 4) LIFL_SPLIT(G, 8)
-  LIFL_SPLIT_DIMS(1)
-  LIFL_SPLIT_DIMS(2)
-  LIFL_SPLIT_DIMS(4)
-  LIFL_SPLIT_DIMS(8)
-#undef LIFL_SPLIT_DIMS
-#undef LIFL_SPLIT
-  if (!launched)
-    return "attention: needs head_dim 32, 64, 96, 128 or 256 and 1, 2, 4 or 8 query heads per "
-           "KV head";
-  splitMergeKernel<<<dim3(rows, heads), 128, 0, currentStream()>>>(
-      out, partial, positions, heads, headDim, splits, splitTokens, headLengths, kvHeads);
-  LIFL_CU(cudaGetLastError());
-  return "";
+  LIFL_TRY_STR(reserveSplitScratch(rows, heads, kvHeads, headDim, maxContext));
+  return splitDecodeAttention(out, splitScratch().as<float>(), splitArrivals().as<uint32_t>(), q,
+                              rows, positions, tables, rowTable, maxContext, heads, kvHeads,
+                              headDim, kPages, vPages, headLengths);
 }
 
 }  // namespace
@@ -851,7 +702,8 @@ std::string launchForward(Model* m, uint64_t n, uint32_t logitCount, uint32_t ma
 std::string launchAsGraph(Model* m, uint64_t n, uint32_t logitCount, uint32_t maxContext) {
   const uint32_t splitTokens = splitTokensFor(maxContext);
   std::vector<uintptr_t> key = {n, logitCount, (maxContext + splitTokens - 1) / splitTokens,
-                                splitTokens, reinterpret_cast<uintptr_t>(splitScratch().p)};
+                                splitTokens, reinterpret_cast<uintptr_t>(splitScratch().p),
+                                reinterpret_cast<uintptr_t>(splitArrivals().p)};
   for (const Buffer* b : {&m->x, &m->normed, &m->qs, &m->ks, &m->vs, &m->attn, &m->proj, &m->gate,
                           &m->up, &m->logits, &m->last, &m->tokens, &m->positions, &m->rowPage,
                           &m->rowSlot, &m->tables, &m->rowTable, &m->logitRows})
@@ -932,7 +784,7 @@ std::string forward(Model* m, uint32_t rows, const uint32_t* tokens, const uint3
   for (Buffer* b : {&m->gate, &m->up}) LIFL_TRY_STR(b->reserve(n * inter * 4));
   LIFL_TRY_STR(m->last.reserve(size_t{logitCount} * h * 4));
   LIFL_TRY_STR(m->logits.reserve(size_t{logitCount} * s.vocab * 4));
-  LIFL_TRY_STR(splitScratch().reserve(splitScratchBytes(rows, s.heads, s.headDim, maxContext)));
+  LIFL_TRY_STR(reserveSplitScratch(rows, s.heads, s.kvHeads, s.headDim, maxContext));
   {
     StreamScope scope(m->stream);
     // A decode step (no prompt, no cuBLAS call) as a graph; the rest launched one by one.
@@ -1111,7 +963,7 @@ struct RetrievedAttention {
 
   /// @param gather false: attend over the rows copied before (a step that re-selects nothing)
   std::string launch(float* out, const float* q, uint32_t heads, bool gather = true) {
-    LIFL_TRY_STR(splitScratch().reserve(splitScratchBytes(1, heads, headDim, maxLen)));
+    LIFL_TRY_STR(reserveSplitScratch(1, heads, kvHeads, headDim, maxLen));
     if (gather)
       workingSetKernel<<<std::min<uint32_t>((count + 7) / 8, 1024), 256, 0, currentStream()>>>(
           kWs.as<float>(), vWs.as<float>(), copies.as<WorkingSetCopy>(), count,

@@ -10,6 +10,7 @@
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <bit>
 #include <cmath>
 #include <random>
@@ -157,31 +158,43 @@ TEST_F(LlmKernels, AttentionOverRetrievedRowsInHostMemory) {
   EXPECT_GT(relative(gpu, full), 1e-3);
 }
 
+// Every shape family of the decode kernels: the half-warp kernel (head_dim a multiple of 64,
+// groups of 1 to 8 query heads) and the warp kernel (head_dim 96), at contexts cut into
+// splits of 256 positions and, from 16K, of 512.
 TEST_F(LlmKernels, PagedCausalGqaAttention) {
-  const uint32_t heads = 8, kvHeads = 2, hd = 64, context = 300;
-  const uint32_t pages = (context + kernels::llm::kPageTokens - 1) / kernels::llm::kPageTokens;
-  const uint64_t pageFloats = uint64_t{pages + 3} * kernels::llm::kPageTokens * kvHeads * hd;
-  auto k = random(pageFloats), v = random(pageFloats);
-  std::vector<uint32_t> table(pages);
-  for (uint32_t p = 0; p < pages; ++p) table[p] = (p * 7 + 2) % (pages + 3);  // scattered
-  // A prompt's rows at consecutive positions (the tiled prefill kernel: the last 40, and a
-  // prompt from position 0) and rows at scattered positions (the split decode kernel).
-  std::vector<std::vector<uint32_t>> cases(3);
-  for (uint32_t t = context - 40; t < context; ++t) cases[0].push_back(t);
-  for (uint32_t t = 0; t < 37; ++t) cases[1].push_back(t);
-  for (uint32_t t = 3; t < context; t += 29) cases[2].push_back(t);
-  for (const auto& pos : cases) {
-    const uint64_t rows = pos.size();
-    auto q = random(rows * heads * hd);
-    const kernels::llm::KvPages cache{k.data(), v.data(), kvHeads, hd};
-    std::vector<float> cpu(rows * heads * hd), gpu(rows * heads * hd, std::nanf(""));
-    ASSERT_TRUE(attention(Backend::Cpu, cpu.data(), q.data(), rows, pos.data(), heads, cache,
-                          pageFloats, table)
-                    .has_value());
-    ASSERT_TRUE(attention(Backend::Cuda, gpu.data(), q.data(), rows, pos.data(), heads, cache,
-                          pageFloats, table)
-                    .has_value());
-    EXPECT_LT(relative(gpu, cpu), kTolerance) << rows << " rows from position " << pos[0];
+  struct Shape {
+    uint32_t heads, kvHeads, hd, context;
+  };
+  for (const Shape shape :
+       {Shape{8, 2, 64, 300}, Shape{4, 4, 64, 300}, Shape{8, 4, 128, 300}, Shape{16, 2, 64, 300},
+        Shape{4, 2, 256, 300}, Shape{8, 2, 96, 300}, Shape{8, 2, 64, 17000}}) {
+    const auto [heads, kvHeads, hd, context] = shape;
+    SCOPED_TRACE(testing::Message() << heads << " heads, " << kvHeads << " KV heads, head_dim "
+                                    << hd << ", context " << context);
+    const uint32_t pages = (context + kernels::llm::kPageTokens - 1) / kernels::llm::kPageTokens;
+    const uint64_t pageFloats = uint64_t{pages + 3} * kernels::llm::kPageTokens * kvHeads * hd;
+    auto k = random(pageFloats), v = random(pageFloats);
+    std::vector<uint32_t> table(pages);
+    for (uint32_t p = 0; p < pages; ++p) table[p] = (p * 7 + 2) % (pages + 3);  // scattered
+    // A prompt's rows at consecutive positions (the tiled prefill kernel: the last 40, and a
+    // prompt from position 0) and rows at scattered positions (the split decode kernel).
+    std::vector<std::vector<uint32_t>> cases(3);
+    for (uint32_t t = context - 40; t < context; ++t) cases[0].push_back(t);
+    for (uint32_t t = 0; t < 37; ++t) cases[1].push_back(t);
+    for (uint32_t t = 3; t < context; t += std::max(29u, context / 12)) cases[2].push_back(t);
+    for (const auto& pos : cases) {
+      const uint64_t rows = pos.size();
+      auto q = random(rows * heads * hd);
+      const kernels::llm::KvPages cache{k.data(), v.data(), kvHeads, hd};
+      std::vector<float> cpu(rows * heads * hd), gpu(rows * heads * hd, std::nanf(""));
+      ASSERT_TRUE(attention(Backend::Cpu, cpu.data(), q.data(), rows, pos.data(), heads, cache,
+                            pageFloats, table)
+                      .has_value());
+      ASSERT_TRUE(attention(Backend::Cuda, gpu.data(), q.data(), rows, pos.data(), heads, cache,
+                            pageFloats, table)
+                      .has_value());
+      EXPECT_LT(relative(gpu, cpu), kTolerance) << rows << " rows from position " << pos[0];
+    }
   }
 }
 
