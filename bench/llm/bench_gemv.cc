@@ -33,21 +33,30 @@ int main(int argc, char** argv) {
                {16, "LIFL BF16", 2},
                {8, "LIFL int8", 1 + 4.0 / 128},
                {4, "LIFL int4", 0.5 + 4.0 / 128}};
+  // Each kernel timed twice: launches one after another, and replayed from a CUDA graph, as
+  // the decode step runs them (the baseline likewise).
   for (uint64_t rows : {1u, 16u}) {
-    std::printf("\nbatch %llu\n%-20s %-12s %10s %10s %14s\n", static_cast<unsigned long long>(rows),
-                "shape", "kernel", "us", "GB/s", "vs cuBLAS");
+    std::printf("\nbatch %llu\n%-20s %-12s %10s %10s %12s %10s %12s\n",
+                static_cast<unsigned long long>(rows), "shape", "kernel", "us", "GB/s",
+                "vs cuBLAS", "graph us", "vs cuBLAS");
     for (const auto& s : shapes) {
-      double base = 0;
+      double base = 0, baseGraph = 0;
       for (const auto& k : kinds) {
         auto t = lifl::gpu::llm::timeLinear(k.kind, rows, s.in, s.out, reps);
-        if (!t) {
-          std::printf("%-20s %-12s %s\n", s.name, k.name, t.error().detail.c_str());
+        auto g = lifl::gpu::llm::timeLinear(k.kind, rows, s.in, s.out, reps, true);
+        if (!t || !g) {
+          std::printf("%-20s %-12s %s\n", s.name, k.name,
+                      (!t ? t.error() : g.error()).detail.c_str());
           continue;
         }
-        if (k.kind == 0) base = t.value();
+        if (k.kind == 0) {
+          base = t.value();
+          baseGraph = g.value();
+        }
         const double bytes = k.bytesPerWeight * s.in * s.out;
-        std::printf("%-20s %-12s %10.1f %10.1f %13.2fx\n", s.name, k.name, t.value() * 1e6,
-                    bytes / t.value() / 1e9, base > 0 ? base / t.value() : 0.0);
+        std::printf("%-20s %-12s %10.1f %10.1f %11.2fx %10.1f %9.2fx\n", s.name, k.name,
+                    t.value() * 1e6, bytes / t.value() / 1e9, base > 0 ? base / t.value() : 0.0,
+                    g.value() * 1e6, baseGraph > 0 ? baseGraph / g.value() : 0.0);
       }
     }
   }

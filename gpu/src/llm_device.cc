@@ -161,9 +161,10 @@ IpcMemory::~IpcMemory() {
 Result<double> timeDecodeAttention([[maybe_unused]] uint32_t batch, [[maybe_unused]] uint32_t heads,
                                    [[maybe_unused]] uint32_t kvHeads,
                                    [[maybe_unused]] uint32_t headDim,
-                                   [[maybe_unused]] uint32_t context, [[maybe_unused]] int reps) {
-  LIFL_TIMED_ON_DEVICE(
-      cuda::llm::timeDecodeAttention(batch, heads, kvHeads, headDim, context, reps, &seconds));
+                                   [[maybe_unused]] uint32_t context, [[maybe_unused]] int reps,
+                                   [[maybe_unused]] bool inGraph) {
+  LIFL_TIMED_ON_DEVICE(cuda::llm::timeDecodeAttention(batch, heads, kvHeads, headDim, context,
+                                                      reps, inGraph, &seconds));
 }
 
 Result<void> rmsNorm(Backend b, float* out, const float* x, const float* w, uint64_t rows,
@@ -213,8 +214,8 @@ Result<void> linearQuant(Backend b, float* y, const float* x, const kernels::llm
 
 Result<double> timeLinear([[maybe_unused]] int kind, [[maybe_unused]] uint64_t rows,
                           [[maybe_unused]] uint64_t in, [[maybe_unused]] uint64_t out,
-                          [[maybe_unused]] int reps) {
-  LIFL_TIMED_ON_DEVICE(cuda::llm::timeLinear(kind, rows, in, out, reps, &seconds));
+                          [[maybe_unused]] int reps, [[maybe_unused]] bool inGraph) {
+  LIFL_TIMED_ON_DEVICE(cuda::llm::timeLinear(kind, rows, in, out, reps, inGraph, &seconds));
 }
 
 Result<void> attention(Backend b, float* out, const float* q, uint64_t rows,

@@ -50,9 +50,10 @@ std::string ipcOpen(const unsigned char* handle, void** device);
 void ipcRelease(void* device, bool opened);
 
 /// Mean seconds of the decode attention over `batch` sequences of `context` positions each
-/// (device-resident pages), timed with CUDA events over `reps` launches.
+/// (device-resident pages), timed with CUDA events over `reps` launches (inGraph: replayed
+/// from one CUDA graph).
 std::string timeDecodeAttention(uint32_t batch, uint32_t heads, uint32_t kvHeads, uint32_t headDim,
-                                uint32_t context, int reps, double* seconds);
+                                uint32_t context, int reps, bool inGraph, double* seconds);
 
 // Single kernels on host data (copied in and out), for the tests against the CPU reference.
 std::string rmsNorm(float* out, const float* x, const float* w, uint64_t rows, uint64_t n,
@@ -69,7 +70,7 @@ std::string linearQuant(float* y, const float* x, uint32_t bits, const int8_t* q
 /// Mean seconds of y = x W^T, W [out][in] on the device: kind 16 (BF16, this library), 8 or
 /// 4 (quantised), or 0 (cuBLAS GemmEx, BF16 inputs, fp32 output and compute: the baseline).
 std::string timeLinear(int kind, uint64_t rows, uint64_t in, uint64_t out, int reps,
-                       double* seconds);
+                       bool inGraph, double* seconds);
 
 /// Paged causal GQA attention of one sequence (the layout of kernels::llm::attention).
 std::string attention(float* out, const float* q, uint64_t rows, const uint32_t* positions,

@@ -802,7 +802,7 @@ std::string forward(Model* m, uint32_t rows, const uint32_t* tokens, const uint3
 }
 
 std::string timeDecodeAttention(uint32_t batch, uint32_t heads, uint32_t kvHeads, uint32_t headDim,
-                                uint32_t context, int reps, double* seconds) {
+                                uint32_t context, int reps, bool inGraph, double* seconds) {
   const uint32_t pagesPerSeq = (context + kPageTokens - 1) / kPageTokens;
   const uint64_t kvDim = uint64_t{kvHeads} * headDim;
   Buffer k, v, qs, out, pos, tables, rowTable;
@@ -827,11 +827,11 @@ std::string timeDecodeAttention(uint32_t batch, uint32_t heads, uint32_t kvHeads
                   rowTable.as<uint32_t>(), context, heads, kvHeads, headDim, k.as<float>(),
                   v.as<float>());
   };
-  return timeLaunches(reps, once, seconds);
+  return timeLaunches(reps, once, seconds, inGraph);
 }
 
 std::string timeLinear(int kind, uint64_t rows, uint64_t in, uint64_t out, int reps,
-                       double* seconds) {
+                       bool inGraph, double* seconds) {
   Buffer x, xb, y;
   Weight w;
   w.bits = kind == 0 ? 16 : static_cast<uint32_t>(kind);
@@ -853,7 +853,7 @@ std::string timeLinear(int kind, uint64_t rows, uint64_t in, uint64_t out, int r
     return gemmBf16(y.as<float>(), xb.as<__nv_bfloat16>(), w.data.as<__nv_bfloat16>(), rows, in,
                     out);
   };
-  return timeLaunches(reps, once, seconds);
+  return timeLaunches(reps, once, seconds, inGraph);
 }
 
 // ---------------------------------------------------------------- single kernels (tests)

@@ -90,7 +90,10 @@ __global__ void __launch_bounds__(WARPS * 32)
   }
   float total[NT][4] = {};
   for (uint32_t g0 = warp; g0 < groups; g0 += WARPS * U) {
+    // The groups' scales are loaded with their weights: loaded after the MMAs, they would
+    // cost a second round trip to memory.
     uint4 raw[U][PER_GROUP];
+    float s0[U], s1[U];
 #pragma unroll
     for (int u = 0; u < U; ++u) {
       const uint32_t grp = g0 + u * WARPS;
@@ -98,6 +101,8 @@ __global__ void __launch_bounds__(WARPS * 32)
 #pragma unroll
       for (int c = 0; c < PER_GROUP; ++c)
         raw[u][c] = __ldcs(src + (uint64_t{grp} * PER_GROUP + c) * 32);
+      s0[u] = scale0[grp];
+      s1[u] = scale1[grp];
     }
 #pragma unroll
     for (int u = 0; u < U; ++u) {
@@ -128,13 +133,12 @@ __global__ void __launch_bounds__(WARPS * 32)
           }
         }
       }
-      const float s0 = scale0[grp], s1 = scale1[grp];
 #pragma unroll
       for (int n = 0; n < NT; ++n) {
-        total[n][0] += s0 * acc[n][0];
-        total[n][1] += s0 * acc[n][1];
-        total[n][2] += s1 * acc[n][2];
-        total[n][3] += s1 * acc[n][3];
+        total[n][0] += s0[u] * acc[n][0];
+        total[n][1] += s0[u] * acc[n][1];
+        total[n][2] += s1[u] * acc[n][2];
+        total[n][3] += s1[u] * acc[n][3];
       }
     }
   }

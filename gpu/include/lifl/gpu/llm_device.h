@@ -83,9 +83,11 @@ class PinnedMemory {
 };
 
 /// The decode attention's mean time over `batch` sequences of `context` positions (the
-/// benchmark's measurement; CUDA only).
+/// benchmark's measurement; CUDA only): launches one after another, or (inGraph) replayed
+/// from one CUDA graph, as the decode step runs them.
 Result<double> timeDecodeAttention(uint32_t batch, uint32_t heads, uint32_t kvHeads,
-                                   uint32_t headDim, uint32_t context, int reps);
+                                   uint32_t headDim, uint32_t context, int reps,
+                                   bool inGraph = false);
 
 // Single kernels on host data, on either backend (the CUDA linear holds W in BF16).
 Result<void> rmsNorm(Backend b, float* out, const float* x, const float* w, uint64_t rows,
@@ -99,8 +101,10 @@ Result<void> linear(Backend b, float* y, const float* x, const float* w, uint64_
 Result<void> linearQuant(Backend b, float* y, const float* x, const kernels::llm::QuantMatrix& w,
                          uint64_t rows);
 /// The linear's mean time on the device: kind 16 (BF16), 8, 4 (quantised), 0 (cuBLAS BF16
-/// GemmEx, the baseline). CUDA only; the benchmark's measurement.
-Result<double> timeLinear(int kind, uint64_t rows, uint64_t in, uint64_t out, int reps);
+/// GemmEx, the baseline). CUDA only; the benchmark's measurement (inGraph as for
+/// timeDecodeAttention).
+Result<double> timeLinear(int kind, uint64_t rows, uint64_t in, uint64_t out, int reps,
+                          bool inGraph = false);
 
 Result<void> attention(Backend b, float* out, const float* q, uint64_t rows,
                        const uint32_t* positions, uint32_t heads,
