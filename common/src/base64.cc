@@ -64,4 +64,22 @@ std::optional<std::string> base64Decode(std::string_view in) {
   return out;
 }
 
+std::string base64UrlEncode(std::string_view in) {
+  std::string out = base64Encode(in);
+  while (!out.empty() && out.back() == '=') out.pop_back();
+  for (auto& c : out) c = c == '+' ? '-' : c == '/' ? '_' : c;
+  return out;
+}
+
+std::optional<std::string> base64UrlDecode(std::string_view in) {
+  std::string standard(in);
+  for (auto& c : standard) {
+    if (c == '+' || c == '/' || c == '=') return std::nullopt;  // not of this alphabet
+    c = c == '-' ? '+' : c == '_' ? '/' : c;
+  }
+  if (standard.size() % 4 == 1) return std::nullopt;
+  standard.append((4 - standard.size() % 4) % 4, '=');
+  return base64Decode(standard);
+}
+
 }  // namespace lifl
