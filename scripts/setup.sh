@@ -11,7 +11,7 @@ packages=(
   libboost-dev prometheus-cpp-dev libyaml-cpp-dev nlohmann-json3-dev
   libgtest-dev libgmock-dev libbenchmark-dev libssl-dev
   python3-numpy python3-pip python3-venv python3-sklearn python3-matplotlib python3-torch
-  python3-regex libicu-dev yamllint
+  python3-regex python3-cryptography libicu-dev yamllint
   debootstrap buildah podman runc
   clang-16 libclang-rt-16-dev
   iproute2 curl nginx-light

@@ -1,5 +1,7 @@
-// Client subcommands: push, pull, job, status. They talk to a running gateway over HTTP.
+// Client subcommands: push, pull, job, status, token. They talk to a running gateway over
+// HTTP, with the credential of --token, --token-file or $LIFL_TOKEN where auth is on.
 #include <cstdio>
+#include <cstdlib>
 #include <fstream>
 #include <iostream>
 #include <nlohmann/json.hpp>
@@ -14,6 +16,27 @@ namespace lifl::cli {
 namespace {
 
 constexpr const char* kDefaultUrl = "http://127.0.0.1:8080";
+
+constexpr const char* kCredentialHelp =
+    "The credential (docs/security.md), where the platform runs with security.auth: --token T,\n"
+    "--token-file FILE or $LIFL_TOKEN; the admin credential for the jobs API and tokens, a\n"
+    "client token for push.";
+
+/// A connection to --url, sending the command's credential.
+Result<std::unique_ptr<HttpClient>> connectTo(const Args& a) {
+  LIFL_TRY(client, HttpClient::connect(a.get("url", kDefaultUrl)));
+  std::string credential = a.get("token");
+  if (credential.empty() && a.has("token-file")) {
+    LIFL_TRY(text, readFile(a.get("token-file")));
+    credential = text;
+  }
+  if (credential.empty())
+    if (const char* env = std::getenv("LIFL_TOKEN")) credential = env;
+  while (!credential.empty() && (credential.back() == '\n' || credential.back() == ' '))
+    credential.pop_back();
+  client->setBearer(credential);
+  return client;
+}
 
 Result<HttpResponse> expect2xx(Result<HttpResponse> r) {
   if (!r) return r.error();
@@ -43,11 +66,12 @@ int cmdPush(int argc, char** argv) {
         "(a dict of arrays, np.savez) or .npy (one array, named --tensor or the file's stem);\n"
         "numpy float64 arrays are sent as float32. --round defaults to the job's current\n"
         "round; --examples (the FedAvg weight) to 1; --id to a fresh unique id.");
+    std::puts(kCredentialHelp);
     return a.wantsHelp() ? 0 : 1;
   }
   auto body = updateBodyFromFile(a.get("file"), a.get("tensor"));
   if (!body) return fail(body.error());
-  auto client = HttpClient::connect(a.get("url", kDefaultUrl));
+  auto client = connectTo(a);
   if (!client) return fail(client.error());
   const std::string job = a.get("job");
   auto examples = a.getUnsigned("examples", 1);
@@ -83,9 +107,10 @@ int cmdPull(int argc, char** argv) {
     std::puts(
         "usage: lifl pull --job JOB [--out model.safetensors] [--url http://127.0.0.1:8080]\n"
         "Downloads the job's current global model (safetensors) and prints its round.");
+    std::puts(kCredentialHelp);
     return a.wantsHelp() ? 0 : 1;
   }
-  auto client = HttpClient::connect(a.get("url", kDefaultUrl));
+  auto client = connectTo(a);
   if (!client) return fail(client.error());
   auto r = expect2xx(client.value()->get("/v1/jobs/" + a.get("job") + "/model"));
   if (!r) return fail(r.error());
@@ -108,9 +133,10 @@ int cmdJob(int argc, char** argv) {
         "usage: lifl job create SPEC.json|SPEC.yaml [--url URL]\n"
         "       lifl job list | status ID | cancel ID [--url URL]\n"
         "Manages FL jobs through the jobs API (API.md).");
+    std::puts(kCredentialHelp);
     return a.wantsHelp() ? 0 : 1;
   }
-  auto client = HttpClient::connect(a.get("url", kDefaultUrl));
+  auto client = connectTo(a);
   if (!client) return fail(client.error());
   Result<HttpResponse> r = internal("unreachable", "");
   if (pos[0] == "create" && pos.size() == 2) {
@@ -144,9 +170,10 @@ int cmdStatus(int argc, char** argv) {
     std::puts(
         "usage: lifl status [--url http://127.0.0.1:8080]\n"
         "Shows readiness and the jobs; for a controller's URL, its nodes as well.");
+    std::puts(kCredentialHelp);
     return 0;
   }
-  auto client = HttpClient::connect(a.get("url", kDefaultUrl));
+  auto client = connectTo(a);
   if (!client) return fail(client.error());
   auto ready = client.value()->get("/readyz");
   if (!ready) return fail(ready.error());
@@ -166,6 +193,41 @@ int cmdStatus(int argc, char** argv) {
                     n.value("url", "").c_str(), n.value("slots", 0u),
                     n.value("seconds_since_heartbeat", 0.0));
   }
+  return 0;
+}
+
+int cmdToken(int argc, char** argv) {
+  auto parsed = Args::parse(argc, argv, 2);
+  if (!parsed) return fail(parsed.error());
+  const Args& a = parsed.value();
+  const auto& pos = a.positionals();
+  if (a.wantsHelp() || pos.size() != 1 || pos[0] != "create" || !a.has("job") ||
+      !a.has("client")) {
+    std::puts(
+        "usage: lifl token create --job JOB --client ID [--ttl SECONDS] [--url URL]\n"
+        "Asks the platform (its controller) to sign a client token: it lets client ID push\n"
+        "updates to JOB, with ce-source ID, and read JOB's model, until it expires (--ttl,\n"
+        "default security.token_ttl_seconds). Prints the token alone on stdout.");
+    std::puts(kCredentialHelp);
+    return a.wantsHelp() ? 0 : 1;
+  }
+  nlohmann::json request = {{"job", a.get("job")}, {"client", a.get("client")}};
+  if (a.has("ttl")) {
+    auto ttl = a.getDouble("ttl", 0);
+    if (!ttl) return fail(ttl.error());
+    if (!(ttl.value() > 0)) return fail(badRequest("bad_arguments", "--ttl must be positive"));
+    request["ttl_seconds"] = ttl.value();
+  }
+  auto client = connectTo(a);
+  if (!client) return fail(client.error());
+  const std::string body = request.dump();
+  auto r = expect2xx(client.value()->request(
+      "POST", "/v1/tokens", {{"Content-Type", "application/json"}}, body.data(), body.size()));
+  if (!r) return fail(r.error());
+  auto doc = nlohmann::json::parse(r.value().body, nullptr, false);
+  if (!doc.is_object() || !doc.contains("token") || !doc["token"].is_string())
+    return fail(internal("bad_response", "the platform did not answer a token"));
+  std::printf("%s\n", doc["token"].get<std::string>().c_str());
   return 0;
 }
 

@@ -21,7 +21,7 @@ namespace {
 constexpr const char* kUpHelp =
     "usage: lifl up [--port 8080] [--bind 127.0.0.1] [--data-dir DIR] [--config FILE]\n"
     "               [--router ebpf|userspace] [--store-bytes N] [--warm-pool N]\n"
-    "               [--port-file FILE] [--model DIR [--model-name NAME]\n"
+    "               [--port-file FILE] [--auth] [--model DIR [--model-name NAME]\n"
     "               [--quantize int8|int4] [--model-device cpu|cuda]\n"
     "               [--model-gemm cublas|exact] [--model-kv-handoff ipc|host]\n"
     "               [--model-max-sequences 16] [--model-prefill-instances 4]\n"
@@ -34,7 +34,9 @@ constexpr const char* kUpHelp =
     "--model serves a Llama model folder (config.json + *.safetensors) at POST\n"
     "/v1/completions through the chain llm.prefill -> llm.decode (docs/llm.md); prefill\n"
     "scales from 1 to --model-prefill-instances instances by queue depth, decode to\n"
-    "--model-decode-instances by requests in flight.";
+    "--model-decode-instances by requests in flight. --auth turns on security.auth: the\n"
+    "jobs API needs the admin credential (<data-dir>/auth/admin.token, created at the first\n"
+    "start) and pushing an update a client token (lifl token create; docs/security.md).";
 
 constexpr const char* kAgentHelp =
     "usage: lifl agent --controller URL [--name NODE] [--advertise URL] [--slots N]\n"
@@ -65,6 +67,7 @@ Result<dataplane::AgentConfig> configFromArgs(const Args& args, uint16_t default
   if (args.has("bind")) config.bind = args.get("bind");
   if (args.has("data-dir")) config.dataDir = args.get("data-dir");
   if (args.has("router")) config.router = args.get("router");
+  if (args.has("auth")) config.security.auth = true;
   if (args.has("controller")) config.cluster.controller = args.get("controller");
   if (args.has("name")) config.cluster.nodeName = args.get("name");
   if (args.has("advertise")) config.cluster.advertiseUrl = args.get("advertise");
@@ -149,7 +152,7 @@ namespace {
 
 /// Runs an agent until SIGINT/SIGTERM: `lifl up` (standalone) or `lifl agent` (cluster).
 int runAgent(int argc, char** argv, bool member) {
-  auto args = Args::parse(argc, argv, 2);
+  auto args = Args::parse(argc, argv, 2, {"auth"});
   if (!args) return fail(args.error());
   if (args.value().wantsHelp()) {
     std::puts(member ? kAgentHelp : kUpHelp);
@@ -170,6 +173,11 @@ int runAgent(int argc, char** argv, bool member) {
   if (args.value().has("port-file")) writePortFile(args.value().get("port-file"), port);
   std::printf("%s is up: http://%s:%u (router %s)\n", member ? "LIFL agent" : "LIFL",
               config.bind.c_str(), port, config.router.c_str());
+  if (config.security.auth)
+    std::printf("auth is on: the admin credential is in %s\n",
+                (config.security.adminTokenFile.empty() ? config.dataDir + "/auth/admin.token"
+                                                        : config.security.adminTokenFile)
+                    .c_str());
   std::fflush(stdout);
   int sig = 0;
   sigwait(&stopSignals, &sig);

@@ -29,6 +29,7 @@ void usage() {
       "  pull        download a job's current global model\n"
       "  job         create, list, show or cancel jobs\n"
       "  status      show whether the platform is ready and its jobs\n"
+      "  token       create a client token (where security.auth is on)\n"
       "  bench       simulated clients and other load generators\n"
       "  model       write a random Llama model, or run one (CPU)\n"
       "  controller  run the cluster controller (jobs API, node registry, rounds)\n"
@@ -55,6 +56,7 @@ int main(int argc, char** argv) {
   if (cmd == "status") return cmdStatus(argc, argv);
   if (cmd == "bench") return cmdBench(argc, argv);
   if (cmd == "model") return cmdModel(argc, argv);
+  if (cmd == "token") return cmdToken(argc, argv);
   if (cmd == "agent") return cmdAgent(argc, argv);
   if (cmd == "controller") return cmdController(argc, argv);
   std::fprintf(stderr, "lifl: unknown command %s\n\n", cmd.c_str());

@@ -132,17 +132,23 @@ def _to_numpy(x):
 
 
 class Client:
-    def __init__(self, url: str = "http://127.0.0.1:8080", timeout: float = 60.0):
+    def __init__(self, url: str = "http://127.0.0.1:8080", timeout: float = 60.0, token: str | None = None):
+        """token: the credential sent with every request where the platform runs with auth
+        (docs/security.md): a client token (lifl token create) or the admin credential."""
         u = urllib.parse.urlparse(url)
         self.host, self.port, self.timeout = u.hostname, u.port or 8080, timeout
+        self.token = token
         self._conn = None
 
     def _request(self, method, path, body=None, headers=None):
+        headers = dict(headers or {})
+        if self.token and "Authorization" not in headers:
+            headers["Authorization"] = f"Bearer {self.token}"
         for attempt in range(2):
             if self._conn is None:
                 self._conn = http.client.HTTPConnection(self.host, self.port, timeout=self.timeout)
             try:
-                self._conn.request(method, path, body=body, headers=headers or {})
+                self._conn.request(method, path, body=body, headers=headers)
                 resp = self._conn.getresponse()
                 data = resp.read()
                 if resp.getheader("Connection", "").lower() == "close":
@@ -170,6 +176,15 @@ class Client:
         status, _, data = self._request("POST", "/v1/jobs", json.dumps(spec), {"Content-Type": "application/json"})
         self._check(status, data)
         return json.loads(data)
+
+    def create_token(self, job_id: str, client: str, ttl_seconds: float | None = None) -> str:
+        """A client token for `client` in `job_id` (needs the admin credential as token)."""
+        req = {"job": job_id, "client": client}
+        if ttl_seconds is not None:
+            req["ttl_seconds"] = ttl_seconds
+        status, _, data = self._request("POST", "/v1/tokens", json.dumps(req), {"Content-Type": "application/json"})
+        self._check(status, data)
+        return json.loads(data)["token"]
 
     def job(self, job_id: str) -> dict:
         status, _, data = self._request("GET", f"/v1/jobs/{job_id}")

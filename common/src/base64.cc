@@ -79,7 +79,11 @@ std::optional<std::string> base64UrlDecode(std::string_view in) {
   }
   if (standard.size() % 4 == 1) return std::nullopt;
   standard.append((4 - standard.size() % 4) % 4, '=');
-  return base64Decode(standard);
+  auto out = base64Decode(standard);
+  // Canonical only: unused low bits of the last character must be zero, so that one value has
+  // one encoding (a token cannot be altered into another string that still verifies).
+  if (out && base64UrlEncode(*out) != in) return std::nullopt;
+  return out;
 }
 
 }  // namespace lifl

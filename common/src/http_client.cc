@@ -103,6 +103,7 @@ Result<HttpResponse> HttpClient::request(std::string_view method, const std::str
     req.version(11);
     req.set(http::field::host, impl_->host);
     req.set(http::field::user_agent, "lifl-cli");
+    if (!bearer_.empty()) req.set(http::field::authorization, "Bearer " + bearer_);
     for (const auto& [k, v] : headers) req.set(k, v);
     req.body().data = const_cast<void*>(body);
     req.body().size = bodySize;

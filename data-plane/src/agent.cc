@@ -96,8 +96,11 @@ Result<std::unique_ptr<Agent>> Agent::start(AgentConfig config, Planner planner,
   LIFL_TRYV(agent->supervisor_->start());
   agent->jobs_->restore();
   LIFL_TRYV(agent->chains_->deploy(c.chains));
+  // A standalone agent issues client tokens itself; a cluster member checks the controller's.
+  LIFL_TRY(access, AccessPolicy::create(c.security, c.dataDir, c.cluster.controller.empty()));
+  agent->access_ = std::move(access);
   agent->gateway_ = std::make_unique<Gateway>(
-      c, *agent->jobs_, *agent->chains_, *agent->store_, *agent->metrics_,
+      c, *agent->jobs_, *agent->chains_, *agent->store_, *agent->metrics_, *agent->access_,
       GatewayHooks{[self] { return self->ready_.load(); }, [self] { self->refreshMetrics(); },
                    [self] { return self->describeInstances(); },
                    [self] { return self->describeStore(); }, agent->cluster_.get()});

@@ -38,7 +38,8 @@ Result<AgentConfig> parseAgentConfig(const std::string& yaml) {
     if (!root.IsMap()) return configError("config must be a YAML mapping");
     static const std::vector<std::string> kKeys = {"bind",    "port",      "data_dir",
                                                    "router",  "store",     "functions",
-                                                   "gateway", "log_level", "cluster"};
+                                                   "gateway", "log_level", "cluster",
+                                                   "security"};
     for (const auto& kv : root) {
       const auto key = kv.first.as<std::string>();
       if (std::find(kKeys.begin(), kKeys.end(), key) == kKeys.end())
@@ -105,6 +106,17 @@ Result<AgentConfig> parseAgentConfig(const std::string& yaml) {
       read(g, "body_timeout_seconds", c.bodyTimeoutSeconds);
       read(g, "max_connections", c.maxConnections);
     }
+    if (auto sec = root["security"]) {
+      LIFL_TRYV(checkKeys(sec, "security",
+                          {"auth", "signing_key_file", "admin_token_file", "token_ttl_seconds",
+                           "client_rate", "client_burst"}));
+      read(sec, "auth", c.security.auth);
+      read(sec, "signing_key_file", c.security.signingKeyFile);
+      read(sec, "admin_token_file", c.security.adminTokenFile);
+      read(sec, "token_ttl_seconds", c.security.tokenTtlSeconds);
+      read(sec, "client_rate", c.security.clientRate);
+      read(sec, "client_burst", c.security.clientBurst);
+    }
     if (auto cl = root["cluster"]) {
       LIFL_TRYV(checkKeys(
           cl, "cluster",
@@ -126,6 +138,10 @@ Result<AgentConfig> parseAgentConfig(const std::string& yaml) {
   if (!c.cluster.controller.empty() && c.cluster.controller.rfind("http://", 0) != 0)
     return configError("cluster.controller must be an http:// URL");
   if (c.keepAliveSeconds < 0) return configError("functions.keep_alive_seconds must be >= 0");
+  if (!(c.security.tokenTtlSeconds > 0))
+    return configError("security.token_ttl_seconds must be positive");
+  if (!(c.security.clientRate >= 0)) return configError("security.client_rate must be >= 0");
+  if (!(c.security.clientBurst >= 1)) return configError("security.client_burst must be >= 1");
   if (c.cluster.requestTimeoutSeconds <= 0)
     return configError("cluster.request_timeout_seconds must be positive");
   return c;

@@ -6,6 +6,7 @@
 #include <boost/asio.hpp>
 #include <boost/beast.hpp>
 #include <charconv>
+#include <cmath>
 #include <cstring>
 #include <map>
 #include <memory>
@@ -76,14 +77,21 @@ bool iequals(std::string_view a, std::string_view b) {
 
 struct Gateway::Impl {
   Impl(const AgentConfig& c, JobManager& j, ChainManager& ch, ObjectStore& s, Metrics& m,
-       GatewayHooks h)
-      : config(c), jobs(j), chains(ch), store(s), metrics(m), hooks(std::move(h)) {}
+       AccessPolicy& a, GatewayHooks h)
+      : config(c),
+        jobs(j),
+        chains(ch),
+        store(s),
+        metrics(m),
+        access(a),
+        hooks(std::move(h)) {}
 
   const AgentConfig& config;
   JobManager& jobs;
   ChainManager& chains;
   ObjectStore& store;
   Metrics& metrics;
+  AccessPolicy& access;
   GatewayHooks hooks;
   asio::io_context ioc;
   std::optional<tcp::acceptor> acceptor;
@@ -112,9 +120,19 @@ struct Gateway::Impl {
   }
 
   // Errors by value: a coroutine frame keeps its own copy (callers may pass temporaries).
-  awaitable<void> writeError(Exchange& ex, Error e) {
+  awaitable<void> writeError(Exchange& ex, Error e,
+                             std::vector<std::pair<std::string, std::string>> headers = {}) {
     if (ex.route == "updates") metrics.updateRejected(e.code);
-    co_await write(ex, static_cast<http::status>(e.status), e.toJson(), "application/json");
+    if (e.status == 401) headers.emplace_back("www-authenticate", "Bearer realm=\"lifl\"");
+    co_await write(ex, static_cast<http::status>(e.status), e.toJson(), "application/json",
+                   std::move(headers));
+  }
+
+  /// A request refused for its credentials, from its headers: the body is never read (the
+  /// connection closes after the answer).
+  awaitable<void> refuseUnread(Exchange& ex, Error e) {
+    ex.keepAlive = false;
+    co_await writeError(ex, std::move(e));
   }
 
   // ---------------------------------------------------------------- bodies
@@ -334,8 +352,23 @@ struct Gateway::Impl {
 
   awaitable<void> pushUpdate(Exchange& ex, const std::string& id) {
     ex.route = "updates";
+    auto allowed = access.requireClient(header(ex.parser, "authorization"), id,
+                                        header(ex.parser, "ce-source"));
+    if (!allowed) co_return co_await refuseUnread(ex, allowed.error());
     auto meta = parseUpdateHeaders(ex.parser);
     if (!meta) co_return co_await rejectBeforeBody(ex, meta.error());
+    if (auto wait = access.takeRate(id, meta.value().source)) {
+      ex.keepAlive = false;  // the body stays unread
+      std::vector<std::pair<std::string, std::string>> retryAfter;  // whole seconds, at least 1
+      retryAfter.emplace_back(
+          "retry-after", std::to_string(static_cast<uint64_t>(std::max(1.0, std::ceil(*wait)))));
+      co_return co_await writeError(
+          ex,
+          makeError(429, "rate_limited",
+                    "client " + meta.value().source + " sends updates faster than " +
+                        std::to_string(access.clientRate()) + " a second"),
+          std::move(retryAfter));
+    }
     auto admission = jobs.admit(id, meta.value());
     if (!admission) co_return co_await rejectBeforeBody(ex, admission.error());
     const Admission& a = admission.value();
@@ -410,6 +443,26 @@ struct Gateway::Impl {
     }
     const nlohmann::json body = {{"accepted", true}, {"round", round.value()}};
     co_await writeJson(ex, http::status::accepted, body);
+  }
+
+  /// POST /v1/tokens {"job", "client", "ttl_seconds"?}: a client token (docs/security.md).
+  awaitable<void> issueToken(Exchange& ex) {
+    auto body = co_await readBodyString(ex, 64 << 10);
+    if (!body) co_return co_await writeError(ex, body.error());
+    auto doc = nlohmann::json::parse(body.value(), nullptr, false);
+    if (!doc.is_object() || !doc.contains("job") || !doc["job"].is_string() ||
+        !doc.contains("client") || !doc["client"].is_string() ||
+        (doc.contains("ttl_seconds") && !doc["ttl_seconds"].is_number()))
+      co_return co_await writeError(
+          ex, badRequest("invalid_token_request",
+                         "the body must be {\"job\": str, \"client\": str, \"ttl_seconds\"?: n}"));
+    const double ttl = doc.value("ttl_seconds", 0.0);
+    if (doc.contains("ttl_seconds") && !(ttl > 0))
+      co_return co_await writeError(
+          ex, unprocessable("invalid_token_request", "ttl_seconds must be positive"));
+    auto token = access.issue(doc["job"].get<std::string>(), doc["client"].get<std::string>(), ttl);
+    if (!token) co_return co_await writeError(ex, token.error());
+    co_await writeJson(ex, http::status::created, token.value());
   }
 
   // ---------------------------------------------------------------- cluster mode
@@ -815,6 +868,38 @@ struct Gateway::Impl {
     }
     if (path.size() >= 2 && path[0] == "v1" && path[1] == "cluster")
       co_return co_await dispatchCluster(ex, path);
+    if (path.empty() || path[0] != "v1")
+      co_return co_await rejectBeforeBody(ex, notFound("not_found", "no such endpoint"));
+    // The key client tokens are checked with is public: clients and nodes may verify them.
+    if (path.size() == 3 && path[1] == "tokens" && path[2] == "public-key") {
+      ex.route = "tokens";
+      if (method != http::verb::get) co_return co_await methodNotAllowed();
+      if (!access.enabled())
+        co_return co_await rejectBeforeBody(
+            ex, notFound("auth_disabled", "tokens exist only when security.auth is on"));
+      const nlohmann::json key = {{"algorithm", "Ed25519"}, {"public_key", access.publicKey()}};
+      co_return co_await writeJson(ex, http::status::ok, key);
+    }
+    // Credentials first, from the headers alone (access_policy.h): updates check theirs in
+    // pushUpdate, where ce-source is at hand.
+    const std::string_view authorization = header(ex.parser, "authorization");
+    const bool isJobs = path.size() >= 3 && path[1] == "jobs";
+    const bool isUpdate = isJobs && path.size() == 4 && path[3] == "updates";
+    const bool isRead = isJobs && method == http::verb::get &&
+                        (path.size() == 3 || (path.size() == 4 && path[3] == "model"));
+    if (isRead) {
+      if (auto ok = access.requireReader(authorization, path[2]); !ok)
+        co_return co_await refuseUnread(ex, ok.error());
+    } else if (!isUpdate) {
+      if (auto ok = access.requireAdmin(authorization); !ok)
+        co_return co_await refuseUnread(ex, ok.error());
+    }
+    if (path.size() == 2 && path[1] == "tokens") {
+      ex.route = "tokens";
+      if (method != http::verb::post) co_return co_await methodNotAllowed();
+      if (hooks.cluster) co_return co_await forwardToController(ex);
+      co_return co_await issueToken(ex);
+    }
     if (hooks.cluster && path.size() >= 2 && path[0] == "v1" && path[1] == "jobs" &&
         !(path.size() == 4 && path[3] == "updates") &&
         !(path.size() == 4 && path[3] == "model" && method == http::verb::get)) {
@@ -939,8 +1024,9 @@ struct Gateway::Impl {
 };
 
 Gateway::Gateway(const AgentConfig& config, JobManager& jobs, ChainManager& chains,
-                 ObjectStore& store, Metrics& metrics, GatewayHooks hooks)
-    : impl_(std::make_unique<Impl>(config, jobs, chains, store, metrics, std::move(hooks))) {}
+                 ObjectStore& store, Metrics& metrics, AccessPolicy& access, GatewayHooks hooks)
+    : impl_(std::make_unique<Impl>(config, jobs, chains, store, metrics, access,
+                                   std::move(hooks))) {}
 
 Gateway::~Gateway() { stop(); }
 

@@ -103,7 +103,15 @@ class Platform:
         args += [str(a) for a in extra_args or []]
         self.log = open(self.log_path, "w")
         self.proc = subprocess.Popen(args, stdout=self.log, stderr=subprocess.STDOUT)
-        self.url = wait_ready(self.proc, self.port_file, "127.0.0.1", "lifl up", self.log_tail, 30)
+        try:
+            self.url = wait_ready(self.proc, self.port_file, "127.0.0.1", "lifl up", self.log_tail, 30)
+        except Exception:
+            if self.proc.poll() is None:
+                self.proc.kill()
+                self.proc.wait(timeout=10)
+            self.log.close()
+            self.tmp.cleanup()
+            raise
         self.client = Client(self.url)
 
     def instances(self) -> list:

@@ -42,6 +42,7 @@ TEST(Base64Url, KnownVectorsWithoutPadding) {  // RFC 4648 section 10, URL-safe 
   EXPECT_FALSE(base64UrlDecode("Zm8="));  // padding is not of this form
   EXPECT_FALSE(base64UrlDecode("+/8"));   // nor the standard alphabet
   EXPECT_FALSE(base64UrlDecode("Z"));
+  EXPECT_FALSE(base64UrlDecode("Zm9"));  // "fo" is Zm8: the last character's unused bits set
 }
 
 TEST_F(Credentials, TheKeyFileGivesRfc8032sPublicKey) {

@@ -14,6 +14,7 @@ int cmdJob(int argc, char** argv);
 int cmdStatus(int argc, char** argv);
 int cmdBench(int argc, char** argv);
 int cmdModel(int argc, char** argv);
+int cmdToken(int argc, char** argv);
 
 /// Prints an error as "lifl: <code>: <detail>" and returns the exit status for it.
 int fail(const Error& e);

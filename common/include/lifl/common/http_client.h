@@ -39,6 +39,8 @@ class HttpClient {
   Result<HttpResponse> get(const std::string& target) { return request("GET", target); }
   /// Bounds each later connect and request (0: no bound, the default).
   void setTimeout(double seconds) { timeoutSeconds_ = seconds; }
+  /// Sends `Authorization: Bearer <credential>` with every later request ("": none).
+  void setBearer(std::string credential) { bearer_ = std::move(credential); }
 
  private:
   struct Impl;
@@ -47,6 +49,7 @@ class HttpClient {
   void arm();
   std::unique_ptr<Impl> impl_;
   double timeoutSeconds_ = 0;
+  std::string bearer_;
 };
 
 /// Splits http://host:port into host and port (default 8080).

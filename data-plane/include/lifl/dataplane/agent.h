@@ -53,6 +53,7 @@ class Agent {
   std::unique_ptr<Supervisor> supervisor_;
   std::unique_ptr<JobManager> jobs_;
   std::unique_ptr<ChainManager> chains_;
+  std::unique_ptr<AccessPolicy> access_;
   std::unique_ptr<Gateway> gateway_;
   std::unique_ptr<ClusterLink> cluster_;  ///< cluster mode only; stopped before the rest
   std::thread reader_;

@@ -6,6 +6,7 @@
 #include <vector>
 
 #include "lifl/common/error.h"
+#include "lifl/dataplane/access_policy.h"
 #include "lifl/dataplane/chain_manager.h"
 #include "lifl/dataplane/cluster_link.h"
 
@@ -39,6 +40,7 @@ struct AgentConfig {
   double bodyTimeoutSeconds = 300;
   uint32_t maxConnections = 1024;
   std::string logLevel = "info";
+  SecurityConfig security;  ///< credentials and rate limits (docs/security.md)
   ClusterConfig cluster;  ///< `cluster.controller` set: the agent joins that controller
 };
 

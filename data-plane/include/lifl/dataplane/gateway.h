@@ -9,6 +9,7 @@
 #include <nlohmann/json.hpp>
 
 #include "lifl/common/error.h"
+#include "lifl/dataplane/access_policy.h"
 #include "lifl/dataplane/agent_config.h"
 #include "lifl/dataplane/chain_manager.h"
 #include "lifl/dataplane/cluster_link.h"
@@ -31,7 +32,7 @@ struct GatewayHooks {
 class Gateway {
  public:
   Gateway(const AgentConfig& config, JobManager& jobs, ChainManager& chains, ObjectStore& store,
-          Metrics& metrics, GatewayHooks hooks);
+          Metrics& metrics, AccessPolicy& access, GatewayHooks hooks);
   ~Gateway();
   /// Binds and starts serving on the configured threads. @return the bound port.
   Result<uint16_t> start();

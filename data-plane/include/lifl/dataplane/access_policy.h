@@ -1,0 +1,94 @@
+// Who may call what on the gateway (docs/security.md), when `security.auth` is on:
+//   - pushing an update needs a client token of that job whose client is the update's
+//     ce-source, checked from the headers before the body is read;
+//   - reading a job's status or model needs that job's client token or the admin credential;
+//   - everything else under /v1/ (the jobs API, tokens, functions, completions) needs the
+//     admin credential.
+// 401 `unauthorized` for a missing, malformed, forged or expired credential; 403 `forbidden`
+// for a valid one that does not reach this resource. With auth off every call is allowed.
+// Also the per-client rate limit of updates (429 `rate_limited`), which holds with auth off.
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <nlohmann/json.hpp>
+#include <optional>
+#include <string>
+#include <string_view>
+
+#include "lifl/common/credentials.h"
+#include "lifl/common/error.h"
+
+namespace lifl::dataplane {
+
+struct SecurityConfig {
+  bool auth = false;
+  std::string signingKeyFile;   ///< default <data_dir>/auth/signing.key
+  std::string adminTokenFile;   ///< default <data_dir>/auth/admin.token
+  double tokenTtlSeconds = 86400;  ///< default lifetime of a client token (POST /v1/tokens)
+  double clientRate = 0;    ///< updates a second per (job, client); 0: no limit
+  double clientBurst = 10;  ///< updates a client may send at once before the rate applies
+};
+
+/// A token bucket per key: `rate` a second, up to `burst`. Bounded: beyond kMaxKeys buckets,
+/// full ones are forgotten (a full bucket is what a new key gets anyway).
+class RateLimiter {
+ public:
+  RateLimiter(double rate, double burst) : rate_(rate), burst_(burst) {}
+  /// Takes one from the key's bucket; nullopt when allowed, else the seconds until one is
+  /// there.
+  std::optional<double> take(const std::string& key,
+                             std::chrono::steady_clock::time_point now =
+                                 std::chrono::steady_clock::now());
+
+ private:
+  static constexpr size_t kMaxKeys = 1 << 16;
+  struct Bucket {
+    double tokens;
+    std::chrono::steady_clock::time_point at;
+  };
+  double rate_, burst_;
+  std::mutex mutex_;
+  std::map<std::string, Bucket, std::less<>> buckets_;
+};
+
+class AccessPolicy {
+ public:
+  /// Off: allows everything. On: loads (or creates) the admin credential, and the signing key
+  /// where this process issues tokens (standalone); a cluster member verifies with the
+  /// controller's public key instead (setPublicKey).
+  static Result<std::unique_ptr<AccessPolicy>> create(const SecurityConfig& config,
+                                                      const std::string& dataDir, bool issues);
+
+  bool enabled() const { return config_.auth; }
+  Result<void> requireAdmin(std::string_view authorization) const;
+  /// A client token of `job`; with ceSource given, its client must be that source.
+  Result<auth::ClientClaims> requireClient(std::string_view authorization, const std::string& job,
+                                           std::optional<std::string_view> ceSource) const;
+  /// The admin credential, or a client token of `job`.
+  Result<void> requireReader(std::string_view authorization, const std::string& job) const;
+  /// A signed client token (POST /v1/tokens). @param ttlSeconds 0: the configured default
+  Result<nlohmann::json> issue(const std::string& job, const std::string& client,
+                               double ttlSeconds) const;
+  /// The public key tokens are verified with ("" while auth is off).
+  std::string publicKey() const;
+  Result<void> setPublicKey(std::string_view publicKey);
+  /// Takes one update of the (job, client) pair's rate: nullopt when allowed, else the
+  /// seconds until it may send again (the gateway answers 429 with Retry-After).
+  std::optional<double> takeRate(const std::string& job, std::string_view client);
+  double clientRate() const { return config_.clientRate; }
+
+ private:
+  explicit AccessPolicy(const SecurityConfig& config);
+  SecurityConfig config_;
+  std::optional<auth::AdminCredential> admin_;
+  std::optional<auth::SigningKey> signer_;
+  std::optional<auth::TokenVerifier> verifier_;
+  std::string publicKey_;
+  RateLimiter rates_;
+};
+
+}  // namespace lifl::dataplane
