@@ -132,11 +132,16 @@ def _to_numpy(x):
 
 
 class Client:
-    def __init__(self, url: str = "http://127.0.0.1:8080", timeout: float = 60.0, token: str | None = None):
+    def __init__(self, url: str = "http://127.0.0.1:8080", timeout: float = 60.0, token: str | None = None,
+                 tls=None):
         """token: the credential sent with every request where the platform runs with auth
-        (docs/security.md): a client token (lifl token create) or the admin credential."""
+        (docs/security.md): a client token (lifl token create) or the admin credential.
+        tls: an ssl.SSLContext for an https:// URL (its CA, and for mTLS the client's
+        certificate); None takes the system's defaults."""
         u = urllib.parse.urlparse(url)
         self.host, self.port, self.timeout = u.hostname, u.port or 8080, timeout
+        self.https = u.scheme == "https"
+        self.tls = tls
         self.token = token
         self._conn = None
 
@@ -146,7 +151,11 @@ class Client:
             headers["Authorization"] = f"Bearer {self.token}"
         for attempt in range(2):
             if self._conn is None:
-                self._conn = http.client.HTTPConnection(self.host, self.port, timeout=self.timeout)
+                if self.https:
+                    self._conn = http.client.HTTPSConnection(self.host, self.port, timeout=self.timeout,
+                                                             context=self.tls)
+                else:
+                    self._conn = http.client.HTTPConnection(self.host, self.port, timeout=self.timeout)
             try:
                 self._conn.request(method, path, body=body, headers=headers)
                 resp = self._conn.getresponse()

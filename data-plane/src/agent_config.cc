@@ -98,9 +98,13 @@ Result<AgentConfig> parseAgentConfig(const std::string& yaml) {
       }
     }
     if (auto g = root["gateway"]) {
-      LIFL_TRYV(checkKeys(
-          g, "gateway",
-          {"threads", "header_timeout_seconds", "body_timeout_seconds", "max_connections"}));
+      LIFL_TRYV(checkKeys(g, "gateway",
+                          {"threads", "header_timeout_seconds", "body_timeout_seconds",
+                           "max_connections", "tls_cert_file", "tls_key_file",
+                           "tls_client_ca_file"}));
+      read(g, "tls_cert_file", c.tlsCertFile);
+      read(g, "tls_key_file", c.tlsKeyFile);
+      read(g, "tls_client_ca_file", c.tlsClientCaFile);
       read(g, "threads", c.gatewayThreads);
       read(g, "header_timeout_seconds", c.headerTimeoutSeconds);
       read(g, "body_timeout_seconds", c.bodyTimeoutSeconds);
@@ -132,6 +136,10 @@ Result<AgentConfig> parseAgentConfig(const std::string& yaml) {
   }
   if (c.router != "ebpf" && c.router != "userspace")
     return configError("router must be ebpf or userspace");
+  if (c.tlsCertFile.empty() != c.tlsKeyFile.empty())
+    return configError("gateway.tls_cert_file and gateway.tls_key_file go together");
+  if (!c.tlsClientCaFile.empty() && c.tlsCertFile.empty())
+    return configError("gateway.tls_client_ca_file needs gateway.tls_cert_file (mTLS is TLS)");
   if (c.gatewayThreads == 0 || c.gatewayThreads > 64)
     return configError("gateway.threads must be 1-64");
   if (c.storeBytes < (16ull << 20)) return configError("store.bytes must be at least 16 MiB");

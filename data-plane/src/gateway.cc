@@ -4,7 +4,9 @@
 #include "lifl/dataplane/gateway.h"
 
 #include <boost/asio.hpp>
+#include <boost/asio/ssl.hpp>
 #include <boost/beast.hpp>
+#include <boost/beast/ssl.hpp>
 #include <charconv>
 #include <cmath>
 #include <cstring>
@@ -38,9 +40,11 @@ constexpr uint64_t kDrainLimit = 1ull << 20;  // bodies we read and discard to k
 constexpr uint64_t kMaxJobSpecBytes = 4ull << 20;
 constexpr uint64_t kMaxForwardedBytes = 1ull << 30;  // an initial model PUT through the gateway
 
-/// One request on a connection and what the handlers need to answer it.
+/// One request on a connection and what the handlers need to answer it. Stream: a
+/// beast::tcp_stream, or a beast::ssl_stream over one (gateway.tls_*).
+template <class Stream>
 struct Exchange {
-  beast::tcp_stream& stream;
+  Stream& stream;
   beast::flat_buffer& buffer;
   Parser& parser;
   bool keepAlive = true;
@@ -97,9 +101,11 @@ struct Gateway::Impl {
   std::optional<tcp::acceptor> acceptor;
   std::vector<std::thread> threads;
   std::atomic<uint32_t> connections{0};
+  std::optional<asio::ssl::context> tls;  ///< gateway.tls_cert_file set: HTTPS only
 
   // ---------------------------------------------------------------- responses
-  awaitable<void> write(Exchange& ex, http::status status, std::string body,
+  template <class S>
+  awaitable<void> write(Exchange<S>& ex, http::status status, std::string body,
                         std::string_view contentType,
                         std::vector<std::pair<std::string, std::string>> headers = {}) {
     http::response<http::string_body> res{status, ex.parser.get().version()};
@@ -115,12 +121,14 @@ struct Gateway::Impl {
     if (ec) ex.keepAlive = false;
   }
 
-  awaitable<void> writeJson(Exchange& ex, http::status status, const nlohmann::json& body) {
+  template <class S>
+  awaitable<void> writeJson(Exchange<S>& ex, http::status status, const nlohmann::json& body) {
     co_await write(ex, status, body.dump(), "application/json");
   }
 
   // Errors by value: a coroutine frame keeps its own copy (callers may pass temporaries).
-  awaitable<void> writeError(Exchange& ex, Error e,
+  template <class S>
+  awaitable<void> writeError(Exchange<S>& ex, Error e,
                              std::vector<std::pair<std::string, std::string>> headers = {}) {
     if (ex.route == "updates") metrics.updateRejected(e.code);
     if (e.status == 401) headers.emplace_back("www-authenticate", "Bearer realm=\"lifl\"");
@@ -130,7 +138,8 @@ struct Gateway::Impl {
 
   /// A request refused for its credentials, from its headers: the body is never read (the
   /// connection closes after the answer).
-  awaitable<void> refuseUnread(Exchange& ex, Error e) {
+  template <class S>
+  awaitable<void> refuseUnread(Exchange<S>& ex, Error e) {
     ex.keepAlive = false;
     co_await writeError(ex, std::move(e));
   }
@@ -140,7 +149,8 @@ struct Gateway::Impl {
   /// A Content-Length body is read from the socket straight into dst (after the few bytes
   /// that arrived with the header): no intermediate buffer, large recv calls. Beast's parser
   /// would pass it through its 64 KiB read buffer, a second copy and 5x slower here.
-  awaitable<Result<uint64_t>> readBodyInto(Exchange& ex, std::byte* dst, uint64_t capacity) {
+  template <class S>
+  awaitable<Result<uint64_t>> readBodyInto(Exchange<S>& ex, std::byte* dst, uint64_t capacity) {
     if (auto cl = ex.parser.content_length(); cl && !ex.parser.chunked()) {
       if (*cl > capacity) {
         ex.keepAlive = false;
@@ -191,7 +201,8 @@ struct Gateway::Impl {
     co_return capacity - body.size;
   }
 
-  awaitable<Result<std::string>> readBodyString(Exchange& ex, uint64_t limit) {
+  template <class S>
+  awaitable<Result<std::string>> readBodyString(Exchange<S>& ex, uint64_t limit) {
     std::string out;
     auto cl = ex.parser.content_length();
     if (cl && *cl > limit) {
@@ -218,7 +229,8 @@ struct Gateway::Impl {
 
   /// Before answering a request whose body we will not use: read and drop a small body so
   /// the connection stays usable; close it for a large one.
-  awaitable<void> drainOrClose(Exchange& ex) {
+  template <class S>
+  awaitable<void> drainOrClose(Exchange<S>& ex) {
     if (ex.bodyRead || ex.parser.is_done()) co_return;
     auto cl = ex.parser.content_length();
     if (!cl || *cl > kDrainLimit) {
@@ -230,12 +242,14 @@ struct Gateway::Impl {
     if (!r) ex.keepAlive = false;
   }
 
-  awaitable<void> rejectBeforeBody(Exchange& ex, Error e) {
+  template <class S>
+  awaitable<void> rejectBeforeBody(Exchange<S>& ex, Error e) {
     co_await drainOrClose(ex);
     co_await writeError(ex, e);
   }
 
-  awaitable<void> maybeContinue(Exchange& ex) {
+  template <class S>
+  awaitable<void> maybeContinue(Exchange<S>& ex) {
     if (!iequals(header(ex.parser, "expect"), "100-continue")) co_return;
     static const std::string kContinue = "HTTP/1.1 100 Continue\r\n\r\n";
     beast::error_code ec;
@@ -244,7 +258,8 @@ struct Gateway::Impl {
   }
 
   // ---------------------------------------------------------------- jobs
-  awaitable<void> createJob(Exchange& ex) {
+  template <class S>
+  awaitable<void> createJob(Exchange<S>& ex) {
     auto body = co_await readBodyString(ex, kMaxJobSpecBytes);
     if (!body) co_return co_await writeError(ex, body.error());
     auto spec = parseJobSpec(body.value(), header(ex.parser, "content-type"));
@@ -269,7 +284,8 @@ struct Gateway::Impl {
     return bytes;
   }
 
-  awaitable<void> getModel(Exchange& ex, const std::string& id) {
+  template <class S>
+  awaitable<void> getModel(Exchange<S>& ex, const std::string& id) {
     const std::string dtype = queryParam(std::string(ex.parser.get().target()), "dtype");
     const bool bf16 = dtype == "bf16" || dtype == "BF16";
     if (!bf16 && !dtype.empty() && dtype != "f32" && dtype != "F32")
@@ -306,7 +322,8 @@ struct Gateway::Impl {
     if (ec) ex.keepAlive = false;
   }
 
-  awaitable<void> putModel(Exchange& ex, const std::string& id) {
+  template <class S>
+  awaitable<void> putModel(Exchange<S>& ex, const std::string& id) {
     auto limit = jobs.admitModel(id);
     if (!limit) co_return co_await rejectBeforeBody(ex, limit.error());
     auto cl = ex.parser.content_length();
@@ -350,7 +367,8 @@ struct Gateway::Impl {
     return m;
   }
 
-  awaitable<void> pushUpdate(Exchange& ex, const std::string& id) {
+  template <class S>
+  awaitable<void> pushUpdate(Exchange<S>& ex, const std::string& id) {
     ex.route = "updates";
     auto allowed = access.requireClient(header(ex.parser, "authorization"), id,
                                         header(ex.parser, "ce-source"));
@@ -446,10 +464,11 @@ struct Gateway::Impl {
   }
 
   /// POST /v1/tokens {"job", "client", "ttl_seconds"?}: a client token (docs/security.md).
-  awaitable<void> issueToken(Exchange& ex) {
+  template <class S>
+  awaitable<void> issueToken(Exchange<S>& ex) {
     auto body = co_await readBodyString(ex, 64 << 10);
     if (!body) co_return co_await writeError(ex, body.error());
-    auto doc = nlohmann::json::parse(body.value(), nullptr, false);
+    nlohmann::json doc = nlohmann::json::parse(body.value(), nullptr, false);
     if (!doc.is_object() || !doc.contains("job") || !doc["job"].is_string() ||
         !doc.contains("client") || !doc["client"].is_string() ||
         (doc.contains("ttl_seconds") && !doc["ttl_seconds"].is_number()))
@@ -467,7 +486,8 @@ struct Gateway::Impl {
 
   // ---------------------------------------------------------------- cluster mode
   /// The jobs API of a clustered agent is the controller's: forwarded as it came.
-  awaitable<void> forwardToController(Exchange& ex) {
+  template <class S>
+  awaitable<void> forwardToController(Exchange<S>& ex) {
     auto body = co_await readBodyString(ex, kMaxForwardedBytes);
     if (!body) co_return co_await writeError(ex, body.error());
     const auto& req = ex.parser.get();
@@ -484,10 +504,11 @@ struct Gateway::Impl {
                    std::move(headers));
   }
 
-  awaitable<void> clusterCommand(Exchange& ex, const std::string& id, bool close) {
+  template <class S>
+  awaitable<void> clusterCommand(Exchange<S>& ex, const std::string& id, bool close) {
     auto body = co_await readBodyString(ex, kMaxJobSpecBytes);
     if (!body) co_return co_await writeError(ex, body.error());
-    auto doc = nlohmann::json::parse(body.value(), nullptr, false);
+    nlohmann::json doc = nlohmann::json::parse(body.value(), nullptr, false);
     if (!doc.is_object())
       co_return co_await writeError(ex, badRequest("malformed_json", "the body is not JSON"));
     auto done = close ? jobs.clusterClose(id, doc) : jobs.clusterSync(id, doc);
@@ -496,7 +517,8 @@ struct Gateway::Impl {
   }
 
   /// A partial from another node's agent: read into this node's store, handed to the top.
-  awaitable<void> receivePartial(Exchange& ex, const std::string& id) {
+  template <class S>
+  awaitable<void> receivePartial(Exchange<S>& ex, const std::string& id) {
     const std::string target(ex.parser.get().target());
     const auto round = parseUnsigned(queryParam(target, "round"));
     const auto epoch = parseUnsigned(queryParam(target, "epoch"));
@@ -534,7 +556,8 @@ struct Gateway::Impl {
     co_await writeJson(ex, http::status::ok, answer);
   }
 
-  awaitable<void> dispatchCluster(Exchange& ex, const std::vector<std::string>& path) {
+  template <class S>
+  awaitable<void> dispatchCluster(Exchange<S>& ex, const std::vector<std::string>& path) {
     ex.route = "cluster";
     const auto method = ex.parser.get().method();
     if (!hooks.cluster || path.size() < 4 || path[2] != "jobs")
@@ -555,7 +578,8 @@ struct Gateway::Impl {
   }
 
   // ---------------------------------------------------------------- functions
-  awaitable<void> invokeFunction(Exchange& ex, const std::string& name) {
+  template <class S>
+  awaitable<void> invokeFunction(Exchange<S>& ex, const std::string& name) {
     ex.route = "functions";
     auto first = chains.entry(name);
     if (!first) co_return co_await rejectBeforeBody(ex, first.error());
@@ -566,7 +590,7 @@ struct Gateway::Impl {
     if (structured) {
       auto body = co_await readBodyString(ex, config.maxEventBytes);
       if (!body) co_return co_await writeError(ex, body.error());
-      auto doc = nlohmann::json::parse(body.value(), nullptr, false);
+      nlohmann::json doc = nlohmann::json::parse(body.value(), nullptr, false);
       if (doc.is_discarded() || !doc.is_object())
         co_return co_await writeError(
             ex, badRequest("malformed_event", "structured event is not a JSON object"));
@@ -661,7 +685,8 @@ struct Gateway::Impl {
     return success();
   }
 
-  awaitable<void> answerChain(Exchange& ex, const Descriptor& reply, bool structured) {
+  template <class S>
+  awaitable<void> answerChain(Exchange<S>& ex, const Descriptor& reply, bool structured) {
     auto object = store.resolve(reply);
     if (!object)
       co_return co_await writeError(ex, internal("lost_reply", "the chain's reply object is gone"));
@@ -690,9 +715,9 @@ struct Gateway::Impl {
     std::string contentType = "application/octet-stream";
     for (auto& [k, v] : attributes.items()) {
       if (k == "datacontenttype")
-        contentType = v.is_string() ? v.get<std::string>() : v.dump();
+        contentType = v.is_string() ? v.template get<std::string>() : v.dump();
       else
-        headers.emplace_back("ce-" + k, v.is_string() ? v.get<std::string>() : v.dump());
+        headers.emplace_back("ce-" + k, v.is_string() ? v.template get<std::string>() : v.dump());
     }
     co_await write(ex, http::status::ok, std::move(data), contentType, std::move(headers));
   }
@@ -702,7 +727,8 @@ struct Gateway::Impl {
   // llm.prefill -> llm.decode. Streamed answers are server-sent events: one per token
   // (the decode stage's Stream pieces), a last one with finish_reason and usage, and
   // "data: [DONE]". Errors found before the first token are API.md's JSON error.
-  awaitable<void> completions(Exchange& ex) {
+  template <class S>
+  awaitable<void> completions(Exchange<S>& ex) {
     ex.route = "completions";
     auto first = chains.entry("llm");
     if (!first)
@@ -710,7 +736,7 @@ struct Gateway::Impl {
           ex, notFound("no_model", "this server has no model: start it with lifl up --model DIR"));
     auto body = co_await readBodyString(ex, config.maxEventBytes);
     if (!body) co_return co_await writeError(ex, body.error());
-    auto doc = nlohmann::json::parse(body.value(), nullptr, false);
+    nlohmann::json doc = nlohmann::json::parse(body.value(), nullptr, false);
     if (doc.is_discarded() || !doc.is_object())
       co_return co_await writeError(ex,
                                     badRequest("invalid_request", "the body is not a JSON object"));
@@ -794,7 +820,7 @@ struct Gateway::Impl {
           if (!headersSent) co_return co_await writeError(ex, e);
           (void)co_await sendEvent("data: " + e.toJson() + "\n\n");
         } else {
-          auto completion = nlohmann::json::parse(data, nullptr, false);
+          nlohmann::json completion = nlohmann::json::parse(data, nullptr, false);
           recordCompletion(completion, attrs, received);
           if (!stream) co_return co_await write(ex, http::status::ok, data, "application/json");
           // The last event: no text (every token was streamed), the reason and the usage.
@@ -845,7 +871,8 @@ struct Gateway::Impl {
   }
 
   // ---------------------------------------------------------------- routing
-  awaitable<void> dispatch(Exchange& ex) {
+  template <class S>
+  awaitable<void> dispatch(Exchange<S>& ex) {
     const auto method = ex.parser.get().method();
     const auto target = ex.parser.get().target();
     const auto path = splitPath(std::string_view(target.data(), target.size()));
@@ -960,39 +987,64 @@ struct Gateway::Impl {
     co_await rejectBeforeBody(ex, notFound("not_found", "no such endpoint"));
   }
 
+  /// One connection: TLS first where it is configured, then its requests one by one.
   awaitable<void> session(tcp::socket socket) {
     struct Count {
       std::atomic<uint32_t>& n;
       ~Count() { n--; }
     } count{connections};
-    beast::tcp_stream stream(std::move(socket));
-    stream.socket().set_option(tcp::no_delay(true));
-    beast::flat_buffer buffer;
-    const auto headerTimeout = std::chrono::duration_cast<std::chrono::steady_clock::duration>(
-        std::chrono::duration<double>(config.headerTimeoutSeconds));
-    const auto bodyTimeout = std::chrono::duration_cast<std::chrono::steady_clock::duration>(
-        std::chrono::duration<double>(config.bodyTimeoutSeconds));
+    socket.set_option(tcp::no_delay(true));
     const bool overloaded = connections > config.maxConnections;
+    if (!tls) {
+      beast::tcp_stream stream(std::move(socket));
+      co_await serve(stream, overloaded);
+      beast::error_code ignored;
+      stream.socket().shutdown(tcp::socket::shutdown_send, ignored);
+      co_return;
+    }
+    beast::ssl_stream<beast::tcp_stream> stream(beast::tcp_stream(std::move(socket)), *tls);
+    beast::get_lowest_layer(stream).expires_after(seconds(config.headerTimeoutSeconds));
+    beast::error_code ec;
+    co_await stream.async_handshake(asio::ssl::stream_base::server,
+                                    asio::redirect_error(use_awaitable, ec));
+    if (ec) {  // not TLS, or (mTLS) no certificate of the configured CA: nothing to answer
+      LIFL_DEBUG("TLS handshake refused: " << ec.message());
+      co_return;
+    }
+    co_await serve(stream, overloaded);
+    beast::get_lowest_layer(stream).expires_after(std::chrono::seconds(1));
+    co_await stream.async_shutdown(asio::redirect_error(use_awaitable, ec));
+  }
+
+  static std::chrono::steady_clock::duration seconds(double s) {
+    return std::chrono::duration_cast<std::chrono::steady_clock::duration>(
+        std::chrono::duration<double>(s));
+  }
+
+  template <class Stream>
+  awaitable<void> serve(Stream& stream, bool overloaded) {
+    beast::flat_buffer buffer;
+    auto& lowest = beast::get_lowest_layer(stream);
     for (;;) {
       Parser parser;
       parser.header_limit(64 * 1024);
       parser.body_limit(std::numeric_limits<std::uint64_t>::max());
-      stream.expires_after(headerTimeout);
+      lowest.expires_after(seconds(config.headerTimeoutSeconds));
       beast::error_code ec;
       co_await http::async_read_header(stream, buffer, parser,
                                        asio::redirect_error(use_awaitable, ec));
       if (ec) {
         if (ec != http::error::end_of_stream && ec != asio::error::eof &&
             ec != beast::error::timeout && ec != asio::error::connection_reset &&
-            ec != asio::error::operation_aborted) {
-          Exchange ex{stream, buffer, parser, false};
+            ec != asio::error::operation_aborted && ec != asio::ssl::error::stream_truncated) {
+          Exchange<Stream> ex{stream, buffer, parser, false};
           co_await writeError(ex, badRequest("malformed_request",
                                              "cannot parse the HTTP request: " + ec.message()));
         }
         break;
       }
-      stream.expires_after(bodyTimeout);
-      Exchange ex{stream, buffer, parser, parser.get().keep_alive()};
+      lowest.expires_after(seconds(config.bodyTimeoutSeconds));
+      Exchange<Stream> ex{stream, buffer, parser, parser.get().keep_alive()};
       if (overloaded) {
         ex.keepAlive = false;
         co_await writeError(
@@ -1003,8 +1055,6 @@ struct Gateway::Impl {
       metrics.request(ex.route, ex.status);
       if (!ex.keepAlive) break;
     }
-    beast::error_code ignored;
-    stream.socket().shutdown(tcp::socket::shutdown_send, ignored);
   }
 
   awaitable<void> listen() {
@@ -1030,7 +1080,37 @@ Gateway::Gateway(const AgentConfig& config, JobManager& jobs, ChainManager& chai
 
 Gateway::~Gateway() { stop(); }
 
+namespace {
+
+/// The server's TLS context: its certificate chain and key, and for mTLS the CA whose
+/// certificates clients must present. TLS 1.2 and later.
+Result<asio::ssl::context> tlsContext(const AgentConfig& c) {
+  asio::ssl::context ctx(asio::ssl::context::tls_server);
+  beast::error_code ec;
+  ctx.set_options(asio::ssl::context::default_workarounds | asio::ssl::context::no_sslv2 |
+                      asio::ssl::context::no_sslv3 | asio::ssl::context::no_tlsv1 |
+                      asio::ssl::context::no_tlsv1_1,
+                  ec);
+  ctx.use_certificate_chain_file(c.tlsCertFile, ec);
+  if (ec) return badRequest("invalid_config", "gateway.tls_cert_file: " + ec.message());
+  ctx.use_private_key_file(c.tlsKeyFile, asio::ssl::context::pem, ec);
+  if (ec) return badRequest("invalid_config", "gateway.tls_key_file: " + ec.message());
+  if (!c.tlsClientCaFile.empty()) {
+    ctx.load_verify_file(c.tlsClientCaFile, ec);
+    if (ec) return badRequest("invalid_config", "gateway.tls_client_ca_file: " + ec.message());
+    ctx.set_verify_mode(asio::ssl::verify_peer | asio::ssl::verify_fail_if_no_peer_cert);
+  }
+  return ctx;
+}
+
+}  // namespace
+
 Result<uint16_t> Gateway::start() {
+  if (!impl_->config.tlsCertFile.empty()) {
+    auto ctx = tlsContext(impl_->config);
+    if (!ctx) return ctx.error();
+    impl_->tls.emplace(std::move(ctx.value()));
+  }
   beast::error_code ec;
   auto address = asio::ip::make_address(impl_->config.bind, ec);
   if (ec)

@@ -63,17 +63,18 @@ def wait_readyz(url, timeout, what, alive=lambda: True):
         time.sleep(0.1)
 
 
-def wait_ready(proc, port_file, host, name, log_tail, timeout):
-    """The URL of a lifl process once its port file exists and GET /readyz answers 200."""
+def wait_ready(proc, port_file, host, name, log_tail, timeout, scheme="http", context=None):
+    """The URL of a lifl process once its port file exists and GET /readyz answers 200
+    (context: the TLS context of an https gateway)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             raise RuntimeError(f"{name} exited with {proc.returncode}:\n{log_tail()}")
         if os.path.exists(port_file):
             with open(port_file) as f:
-                url = f"http://{host}:{f.read().strip()}"
+                url = f"{scheme}://{host}:{f.read().strip()}"
             try:
-                with urllib.request.urlopen(url + "/readyz", timeout=2) as r:
+                with urllib.request.urlopen(url + "/readyz", timeout=2, context=context) as r:
                     if r.status == 200:
                         return url
             except OSError:
@@ -87,8 +88,9 @@ class Platform:
 
     def __init__(self, router="ebpf", config: str | None = None, warm_pool=4, store_bytes=1 << 30,
                  data_dir: str | None = None, extra_args: list | None = None,
-                 prefix: list | None = None):
-        """prefix: a command that runs `lifl up` (setpriv with a capability set, say)."""
+                 prefix: list | None = None, tls=None):
+        """prefix: a command that runs `lifl up` (setpriv with a capability set, say);
+        tls: the ssl.SSLContext clients use where the config makes the gateway https."""
         self.tmp = tempfile.TemporaryDirectory(prefix="lifl-test-")
         self.port_file = os.path.join(self.tmp.name, "port")
         self.log_path = os.path.join(self.tmp.name, "lifl.log")
@@ -104,7 +106,8 @@ class Platform:
         self.log = open(self.log_path, "w")
         self.proc = subprocess.Popen(args, stdout=self.log, stderr=subprocess.STDOUT)
         try:
-            self.url = wait_ready(self.proc, self.port_file, "127.0.0.1", "lifl up", self.log_tail, 30)
+            self.url = wait_ready(self.proc, self.port_file, "127.0.0.1", "lifl up", self.log_tail, 30,
+                                  scheme="https" if tls else "http", context=tls)
         except Exception:
             if self.proc.poll() is None:
                 self.proc.kill()
@@ -112,7 +115,7 @@ class Platform:
             self.log.close()
             self.tmp.cleanup()
             raise
-        self.client = Client(self.url)
+        self.client = Client(self.url, tls=tls)
 
     def instances(self) -> list:
         with urllib.request.urlopen(self.url + "/v1/instances", timeout=5) as r:

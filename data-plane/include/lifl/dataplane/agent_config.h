@@ -39,6 +39,9 @@ struct AgentConfig {
   double headerTimeoutSeconds = 30;
   double bodyTimeoutSeconds = 300;
   uint32_t maxConnections = 1024;
+  std::string tlsCertFile;      ///< PEM certificate chain: the gateway speaks HTTPS only
+  std::string tlsKeyFile;       ///< its PEM private key
+  std::string tlsClientCaFile;  ///< mTLS: clients must present a certificate of this CA
   std::string logLevel = "info";
   SecurityConfig security;  ///< credentials and rate limits (docs/security.md)
   ClusterConfig cluster;  ///< `cluster.controller` set: the agent joins that controller

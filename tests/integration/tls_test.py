@@ -1,0 +1,142 @@
+"""TLS and mTLS on the gateway (issue 8, docs/security.md), on a real `lifl up`: a CA, a
+server certificate for 127.0.0.1 and client certificates are made by the test with the
+`cryptography` package. Over HTTPS a round gives numpy's exact FedAvg; plain HTTP, a client
+that does not trust the CA, and (mTLS) a client without a certificate of the configured CA
+are all refused; bad TLS settings stop `lifl up` with the key named."""
+import datetime
+import ipaddress
+import os
+import socket
+import ssl
+import tempfile
+import unittest
+
+import numpy as np
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
+from lifl_client import Client
+from lifl_harness import Platform, exact_round, failed_so_far
+
+
+def make_ca(folder, name):
+    key = ec.generate_private_key(ec.SECP256R1())
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (x509.CertificateBuilder().subject_name(subject).issuer_name(subject)
+            .public_key(key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(minutes=5))
+            .not_valid_after(now + datetime.timedelta(days=1))
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+            .sign(key, hashes.SHA256()))
+    path = os.path.join(folder, f"{name}.pem")
+    with open(path, "wb") as f:
+        f.write(cert.public_bytes(serialization.Encoding.PEM))
+    return key, cert, path
+
+
+def issue(folder, name, ca_key, ca_cert, server):
+    key = ec.generate_private_key(ec.SECP256R1())
+    now = datetime.datetime.now(datetime.timezone.utc)
+    builder = (x509.CertificateBuilder()
+               .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)]))
+               .issuer_name(ca_cert.subject).public_key(key.public_key())
+               .serial_number(x509.random_serial_number())
+               .not_valid_before(now - datetime.timedelta(minutes=5))
+               .not_valid_after(now + datetime.timedelta(days=1)))
+    if server:
+        builder = builder.add_extension(
+            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
+    cert = builder.sign(ca_key, hashes.SHA256())
+    cert_path, key_path = os.path.join(folder, f"{name}.crt"), os.path.join(folder, f"{name}.key")
+    with open(cert_path, "wb") as f:
+        f.write(cert.public_bytes(serialization.Encoding.PEM))
+    with open(key_path, "wb") as f:
+        f.write(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                  serialization.NoEncryption()))
+    os.chmod(key_path, 0o600)
+    return cert_path, key_path
+
+
+class TlsTestCase(unittest.TestCase):
+    mtls = False
+
+    def setUp(self):
+        self.tmp = tempfile.TemporaryDirectory(prefix="lifl-tls-")
+        d = self.tmp.name
+        ca_key, ca_cert, self.ca = make_ca(d, "ca")
+        self.server_cert, self.server_key = issue(d, "server", ca_key, ca_cert, True)
+        self.client_cert, self.client_key = issue(d, "client", ca_key, ca_cert, False)
+        other_key, other_cert, _ = make_ca(d, "other-ca")
+        self.foreign_cert, self.foreign_key = issue(d, "foreign", other_key, other_cert, False)
+        config = (f"gateway:\n  tls_cert_file: {self.server_cert}\n  tls_key_file: {self.server_key}\n"
+                  + (f"  tls_client_ca_file: {self.ca}\n" if self.mtls else ""))
+        self.platform = Platform(config=config, tls=self.context(with_cert=self.mtls))
+        self.port = int(self.platform.url.rsplit(":", 1)[1])
+
+    def tearDown(self):
+        if failed_so_far(self):
+            print(f"\n---- lifl log ({self.id()}) ----\n{self.platform.log_tail()}")
+        self.platform.stop()
+        self.tmp.cleanup()
+
+    def context(self, trust=True, with_cert=False, foreign=False):
+        ctx = ssl.create_default_context(cafile=self.ca if trust else None)
+        if with_cert:
+            ctx.load_cert_chain(*(self.foreign_cert, self.foreign_key) if foreign
+                                else (self.client_cert, self.client_key))
+        return ctx
+
+    def client(self, **kw):
+        c = Client(self.platform.url, tls=self.context(**kw))
+        self.addCleanup(c.close)
+        return c
+
+    def plain_http_is_refused(self):
+        with socket.create_connection(("127.0.0.1", self.port), timeout=5) as s:
+            s.sendall(b"GET /readyz HTTP/1.1\r\nHost: x\r\n\r\n")
+            try:
+                data = s.recv(4096)
+            except ConnectionResetError:
+                data = b""
+        self.assertFalse(data.startswith(b"HTTP/"), f"plain HTTP got an HTTP answer: {data[:80]!r}")
+
+
+class Tls(TlsTestCase):
+    def test_a_round_over_https_is_exact_and_plain_http_is_refused(self):
+        exact_round(self, self.client(), "tls", clients=6, seed=21)
+        self.plain_http_is_refused()
+        with self.assertRaises(ssl.SSLCertVerificationError):
+            self.client(trust=False).job("tls")
+
+
+class MutualTls(TlsTestCase):
+    mtls = True
+
+    def test_only_clients_with_a_certificate_of_the_ca_are_served(self):
+        exact_round(self, self.client(with_cert=True), "mtls", clients=4, seed=22)
+        for kw in ({}, {"with_cert": True, "foreign": True}):
+            with self.subTest(**kw):
+                with self.assertRaises((ssl.SSLError, ConnectionError, OSError)):
+                    self.client(**kw).job("mtls")
+        self.plain_http_is_refused()
+
+
+class BadTlsConfig(unittest.TestCase):
+    def test_bad_tls_settings_stop_lifl_up_with_the_key_named(self):
+        with tempfile.TemporaryDirectory() as d:
+            missing = os.path.join(d, "missing.pem")
+            for config, needle in ((f"gateway:\n  tls_cert_file: {missing}\n", "go together"),
+                                   (f"gateway:\n  tls_cert_file: {missing}\n  tls_key_file: {missing}\n",
+                                    "gateway.tls_cert_file"),
+                                   (f"gateway:\n  tls_client_ca_file: {missing}\n", "mTLS is TLS")):
+                with self.subTest(config=config):
+                    with self.assertRaises(Exception) as ctx:
+                        Platform(config=config).stop()
+                    self.assertIn(needle, str(ctx.exception))
+
+
+if __name__ == "__main__":
+    unittest.main()
