@@ -47,22 +47,28 @@ inline uint64_t statusKb(pid_t pid, const std::string& field) {
 class PlatformProcess {
  public:
   /// Starts `lifl up`; LIFL_BENCH_CONFIG names an agent config (the store size is still the
-  /// benchmark's).
-  PlatformProcess(const std::string& lifl, uint64_t storeBytes)
+  /// benchmark's). `extra`: more flags of `lifl up` (--auth, say).
+  PlatformProcess(const std::string& lifl, uint64_t storeBytes,
+                  const std::vector<std::string>& extra = {})
       : dir_("/tmp/lifl-bench-" + std::to_string(getpid()) + "-" + std::to_string(counter()++)) {
     std::filesystem::create_directories(dir_);
     const std::string portFile = dir_ + "/port";
+    std::vector<std::string> args = {"lifl",          "up",          "--port",
+                                     "0",             "--port-file", portFile,
+                                     "--store-bytes", std::to_string(storeBytes),
+                                     "--warm-pool",   "8",           "--data-dir",
+                                     dir_};
+    if (const char* config = std::getenv("LIFL_BENCH_CONFIG")) {
+      args.push_back("--config");
+      args.push_back(config);
+    }
+    args.insert(args.end(), extra.begin(), extra.end());
     pid_ = fork();
     if (pid_ == 0) {
-      const std::string bytes = std::to_string(storeBytes);
-      if (const char* config = std::getenv("LIFL_BENCH_CONFIG"))  // the store is still sized here
-        execl(lifl.c_str(), "lifl", "up", "--port", "0", "--port-file", portFile.c_str(),
-              "--config", config, "--store-bytes", bytes.c_str(), "--warm-pool", "8", "--data-dir",
-              dir_.c_str(), nullptr);
-      else
-        execl(lifl.c_str(), "lifl", "up", "--port", "0", "--port-file", portFile.c_str(),
-              "--store-bytes", bytes.c_str(), "--warm-pool", "8", "--data-dir", dir_.c_str(),
-              nullptr);
+      std::vector<char*> argv;
+      for (auto& a : args) argv.push_back(a.data());
+      argv.push_back(nullptr);
+      execv(lifl.c_str(), argv.data());
       _exit(127);
     }
     for (int i = 0; i < 500 && url_.empty(); ++i) {
@@ -85,6 +91,7 @@ class PlatformProcess {
   PlatformProcess& operator=(const PlatformProcess&) = delete;
 
   const std::string& url() const { return url_; }
+  const std::string& dataDir() const { return dir_; }
   bool up() const { return !url_.empty(); }
 
   /// The agent and every function instance.
