@@ -7,6 +7,7 @@
 #include <sstream>
 
 #include "controller_state.h"
+#include "lifl/common/http_client.h"
 #include "lifl/common/log.h"
 
 namespace lifl::control {
@@ -59,6 +60,10 @@ Controller::State::State(ControllerConfig c)
                      .Name("lifl_nodes")
                      .Help("Registered node agents by state")
                      .Register(*registry)),
+      relayedTotal(BuildCounter()
+                       .Name("lifl_partials_relayed_total")
+                       .Help("Partials passed from a member to its root through the controller")
+                       .Register(*registry)),
       nodeGauges(BuildGauge()
                      .Name("lifl_node_cross_node_bytes")
                      .Help("Bytes each node sent to other nodes (from its heartbeats)")
@@ -188,6 +193,9 @@ HttpReply Controller::State::handle(const HttpRequest& r) {
     }
     return HttpReply::error(notFound("not_found", "no such endpoint"));
   }
+  if (p.size() == 6 && p[0] == "v1" && p[1] == "cluster" && p[2] == "relay" && p[3] == "jobs" &&
+      p[5] == "partials" && m == "POST")
+    return relayPartial(p[4], r);
   if (p.size() == 3 && p[0] == "v1" && p[1] == "cluster" && m == "POST") {
     auto body = parseJson(r.body);
     if (!body) return HttpReply::error(body.error());
@@ -196,6 +204,37 @@ HttpReply Controller::State::handle(const HttpRequest& r) {
     if (p[2] == "forwarded") return replyOf(partialForwarded(body.value()));
   }
   return HttpReply::error(notFound("not_found", "no such endpoint"));
+}
+
+// A member that cannot reach the root directly (a cut link between two agents, while both
+// still reach the controller) sends its partial here, and the controller passes it on. The
+// root is named by its URL, which must be a live registered node's: the controller relays
+// only between its own agents. The root drops a partial it already has (by its key), so a
+// relay after a direct delivery whose answer was lost is harmless.
+HttpReply Controller::State::relayPartial(const std::string& job, const HttpRequest& r) {
+  const std::string root = queryParam(r.target, "root");
+  bool known = false;
+  {
+    std::lock_guard lock(mutex);
+    for (const auto& [name, n] : nodes) known = known || (n.live && n.url == root);
+  }
+  if (!known)
+    return HttpReply::error(
+        notFound("unknown_node", "the relay's root is not a live node of this cluster"));
+  std::string target = "/v1/cluster/jobs/" + job + "/partials?";
+  for (const char* key : {"round", "epoch", "from", "partial"})
+    target += std::string(key) + "=" + queryParam(r.target, key) + "&";
+  target.pop_back();
+  auto client = HttpClient::connect(root, config.commandTimeoutSeconds);
+  if (!client) return HttpReply::error(client.error());
+  auto answer = client.value()->request("POST", target,
+                                        {{"Content-Type", "application/octet-stream"}},
+                                        r.body.data(), r.body.size());
+  if (!answer) return HttpReply::error(answer.error());
+  relayedTotal.Add({}).Increment();
+  LIFL_INFO("relayed a partial of job " << job << " from " << queryParam(r.target, "from")
+                                        << " to " << root << ": " << answer.value().status);
+  return HttpReply::json(answer.value().status, answer.value().body);
 }
 
 Controller::Controller(std::unique_ptr<State> state) : state_(std::move(state)) {}

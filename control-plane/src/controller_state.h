@@ -107,9 +107,11 @@ struct Controller::State {
   prometheus::Family<prometheus::Counter>& roundsTotal;
   prometheus::Family<prometheus::Histogram>& roundSeconds;
   prometheus::Family<prometheus::Gauge>& nodesGauge;
+  prometheus::Family<prometheus::Counter>& relayedTotal;
   prometheus::Family<prometheus::Gauge>& nodeGauges;
 
   HttpReply handle(const HttpRequest& request);
+  HttpReply relayPartial(const std::string& job, const HttpRequest& request);
   void sweep();
 
   // controller_nodes.cc

@@ -148,15 +148,17 @@ void ClusterLink::forward(PartialTransfer transfer) {
   wake_.notify_all();
 }
 
-bool ClusterLink::sendPartial(const PartialTransfer& t, const PartialTarget& to) {
+bool ClusterLink::sendPartial(const PartialTransfer& t, const PartialTarget& to, bool relay) {
   auto object = store_.resolve(t.partial);
   if (!object) return false;
-  auto client = HttpClient::connect(to.rootUrl, config_.requestTimeoutSeconds);
+  auto client =
+      HttpClient::connect(relay ? config_.controller : to.rootUrl, config_.requestTimeoutSeconds);
   if (!client) return false;
-  const std::string target = "/v1/cluster/jobs/" + t.job +
-                             "/partials?round=" + std::to_string(t.round) +
-                             "&epoch=" + std::to_string(to.epoch) + "&from=" + config_.nodeName +
-                             "&partial=" + std::to_string(t.partial.generation);
+  std::string target = std::string(relay ? "/v1/cluster/relay/jobs/" : "/v1/cluster/jobs/") +
+                       t.job + "/partials?round=" + std::to_string(t.round) +
+                       "&epoch=" + std::to_string(to.epoch) + "&from=" + config_.nodeName +
+                       "&partial=" + std::to_string(t.partial.generation);
+  if (relay) target += "&root=" + to.rootUrl;
   // The body goes from the store to the socket; the receiver reads it into its own store.
   auto r = client.value()->request("POST", target, {{"Content-Type", "application/octet-stream"}},
                                    object.value().data(), object.value().size());
@@ -182,9 +184,14 @@ void ClusterLink::runTransfers() {
     }
     // Retried while the round wants it, to wherever its root is now: a root that stays
     // unreachable is drained by the controller, which re-roots the round on a live node.
+    // From the second failed attempt on, every other attempt goes through the controller:
+    // the root may be alive but out of this node's reach (a cut link between two nodes).
     std::optional<uint32_t> delivered;
-    for (auto to = t.target(); to; to = t.target()) {
-      if (sendPartial(t, *to)) {
+    uint32_t attempt = 0;
+    for (auto to = t.target(); to; to = t.target(), ++attempt) {
+      const bool relay = attempt >= 2 && attempt % 2 == 0;
+      if (sendPartial(t, *to, relay)) {
+        if (relay) LIFL_WARN("partial of job " << t.job << " relayed through the controller");
         delivered = to->epoch;
         break;
       }

@@ -90,7 +90,8 @@ class ClusterLink {
   void runHeartbeats(std::function<nlohmann::json()> stats);
   void runReports();
   void runTransfers();
-  bool sendPartial(const PartialTransfer& t, const PartialTarget& to);
+  /// @param relay through the controller, which passes it on to the root
+  bool sendPartial(const PartialTransfer& t, const PartialTarget& to, bool relay);
   bool waitOrStop(double seconds);
 
   ClusterConfig config_;
