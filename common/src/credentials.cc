@@ -15,6 +15,7 @@
 #include <sstream>
 
 #include "lifl/common/base64.h"
+#include "lifl/common/text.h"
 #include "lifl/common/unique_fd.h"
 
 namespace lifl::auth {
@@ -111,11 +112,9 @@ int64_t unixNow() {
 
 std::string_view bearerToken(std::string_view authorization) {
   constexpr std::string_view kScheme = "Bearer ";
-  if (authorization.size() <= kScheme.size()) return {};
-  for (size_t i = 0; i < kScheme.size(); ++i)
-    if (std::tolower(static_cast<unsigned char>(authorization[i])) !=
-        std::tolower(static_cast<unsigned char>(kScheme[i])))
-      return {};
+  if (authorization.size() <= kScheme.size() ||
+      !iequals(authorization.substr(0, kScheme.size()), kScheme))
+    return {};
   auto token = authorization.substr(kScheme.size());
   while (!token.empty() && token.front() == ' ') token.remove_prefix(1);
   return token;

@@ -22,6 +22,7 @@
 #include "lifl/common/job_spec.h"
 #include "lifl/common/log.h"
 #include "lifl/common/scope_exit.h"
+#include "lifl/common/text.h"
 #include "lifl/dataplane/event_object.h"
 
 namespace lifl::dataplane {
@@ -53,13 +54,6 @@ struct Exchange {
   bool bodyRead = false;  ///< the body was read past the parser (fixed-length fast path)
 };
 
-std::optional<uint64_t> parseUnsigned(std::string_view s) {
-  uint64_t v = 0;
-  if (s.empty()) return std::nullopt;
-  auto [p, ec] = std::from_chars(s.data(), s.data() + s.size(), v);
-  if (ec != std::errc() || p != s.data() + s.size()) return std::nullopt;
-  return v;
-}
 
 std::string_view header(const Parser& p, std::string_view name) {
   auto it = p.get().find(beast::string_view(name.data(), name.size()));
@@ -68,14 +62,6 @@ std::string_view header(const Parser& p, std::string_view name) {
   return {v.data(), v.size()};
 }
 
-bool iequals(std::string_view a, std::string_view b) {
-  if (a.size() != b.size()) return false;
-  for (size_t i = 0; i < a.size(); ++i)
-    if (std::tolower(static_cast<unsigned char>(a[i])) !=
-        std::tolower(static_cast<unsigned char>(b[i])))
-      return false;
-  return true;
-}
 
 }  // namespace
 
@@ -345,27 +331,6 @@ struct Gateway::Impl {
     co_await write(ex, http::status::no_content, "", "application/json");
   }
 
-  static Result<UpdateMeta> parseUpdateHeaders(const Parser& p) {
-    auto bad = [](std::string detail) { return badRequest("bad_header", std::move(detail)); };
-    if (header(p, "ce-specversion") != "1.0") return bad("ce-specversion must be 1.0");
-    if (header(p, "ce-type") != "dev.lifl.update") return bad("ce-type must be dev.lifl.update");
-    UpdateMeta m;
-    m.id = std::string(header(p, "ce-id"));
-    m.source = std::string(header(p, "ce-source"));
-    if (m.id.empty() || m.id.size() > 256) return bad("ce-id must be 1-256 characters");
-    if (m.source.empty() || m.source.size() > 256) return bad("ce-source must be 1-256 characters");
-    auto round = parseUnsigned(header(p, "ce-round"));
-    if (!round || *round > UINT32_MAX) return bad("ce-round must be a non-negative integer");
-    m.round = static_cast<uint32_t>(*round);
-    auto n = parseUnsigned(header(p, "ce-numexamples"));
-    if (!n || *n == 0 || *n > (1ull << 24))
-      return bad("ce-numexamples must be an integer from 1 to 16777216");
-    m.numExamples = *n;
-    auto ct = header(p, "content-type");
-    if (!ct.empty() && !iequals(ct, "application/octet-stream"))
-      return bad("Content-Type must be application/octet-stream (a safetensors body)");
-    return m;
-  }
 
   template <class S>
   awaitable<void> pushUpdate(Exchange<S>& ex, const std::string& id) {
@@ -373,7 +338,7 @@ struct Gateway::Impl {
     auto allowed = access.requireClient(header(ex.parser, "authorization"), id,
                                         header(ex.parser, "ce-source"));
     if (!allowed) co_return co_await refuseUnread(ex, allowed.error());
-    auto meta = parseUpdateHeaders(ex.parser);
+    auto meta = parseUpdateHeaders([&](std::string_view name) { return header(ex.parser, name); });
     if (!meta) co_return co_await rejectBeforeBody(ex, meta.error());
     if (auto wait = access.takeRate(id, meta.value().source)) {
       ex.keepAlive = false;  // the body stays unread

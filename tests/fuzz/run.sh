@@ -15,7 +15,7 @@ if [ ! -f "$build/build.ninja" ]; then
     -DLIFL_BUILD_BENCH=OFF -DLIFL_FUZZ=ON -DLIFL_SANITIZE="address;undefined;fuzzer-no-link" \
     -DCMAKE_CXX_FLAGS=-DLIFL_NO_CLONES >/dev/null
 fi
-targets=(fuzz_safetensors fuzz_job_spec fuzz_descriptor)
+targets=(fuzz_safetensors fuzz_job_spec fuzz_descriptor fuzz_update_headers)
 cmake --build "$build" --target "${targets[@]}" >/dev/null
 mkdir -p "$build/crashes"
 for t in "${targets[@]}"; do

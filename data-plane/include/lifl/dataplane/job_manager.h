@@ -28,6 +28,7 @@
 #include "lifl/dataplane/object_store.h"
 #include "lifl/dataplane/safetensors.h"
 #include "lifl/dataplane/supervisor.h"
+#include "lifl/dataplane/update_headers.h"
 
 namespace lifl::dataplane {
 
@@ -39,22 +40,6 @@ using Planner = std::function<Plan(const PlanRequest& request)>;
 /// Descriptors delivered to an instance and not yet handled by it (eBPF delivered counter
 /// minus the runtime's processed counter).
 using QueueDepthProbe = std::function<uint64_t(InstanceId)>;
-
-/// The CloudEvents attributes of one pushed update.
-struct UpdateMeta {
-  std::string id;
-  std::string source;
-  uint32_t round = 0;
-  uint64_t numExamples = 0;
-  // Set by admit(): the update's round closed at its deadline (late), and it waits for the
-  // next round to start (parked) under the job's `late: next_round` policy.
-  bool late = false;
-  bool parked = false;
-  /// Set by admit(): the round the update was admitted into, and (fedbuff) how many global
-  /// versions that round is past the one the client trained from.
-  uint32_t target = 0;
-  uint32_t staleness = 0;
-};
 
 struct Admission {
   bool duplicate = false;  ///< a retry of an accepted update: answer 202, count nothing
