@@ -6,7 +6,10 @@
  *
  * Framing: bpf_msg_apply_bytes() limits each verdict to exactly one descriptor, so when a
  * sender coalesces several descriptors into one sendmsg the program runs once per
- * descriptor; bpf_msg_cork_bytes() holds back a partial descriptor until it is whole. */
+ * descriptor; bpf_msg_cork_bytes() holds back a partial descriptor until it is whole.
+ *
+ * Isolation: a descriptor goes only between instances of one group (a job's, a chain's) or
+ * to and from the agent (may_reach). Another is not redirected: it becomes a dead letter. */
 #include "vmlinux.h"
 #include <bpf/bpf_helpers.h>
 #include "lifl/ebpf/router_abi.h"
@@ -45,6 +48,10 @@ int lifl_route(struct sk_msg_md* msg) {
    * must keep working, so a failed redirect becomes SK_PASS: the descriptor goes to the
    * agent's end of the sender's connection (msg->sk_redir is only set on success), where
    * the router drains it as a dead letter. */
+  if (!may_reach(msg, ids[0])) {
+    count_send(ids[1], 1);
+    return SK_PASS; /* a dead letter, as for a missing destination */
+  }
   long verdict = bpf_msg_redirect_hash(msg, &lifl_socks, &ids[0], BPF_F_INGRESS);
   if (verdict == SK_PASS) count_delivery(ids[0], LIFL_DESCRIPTOR_SIZE);
   count_send(ids[1], verdict != SK_PASS);

@@ -1,5 +1,18 @@
 #pragma once
 
+/* May the socket sending `msg` reach instance `dst`? The agent reaches and is reached by
+ * every instance; others only instances of their own group. A sender or destination the
+ * agent has not registered is refused. */
+static __always_inline int may_reach(struct sk_msg_md* msg, __u32 dst) {
+  __u32 port = msg->local_port; /* host byte order */
+  __u32 key = dst;
+  __u32* from = bpf_map_lookup_elem(&lifl_port_grp, &port);
+  __u32* to = bpf_map_lookup_elem(&lifl_inst_grp, &key);
+  if (!from || !to) return 0;
+  if (*from == LIFL_GROUP_ANY || *to == LIFL_GROUP_ANY) return 1;
+  return *from != LIFL_GROUP_NONE && *from == *to;
+}
+
 static __always_inline void count_delivery(__u32 dst, __u32 bytes) {
   __u32 key = dst; /* own local: its address is taken */
   struct lifl_route_counters* c = bpf_map_lookup_elem(&lifl_counters, &key);

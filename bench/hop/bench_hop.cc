@@ -132,6 +132,8 @@ Row rawSkMsg(int iters) {
   auto router = makeRouter("ebpf");
   if (!router) return Row{"raw sk_msg ping-pong (no runtime)"};
   auto a = router.value()->attach(100), b = router.value()->attach(101);
+  router.value()->setGroup(100, 1);  // one job's instances: they may reach each other
+  router.value()->setGroup(101, 1);
   std::thread t = echoThread(b.value().get(), true);
   Descriptor d{};
   d.dst = 101;

@@ -37,8 +37,8 @@ int main(int argc, char** argv) {
   // the decode step runs them (the baseline likewise).
   for (uint64_t rows : {1u, 16u}) {
     std::printf("\nbatch %llu\n%-20s %-12s %10s %10s %12s %10s %12s\n",
-                static_cast<unsigned long long>(rows), "shape", "kernel", "us", "GB/s",
-                "vs cuBLAS", "graph us", "vs cuBLAS");
+                static_cast<unsigned long long>(rows), "shape", "kernel", "us", "GB/s", "vs cuBLAS",
+                "graph us", "vs cuBLAS");
     for (const auto& s : shapes) {
       double base = 0, baseGraph = 0;
       for (const auto& k : kinds) {

@@ -91,8 +91,9 @@ int main(int argc, char** argv) {
   std::vector<std::vector<char>> bodies;
   for (int b = 0; b < kBodies; ++b) bodies.push_back(bench::randomUpdateBody(params, 100 + b));
 
-  const double raw = rawTcpUpdatesPerSecond(bodies[0], static_cast<int>(connections),
-                                            static_cast<int>((clients + connections - 1) / connections));
+  const double raw =
+      rawTcpUpdatesPerSecond(bodies[0], static_cast<int>(connections),
+                             static_cast<int>((clients + connections - 1) / connections));
 
   bench::PlatformProcess p(bench::liflBinary(), 4ull << 30,
                            auth ? std::vector<std::string>{"--auth"} : std::vector<std::string>{});
@@ -119,8 +120,8 @@ int main(int argc, char** argv) {
       {"rounds", 1},
       {"deadline_seconds", 3600}};
   const std::string text = spec.dump();
-  auto created = control.value()->request("POST", "/v1/jobs", {{"Content-Type", "application/json"}},
-                                          text.data(), text.size());
+  auto created = control.value()->request(
+      "POST", "/v1/jobs", {{"Content-Type", "application/json"}}, text.data(), text.size());
   if (!created || created.value().status != 201) {
     std::fprintf(stderr, "job creation failed\n");
     return 1;
@@ -155,16 +156,17 @@ int main(int argc, char** argv) {
         }
         const std::string who = "client-" + std::to_string(c);
         HeaderList h = {{"ce-specversion", "1.0"},
-                              {"ce-type", "dev.lifl.update"},
-                              {"ce-id", who},
-                              {"ce-source", who},
-                              {"ce-round", "0"},
-                              {"ce-numexamples", std::to_string(weightOf(c))},
-                              {"Content-Type", "application/octet-stream"}};
+                        {"ce-type", "dev.lifl.update"},
+                        {"ce-id", who},
+                        {"ce-source", who},
+                        {"ce-round", "0"},
+                        {"ce-numexamples", std::to_string(weightOf(c))},
+                        {"Content-Type", "application/octet-stream"}};
         if (auth) h.emplace_back("Authorization", "Bearer " + tokens[c]);
         const auto& body = bodies[c % kBodies];
         const double s = now();
-        auto r = http.value()->request("POST", "/v1/jobs/load/updates", h, body.data(), body.size());
+        auto r =
+            http.value()->request("POST", "/v1/jobs/load/updates", h, body.data(), body.size());
         mine.push_back(now() - s);
         if (!r || r.value().status != 202) {
           if (errors++ < 5)
@@ -213,10 +215,9 @@ int main(int argc, char** argv) {
   }
 
   const double rate = clients / wall;
-  std::printf(
-      "load: %u clients x %zu F32 params (%.1f KB updates), %u connections, one round%s\n",
-      clients, params, static_cast<double>(bodies[0].size()) / 1e3, connections,
-      auth ? ", auth on (a token per update)" : "");
+  std::printf("load: %u clients x %zu F32 params (%.1f KB updates), %u connections, one round%s\n",
+              clients, params, static_cast<double>(bodies[0].size()) / 1e3, connections,
+              auth ? ", auth on (a token per update)" : "");
   bench::rule(110);
   std::printf("%-44s %10s %9s %9s %9s %7s %12s\n", "path", "updates/s", "p50 ms", "p99 ms",
               "max ms", "errors", "CPU ms/upd");

@@ -53,11 +53,10 @@ class PlatformProcess {
       : dir_("/tmp/lifl-bench-" + std::to_string(getpid()) + "-" + std::to_string(counter()++)) {
     std::filesystem::create_directories(dir_);
     const std::string portFile = dir_ + "/port";
-    std::vector<std::string> args = {"lifl",          "up",          "--port",
-                                     "0",             "--port-file", portFile,
-                                     "--store-bytes", std::to_string(storeBytes),
-                                     "--warm-pool",   "8",           "--data-dir",
-                                     dir_};
+    std::vector<std::string> args = {
+        "lifl",        "up",     "--port",        "0",
+        "--port-file", portFile, "--store-bytes", std::to_string(storeBytes),
+        "--warm-pool", "8",      "--data-dir",    dir_};
     if (const char* config = std::getenv("LIFL_BENCH_CONFIG")) {
       args.push_back("--config");
       args.push_back(config);

@@ -201,8 +201,7 @@ int cmdToken(int argc, char** argv) {
   if (!parsed) return fail(parsed.error());
   const Args& a = parsed.value();
   const auto& pos = a.positionals();
-  if (a.wantsHelp() || pos.size() != 1 || pos[0] != "create" || !a.has("job") ||
-      !a.has("client")) {
+  if (a.wantsHelp() || pos.size() != 1 || pos[0] != "create" || !a.has("job") || !a.has("client")) {
     std::puts(
         "usage: lifl token create --job JOB --client ID [--ttl SECONDS] [--url URL]\n"
         "Asks the platform (its controller) to sign a client token: it lets client ID push\n"

@@ -34,9 +34,7 @@ using Pkey = std::unique_ptr<EVP_PKEY, PkeyFree>;
 using MdCtx = std::unique_ptr<EVP_MD_CTX, MdCtxFree>;
 
 Error unauthorized(const std::string& detail) { return makeError(401, "unauthorized", detail); }
-Error credentialError(const std::string& detail) {
-  return internal("credential_error", detail);
-}
+Error credentialError(const std::string& detail) { return internal("credential_error", detail); }
 
 Result<std::string> randomBytes(size_t n) {
   std::string out(n, '\0');
@@ -71,7 +69,7 @@ std::string trimmed(std::string s) {
 /// others; created (0600, in a 0700 folder) with make() when missing.
 Result<std::string> readOrCreateSecret(const std::string& path,
                                        const std::function<Result<std::string>()>& make) {
-  struct stat st{};
+  struct stat st {};
   if (::stat(path.c_str(), &st) != 0) {
     if (errno != ENOENT) return systemError("stat " + path, errno);
     std::error_code ec;
@@ -148,8 +146,8 @@ Result<SigningKey> SigningKey::loadOrCreate(const std::string& path) {
 }
 
 Result<std::string> SigningKey::sign(const ClientClaims& claims) const {
-  const nlohmann::json body = {{"job", claims.job}, {"client", claims.client},
-                               {"exp", claims.expires}};
+  const nlohmann::json body = {
+      {"job", claims.job}, {"client", claims.client}, {"exp", claims.expires}};
   const std::string signedPart = std::string(kPrefix) + base64UrlEncode(body.dump());
   MdCtx ctx(EVP_MD_CTX_new());
   unsigned char sig[kSignatureBytes];
@@ -184,9 +182,8 @@ Result<TokenVerifier> TokenVerifier::fromPublicKey(std::string_view publicKey) {
   const auto raw = base64UrlDecode(publicKey);
   if (!raw || raw->size() != kKeyBytes)
     return badRequest("invalid_public_key", "the public key is not 32 bytes of base64url");
-  Pkey key(EVP_PKEY_new_raw_public_key(EVP_PKEY_ED25519, nullptr,
-                                       reinterpret_cast<const unsigned char*>(raw->data()),
-                                       raw->size()));
+  Pkey key(EVP_PKEY_new_raw_public_key(
+      EVP_PKEY_ED25519, nullptr, reinterpret_cast<const unsigned char*>(raw->data()), raw->size()));
   if (!key) return badRequest("invalid_public_key", "OpenSSL refused the Ed25519 public key");
   auto impl = std::make_unique<Impl>();
   impl->key = std::move(key);
@@ -199,7 +196,8 @@ Result<ClientClaims> TokenVerifier::verify(std::string_view token, int64_t now) 
   if (dot == std::string_view::npos) return unauthorized("the token has no signature");
   const std::string_view signedPart = token.substr(0, dot);
   const auto sig = base64UrlDecode(token.substr(dot + 1));
-  if (!sig || sig->size() != kSignatureBytes) return unauthorized("the token's signature is malformed");
+  if (!sig || sig->size() != kSignatureBytes)
+    return unauthorized("the token's signature is malformed");
   MdCtx ctx(EVP_MD_CTX_new());
   if (!ctx || EVP_DigestVerifyInit(ctx.get(), nullptr, nullptr, nullptr, impl_->key.get()) != 1)
     return credentialError("OpenSSL could not start a verification");

@@ -227,13 +227,12 @@ HttpReply Controller::State::relayPartial(const std::string& job, const HttpRequ
   target.pop_back();
   auto client = HttpClient::connect(root, config.commandTimeoutSeconds);
   if (!client) return HttpReply::error(client.error());
-  auto answer = client.value()->request("POST", target,
-                                        {{"Content-Type", "application/octet-stream"}},
-                                        r.body.data(), r.body.size());
+  auto answer = client.value()->request(
+      "POST", target, {{"Content-Type", "application/octet-stream"}}, r.body.data(), r.body.size());
   if (!answer) return HttpReply::error(answer.error());
   relayedTotal.Add({}).Increment();
-  LIFL_INFO("relayed a partial of job " << job << " from " << queryParam(r.target, "from")
-                                        << " to " << root << ": " << answer.value().status);
+  LIFL_INFO("relayed a partial of job " << job << " from " << queryParam(r.target, "from") << " to "
+                                        << root << ": " << answer.value().status);
   return HttpReply::json(answer.value().status, answer.value().body);
 }
 

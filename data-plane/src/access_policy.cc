@@ -113,16 +113,15 @@ Result<nlohmann::json> AccessPolicy::issue(const std::string& job, const std::st
   if (!config_.auth)
     return notFound("auth_disabled", "tokens are issued only when security.auth is on");
   if (!signer_) return notFound("not_issuer", "tokens are issued by the controller");
-  if (job.empty() || client.empty() || job.size() > kMaxNameBytes ||
-      client.size() > kMaxNameBytes)
+  if (job.empty() || client.empty() || job.size() > kMaxNameBytes || client.size() > kMaxNameBytes)
     return unprocessable("invalid_token_request", "job and client must be 1-256 bytes");
   const double ttl = ttlSeconds > 0 ? ttlSeconds : config_.tokenTtlSeconds;
   if (!std::isfinite(ttl) || ttl > kMaxTokenTtlSeconds)
     return unprocessable("invalid_token_request", "ttl_seconds must be at most a year");
   const int64_t expires = auth::unixNow() + static_cast<int64_t>(std::ceil(ttl));
   LIFL_TRY(token, signer_->sign({job, client, expires}));
-  return nlohmann::json{{"token", token}, {"job", job}, {"client", client},
-                        {"expires_at", expires}};
+  return nlohmann::json{
+      {"token", token}, {"job", job}, {"client", client}, {"expires_at", expires}};
 }
 
 std::optional<double> AccessPolicy::takeRate(const std::string& job, std::string_view client) {

@@ -36,10 +36,9 @@ Result<AgentConfig> parseAgentConfig(const std::string& yaml) {
     YAML::Node root = YAML::Load(yaml);
     if (!root || root.IsNull()) return c;
     if (!root.IsMap()) return configError("config must be a YAML mapping");
-    static const std::vector<std::string> kKeys = {"bind",    "port",      "data_dir",
-                                                   "router",  "store",     "functions",
-                                                   "gateway", "log_level", "cluster",
-                                                   "security"};
+    static const std::vector<std::string> kKeys = {"bind",    "port",      "data_dir", "router",
+                                                   "store",   "functions", "gateway",  "log_level",
+                                                   "cluster", "security"};
     for (const auto& kv : root) {
       const auto key = kv.first.as<std::string>();
       if (std::find(kKeys.begin(), kKeys.end(), key) == kKeys.end())
@@ -98,10 +97,10 @@ Result<AgentConfig> parseAgentConfig(const std::string& yaml) {
       }
     }
     if (auto g = root["gateway"]) {
-      LIFL_TRYV(checkKeys(g, "gateway",
-                          {"threads", "header_timeout_seconds", "body_timeout_seconds",
-                           "max_connections", "tls_cert_file", "tls_key_file",
-                           "tls_client_ca_file"}));
+      LIFL_TRYV(
+          checkKeys(g, "gateway",
+                    {"threads", "header_timeout_seconds", "body_timeout_seconds", "max_connections",
+                     "tls_cert_file", "tls_key_file", "tls_client_ca_file"}));
       read(g, "tls_cert_file", c.tlsCertFile);
       read(g, "tls_key_file", c.tlsKeyFile);
       read(g, "tls_client_ca_file", c.tlsClientCaFile);

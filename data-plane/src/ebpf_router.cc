@@ -78,6 +78,20 @@ class EbpfRouter final : public Router {
 
     uint32_t key = id;
     uint64_t value = static_cast<uint64_t>(sock.get());
+    sockaddr_in local{};
+    socklen_t localLen = sizeof(local);
+    if (::getsockname(sock.get(), reinterpret_cast<sockaddr*>(&local), &localLen) != 0)
+      return systemError("getsockname of instance " + std::to_string(id), errno);
+    uint32_t port = ntohs(local.sin_port);
+    if (auto old = ports_.find(id); old != ports_.end()) {  // a restarted instance
+      bpf_map_delete_elem(portGroupsFd(), &old->second);
+      ports_.erase(old);
+    }
+    const uint32_t group = id == kAgentInstance ? kGroupAny : kGroupNone;
+    if (bpf_map_update_elem(portGroupsFd(), &port, &group, BPF_ANY) != 0 ||
+        bpf_map_update_elem(instanceGroupsFd(), &key, &group, BPF_ANY) != 0)
+      return systemError("set the group of instance " + std::to_string(id), errno);
+    ports_[id] = port;
     if (bpf_map_update_elem(countersFd(), &key, zeroCounters().data(), BPF_ANY) != 0)
       return systemError("create counters for instance " + std::to_string(id), errno);
     if (bpf_map_update_elem(socksFd(), &key, &value, BPF_ANY) != 0)
@@ -98,10 +112,24 @@ class EbpfRouter final : public Router {
     uint32_t key = id;
     bpf_map_delete_elem(socksFd(), &key);  // ENOENT when the socket already closed: fine
     bpf_map_delete_elem(countersFd(), &key);
+    bpf_map_delete_elem(instanceGroupsFd(), &key);
+    if (auto it = ports_.find(id); it != ports_.end()) {
+      bpf_map_delete_elem(portGroupsFd(), &it->second);
+      ports_.erase(it);
+    }
     if (auto it = peers_.find(id); it != peers_.end()) {
       epoll_.remove(it->second.get());
       peers_.erase(it);
     }
+  }
+
+  void setGroup(InstanceId id, uint32_t group) override {
+    std::lock_guard lock(mutex_);
+    auto it = ports_.find(id);
+    if (it == ports_.end() || id == kAgentInstance) return;
+    uint32_t key = id;
+    bpf_map_update_elem(portGroupsFd(), &it->second, &group, BPF_ANY);
+    bpf_map_update_elem(instanceGroupsFd(), &key, &group, BPF_ANY);
   }
 
   RouteCounters counters(InstanceId id) const override {
@@ -143,6 +171,8 @@ class EbpfRouter final : public Router {
 
   int socksFd() const { return bpf_map__fd(skel_->maps.lifl_socks); }
   int countersFd() const { return bpf_map__fd(skel_->maps.lifl_counters); }
+  int portGroupsFd() const { return bpf_map__fd(skel_->maps.lifl_port_grp); }
+  int instanceGroupsFd() const { return bpf_map__fd(skel_->maps.lifl_inst_grp); }
   static const std::vector<lifl_route_counters>& zeroCounters() {
     static const std::vector<lifl_route_counters> zeros(
         static_cast<size_t>(libbpf_num_possible_cpus()));
@@ -154,6 +184,7 @@ class EbpfRouter final : public Router {
   sockaddr_in listenAddr_;
   mutable std::mutex mutex_;
   std::unordered_map<InstanceId, UniqueFd> peers_;
+  std::unordered_map<InstanceId, uint32_t> ports_;  ///< instance -> its socket's local port
   EpollSet epoll_;
   std::atomic<bool> stop_{false};
   std::thread drain_;

@@ -54,7 +54,6 @@ struct Exchange {
   bool bodyRead = false;  ///< the body was read past the parser (fixed-length fast path)
 };
 
-
 std::string_view header(const Parser& p, std::string_view name) {
   auto it = p.get().find(beast::string_view(name.data(), name.size()));
   if (it == p.get().end()) return {};
@@ -62,19 +61,12 @@ std::string_view header(const Parser& p, std::string_view name) {
   return {v.data(), v.size()};
 }
 
-
 }  // namespace
 
 struct Gateway::Impl {
   Impl(const AgentConfig& c, JobManager& j, ChainManager& ch, ObjectStore& s, Metrics& m,
        AccessPolicy& a, GatewayHooks h)
-      : config(c),
-        jobs(j),
-        chains(ch),
-        store(s),
-        metrics(m),
-        access(a),
-        hooks(std::move(h)) {}
+      : config(c), jobs(j), chains(ch), store(s), metrics(m), access(a), hooks(std::move(h)) {}
 
   const AgentConfig& config;
   JobManager& jobs;
@@ -331,7 +323,6 @@ struct Gateway::Impl {
     co_await write(ex, http::status::no_content, "", "application/json");
   }
 
-
   template <class S>
   awaitable<void> pushUpdate(Exchange<S>& ex, const std::string& id) {
     ex.route = "updates";
@@ -341,7 +332,7 @@ struct Gateway::Impl {
     auto meta = parseUpdateHeaders([&](std::string_view name) { return header(ex.parser, name); });
     if (!meta) co_return co_await rejectBeforeBody(ex, meta.error());
     if (auto wait = access.takeRate(id, meta.value().source)) {
-      ex.keepAlive = false;  // the body stays unread
+      ex.keepAlive = false;                                         // the body stays unread
       std::vector<std::pair<std::string, std::string>> retryAfter;  // whole seconds, at least 1
       retryAfter.emplace_back(
           "retry-after", std::to_string(static_cast<uint64_t>(std::max(1.0, std::ceil(*wait)))));
@@ -1040,8 +1031,8 @@ struct Gateway::Impl {
 
 Gateway::Gateway(const AgentConfig& config, JobManager& jobs, ChainManager& chains,
                  ObjectStore& store, Metrics& metrics, AccessPolicy& access, GatewayHooks hooks)
-    : impl_(std::make_unique<Impl>(config, jobs, chains, store, metrics, access,
-                                   std::move(hooks))) {}
+    : impl_(
+          std::make_unique<Impl>(config, jobs, chains, store, metrics, access, std::move(hooks))) {}
 
 Gateway::~Gateway() { stop(); }
 

@@ -89,8 +89,23 @@ Result<InstanceId> Supervisor::spawnLocked() {
   return id;
 }
 
+uint32_t Supervisor::groupOfLocked(InstanceId id, const nlohmann::json& params) {
+  std::string key = "instance:" + std::to_string(id);
+  if (params.contains("job"))
+    key = "job:" + params["job"].dump();
+  else if (params.contains("chain"))
+    key = "chain:" + params["chain"].dump();
+  auto [it, added] = groups_.try_emplace(key, nextGroup_);
+  if (added && ++nextGroup_ == kGroupAny) nextGroup_ = 1;  // 2^32 - 2 groups before reuse
+  return it->second;
+}
+
 Result<void> Supervisor::assign(InstanceId id, const std::string& function,
                                 const nlohmann::json& params) {
+  {  // before the instance hears of its work: it may send to its peers at once
+    std::lock_guard lock(mutex_);
+    router_.setGroup(id, groupOfLocked(id, params));
+  }
   const std::string text = nlohmann::json{{"function", function}, {"params", params}}.dump();
   LIFL_TRY(object, store_.allocate(text.size(), ObjectKind::Control, id));
   std::memcpy(object.data(), text.data(), text.size());
@@ -141,6 +156,7 @@ void Supervisor::release(InstanceId id, bool tellInstance) {
     (void)endpoint_.send(d);
   }
   std::lock_guard lock(mutex_);
+  router_.setGroup(id, kGroupNone);  // back in the pool: it reaches the agent only
   auto it = children_.find(id);
   if (it == children_.end()) return;
   it->second.busy = false;

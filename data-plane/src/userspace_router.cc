@@ -57,6 +57,7 @@ class UserspaceRouter final : public Router {
     if (auto old = conns_.find(id); old != conns_.end()) removeLocked(old);
     LIFL_TRYV(epoll_.add(conn->fd.get(), id));
     conns_[id] = std::move(conn);
+    groups_[id] = id == kAgentInstance ? kGroupAny : kGroupNone;
     return instanceEnd;
   }
 
@@ -64,6 +65,12 @@ class UserspaceRouter final : public Router {
     std::lock_guard lock(mutex_);
     if (auto it = conns_.find(id); it != conns_.end()) removeLocked(it);
     counters_.erase(id);
+    groups_.erase(id);
+  }
+
+  void setGroup(InstanceId id, uint32_t group) override {
+    std::lock_guard lock(mutex_);
+    if (auto it = groups_.find(id); it != groups_.end() && id != kAgentInstance) it->second = group;
   }
 
   RouteCounters counters(InstanceId id) const override {
@@ -124,6 +131,10 @@ class UserspaceRouter final : public Router {
       std::lock_guard lock(mutex_);
       counters_[from].sentMsgs++;
       if (auto it = conns_.find(d.dst); it != conns_.end()) dst = it->second;
+      const auto sender = groups_.find(from), to = groups_.find(d.dst);
+      if (dst &&
+          (sender == groups_.end() || to == groups_.end() || !mayReach(sender->second, to->second)))
+        dst.reset();  // another group's instance: refused like a missing one
       if (!dst) {
         counters_[from].droppedMsgs++;
         return;
@@ -140,6 +151,7 @@ class UserspaceRouter final : public Router {
   mutable std::mutex mutex_;
   ConnMap conns_;
   std::unordered_map<InstanceId, RouteCounters> counters_;
+  std::unordered_map<InstanceId, uint32_t> groups_;
   std::thread relay_;
 };
 

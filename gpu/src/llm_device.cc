@@ -163,8 +163,8 @@ Result<double> timeDecodeAttention([[maybe_unused]] uint32_t batch, [[maybe_unus
                                    [[maybe_unused]] uint32_t headDim,
                                    [[maybe_unused]] uint32_t context, [[maybe_unused]] int reps,
                                    [[maybe_unused]] bool inGraph) {
-  LIFL_TIMED_ON_DEVICE(cuda::llm::timeDecodeAttention(batch, heads, kvHeads, headDim, context,
-                                                      reps, inGraph, &seconds));
+  LIFL_TIMED_ON_DEVICE(cuda::llm::timeDecodeAttention(batch, heads, kvHeads, headDim, context, reps,
+                                                      inGraph, &seconds));
 }
 
 Result<void> rmsNorm(Backend b, float* out, const float* x, const float* w, uint64_t rows,

@@ -29,8 +29,8 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     return {it->value().data(), it->value().size()};
   };
   auto meta = lifl::dataplane::parseUpdateHeaders(header);
-  if (meta && (meta.value().id.empty() || meta.value().source.empty() ||
-               meta.value().numExamples == 0))
+  if (meta &&
+      (meta.value().id.empty() || meta.value().source.empty() || meta.value().numExamples == 0))
     __builtin_trap();  // accepted attributes are never empty
   const auto token = lifl::auth::bearerToken(header("authorization"));
   if (verifier && !token.empty()) {

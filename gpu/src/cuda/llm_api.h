@@ -69,8 +69,8 @@ std::string linearQuant(float* y, const float* x, uint32_t bits, const int8_t* q
                         const float* scales, uint64_t rows, uint64_t in, uint64_t out);
 /// Mean seconds of y = x W^T, W [out][in] on the device: kind 16 (BF16, this library), 8 or
 /// 4 (quantised), or 0 (cuBLAS GemmEx, BF16 inputs, fp32 output and compute: the baseline).
-std::string timeLinear(int kind, uint64_t rows, uint64_t in, uint64_t out, int reps,
-                       bool inGraph, double* seconds);
+std::string timeLinear(int kind, uint64_t rows, uint64_t in, uint64_t out, int reps, bool inGraph,
+                       double* seconds);
 
 /// Paged causal GQA attention of one sequence (the layout of kernels::llm::attention).
 std::string attention(float* out, const float* q, uint64_t rows, const uint32_t* positions,

@@ -62,7 +62,7 @@ TEST_F(Credentials, TheKeyFileGivesRfc8032sPublicKey) {
 TEST_F(Credentials, ATokenVerifiesWithItsKeyAndCarriesItsClaims) {
   auto key = SigningKey::loadOrCreate(path("auth/signing.key"));
   ASSERT_TRUE(key) << key.error().toString();
-  struct stat st{};
+  struct stat st {};
   ASSERT_EQ(::stat(path("auth/signing.key").c_str(), &st), 0);
   EXPECT_EQ(st.st_mode & 0777, 0600u);
   // Loading again gives the same key, not a new one.
@@ -108,8 +108,8 @@ TEST_F(Credentials, TamperedForeignExpiredAndMalformedTokensAre401) {
   // Claims of another job under the original signature.
   const size_t dot = token.rfind('.');
   const std::string forgedClaims =
-      "lifl1." + base64UrlEncode(R"({"job":"job-b","client":"c1","exp":)" +
-                                 std::to_string(now + 60) + "}");
+      "lifl1." +
+      base64UrlEncode(R"({"job":"job-b","client":"c1","exp":)" + std::to_string(now + 60) + "}");
   refused(forgedClaims + token.substr(dot), now, "claims swapped under the signature");
   refused(other.value().sign({"job-a", "c1", now + 60}).value(), now, "another key's token");
   refused(token, now + 60, "expired at exp");
@@ -141,7 +141,7 @@ TEST_F(Credentials, TheAdminCredentialMatchesOnlyItsSecret) {
   std::string flipped = secret;
   flipped[10] = flipped[10] == '0' ? '1' : '0';
   EXPECT_FALSE(admin.value().matches(flipped));
-  struct stat st{};
+  struct stat st {};
   ASSERT_EQ(::stat(path("auth").c_str(), &st), 0);
   EXPECT_EQ(st.st_mode & 0777, 0700u);
 }

@@ -24,10 +24,21 @@ class RouterTest : public ::testing::TestWithParam<std::string> {
     ASSERT_TRUE(r) << r.error().toString();
     router_ = std::move(r).value();
   }
-  std::unique_ptr<Endpoint> attach(InstanceId id) {
+  /// An attached instance, put in `group` (the tests' instances share one by default).
+  std::unique_ptr<Endpoint> attach(InstanceId id, uint32_t group = 7) {
     auto fd = router_->attach(id);
     EXPECT_TRUE(fd) << fd.error().toString();
+    if (group != kGroupNone) router_->setGroup(id, group);
     return std::make_unique<Endpoint>(std::move(fd).value(), id);
+  }
+  /// Whether `from` gets a descriptor through to `to` (waiting up to `ms`).
+  static bool delivered(Endpoint& from, Endpoint& to, InstanceId dst, uint64_t mark, int ms) {
+    Descriptor d{};
+    d.dst = dst;
+    d.correlation = mark;
+    if (!from.send(d)) return false;
+    auto got = to.receive(ms);
+    return got && got.value() && got.value()->correlation == mark;
   }
   // Counters of the userspace router are updated by its relay thread: poll (bounded).
   RouteCounters waitCounters(InstanceId id, uint64_t delivered, uint64_t sent) {
@@ -113,6 +124,37 @@ TEST_P(RouterTest, DetachRemovesTheInstance) {
   ASSERT_TRUE(a->send(d));
   auto got = b2->receive(5000);
   ASSERT_TRUE(got && got.value());
+}
+
+// Isolation (issue 8): instances reach only their own group's and the agent; the agent
+// reaches everyone. A refused descriptor is a dead letter, counted as dropped, and the
+// sender's socket keeps working. The sender is known by its socket, not by the src it
+// writes: forging src does not help.
+TEST_P(RouterTest, InstancesReachOnlyTheirOwnGroupAndTheAgent) {
+  auto agent = attach(kAgentInstance, kGroupNone);  // the agent is in every group
+  auto jobA1 = attach(50, 100), jobA2 = attach(51, 100), jobB = attach(52, 200);
+  auto pooled = attach(53, kGroupNone);
+  EXPECT_TRUE(delivered(*jobA1, *jobA2, 51, 1, 5000)) << "same group";
+  EXPECT_TRUE(delivered(*jobA1, *agent, kAgentInstance, 2, 5000)) << "to the agent";
+  EXPECT_TRUE(delivered(*agent, *jobB, 52, 3, 5000)) << "from the agent";
+  EXPECT_TRUE(delivered(*pooled, *agent, kAgentInstance, 4, 5000)) << "pooled -> agent";
+  EXPECT_FALSE(delivered(*jobA1, *jobB, 52, 5, 100)) << "job A -> job B";
+  EXPECT_FALSE(delivered(*jobB, *jobA2, 51, 6, 100)) << "job B -> job A";
+  EXPECT_FALSE(delivered(*pooled, *jobA1, 50, 7, 100)) << "an unassigned instance -> a job";
+  EXPECT_FALSE(delivered(*jobA1, *pooled, 53, 8, 100)) << "a job -> an unassigned instance";
+  Descriptor forged{};
+  forged.dst = 51;
+  forged.src = kAgentInstance;  // claims to be the agent
+  ASSERT_TRUE(jobB->send(forged));
+  auto got = jobA2->receive(100);
+  EXPECT_FALSE(got && got.value()) << "a forged src does not pass";
+  EXPECT_GE(waitCounters(52, 0, 3).droppedMsgs, 2u);
+  // Regrouped (an instance given to job A) it reaches A; back in the pool it does not.
+  router_->setGroup(52, 100);
+  EXPECT_TRUE(delivered(*jobB, *jobA1, 50, 9, 5000)) << "after joining A";
+  router_->setGroup(52, kGroupNone);
+  EXPECT_FALSE(delivered(*jobB, *jobA1, 50, 10, 100)) << "after going back to the pool";
+  EXPECT_TRUE(delivered(*jobA2, *jobA1, 50, 11, 5000)) << "A still works";
 }
 
 INSTANTIATE_TEST_SUITE_P(Routers, RouterTest, ::testing::Values("ebpf", "userspace"),

@@ -17,8 +17,8 @@
 namespace lifl::auth {
 
 struct ClientClaims {
-  std::string job;     ///< the only job the token may push to
-  std::string client;  ///< must equal the update's ce-source
+  std::string job;      ///< the only job the token may push to
+  std::string client;   ///< must equal the update's ce-source
   int64_t expires = 0;  ///< Unix seconds
 };
 

@@ -26,11 +26,11 @@ namespace lifl::dataplane {
 
 struct SecurityConfig {
   bool auth = false;
-  std::string signingKeyFile;   ///< default <data_dir>/auth/signing.key
-  std::string adminTokenFile;   ///< default <data_dir>/auth/admin.token
+  std::string signingKeyFile;      ///< default <data_dir>/auth/signing.key
+  std::string adminTokenFile;      ///< default <data_dir>/auth/admin.token
   double tokenTtlSeconds = 86400;  ///< default lifetime of a client token (POST /v1/tokens)
-  double clientRate = 0;    ///< updates a second per (job, client); 0: no limit
-  double clientBurst = 10;  ///< updates a client may send at once before the rate applies
+  double clientRate = 0;           ///< updates a second per (job, client); 0: no limit
+  double clientBurst = 10;         ///< updates a client may send at once before the rate applies
 };
 
 /// A token bucket per key: `rate` a second, up to `burst`. Bounded: beyond kMaxKeys buckets,
@@ -40,9 +40,8 @@ class RateLimiter {
   RateLimiter(double rate, double burst) : rate_(rate), burst_(burst) {}
   /// Takes one from the key's bucket; nullopt when allowed, else the seconds until one is
   /// there.
-  std::optional<double> take(const std::string& key,
-                             std::chrono::steady_clock::time_point now =
-                                 std::chrono::steady_clock::now());
+  std::optional<double> take(const std::string& key, std::chrono::steady_clock::time_point now =
+                                                         std::chrono::steady_clock::now());
 
  private:
   static constexpr size_t kMaxKeys = 1 << 16;

@@ -44,7 +44,7 @@ struct AgentConfig {
   std::string tlsClientCaFile;  ///< mTLS: clients must present a certificate of this CA
   std::string logLevel = "info";
   SecurityConfig security;  ///< credentials and rate limits (docs/security.md)
-  ClusterConfig cluster;  ///< `cluster.controller` set: the agent joins that controller
+  ClusterConfig cluster;    ///< `cluster.controller` set: the agent joins that controller
 };
 
 /// Reads a YAML config file (an empty path gives the defaults).

@@ -11,6 +11,7 @@
 #include "lifl/common/descriptor.h"
 #include "lifl/common/error.h"
 #include "lifl/common/unique_fd.h"
+#include "lifl/ebpf/router_abi.h"
 
 namespace lifl::dataplane {
 
@@ -23,6 +24,16 @@ struct RouteCounters {
 
 enum class RouterKind { Ebpf, Userspace };
 
+inline constexpr uint32_t kGroupNone = LIFL_GROUP_NONE;
+inline constexpr uint32_t kGroupAny = LIFL_GROUP_ANY;  ///< the agent's
+
+/// The agent reaches every instance and every instance reaches it; other instances reach
+/// only their own group's (the rule the eBPF program applies, ebpf/router_helpers.h).
+inline bool mayReach(uint32_t from, uint32_t to) {
+  if (from == kGroupAny || to == kGroupAny) return true;
+  return from != kGroupNone && from == to;
+}
+
 class Router {
  public:
   virtual ~Router() = default;
@@ -33,6 +44,10 @@ class Router {
   virtual Result<UniqueFd> attach(InstanceId id) = 0;
   /// Removes every entry the router holds for `id`. Idempotent.
   virtual void detach(InstanceId id) = 0;
+  /// Puts `id` in an isolation group: it then reaches, and is reached by, only the agent and
+  /// instances of the same group (kGroupNone: the agent only). An attached instance starts in
+  /// kGroupNone; the agent (kAgentInstance) is in every group.
+  virtual void setGroup(InstanceId id, uint32_t group) = 0;
   virtual RouteCounters counters(InstanceId id) const = 0;
 };
 

@@ -102,6 +102,9 @@ class Supervisor {
   Result<InstanceId> spawnLocked();
   void watch();
   void reap(InstanceId id);
+  /// The isolation group of what `params` assign (the router's): one per job and one per
+  /// chain; anything else a group of its own instance.
+  uint32_t groupOfLocked(InstanceId id, const nlohmann::json& params);
 
   Router& router_;
   ObjectStore& store_;
@@ -114,6 +117,8 @@ class Supervisor {
   mutable std::mutex mutex_;
   std::map<InstanceId, Child> children_;
   InstanceId nextId_ = kFirstFunctionInstance;
+  std::map<std::string, uint32_t> groups_;  ///< "job:<slot>", "chain:<name>" -> group
+  uint32_t nextGroup_ = 1;
   uint64_t coldStarts_ = 0;
   uint64_t deaths_ = 0;
   uint64_t retired_ = 0;

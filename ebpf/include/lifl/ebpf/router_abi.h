@@ -9,6 +9,11 @@
 #define LIFL_DESCRIPTOR_SRC_OFFSET 4
 #define LIFL_MAX_INSTANCES 65536
 
+/* Isolation groups (a job's instances, a chain's): an instance reaches only its own group's
+ * instances and the agent. NONE: not assigned (reaches the agent only); ANY: the agent. */
+#define LIFL_GROUP_NONE 0u
+#define LIFL_GROUP_ANY 0xFFFFFFFFu
+
 /* Per-instance counters (the "eBPF sidecar"), one per CPU in a PERCPU_HASH keyed by
  * instance id; the agent sums over CPUs. */
 struct lifl_route_counters {
