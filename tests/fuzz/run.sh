@@ -8,13 +8,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 seconds="${1:-15}"
-build=build-fuzz
-if [ ! -f "$build/build.ninja" ]; then
-  cmake -S . -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo \
-    -DCMAKE_C_COMPILER=clang-16 -DCMAKE_CXX_COMPILER=clang++-16 -DLIFL_CUDA=OFF \
-    -DLIFL_BUILD_BENCH=OFF -DLIFL_FUZZ=ON -DLIFL_SANITIZE="address;undefined;fuzzer-no-link" \
-    -DCMAKE_CXX_FLAGS=-DLIFL_NO_CLONES >/dev/null
-fi
+source tests/support/sanitizer_build.sh
 targets=(fuzz_safetensors fuzz_job_spec fuzz_descriptor fuzz_update_headers)
 cmake --build "$build" --target "${targets[@]}" >/dev/null
 mkdir -p "$build/crashes"

@@ -147,6 +147,9 @@ class JobManager {
   };
   /// This node's part of a clustered job's current round, as the controller assigned it.
   struct ClusterRound {
+    // Declared, so that clang sees it constructible inside the enclosing class (its default
+    // member initialisers are parsed only once JobManager is complete).
+    ClusterRound() {}
     uint32_t epoch = 0;
     std::string root, rootUrl;
     bool isRoot = false;
