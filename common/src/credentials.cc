@@ -217,18 +217,28 @@ Result<ClientClaims> TokenVerifier::verify(std::string_view token, int64_t now) 
   return claims;
 }
 
-// ---------------------------------------------------------------- admin
-Result<AdminCredential> AdminCredential::loadOrCreate(const std::string& path) {
-  LIFL_TRY(secret, readOrCreateSecret(path, []() -> Result<std::string> {
-             LIFL_TRY(bytes, randomBytes(32));
-             return hex(bytes) + "\n";
-           }));
-  AdminCredential c;
+// ---------------------------------------------------------------- shared secrets
+Result<std::string> loadSecret(const std::string& path, bool create) {
+  if (!create && !std::filesystem::exists(path))
+    return badRequest("invalid_config", path + " does not exist (it holds a shared secret)");
+  return readOrCreateSecret(path, []() -> Result<std::string> {
+    LIFL_TRY(bytes, randomBytes(32));
+    return hex(bytes) + "\n";
+  });
+}
+
+SharedSecret SharedSecret::of(std::string_view secret) {
+  SharedSecret c;
   c.digest_ = sha256(secret);
   return c;
 }
 
-bool AdminCredential::matches(std::string_view presented) const {
+Result<SharedSecret> SharedSecret::loadOrCreate(const std::string& path) {
+  LIFL_TRY(secret, loadSecret(path, true));
+  return of(secret);
+}
+
+bool SharedSecret::matches(std::string_view presented) const {
   if (presented.empty() || digest_.empty()) return false;
   const std::string d = sha256(presented);
   return CRYPTO_memcmp(d.data(), digest_.data(), d.size()) == 0;

@@ -22,7 +22,8 @@ Result<ControllerConfig> parseControllerConfig(const std::string& yaml) {
                                                 "log_level",
                                                 "heartbeat_seconds",
                                                 "node_timeout_seconds",
-                                                "command_timeout_seconds"};
+                                                "command_timeout_seconds",
+                                                "security"};
     for (const auto& kv : root)
       if (!kKeys.count(kv.first.as<std::string>()))
         return bad("unknown config key " + kv.first.as<std::string>());
@@ -39,6 +40,25 @@ Result<ControllerConfig> parseControllerConfig(const std::string& yaml) {
     read("heartbeat_seconds", c.heartbeatSeconds);
     read("node_timeout_seconds", c.nodeTimeoutSeconds);
     read("command_timeout_seconds", c.commandTimeoutSeconds);
+    if (auto sec = root["security"]) {
+      if (!sec.IsMap()) return bad("security must be a mapping");
+      static const std::set<std::string> kSecurityKeys = {"auth", "signing_key_file",
+                                                          "admin_token_file", "cluster_token_file",
+                                                          "token_ttl_seconds"};
+      for (const auto& kv : sec)
+        if (!kSecurityKeys.count(kv.first.as<std::string>()))
+          return bad("unknown config key security." + kv.first.as<std::string>());
+      auto readSec = [&](const char* key, auto& out) {
+        if (sec[key]) out = sec[key].as<std::decay_t<decltype(out)>>();
+      };
+      readSec("auth", c.security.auth);
+      readSec("signing_key_file", c.security.signingKeyFile);
+      readSec("admin_token_file", c.security.adminTokenFile);
+      readSec("cluster_token_file", c.security.clusterTokenFile);
+      readSec("token_ttl_seconds", c.security.tokenTtlSeconds);
+      if (!(c.security.tokenTtlSeconds > 0))
+        return bad("security.token_ttl_seconds must be positive");
+    }
     if (port < 0 || port > 65535) return bad("port must be 0-65535");
     c.port = static_cast<uint16_t>(port);
   } catch (const YAML::Exception& e) {

@@ -126,6 +126,40 @@ HttpReply Controller::State::handle(const HttpRequest& r) {
     return {200, prometheus::TextSerializer().Serialize(registry->Collect()),
             "text/plain; version=0.0.4"};
   }
+  // Credentials (docs/security.md): the agents' calls need the cluster credential, the jobs
+  // API the admin credential (or, to read a job, its client token); a member forwards its
+  // clients' requests with their own credential.
+  const std::string& auth = r.authorization;
+  if (p.size() == 3 && p[0] == "v1" && p[1] == "tokens" && p[2] == "public-key" && m == "GET") {
+    if (!access->enabled())
+      return HttpReply::error(
+          notFound("auth_disabled", "tokens exist only when security.auth is on"));
+    return HttpReply::json(
+        200, nlohmann::json{{"algorithm", "Ed25519"}, {"public_key", access->publicKey()}}.dump());
+  }
+  if (p.size() >= 2 && p[0] == "v1") {
+    const bool nodeCall = (p[1] == "nodes" && m != "GET" && m != "DELETE") || p[1] == "cluster";
+    const bool jobRead = p[1] == "jobs" && m == "GET" && p.size() >= 3;
+    Result<void> allowed = success();
+    if (nodeCall)
+      allowed = access->requireCluster(auth);
+    else if (jobRead)
+      allowed = access->requireReader(auth, p[2]);
+    else if (p[1] == "nodes" && m == "GET" && access->requireCluster(auth))
+      allowed = success();  // `lifl status` as admin, or a node
+    else
+      allowed = access->requireAdmin(auth);
+    if (!allowed) {
+      HttpReply refused = HttpReply::error(allowed.error());
+      if (allowed.error().status == 401)
+        refused.headers = {{"WWW-Authenticate", "Bearer realm=\"lifl\""}};
+      return refused;
+    }
+  }
+  if (p.size() == 2 && p[0] == "v1" && p[1] == "tokens") {
+    if (m != "POST") return notAllowed();
+    return replyOf(access->issue(r.body), 201);
+  }
   if (p.size() >= 2 && p[0] == "v1" && p[1] == "nodes") {
     if (p.size() == 2 && m == "GET") return HttpReply::json(200, listNodes().dump());
     if (p.size() == 2 && m == "POST") {
@@ -247,6 +281,9 @@ Result<std::unique_ptr<Controller>> Controller::start(ControllerConfig config) {
   if (ec) return systemError("create " + config.dataDir, ec.value());
   auto state = std::make_unique<State>(std::move(config));
   State* s = state.get();
+  LIFL_TRY(access,
+           AccessPolicy::create(s->config.security, s->config.dataDir, PolicyRole::Controller));
+  s->access = std::move(access);
   s->server =
       std::make_unique<HttpServer>([s](const HttpRequest& r) { return s->handle(r); }, kMaxBody);
   LIFL_TRY(port, s->server->start(s->config.bind, s->config.port, s->config.threads));

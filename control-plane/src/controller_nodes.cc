@@ -30,12 +30,15 @@ Result<nlohmann::json> Controller::State::registerNode(const nlohmann::json& bod
   n.lastSeen = Clock::now();
   if (!n.commands || moved) {
     if (n.commands) retiredCommands.push_back(std::move(n.commands));
-    n.commands = std::make_shared<NodeCommands>(name, url, config.commandTimeoutSeconds);
+    n.commands = std::make_shared<NodeCommands>(name, url, config.commandTimeoutSeconds,
+                                                access->clusterToken());
   }
   LIFL_INFO("node " << name << (known ? " re-registered" : " registered") << ": " << url << ", "
                     << slots << " slots");
   syncNode(name);
-  return nlohmann::json{{"name", name}, {"heartbeat_seconds", config.heartbeatSeconds}};
+  nlohmann::json reply = {{"name", name}, {"heartbeat_seconds", config.heartbeatSeconds}};
+  if (access->enabled()) reply["public_key"] = access->publicKey();  // for client tokens
+  return reply;
 }
 
 Result<void> Controller::State::heartbeat(const std::string& name, const nlohmann::json& body) {

@@ -80,6 +80,7 @@ struct Controller::State {
   ~State();
 
   ControllerConfig config;
+  std::unique_ptr<AccessPolicy> access;  ///< credentials (security.auth); allows all when off
   mutable std::mutex mutex;
   std::map<std::string, NodeRecord> nodes;
   std::map<std::string, std::unique_ptr<ClusterJob>> jobs;

@@ -190,6 +190,7 @@ void Controller::State::fetchModel(const std::string& id, uint32_t round, const 
     }
     auto client = HttpClient::connect(url, config.commandTimeoutSeconds);
     if (!client) continue;
+    client.value()->setBearer(access->clusterToken());
     auto got = client.value()->get("/v1/jobs/" + id + "/model");
     if (!got || got.value().status != 200) continue;
     if (got.value().header("lifl-round") != std::to_string(round)) return;  // moved on

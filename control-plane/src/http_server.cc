@@ -54,6 +54,7 @@ struct HttpServer::Impl {
         in.target = std::string(req.target());
         in.path = splitPath(in.target);
         in.contentType = std::string(req[http::field::content_type]);
+        in.authorization = std::string(req[http::field::authorization]);
         in.body = std::move(req.body());
         try {
           reply = handler(in);

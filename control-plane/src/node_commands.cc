@@ -7,10 +7,12 @@
 
 namespace lifl::control {
 
-NodeCommands::NodeCommands(std::string nodeName, std::string url, double timeoutSeconds)
+NodeCommands::NodeCommands(std::string nodeName, std::string url, double timeoutSeconds,
+                           std::string credential)
     : node_(std::move(nodeName)),
       url_(std::move(url)),
       timeoutSeconds_(timeoutSeconds),
+      credential_(std::move(credential)),
       thread_([this] { run(); }) {}
 
 NodeCommands::~NodeCommands() {
@@ -54,9 +56,10 @@ void NodeCommands::run() {
     Result<HttpResponse> answer = unavailable("connect_failed", "not connected");
     if (!client) {
       auto connected = HttpClient::connect(url_, timeoutSeconds_);
-      if (connected)
+      if (connected) {
         client = std::move(connected).value();
-      else
+        client->setBearer(credential_);
+      } else
         answer = connected.error();
     }
     if (client)

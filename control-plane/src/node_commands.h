@@ -13,7 +13,9 @@ namespace lifl::control {
 
 class NodeCommands {
  public:
-  NodeCommands(std::string nodeName, std::string url, double timeoutSeconds);
+  /// @param credential the cluster credential the commands carry ("": none)
+  NodeCommands(std::string nodeName, std::string url, double timeoutSeconds,
+               std::string credential = "");
   ~NodeCommands();
   NodeCommands(const NodeCommands&) = delete;
   NodeCommands& operator=(const NodeCommands&) = delete;
@@ -36,6 +38,7 @@ class NodeCommands {
 
   std::string node_, url_;
   double timeoutSeconds_;
+  std::string credential_;
   std::mutex mutex_;
   std::condition_variable wake_;
   std::deque<Command> queue_;

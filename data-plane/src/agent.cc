@@ -77,8 +77,21 @@ Result<std::unique_ptr<Agent>> Agent::start(AgentConfig config, Planner planner,
     agent->jobs_->setUpdateBuffer(c.maxBufferedUpdates);
     agent->jobs_->setDefaultDevice(c.device);
   }
+  // A standalone agent issues client tokens itself; a cluster member checks the controller's.
+  LIFL_TRY(access, AccessPolicy::create(c.security, c.dataDir,
+                                        c.cluster.controller.empty() ? lifl::PolicyRole::Standalone
+                                                                     : lifl::PolicyRole::Member));
+  agent->access_ = std::move(access);
   if (!c.cluster.controller.empty()) {
-    agent->cluster_ = std::make_unique<ClusterLink>(c.cluster, *agent->store_);
+    ClusterConfig cc = c.cluster;
+    cc.clusterToken = agent->access_->clusterToken();
+    AccessPolicy* access = agent->access_.get();
+    cc.onPublicKey = [access](const std::string& key) {
+      if (key == access->publicKey()) return;
+      if (auto set = access->setPublicKey(key); !set)
+        LIFL_WARN("the controller's public key: " << set.error().toString());
+    };
+    agent->cluster_ = std::make_unique<ClusterLink>(cc, *agent->store_);
     agent->jobs_->setCluster(agent->cluster_.get());
   }
   Agent* self = agent.get();
@@ -96,9 +109,6 @@ Result<std::unique_ptr<Agent>> Agent::start(AgentConfig config, Planner planner,
   LIFL_TRYV(agent->supervisor_->start());
   agent->jobs_->restore();
   LIFL_TRYV(agent->chains_->deploy(c.chains));
-  // A standalone agent issues client tokens itself; a cluster member checks the controller's.
-  LIFL_TRY(access, AccessPolicy::create(c.security, c.dataDir, c.cluster.controller.empty()));
-  agent->access_ = std::move(access);
   agent->gateway_ = std::make_unique<Gateway>(
       c, *agent->jobs_, *agent->chains_, *agent->store_, *agent->metrics_, *agent->access_,
       GatewayHooks{[self] { return self->ready_.load(); }, [self] { self->refreshMetrics(); },

@@ -111,11 +111,12 @@ Result<AgentConfig> parseAgentConfig(const std::string& yaml) {
     }
     if (auto sec = root["security"]) {
       LIFL_TRYV(checkKeys(sec, "security",
-                          {"auth", "signing_key_file", "admin_token_file", "token_ttl_seconds",
-                           "client_rate", "client_burst"}));
+                          {"auth", "signing_key_file", "admin_token_file", "cluster_token_file",
+                           "token_ttl_seconds", "client_rate", "client_burst"}));
       read(sec, "auth", c.security.auth);
       read(sec, "signing_key_file", c.security.signingKeyFile);
       read(sec, "admin_token_file", c.security.adminTokenFile);
+      read(sec, "cluster_token_file", c.security.clusterTokenFile);
       read(sec, "token_ttl_seconds", c.security.tokenTtlSeconds);
       read(sec, "client_rate", c.security.clientRate);
       read(sec, "client_burst", c.security.clientBurst);

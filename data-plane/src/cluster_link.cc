@@ -38,8 +38,14 @@ std::unique_ptr<HttpClient> ClusterLink::takeClient() {
       return c;
     }
   }
-  auto c = HttpClient::connect(config_.controller, config_.requestTimeoutSeconds);
+  auto c = connect(config_.controller);
   return c ? std::move(c).value() : nullptr;
+}
+
+Result<std::unique_ptr<HttpClient>> ClusterLink::connect(const std::string& url) const {
+  LIFL_TRY(client, HttpClient::connect(url, config_.requestTimeoutSeconds));
+  client->setBearer(config_.clusterToken);
+  return client;
 }
 
 void ClusterLink::giveBack(std::unique_ptr<HttpClient> client) {
@@ -49,13 +55,15 @@ void ClusterLink::giveBack(std::unique_ptr<HttpClient> client) {
 
 Result<HttpResponse> ClusterLink::toController(std::string_view method, const std::string& target,
                                                const std::string& body,
-                                               const std::string& contentType) {
+                                               const std::string& contentType,
+                                               std::optional<std::string_view> authorization) {
   auto client = takeClient();
   if (!client)
     return unavailable("controller_unavailable",
                        "the controller at " + config_.controller + " cannot be reached");
   HeaderList headers;
   if (!contentType.empty()) headers.emplace_back("Content-Type", contentType);
+  if (authorization) headers.emplace_back("Authorization", std::string(*authorization));
   auto r = client->request(method, target, headers, body.data(), body.size());
   if (!r)
     return unavailable("controller_unavailable",
@@ -89,6 +97,9 @@ void ClusterLink::runHeartbeats(std::function<nlohmann::json()> stats) {
       if (r && r.value().status == 200) {
         auto doc = nlohmann::json::parse(r.value().body, nullptr, false);
         if (doc.is_object()) interval = doc.value("heartbeat_seconds", 1.0);
+        if (doc.is_object() && doc.contains("public_key") && doc["public_key"].is_string() &&
+            config_.onPublicKey)
+          config_.onPublicKey(doc["public_key"].get<std::string>());
         registered = true;
         LIFL_INFO("registered with the controller " << config_.controller << " as "
                                                     << config_.nodeName);
@@ -151,8 +162,7 @@ void ClusterLink::forward(PartialTransfer transfer) {
 bool ClusterLink::sendPartial(const PartialTransfer& t, const PartialTarget& to, bool relay) {
   auto object = store_.resolve(t.partial);
   if (!object) return false;
-  auto client =
-      HttpClient::connect(relay ? config_.controller : to.rootUrl, config_.requestTimeoutSeconds);
+  auto client = connect(relay ? config_.controller : to.rootUrl);
   if (!client) return false;
   std::string target = std::string(relay ? "/v1/cluster/relay/jobs/" : "/v1/cluster/jobs/") +
                        t.job + "/partials?round=" + std::to_string(t.round) +
@@ -203,7 +213,7 @@ void ClusterLink::runTransfers() {
 
 Result<std::pair<std::string, uint32_t>> ClusterLink::fetchModel(const std::string& url,
                                                                  const std::string& job) {
-  LIFL_TRY(client, HttpClient::connect(url, config_.requestTimeoutSeconds));
+  LIFL_TRY(client, connect(url));
   LIFL_TRY(r, client->get("/v1/jobs/" + job + "/model"));
   if (r.status != 200) return errorOf(r);
   received_ += r.body.size();

@@ -24,8 +24,9 @@ def sh(*args, check=True):
     return subprocess.run(list(args), check=check, capture_output=True, text=True)
 
 
-def http_json(url, timeout=5):
-    with urllib.request.urlopen(url, timeout=timeout) as r:
+def http_json(url, timeout=5, token=None):
+    request = urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"} if token else {})
+    with urllib.request.urlopen(request, timeout=timeout) as r:
         return json.loads(r.read())
 
 
@@ -78,7 +79,10 @@ class Cluster:
     created = 0  # per process: each cluster's interfaces get names of their own
 
     def __init__(self, nodes=("a", "b", "c"), heartbeat=0.3, node_timeout=1.5, warm_pool=4,
-                 store_bytes=256 << 20):
+                 store_bytes=256 << 20, auth=False):
+        """auth: security.auth on the controller and the agents (docs/security.md); the
+        agents share the controller's cluster credential file, and self.admin_token holds the
+        admin credential."""
         ident = os.getpid() % 10000
         Cluster.created += 1
         self.tag = f"{ident}x{Cluster.created}"
@@ -87,16 +91,21 @@ class Cluster:
         self.tmpdir = tempfile.TemporaryDirectory(prefix="lifl-cluster-")
         self.tmp = self.tmpdir.name
         self.namespaces, self.links, self.agents, self.controller = [], [], {}, None
+        self.admin_token = None
         self.store_paths = []
         try:
             self._network(nodes)
             cfg = os.path.join(self.tmp, "controller.yaml")
             with open(cfg, "w") as f:
                 f.write(f"heartbeat_seconds: {heartbeat}\nnode_timeout_seconds: {node_timeout}\n"
-                        f"command_timeout_seconds: 10\n")
+                        f"command_timeout_seconds: 10\n" + ("security:\n  auth: true\n" if auth else ""))
             self.controller_args = [LIFL_BIN, "controller", "--bind", f"{self.subnet}.1", "--config", cfg,
                                     "--data-dir", os.path.join(self.tmp, "controller")]
             self.controller = Process("controller", self.controller_args, f"{self.subnet}.1", self.tmp)
+            controller_auth = os.path.join(self.tmp, "controller", "auth")
+            if auth:
+                with open(os.path.join(controller_auth, "admin.token")) as f:
+                    self.admin_token = f.read().strip()
             for k, node in enumerate(nodes):
                 ip = f"{self.subnet}.{10 + k}"
                 store = f"/dev/shm/lifl-test-{self.tag}-{node}"
@@ -105,6 +114,9 @@ class Cluster:
                 with open(acfg, "w") as f:
                     f.write(f"store:\n  path: {store}\n  bytes: {store_bytes}\n"
                             f"functions:\n  warm_pool: {warm_pool}\n")
+                    if auth:
+                        f.write("security:\n  auth: true\n"
+                                f"  cluster_token_file: {controller_auth}/cluster.token\n")
                 args = [LIFL_BIN, "agent", "--controller", self.controller.url, "--name", node,
                         "--bind", ip, "--config", acfg, "--data-dir", os.path.join(self.tmp, f"data-{node}")]
                 self.agents[node] = Process(f"agent-{node}", args, ip, self.tmp, netns=self.ns(node))
@@ -112,7 +124,7 @@ class Cluster:
         except BaseException:
             self.close()
             raise
-        self.client = Client(self.controller.url)
+        self.client = Client(self.controller.url, token=self.admin_token)
 
     def ns(self, node):
         return f"lifl{self.tag}-{node}"
@@ -138,7 +150,7 @@ class Cluster:
     def wait_nodes(self, live, timeout=20):
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            nodes = http_json(self.controller.url + "/v1/nodes")
+            nodes = http_json(self.controller.url + "/v1/nodes", token=self.admin_token)
             if sum(n["state"] == "live" for n in nodes) == live and len(nodes) >= live:
                 return nodes
             time.sleep(0.05)

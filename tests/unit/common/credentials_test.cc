@@ -128,8 +128,8 @@ TEST_F(Credentials, ABadPublicKeyIsRefused) {
   EXPECT_FALSE(TokenVerifier::fromPublicKey("not base64!"));
 }
 
-TEST_F(Credentials, TheAdminCredentialMatchesOnlyItsSecret) {
-  auto admin = AdminCredential::loadOrCreate(path("auth/admin.token"));
+TEST_F(Credentials, TheSharedSecretMatchesOnlyItsSecret) {
+  auto admin = SharedSecret::loadOrCreate(path("auth/admin.token"));
   ASSERT_TRUE(admin) << admin.error().toString();
   std::ifstream in(path("auth/admin.token"));
   std::string secret;
@@ -148,13 +148,13 @@ TEST_F(Credentials, TheAdminCredentialMatchesOnlyItsSecret) {
 
 TEST_F(Credentials, SecretFilesOthersCanReadAreRefused) {
   write(path("open.token"), "secret\n", 0644);
-  auto admin = AdminCredential::loadOrCreate(path("open.token"));
+  auto admin = SharedSecret::loadOrCreate(path("open.token"));
   ASSERT_FALSE(admin);
   EXPECT_EQ(admin.error().code, "invalid_config");
   write(path("bad.key"), "not a key\n", 0600);
   EXPECT_FALSE(SigningKey::loadOrCreate(path("bad.key")));
   write(path("empty.token"), "\n", 0600);
-  EXPECT_FALSE(AdminCredential::loadOrCreate(path("empty.token")));
+  EXPECT_FALSE(SharedSecret::loadOrCreate(path("empty.token")));
 }
 
 TEST(BearerToken, TakesTheTokenOfTheBearerSchemeOnly) {

@@ -64,13 +64,18 @@ class TokenVerifier {
   std::unique_ptr<Impl> impl_;
 };
 
-/// The admin credential: a random secret kept in a file readable by its owner only. Only its
-/// SHA-256 digest is held, and a presented secret is compared by digest in constant time.
-class AdminCredential {
+/// The secret kept in `path`, a file no other user may read (400 invalid_config otherwise);
+/// created with 32 random bytes in hex, in an owner-only folder, when missing and `create`.
+Result<std::string> loadSecret(const std::string& path, bool create);
+
+/// A shared secret presented as a bearer credential: the admin credential, or the cluster
+/// credential of the nodes. Only its SHA-256 digest is held, and a presented secret is
+/// compared by digest in constant time.
+class SharedSecret {
  public:
-  /// Reads the secret from `path`, or creates the file with 32 random bytes (hex) when it does
-  /// not exist.
-  static Result<AdminCredential> loadOrCreate(const std::string& path);
+  static SharedSecret of(std::string_view secret);
+  /// loadSecret(path, true), as a SharedSecret.
+  static Result<SharedSecret> loadOrCreate(const std::string& path);
   bool matches(std::string_view presented) const;
 
  private:

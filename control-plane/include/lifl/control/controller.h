@@ -8,6 +8,7 @@
 #include <memory>
 #include <string>
 
+#include "lifl/common/access_policy.h"
 #include "lifl/common/error.h"
 
 namespace lifl::control {
@@ -22,6 +23,9 @@ struct ControllerConfig {
   double nodeTimeoutSeconds = 5;      ///< a node silent for this long is drained
   double commandTimeoutSeconds = 30;  ///< bound on one controller -> agent request
   std::string logLevel = "info";
+  /// security.auth: the jobs API needs the admin credential, tokens are signed here, and the
+  /// agents' calls the cluster credential (docs/security.md).
+  SecurityConfig security;
 };
 
 /// Reads the controller's YAML config (an empty path gives the defaults).

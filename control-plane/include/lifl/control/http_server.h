@@ -19,6 +19,7 @@ struct HttpRequest {
   std::string target;  ///< path and query as sent
   std::vector<std::string> path;
   std::string contentType;
+  std::string authorization;  ///< the Authorization header, as sent
   std::string body;
 };
 

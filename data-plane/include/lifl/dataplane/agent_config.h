@@ -5,8 +5,8 @@
 #include <string>
 #include <vector>
 
+#include "lifl/common/access_policy.h"
 #include "lifl/common/error.h"
-#include "lifl/dataplane/access_policy.h"
 #include "lifl/dataplane/chain_manager.h"
 #include "lifl/dataplane/cluster_link.h"
 

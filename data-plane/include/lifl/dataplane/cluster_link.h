@@ -29,6 +29,10 @@ struct ClusterConfig {
   std::string advertiseUrl;  ///< how other nodes reach this gateway; default http://bind:port
   uint32_t slots = 0;        ///< aggregators this node hosts; 0: 4 per CPU of its cgroup
   double requestTimeoutSeconds = 10;
+  /// Set by the agent, not read from YAML: the cluster credential its calls carry where
+  /// security.auth is on, and what to do with the controller's public key when it registers.
+  std::string clusterToken;
+  std::function<void(const std::string& publicKey)> onPublicKey;
 };
 
 /// The controller's answer to an update's admission.
@@ -75,8 +79,13 @@ class ClusterLink {
   Result<std::pair<std::string, uint32_t>> fetchModel(const std::string& url,
                                                       const std::string& job);
   /// Forwards a jobs-API request to the controller (the gateway's jobs API in cluster mode).
+  /// @param authorization where given, sent instead of the cluster credential (a client's
+  ///        request forwarded as it came)
   Result<HttpResponse> toController(std::string_view method, const std::string& target,
-                                    const std::string& body, const std::string& contentType);
+                                    const std::string& body, const std::string& contentType,
+                                    std::optional<std::string_view> authorization = {});
+  /// A client to `url` (another node, or the controller) carrying the cluster credential.
+  Result<std::unique_ptr<HttpClient>> connect(const std::string& url) const;
 
   void countReceived(uint64_t bytes) { received_ += bytes; }
   uint64_t bytesSent() const { return sent_; }

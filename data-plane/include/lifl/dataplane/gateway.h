@@ -8,8 +8,8 @@
 #include <memory>
 #include <nlohmann/json.hpp>
 
+#include "lifl/common/access_policy.h"
 #include "lifl/common/error.h"
-#include "lifl/dataplane/access_policy.h"
 #include "lifl/dataplane/agent_config.h"
 #include "lifl/dataplane/chain_manager.h"
 #include "lifl/dataplane/cluster_link.h"

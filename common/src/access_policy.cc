@@ -1,9 +1,9 @@
-#include "lifl/dataplane/access_policy.h"
+#include "lifl/common/access_policy.h"
 
 #include <algorithm>
 #include <cmath>
 
-namespace lifl::dataplane {
+namespace lifl {
 namespace {
 
 Error unauthorized(const std::string& detail) { return makeError(401, "unauthorized", detail); }
@@ -46,14 +46,24 @@ AccessPolicy::AccessPolicy(const SecurityConfig& config)
 
 Result<std::unique_ptr<AccessPolicy>> AccessPolicy::create(const SecurityConfig& config,
                                                            const std::string& dataDir,
-                                                           bool issues) {
+                                                           PolicyRole role) {
   std::unique_ptr<AccessPolicy> p(new AccessPolicy(config));
   if (!config.auth) return p;
+  const bool member = role == PolicyRole::Member;
   const std::string adminFile =
       config.adminTokenFile.empty() ? dataDir + "/auth/admin.token" : config.adminTokenFile;
-  LIFL_TRY(admin, auth::AdminCredential::loadOrCreate(adminFile));
-  p->admin_ = std::move(admin);
-  if (issues) {
+  if (!member || !config.adminTokenFile.empty()) {
+    LIFL_TRY(admin, auth::loadSecret(adminFile, !member));
+    p->admin_ = auth::SharedSecret::of(admin);
+  }
+  if (role != PolicyRole::Standalone) {
+    const std::string clusterFile =
+        config.clusterTokenFile.empty() ? dataDir + "/auth/cluster.token" : config.clusterTokenFile;
+    LIFL_TRY(secret, auth::loadSecret(clusterFile, !member));
+    p->cluster_ = auth::SharedSecret::of(secret);
+    p->clusterToken_ = secret;
+  }
+  if (!member) {
     const std::string keyFile =
         config.signingKeyFile.empty() ? dataDir + "/auth/signing.key" : config.signingKeyFile;
     LIFL_TRY(signer, auth::SigningKey::loadOrCreate(keyFile));
@@ -63,10 +73,14 @@ Result<std::unique_ptr<AccessPolicy>> AccessPolicy::create(const SecurityConfig&
   return p;
 }
 
-std::string AccessPolicy::publicKey() const { return publicKey_; }
+std::string AccessPolicy::publicKey() const {
+  std::shared_lock lock(keyMutex_);
+  return publicKey_;
+}
 
 Result<void> AccessPolicy::setPublicKey(std::string_view publicKey) {
   LIFL_TRY(verifier, auth::TokenVerifier::fromPublicKey(publicKey));
+  std::unique_lock lock(keyMutex_);
   verifier_ = std::move(verifier);
   publicKey_ = std::string(publicKey);
   return success();
@@ -78,6 +92,7 @@ Result<void> AccessPolicy::requireAdmin(std::string_view authorization) const {
   if (presented.empty())
     return unauthorized("this endpoint needs the admin credential (Authorization: Bearer ...)");
   if (admin_ && admin_->matches(presented)) return success();
+  std::shared_lock lock(keyMutex_);
   if (verifier_ && verifier_->verify(presented, auth::unixNow()))
     return forbidden("a client token cannot use this endpoint; it needs the admin credential");
   return unauthorized("the credential is not the admin credential");
@@ -92,6 +107,7 @@ Result<auth::ClientClaims> AccessPolicy::requireClient(
     return unauthorized("this endpoint needs a client token (Authorization: Bearer ...)");
   if (admin_ && admin_->matches(presented))
     return forbidden("updates need the client's own token, not the admin credential");
+  std::shared_lock lock(keyMutex_);
   if (!verifier_) return unauthorized("this node cannot check client tokens yet");
   LIFL_TRY(claims, verifier_->verify(presented, auth::unixNow()));
   if (claims.job != job) return forbidden("the token is for another job");
@@ -106,6 +122,14 @@ Result<void> AccessPolicy::requireReader(std::string_view authorization,
   if (admin_ && admin_->matches(auth::bearerToken(authorization))) return success();
   LIFL_TRYV(requireClient(authorization, job, std::nullopt));
   return success();
+}
+
+Result<void> AccessPolicy::requireCluster(std::string_view authorization) const {
+  if (!config_.auth) return success();
+  const auto presented = auth::bearerToken(authorization);
+  if (presented.empty()) return unauthorized("node-to-node calls need the cluster credential");
+  if (cluster_ && cluster_->matches(presented)) return success();
+  return forbidden("the credential is not the cluster credential");
 }
 
 Result<nlohmann::json> AccessPolicy::issue(const std::string& job, const std::string& client,
@@ -124,6 +148,18 @@ Result<nlohmann::json> AccessPolicy::issue(const std::string& job, const std::st
       {"token", token}, {"job", job}, {"client", client}, {"expires_at", expires}};
 }
 
+Result<nlohmann::json> AccessPolicy::issue(std::string_view requestBody) const {
+  const auto d = nlohmann::json::parse(requestBody, nullptr, false);
+  if (!d.is_object() || !d.contains("job") || !d["job"].is_string() || !d.contains("client") ||
+      !d["client"].is_string() || (d.contains("ttl_seconds") && !d["ttl_seconds"].is_number()))
+    return badRequest("invalid_token_request",
+                      R"(the body must be {"job": str, "client": str, "ttl_seconds"?: n})");
+  const double ttl = d.value("ttl_seconds", 0.0);
+  if (d.contains("ttl_seconds") && !(ttl > 0))
+    return unprocessable("invalid_token_request", "ttl_seconds must be positive");
+  return issue(d["job"].get<std::string>(), d["client"].get<std::string>(), ttl);
+}
+
 std::optional<double> AccessPolicy::takeRate(const std::string& job, std::string_view client) {
   std::string key = job;
   key += '\n';
@@ -131,4 +167,4 @@ std::optional<double> AccessPolicy::takeRate(const std::string& job, std::string
   return rates_.take(key);
 }
 
-}  // namespace lifl::dataplane
+}  // namespace lifl

@@ -16,18 +16,20 @@
 #include <mutex>
 #include <nlohmann/json.hpp>
 #include <optional>
+#include <shared_mutex>
 #include <string>
 #include <string_view>
 
 #include "lifl/common/credentials.h"
 #include "lifl/common/error.h"
 
-namespace lifl::dataplane {
+namespace lifl {
 
 struct SecurityConfig {
   bool auth = false;
   std::string signingKeyFile;      ///< default <data_dir>/auth/signing.key
   std::string adminTokenFile;      ///< default <data_dir>/auth/admin.token
+  std::string clusterTokenFile;    ///< cluster mode: default <data_dir>/auth/cluster.token
   double tokenTtlSeconds = 86400;  ///< default lifetime of a client token (POST /v1/tokens)
   double clientRate = 0;           ///< updates a second per (job, client); 0: no limit
   double clientBurst = 10;         ///< updates a client may send at once before the rate applies
@@ -54,13 +56,20 @@ class RateLimiter {
   std::map<std::string, Bucket, std::less<>> buckets_;
 };
 
+/// Which process holds the policy.
+enum class PolicyRole {
+  Standalone,  ///< lifl up: the admin credential and the signing key (both created if missing)
+  Controller,  ///< the same, and the cluster credential (created if missing)
+  Member,      ///< lifl agent: the cluster credential (which must exist), the admin
+               ///< credential if its file is configured; client tokens are checked with the
+               ///< controller's public key, given at registration (setPublicKey)
+};
+
 class AccessPolicy {
  public:
-  /// Off: allows everything. On: loads (or creates) the admin credential, and the signing key
-  /// where this process issues tokens (standalone); a cluster member verifies with the
-  /// controller's public key instead (setPublicKey).
+  /// Off: allows everything.
   static Result<std::unique_ptr<AccessPolicy>> create(const SecurityConfig& config,
-                                                      const std::string& dataDir, bool issues);
+                                                      const std::string& dataDir, PolicyRole role);
 
   bool enabled() const { return config_.auth; }
   Result<void> requireAdmin(std::string_view authorization) const;
@@ -69,9 +78,16 @@ class AccessPolicy {
                                            std::optional<std::string_view> ceSource) const;
   /// The admin credential, or a client token of `job`.
   Result<void> requireReader(std::string_view authorization, const std::string& job) const;
+  /// The cluster credential (the calls between the controller and its agents).
+  Result<void> requireCluster(std::string_view authorization) const;
+  /// The cluster credential itself, for this node's own calls ("" while auth is off).
+  const std::string& clusterToken() const { return clusterToken_; }
   /// A signed client token (POST /v1/tokens). @param ttlSeconds 0: the configured default
   Result<nlohmann::json> issue(const std::string& job, const std::string& client,
                                double ttlSeconds) const;
+  /// The same, for the body of POST /v1/tokens: {"job", "client", "ttl_seconds"?}
+  /// (400 invalid_token_request when it is not that).
+  Result<nlohmann::json> issue(std::string_view requestBody) const;
   /// The public key tokens are verified with ("" while auth is off).
   std::string publicKey() const;
   Result<void> setPublicKey(std::string_view publicKey);
@@ -83,11 +99,13 @@ class AccessPolicy {
  private:
   explicit AccessPolicy(const SecurityConfig& config);
   SecurityConfig config_;
-  std::optional<auth::AdminCredential> admin_;
+  std::optional<auth::SharedSecret> admin_, cluster_;
+  std::string clusterToken_;
   std::optional<auth::SigningKey> signer_;
+  mutable std::shared_mutex keyMutex_;  ///< a member's key arrives while requests are served
   std::optional<auth::TokenVerifier> verifier_;
   std::string publicKey_;
   RateLimiter rates_;
 };
 
-}  // namespace lifl::dataplane
+}  // namespace lifl
