@@ -33,25 +33,8 @@ using namespace lifl;
 using bench::now;
 
 double rawTcpGBps(const std::vector<char>& payload, int streams, int perStream) {
-  auto [l, a] = bench::loopbackListener(streams);
-  std::vector<std::thread> threads;
-  const double t0 = now();
-  for (int s = 0; s < streams; ++s) {
-    threads.emplace_back([&] {  // receiver: into a buffer of the body's size, like the gateway
-      UniqueFd fd(::accept(l.get(), nullptr, nullptr));
-      std::vector<char> sink(payload.size());
-      for (int i = 0; i < perStream; ++i)
-        if (!bench::recvAll(fd.get(), sink.data(), sink.size())) return;
-    });
-    threads.emplace_back([&] {
-      UniqueFd fd(::socket(AF_INET, SOCK_STREAM, 0));
-      ::connect(fd.get(), reinterpret_cast<const sockaddr*>(&a), sizeof(a));
-      for (int i = 0; i < perStream; ++i)
-        if (!bench::sendAll(fd.get(), payload.data(), payload.size())) return;
-    });
-  }
-  for (auto& t : threads) t.join();
-  return static_cast<double>(payload.size()) * streams * perStream / (now() - t0) / 1e9;
+  return static_cast<double>(payload.size()) * streams * perStream /
+         bench::rawTcpSeconds(payload, streams, perStream) / 1e9;
 }
 
 struct IngestResult {

@@ -49,25 +49,7 @@ std::vector<float> valuesOf(const std::vector<char>& body) {
 }
 
 double rawTcpUpdatesPerSecond(const std::vector<char>& body, int streams, int perStream) {
-  auto [l, a] = bench::loopbackListener(streams);
-  std::vector<std::thread> threads;
-  const double t0 = now();
-  for (int s = 0; s < streams; ++s) {
-    threads.emplace_back([&] {
-      UniqueFd fd(::accept(l.get(), nullptr, nullptr));
-      std::vector<char> sink(body.size());
-      for (int i = 0; i < perStream; ++i)
-        if (!bench::recvAll(fd.get(), sink.data(), sink.size())) return;
-    });
-    threads.emplace_back([&] {
-      UniqueFd fd(::socket(AF_INET, SOCK_STREAM, 0));
-      ::connect(fd.get(), reinterpret_cast<const sockaddr*>(&a), sizeof(a));
-      for (int i = 0; i < perStream; ++i)
-        if (!bench::sendAll(fd.get(), body.data(), body.size())) return;
-    });
-  }
-  for (auto& t : threads) t.join();
-  return static_cast<double>(streams) * perStream / (now() - t0);
+  return static_cast<double>(streams) * perStream / bench::rawTcpSeconds(body, streams, perStream);
 }
 
 }  // namespace

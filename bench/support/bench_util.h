@@ -14,6 +14,7 @@
 #include <fstream>
 #include <sstream>
 #include <string>
+#include <thread>
 #include <utility>
 #include <vector>
 
@@ -107,6 +108,30 @@ inline bool recvAll(int fd, void* p, size_t n) {
     n -= static_cast<size_t>(r);
   }
   return true;
+}
+
+/// Seconds to move `payload` perStream times over each of `streams` loopback TCP connections
+/// into a buffer of its size (the baseline of the ingest benchmarks: no HTTP, no store).
+inline double rawTcpSeconds(const std::vector<char>& payload, int streams, int perStream) {
+  auto [l, a] = loopbackListener(streams);
+  std::vector<std::thread> threads;
+  const double t0 = now();
+  for (int s = 0; s < streams; ++s) {
+    threads.emplace_back([&] {
+      UniqueFd fd(::accept(l.get(), nullptr, nullptr));
+      std::vector<char> sink(payload.size());
+      for (int i = 0; i < perStream; ++i)
+        if (!recvAll(fd.get(), sink.data(), sink.size())) return;
+    });
+    threads.emplace_back([&] {
+      UniqueFd fd(::socket(AF_INET, SOCK_STREAM, 0));
+      ::connect(fd.get(), reinterpret_cast<const sockaddr*>(&a), sizeof(a));
+      for (int i = 0; i < perStream; ++i)
+        if (!sendAll(fd.get(), payload.data(), payload.size())) return;
+    });
+  }
+  for (auto& t : threads) t.join();
+  return now() - t0;
 }
 
 inline double percentile(std::vector<double> v, double p) {
