@@ -20,18 +20,29 @@ constexpr const char* kDefaultUrl = "http://127.0.0.1:8080";
 constexpr const char* kCredentialHelp =
     "The credential (docs/security.md), where the platform runs with security.auth: --token T,\n"
     "--token-file FILE or $LIFL_TOKEN; the admin credential for the jobs API and tokens, a\n"
-    "client token for push.";
+    "client token for push. An https:// --url is verified against --ca-file (or\n"
+    "$LIFL_CA_FILE; default: the system's CAs); for mTLS, --cert and --key (or\n"
+    "$LIFL_CLIENT_CERT, $LIFL_CLIENT_KEY).";
+
+/// An option, else the environment variable, else "".
+std::string optionOrEnv(const Args& a, const char* option, const char* env) {
+  if (a.has(option)) return a.get(option);
+  const char* v = std::getenv(env);
+  return v ? v : "";
+}
 
 /// A connection to --url, sending the command's credential.
 Result<std::unique_ptr<HttpClient>> connectTo(const Args& a) {
-  LIFL_TRY(client, HttpClient::connect(a.get("url", kDefaultUrl)));
+  const TlsOptions tls{optionOrEnv(a, "ca-file", "LIFL_CA_FILE"),
+                       optionOrEnv(a, "cert", "LIFL_CLIENT_CERT"),
+                       optionOrEnv(a, "key", "LIFL_CLIENT_KEY")};
+  LIFL_TRY(client, HttpClient::connect(a.get("url", kDefaultUrl), 0, tls));
   std::string credential = a.get("token");
   if (credential.empty() && a.has("token-file")) {
     LIFL_TRY(text, readFile(a.get("token-file")));
     credential = text;
   }
-  if (credential.empty())
-    if (const char* env = std::getenv("LIFL_TOKEN")) credential = env;
+  if (credential.empty()) credential = optionOrEnv(a, "token", "LIFL_TOKEN");
   while (!credential.empty() && (credential.back() == '\n' || credential.back() == ' '))
     credential.pop_back();
   client->setBearer(credential);

@@ -2,8 +2,10 @@
 
 #include <boost/asio/connect.hpp>
 #include <boost/asio/ip/tcp.hpp>
+#include <boost/asio/ssl.hpp>
 #include <boost/beast/core.hpp>
 #include <boost/beast/http.hpp>
+#include <boost/beast/ssl.hpp>
 #include <nlohmann/json.hpp>
 #include <utility>
 
@@ -17,15 +19,29 @@ using tcp = asio::ip::tcp;
 struct HttpClient::Impl {
   std::string host, port;
   asio::io_context ioc;
+  std::optional<asio::ssl::context> tls;  ///< https only
   std::optional<beast::tcp_stream> stream;
+  std::optional<beast::ssl_stream<beast::tcp_stream>> tlsStream;
   beast::flat_buffer buffer;
+
+  bool connected() const { return stream || tlsStream; }
+  void drop() {
+    stream.reset();
+    tlsStream.reset();
+  }
+  beast::tcp_stream& lowest() { return tlsStream ? beast::get_lowest_layer(*tlsStream) : *stream; }
+  /// Runs f on whichever stream the connection has.
+  template <class F>
+  auto with(F&& f) {
+    return tlsStream ? f(*tlsStream) : f(*stream);
+  }
 };
 
 HttpClient::HttpClient(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
 HttpClient::~HttpClient() {
-  if (impl_ && impl_->stream) {
+  if (impl_ && impl_->connected()) {
     beast::error_code ec;
-    impl_->stream->socket().shutdown(tcp::socket::shutdown_both, ec);
+    impl_->lowest().socket().shutdown(tcp::socket::shutdown_both, ec);
   }
 }
 
@@ -33,8 +49,10 @@ Result<std::pair<std::string, std::string>> parseUrl(const std::string& url) {
   std::string rest = url;
   if (rest.rfind("http://", 0) == 0)
     rest = rest.substr(7);
+  else if (rest.rfind("https://", 0) == 0)
+    rest = rest.substr(8);
   else if (rest.find("://") != std::string::npos)
-    return badRequest("bad_arguments", "only http:// URLs are supported: " + url);
+    return badRequest("bad_arguments", "only http:// and https:// URLs are supported: " + url);
   if (auto slash = rest.find('/'); slash != std::string::npos) rest = rest.substr(0, slash);
   auto colon = rest.rfind(':');
   if (colon == std::string::npos) return std::make_pair(rest, std::string("8080"));
@@ -42,11 +60,28 @@ Result<std::pair<std::string, std::string>> parseUrl(const std::string& url) {
 }
 
 Result<std::unique_ptr<HttpClient>> HttpClient::connect(const std::string& url,
-                                                        double timeoutSeconds) {
+                                                        double timeoutSeconds,
+                                                        const TlsOptions& tls) {
   LIFL_TRY(hp, parseUrl(url));
   auto impl = std::make_unique<Impl>();
   impl->host = hp.first;
   impl->port = hp.second;
+  if (url.rfind("https://", 0) == 0) {
+    auto& ctx = impl->tls.emplace(asio::ssl::context::tls_client);
+    beast::error_code ec;
+    if (tls.caFile.empty())
+      ctx.set_default_verify_paths(ec);
+    else
+      ctx.load_verify_file(tls.caFile, ec);
+    if (ec) return badRequest("bad_arguments", "the CA file " + tls.caFile + ": " + ec.message());
+    if (!tls.certFile.empty()) {
+      ctx.use_certificate_chain_file(tls.certFile, ec);
+      if (!ec) ctx.use_private_key_file(tls.keyFile, asio::ssl::context::pem, ec);
+      if (ec) return badRequest("bad_arguments", "the client certificate: " + ec.message());
+    }
+    ctx.set_verify_mode(asio::ssl::verify_peer);
+    ctx.set_verify_callback(asio::ssl::host_name_verification(impl->host));
+  }
   std::unique_ptr<HttpClient> client(new HttpClient(std::move(impl)));
   client->timeoutSeconds_ = timeoutSeconds;
   LIFL_TRYV(client->reconnect());
@@ -67,12 +102,12 @@ beast::error_code runOnce(asio::io_context& ioc, Start start) {
 }  // namespace
 
 void HttpClient::arm() {
-  if (!impl_->stream) return;
+  if (!impl_->connected()) return;
   if (timeoutSeconds_ > 0)
-    impl_->stream->expires_after(std::chrono::duration_cast<std::chrono::steady_clock::duration>(
+    impl_->lowest().expires_after(std::chrono::duration_cast<std::chrono::steady_clock::duration>(
         std::chrono::duration<double>(timeoutSeconds_)));
   else
-    impl_->stream->expires_never();
+    impl_->lowest().expires_never();
 }
 
 Result<void> HttpClient::reconnect() {
@@ -89,6 +124,23 @@ Result<void> HttpClient::reconnect() {
                                              ": " + ec.message());
   impl_->stream->socket().set_option(tcp::no_delay(true));
   impl_->buffer.clear();
+  if (impl_->tls) {  // the TCP connection becomes the TLS stream's lowest layer
+    impl_->tlsStream.emplace(std::move(*impl_->stream), *impl_->tls);
+    impl_->stream.reset();
+    if (!SSL_set_tlsext_host_name(impl_->tlsStream->native_handle(), impl_->host.c_str())) {
+      impl_->drop();
+      return unavailable("connect_failed", "cannot set the TLS server name " + impl_->host);
+    }
+    arm();
+    ec = runOnce(impl_->ioc, [&](auto handler) {
+      impl_->tlsStream->async_handshake(asio::ssl::stream_base::client, handler);
+    });
+    if (ec) {
+      impl_->drop();
+      return unavailable("tls_failed",
+                         "TLS with " + impl_->host + ":" + impl_->port + ": " + ec.message());
+    }
+  }
   return success();
 }
 
@@ -96,7 +148,7 @@ Result<HttpResponse> HttpClient::request(std::string_view method, const std::str
                                          const HeaderList& headers, const void* body,
                                          uint64_t bodySize) {
   for (int attempt = 0; attempt < 2; ++attempt) {
-    if (!impl_->stream) LIFL_TRYV(reconnect());
+    if (!impl_->connected()) LIFL_TRYV(reconnect());
     http::request<http::buffer_body> req;
     req.method_string(beast::string_view(method.data(), method.size()));
     req.target(target);
@@ -111,20 +163,21 @@ Result<HttpResponse> HttpClient::request(std::string_view method, const std::str
     req.content_length(bodySize);
     beast::error_code ec;
     arm();
-    ec =
-        runOnce(impl_->ioc, [&](auto handler) { http::async_write(*impl_->stream, req, handler); });
+    ec = runOnce(impl_->ioc, [&](auto handler) {
+      impl_->with([&](auto& s) { http::async_write(s, req, handler); });
+    });
     http::response_parser<http::string_body> parser;
     parser.body_limit(std::numeric_limits<std::uint64_t>::max());
     if (!ec) {
       arm();
       ec = runOnce(impl_->ioc, [&](auto handler) {
-        http::async_read(*impl_->stream, impl_->buffer, parser, handler);
+        impl_->with([&](auto& s) { http::async_read(s, impl_->buffer, parser, handler); });
       });
     }
     if (ec) {
       // A server may close an idle keep-alive connection, or answer early (413) and close:
       // take what it said if anything, else retry once on a fresh connection.
-      impl_->stream.reset();
+      impl_->drop();
       if (parser.is_header_done())
         ec = {};
       else if (attempt == 0)
@@ -142,7 +195,7 @@ Result<HttpResponse> HttpClient::request(std::string_view method, const std::str
       for (auto& c : name) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
       out.headers[name] = std::string(f.value());
     }
-    if (!res.keep_alive()) impl_->stream.reset();
+    if (!res.keep_alive()) impl_->drop();
     return out;
   }
   return unavailable("request_failed", "unreachable");

@@ -5,6 +5,7 @@ that does not trust the CA, and (mTLS) a client without a certificate of the con
 are all refused; bad TLS settings stop `lifl up` with the key named."""
 import datetime
 import ipaddress
+import json
 import os
 import socket
 import ssl
@@ -18,7 +19,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from lifl_client import Client
-from lifl_harness import Platform, exact_round, failed_so_far
+from lifl_harness import Platform, exact_round, failed_so_far, lifl_cli
 
 
 def make_ca(folder, name):
@@ -111,9 +112,28 @@ class Tls(TlsTestCase):
         with self.assertRaises(ssl.SSLCertVerificationError):
             self.client(trust=False).job("tls")
 
+    def test_the_command_line_speaks_https(self):
+        url = self.platform.url
+        listed = lifl_cli("job", "list", "--url", url, "--ca-file", self.ca)
+        self.assertEqual(json.loads(listed.stdout), [])
+        untrusted = lifl_cli("job", "list", "--url", url, check=False)
+        self.assertNotEqual(untrusted.returncode, 0)
+        self.assertIn("tls_failed", untrusted.stderr)
+        plain = lifl_cli("job", "list", "--url", url.replace("https://", "http://"), check=False)
+        self.assertNotEqual(plain.returncode, 0)
+
 
 class MutualTls(TlsTestCase):
     mtls = True
+
+    def test_the_command_line_presents_its_certificate(self):
+        url = self.platform.url
+        ok = lifl_cli("job", "list", "--url", url, "--ca-file", self.ca, "--cert", self.client_cert,
+                      "--key", self.client_key)
+        self.assertEqual(json.loads(ok.stdout), [])
+        for extra in ([], ["--cert", self.foreign_cert, "--key", self.foreign_key]):
+            refused = lifl_cli("job", "list", "--url", url, "--ca-file", self.ca, *extra, check=False)
+            self.assertNotEqual(refused.returncode, 0, extra)
 
     def test_only_clients_with_a_certificate_of_the_ca_are_served(self):
         exact_round(self, self.client(with_cert=True), "mtls", clients=4, seed=22)

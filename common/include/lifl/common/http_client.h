@@ -26,11 +26,19 @@ struct HttpResponse {
 
 using HeaderList = std::vector<std::pair<std::string, std::string>>;
 
+/// For https:// URLs: the CA the server's certificate must chain to (empty: the system's
+/// CAs), and for mTLS the client's certificate chain and key (PEM).
+struct TlsOptions {
+  std::string caFile, certFile, keyFile;
+};
+
 class HttpClient {
  public:
-  /// @param url http://host:port (a path, if any, is ignored)
+  /// @param url http://host:port or https://host:port (a path, if any, is ignored); https
+  ///        verifies the server's certificate and host name
   static Result<std::unique_ptr<HttpClient>> connect(const std::string& url,
-                                                     double timeoutSeconds = 0);
+                                                     double timeoutSeconds = 0,
+                                                     const TlsOptions& tls = {});
   ~HttpClient();
 
   Result<HttpResponse> request(std::string_view method, const std::string& target,
@@ -52,7 +60,7 @@ class HttpClient {
   std::string bearer_;
 };
 
-/// Splits http://host:port into host and port (default 8080).
+/// Splits http://host:port (or https://) into host and port (default 8080).
 Result<std::pair<std::string, std::string>> parseUrl(const std::string& url);
 /// Splits a request target into its path segments (the query is dropped).
 std::vector<std::string> splitPath(std::string_view target);
