@@ -952,9 +952,10 @@ struct Gateway::Impl {
     const bool overloaded = connections > config.maxConnections;
     if (!tls) {
       beast::tcp_stream stream(std::move(socket));
-      co_await serve(stream, overloaded);
+      const bool unread = co_await serve(stream, overloaded);
       beast::error_code ignored;
       stream.socket().shutdown(tcp::socket::shutdown_send, ignored);
+      if (unread) co_await discardRest(stream);
       co_return;
     }
     beast::ssl_stream<beast::tcp_stream> stream(beast::tcp_stream(std::move(socket)), *tls);
@@ -966,9 +967,27 @@ struct Gateway::Impl {
       LIFL_DEBUG("TLS handshake refused: " << ec.message());
       co_return;
     }
-    co_await serve(stream, overloaded);
+    if (co_await serve(stream, overloaded)) co_await discardRest(stream);
     beast::get_lowest_layer(stream).expires_after(std::chrono::seconds(1));
     co_await stream.async_shutdown(asio::redirect_error(use_awaitable, ec));
+  }
+
+  /// After an answer given before a request's body was read (a refusal), the rest of the body
+  /// is read and dropped, bounded in time and bytes, before the connection closes: closed at
+  /// once, the kernel would reset it, and a client still sending (as most do, before they
+  /// read) would lose the answer. (nginx's lingering close.)
+  template <class Stream>
+  awaitable<void> discardRest(Stream& stream) {
+    constexpr uint64_t kMaxBytes = 1ull << 30;
+    std::vector<char> sink(64 << 10);
+    beast::get_lowest_layer(stream).expires_after(std::chrono::seconds(5));
+    for (uint64_t total = 0; total < kMaxBytes;) {
+      beast::error_code ec;
+      const size_t n = co_await stream.async_read_some(asio::buffer(sink),
+                                                       asio::redirect_error(use_awaitable, ec));
+      if (ec) break;
+      total += n;
+    }
   }
 
   static std::chrono::steady_clock::duration seconds(double s) {
@@ -976,8 +995,10 @@ struct Gateway::Impl {
         std::chrono::duration<double>(s));
   }
 
+  /// Serves the connection's requests. @return whether it ended on an answer given before
+  /// its request's body was read
   template <class Stream>
-  awaitable<void> serve(Stream& stream, bool overloaded) {
+  awaitable<bool> serve(Stream& stream, bool overloaded) {
     beast::flat_buffer buffer;
     auto& lowest = beast::get_lowest_layer(stream);
     for (;;) {
@@ -1008,8 +1029,9 @@ struct Gateway::Impl {
       }
       co_await dispatch(ex);
       metrics.request(ex.route, ex.status);
-      if (!ex.keepAlive) break;
+      if (!ex.keepAlive) co_return !ex.bodyRead && !parser.is_done();
     }
+    co_return false;
   }
 
   awaitable<void> listen() {

@@ -11,6 +11,7 @@
 - the per-client rate limit answers 429 with Retry-After, for that client only.
 """
 import base64
+import http.client
 import json
 import os
 import socket
@@ -148,6 +149,17 @@ class Auth(AuthTestCase):
         self.assertNotIn("100 Continue", head)
         self.assertIn(" 401 ", head.split("\r\n")[0])
         self.assertEqual(json.loads(body)["error"], "unauthorized")
+
+        # A client that sends its whole 8 MB body before reading (as http.client does) still
+        # reads the refusal: the gateway reads and drops the rest before it closes.
+        host, port = self.platform.url.replace("http://", "").rsplit(":", 1)
+        conn = http.client.HTTPConnection(host, int(port), timeout=10)
+        conn.request("POST", "/v1/jobs/j/updates", b"\0" * (8 << 20), {
+            "ce-specversion": "1.0", "ce-type": "dev.lifl.update", "ce-id": "big", "ce-source": "c0",
+            "ce-round": "0", "ce-numexamples": "1", "Content-Type": "application/octet-stream"})
+        answer = conn.getresponse()
+        self.assertEqual((answer.status, json.loads(answer.read())["error"]), (401, "unauthorized"))
+        conn.close()
 
         # A client token reads its own job, not another's.
         reader = self.client(tokens[2])
