@@ -128,6 +128,13 @@ void Controller::State::restore() {
         }
       }
       job->roundOpened = job->closedAt = Clock::now();  // deadlines count again from here
+      // Killed between the admission that filled the round and the round's close: close it
+      // now (the nodes are told below), or it would wait for updates that cannot come.
+      if (job->active() && !job->closing && job->admitted.size() >= job->spec.clientsPerRound)
+        job->closing = true;
+      // Killed after the round completed but before its model was copied: copy it again.
+      if (!job->hasModel && job->round > 0 && !job->modelSource.empty())
+        toCopy.push_back({job->spec.id, job->round, job->modelSource});
       if (!job->admitted.empty()) job->firstAdmission = job->roundOpened;
       // The plan's tree shape is re-derived for status; the nodes keep running theirs.
       std::vector<NodeLoad> loads;
@@ -148,7 +155,8 @@ void Controller::State::restore() {
         n.url = url;
         n.live = true;
         n.lastSeen = Clock::now();
-        n.commands = std::make_shared<NodeCommands>(name, url, config.commandTimeoutSeconds);
+        n.commands = std::make_shared<NodeCommands>(name, url, config.commandTimeoutSeconds,
+                                                    access->clusterToken());
       }
       LIFL_INFO("restored job " << job->spec.id << " at round " << job->round << " (" << job->state
                                 << ", " << job->admitted.size() << " updates admitted)");
