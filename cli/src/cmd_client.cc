@@ -42,7 +42,8 @@ Result<std::unique_ptr<HttpClient>> connectTo(const Args& a) {
     LIFL_TRY(text, readFile(a.get("token-file")));
     credential = text;
   }
-  if (credential.empty()) credential = optionOrEnv(a, "token", "LIFL_TOKEN");
+  if (credential.empty())
+    if (const char* env = std::getenv("LIFL_TOKEN")) credential = env;
   while (!credential.empty() && (credential.back() == '\n' || credential.back() == ' '))
     credential.pop_back();
   client->setBearer(credential);

@@ -175,9 +175,7 @@ int runAgent(int argc, char** argv, bool member) {
               config.bind.c_str(), port, config.router.c_str());
   if (config.security.auth)
     std::printf("auth is on: the admin credential is in %s\n",
-                (config.security.adminTokenFile.empty() ? config.dataDir + "/auth/admin.token"
-                                                        : config.security.adminTokenFile)
-                    .c_str());
+                config.security.adminTokenPath(config.dataDir).c_str());
   std::fflush(stdout);
   int sig = 0;
   sigwait(&stopSignals, &sig);

@@ -6,9 +6,6 @@
 namespace lifl {
 namespace {
 
-Error unauthorized(const std::string& detail) { return makeError(401, "unauthorized", detail); }
-Error forbidden(const std::string& detail) { return makeError(403, "forbidden", detail); }
-
 constexpr size_t kMaxNameBytes = 256;
 constexpr double kMaxTokenTtlSeconds = 366.0 * 86400;
 
@@ -50,23 +47,17 @@ Result<std::unique_ptr<AccessPolicy>> AccessPolicy::create(const SecurityConfig&
   std::unique_ptr<AccessPolicy> p(new AccessPolicy(config));
   if (!config.auth) return p;
   const bool member = role == PolicyRole::Member;
-  const std::string adminFile =
-      config.adminTokenFile.empty() ? dataDir + "/auth/admin.token" : config.adminTokenFile;
   if (!member || !config.adminTokenFile.empty()) {
-    LIFL_TRY(admin, auth::loadSecret(adminFile, !member));
+    LIFL_TRY(admin, auth::loadSecret(config.adminTokenPath(dataDir), !member));
     p->admin_ = auth::SharedSecret::of(admin);
   }
   if (role != PolicyRole::Standalone) {
-    const std::string clusterFile =
-        config.clusterTokenFile.empty() ? dataDir + "/auth/cluster.token" : config.clusterTokenFile;
-    LIFL_TRY(secret, auth::loadSecret(clusterFile, !member));
+    LIFL_TRY(secret, auth::loadSecret(config.clusterTokenPath(dataDir), !member));
     p->cluster_ = auth::SharedSecret::of(secret);
     p->clusterToken_ = secret;
   }
   if (!member) {
-    const std::string keyFile =
-        config.signingKeyFile.empty() ? dataDir + "/auth/signing.key" : config.signingKeyFile;
-    LIFL_TRY(signer, auth::SigningKey::loadOrCreate(keyFile));
+    LIFL_TRY(signer, auth::SigningKey::loadOrCreate(config.signingKeyPath(dataDir)));
     LIFL_TRYV(p->setPublicKey(signer.publicKey()));
     p->signer_ = std::move(signer);
   }
@@ -79,6 +70,7 @@ std::string AccessPolicy::publicKey() const {
 }
 
 Result<void> AccessPolicy::setPublicKey(std::string_view publicKey) {
+  if (publicKey == this->publicKey()) return success();  // a re-registration: the same key
   LIFL_TRY(verifier, auth::TokenVerifier::fromPublicKey(publicKey));
   std::unique_lock lock(keyMutex_);
   verifier_ = std::move(verifier);

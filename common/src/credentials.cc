@@ -33,7 +33,6 @@ struct MdCtxFree {
 using Pkey = std::unique_ptr<EVP_PKEY, PkeyFree>;
 using MdCtx = std::unique_ptr<EVP_MD_CTX, MdCtxFree>;
 
-Error unauthorized(const std::string& detail) { return makeError(401, "unauthorized", detail); }
 Error credentialError(const std::string& detail) { return internal("credential_error", detail); }
 
 Result<std::string> randomBytes(size_t n) {

@@ -6,6 +6,18 @@
 
 namespace lifl::control {
 
+Result<std::unique_ptr<HttpClient>> Controller::State::connectToNode(const std::string& url) const {
+  LIFL_TRY(client, HttpClient::connect(url, config.commandTimeoutSeconds));
+  client->setBearer(access->clusterToken());
+  return client;
+}
+
+std::shared_ptr<NodeCommands> Controller::State::commandsFor(const std::string& name,
+                                                             const std::string& url) const {
+  return std::make_shared<NodeCommands>(name, url, config.commandTimeoutSeconds,
+                                        access->clusterToken());
+}
+
 Result<nlohmann::json> Controller::State::registerNode(const nlohmann::json& body) {
   std::string name, url;
   uint32_t slots = 0;
@@ -30,8 +42,7 @@ Result<nlohmann::json> Controller::State::registerNode(const nlohmann::json& bod
   n.lastSeen = Clock::now();
   if (!n.commands || moved) {
     if (n.commands) retiredCommands.push_back(std::move(n.commands));
-    n.commands = std::make_shared<NodeCommands>(name, url, config.commandTimeoutSeconds,
-                                                access->clusterToken());
+    n.commands = commandsFor(name, url);
   }
   LIFL_INFO("node " << name << (known ? " re-registered" : " registered") << ": " << url << ", "
                     << slots << " slots");

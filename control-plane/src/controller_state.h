@@ -22,6 +22,7 @@
 #include <thread>
 #include <vector>
 
+#include "lifl/common/http_client.h"
 #include "lifl/common/job_spec.h"
 #include "lifl/control/cluster_plan.h"
 #include "lifl/control/controller.h"
@@ -113,6 +114,10 @@ struct Controller::State {
 
   HttpReply handle(const HttpRequest& request);
   HttpReply relayPartial(const std::string& job, const HttpRequest& request);
+  /// A connection to an agent, and a node's command channel: bounded by
+  /// command_timeout_seconds, carrying the cluster credential (security.auth).
+  Result<std::unique_ptr<HttpClient>> connectToNode(const std::string& url) const;
+  std::shared_ptr<NodeCommands> commandsFor(const std::string& name, const std::string& url) const;
   void sweep();
 
   // controller_nodes.cc

@@ -155,8 +155,7 @@ void Controller::State::restore() {
         n.url = url;
         n.live = true;
         n.lastSeen = Clock::now();
-        n.commands = std::make_shared<NodeCommands>(name, url, config.commandTimeoutSeconds,
-                                                    access->clusterToken());
+        n.commands = commandsFor(name, url);
       }
       LIFL_INFO("restored job " << job->spec.id << " at round " << job->round << " (" << job->state
                                 << ", " << job->admitted.size() << " updates admitted)");
@@ -196,9 +195,8 @@ void Controller::State::fetchModel(const std::string& id, uint32_t round, const 
       if (attempt) wake.wait_for(lock, std::chrono::milliseconds(200));
       if (stopping) return;
     }
-    auto client = HttpClient::connect(url, config.commandTimeoutSeconds);
+    auto client = connectToNode(url);
     if (!client) continue;
-    client.value()->setBearer(access->clusterToken());
     auto got = client.value()->get("/v1/jobs/" + id + "/model");
     if (!got || got.value().status != 200) continue;
     if (got.value().header("lifl-round") != std::to_string(round)) return;  // moved on

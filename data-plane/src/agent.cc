@@ -87,7 +87,6 @@ Result<std::unique_ptr<Agent>> Agent::start(AgentConfig config, Planner planner,
     cc.clusterToken = agent->access_->clusterToken();
     AccessPolicy* access = agent->access_.get();
     cc.onPublicKey = [access](const std::string& key) {
-      if (key == access->publicKey()) return;
       if (auto set = access->setPublicKey(key); !set)
         LIFL_WARN("the controller's public key: " << set.error().toString());
     };

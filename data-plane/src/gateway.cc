@@ -114,12 +114,13 @@ struct Gateway::Impl {
                    std::move(headers));
   }
 
-  /// A request refused for its credentials, from its headers: the body is never read (the
+  /// A request refused from its headers (credentials, rate): the body is never read (the
   /// connection closes after the answer).
   template <class S>
-  awaitable<void> refuseUnread(Exchange<S>& ex, Error e) {
+  awaitable<void> refuseUnread(Exchange<S>& ex, Error e,
+                               std::vector<std::pair<std::string, std::string>> headers = {}) {
     ex.keepAlive = false;
-    co_await writeError(ex, std::move(e));
+    co_await writeError(ex, std::move(e), std::move(headers));
   }
 
   // ---------------------------------------------------------------- bodies
@@ -332,11 +333,10 @@ struct Gateway::Impl {
     auto meta = parseUpdateHeaders([&](std::string_view name) { return header(ex.parser, name); });
     if (!meta) co_return co_await rejectBeforeBody(ex, meta.error());
     if (auto wait = access.takeRate(id, meta.value().source)) {
-      ex.keepAlive = false;                                         // the body stays unread
       std::vector<std::pair<std::string, std::string>> retryAfter;  // whole seconds, at least 1
       retryAfter.emplace_back(
           "retry-after", std::to_string(static_cast<uint64_t>(std::max(1.0, std::ceil(*wait)))));
-      co_return co_await writeError(
+      co_return co_await refuseUnread(
           ex,
           makeError(429, "rate_limited",
                     "client " + meta.value().source + " sends updates faster than " +
@@ -868,9 +868,9 @@ struct Gateway::Impl {
     const bool isRead = isModelRead || (isJobs && method == http::verb::get && path.size() == 3);
     // A member passes the jobs API (but updates and the model) and tokens to the controller
     // with the caller's credential, which the controller checks.
-    const bool forwarded =
-        hooks.cluster && path.size() >= 2 &&
-        ((path[1] == "jobs" && !isUpdate && !isModelRead) || path[1] == "tokens");
+    const bool forwarded = hooks.cluster && path.size() >= 2 &&
+                           ((path[1] == "jobs" && !isUpdate && !isModelRead) ||
+                            (path[1] == "tokens" && path.size() == 2));
     if (!forwarded && !isUpdate) {
       auto ok = isRead ? access.requireReader(authorization, path[2])
                        : access.requireAdmin(authorization);
@@ -879,12 +879,10 @@ struct Gateway::Impl {
     if (path.size() == 2 && path[1] == "tokens") {
       ex.route = "tokens";
       if (method != http::verb::post) co_return co_await methodNotAllowed();
-      if (hooks.cluster) co_return co_await forwardToController(ex);
+      if (forwarded) co_return co_await forwardToController(ex);
       co_return co_await issueToken(ex);
     }
-    if (hooks.cluster && path.size() >= 2 && path[0] == "v1" && path[1] == "jobs" &&
-        !(path.size() == 4 && path[3] == "updates") &&
-        !(path.size() == 4 && path[3] == "model" && method == http::verb::get)) {
+    if (forwarded) {
       ex.route = "jobs";
       co_return co_await forwardToController(ex);
     }

@@ -22,6 +22,35 @@ __device__ __forceinline__ float warpMax(float v) {
   return v;
 }
 
+/// The block's STREAMS online-softmax states (shared memory: running max m[s][g], sum
+/// l[s][g], unnormalised output o[(s * G + g) * hd + d]) combined into the split's partial of
+/// each of the G query heads: o, then m in natural-log units, then l. `dst` is the partial
+/// of head 0 of the group; head g's is g * splits partials further. LOG2: m is in log2 units.
+template <int STREAMS, int G, bool LOG2>
+__device__ void writeBlockPartial(float* __restrict__ dst, const float (&m)[STREAMS][G],
+                                  const float (&l)[STREAMS][G], const float* o, uint32_t hd,
+                                  uint32_t splits) {
+  const uint32_t outDims = hd + 2;  // o[hd], m, l
+  for (uint32_t i = threadIdx.x; i < G * hd; i += blockDim.x) {
+    const uint32_t g = i / hd, d = i % hd;
+    float M = -INFINITY;
+    for (int s = 0; s < STREAMS; ++s) M = fmaxf(M, m[s][g]);
+    float L = 0, O = 0;
+    for (int s = 0; s < STREAMS; ++s) {
+      const float f =
+          m[s][g] == -INFINITY ? 0.f : (LOG2 ? exp2f(m[s][g] - M) : __expf(m[s][g] - M));
+      L += l[s][g] * f;
+      O += o[(s * G + g) * hd + d] * f;
+    }
+    float* head = dst + uint64_t{g} * splits * outDims;
+    head[d] = O;
+    if (d == 0) {
+      head[hd] = LOG2 ? M * 0.6931471805599453f : M;  // the merge works in natural-log units
+      head[hd + 1] = L;
+    }
+  }
+}
+
 // Paged causal GQA attention, split over the context (Flash-Decoding): one block per (row,
 // KV head, split of splitTokensFor(context) positions) computes, for every query head of that KV
 // head's group, the split's running max m, sum l and unnormalised output o (online softmax, one
@@ -108,24 +137,9 @@ __global__ void __launch_bounds__(kWarps * 32)
     for (int j = 0; j < DL; ++j) so[warp][g][j * 32 + lane] = acc[g][j];
   }
   __syncthreads();
-  const uint32_t outDims = headDim + 2;  // o[headDim], m, l
-  for (uint32_t i = threadIdx.x; i < group * headDim; i += blockDim.x) {
-    const uint32_t g = i / headDim, d = i % headDim;
-    float M = -INFINITY;
-    for (int w = 0; w < kWarps; ++w) M = fmaxf(M, sm[w][g]);
-    float L = 0, O = 0;
-    for (int w = 0; w < kWarps; ++w) {
-      const float f = sm[w][g] == -INFINITY ? 0.f : __expf(sm[w][g] - M);
-      L += sl[w][g] * f;
-      O += so[w][g][d] * f;
-    }
-    float* dst = partial + ((uint64_t{row} * heads + kvh * group + g) * splits + split) * outDims;
-    dst[d] = O;
-    if (d == 0) {
-      dst[headDim] = M;
-      dst[headDim + 1] = L;
-    }
-  }
+  writeBlockPartial<kWarps, GROUP, false>(
+      partial + ((uint64_t{row} * heads + kvh * group) * splits + split) * (headDim + 2), sm, sl,
+      &so[0][0][0], headDim, splits);
 }
 
 __global__ void splitMergeKernel(float* __restrict__ out, const float* __restrict__ partial,
@@ -345,24 +359,9 @@ __global__ void __launch_bounds__(kWarps * 32, MINB)
     for (int j = 0; j < V4; ++j) so[stream][g][j * 16 + hl] = acc[g][j];
   __syncthreads();
   const uint32_t outDims = HD + 2;  // o[HD], m, l
-  const float* soFloats = reinterpret_cast<const float*>(so);
-  for (uint32_t i = threadIdx.x; i < G * HD; i += blockDim.x) {
-    const uint32_t g = i / HD, d = i % HD;
-    float M = -INFINITY;
-    for (int w = 0; w < STREAMS; ++w) M = fmaxf(M, sm[w][g]);
-    float L = 0, O = 0;
-    for (int w = 0; w < STREAMS; ++w) {
-      const float f = sm[w][g] == -INFINITY ? 0.f : exp2f(sm[w][g] - M);
-      L += sl[w][g] * f;
-      O += soFloats[(w * G + g) * HD + d] * f;
-    }
-    float* dst = partial + ((uint64_t{row} * heads + kvh * G + g) * splits + split) * outDims;
-    dst[d] = O;
-    if (d == 0) {
-      dst[HD] = M * 0.6931471805599453f;  // back to natural-log units for the merge
-      dst[HD + 1] = L;
-    }
-  }
+  writeBlockPartial<STREAMS, G, true>(
+      partial + ((uint64_t{row} * heads + kvh * G) * splits + split) * outDims, sm, sl,
+      reinterpret_cast<const float*>(so), HD, splits);
   if (!out) return;  // splitMergeKernel merges
   // The last block of the (row, KV head) to finish merges its splits, saving the merge
   // kernel's launch: the partials are published (fence) before the arrival is counted.
@@ -429,8 +428,9 @@ std::string splitDecodeAttention(float* out, float* partial, uint32_t* arrivals,
     merged = fusedOut != nullptr;                                                                \
   }
   LIFL_HALF(1, 1)
-  LIFL_HALF(1, 2) LIFL_HALF(1, 4) LIFL_HALF(2, 1) LIFL_HALF(2, 2) LIFL_HALF(2, 4) LIFL_HALF(4, 1)
-      LIFL_HALF(4, 2) LIFL_HALF(8, 1)
+  LIFL_HALF(1, 2)
+  LIFL_HALF(1, 4) LIFL_HALF(2, 1) LIFL_HALF(2, 2) LIFL_HALF(2, 4) LIFL_HALF(4, 1) LIFL_HALF(4, 2)
+      LIFL_HALF(8, 1)
 #undef LIFL_HALF
 #define LIFL_SPLIT(G, DL)                                                                      \
   if (!launched && group == G && lanes == DL) {                                                \

@@ -33,6 +33,17 @@ struct SecurityConfig {
   double tokenTtlSeconds = 86400;  ///< default lifetime of a client token (POST /v1/tokens)
   double clientRate = 0;           ///< updates a second per (job, client); 0: no limit
   double clientBurst = 10;         ///< updates a client may send at once before the rate applies
+
+  /// The files in effect: the configured ones, else their defaults under `dataDir`.
+  std::string adminTokenPath(const std::string& dataDir) const {
+    return adminTokenFile.empty() ? dataDir + "/auth/admin.token" : adminTokenFile;
+  }
+  std::string clusterTokenPath(const std::string& dataDir) const {
+    return clusterTokenFile.empty() ? dataDir + "/auth/cluster.token" : clusterTokenFile;
+  }
+  std::string signingKeyPath(const std::string& dataDir) const {
+    return signingKeyFile.empty() ? dataDir + "/auth/signing.key" : signingKeyFile;
+  }
 };
 
 /// A token bucket per key: `rate` a second, up to `burst`. Bounded: beyond kMaxKeys buckets,
@@ -90,6 +101,7 @@ class AccessPolicy {
   Result<nlohmann::json> issue(std::string_view requestBody) const;
   /// The public key tokens are verified with ("" while auth is off).
   std::string publicKey() const;
+  /// Replaces the key tokens are verified with (a no-op for the key already in use).
   Result<void> setPublicKey(std::string_view publicKey);
   /// Takes one update of the (job, client) pair's rate: nullopt when allowed, else the
   /// seconds until it may send again (the gateway answers 429 with Retry-After).

@@ -39,6 +39,14 @@ inline Error makeError(int status, std::string code, std::string detail) {
 inline Error badRequest(std::string code, std::string detail) {
   return makeError(400, std::move(code), std::move(detail));
 }
+/// A missing, malformed, forged or expired credential (`unauthorized`).
+inline Error unauthorized(std::string detail) {
+  return makeError(401, "unauthorized", std::move(detail));
+}
+/// A valid credential that does not reach the resource (`forbidden`).
+inline Error forbidden(std::string detail) {
+  return makeError(403, "forbidden", std::move(detail));
+}
 inline Error notFound(std::string code, std::string detail) {
   return makeError(404, std::move(code), std::move(detail));
 }
