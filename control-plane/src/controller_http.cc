@@ -259,7 +259,7 @@ HttpReply Controller::State::relayPartial(const std::string& job, const HttpRequ
   for (const char* key : {"round", "epoch", "from", "partial"})
     target += std::string(key) + "=" + queryParam(r.target, key) + "&";
   target.pop_back();
-  auto client = HttpClient::connect(root, config.commandTimeoutSeconds);
+  auto client = connectToNode(root);  // the root's /v1/cluster/ wants the cluster credential
   if (!client) return HttpReply::error(client.error());
   auto answer = client.value()->request(
       "POST", target, {{"Content-Type", "application/octet-stream"}}, r.body.data(), r.body.size());

@@ -14,7 +14,7 @@ import urllib.request
 import numpy as np
 
 from lifl_client import Client, LiflError
-from lifl_cluster import Cluster
+from lifl_cluster import Cluster, sh
 from lifl_harness import assert_model_equal, failed_so_far, fedavg, job_spec, random_update
 
 MODEL = {"dense.weight": (40, 50), "dense.bias": (50,)}
@@ -88,6 +88,36 @@ class ClusterAuth(unittest.TestCase):
         self.addCleanup(reader.close)
         got, r = reader.pull("sec")
         self.assertEqual(r, 1)
+        assert_model_equal(self, got, fedavg(updates))
+
+    def test_a_partial_goes_round_a_cut_link_with_credentials(self):
+        # The controller relays a member's partial to the root; under auth the relay must
+        # carry the cluster credential, or the root refuses it and the round waits forever.
+        c = self.cluster
+        c.client.create_job(job_spec("cut", clients=6, rounds=1, fan_in=4, model=MODEL, deadline_seconds=120))
+        root = c.client.job("cut")["plan"]["root"]
+        member = next(n for n in "abc" if n != root)
+        ip = {n: c.agents[n].host for n in "abc"}
+        routes = [(root, member), (member, root)]
+        for a, b in routes:
+            sh("ip", "netns", "exec", c.ns(a), "ip", "route", "add", "blackhole", f"{ip[b]}/32")
+        try:
+            rng = np.random.default_rng(23)
+            updates = []
+            for i in range(6):
+                tensors, exact = random_update(rng, MODEL)
+                gateway = Client(c.agents["abc"[i % 3]].url, token=c.client.create_token("cut", f"c{i}"))
+                self.assertTrue(gateway.push("cut", tensors, client=f"c{i}", num_examples=i + 1, round_=0)["accepted"])
+                gateway.close()
+                updates.append((i + 1, exact))
+            status = c.client.wait_round("cut", 1, timeout=60)
+        finally:
+            for a, b in routes:
+                sh("ip", "netns", "exec", c.ns(a), "ip", "route", "del", "blackhole", f"{ip[b]}/32", check=False)
+        self.assertEqual((status["history"][0]["clients"], status["lost"]), (6, []), status)
+        reader = Client(c.agents[root].url, token=c.client.create_token("cut", "reader"))
+        self.addCleanup(reader.close)
+        got, _ = reader.pull("cut")
         assert_model_equal(self, got, fedavg(updates))
 
     def test_node_to_node_calls_need_the_cluster_credential(self):
