@@ -8,7 +8,7 @@ cd "$(dirname "$0")/.."
 out=build/device
 rm -rf "$out"
 mkdir -p "$out/bin" "$out/lib"
-for b in build/bin/lifl build/bin/bench_gpu build/bin/bench_attention build/bin/bench_gemv build/tests/lifl_unit_tests; do
+for b in build/bin/lifl build/bin/bench_gpu build/bin/bench_attention build/bin/bench_gemv build/bin/bench_retrieval build/tests/lifl_unit_tests; do
   strip -o "$out/bin/$(basename "$b")" "$b"
   ldd "$b" | awk '$3 ~ /^\// {print $3}' | while read -r lib; do
     case "$(basename "$lib")" in

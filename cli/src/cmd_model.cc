@@ -145,7 +145,10 @@ int timed(llm::Engine& engine, const std::vector<uint32_t>& prompt, uint32_t bat
       {"prompt_tokens", prompt.size()},  {"prefill_seconds", t1 - t0},
       {"first_step_seconds", firstStep}, {"decode_steps", steps},
       {"decode_seconds", decode},        {"decode_tokens_per_second", batch * steps / decode}};
-  if (seqs[0].retrieval) result["retrievals"] = seqs[0].retrieval->retrievals();
+  if (seqs[0].retrieval) {
+    result["retrievals"] = seqs[0].retrieval->retrievals();
+    result["retrieval_host_seconds"] = seqs[0].retrieval->hostSeconds();  // all steps
+  }
   std::printf("%s\n", result.dump().c_str());
   return 0;
 }

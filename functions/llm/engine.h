@@ -86,7 +86,7 @@ class Engine {
   Result<std::vector<float>> forwardOnDevice(const std::vector<Row>& rows,
                                              const std::vector<size_t>& logitRows);
 
-  void startRetrieval(Sequence& seq);
+  Result<void> startRetrieval(Sequence& seq);
   /// GPU path: the sequence's K/V to host memory, clustered, its pages cut to a working set.
   Result<void> toWorkingSet(Sequence& seq);
   /// A layer's view of a retrieving sequence's host K/V (the CPU kernels' page layout).

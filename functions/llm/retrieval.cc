@@ -2,13 +2,14 @@
 
 #include <algorithm>
 #include <atomic>
+#include <bit>
 #include <cmath>
 #include <numeric>
 #include <sstream>
 #include <string>
 #include <thread>
 
-#include "lifl/common/clones.h"
+#include "lifl/gpu/llm_device.h"
 
 namespace lifl::llm {
 
@@ -41,39 +42,6 @@ Result<RetrievalConfig> RetrievalConfig::parse(std::string_view spec) {
   return c;
 }
 
-namespace {
-
-constexpr uint32_t kKeysAtOnce = 4;  ///< their score rows stay in L1 while a centroid row streams
-
-/// The centroids nearest to `count` (<= kKeysAtOnce) keys by squared distance, ||c||^2 - 2 k.c
-/// (a key's own norm is the same for every c): centroids transposed, [dim][clusters], so that
-/// the inner loop runs over clusters in vector registers, each centroid row read once for all
-/// the keys. Ties go to the lowest index.
-LIFL_CLONES void nearestCentroids(const float* const* keys, uint32_t count,
-                                  const float* __restrict__ transposed,
-                                  const float* __restrict__ norms, float* __restrict__ scores,
-                                  uint32_t clusters, uint32_t dim, uint32_t* out) {
-  for (uint32_t j = 0; j < count; ++j)
-    for (uint32_t c = 0; c < clusters; ++c) scores[j * clusters + c] = norms[c];
-  for (uint32_t d = 0; d < dim; ++d) {
-    const float* row = transposed + uint64_t{d} * clusters;
-    for (uint32_t j = 0; j < count; ++j) {
-      const float kd = -2.f * keys[j][d];
-      float* __restrict__ score = scores + j * clusters;
-      for (uint32_t c = 0; c < clusters; ++c) score[c] += kd * row[c];
-    }
-  }
-  for (uint32_t j = 0; j < count; ++j) {
-    const float* score = scores + j * clusters;
-    uint32_t best = 0;
-    for (uint32_t c = 1; c < clusters; ++c)
-      if (score[c] < score[best]) best = c;
-    out[j] = best;
-  }
-}
-
-}  // namespace
-
 SequenceRetrieval::SequenceRetrieval(const RetrievalConfig& config, uint32_t layers, uint32_t heads,
                                      uint32_t kvHeads, uint32_t headDim)
     : config_(config), heads_(heads), kvHeads_(kvHeads), headDim_(headDim), layers_(layers) {
@@ -84,87 +52,86 @@ SequenceRetrieval::SequenceRetrieval(const RetrievalConfig& config, uint32_t lay
   }
 }
 
-SequenceRetrieval::Unit SequenceRetrieval::unitOf(const kl::KvPages& cache,
-                                                  std::span<const uint32_t> table, uint32_t kvh,
-                                                  std::vector<uint32_t> positions) const {
-  Unit u{std::vector<float>(headDim_, 0.f), std::move(positions)};
-  for (uint32_t t : u.positions) {
+void SequenceRetrieval::addUnit(Units& to, const kl::KvPages& cache,
+                                std::span<const uint32_t> table, uint32_t kvh,
+                                std::vector<uint32_t> positions) const {
+  std::vector<float> centroid(headDim_, 0.f);
+  for (uint32_t t : positions) {
     const float* k =
         cache.kRow(table[t / kl::kPageTokens], t % kl::kPageTokens) + uint64_t{kvh} * headDim_;
-    for (uint32_t d = 0; d < headDim_; ++d) u.centroid[d] += k[d];
+    for (uint32_t d = 0; d < headDim_; ++d) centroid[d] += k[d];
   }
-  for (auto& v : u.centroid) v /= static_cast<float>(u.positions.size());
-  return u;
+  for (auto& v : centroid) v /= static_cast<float>(positions.size());
+  to.centroids.insert(to.centroids.end(), centroid.begin(), centroid.end());
+  to.positions.push_back(std::move(positions));
 }
 
-void SequenceRetrieval::clusterPrompt(const std::function<kl::KvPages(uint32_t)>& cache,
-                                      std::span<const uint32_t> table, uint32_t promptLength) {
+Result<void> SequenceRetrieval::clusterPrompt(const std::function<kl::KvPages(uint32_t)>& cache,
+                                              std::span<const uint32_t> table,
+                                              uint32_t promptLength, gpu::Backend backend) {
   promptLength_ = segmentStart_ = promptLength;
-  // k-means is the prompt's main cost at long contexts (docs/benchmarks.md): a thread per
-  // layer, as many at once as there are cores.
+  // k-means is the prompt's main cost at long contexts (docs/benchmarks.md): on the CPU a
+  // thread per layer, as many at once as there are cores; the device takes layers in turn.
   const auto layers = static_cast<uint32_t>(layers_.size());
-  const uint32_t width = std::max(1u, std::min(layers, std::thread::hardware_concurrency()));
+  const uint32_t width = backend == gpu::Backend::Cuda
+                             ? 1
+                             : std::max(1u, std::min(layers, std::thread::hardware_concurrency()));
   std::atomic<uint32_t> next{0};
+  std::vector<Result<void>> outcomes(width, success());
   std::vector<std::thread> workers;
   for (uint32_t w = 0; w < width; ++w)
-    workers.emplace_back([&] {
-      for (uint32_t l = next++; l < layers; l = next++) clusterLayer(l, cache(l), table);
+    workers.emplace_back([&, w] {
+      for (uint32_t l = next++; l < layers && outcomes[w]; l = next++)
+        outcomes[w] = clusterLayer(l, cache(l), table, backend);
     });
   for (auto& t : workers) t.join();
+  for (auto& o : outcomes) LIFL_TRYV(std::move(o));
+  return success();
 }
 
-void SequenceRetrieval::clusterLayer(uint32_t layer, const kl::KvPages& cache,
-                                     std::span<const uint32_t> table) {
+Result<void> SequenceRetrieval::clusterLayer(uint32_t layer, const kl::KvPages& cache,
+                                             std::span<const uint32_t> table,
+                                             gpu::Backend backend) {
   const uint32_t promptLength = promptLength_;
   const uint32_t first = std::min(config_.sinks, promptLength);
   const uint32_t n = promptLength - first;
-  if (n == 0) return;
+  if (n == 0) return success();
   const uint32_t clusters = (n + config_.clusterTokens - 1) / config_.clusterTokens;
-  auto key = [&](uint32_t kvh, uint32_t t) {
-    return cache.kRow(table[t / kl::kPageTokens], t % kl::kPageTokens) + uint64_t{kvh} * headDim_;
-  };
+  // The keys in one block: where the pages run in order (a GPU sequence's host copy) they
+  // already are; otherwise they are gathered.
+  const uint64_t rowFloats = cache.rowFloats();
+  const uint32_t firstPage = first / kl::kPageTokens,
+                 lastPage = (promptLength - 1) / kl::kPageTokens;
+  bool inOrder = true;
+  for (uint32_t p = firstPage; p <= lastPage && inOrder; ++p)
+    inOrder = table[p] == table[firstPage] + (p - firstPage);
+  std::vector<float> gathered;
+  const float* keys = cache.kRow(table[firstPage], first % kl::kPageTokens);
+  if (!inOrder) {
+    gathered.resize(uint64_t{n} * rowFloats);
+    for (uint32_t i = 0; i < n; ++i) {
+      const uint32_t t = first + i;
+      std::copy_n(cache.kRow(table[t / kl::kPageTokens], t % kl::kPageTokens), rowFloats,
+                  gathered.data() + i * rowFloats);
+    }
+    keys = gathered.data();
+  }
+  std::vector<uint32_t> owner(uint64_t{kvHeads_} * n);
+  std::vector<float> centroids(uint64_t{kvHeads_} * clusters * headDim_);
+  LIFL_TRYV(gpu::llm::kmeans(backend, keys, n, kvHeads_, headDim_, clusters, kKmeansRounds,
+                             owner.data(), centroids.data()));
   for (uint32_t kvh = 0; kvh < kvHeads_; ++kvh) {
-    // k-means on squared distance: evenly spaced keys to start, 4 rounds of Lloyd.
-    std::vector<std::vector<float>> centroids(clusters);
-    for (uint32_t c = 0; c < clusters; ++c) {
-      const float* k = key(kvh, first + static_cast<uint32_t>(uint64_t{c} * n / clusters));
-      centroids[c].assign(k, k + headDim_);
-    }
-    std::vector<uint32_t> owner(n, 0);
-    std::vector<float> transposed(uint64_t{headDim_} * clusters), norms(clusters),
-        scores(uint64_t{kKeysAtOnce} * clusters);
-    for (int round = 0; round < 4; ++round) {
-      for (uint32_t c = 0; c < clusters; ++c) {
-        norms[c] = 0;
-        for (uint32_t d = 0; d < headDim_; ++d) {
-          transposed[uint64_t{d} * clusters + c] = centroids[c][d];
-          norms[c] += centroids[c][d] * centroids[c][d];
-        }
-      }
-      for (uint32_t i = 0; i < n; i += kKeysAtOnce) {
-        const uint32_t count = std::min(kKeysAtOnce, n - i);
-        const float* keys[kKeysAtOnce];
-        for (uint32_t j = 0; j < count; ++j) keys[j] = key(kvh, first + i + j);
-        nearestCentroids(keys, count, transposed.data(), norms.data(), scores.data(), clusters,
-                         headDim_, owner.data() + i);
-      }
-      std::vector<std::vector<float>> sums(clusters, std::vector<float>(headDim_, 0.f));
-      std::vector<uint32_t> counts(clusters, 0);
-      for (uint32_t i = 0; i < n; ++i) {
-        const float* k = key(kvh, first + i);
-        for (uint32_t d = 0; d < headDim_; ++d) sums[owner[i]][d] += k[d];
-        counts[owner[i]]++;
-      }
-      for (uint32_t c = 0; c < clusters; ++c)
-        if (counts[c])
-          for (uint32_t d = 0; d < headDim_; ++d) centroids[c][d] = sums[c][d] / counts[c];
-    }
     std::vector<std::vector<uint32_t>> members(clusters);
-    for (uint32_t i = 0; i < n; ++i) members[owner[i]].push_back(first + i);
+    for (uint32_t i = 0; i < n; ++i) members[owner[uint64_t{kvh} * n + i]].push_back(first + i);
     auto& units = layers_[layer].units[kvh];
     for (uint32_t c = 0; c < clusters; ++c)
-      if (!members[c].empty()) units.push_back({centroids[c], std::move(members[c])});
+      if (!members[c].empty()) {
+        const float* centroid = centroids.data() + (uint64_t{kvh} * clusters + c) * headDim_;
+        units.centroids.insert(units.centroids.end(), centroid, centroid + headDim_);
+        units.positions.push_back(std::move(members[c]));
+      }
   }
+  return success();
 }
 
 const std::vector<std::vector<uint32_t>>& SequenceRetrieval::select(
@@ -201,7 +168,7 @@ const std::vector<std::vector<uint32_t>>& SequenceRetrieval::select(
       if (recentStart > segmentStart_ && segmentStart_ >= promptLength_) {
         std::vector<uint32_t> segment(recentStart - segmentStart_);
         std::iota(segment.begin(), segment.end(), segmentStart_);
-        units.push_back(unitOf(cache, table, kvh, std::move(segment)));
+        addUnit(units, cache, table, kvh, std::move(segment));
       }
       // Group-consistent: one selection per KV head, by its query heads' mean q . centroid,
       // which is the group's mean query . centroid (one dot product a unit).
@@ -210,29 +177,37 @@ const std::vector<std::vector<uint32_t>>& SequenceRetrieval::select(
         const float* qh = q + uint64_t{kvh * group + g} * headDim_;
         for (uint32_t d = 0; d < headDim_; ++d) mean[d] += qh[d] / static_cast<float>(group);
       }
-      std::vector<std::pair<float, size_t>> scored(units.size());
-      for (size_t u = 0; u < units.size(); ++u) {
-        const float* c = units[u].centroid.data();
-        float s = 0;
-        for (uint32_t d = 0; d < headDim_; ++d) s += mean[d] * c[d];
-        scored[u] = {s, u};
-      }
-      std::sort(scored.begin(), scored.end(),
-                [](const auto& a, const auto& b) { return a.first > b.first; });
+      std::vector<float> scores(units.size());
+      kl::matmul(scores.data(), mean.data(), units.centroids.data(), 1, headDim_, units.size());
+      // Units in descending score (ties to the lower index) until the budget is full, each
+      // taken if it fits: a heap, since a 32K prompt has ~2 000 units and ~130 fill a budget
+      // of 2 048 tokens.
+      std::vector<uint32_t> order(units.size());
+      std::iota(order.begin(), order.end(), 0u);
+      auto lower = [&](uint32_t a, uint32_t b) {
+        return scores[a] < scores[b] || (scores[a] == scores[b] && a > b);
+      };
+      std::make_heap(order.begin(), order.end(), lower);
       // The fixed rows until the next selection: the sinks and the chosen units' positions
-      // before the window (those in it are the window's, and leave with it).
+      // before the window (those in it are the window's, and leave with it), ascending: marked
+      // in a bitmap of [0, recentStart) and read back in order, cheaper than sorting them.
+      std::vector<uint64_t> marked((recentStart + 63) / 64, 0);
+      auto mark = [&](uint32_t t) { marked[t / 64] |= uint64_t{1} << (t % 64); };
+      for (uint32_t t = 0; t < std::min(config_.sinks, recentStart); ++t) mark(t);
+      uint32_t used = 0;
+      for (auto end = order.end(); end != order.begin() && used < config_.budget; --end) {
+        std::pop_heap(order.begin(), end, lower);
+        const auto& members = units.positions[*(end - 1)];
+        if (used + members.size() > config_.budget) continue;
+        used += static_cast<uint32_t>(members.size());
+        for (uint32_t t : members)
+          if (t >= config_.sinks && t < recentStart) mark(t);
+      }
       auto& fixed = L.chosen[kvh];
       fixed.clear();
-      for (uint32_t t = 0; t < std::min(config_.sinks, recentStart); ++t) fixed.push_back(t);
-      uint32_t used = 0;
-      for (const auto& [score, u] : scored) {
-        if (used + units[u].positions.size() > config_.budget) continue;
-        used += static_cast<uint32_t>(units[u].positions.size());
-        for (uint32_t t : units[u].positions)
-          if (t >= config_.sinks && t < recentStart) fixed.push_back(t);
-      }
-      std::sort(fixed.begin(), fixed.end());
-      fixed.erase(std::unique(fixed.begin(), fixed.end()), fixed.end());
+      for (uint32_t w = 0; w < marked.size(); ++w)
+        for (uint64_t bits = marked[w]; bits; bits &= bits - 1)
+          fixed.push_back(w * 64 + static_cast<uint32_t>(std::countr_zero(bits)));
     }
     if (recentStart > segmentStart_ && segmentStart_ >= promptLength_) segmentStart_ = recentStart;
   }

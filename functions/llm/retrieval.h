@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "lifl/common/error.h"
+#include "lifl/gpu/device.h"
 #include "lifl/gpu/llm.h"
 
 namespace lifl::llm {
@@ -34,16 +35,21 @@ class SequenceRetrieval {
  public:
   SequenceRetrieval(const RetrievalConfig& config, uint32_t layers, uint32_t heads,
                     uint32_t kvHeads, uint32_t headDim);
-  /// Clusters every layer's prompt keys (positions [sinks, promptLength)) per KV head, the
-  /// layers on threads of their own; `cache(layer)` is a layer's pages.
-  void clusterPrompt(const std::function<kernels::llm::KvPages(uint32_t layer)>& cache,
-                     std::span<const uint32_t> table, uint32_t promptLength);
+  /// Clusters every layer's prompt keys (positions [sinks, promptLength)) per KV head with
+  /// the kernel library's k-means on `backend`; `cache(layer)` is a layer's pages.
+  Result<void> clusterPrompt(const std::function<kernels::llm::KvPages(uint32_t layer)>& cache,
+                             std::span<const uint32_t> table, uint32_t promptLength,
+                             gpu::Backend backend);
   /// The positions each KV head attends to for query q (heads * headDim) at position pos.
   const std::vector<std::vector<uint32_t>>& select(uint32_t layer, const float* q, uint32_t pos,
                                                    const kernels::llm::KvPages& cache,
                                                    std::span<const uint32_t> table);
   /// Selections made (each layer's count), for the figures and tests.
   uint64_t retrievals() const { return retrievals_; }
+  /// Seconds the host spent deciding a GPU path's retrieval steps (the engine adds them), for
+  /// the figures.
+  double hostSeconds() const { return hostSeconds_; }
+  void addHostSeconds(double s) { hostSeconds_ += s; }
   /// Whether the layer's last select() re-selected units.
   bool reselected(uint32_t layer) const { return layers_[layer].reselected; }
   /// A KV head's rows fixed since the layer's last selection (sinks and chosen units before
@@ -55,22 +61,27 @@ class SequenceRetrieval {
   uint32_t recent() const { return config_.recent; }
 
  private:
-  struct Unit {
-    std::vector<float> centroid;
-    std::vector<uint32_t> positions;
+  /// A KV head's units: centroids contiguous ([unit][headDim]), so that scoring them is one
+  /// vectorised matrix-vector product, and each unit's positions.
+  struct Units {
+    std::vector<float> centroids;
+    std::vector<std::vector<uint32_t>> positions;
+    size_t size() const { return positions.size(); }
   };
   struct Layer {
-    std::vector<std::vector<Unit>> units;  ///< per KV head
-    std::vector<float> lastQ;              ///< the previous step's query
+    std::vector<Units> units;  ///< per KV head
+    std::vector<float> lastQ;  ///< the previous step's query
     bool selected = false;
     bool reselected = false;
     std::vector<std::vector<uint32_t>> chosen;  ///< per KV head: the fixed rows (fixedRows)
     std::vector<std::vector<uint32_t>> attend;  ///< per KV head: this step's positions
   };
-  void clusterLayer(uint32_t layer, const kernels::llm::KvPages& cache,
-                    std::span<const uint32_t> table);
-  Unit unitOf(const kernels::llm::KvPages& cache, std::span<const uint32_t> table, uint32_t kvh,
-              std::vector<uint32_t> positions) const;
+  static constexpr uint32_t kKmeansRounds = 4;
+  Result<void> clusterLayer(uint32_t layer, const kernels::llm::KvPages& cache,
+                            std::span<const uint32_t> table, gpu::Backend backend);
+  /// Adds a unit of `positions` (its centroid their keys' mean) to a KV head's.
+  void addUnit(Units& to, const kernels::llm::KvPages& cache, std::span<const uint32_t> table,
+               uint32_t kvh, std::vector<uint32_t> positions) const;
 
   RetrievalConfig config_;
   uint32_t heads_, kvHeads_, headDim_;
@@ -78,6 +89,7 @@ class SequenceRetrieval {
   uint32_t promptLength_ = 0;
   std::vector<Layer> layers_;
   uint64_t retrievals_ = 0;
+  double hostSeconds_ = 0;
 };
 
 }  // namespace lifl::llm

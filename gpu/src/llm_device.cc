@@ -244,6 +244,18 @@ Result<void> attentionAt(Backend b, float* out, const float* q, uint32_t heads,
       std::vector<std::vector<uint32_t>>(positions.begin(), positions.end())));
 }
 
+Result<void> kmeans(Backend b, const float* keys, uint32_t n, uint32_t kvHeads, uint32_t headDim,
+                    uint32_t clusters, uint32_t rounds, uint32_t* owner, float* centroids) {
+#ifdef LIFL_WITH_CUDA
+  if (b == Backend::Cuda && cuda::llm::kmeansOnDevice(headDim))
+    LIFL_ON_DEVICE(
+        cuda::llm::kmeans(keys, n, kvHeads, headDim, clusters, rounds, owner, centroids));
+#endif
+  if (b == Backend::Cuda && !cudaInfo().usable) return noDevice();
+  kernels::llm::kmeans(keys, n, kvHeads, headDim, clusters, rounds, owner, centroids);
+  return success();
+}
+
 Result<double> timeRetrievedAttention([[maybe_unused]] uint32_t heads,
                                       [[maybe_unused]] uint32_t kvHeads,
                                       [[maybe_unused]] uint32_t headDim,

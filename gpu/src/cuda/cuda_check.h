@@ -41,6 +41,32 @@ struct StreamScope {
   StreamScope& operator=(const StreamScope&) = delete;
 };
 
+/// A device buffer that grows as needed (RAII).
+struct Buffer {
+  Buffer() = default;
+  Buffer(Buffer&& other) noexcept : p(other.p), bytes(other.bytes) {
+    other.p = nullptr;
+    other.bytes = 0;
+  }
+  Buffer& operator=(Buffer&&) = delete;
+  void* p = nullptr;
+  size_t bytes = 0;
+  ~Buffer() { cudaFree(p); }
+  std::string reserve(size_t want) {
+    if (want <= bytes) return "";
+    cudaFree(p);
+    p = nullptr;
+    bytes = 0;
+    LIFL_CU(cudaMalloc(&p, want));
+    bytes = want;
+    return "";
+  }
+  template <class T>
+  T* as() const {
+    return static_cast<T*>(p);
+  }
+};
+
 /// CUDA events, a stream and a graph, released with the scope.
 struct TimingResources {
   cudaEvent_t start = nullptr, stop = nullptr;

@@ -85,6 +85,11 @@ std::string attentionAtHost(float* out, const float* q, uint32_t heads, uint32_t
                             uint32_t headDim, const float* kHost, const float* vHost,
                             uint64_t pageFloats, const uint32_t* blockTable,
                             const std::vector<std::vector<uint32_t>>& positions);
+/// kernels::llm::kmeans on the device (keys and outputs in host memory), for head dims that
+/// kmeansOnDevice accepts.
+bool kmeansOnDevice(uint32_t headDim);
+std::string kmeans(const float* keys, uint32_t n, uint32_t kvHeads, uint32_t headDim,
+                   uint32_t clusters, uint32_t rounds, uint32_t* owner, float* centroids);
 /// Mean seconds of that with rowsPerHead rows a head out of `context` in pinned host memory:
 /// gather and attention (a step that re-selects), or the attention alone (one that does not).
 std::string timeRetrievedAttention(uint32_t heads, uint32_t kvHeads, uint32_t headDim,

@@ -271,26 +271,6 @@ unsigned grid(uint64_t work) {
   return static_cast<unsigned>(std::clamp<uint64_t>((work + 255) / 256, 1, 132 * 16));
 }
 
-/// A device buffer that grows as needed (RAII).
-struct Buffer {
-  void* p = nullptr;
-  size_t bytes = 0;
-  ~Buffer() { cudaFree(p); }
-  std::string reserve(size_t want) {
-    if (want <= bytes) return "";
-    cudaFree(p);
-    p = nullptr;
-    bytes = 0;
-    LIFL_CU(cudaMalloc(&p, want));
-    bytes = want;
-    return "";
-  }
-  template <class T>
-  T* as() const {
-    return static_cast<T*>(p);
-  }
-};
-
 std::string uploadBf16(Buffer& b, const float* host, uint64_t n) {
   std::vector<__nv_bfloat16> tmp(n);
   for (uint64_t i = 0; i < n; ++i) tmp[i] = __float2bfloat16(host[i]);

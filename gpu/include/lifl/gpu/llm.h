@@ -80,6 +80,14 @@ void attentionAt(float* out, const float* q, uint32_t heads, const KvPages& cach
                  std::span<const uint32_t> blockTable,
                  std::span<const std::vector<uint32_t>> positions);
 
+/// k-means of n keys per KV head, as KV retrieval clusters a prompt: keys [n][kvHeads *
+/// headDim]. The centroids start at the keys c * n / clusters and go through `rounds` rounds of
+/// Lloyd on squared distance: each key to its nearest centroid (ties to the lowest index), then
+/// each centroid the mean of its keys, summed in ascending order (kept where it has none).
+/// owner [kvHeads][n]: the last round's assignment; centroids [kvHeads][clusters][headDim].
+void kmeans(const float* keys, uint32_t n, uint32_t kvHeads, uint32_t headDim, uint32_t clusters,
+            uint32_t rounds, uint32_t* owner, float* centroids);
+
 /// A token from logits: greedy (the first maximum) when temperature is 0, else sampled from
 /// softmax(logits / temperature) restricted to the topK largest (0: all) and to the smallest
 /// set whose probability reaches topP. `rng` is the state of a splitmix64 generator.

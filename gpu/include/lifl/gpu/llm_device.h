@@ -117,6 +117,10 @@ Result<void> attentionAt(Backend b, float* out, const float* q, uint32_t heads,
                          const kernels::llm::KvPages& cache, uint64_t pageFloats,
                          std::span<const uint32_t> blockTable,
                          std::span<const std::vector<uint32_t>> positions);
+/// k-means of a prompt's keys (kernels::llm::kmeans, same results up to fp32 ties). On CUDA
+/// for head dims that are multiples of 32 up to 256; others take the CPU kernel.
+Result<void> kmeans(Backend b, const float* keys, uint32_t n, uint32_t kvHeads, uint32_t headDim,
+                    uint32_t clusters, uint32_t rounds, uint32_t* owner, float* centroids);
 /// Mean time of that on CUDA (the benchmark's measurement): `rowsPerHead` rows a KV head
 /// gathered from `context` positions in pinned host memory and attended (`gather`), or the
 /// attention alone over rows gathered before.
