@@ -375,11 +375,17 @@ struct Gateway::Impl {
       const auto giveUp = std::chrono::steady_clock::now() +
                           std::chrono::duration_cast<std::chrono::steady_clock::duration>(
                               std::chrono::duration<double>(config.bodyTimeoutSeconds));
-      while (!jobs.tryStartReceiving(id)) {
+      for (auto room = jobs.tryStartReceiving(id); room != JobManager::Room::Yes;
+           room = jobs.tryStartReceiving(id)) {
         if (std::chrono::steady_clock::now() > giveUp) {
           ex.keepAlive = false;
-          co_return co_await fail(unavailable(
-              "buffer_full", "the job's aggregators did not catch up within the body timeout"));
+          co_return co_await fail(
+              room == JobManager::Room::StoreFull
+                  ? unavailable("store_full",
+                                "the object store has no room for this update beside what the "
+                                "open rounds' aggregators need; retry later")
+                  : unavailable("buffer_full",
+                                "the job's aggregators did not catch up within the body timeout"));
         }
         timer.expires_after(std::chrono::milliseconds(1));
         beast::error_code ec;

@@ -64,6 +64,7 @@ Result<JobManager::Job*> JobManager::find(const std::string& id) const {
 Result<nlohmann::json> JobManager::create(JobSpec spec) {
   std::lock_guard lock(mutex_);
   if (jobs_.count(spec.id)) return conflict("job_exists", "a job named " + spec.id + " exists");
+  LIFL_TRYV(fitsInStore(spec));
   auto job = std::make_unique<Job>();
   job->slot = nextSlot_++;
   job->spec = std::move(spec);

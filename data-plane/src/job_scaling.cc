@@ -10,6 +10,7 @@
 #include "job_manager_internal.h"
 #include "lifl/common/log.h"
 #include "lifl/dataplane/job_manager.h"
+#include "lifl/dataplane/partial.h"
 
 namespace lifl::dataplane {
 
@@ -77,15 +78,22 @@ void JobManager::onLeafDone(const Descriptor& d) {
   }
 }
 
-bool JobManager::tryStartReceiving(const std::string& id) {
+JobManager::Room JobManager::tryStartReceiving(const std::string& id) {
   std::lock_guard lock(mutex_);
   auto found = find(id);
-  if (!found) return true;  // admission said why it is refused
+  if (!found) return Room::Yes;  // admission said why it is refused
   Job& job = *found.value();
+  // Bytes first, for every job: the store must keep, beyond this body, what every open
+  // round's aggregators will allocate before they free updates. Without it they cannot fold
+  // what was accepted and the round stalls with accepted updates in it.
+  uint64_t reserve = maxUpdateBytes(job.spec);
+  for (const auto& [_, other] : jobs_)
+    if (other->state == State::Active) reserve += aggregationReserve(*other);
+  if (store_.freeBytes() < reserve) return Room::StoreFull;
   if (!maxBufferedUpdates_ || !job.spec.eager || job.plan.leaves == 0 ||
       job.plan.nodes[0].role != AggregatorRole::Leaf) {
     job.receiving++;
-    return true;
+    return Room::Yes;
   }
   // The round's objects in the store: updates, and the partials the aggregators hold (the
   // open leaf's accumulator, the parents', one being folded). Counting the partials too keeps
@@ -108,9 +116,55 @@ bool JobManager::tryStartReceiving(const std::string& id) {
     if (o.kind() == ObjectKind::Partial && o.owner() != kAgentInstance)
       held += parents.count(o.producer()) ? 2 : 1;
   });
-  if (held >= bound) return false;
+  if (held >= bound) return Room::BufferFull;
   job.receiving++;
-  return true;
+  return Room::Yes;
+}
+
+JobManager::RoundBlocks JobManager::roundBlocks(const JobSpec& spec) {
+  const uint64_t clients = std::max<uint64_t>(spec.fanIn, spec.clientsPerRound);
+  const uint64_t partial =
+      std::max(maxUpdateBytes(spec),
+               partialBytes(spec.modelElements(), spec.fanIn,
+                            static_cast<uint32_t>(std::min<uint64_t>(clients, UINT32_MAX))));
+  const uint64_t model = (1 + spec.strategy.stateVectors()) * spec.modelElements() * 4 + (64 << 10);
+  // A block is rounded up to its size class (less than 19% more, shm_heap.h), plus its header.
+  auto block = [](uint64_t bytes) { return bytes + bytes / 4 + 4096; };
+  return {block(partial), block(model)};
+}
+
+uint64_t JobManager::aggregationReserve(const Job& job) const {
+  if (job.plan.nodes.empty()) return 0;
+  // What the aggregators allocate before they free anything; what they hold already is in
+  // the store and not counted. Leaves: an eager job's slots open one after another (the
+  // accumulators that the uploads being read and this one will open), a lazy job's leaves
+  // all fold at the deadline. Parents: each one's next accumulator (an eager parent writes it
+  // before it frees the last). Then one slot routed but not yet opened by its leaf, and the
+  // round's model object with the server optimiser's state.
+  const auto parents = static_cast<uint64_t>(job.plan.nodes.size() - job.plan.leaves);
+  const uint64_t leaves = job.spec.eager && job.plan.leaves
+                              ? accumulatorsToOpen(job, job.receiving + 1)
+                              : uint64_t{job.plan.leaves};
+  const RoundBlocks b = roundBlocks(job.spec);
+  return (leaves + parents + 1) * b.partial + b.model;
+}
+
+Result<void> JobManager::fitsInStore(const JobSpec& spec) const {
+  // At its fullest a round holds: eager, one leaf's fan-in of updates with the leaf's
+  // accumulator and a parent's two (the last and the next), lazy, every update of the round
+  // and an accumulator; and the models before and after it.
+  const RoundBlocks b = roundBlocks(spec);
+  const uint64_t objects =
+      spec.eager ? uint64_t{spec.fanIn} + 3 : uint64_t{spec.clientsPerRound} + 1;
+  const uint64_t need = objects * b.partial + 2 * b.model, capacity = store_.capacityBytes();
+  if (need <= capacity) return success();
+  auto mib = [](uint64_t bytes) { return std::to_string((bytes + (1 << 20) - 1) >> 20); };
+  return unprocessable(
+      "store_too_small",
+      "a round of job " + spec.id + " needs " + mib(need) + " MiB of the object store at once (" +
+          std::to_string(objects) + (spec.eager ? " updates and partials" : " updates") +
+          " and two models of " + mib(b.partial) + " MiB), and the store has " + mib(capacity) +
+          " MiB: raise store.bytes" + (spec.eager ? " or lower hierarchy.fan_in" : ""));
 }
 
 // Leaf accumulators that `incoming` more updates will allocate: one for each slot they are the

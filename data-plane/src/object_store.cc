@@ -278,13 +278,16 @@ std::vector<ObjectRef> ObjectStore::ownedBy(InstanceId owner) const {
 }
 
 StoreStats ObjectStore::stats() const {
-  StoreStats s{impl_->heap->capacity(), impl_->heap->freeBytes(), 0, 0};
+  StoreStats s{capacityBytes(), freeBytes(), 0, 0};
   forEach([&](const ObjectRef& o) {
     s.liveObjects++;
     s.liveBytes += o.capacity();
   });
   return s;
 }
+
+uint64_t ObjectStore::capacityBytes() const { return impl_->heap->capacity(); }
+uint64_t ObjectStore::freeBytes() const { return impl_->heap->freeBytes(); }
 
 std::byte* ObjectStore::base() const { return impl_->base(); }
 uint64_t ObjectStore::mappedBytes() const { return impl_->region.get_size(); }

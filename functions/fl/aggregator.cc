@@ -183,8 +183,8 @@ class Aggregator final : public Function {
     const uint32_t keys =
         role_ == Role::Leaf ? capacity
                             : std::max<uint32_t>(expected_ > folded_ ? expected_ - folded_ : 0, 1);
-    LIFL_TRY(object,
-             ctx.allocate(dataplane::partialBytes(elements_, capacity, keys), ObjectKind::Partial));
+    LIFL_TRY(object, ctx.allocateWaiting(dataplane::partialBytes(elements_, capacity, keys),
+                                         ObjectKind::Partial));
     object.setTag(job_, round_);
     PartialView view(object);
     view.header() = dataplane::PartialHeader{};
@@ -246,7 +246,7 @@ class Aggregator final : public Function {
       return FoldTarget{acc, accFresh_ ? nullptr : acc};
     }
     // header and keys come along; the sums are written by the fold
-    LIFL_TRY(next, ctx.allocate(acc_->size(), ObjectKind::Partial));
+    LIFL_TRY(next, ctx.allocateWaiting(acc_->size(), ObjectKind::Partial));
     next.setTag(job_, round_);
     std::memcpy(next.data(), acc_->data(), PartialView(*acc_).header().accOffset);
     next.prefault(/*forWrite=*/true);
@@ -648,7 +648,8 @@ class Aggregator final : public Function {
     for (const auto& [handle, weight] : pending_) weightSum += static_cast<double>(weight);
     const size_t n = in.objects.size();
     const std::string header = dataplane::modelHeader(spec_);
-    LIFL_TRY(model, ctx.allocate(header.size() + elements_ * sizeof(float), ObjectKind::Model));
+    LIFL_TRY(model,
+             ctx.allocateWaiting(header.size() + elements_ * sizeof(float), ObjectKind::Model));
     model.setTag(job_, round_);
     std::memcpy(model.data(), header.data(), header.size());
     auto* out = reinterpret_cast<float*>(model.data() + header.size());
@@ -713,7 +714,7 @@ class Aggregator final : public Function {
     // the object's length is the model's): the next round's top reads it from its base.
     const uint32_t stateVectors = strategy_.stateVectors();
     const uint64_t stateBytes = uint64_t{stateVectors} * elements_ * sizeof(float);
-    LIFL_TRY(model, ctx.allocate(modelBytes + stateBytes, ObjectKind::Model));
+    LIFL_TRY(model, ctx.allocateWaiting(modelBytes + stateBytes, ObjectKind::Model));
     model.setTag(job_, round_);
     std::memcpy(model.data(), header.data(), header.size());
     std::optional<ObjectRef> baseModel;

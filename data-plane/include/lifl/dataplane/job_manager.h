@@ -87,9 +87,12 @@ class JobManager {
 
   /// Backpressure on update bodies: an eager job's updates that no sealed partial covers yet
   /// (being received, or routed and waiting in a leaf) are bounded, so that the store's use
-  /// does not grow with the number of clients. True, and counted as receiving, when one more
-  /// body may be read now; give it back with doneReceiving().
-  bool tryStartReceiving(const std::string& id);
+  /// does not grow with the number of clients; and for every job the store keeps room for
+  /// the partials and models its rounds will allocate, so that what was accepted can always
+  /// be aggregated. Yes, and counted as receiving, when one more body may be read now (give
+  /// it back with doneReceiving()); else what is short.
+  enum class Room { Yes, BufferFull, StoreFull };
+  Room tryStartReceiving(const std::string& id);
   void doneReceiving(const std::string& id);
   /// `functions.max_buffered_updates` (0: no bound); a job's bound is never below its leaves'
   /// fan-in + 2, so that a slot can always fill.
@@ -240,6 +243,17 @@ class JobManager {
   /// Partials of a round allowed beside its buffered updates: the open leaf's accumulator,
   /// its parent's and the top's sealed ones, and one being folded.
   static constexpr uint32_t kWorkingPartials = 4;
+  /// Store bytes of a round's largest partial or update, and of its model object, each with
+  /// its size class's slack.
+  struct RoundBlocks {
+    uint64_t partial, model;
+  };
+  static RoundBlocks roundBlocks(const JobSpec& spec);
+  /// Store bytes a job's aggregators may still allocate in its open round before they free
+  /// anything (tryStartReceiving).
+  uint64_t aggregationReserve(const Job& job) const;
+  /// 422 store_too_small when no round of the job could complete in this node's store.
+  Result<void> fitsInStore(const JobSpec& spec) const;
   /// True for a leaf slot that runs in its parent's process (co-located roles).
   static bool rides(const Job& job, size_t node);
   nlohmann::json aggregatorParams(const Job& job, size_t node, uint32_t expected) const;

@@ -135,6 +135,9 @@ class ObjectStore {
   void forEach(const std::function<void(const ObjectRef&)>& visit) const;
 
   StoreStats stats() const;
+  /// stats()'s capacity and free bytes alone, without walking the live objects.
+  uint64_t capacityBytes() const;
+  uint64_t freeBytes() const;
   /// True when create() adopted a previous agent's segment (StoreConfig::adopt).
   bool adopted() const { return adopted_; }
   const std::string& path() const { return path_; }

@@ -4,12 +4,15 @@
 // See functions/examples/text_functions.cc for a complete, documented example.
 #pragma once
 
+#include <algorithm>
+#include <chrono>
 #include <functional>
 #include <map>
 #include <memory>
 #include <nlohmann/json.hpp>
 #include <optional>
 #include <string>
+#include <thread>
 
 #include "lifl/common/descriptor.h"
 #include "lifl/common/error.h"
@@ -34,6 +37,23 @@ class Context {
   /// A new object owned by this instance (the agent reclaims it if the instance dies).
   Result<dataplane::ObjectRef> allocate(uint64_t bytes, dataplane::ObjectKind kind) {
     return store_.allocate(bytes, kind, self());
+  }
+  /// allocate(), waiting while the store is full (503 store_full) for up to `patience`:
+  /// objects are freed as other instances move on, and an aggregator that gave up would
+  /// leave the update it was folding unaggregated. The store_full error after that.
+  Result<dataplane::ObjectRef> allocateWaiting(
+      uint64_t bytes, dataplane::ObjectKind kind,
+      std::chrono::milliseconds patience = std::chrono::seconds(30)) {
+    const auto giveUp = std::chrono::steady_clock::now() + patience;
+    auto pause = std::chrono::milliseconds(1);
+    for (;;) {
+      auto object = allocate(bytes, kind);
+      if (object || object.error().code != "store_full" ||
+          std::chrono::steady_clock::now() + pause > giveUp)
+        return object;
+      std::this_thread::sleep_for(pause);
+      pause = std::min(pause * 2, std::chrono::milliseconds(50));
+    }
   }
 
  private:
