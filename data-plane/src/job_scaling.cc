@@ -159,12 +159,13 @@ Result<void> JobManager::fitsInStore(const JobSpec& spec) const {
   const uint64_t need = objects * b.partial + 2 * b.model, capacity = store_.capacityBytes();
   if (need <= capacity) return success();
   auto mib = [](uint64_t bytes) { return std::to_string((bytes + (1 << 20) - 1) >> 20); };
-  return unprocessable(
-      "store_too_small",
-      "a round of job " + spec.id + " needs " + mib(need) + " MiB of the object store at once (" +
-          std::to_string(objects) + (spec.eager ? " updates and partials" : " updates") +
-          " and two models of " + mib(b.partial) + " MiB), and the store has " + mib(capacity) +
-          " MiB: raise store.bytes" + (spec.eager ? " or lower hierarchy.fan_in" : ""));
+  return unprocessable("store_too_small",
+                       "a round of job " + spec.id + " needs " + mib(need) +
+                           " MiB of the object store at once (" + std::to_string(objects) +
+                           (spec.eager ? " updates and partials" : " updates") + " of up to " +
+                           mib(b.partial) + " MiB and two models of " + mib(b.model) +
+                           " MiB), and the store has " + mib(capacity) + " MiB: raise store.bytes" +
+                           (spec.eager ? " or lower hierarchy.fan_in" : ""));
 }
 
 // Leaf accumulators that `incoming` more updates will allocate: one for each slot they are the
