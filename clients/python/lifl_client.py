@@ -200,6 +200,11 @@ class Client:
         self._check(status, data)
         return json.loads(data)
 
+    def cancel_job(self, job_id: str):
+        """DELETE /v1/jobs/{id}: the job takes no more updates and stays listed as cancelled."""
+        status, _, data = self._request("DELETE", f"/v1/jobs/{job_id}")
+        self._check(status, data)
+
     def set_model(self, job_id: str, tensors: dict, dtype: str = "F32"):
         status, _, data = self._request("PUT", f"/v1/jobs/{job_id}/model", encode_safetensors(tensors, dtype),
                                         {"Content-Type": "application/octet-stream"})

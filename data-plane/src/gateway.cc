@@ -252,13 +252,16 @@ struct Gateway::Impl {
   std::mutex bf16Mutex;
   std::map<std::string, std::pair<uint64_t, std::shared_ptr<const std::string>>> bf16Models;
 
-  Result<std::shared_ptr<const std::string>> bf16Model(const std::string& id, const ObjectRef& m) {
+  /// The BF16 form of a leased model, converted once per model (a saved one is keyed by its
+  /// round: its generation is that of no store object).
+  Result<std::shared_ptr<const std::string>> bf16Model(const std::string& id, const ModelLease& m) {
     std::lock_guard lock(bf16Mutex);
-    auto& [generation, bytes] = bf16Models[id];
-    if (!bytes || generation != m.handle().generation) {
+    auto& [version, bytes] = bf16Models[id];
+    const uint64_t current = m.file ? (uint64_t{1} << 63) | m.round : m.object.handle().generation;
+    if (!bytes || version != current) {
       LIFL_TRY(encoded, modelAsBF16(m.data(), m.size()));
       bytes = std::make_shared<const std::string>(std::move(encoded));
-      generation = m.handle().generation;
+      version = current;
     }
     return bytes;
   }
@@ -275,7 +278,7 @@ struct Gateway::Impl {
     const ModelLease& m = lease.value();
     std::shared_ptr<const std::string> converted;
     if (bf16) {
-      auto made = bf16Model(id, m.object);
+      auto made = bf16Model(id, m);
       if (!made) {
         jobs.returnModel(m);
         co_return co_await writeError(ex, made.error());
@@ -287,10 +290,11 @@ struct Gateway::Impl {
     res.set(http::field::content_type, "application/octet-stream");
     res.set(http::field::etag, "\"" + std::to_string(m.round) + (bf16 ? "-bf16" : "") + "\"");
     res.set("lifl-round", std::to_string(m.round));
-    // F32: served straight from the store; BF16: from the shared conversion.
-    res.body().data =
-        converted ? const_cast<char*>(converted->data()) : static_cast<void*>(m.object.data());
-    res.body().size = converted ? converted->size() : m.object.size();
+    // F32: served straight from the store (or a finished job's mapped checkpoint); BF16: from
+    // the shared conversion.
+    res.body().data = converted ? const_cast<char*>(converted->data())
+                                : const_cast<void*>(static_cast<const void*>(m.data()));
+    res.body().size = converted ? converted->size() : m.size();
     res.body().more = false;
     res.content_length(res.body().size);
     res.keep_alive(ex.keepAlive);

@@ -1,6 +1,8 @@
 #include "lifl/dataplane/job_checkpoints.h"
 
 #include <fcntl.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -103,7 +105,42 @@ void JobCheckpoints::rewriteJournal(
     LIFL_WARN("cannot rewrite " << path << ": " << written.error().detail);
 }
 
-std::vector<JobCheckpoints::Saved> JobCheckpoints::load() const {
+Result<std::shared_ptr<const MappedFile>> MappedFile::open(const std::string& path) {
+  UniqueFd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
+  if (!fd) return notFound("no_model", "cannot open " + path + ": " + std::strerror(errno));
+  struct stat st {};
+  if (::fstat(fd.get(), &st) != 0 || st.st_size <= 0)
+    return internal("checkpoint_unreadable", "cannot read " + path);
+  void* at = ::mmap(nullptr, static_cast<size_t>(st.st_size), PROT_READ, MAP_SHARED, fd.get(), 0);
+  if (at == MAP_FAILED)
+    return internal("checkpoint_unreadable", "cannot map " + path + ": " + std::strerror(errno));
+  std::shared_ptr<MappedFile> file(new MappedFile());
+  file->data_ = static_cast<std::byte*>(at);
+  file->size_ = static_cast<uint64_t>(st.st_size);
+  return std::shared_ptr<const MappedFile>(std::move(file));
+}
+
+MappedFile::~MappedFile() {
+  if (data_) ::munmap(data_, size_);
+}
+
+std::string JobCheckpoints::modelPath(const std::string& id, uint32_t round) const {
+  return jobDir(id) + "/model-" + std::to_string(round) + ".safetensors";
+}
+
+Result<std::shared_ptr<const MappedFile>> JobCheckpoints::mapModel(const std::string& id,
+                                                                   uint32_t round) const {
+  if (!enabled()) return notFound("no_model", "job " + id + " keeps no saved models");
+  return MappedFile::open(modelPath(id, round));
+}
+
+bool JobCheckpoints::hasModel(const std::string& id, uint32_t round, uint64_t bytes) const {
+  std::error_code ec;
+  return enabled() && fs::file_size(modelPath(id, round), ec) >= bytes && !ec;
+}
+
+std::vector<JobCheckpoints::Saved> JobCheckpoints::load(
+    const std::function<bool(const nlohmann::json&)>& withModel) const {
   std::vector<Saved> out;
   std::error_code ec;
   if (!enabled() || !fs::is_directory(root_, ec)) return out;
@@ -118,7 +155,8 @@ std::vector<JobCheckpoints::Saved> JobCheckpoints::load() const {
       continue;
     }
     const auto round = saved.state.value("round", 0u);
-    saved.model = readAll(dir + "/model-" + std::to_string(round) + ".safetensors");
+    if (withModel(saved.state))
+      saved.model = readAll(dir + "/model-" + std::to_string(round) + ".safetensors");
     if (auto journal = readAll(dir + "/accepted-" + std::to_string(round) + ".log")) {
       std::istringstream lines(*journal);
       std::string line;

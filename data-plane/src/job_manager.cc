@@ -268,6 +268,16 @@ void JobManager::finish(Job& job, State state) {
   persist(job);
   for (const auto& p : std::exchange(job.parked, {})) store_.release(p.object);
   releaseTree(job);
+  offloadModel(job);  // a last round's checkpoint, written after the lock, offloads it then
+}
+
+void JobManager::offloadModel(Job& job) {
+  if (job.state == State::Active || job.cluster || !job.model) return;
+  auto model = store_.resolve(*job.model);
+  if (!model || !checkpoints_.hasModel(job.spec.id, job.round, model.value().size())) return;
+  store_.release(*job.model);
+  job.model.reset();
+  job.modelSaved = true;
 }
 
 nlohmann::json JobManager::statusOf(const Job& job) const {
@@ -304,7 +314,7 @@ nlohmann::json JobManager::statusOf(const Job& job) const {
       {"update", job.spec.update == UpdateMode::Delta ? "delta" : "weights"},
       {"device", job.spec.device.empty() ? defaultDevice_ : job.spec.device},
       {"plan", plan},
-      {"has_model", job.model.has_value()},
+      {"has_model", job.model.has_value() || job.modelSaved},
       {"history", history},
       {"recoveries", job.recoveries},
       {"scale_ups", job.scaleUps},
@@ -426,13 +436,24 @@ Result<void> JobManager::setModel(const std::string& id, const ObjectRef& upload
 Result<ModelLease> JobManager::leaseModel(const std::string& id) {
   std::lock_guard lock(mutex_);
   LIFL_TRY(job, find(id));
+  if (job->modelSaved) {
+    LIFL_TRY(file, checkpoints_.mapModel(id, job->round));
+    // The file may carry a server optimiser's state after the tensors: served without it.
+    const uint64_t tensors = modelHeader(job->spec).size() + job->spec.modelElements() * 4;
+    if (file->size() < tensors)
+      return internal("checkpoint_unreadable", "the saved model of job " + id + " is short");
+    ModelLease lease{{}, job->round, std::move(file), tensors};
+    return lease;
+  }
   if (!job->model) return notFound("no_model", "job " + id + " has no model yet");
   LIFL_TRY(model, store_.resolve(*job->model));
   store_.retain(model);
-  return ModelLease{model, job->round};
+  return ModelLease{model, job->round, nullptr, 0};
 }
 
-void JobManager::returnModel(const ModelLease& lease) { store_.release(lease.object.handle()); }
+void JobManager::returnModel(const ModelLease& lease) {
+  if (!lease.file) store_.release(lease.object.handle());
+}
 
 bool JobManager::admitsIntoNextRound(const Job& job) {
   return job.closing || (job.spec.strategy.asynchronous() &&
@@ -631,6 +652,8 @@ void JobManager::onModel(const Descriptor& d) {
     if (auto saved = checkpoints_.saveState(checkpointJob, checkpointState); !saved)
       LIFL_ERROR("job " << checkpointJob << ": " << saved.error().detail);
     store_.release(checkpoint->object.handle());
+    std::lock_guard relock(mutex_);  // a job this round finished: its model is saved now
+    if (auto job = find(checkpointJob)) offloadModel(*job.value());
   });
   std::lock_guard lock(mutex_);
   const Job* completed = nullptr;
@@ -665,7 +688,7 @@ void JobManager::onModel(const Descriptor& d) {
   if (job.cluster) return reportModel(job, d);
   if (checkpoints_.enabled()) {  // the checkpoint of the completed round (written below)
     store_.retain(model.value());
-    checkpoint = ModelLease{model.value(), job.round};
+    checkpoint = ModelLease{model.value(), job.round, nullptr, 0};
     checkpointJob = job.spec.id;
     completed = &job;
   }

@@ -124,7 +124,12 @@ void JobManager::restore() {
   std::unordered_set<uint64_t> inherited;
   store_.forEach([&](const ObjectRef& o) { inherited.insert(o.handle().generation); });
   for (uint64_t g : supervisor_.heldObjects()) inherited.erase(g);  // this agent's counters
-  for (auto& saved : checkpoints_.load()) {
+  // A finished job's model stays in its checkpoint (offloadModel): only running jobs' models
+  // come back into the store.
+  const auto running = [](const nlohmann::json& st) {
+    return st.value("state", "active") == "active";
+  };
+  for (auto& saved : checkpoints_.load(running)) {
     const auto& st = saved.state;
     auto spec = jobSpecFromJson(st.value("spec", nlohmann::json::object()));
     if (!spec) {
@@ -178,6 +183,8 @@ void JobManager::restore() {
         }
       }
     }
+    if (job->state != State::Active)
+      job->modelSaved = checkpoints_.hasModel(job->spec.id, job->round, 1);
     if (job->state == State::Active) recoverRound(*job, saved.accepted);
     LIFL_INFO("job " << job->spec.id << " restored at round " << job->round << " (" << state << ", "
                      << job->received << " updates of the round recovered, " << job->lostOnRestart

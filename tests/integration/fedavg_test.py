@@ -100,13 +100,16 @@ class FedAvgEbpf(PlatformTestCase):
         self.assertEqual(self.client.job("cancelled")["state"], "cancelled")
         import time, json, urllib.request
         deadline = time.monotonic() + 10
-        while True:  # only the job's (initial) model is left in the store
+        while True:  # nothing of the job is left in the store: even its model is in its checkpoint
             with urllib.request.urlopen(self.platform.url + "/v1/store") as r:
                 objects = [o for o in json.loads(r.read())["objects"] if o["kind"] != "counter"]
-            if [o["kind"] for o in objects] == ["model"]:
+            if not objects:
                 break
             self.assertLess(time.monotonic(), deadline, f"objects left after cancel: {objects}")
             time.sleep(0.05)
+        model, model_round = self.client.pull("cancelled")  # served from the checkpoint
+        self.assertEqual(model_round, 0)
+        self.assertTrue(all(not np.any(t) for t in model.values()))  # init: zeros
         with self.assertRaises(Exception):
             self.client.push("cancelled", random_update(rng)[0], client="late", round_=0)
 

@@ -40,6 +40,7 @@ class Restart(unittest.TestCase):
                 first.client.wait_round("durable", 1)
                 first.client.wait_round("finished", 1)
                 model1, _ = first.client.pull("durable")
+                finished_model, _ = first.client.pull("finished")  # from its checkpoint already
                 # Two updates of round 1 are accepted, then the platform dies.
                 pending = [random_update(rng) for _ in range(2)]
                 first_ids = ["r1-c0", "r1-c1"]
@@ -66,6 +67,11 @@ class Restart(unittest.TestCase):
                 assert_model_equal(self, restored, {k: v.astype(np.float64) for k, v in model1.items()}, rtol=0)
                 assert_model_equal(self, model1, fedavg(round0))
                 self.assertEqual(second.client.job("finished")["state"], "done")
+                # A finished job's model is served from its checkpoint, not loaded into the store.
+                restored_finished, rf = second.client.pull("finished")
+                self.assertEqual(rf, 1)
+                assert_model_equal(self, restored_finished,
+                                   {k: v.astype(np.float64) for k, v in finished_model.items()}, rtol=0)
                 # A client retrying its accepted update is answered 202 and counted once.
                 reply = second.client.push("durable", pending[0][0], client="c0", num_examples=3, round_=1,
                                            ce_id=first_ids[0])

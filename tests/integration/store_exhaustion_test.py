@@ -138,5 +138,45 @@ class StoreExhaustion(unittest.TestCase):
             p.stop()
 
 
+class FinishedJobsLeaveTheStore(unittest.TestCase):
+    def test_many_finished_jobs_through_a_small_store(self):
+        # 12 jobs of 1.2 MB models in a 16 MiB store: their models alone would fill it. A
+        # finished (or cancelled) job's model leaves the store once its checkpoint holds it,
+        # and is served from the checkpoint; before, the store filled with them and later
+        # jobs could not even be created.
+        p = Platform(router="userspace", store_bytes=STORE_BYTES)
+        try:
+            rng = np.random.default_rng(7)
+            expected = {}
+            for j in range(12):
+                job_id = f"j{j}"
+                p.client.create_job(job_spec(job_id, clients=2, rounds=1, fan_in=2, model=BIG))
+                if j % 3 == 2:
+                    p.client.cancel_job(job_id)
+                    expected[job_id] = (0, {"w": np.zeros(BIG["w"])})
+                    continue
+                updates = []
+                for c in range(2):
+                    t = {"w": rng.standard_normal(BIG["w"]).astype(np.float32)}
+                    n = int(rng.integers(1, 100))
+                    p.client.push(job_id, t, client=f"c{c}", num_examples=n, round_=0)
+                    updates.append((n, {"w": t["w"].astype(np.float64)}))
+                p.client.wait_round(job_id, 1, timeout=30)
+                expected[job_id] = (1, fedavg(updates))
+            for job_id, (round_, ref) in expected.items():
+                status = p.client.job(job_id)
+                self.assertEqual(status["state"], "cancelled" if round_ == 0 else "done")
+                self.assertTrue(status["has_model"])
+                model, model_round = p.client.pull(job_id)
+                self.assertEqual(model_round, round_)
+                assert_model_equal(self, model, ref)
+            live = [line for line in p.metrics().splitlines()
+                    if line.startswith('lifl_store_bytes{state="free"}')]
+            free = float(live[0].split()[-1])
+            self.assertGreater(free, STORE_BYTES / 2, "finished jobs' models left in the store")
+        finally:
+            p.stop()
+
+
 if __name__ == "__main__":
     unittest.main()

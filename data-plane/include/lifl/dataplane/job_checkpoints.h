@@ -9,6 +9,8 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
+#include <memory>
 #include <nlohmann/json.hpp>
 #include <optional>
 #include <string>
@@ -18,6 +20,22 @@
 #include "lifl/dataplane/object_store.h"
 
 namespace lifl::dataplane {
+
+/// A file mapped read-only (RAII): a finished job's saved model, served without the store.
+class MappedFile {
+ public:
+  static Result<std::shared_ptr<const MappedFile>> open(const std::string& path);
+  ~MappedFile();
+  MappedFile(const MappedFile&) = delete;
+  MappedFile& operator=(const MappedFile&) = delete;
+  const std::byte* data() const { return data_; }
+  uint64_t size() const { return size_; }
+
+ private:
+  MappedFile() = default;
+  std::byte* data_ = nullptr;
+  uint64_t size_ = 0;
+};
 
 class JobCheckpoints {
  public:
@@ -41,10 +59,16 @@ class JobCheckpoints {
     std::vector<std::pair<std::string, std::string>> accepted;  ///< (ce-source, ce-id) of them
   };
   /// Every job saved under the data dir (unreadable ones are skipped with a log line).
-  std::vector<Saved> load() const;
+  /// @param withModel whether a job in `state` (job.json's) gets its model bytes read
+  std::vector<Saved> load(const std::function<bool(const nlohmann::json& state)>& withModel) const;
+  /// The saved model of `round`, mapped read-only; 404 no_model if it was not saved.
+  Result<std::shared_ptr<const MappedFile>> mapModel(const std::string& id, uint32_t round) const;
+  /// Whether the model of `round` is saved, `bytes` long (its tensors; state may follow).
+  bool hasModel(const std::string& id, uint32_t round, uint64_t bytes) const;
 
  private:
   std::string jobDir(const std::string& id) const;
+  std::string modelPath(const std::string& id, uint32_t round) const;
   std::string root_;
 };
 

@@ -47,9 +47,16 @@ struct Admission {
   uint64_t bodyLimit = 0;
 };
 
+/// The current global model of a job, held while it is served: in the store, or, for a
+/// finished job, its saved checkpoint mapped read-only (the store copy is given back when the
+/// job ends, so that finished jobs do not fill the store).
 struct ModelLease {
   ObjectRef object;
   uint32_t round = 0;
+  std::shared_ptr<const MappedFile> file;
+  uint64_t fileBytes = 0;  ///< of `file`: the tensors, without a server optimiser's state
+  const std::byte* data() const { return file ? file->data() : object.data(); }
+  uint64_t size() const { return file ? fileBytes : object.size(); }
 };
 
 class JobManager {
@@ -197,6 +204,7 @@ class JobManager {
     std::chrono::steady_clock::time_point roundStart;   ///< first update admitted
     std::chrono::steady_clock::time_point lastArrival;
     bool closing = false;       ///< closed at the deadline; its model is being aggregated
+    bool modelSaved = false;    ///< finished: its model is in its checkpoint only (offloadModel)
     bool scaledToZero = false;  ///< idle: its aggregators went back to the pool
     // Late updates folded into the next round (late: next_round), waiting while closing.
     std::vector<Parked> parked;
@@ -285,6 +293,9 @@ class JobManager {
   /// `topCount`, when given, is the top's (a cluster root's top also covers other nodes).
   void closeTree(Job& job, std::optional<uint32_t> topCount = std::nullopt);
   void finish(Job& job, State state);
+  /// A finished job's model leaves the store once its checkpoint holds it; GET .../model then
+  /// maps the file. Without this, finished jobs' models would fill the store for good.
+  void offloadModel(Job& job);
   void sendFlush(const Job& job, size_t leaf);
   /// Routes an accepted update to its leaf (the update is then the leaf's responsibility).
   /// `recovered`: an update accepted before a restart (already journaled and counted).
