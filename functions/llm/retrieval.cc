@@ -9,6 +9,7 @@
 #include <string>
 #include <thread>
 
+#include "lifl/common/worker_pool.h"
 #include "lifl/gpu/llm_device.h"
 
 namespace lifl::llm {
@@ -162,7 +163,10 @@ const std::vector<std::vector<uint32_t>>& SequenceRetrieval::select(
     retrievals_++;
     L.selected = true;
     const uint32_t group = heads_ / kvHeads_;
-    for (uint32_t kvh = 0; kvh < kvHeads_; ++kvh) {
+    // The KV heads' selections are independent: one per worker (each streams its units'
+    // centroids and positions, megabytes a layer at long contexts, so they also share the
+    // memory bandwidth of several cores).
+    WorkerPool::shared().parallelFor(kvHeads_, [&](uint32_t kvh) {
       auto& units = L.units[kvh];
       // Generated tokens that left the recent window since the last boundary: a segment.
       if (recentStart > segmentStart_ && segmentStart_ >= promptLength_) {
@@ -208,7 +212,7 @@ const std::vector<std::vector<uint32_t>>& SequenceRetrieval::select(
       for (uint32_t w = 0; w < marked.size(); ++w)
         for (uint64_t bits = marked[w]; bits; bits &= bits - 1)
           fixed.push_back(w * 64 + static_cast<uint32_t>(std::countr_zero(bits)));
-    }
+    });
     if (recentStart > segmentStart_ && segmentStart_ >= promptLength_) segmentStart_ = recentStart;
   }
   L.reselected = retrieve;
