@@ -63,8 +63,7 @@ void SequenceRetrieval::addUnit(Units& to, const kl::KvPages& cache,
     for (uint32_t d = 0; d < headDim_; ++d) centroid[d] += k[d];
   }
   for (auto& v : centroid) v /= static_cast<float>(positions.size());
-  to.centroids.insert(to.centroids.end(), centroid.begin(), centroid.end());
-  to.positions.push_back(std::move(positions));
+  to.add(centroid, positions);
 }
 
 Result<void> SequenceRetrieval::clusterPrompt(const std::function<kl::KvPages(uint32_t)>& cache,
@@ -128,8 +127,7 @@ Result<void> SequenceRetrieval::clusterLayer(uint32_t layer, const kl::KvPages& 
     for (uint32_t c = 0; c < clusters; ++c)
       if (!members[c].empty()) {
         const float* centroid = centroids.data() + (uint64_t{kvh} * clusters + c) * headDim_;
-        units.centroids.insert(units.centroids.end(), centroid, centroid + headDim_);
-        units.positions.push_back(std::move(members[c]));
+        units.add({centroid, headDim_}, members[c]);
       }
   }
   return success();
@@ -201,7 +199,7 @@ const std::vector<std::vector<uint32_t>>& SequenceRetrieval::select(
       uint32_t used = 0;
       for (auto end = order.end(); end != order.begin() && used < config_.budget; --end) {
         std::pop_heap(order.begin(), end, lower);
-        const auto& members = units.positions[*(end - 1)];
+        const auto members = units.of(*(end - 1));
         if (used + members.size() > config_.budget) continue;
         used += static_cast<uint32_t>(members.size());
         for (uint32_t t : members)

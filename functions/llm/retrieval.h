@@ -61,12 +61,23 @@ class SequenceRetrieval {
   uint32_t recent() const { return config_.recent; }
 
  private:
-  /// A KV head's units: centroids contiguous ([unit][headDim]), so that scoring them is one
-  /// vectorised matrix-vector product, and each unit's positions.
+  /// A KV head's units, each array contiguous (a selection streams them, megabytes a layer at
+  /// long contexts): centroids [unit][headDim], so that scoring them is one vectorised
+  /// matrix-vector product, and the units' positions one after another, unit u's at
+  /// [starts[u], starts[u + 1]).
   struct Units {
     std::vector<float> centroids;
-    std::vector<std::vector<uint32_t>> positions;
-    size_t size() const { return positions.size(); }
+    std::vector<uint32_t> positions;
+    std::vector<uint32_t> starts{0};
+    size_t size() const { return starts.size() - 1; }
+    std::span<const uint32_t> of(size_t u) const {
+      return {positions.data() + starts[u], starts[u + 1] - starts[u]};
+    }
+    void add(std::span<const float> centroid, std::span<const uint32_t> members) {
+      centroids.insert(centroids.end(), centroid.begin(), centroid.end());
+      positions.insert(positions.end(), members.begin(), members.end());
+      starts.push_back(static_cast<uint32_t>(positions.size()));
+    }
   };
   struct Layer {
     std::vector<Units> units;  ///< per KV head
