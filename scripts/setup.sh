@@ -36,6 +36,11 @@ fi
 mountpoint -q /sys/fs/bpf || mount -t bpf bpf /sys/fs/bpf
 mountpoint -q /sys/kernel/tracing || mount -t tracefs tracefs /sys/kernel/tracing
 
+# The account function instances run as with `functions.user: lifl-fn` (docs/security.md):
+# no login, no home, no password.
+id -u lifl-fn >/dev/null 2>&1 ||
+  useradd --system --no-create-home --home-dir /nonexistent --shell /usr/sbin/nologin lifl-fn
+
 # The schema validation's npm packages, pinned by deploy/validate/package-lock.json.
 validate="$(dirname "$0")/../deploy/validate"
 if [ ! -d "$validate/node_modules" ] || [ "$validate/package-lock.json" -nt "$validate/node_modules" ]; then

@@ -6,14 +6,22 @@
 namespace lifl::cli {
 
 int cmdInstance(int argc, char** argv) {
-  // First of all: a function instance holds no privilege, whatever its agent holds.
-  if (auto dropped = dropAllCapabilities(); !dropped) return fail(dropped.error());
   auto args = Args::parse(argc, argv, 2);
   if (!args) return fail(args.error());
+  // First of all: a function instance holds no privilege, whatever its agent holds. With
+  // functions.user it becomes that user (the store segment is its group's), then, as
+  // always, it drops every capability.
+  if (args.value().has("user")) {
+    uint32_t uid = 0, gid = 0;
+    if (std::sscanf(args.value().get("user").c_str(), "%u:%u", &uid, &gid) != 2)
+      return fail(badRequest("bad_arguments", "--user is UID:GID"));
+    if (auto became = becomeUser(uid, gid); !became) return fail(became.error());
+  }
+  if (auto dropped = dropAllCapabilities(); !dropped) return fail(dropped.error());
   if (args.value().wantsHelp()) {
     std::puts(
         "usage: lifl instance --id N --fd FD --store PATH --agent-pid PID\n"
-        "                     [--processed OFFSET:LENGTH:GENERATION]\n"
+        "                     [--processed OFFSET:LENGTH:GENERATION] [--user UID:GID]\n"
         "Started by the agent: runs one function instance of the warm pool. Not for users.");
     return 0;
   }

@@ -1,6 +1,7 @@
 #include "lifl/dataplane/agent.h"
 
 #include <fcntl.h>
+#include <pwd.h>
 #include <sched.h>
 #include <sys/file.h>
 #include <unistd.h>
@@ -32,6 +33,19 @@ Result<std::unique_ptr<Agent>> Agent::start(AgentConfig config, Planner planner,
     return makeError(409, "data_dir_in_use",
                      "another lifl agent is running on data dir " + c.dataDir);
   StoreConfig store{c.storePath, c.storeBytes, c.hugepages, /*adopt=*/true};
+  std::optional<std::pair<uid_t, gid_t>> instanceUser;
+  if (!c.functionsUser.empty()) {
+    const passwd* user = ::getpwnam(c.functionsUser.c_str());
+    if (!user)
+      return makeError(400, "invalid_config",
+                       "functions.user: no user named " + c.functionsUser + " on this node");
+    if (::geteuid() != 0)
+      return makeError(400, "invalid_config",
+                       "functions.user needs the agent to run as root (it starts the instances "
+                       "as that user)");
+    instanceUser = {user->pw_uid, user->pw_gid};
+    store.instanceGroup = user->pw_gid;
+  }
   if (store.path.empty()) {
     // Named after the data dir: a restart of the same node replaces its previous segment
     // (even one left by a kill -9) instead of leaking it in /dev/shm.
@@ -51,6 +65,7 @@ Result<std::unique_ptr<Agent>> Agent::start(AgentConfig config, Planner planner,
   agent->supervisor_ = std::make_unique<Supervisor>(
       *agent->router_, *agent->store_, *agent->endpoint_, std::move(executable), c.warmPool);
   agent->supervisor_->setKeepAlive(c.keepAliveSeconds);
+  if (instanceUser) agent->supervisor_->setInstanceUser(instanceUser->first, instanceUser->second);
   agent->jobs_ = std::make_unique<JobManager>(
       *agent->store_, *agent->endpoint_, *agent->supervisor_, *agent->metrics_, std::move(planner),
       c.idleSeconds, JobCheckpoints(c.dataDir));

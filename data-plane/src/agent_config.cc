@@ -63,7 +63,7 @@ Result<AgentConfig> parseAgentConfig(const std::string& yaml) {
       LIFL_TRYV(checkKeys(f, "functions",
                           {"warm_pool", "chain_timeout_seconds", "idle_seconds", "max_event_bytes",
                            "scale_up_queue_depth", "colocate_roles", "keep_alive_seconds",
-                           "max_buffered_updates", "device", "chains"}));
+                           "max_buffered_updates", "device", "chains", "user"}));
       read(f, "warm_pool", c.warmPool);
       read(f, "chain_timeout_seconds", c.chainTimeoutSeconds);
       read(f, "idle_seconds", c.idleSeconds);
@@ -71,6 +71,7 @@ Result<AgentConfig> parseAgentConfig(const std::string& yaml) {
       read(f, "colocate_roles", c.colocateRoles);
       read(f, "keep_alive_seconds", c.keepAliveSeconds);
       read(f, "max_buffered_updates", c.maxBufferedUpdates);
+      read(f, "user", c.functionsUser);
       read(f, "device", c.device);
       if (c.device != "cpu" && c.device != "cuda")
         return configError("functions.device must be cpu or cuda");

@@ -125,18 +125,30 @@ Result<std::unique_ptr<ObjectStore>> ObjectStore::create(const StoreConfig& conf
   if (bytes < (16ull << 20))
     return makeError(400, "invalid_config", "store size must be >= 16 MiB");
   if (config.hugepages) bytes = (bytes + kHugePage - 1) / kHugePage * kHugePage;
+  // The instances' group, when they run as a user of their own (also for an adopted segment).
+  auto shareWithInstances = [&]() -> Result<void> {
+    if (config.instanceGroup >= 0 && (::chown(config.path.c_str(), static_cast<uid_t>(-1),
+                                              static_cast<gid_t>(config.instanceGroup)) != 0 ||
+                                      ::chmod(config.path.c_str(), 0660) != 0))
+      return systemError("give the object store " + config.path + " to the instances' group",
+                         errno);
+    return success();
+  };
   if (config.adopt) {
     auto previous = open(config.path);
     if (previous && previous.value()->mappedBytes() == bytes) {
       previous.value()->creator_ = true;  // ours now: removed at a clean stop
       previous.value()->adopted_ = true;
+      LIFL_TRYV(shareWithInstances());
       return previous;
     }
   }
   bip::file_mapping::remove(config.path.c_str());
-  {  // owner-only permissions: other users on the node must not read client updates
+  {  // owner-only permissions (and the instances' group, when they run as a user of their
+     // own): other users on the node must not read client updates
     UniqueFd fd(::open(config.path.c_str(), O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0600));
     if (!fd) return systemError("create the object store " + config.path, errno);
+    LIFL_TRYV(shareWithInstances());
     if (::ftruncate(fd.get(), static_cast<off_t>(bytes)) != 0)
       return systemError("size the object store " + config.path, errno);
   }

@@ -47,6 +47,11 @@ Result<InstanceId> Supervisor::spawnLocked() {
   const std::string idArg = std::to_string(id), agentArg = std::to_string(::getpid());
   std::vector<std::string> args = {executable_, "instance", "--id",        idArg,         "--fd",
                                    "3",         "--store",  store_.path(), "--agent-pid", agentArg};
+  if (instanceUser_) {
+    args.push_back("--user");
+    args.push_back(std::to_string(instanceUser_->first) + ":" +
+                   std::to_string(instanceUser_->second));
+  }
   // The instance's processed counter: a small Control object the agent owns and reads.
   std::optional<ObjectRef> counter;
   if (auto c = store_.allocate(sizeof(uint64_t), ObjectKind::Control, kAgentInstance)) {

@@ -11,5 +11,9 @@ namespace lifl {
 /// (dropping from it needs CAP_SETPCAP, which the agent does not hold); with an empty
 /// permitted set and no_new_privs that grants nothing.
 Result<void> dropAllCapabilities();
+/// Becomes user `uid` with group `gid` and no supplementary groups (the process must hold
+/// CAP_SETUID and CAP_SETGID: call it before dropAllCapabilities). Checked afterwards: a
+/// process that could switch back would not be confined.
+Result<void> becomeUser(uint32_t uid, uint32_t gid);
 
 }  // namespace lifl

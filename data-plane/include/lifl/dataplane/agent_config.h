@@ -31,6 +31,10 @@ struct AgentConfig {
   uint32_t scaleUpQueueDepth = 4;  ///< a leaf this many descriptors behind gets a helper
   bool colocateRoles = true;       ///< middles and the top run in their first leaf's process
   double keepAliveSeconds = 1;     ///< idle instances beyond the warm pool exit after this
+  /// functions.user: the account function instances run as ("": the agent's own). An agent
+  /// running as root starts them as root without capabilities otherwise; with a user of their
+  /// own they cannot signal the agent or read root's files either.
+  std::string functionsUser;
   uint32_t maxBufferedUpdates = 12;  ///< per eager job: update bodies not yet in a partial
   std::string device = "cpu";        ///< where leaves fold for jobs that name no device
   uint64_t maxEventBytes = 16ull << 20;

@@ -26,6 +26,9 @@ struct StoreConfig {
   /// Adopt a segment left at `path` by a previous agent of this node that died (same size,
   /// a valid heap) instead of replacing it, so its accepted updates can be recovered.
   bool adopt = false;
+  /// The group of the function instances' user (functions.user): the segment is then 0660,
+  /// that group's, so that instances running as that user can map it; -1: owner only (0600).
+  int64_t instanceGroup = -1;
 };
 
 enum class ObjectKind : uint16_t { Update = 1, Partial = 2, Model = 3, Event = 4, Control = 5 };

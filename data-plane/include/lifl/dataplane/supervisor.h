@@ -72,6 +72,9 @@ class Supervisor {
   ///        be reserved again, and sent updates it owns, before it reads a `Release`.
   void release(InstanceId id, bool tellInstance = true);
   void setKeepAlive(double seconds) { keepAliveSeconds_ = seconds; }
+  /// Instances switch to this user and group before they drop their capabilities
+  /// (functions.user); unset, they keep the agent's.
+  void setInstanceUser(uint32_t uid, uint32_t gid) { instanceUser_ = {uid, gid}; }
   /// Stops reacting to deaths and refuses new instances (first step of a shutdown).
   void beginShutdown() { stopping_ = true; }
   /// Kills every instance and waits for them (bounded).
@@ -110,6 +113,7 @@ class Supervisor {
   ObjectStore& store_;
   Endpoint& endpoint_;
   std::string executable_;
+  std::optional<std::pair<uint32_t, uint32_t>> instanceUser_;
   uint32_t warmTarget_;
   double keepAliveSeconds_ = 1;
   DeathHandler onDeath_;
