@@ -109,8 +109,11 @@ HttpReply Controller::State::handle(const HttpRequest& r) {
   auto notAllowed = [] {
     return HttpReply::error(makeError(405, "method_not_allowed", "method not allowed here"));
   };
-  if (p.size() == 1 && (p[0] == "livez" || p[0] == "readyz"))
-    return HttpReply::json(200, R"({"status":"ok"})");
+  if (p.size() == 1 && p[0] == "livez") return HttpReply::json(200, R"({"status":"ok"})");
+  if (!restored)
+    return HttpReply::error(
+        unavailable("restoring", "the controller is restoring its state; retry shortly"));
+  if (p.size() == 1 && p[0] == "readyz") return HttpReply::json(200, R"({"status":"ok"})");
   if (p.size() == 1 && p[0] == "metrics") {
     {
       std::lock_guard lock(mutex);
@@ -295,6 +298,7 @@ Result<std::unique_ptr<Controller>> Controller::start(ControllerConfig config) {
     std::lock_guard lock(s->mutex);
     s->restore();
   }
+  s->restored = true;
   s->sweeper = std::thread([s] { s->sweep(); });
   s->copier = std::thread([s] { s->copyModels(); });
   LIFL_INFO("controller ready: " << s->selfUrl << ", data dir " << s->config.dataDir);

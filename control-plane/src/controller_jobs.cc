@@ -249,8 +249,15 @@ Result<void> Controller::State::roundCompleted(const nlohmann::json& body) {
   std::lock_guard lock(mutex);
   LIFL_TRY(job, find(body.value("job", "")));
   const uint32_t round = body.value("round", 0u), epoch = body.value("epoch", 0u);
-  if (!job->active() || round != job->round || epoch != job->epoch || !job->closing)
+  if (!job->active() || round != job->round || epoch != job->epoch)
     return success();  // a repeated or stale report
+  // The root has every update of the round before this controller has closed it: possible
+  // only around a restart, while admissions are still being replayed. Answered 503 so that
+  // the agent reports again (it drops a report answered below 500, and the round would wait
+  // for ever).
+  if (!job->closing)
+    return unavailable("round_open", "round " + std::to_string(round) + " of job " + job->spec.id +
+                                         " is not closed here yet; retry");
   const double seconds = job->firstAdmission ? secondsSince(*job->firstAdmission) : 0;
   job->history.push_back({{"round", job->round},
                           {"clients", body.value("clients", 0u)},

@@ -9,6 +9,7 @@
 #include <prometheus/histogram.h>
 #include <prometheus/registry.h>
 
+#include <atomic>
 #include <chrono>
 #include <condition_variable>
 #include <deque>
@@ -86,6 +87,10 @@ struct Controller::State {
   std::map<std::string, NodeRecord> nodes;
   std::map<std::string, std::unique_ptr<ClusterJob>> jobs;
   std::unique_ptr<HttpServer> server;
+  /// Set once restore() has run: the server listens before (its port names the controller),
+  /// and a report answered from the half-restored state would be lost (agents drop what is
+  /// answered below 500), so everything but health checks is answered 503 until then.
+  std::atomic<bool> restored{false};
   uint16_t port = 0;
   std::string selfUrl;  ///< where agents fetch checkpoints from (config.advertiseUrl)
   std::condition_variable wake;

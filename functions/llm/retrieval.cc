@@ -55,7 +55,7 @@ SequenceRetrieval::SequenceRetrieval(const RetrievalConfig& config, uint32_t lay
 
 void SequenceRetrieval::addUnit(Units& to, const kl::KvPages& cache,
                                 std::span<const uint32_t> table, uint32_t kvh,
-                                std::vector<uint32_t> positions) const {
+                                std::span<const uint32_t> positions) const {
   std::vector<float> centroid(headDim_, 0.f);
   for (uint32_t t : positions) {
     const float* k =
@@ -170,7 +170,7 @@ const std::vector<std::vector<uint32_t>>& SequenceRetrieval::select(
       if (recentStart > segmentStart_ && segmentStart_ >= promptLength_) {
         std::vector<uint32_t> segment(recentStart - segmentStart_);
         std::iota(segment.begin(), segment.end(), segmentStart_);
-        addUnit(units, cache, table, kvh, std::move(segment));
+        addUnit(units, cache, table, kvh, segment);
       }
       // Group-consistent: one selection per KV head, by its query heads' mean q . centroid,
       // which is the group's mean query . centroid (one dot product a unit).

@@ -92,7 +92,7 @@ class SequenceRetrieval {
                             std::span<const uint32_t> table, gpu::Backend backend);
   /// Adds a unit of `positions` (its centroid their keys' mean) to a KV head's.
   void addUnit(Units& to, const kernels::llm::KvPages& cache, std::span<const uint32_t> table,
-               uint32_t kvh, std::vector<uint32_t> positions) const;
+               uint32_t kvh, std::span<const uint32_t> positions) const;
 
   RetrievalConfig config_;
   uint32_t heads_, kvHeads_, headDim_;
