@@ -3,6 +3,20 @@
 #include <algorithm>
 
 namespace lifl {
+namespace {
+
+/// Set on the pool's workers, and on a caller while its loop runs: a parallelFor from inside
+/// one (a kernel called by a parallel selection) runs inline instead of waiting for workers
+/// that are busy with the loop that called it.
+thread_local bool insideLoop = false;
+
+struct InsideLoop {
+  bool saved = insideLoop;
+  InsideLoop() { insideLoop = true; }
+  ~InsideLoop() { insideLoop = saved; }
+};
+
+}  // namespace
 
 WorkerPool::WorkerPool(unsigned workers) {
   for (unsigned i = 0; i < workers; ++i) workers_.emplace_back([this] { work(); });
@@ -28,11 +42,12 @@ void WorkerPool::runIterations() {
 
 void WorkerPool::parallelFor(uint32_t count, const std::function<void(uint32_t)>& fn) {
   if (count == 0) return;
-  std::lock_guard turn(turn_);
-  if (workers_.empty() || count == 1) {
+  if (insideLoop || workers_.empty() || count == 1) {
     for (uint32_t i = 0; i < count; ++i) fn(i);
     return;
   }
+  std::lock_guard turn(turn_);
+  InsideLoop inside;
   {
     std::lock_guard lock(mutex_);
     fn_ = &fn;
@@ -49,6 +64,7 @@ void WorkerPool::parallelFor(uint32_t count, const std::function<void(uint32_t)>
 }
 
 void WorkerPool::work() {
+  insideLoop = true;
   uint64_t seen = 0;
   for (;;) {
     {

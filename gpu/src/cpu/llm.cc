@@ -5,6 +5,7 @@
 #include <numeric>
 
 #include "lifl/common/clones.h"
+#include "lifl/common/worker_pool.h"
 
 namespace lifl::kernels::llm {
 namespace {
@@ -76,9 +77,36 @@ void siluAndMul(float* out, const float* gate, const float* up, uint64_t n) {
   for (uint64_t i = 0; i < n; ++i) out[i] = gate[i] / (1.0f + std::exp(-gate[i])) * up[i];
 }
 
+namespace {
+
+/// Outputs of a linear layer per parallel piece, and activation rows per tile: a weight row
+/// is read once for a tile of rows (it stays in L1 while they pass) instead of once per row,
+/// which made a 512-token prompt stream every weight 512 times.
+constexpr uint64_t kOutputsPerPiece = 64, kRowsPerTile = 32;
+
+/// Runs piece(begin, end) over [0, count) in pieces of `per`, on the worker pool when the
+/// work (`cost` multiply-adds) is worth the hand-off. Each output is computed by the same code
+/// either way, so results do not depend on the split.
+template <class F>
+void inPieces(uint64_t count, uint64_t per, uint64_t cost, F&& piece) {
+  const auto pieces = static_cast<uint32_t>((count + per - 1) / per);
+  auto run = [&](uint32_t p) { piece(p * per, std::min(count, (p + 1) * per)); };
+  if (cost < (1u << 18)) {
+    for (uint32_t p = 0; p < pieces; ++p) run(p);
+    return;
+  }
+  WorkerPool::shared().parallelFor(pieces, run);
+}
+
+}  // namespace
+
 void matmul(float* y, const float* x, const float* w, uint64_t rows, uint64_t in, uint64_t out) {
-  for (uint64_t r = 0; r < rows; ++r)
-    for (uint64_t o = 0; o < out; ++o) y[r * out + o] = dot(x + r * in, w + o * in, in);
+  inPieces(out, kOutputsPerPiece, rows * in * out, [&](uint64_t o0, uint64_t o1) {
+    for (uint64_t r0 = 0; r0 < rows; r0 += kRowsPerTile)
+      for (uint64_t o = o0; o < o1; ++o)
+        for (uint64_t r = r0; r < std::min(rows, r0 + kRowsPerTile); ++r)
+          y[r * out + o] = dot(x + r * in, w + o * in, in);
+  });
 }
 
 namespace {
@@ -114,12 +142,18 @@ void attendHead(float* o, const float* qh, uint32_t kvh, const KvPages& cache,
 void attention(float* out, const float* q, uint64_t rows, const uint32_t* positions, uint32_t heads,
                const KvPages& cache, std::span<const uint32_t> blockTable) {
   const uint32_t hd = cache.headDim, group = heads / cache.kvHeads;
-  std::vector<float> scores;
-  for (uint64_t r = 0; r < rows; ++r)
-    for (uint32_t h = 0; h < heads; ++h)
-      attendHead(
-          out + (r * heads + h) * hd, q + (r * heads + h) * hd, h / group, cache, blockTable,
-          positions[r] + 1, [](size_t i) { return static_cast<uint32_t>(i); }, scores);
+  const uint64_t pairs = rows * heads;  // (row, head), each on its own
+  inPieces(pairs, 4, pairs * (uint64_t{positions[rows - 1]} + 1) * hd * 2,
+           [&](uint64_t p0, uint64_t p1) {
+             std::vector<float> scores;
+             for (uint64_t p = p0; p < p1; ++p) {
+               const uint64_t r = p / heads;
+               const auto h = static_cast<uint32_t>(p % heads);
+               attendHead(
+                   out + p * hd, q + p * hd, h / group, cache, blockTable, positions[r] + 1,
+                   [](size_t i) { return static_cast<uint32_t>(i); }, scores);
+             }
+           });
 }
 
 QuantMatrix quantize(const float* w, uint64_t out, uint64_t in, uint32_t bits) {
@@ -155,28 +189,32 @@ QuantMatrix quantize(const float* w, uint64_t out, uint64_t in, uint32_t bits) {
 
 void matmulQuant(float* y, const float* x, const QuantMatrix& w, uint64_t rows) {
   const uint64_t groups = w.in / kQuantGroup;
-  std::vector<float> deq(w.in);
-  for (uint64_t o = 0; o < w.out; ++o) {
-    // One output row dequantised once for every activation row.
-    for (uint64_t g = 0; g < groups; ++g)
-      for (uint32_t i = 0; i < kQuantGroup; ++i)
-        deq[g * kQuantGroup + i] =
-            w.scales[o * groups + g] * static_cast<float>(w.at(o, g * kQuantGroup + i));
-    for (uint64_t r = 0; r < rows; ++r) y[r * w.out + o] = dot(x + r * w.in, deq.data(), w.in);
-  }
+  inPieces(w.out, kOutputsPerPiece, rows * w.in * w.out, [&](uint64_t o0, uint64_t o1) {
+    std::vector<float> deq(w.in);
+    for (uint64_t o = o0; o < o1; ++o) {
+      // One output row dequantised once for every activation row.
+      for (uint64_t g = 0; g < groups; ++g)
+        for (uint32_t i = 0; i < kQuantGroup; ++i)
+          deq[g * kQuantGroup + i] =
+              w.scales[o * groups + g] * static_cast<float>(w.at(o, g * kQuantGroup + i));
+      for (uint64_t r = 0; r < rows; ++r) y[r * w.out + o] = dot(x + r * w.in, deq.data(), w.in);
+    }
+  });
 }
 
 void attentionAt(float* out, const float* q, uint32_t heads, const KvPages& cache,
                  std::span<const uint32_t> blockTable,
                  std::span<const std::vector<uint32_t>> positions) {
   const uint32_t hd = cache.headDim, group = heads / cache.kvHeads;
-  std::vector<float> scores;
-  for (uint32_t h = 0; h < heads; ++h) {
-    const auto& at = positions[h / group];
-    attendHead(
-        out + uint64_t{h} * hd, q + uint64_t{h} * hd, h / group, cache, blockTable, at.size(),
-        [&](size_t i) { return at[i]; }, scores);
-  }
+  inPieces(heads, 1, uint64_t{heads} * positions[0].size() * hd * 2, [&](uint64_t h0, uint64_t h1) {
+    std::vector<float> scores;
+    for (auto h = static_cast<uint32_t>(h0); h < h1; ++h) {
+      const auto& at = positions[h / group];
+      attendHead(
+          out + uint64_t{h} * hd, q + uint64_t{h} * hd, h / group, cache, blockTable, at.size(),
+          [&](size_t i) { return at[i]; }, scores);
+    }
+  });
 }
 
 uint32_t sample(const float* logits, uint32_t vocab, float temperature, uint32_t topK, float topP,

@@ -35,5 +35,14 @@ TEST(WorkerPool, CallersFromSeveralThreadsTakeTurns) {
   EXPECT_EQ(sum.load(), 4ull * 50 * (99 * 100 / 2));
 }
 
+TEST(WorkerPool, ALoopInsideALoopRunsInline) {
+  WorkerPool pool(3);
+  std::vector<std::atomic<uint32_t>> runs(16 * 16);
+  pool.parallelFor(16, [&](uint32_t i) {  // would deadlock if the inner call waited its turn
+    pool.parallelFor(16, [&](uint32_t j) { runs[i * 16 + j]++; });
+  });
+  for (auto& r : runs) ASSERT_EQ(r.load(), 1u);
+}
+
 }  // namespace
 }  // namespace lifl

@@ -22,7 +22,8 @@ class WorkerPool {
   WorkerPool& operator=(const WorkerPool&) = delete;
 
   /// Runs fn(i) for every i in [0, count), on the workers and the calling thread; returns when
-  /// all have run. Calls from several threads take turns.
+  /// all have run. Calls from several threads take turns; a call from inside a loop (on a
+  /// worker, or on the caller while its loop runs) runs inline.
   void parallelFor(uint32_t count, const std::function<void(uint32_t)>& fn);
 
   /// One pool per process: a worker per core beyond the caller's, at most 15.
