@@ -84,14 +84,26 @@ Result<void> JobCheckpoints::saveModel(const std::string& id, uint32_t round,
                          model.data(), bytes);
 }
 
-void JobCheckpoints::journal(const std::string& id, uint32_t round, const std::string& source,
-                             const std::string& ceId) const {
-  if (!enabled()) return;
+Result<void> JobCheckpoints::journal(const std::string& id, uint32_t round,
+                                     const std::string& source, const std::string& ceId) const {
+  if (!enabled()) return success();
   const std::string path = jobDir(id) + "/accepted-" + std::to_string(round) + ".log";
   UniqueFd fd(::open(path.c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0600));
   const std::string line = source + '\t' + ceId + '\n';  // ids are single-line header values
-  if (!fd || ::write(fd.get(), line.data(), line.size()) != static_cast<ssize_t>(line.size()))
-    LIFL_WARN("cannot journal an accepted update of job " << id << " in " << path);
+  if (fd && ::write(fd.get(), line.data(), line.size()) == static_cast<ssize_t>(line.size()))
+    return success();
+  const int err = errno;
+  // A partial line (the disk filled mid-write) would be read back as a client: cut it off.
+  if (fd) {
+    const std::string text = readAll(path).value_or("");
+    const auto end = text.rfind('\n');
+    if (::ftruncate(fd.get(), end == std::string::npos ? 0 : static_cast<off_t>(end + 1)) != 0)
+      LIFL_WARN("cannot cut a partial line off " << path);
+  }
+  if (err == ENOSPC || err == EDQUOT)
+    return unavailable("disk_full", "the data dir has no room to record the update; retry later");
+  return internal("journal_failed",
+                  "cannot record the update in " + path + ": " + std::strerror(err));
 }
 
 void JobCheckpoints::rewriteJournal(

@@ -258,7 +258,16 @@ Result<void> JobManager::startRound(Job& job, uint32_t coveredByPartials) {
   if (job.roundStarted) job.roundStart = job.roundOpened;
   for (auto& p : std::exchange(job.parked, {})) {
     auto update = store_.resolve(p.object);
-    if (update) route(job, update.value(), p.meta);
+    if (!update) continue;
+    // Accepted already (into the round that was closing): recorded now for its own round, as
+    // well as the disk allows.
+    if (auto j = job.cluster
+                     ? success()
+                     : checkpoints_.journal(job.spec.id, job.round, p.meta.source, p.meta.id);
+        !j)
+      LIFL_WARN("job " << job.spec.id
+                       << ": a parked update is not journaled: " << j.error().detail);
+    route(job, update.value(), p.meta);
   }
   return success();
 }
@@ -585,6 +594,10 @@ Result<uint32_t> JobManager::commit(const std::string& id, const UpdateMeta& met
     job->parked.push_back({update.handle(), meta});
     return meta.target;
   }
+  // Journaled before it counts: an update the data dir cannot record is refused (503
+  // disk_full), not accepted and then forgotten by a restart.
+  if (!job->cluster)
+    LIFL_TRYV(checkpoints_.journal(job->spec.id, job->round, meta.source, meta.id));
   job->reserved--;
   route(*job, update, meta);
   metrics_.updateAccepted(id, update.size());
@@ -594,10 +607,7 @@ Result<uint32_t> JobManager::commit(const std::string& id, const UpdateMeta& met
 void JobManager::route(Job& job, ObjectRef update, const UpdateMeta& meta, bool recovered) {
   job.routedTotal++;
   job.received++;
-  if (!recovered) {
-    job.accepted.insert(acceptKey(meta));
-    if (!job.cluster) checkpoints_.journal(job.spec.id, job.round, meta.source, meta.id);
-  }
+  if (!recovered) job.accepted.insert(acceptKey(meta));
   if (meta.late) job.lateFolded++;
   const size_t slot = slotFor(job, recovered);
   if (auto deployed = deployLeaf(job, slot); !deployed) {

@@ -10,6 +10,9 @@ set above what the store holds (the default 12), uploads filled the store, the l
 not allocate their accumulators, and the round waited forever with accepted updates in it.
 Every wait here is bounded."""
 import http.client
+import os
+import subprocess
+import tempfile
 import json
 import threading
 import time
@@ -20,7 +23,7 @@ import uuid
 import numpy as np
 
 from lifl_client import LiflError, encode_safetensors
-from lifl_harness import Platform, assert_model_equal, fedavg, job_spec
+from lifl_harness import Platform, assert_model_equal, fedavg, job_spec, random_update
 
 BIG = {"w": (300_000,)}  # 1.2 MB an F32 update
 STORE_BYTES = 16 << 20   # the smallest store lifl up takes
@@ -176,6 +179,50 @@ class FinishedJobsLeaveTheStore(unittest.TestCase):
             self.assertGreater(free, STORE_BYTES / 2, "finished jobs' models left in the store")
         finally:
             p.stop()
+
+
+class DiskFull(unittest.TestCase):
+    def setUp(self):
+        if os.geteuid() != 0:
+            self.skipTest("SKIPPED: mounting a small tmpfs for the data dir needs root")
+
+    def test_an_update_the_disk_cannot_record_is_refused(self):
+        # The data dir on a 4 MiB tmpfs, filled up before the round's first update: an update
+        # that cannot be journaled is refused (503 disk_full) instead of accepted and then
+        # forgotten by a restart; once there is room again it is accepted, and the round is
+        # exact. (Filled first, because an append inside the journal's last page needs no new
+        # space on tmpfs.)
+        mnt = tempfile.mkdtemp(prefix="lifl-disk-")
+        subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", mnt], check=True)
+        try:
+            p = Platform(router="userspace", data_dir=os.path.join(mnt, "data"))
+            try:
+                p.client.create_job(job_spec("disk", clients=4, rounds=1))
+                rng = np.random.default_rng(2)
+                updates = [random_update(rng) for _ in range(4)]
+                filler = os.path.join(mnt, "filler")
+                with open(filler, "wb") as f:
+                    try:
+                        while True:
+                            f.write(b"\0" * (1 << 16))
+                            f.flush()
+                    except OSError:
+                        pass
+                with self.assertRaises(LiflError) as refused:
+                    p.client.push("disk", updates[0][0], client="c0", num_examples=1, round_=0)
+                self.assertEqual((refused.exception.status, refused.exception.code), (503, "disk_full"))
+                self.assertEqual(p.client.job("disk")["received"], 0, "the refused update is not counted")
+                os.remove(filler)
+                for c in range(4):
+                    p.client.push("disk", updates[c][0], client=f"c{c}", num_examples=c + 1, round_=0)
+                self.assertEqual(p.client.wait_round("disk", 1, timeout=30)["round"], 1)
+                model, _ = p.client.pull("disk")
+                assert_model_equal(self, model, fedavg([(c + 1, updates[c][1]) for c in range(4)]))
+            finally:
+                p.stop()
+        finally:
+            subprocess.run(["umount", mnt], check=False)
+            os.rmdir(mnt)
 
 
 if __name__ == "__main__":

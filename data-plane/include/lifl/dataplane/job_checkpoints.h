@@ -45,9 +45,10 @@ class JobCheckpoints {
   bool enabled() const { return !root_.empty(); }
   Result<void> saveState(const std::string& id, const nlohmann::json& state) const;
   Result<void> saveModel(const std::string& id, uint32_t round, const ObjectRef& model) const;
-  /// Records one accepted update of `round` (best effort: a failed write is logged).
-  void journal(const std::string& id, uint32_t round, const std::string& source,
-               const std::string& ceId) const;
+  /// Records one accepted update of `round`. 503 disk_full (or 500) when it cannot be
+  /// written: an update is accepted only once a restart would know of it.
+  Result<void> journal(const std::string& id, uint32_t round, const std::string& source,
+                       const std::string& ceId) const;
   /// Replaces the journal of `round` with `accepted` (after a restart dropped the lost ones).
   void rewriteJournal(const std::string& id, uint32_t round,
                       const std::vector<std::pair<std::string, std::string>>& accepted) const;
