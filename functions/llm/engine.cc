@@ -6,6 +6,7 @@
 #include <map>
 
 #include "lifl/common/log.h"
+#include "lifl/common/scope_exit.h"
 
 namespace lifl::llm {
 
@@ -193,14 +194,10 @@ gpu::llm::RetrievalStep Engine::retrievalStep(const std::vector<Row>& batch,
       const uint32_t r = rows[j];
       Sequence& seq = *batch[r].seq;
       const auto started = std::chrono::steady_clock::now();
-      struct AddTime {  // however the row's decision ends
-        SequenceRetrieval& to;
-        std::chrono::steady_clock::time_point from;
-        ~AddTime() {
-          to.addHostSeconds(
-              std::chrono::duration<double>(std::chrono::steady_clock::now() - from).count());
-        }
-      } timed{*seq.retrieval, started};
+      ScopeExit timed([&] {  // however the row's decision ends
+        seq.retrieval->addHostSeconds(
+            std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count());
+      });
       const uint32_t pos = batch[r].position;
       const auto view = hostView(seq, layer);
       std::memcpy(view.kRow(pos / kl::kPageTokens, pos % kl::kPageTokens), k + j * kv, kv * 4);

@@ -1,13 +1,11 @@
 #include "retrieval.h"
 
 #include <algorithm>
-#include <atomic>
 #include <bit>
 #include <cmath>
 #include <numeric>
 #include <sstream>
 #include <string>
-#include <thread>
 
 #include "lifl/common/worker_pool.h"
 #include "lifl/gpu/llm_device.h"
@@ -70,21 +68,15 @@ Result<void> SequenceRetrieval::clusterPrompt(const std::function<kl::KvPages(ui
                                               std::span<const uint32_t> table,
                                               uint32_t promptLength, gpu::Backend backend) {
   promptLength_ = segmentStart_ = promptLength;
-  // k-means is the prompt's main cost at long contexts (docs/benchmarks.md): on the CPU a
-  // thread per layer, as many at once as there are cores; the device takes layers in turn.
+  // k-means is the prompt's main cost at long contexts (docs/benchmarks.md): on the CPU the
+  // layers share the worker pool; the device takes them in turn.
   const auto layers = static_cast<uint32_t>(layers_.size());
-  const uint32_t width = backend == gpu::Backend::Cuda
-                             ? 1
-                             : std::max(1u, std::min(layers, std::thread::hardware_concurrency()));
-  std::atomic<uint32_t> next{0};
-  std::vector<Result<void>> outcomes(width, success());
-  std::vector<std::thread> workers;
-  for (uint32_t w = 0; w < width; ++w)
-    workers.emplace_back([&, w] {
-      for (uint32_t l = next++; l < layers && outcomes[w]; l = next++)
-        outcomes[w] = clusterLayer(l, cache(l), table, backend);
-    });
-  for (auto& t : workers) t.join();
+  std::vector<Result<void>> outcomes(layers, success());
+  auto cluster = [&](uint32_t l) { outcomes[l] = clusterLayer(l, cache(l), table, backend); };
+  if (backend == gpu::Backend::Cuda)
+    for (uint32_t l = 0; l < layers && (l == 0 || outcomes[l - 1]); ++l) cluster(l);
+  else
+    WorkerPool::shared().parallelFor(layers, cluster);
   for (auto& o : outcomes) LIFL_TRYV(std::move(o));
   return success();
 }

@@ -4,6 +4,8 @@
 
 #include <cuda_runtime.h>
 
+#include <algorithm>
+#include <cstdint>
 #include <string>
 
 namespace lifl::gpu::cuda {
@@ -40,6 +42,12 @@ struct StreamScope {
   StreamScope(const StreamScope&) = delete;
   StreamScope& operator=(const StreamScope&) = delete;
 };
+
+/// Blocks of 256 threads for a grid-stride kernel over `work` items: enough to fill the GPU
+/// (132 SMs x 16), never none.
+inline unsigned grid(uint64_t work) {
+  return static_cast<unsigned>(std::clamp<uint64_t>((work + 255) / 256, 1, 132 * 16));
+}
 
 /// A device buffer that grows as needed (RAII).
 struct Buffer {

@@ -21,10 +21,6 @@ namespace {
 
 constexpr uint32_t kKeysPerBlock = 128, kTileCentroids = 32;
 
-unsigned blocksFor(uint64_t work) {
-  return static_cast<unsigned>(std::min<uint64_t>((work + 255) / 256, 132 * 16));
-}
-
 /// A grid-stride loop of VAR over [0, TOTAL).
 #define LIFL_GRID_STRIDE(VAR, TOTAL)                                                  \
   for (uint64_t VAR = uint64_t{blockIdx.x} * blockDim.x + threadIdx.x; VAR < (TOTAL); \
@@ -174,10 +170,10 @@ std::string kmeans(const float* keys, uint32_t n, uint32_t kvHeads, uint32_t hea
       members.as<uint32_t>(), items, 0, endBit, currentStream()));
   LIFL_TRY_STR(temp.reserve(std::max<size_t>(tempBytes, 1)));
   const float* k = dKeys.as<float>();
-  seedKernel<<<blocksFor(std::max(centFloats, entries)), 256, 0, currentStream()>>>(
+  seedKernel<<<grid(std::max(centFloats, entries)), 256, 0, currentStream()>>>(
       cent.as<float>(), indices.as<uint32_t>(), k, n, kvHeads, headDim, clusters);
   for (uint32_t round = 0; round < rounds; ++round) {
-    normsKernel<<<blocksFor(uint64_t{kvHeads} * clusters), 256, 0, currentStream()>>>(
+    normsKernel<<<grid(uint64_t{kvHeads} * clusters), 256, 0, currentStream()>>>(
         norms.as<float>(), cent.as<float>(), uint64_t{kvHeads} * clusters, headDim);
     switch (headDim) {
 #define LIFL_ASSIGN(HD)                                                                           \
@@ -201,9 +197,9 @@ std::string kmeans(const float* keys, uint32_t n, uint32_t kvHeads, uint32_t hea
         members.as<uint32_t>(), items, 0, endBit, currentStream()));
     for (Buffer* b : {&begin, &end})
       LIFL_CU(cudaMemsetAsync(b->p, 0, uint64_t{kvHeads} * clusters * 4, currentStream()));
-    boundsKernel<<<blocksFor(entries), 256, 0, currentStream()>>>(
+    boundsKernel<<<grid(entries), 256, 0, currentStream()>>>(
         begin.as<uint32_t>(), end.as<uint32_t>(), sorted.as<uint32_t>(), entries);
-    updateKernel<<<blocksFor(uint64_t{kvHeads} * clusters * 32), 256, 0, currentStream()>>>(
+    updateKernel<<<grid(uint64_t{kvHeads} * clusters * 32), 256, 0, currentStream()>>>(
         cent.as<float>(), k, members.as<uint32_t>(), begin.as<uint32_t>(), end.as<uint32_t>(),
         kvHeads, clusters, headDim);
     LIFL_CU(cudaGetLastError());

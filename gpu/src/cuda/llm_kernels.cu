@@ -267,10 +267,6 @@ __global__ void prefillAttentionKernel(float* __restrict__ out, const float* __r
   }
 }
 
-unsigned grid(uint64_t work) {
-  return static_cast<unsigned>(std::clamp<uint64_t>((work + 255) / 256, 1, 132 * 16));
-}
-
 std::string uploadBf16(Buffer& b, const float* host, uint64_t n) {
   std::vector<__nv_bfloat16> tmp(n);
   for (uint64_t i = 0; i < n; ++i) tmp[i] = __float2bfloat16(host[i]);
