@@ -46,7 +46,8 @@ int cmdController(int argc, char** argv) {
   auto controller = control::Controller::start(c);
   if (!controller) return fail(controller.error());
   if (args.has("port-file")) writePortFile(args.get("port-file"), controller.value()->port());
-  std::printf("LIFL controller is up: http://%s:%u\n", c.bind.c_str(), controller.value()->port());
+  std::printf("LIFL controller is up: %s://%s:%u\n", c.tls.enabled() ? "https" : "http",
+              c.bind.c_str(), controller.value()->port());
   std::fflush(stdout);
   int sig = 0;
   sigwait(&stopSignals, &sig);

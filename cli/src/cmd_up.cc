@@ -171,8 +171,9 @@ int runAgent(int argc, char** argv, bool member) {
     return fail(badRequest("bad_arguments", "lifl agent needs cluster.controller or --controller"));
   const uint16_t port = agent.value()->port();
   if (args.value().has("port-file")) writePortFile(args.value().get("port-file"), port);
-  std::printf("%s is up: http://%s:%u (router %s)\n", member ? "LIFL agent" : "LIFL",
-              config.bind.c_str(), port, config.router.c_str());
+  std::printf("%s is up: %s://%s:%u (router %s)\n", member ? "LIFL agent" : "LIFL",
+              config.gatewayTls.enabled() ? "https" : "http", config.bind.c_str(), port,
+              config.router.c_str());
   if (config.security.auth)
     std::printf("auth is on: the admin credential is in %s\n",
                 config.security.adminTokenPath(config.dataDir).c_str());

@@ -23,7 +23,8 @@ Result<ControllerConfig> parseControllerConfig(const std::string& yaml) {
                                                 "heartbeat_seconds",
                                                 "node_timeout_seconds",
                                                 "command_timeout_seconds",
-                                                "security"};
+                                                "security",
+                                                "tls"};
     for (const auto& kv : root)
       if (!kKeys.count(kv.first.as<std::string>()))
         return bad("unknown config key " + kv.first.as<std::string>());
@@ -59,12 +60,28 @@ Result<ControllerConfig> parseControllerConfig(const std::string& yaml) {
       if (!(c.security.tokenTtlSeconds > 0))
         return bad("security.token_ttl_seconds must be positive");
     }
+    if (auto tls = root["tls"]) {
+      if (!tls.IsMap()) return bad("tls must be a mapping");
+      static const std::set<std::string> kTlsKeys = {"cert_file", "key_file", "client_ca_file",
+                                                     "ca_file"};
+      for (const auto& kv : tls)
+        if (!kTlsKeys.count(kv.first.as<std::string>()))
+          return bad("unknown config key tls." + kv.first.as<std::string>());
+      auto readTls = [&](const char* key, std::string& out) {
+        if (tls[key]) out = tls[key].as<std::string>();
+      };
+      readTls("cert_file", c.tls.certFile);
+      readTls("key_file", c.tls.keyFile);
+      readTls("client_ca_file", c.tls.clientCaFile);
+      readTls("ca_file", c.tlsCaFile);
+    }
     if (port < 0 || port > 65535) return bad("port must be 0-65535");
     c.port = static_cast<uint16_t>(port);
   } catch (const YAML::Exception& e) {
     return bad(std::string("config: ") + e.what());
   }
   if (c.threads == 0 || c.threads > 64) return bad("threads must be 1-64");
+  LIFL_TRYV(checkServerTlsFiles(c.tls, "tls."));
   if (c.heartbeatSeconds <= 0 || c.nodeTimeoutSeconds <= c.heartbeatSeconds)
     return bad("node_timeout_seconds must be larger than heartbeat_seconds (> 0)");
   return c;

@@ -287,12 +287,13 @@ Result<std::unique_ptr<Controller>> Controller::start(ControllerConfig config) {
   LIFL_TRY(access,
            AccessPolicy::create(s->config.security, s->config.dataDir, PolicyRole::Controller));
   s->access = std::move(access);
-  s->server =
-      std::make_unique<HttpServer>([s](const HttpRequest& r) { return s->handle(r); }, kMaxBody);
+  s->server = std::make_unique<HttpServer>([s](const HttpRequest& r) { return s->handle(r); },
+                                           kMaxBody, s->config.tls);
   LIFL_TRY(port, s->server->start(s->config.bind, s->config.port, s->config.threads));
   s->port = port;
   s->selfUrl = s->config.advertiseUrl.empty()
-                   ? "http://" + s->config.bind + ":" + std::to_string(port)
+                   ? std::string(s->config.tls.enabled() ? "https://" : "http://") +
+                         s->config.bind + ":" + std::to_string(port)
                    : s->config.advertiseUrl;
   {
     std::lock_guard lock(s->mutex);

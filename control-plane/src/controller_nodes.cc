@@ -7,7 +7,7 @@
 namespace lifl::control {
 
 Result<std::unique_ptr<HttpClient>> Controller::State::connectToNode(const std::string& url) const {
-  LIFL_TRY(client, HttpClient::connect(url, config.commandTimeoutSeconds));
+  LIFL_TRY(client, HttpClient::connect(url, config.commandTimeoutSeconds, nodeTls()));
   client->setBearer(access->clusterToken());
   return client;
 }
@@ -15,7 +15,7 @@ Result<std::unique_ptr<HttpClient>> Controller::State::connectToNode(const std::
 std::shared_ptr<NodeCommands> Controller::State::commandsFor(const std::string& name,
                                                              const std::string& url) const {
   return std::make_shared<NodeCommands>(name, url, config.commandTimeoutSeconds,
-                                        access->clusterToken());
+                                        access->clusterToken(), nodeTls());
 }
 
 Result<nlohmann::json> Controller::State::registerNode(const nlohmann::json& body) {
@@ -30,7 +30,8 @@ Result<nlohmann::json> Controller::State::registerNode(const nlohmann::json& bod
   }
   if (name.empty() || name.size() > 63 || name.find('/') != std::string::npos)
     return badRequest("bad_node", "node names are 1-63 characters without '/'");
-  if (url.rfind("http://", 0) != 0) return badRequest("bad_node", "url must be http://host:port");
+  if (url.rfind("http://", 0) != 0 && url.rfind("https://", 0) != 0)
+    return badRequest("bad_node", "url must be http://host:port or https://host:port");
   std::lock_guard lock(mutex);
   auto& n = nodes[name];
   const bool known = !n.name.empty() && n.live;

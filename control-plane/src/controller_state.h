@@ -122,6 +122,8 @@ struct Controller::State {
   /// A connection to an agent, and a node's command channel: bounded by
   /// command_timeout_seconds, carrying the cluster credential (security.auth).
   Result<std::unique_ptr<HttpClient>> connectToNode(const std::string& url) const;
+  /// How the controller calls agents' https:// gateways: tls.ca_file, and its own certificate.
+  TlsOptions nodeTls() const { return {config.tlsCaFile, config.tls.certFile, config.tls.keyFile}; }
   std::shared_ptr<NodeCommands> commandsFor(const std::string& name, const std::string& url) const;
   void sweep();
 

@@ -2,7 +2,9 @@
 #include "lifl/control/http_server.h"
 
 #include <boost/asio.hpp>
+#include <boost/asio/ssl.hpp>
 #include <boost/beast.hpp>
+#include <boost/beast/ssl.hpp>
 #include <optional>
 #include <thread>
 #include <utility>  // before Asio: g++ 12 needs std::exchange for asio::awaitable
@@ -20,27 +22,56 @@ using asio::awaitable;
 using asio::use_awaitable;
 
 struct HttpServer::Impl {
-  Impl(HttpHandler h, uint64_t limit) : handler(std::move(h)), maxBody(limit) {}
+  Impl(HttpHandler h, uint64_t limit, ServerTlsFiles files)
+      : handler(std::move(h)), maxBody(limit), tlsFiles(std::move(files)) {}
   HttpHandler handler;
   uint64_t maxBody;
+  ServerTlsFiles tlsFiles;
+  std::optional<asio::ssl::context> tls;  ///< tlsFiles enabled: HTTPS only
   asio::io_context ioc;
   std::optional<tcp::acceptor> acceptor;
   std::vector<std::thread> threads;
 
+  /// One connection: the TLS handshake first where it is configured (bounded, so a silent
+  /// peer cannot hold a connection), then its requests.
   awaitable<void> session(tcp::socket socket) {
-    beast::tcp_stream stream(std::move(socket));
-    stream.socket().set_option(tcp::no_delay(true));
+    socket.set_option(tcp::no_delay(true));
+    if (!tls) {
+      beast::tcp_stream stream(std::move(socket));
+      co_await serve(stream);
+      beast::error_code ignored;
+      stream.socket().shutdown(tcp::socket::shutdown_send, ignored);
+      co_return;
+    }
+    beast::ssl_stream<beast::tcp_stream> stream(beast::tcp_stream(std::move(socket)), *tls);
+    beast::get_lowest_layer(stream).expires_after(std::chrono::seconds(10));
+    beast::error_code ec;
+    co_await stream.async_handshake(asio::ssl::stream_base::server,
+                                    asio::redirect_error(use_awaitable, ec));
+    if (ec) {  // not TLS, or (mTLS) no certificate of the client CA: nothing to answer
+      LIFL_DEBUG("TLS handshake refused: " << ec.message());
+      co_return;
+    }
+    co_await serve(stream);
+    beast::get_lowest_layer(stream).expires_after(std::chrono::seconds(1));
+    co_await stream.async_shutdown(asio::redirect_error(use_awaitable, ec));
+  }
+
+  template <class Stream>
+  awaitable<void> serve(Stream& stream) {
     beast::flat_buffer buffer;
     for (;;) {
       http::request_parser<http::string_body> parser;
       parser.body_limit(maxBody);
-      stream.expires_after(std::chrono::seconds(60));  // idle keep-alive connections close
+      // idle keep-alive connections close
+      beast::get_lowest_layer(stream).expires_after(std::chrono::seconds(60));
       beast::error_code ec;
       co_await http::async_read(stream, buffer, parser, asio::redirect_error(use_awaitable, ec));
       HttpReply reply;
       bool keepAlive = false;
       if (ec == http::error::end_of_stream || ec == asio::error::eof ||
-          ec == beast::error::timeout || ec == asio::error::connection_reset)
+          ec == beast::error::timeout || ec == asio::error::connection_reset ||
+          ec == asio::ssl::error::stream_truncated)
         break;
       if (ec == http::error::body_limit) {
         reply = HttpReply::error(makeError(413, "body_too_large", "the body is too large"));
@@ -74,8 +105,6 @@ struct HttpServer::Impl {
       co_await http::async_write(stream, res, asio::redirect_error(use_awaitable, ec));
       if (ec || !keepAlive) break;
     }
-    beast::error_code ignored;
-    stream.socket().shutdown(tcp::socket::shutdown_send, ignored);
   }
 
   awaitable<void> listen() {
@@ -91,12 +120,16 @@ struct HttpServer::Impl {
   }
 };
 
-HttpServer::HttpServer(HttpHandler handler, uint64_t maxBodyBytes)
-    : impl_(std::make_unique<Impl>(std::move(handler), maxBodyBytes)) {}
+HttpServer::HttpServer(HttpHandler handler, uint64_t maxBodyBytes, ServerTlsFiles tls)
+    : impl_(std::make_unique<Impl>(std::move(handler), maxBodyBytes, std::move(tls))) {}
 
 HttpServer::~HttpServer() { stop(); }
 
 Result<uint16_t> HttpServer::start(const std::string& bind, uint16_t port, uint32_t threads) {
+  if (impl_->tlsFiles.enabled()) {
+    LIFL_TRY(ctx, serverTlsContext(impl_->tlsFiles, "tls."));
+    impl_->tls.emplace(std::move(ctx));
+  }
   beast::error_code ec;
   auto address = asio::ip::make_address(bind, ec);
   if (ec) return badRequest("invalid_config", "bind address " + bind + " is not an IP address");

@@ -8,11 +8,12 @@
 namespace lifl::control {
 
 NodeCommands::NodeCommands(std::string nodeName, std::string url, double timeoutSeconds,
-                           std::string credential)
+                           std::string credential, TlsOptions tls)
     : node_(std::move(nodeName)),
       url_(std::move(url)),
       timeoutSeconds_(timeoutSeconds),
       credential_(std::move(credential)),
+      tls_(std::move(tls)),
       thread_([this] { run(); }) {}
 
 NodeCommands::~NodeCommands() {
@@ -55,7 +56,7 @@ void NodeCommands::run() {
     lock.unlock();
     Result<HttpResponse> answer = unavailable("connect_failed", "not connected");
     if (!client) {
-      auto connected = HttpClient::connect(url_, timeoutSeconds_);
+      auto connected = HttpClient::connect(url_, timeoutSeconds_, tls_);
       if (connected) {
         client = std::move(connected).value();
         client->setBearer(credential_);

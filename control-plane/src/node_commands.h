@@ -9,13 +9,15 @@
 #include <string>
 #include <thread>
 
+#include "lifl/common/http_client.h"
+
 namespace lifl::control {
 
 class NodeCommands {
  public:
   /// @param credential the cluster credential the commands carry ("": none)
   NodeCommands(std::string nodeName, std::string url, double timeoutSeconds,
-               std::string credential = "");
+               std::string credential = "", TlsOptions tls = {});
   ~NodeCommands();
   NodeCommands(const NodeCommands&) = delete;
   NodeCommands& operator=(const NodeCommands&) = delete;
@@ -39,6 +41,7 @@ class NodeCommands {
   std::string node_, url_;
   double timeoutSeconds_;
   std::string credential_;
+  TlsOptions tls_;
   std::mutex mutex_;
   std::condition_variable wake_;
   std::deque<Command> queue_;

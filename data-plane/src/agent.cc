@@ -132,9 +132,10 @@ Result<std::unique_ptr<Agent>> Agent::start(AgentConfig config, Planner planner,
   agent->port_ = port;
   if (agent->cluster_) LIFL_TRYV(agent->joinCluster());
   agent->ready_ = true;
-  LIFL_INFO("agent ready: router " << agent->router_->name() << ", store " << store.path << " ("
-                                   << (c.storeBytes >> 20) << " MiB), " << c.warmPool
-                                   << " warm instances, http://" << c.bind << ":" << port);
+  LIFL_INFO("agent ready: router "
+            << agent->router_->name() << ", store " << store.path << " (" << (c.storeBytes >> 20)
+            << " MiB), " << c.warmPool << " warm instances, "
+            << (c.gatewayTls.enabled() ? "https://" : "http://") << c.bind << ":" << port);
   return agent;
 }
 
@@ -150,7 +151,8 @@ Result<void> Agent::joinCluster() {
     if (config_.bind == "0.0.0.0")
       return badRequest("invalid_config",
                         "cluster.advertise_url is needed when the gateway binds 0.0.0.0");
-    cc.advertiseUrl = "http://" + config_.bind + ":" + std::to_string(port_);
+    cc.advertiseUrl = std::string(config_.gatewayTls.enabled() ? "https://" : "http://") +
+                      config_.bind + ":" + std::to_string(port_);
   }
   if (cc.slots == 0) {  // 4 a CPU this agent may use: its affinity, within its cgroup's limit
     cpu_set_t cpus;

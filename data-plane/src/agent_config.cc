@@ -102,9 +102,9 @@ Result<AgentConfig> parseAgentConfig(const std::string& yaml) {
           checkKeys(g, "gateway",
                     {"threads", "header_timeout_seconds", "body_timeout_seconds", "max_connections",
                      "tls_cert_file", "tls_key_file", "tls_client_ca_file"}));
-      read(g, "tls_cert_file", c.tlsCertFile);
-      read(g, "tls_key_file", c.tlsKeyFile);
-      read(g, "tls_client_ca_file", c.tlsClientCaFile);
+      read(g, "tls_cert_file", c.gatewayTls.certFile);
+      read(g, "tls_key_file", c.gatewayTls.keyFile);
+      read(g, "tls_client_ca_file", c.gatewayTls.clientCaFile);
       read(g, "threads", c.gatewayThreads);
       read(g, "header_timeout_seconds", c.headerTimeoutSeconds);
       read(g, "body_timeout_seconds", c.bodyTimeoutSeconds);
@@ -123,29 +123,32 @@ Result<AgentConfig> parseAgentConfig(const std::string& yaml) {
       read(sec, "client_burst", c.security.clientBurst);
     }
     if (auto cl = root["cluster"]) {
-      LIFL_TRYV(checkKeys(
-          cl, "cluster",
-          {"controller", "node_name", "advertise_url", "slots", "request_timeout_seconds"}));
+      LIFL_TRYV(checkKeys(cl, "cluster",
+                          {"controller", "node_name", "advertise_url", "slots",
+                           "request_timeout_seconds", "ca_file", "cert_file", "key_file"}));
       read(cl, "controller", c.cluster.controller);
       read(cl, "node_name", c.cluster.nodeName);
       read(cl, "advertise_url", c.cluster.advertiseUrl);
       read(cl, "slots", c.cluster.slots);
       read(cl, "request_timeout_seconds", c.cluster.requestTimeoutSeconds);
+      read(cl, "ca_file", c.cluster.tls.caFile);
+      read(cl, "cert_file", c.cluster.tls.certFile);
+      read(cl, "key_file", c.cluster.tls.keyFile);
     }
   } catch (const YAML::Exception& e) {
     return configError(std::string("config: ") + e.what());
   }
   if (c.router != "ebpf" && c.router != "userspace")
     return configError("router must be ebpf or userspace");
-  if (c.tlsCertFile.empty() != c.tlsKeyFile.empty())
-    return configError("gateway.tls_cert_file and gateway.tls_key_file go together");
-  if (!c.tlsClientCaFile.empty() && c.tlsCertFile.empty())
-    return configError("gateway.tls_client_ca_file needs gateway.tls_cert_file (mTLS is TLS)");
+  LIFL_TRYV(checkServerTlsFiles(c.gatewayTls, "gateway.tls_"));
+  if (c.cluster.tls.certFile.empty() != c.cluster.tls.keyFile.empty())
+    return configError("cluster.cert_file and cluster.key_file go together");
   if (c.gatewayThreads == 0 || c.gatewayThreads > 64)
     return configError("gateway.threads must be 1-64");
   if (c.storeBytes < (16ull << 20)) return configError("store.bytes must be at least 16 MiB");
-  if (!c.cluster.controller.empty() && c.cluster.controller.rfind("http://", 0) != 0)
-    return configError("cluster.controller must be an http:// URL");
+  if (!c.cluster.controller.empty() && c.cluster.controller.rfind("http://", 0) != 0 &&
+      c.cluster.controller.rfind("https://", 0) != 0)
+    return configError("cluster.controller must be an http:// or https:// URL");
   if (c.keepAliveSeconds < 0) return configError("functions.keep_alive_seconds must be >= 0");
   if (!(c.security.tokenTtlSeconds > 0))
     return configError("security.token_ttl_seconds must be positive");

@@ -43,7 +43,7 @@ std::unique_ptr<HttpClient> ClusterLink::takeClient() {
 }
 
 Result<std::unique_ptr<HttpClient>> ClusterLink::connect(const std::string& url) const {
-  LIFL_TRY(client, HttpClient::connect(url, config_.requestTimeoutSeconds));
+  LIFL_TRY(client, HttpClient::connect(url, config_.requestTimeoutSeconds, config_.tls));
   client->setBearer(config_.clusterToken);
   return client;
 }

@@ -23,6 +23,7 @@
 #include "lifl/common/log.h"
 #include "lifl/common/scope_exit.h"
 #include "lifl/common/text.h"
+#include "lifl/common/tls_context.h"
 #include "lifl/dataplane/event_object.h"
 
 namespace lifl::dataplane {
@@ -1065,36 +1066,10 @@ Gateway::Gateway(const AgentConfig& config, JobManager& jobs, ChainManager& chai
 
 Gateway::~Gateway() { stop(); }
 
-namespace {
-
-/// The server's TLS context: its certificate chain and key, and for mTLS the CA whose
-/// certificates clients must present. TLS 1.2 and later.
-Result<asio::ssl::context> tlsContext(const AgentConfig& c) {
-  asio::ssl::context ctx(asio::ssl::context::tls_server);
-  beast::error_code ec;
-  ctx.set_options(asio::ssl::context::default_workarounds | asio::ssl::context::no_sslv2 |
-                      asio::ssl::context::no_sslv3 | asio::ssl::context::no_tlsv1 |
-                      asio::ssl::context::no_tlsv1_1,
-                  ec);
-  ctx.use_certificate_chain_file(c.tlsCertFile, ec);
-  if (ec) return badRequest("invalid_config", "gateway.tls_cert_file: " + ec.message());
-  ctx.use_private_key_file(c.tlsKeyFile, asio::ssl::context::pem, ec);
-  if (ec) return badRequest("invalid_config", "gateway.tls_key_file: " + ec.message());
-  if (!c.tlsClientCaFile.empty()) {
-    ctx.load_verify_file(c.tlsClientCaFile, ec);
-    if (ec) return badRequest("invalid_config", "gateway.tls_client_ca_file: " + ec.message());
-    ctx.set_verify_mode(asio::ssl::verify_peer | asio::ssl::verify_fail_if_no_peer_cert);
-  }
-  return ctx;
-}
-
-}  // namespace
-
 Result<uint16_t> Gateway::start() {
-  if (!impl_->config.tlsCertFile.empty()) {
-    auto ctx = tlsContext(impl_->config);
-    if (!ctx) return ctx.error();
-    impl_->tls.emplace(std::move(ctx.value()));
+  if (impl_->config.gatewayTls.enabled()) {
+    LIFL_TRY(ctx, serverTlsContext(impl_->config.gatewayTls, "gateway.tls_"));
+    impl_->tls.emplace(std::move(ctx));
   }
   beast::error_code ec;
   auto address = asio::ip::make_address(impl_->config.bind, ec);

@@ -3,8 +3,6 @@ server certificate for 127.0.0.1 and client certificates are made by the test wi
 `cryptography` package. Over HTTPS a round gives numpy's exact FedAvg; plain HTTP, a client
 that does not trust the CA, and (mTLS) a client without a certificate of the configured CA
 are all refused; bad TLS settings stop `lifl up` with the key named."""
-import datetime
-import ipaddress
 import json
 import os
 import socket
@@ -13,52 +11,9 @@ import tempfile
 import unittest
 
 import numpy as np
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
-
+from lifl_certs import issue, make_ca
 from lifl_client import Client
 from lifl_harness import Platform, exact_round, failed_so_far, lifl_cli
-
-
-def make_ca(folder, name):
-    key = ec.generate_private_key(ec.SECP256R1())
-    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
-    now = datetime.datetime.now(datetime.timezone.utc)
-    cert = (x509.CertificateBuilder().subject_name(subject).issuer_name(subject)
-            .public_key(key.public_key()).serial_number(x509.random_serial_number())
-            .not_valid_before(now - datetime.timedelta(minutes=5))
-            .not_valid_after(now + datetime.timedelta(days=1))
-            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-            .sign(key, hashes.SHA256()))
-    path = os.path.join(folder, f"{name}.pem")
-    with open(path, "wb") as f:
-        f.write(cert.public_bytes(serialization.Encoding.PEM))
-    return key, cert, path
-
-
-def issue(folder, name, ca_key, ca_cert, server):
-    key = ec.generate_private_key(ec.SECP256R1())
-    now = datetime.datetime.now(datetime.timezone.utc)
-    builder = (x509.CertificateBuilder()
-               .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)]))
-               .issuer_name(ca_cert.subject).public_key(key.public_key())
-               .serial_number(x509.random_serial_number())
-               .not_valid_before(now - datetime.timedelta(minutes=5))
-               .not_valid_after(now + datetime.timedelta(days=1)))
-    if server:
-        builder = builder.add_extension(
-            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
-    cert = builder.sign(ca_key, hashes.SHA256())
-    cert_path, key_path = os.path.join(folder, f"{name}.crt"), os.path.join(folder, f"{name}.key")
-    with open(cert_path, "wb") as f:
-        f.write(cert.public_bytes(serialization.Encoding.PEM))
-    with open(key_path, "wb") as f:
-        f.write(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                  serialization.NoEncryption()))
-    os.chmod(key_path, 0o600)
-    return cert_path, key_path
 
 
 class TlsTestCase(unittest.TestCase):
@@ -68,10 +23,10 @@ class TlsTestCase(unittest.TestCase):
         self.tmp = tempfile.TemporaryDirectory(prefix="lifl-tls-")
         d = self.tmp.name
         ca_key, ca_cert, self.ca = make_ca(d, "ca")
-        self.server_cert, self.server_key = issue(d, "server", ca_key, ca_cert, True)
-        self.client_cert, self.client_key = issue(d, "client", ca_key, ca_cert, False)
+        self.server_cert, self.server_key = issue(d, "server", ca_key, ca_cert, ["127.0.0.1"])
+        self.client_cert, self.client_key = issue(d, "client", ca_key, ca_cert)
         other_key, other_cert, _ = make_ca(d, "other-ca")
-        self.foreign_cert, self.foreign_key = issue(d, "foreign", other_key, other_cert, False)
+        self.foreign_cert, self.foreign_key = issue(d, "foreign", other_key, other_cert)
         config = (f"gateway:\n  tls_cert_file: {self.server_cert}\n  tls_key_file: {self.server_key}\n"
                   + (f"  tls_client_ca_file: {self.ca}\n" if self.mtls else ""))
         self.platform = Platform(config=config, tls=self.context(with_cert=self.mtls))

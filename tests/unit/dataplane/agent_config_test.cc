@@ -31,12 +31,27 @@ gateway: {threads: 3}
 }
 
 TEST(AgentConfig, RejectsBadConfigs) {
-  for (const char* bad :
-       {"router: dpdk", "prot: 80", "store: {bytes: 10}", "port: 70000",
-        "functions: {chains: [{name: x}]}", "functions: {chains: [{functions: [a]}]}",
-        "gateway: {threads: 0}", "[1, 2]", "port: {a: 1}", "functions: {warm_pol: 2}",
-        "store: {byte: 1}", "cluster: {controler: http://x:1}", "cluster: {controller: x:1}",
-        "functions: {keep_alive_seconds: -1}", "gateway: 3"}) {
+  for (const char* bad : {"router: dpdk",
+                          "prot: 80",
+                          "store: {bytes: 10}",
+                          "port: 70000",
+                          "functions: {chains: [{name: x}]}",
+                          "functions: {chains: [{functions: [a]}]}",
+                          "gateway: {threads: 0}",
+                          "[1, 2]",
+                          "port: {a: 1}",
+                          "functions: {warm_pol: 2}",
+                          "store: {byte: 1}",
+                          "cluster: {controler: http://x:1}",
+                          "cluster: {controller: x:1}",
+                          "functions: {keep_alive_seconds: -1}",
+                          "gateway: 3",
+                          "cluster: {controller: ftp://x:1}",
+                          "cluster: {cert_file: a.crt}",
+                          "cluster: {key_file: a.key}",
+                          "cluster: {ca: x}",
+                          "gateway: {tls_key_file: k}",
+                          "gateway: {tls_client_ca_file: ca}"}) {
     auto c = parseAgentConfig(bad);
     ASSERT_FALSE(c) << bad;
     EXPECT_EQ(c.error().code, "invalid_config") << bad;
@@ -50,6 +65,9 @@ cluster:
   node_name: node-a
   advertise_url: http://10.0.0.11:8080
   slots: 12
+  ca_file: /etc/lifl/ca.crt
+  cert_file: /etc/lifl/node-a.crt
+  key_file: /etc/lifl/node-a.key
 functions: {scale_up_queue_depth: 0, colocate_roles: false, keep_alive_seconds: 5}
 )");
   ASSERT_TRUE(c) << c.error().toString();
@@ -57,6 +75,10 @@ functions: {scale_up_queue_depth: 0, colocate_roles: false, keep_alive_seconds: 
   EXPECT_EQ(c.value().cluster.nodeName, "node-a");
   EXPECT_EQ(c.value().cluster.advertiseUrl, "http://10.0.0.11:8080");
   EXPECT_EQ(c.value().cluster.slots, 12u);
+  EXPECT_EQ(c.value().cluster.tls.caFile, "/etc/lifl/ca.crt");
+  EXPECT_EQ(c.value().cluster.tls.certFile, "/etc/lifl/node-a.crt");
+  EXPECT_EQ(c.value().cluster.tls.keyFile, "/etc/lifl/node-a.key");
+  EXPECT_TRUE(parseAgentConfig("cluster: {controller: https://ctl:8090}"));
   EXPECT_EQ(c.value().scaleUpQueueDepth, 0u);
   EXPECT_FALSE(c.value().colocateRoles);
   EXPECT_EQ(c.value().keepAliveSeconds, 5);

@@ -87,7 +87,8 @@ class AccessPolicy {
   /// A client token of `job`; with ceSource given, its client must be that source.
   Result<auth::ClientClaims> requireClient(std::string_view authorization, const std::string& job,
                                            std::optional<std::string_view> ceSource) const;
-  /// The admin credential, or a client token of `job`.
+  /// The admin credential, a client token of `job`, or the cluster credential (nodes copy a
+  /// job's model from each other).
   Result<void> requireReader(std::string_view authorization, const std::string& job) const;
   /// The cluster credential (the calls between the controller and its agents).
   Result<void> requireCluster(std::string_view authorization) const;

@@ -10,6 +10,7 @@
 
 #include "lifl/common/access_policy.h"
 #include "lifl/common/error.h"
+#include "lifl/common/tls_context.h"
 
 namespace lifl::control {
 
@@ -26,6 +27,12 @@ struct ControllerConfig {
   /// security.auth: the jobs API needs the admin credential, tokens are signed here, and the
   /// agents' calls the cluster credential (docs/security.md).
   SecurityConfig security;
+  /// tls.cert_file, tls.key_file: the API speaks HTTPS only; tls.client_ca_file adds mTLS
+  /// (agents, admins and the command line present a certificate of that CA).
+  ServerTlsFiles tls;
+  /// tls.ca_file: the CA that agents' https:// gateways must chain to (empty: the system's).
+  /// Calling them, the controller presents its own tls.cert_file, for agents that ask (mTLS).
+  std::string tlsCaFile;
 };
 
 /// Reads the controller's YAML config (an empty path gives the defaults).

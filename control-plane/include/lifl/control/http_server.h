@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "lifl/common/error.h"
+#include "lifl/common/tls_context.h"
 
 namespace lifl::control {
 
@@ -40,9 +41,11 @@ using HttpHandler = std::function<HttpReply(const HttpRequest&)>;
 class HttpServer {
  public:
   /// @param maxBodyBytes larger bodies are answered 413 without being read
-  HttpServer(HttpHandler handler, uint64_t maxBodyBytes);
+  /// @param tls where enabled, HTTPS only (and mTLS with a client CA)
+  HttpServer(HttpHandler handler, uint64_t maxBodyBytes, ServerTlsFiles tls = {});
   ~HttpServer();
-  /// Binds bind:port (0 picks a free port) and serves on `threads` threads.
+  /// Binds bind:port (0 picks a free port) and serves on `threads` threads. A TLS file that
+  /// cannot be used is an invalid_config error naming its `tls.` key.
   Result<uint16_t> start(const std::string& bind, uint16_t port, uint32_t threads);
   void stop();
 

@@ -7,6 +7,7 @@
 
 #include "lifl/common/access_policy.h"
 #include "lifl/common/error.h"
+#include "lifl/common/tls_context.h"
 #include "lifl/dataplane/chain_manager.h"
 #include "lifl/dataplane/cluster_link.h"
 
@@ -43,9 +44,7 @@ struct AgentConfig {
   double headerTimeoutSeconds = 30;
   double bodyTimeoutSeconds = 300;
   uint32_t maxConnections = 1024;
-  std::string tlsCertFile;      ///< PEM certificate chain: the gateway speaks HTTPS only
-  std::string tlsKeyFile;       ///< its PEM private key
-  std::string tlsClientCaFile;  ///< mTLS: clients must present a certificate of this CA
+  ServerTlsFiles gatewayTls;  ///< gateway.tls_*: the gateway speaks HTTPS only
   std::string logLevel = "info";
   SecurityConfig security;  ///< credentials and rate limits (docs/security.md)
   ClusterConfig cluster;    ///< `cluster.controller` set: the agent joins that controller

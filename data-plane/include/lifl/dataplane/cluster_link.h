@@ -29,6 +29,10 @@ struct ClusterConfig {
   std::string advertiseUrl;  ///< how other nodes reach this gateway; default http://bind:port
   uint32_t slots = 0;        ///< aggregators this node hosts; 0: 4 per CPU of its cgroup
   double requestTimeoutSeconds = 10;
+  /// For https:// URLs (the controller's, and other agents' gateways): the CA their
+  /// certificates must chain to (empty: the system's), and this node's own certificate and
+  /// key, presented where the other side asks for one (mTLS).
+  TlsOptions tls;
   /// Set by the agent, not read from YAML: the cluster credential its calls carry where
   /// security.auth is on, and what to do with the controller's public key when it registers.
   std::string clusterToken;
