@@ -5,6 +5,10 @@
 
 #include <atomic>
 #include <csignal>
+#include <deque>
+#include <optional>
+#include <set>
+#include <utility>
 
 #include "lifl/common/log.h"
 #include "lifl/common/scope_exit.h"
@@ -61,9 +65,17 @@ int runInstance(const InstanceOptions& options) {
   std::unique_ptr<Context> context;
   std::string functionName;
 
+  // Read off the socket while cleaning up after a Release, handled before anything newer.
+  std::deque<Descriptor> pending;
   bool idle = true;  // nothing handled since the function last heard the queue drain
   for (;;) {
-    auto next = endpoint.receive(idle ? -1 : 0);
+    Result<std::optional<Descriptor>> next = std::optional<Descriptor>();
+    if (!pending.empty()) {
+      next = pending.front();
+      pending.pop_front();
+    } else {
+      next = endpoint.receive(idle ? -1 : 0);
+    }
     if (!next) {
       LIFL_DEBUG("router socket closed: " << next.error().detail);
       return 0;
@@ -95,15 +107,29 @@ int runInstance(const InstanceOptions& options) {
         LIFL_DEBUG("assigned " << functionName);
         break;
       }
-      case DescriptorKind::Release:
+      case DescriptorKind::Release: {
         // Back to the pool clean: whatever the role still held (a cancelled round's inputs
-        // and accumulator) is freed here, in order after every descriptor it received.
+        // and accumulator) is freed here, in order after every descriptor it received. Not
+        // what is queued behind the Release: the agent may have assigned this instance again
+        // already, and its new peers made their objects ours before we got here (a chain
+        // re-deployed after a death lost its next request that way; so could a leaf reused
+        // for the next round its first updates).
         function.reset();
         context.reset();
         functionName.clear();
-        for (const auto& held : store.value()->ownedBy(options.id))  // not a queued Assign
-          if (held.kind() != dataplane::ObjectKind::Control) store.value()->release(held.handle());
+        for (auto more = endpoint.receive(0); more && more.value(); more = endpoint.receive(0))
+          pending.push_back(*more.value());
+        std::set<std::pair<uint64_t, uint64_t>> queued;  // (offset, generation)
+        for (const auto& q : pending)
+          if (q.hasObject()) queued.emplace(q.offset, q.generation);
+        for (const auto& held : store.value()->ownedBy(options.id)) {
+          const auto h = held.handle();
+          if (held.kind() != dataplane::ObjectKind::Control &&  // not a queued Assign
+              !queued.count({h.offset, h.generation}))
+            store.value()->release(h);
+        }
         break;
+      }
       case DescriptorKind::Shutdown:
         countIt.dismiss();
         return 0;

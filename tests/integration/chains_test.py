@@ -8,6 +8,7 @@ import json
 import os
 import signal
 import threading
+import time
 import unittest
 
 from lifl_harness import PlatformTestCase
@@ -133,7 +134,6 @@ class Chains(PlatformTestCase):
         busy = [i for i in self.platform.instances() if i["function"] == "example.reverse"]
         self.assertEqual(len(busy), 1)
         os.kill(busy[0]["pid"], signal.SIGKILL)
-        import time
         deadline = time.monotonic() + 10
         while True:
             now = [i for i in self.platform.instances() if i["function"] == "example.reverse"]
@@ -143,6 +143,37 @@ class Chains(PlatformTestCase):
             time.sleep(0.02)
         status, _, body = self.binary("after the kill")
         self.assertEqual((status, body.decode()), (200, expected("after the kill")))
+
+    def test_a_redeployed_chain_keeps_what_is_queued_behind_a_release(self):
+        # The instances of a chain re-deployed after a death get Release and a new Assign,
+        # and their new peers send them events at once. An instance that is slow to read its
+        # queue (stopped here) used to free, at the Release, every object it owned: the
+        # events queued behind it too, so the next request was lost (504 after the chain's
+        # timeout). It must be answered once the instances read their queues.
+        chained = [i for i in self.platform.instances() if i["function"].startswith("example.")]
+        victim = next(i for i in chained if i["function"] == "example.reverse")  # shout's only
+        stopped = [i["pid"] for i in chained if i["id"] != victim["id"]]
+        for pid in stopped:
+            os.kill(pid, signal.SIGSTOP)
+        try:
+            os.kill(victim["pid"], signal.SIGKILL)
+            deadline = time.monotonic() + 10
+            while not any(i["function"] == "example.reverse" and i["id"] != victim["id"]
+                          for i in self.platform.instances()):
+                self.assertLess(time.monotonic(), deadline, "chain was not re-deployed")
+                time.sleep(0.02)
+            reused = [i for i in self.platform.instances() if i["pid"] in stopped and i["function"]]
+            result = {}
+            request = threading.Thread(target=lambda: result.update(r=self.binary("queued behind")))
+            request.start()
+            time.sleep(0.5)  # the request reaches the (stopped) new chain's queues
+        finally:
+            for pid in stopped:
+                os.kill(pid, signal.SIGCONT)
+        request.join(40)
+        self.assertTrue(reused, "the re-deployed chain should reuse a stopped instance")
+        status, _, body = result["r"]
+        self.assertEqual((status, body.decode()), (200, expected("queued behind")))
 
 
 class ChainsUserspace(Chains):
