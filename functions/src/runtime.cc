@@ -5,13 +5,10 @@
 
 #include <atomic>
 #include <csignal>
-#include <deque>
-#include <optional>
-#include <set>
-#include <utility>
 
 #include "lifl/common/log.h"
 #include "lifl/common/scope_exit.h"
+#include "lifl/functions/held_objects.h"
 #include "lifl/functions/sdk.h"
 
 namespace lifl::fn {
@@ -61,21 +58,14 @@ int runInstance(const InstanceOptions& options) {
   auto handled = [&] {
     std::atomic_ref<uint64_t>(*processed).fetch_add(1, std::memory_order_release);
   };
+  HeldObjects held(*store.value(), options.id);
   std::unique_ptr<Function> function;
   std::unique_ptr<Context> context;
   std::string functionName;
 
-  // Read off the socket while cleaning up after a Release, handled before anything newer.
-  std::deque<Descriptor> pending;
   bool idle = true;  // nothing handled since the function last heard the queue drain
   for (;;) {
-    Result<std::optional<Descriptor>> next = std::optional<Descriptor>();
-    if (!pending.empty()) {
-      next = pending.front();
-      pending.pop_front();
-    } else {
-      next = endpoint.receive(idle ? -1 : 0);
-    }
+    auto next = endpoint.receive(idle ? -1 : 0);
     if (!next) {
       LIFL_DEBUG("router socket closed: " << next.error().detail);
       return 0;
@@ -103,33 +93,20 @@ int runInstance(const InstanceOptions& options) {
           break;
         }
         functionName = assignment.value().function;
-        context = std::make_unique<Context>(*store.value(), endpoint, assignment.value().params);
+        context =
+            std::make_unique<Context>(*store.value(), endpoint, assignment.value().params, &held);
         LIFL_DEBUG("assigned " << functionName);
         break;
       }
-      case DescriptorKind::Release: {
+      case DescriptorKind::Release:
         // Back to the pool clean: whatever the role still held (a cancelled round's inputs
-        // and accumulator) is freed here, in order after every descriptor it received. Not
-        // what is queued behind the Release: the agent may have assigned this instance again
-        // already, and its new peers made their objects ours before we got here (a chain
-        // re-deployed after a death lost its next request that way; so could a leaf reused
-        // for the next round its first updates).
+        // and accumulator) is freed here, in order after every descriptor it received; what
+        // its next peers already sent it is not (held_objects.h).
         function.reset();
         context.reset();
         functionName.clear();
-        for (auto more = endpoint.receive(0); more && more.value(); more = endpoint.receive(0))
-          pending.push_back(*more.value());
-        std::set<std::pair<uint64_t, uint64_t>> queued;  // (offset, generation)
-        for (const auto& q : pending)
-          if (q.hasObject()) queued.emplace(q.offset, q.generation);
-        for (const auto& held : store.value()->ownedBy(options.id)) {
-          const auto h = held.handle();
-          if (held.kind() != dataplane::ObjectKind::Control &&  // not a queued Assign
-              !queued.count({h.offset, h.generation}))
-            store.value()->release(h);
-        }
+        held.releaseOwned();
         break;
-      }
       case DescriptorKind::Shutdown:
         countIt.dismiss();
         return 0;
@@ -138,6 +115,7 @@ int runInstance(const InstanceOptions& options) {
           LIFL_WARN("no function assigned; dropping " << kindName(d.kind));
           break;
         }
+        if (d.hasObject()) held.note({d.offset, d.length, d.generation});
         if (auto r = function->onEvent(*context, d); !r)
           LIFL_WARN(functionName << ": " << r.error().toString());
     }

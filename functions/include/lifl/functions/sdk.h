@@ -19,14 +19,18 @@
 #include "lifl/dataplane/endpoint.h"
 #include "lifl/dataplane/event_object.h"
 #include "lifl/dataplane/object_store.h"
+#include "lifl/functions/held_objects.h"
 
 namespace lifl::fn {
 
 /// What a function sees of its instance.
 class Context {
  public:
-  Context(dataplane::ObjectStore& store, dataplane::Endpoint& endpoint, nlohmann::json params)
-      : store_(store), endpoint_(endpoint), params_(std::move(params)) {}
+  /// @param held where the runtime keeps what the instance takes on (its allocations), to
+  ///        free at a Release; none outside the runtime
+  Context(dataplane::ObjectStore& store, dataplane::Endpoint& endpoint, nlohmann::json params,
+          HeldObjects* held = nullptr)
+      : store_(store), endpoint_(endpoint), params_(std::move(params)), held_(held) {}
 
   dataplane::ObjectStore& store() { return store_; }
   InstanceId self() const { return endpoint_.self(); }
@@ -36,7 +40,9 @@ class Context {
   Result<void> emit(const Descriptor& d) { return endpoint_.send(d); }
   /// A new object owned by this instance (the agent reclaims it if the instance dies).
   Result<dataplane::ObjectRef> allocate(uint64_t bytes, dataplane::ObjectKind kind) {
-    return store_.allocate(bytes, kind, self());
+    auto object = store_.allocate(bytes, kind, self());
+    if (object && held_) held_->note(object.value().handle());
+    return object;
   }
   /// allocate(), waiting while the store is full (503 store_full) for up to `patience`:
   /// objects are freed as other instances move on, and an aggregator that gave up would
@@ -60,6 +66,7 @@ class Context {
   dataplane::ObjectStore& store_;
   dataplane::Endpoint& endpoint_;
   nlohmann::json params_;
+  HeldObjects* held_;
 };
 
 class Function {
