@@ -3,7 +3,9 @@ GPU, in the same run (docs/benchmarks.md "LLM"). A random model of Llama-3.2-1B'
 (hidden 2048, 16 layers, 32 heads, 8 KV heads, head_dim 64, intermediate 8192, vocab 128256,
 tied, BF16) is written by `lifl model generate`; both decode greedy after a 32-token prompt.
 LIFL runs three ways: the default (BF16 weights, tensor-core GEMM from 8 rows), --gemm exact
-(fp32 activations everywhere), and --quantize int4 (W4A16); transformers runs BF16.
+(fp32 activations everywhere), and --quantize int4 (W4A16); transformers runs BF16. The
+default and int4 run again with LIFL_PDL=0 (every kernel waits for the one before to finish
+before it is scheduled), the baseline of programmatic dependent launch.
 
     python3 bench/llm/bench_decode.py --lifl build/bin/lifl [--steps 128] [--batches 1 16]
 """
@@ -33,20 +35,23 @@ def main():
         print(f"model written in {time.time() - t0:.1f} s", flush=True)
         prompt = list(range(100, 132))
 
-        def lifl_run(tokens, steps, batch, *extra):
+        def lifl_run(tokens, steps, batch, *extra, env=None):
             r = subprocess.run([a.lifl, "model", "run", "--model", model, "--device", "cuda",
                                 "--tokens", ",".join(map(str, tokens)), "--max-tokens",
                                 str(steps), "--batch", str(batch), "--timing", *extra],
-                               capture_output=True, text=True, check=True)
+                               capture_output=True, text=True, check=True,
+                               env={**os.environ, **(env or {})})
             return json.loads(r.stdout.strip().splitlines()[-1])
 
         # The default (BF16 weights, tensor-core GEMM from 8 rows), every linear exact in
         # fp32 activations, and int4 weights (W4A16).
-        modes = {"bf16": [], "bf16 exact": ["--gemm", "exact"], "int4": ["--quantize", "int4"]}
+        modes = {"bf16": [], "bf16 exact": ["--gemm", "exact"], "int4": ["--quantize", "int4"],
+                 "bf16 no PDL": [], "int4 no PDL": ["--quantize", "int4"]}
         ours = {m: {} for m in modes}
         for b in a.batches:
             for m, extra in modes.items():
-                ours[m][b] = lifl_run(prompt, a.steps + 1, b, *extra)
+                env = {"LIFL_PDL": "0"} if m.endswith("no PDL") else None
+                ours[m][b] = lifl_run(prompt, a.steps + 1, b, *extra, env=env)
                 print("lifl", m, b, ours[m][b], flush=True)
         long_prompt = [100 + i % 1000 for i in range(512)]
         prefill = {m: min(lifl_run(long_prompt, 2, 1, *modes[m])["prefill_seconds"]

@@ -6,7 +6,10 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <cstdlib>
 #include <string>
+#include <string_view>
+#include <utility>
 
 namespace lifl::gpu::cuda {
 
@@ -42,6 +45,49 @@ struct StreamScope {
   StreamScope(const StreamScope&) = delete;
   StreamScope& operator=(const StreamScope&) = delete;
 };
+
+/// Programmatic dependent launch (sm_90): a kernel launched with launchDependent may be
+/// scheduled while the kernel before it in the stream is still running. It does what does
+/// not depend on that kernel (reading weights, page tables), then waitForPrerequisites()
+/// before it reads anything an earlier kernel wrote; allowDependents() lets the next kernel
+/// be scheduled. The launch latency and those prologues then overlap the previous kernel's
+/// tail, which is most of a small decode step's gaps. LIFL_PDL=0 turns it off, for the
+/// benchmarks' baseline.
+inline bool programmaticLaunch() {
+  static const bool on = [] {
+    const char* v = std::getenv("LIFL_PDL");
+    return !v || std::string_view(v) != "0";
+  }();
+  return on;
+}
+
+/// @param dependent false: an ordinary launch (where the early one was measured slower)
+template <class... Params, class... Args>
+cudaError_t launchDependent(bool dependent, void (*kernel)(Params...), dim3 blocks, dim3 threads,
+                            Args&&... args) {
+  cudaLaunchAttribute attribute{};
+  attribute.id = cudaLaunchAttributeProgrammaticStreamSerialization;
+  attribute.val.programmaticStreamSerializationAllowed = 1;
+  cudaLaunchConfig_t config{};
+  config.gridDim = blocks;
+  config.blockDim = threads;
+  config.stream = currentStream();
+  config.attrs = &attribute;
+  config.numAttrs = dependent && programmaticLaunch() ? 1 : 0;
+  return cudaLaunchKernelEx(&config, kernel, std::forward<Args>(args)...);
+}
+
+/// Both are no-ops in a kernel launched without launchDependent.
+__device__ __forceinline__ void waitForPrerequisites() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.wait;" ::: "memory");
+#endif
+}
+__device__ __forceinline__ void allowDependents() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.launch_dependents;");
+#endif
+}
 
 /// Blocks of 256 threads for a grid-stride kernel over `work` items: enough to fill the GPU
 /// (132 SMs x 16), never none.

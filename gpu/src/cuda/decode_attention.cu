@@ -261,13 +261,17 @@ __global__ void __launch_bounds__(kWarps * 32, MINB)
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, half = lane / 16, hl = lane % 16;
   const int mine = headOf<G>(lane);
 
-  // The split's pages, so that a row's address does not wait on a block-table load.
+  // The split's pages, so that a row's address does not wait on a block-table load. The
+  // tables, positions and lengths are copied from the host before the step's kernels run, so
+  // this prologue may overlap the kernel before (launchDependent); q and the pages may not.
   __shared__ uint32_t pageOf[kMaxSplitPages];
   const uint32_t* table = tables + rowTable[row];
   const uint32_t firstPage = begin / kPageTokens;
   const uint32_t pageCount = end > begin ? (end - 1) / kPageTokens - firstPage + 1 : 0;
   for (uint32_t i = threadIdx.x; i < pageCount; i += blockDim.x) pageOf[i] = table[firstPage + i];
   __syncthreads();
+  waitForPrerequisites();
+  allowDependents();
 
   const uint64_t kvDim = uint64_t{kvHeads} * HD;
   const float scale = rsqrtf(static_cast<float>(HD)) * 1.4426950408889634f;  // log2 e
@@ -418,19 +422,23 @@ std::string splitDecodeAttention(float* out, float* partial, uint32_t* arrivals,
   bool launched = false, merged = false;
   const bool halfWarp = headDim % 64 == 0 && group * v4 <= 8;
   float* fusedOut = splits <= kMaxFusedSplits ? out : nullptr;
-#define LIFL_HALF(G, V4)                                                                         \
-  if (!launched && halfWarp && group == G && v4 == V4) {                                         \
-    halfWarpAttentionKernel<G, V4, kUnroll, minBlocksFor(G, V4, kUnroll)>                        \
-        <<<blocks, kWarps * 32, 0, currentStream()>>>(fusedOut, arrivals, partial, q, positions, \
-                                                      tables, rowTable, heads, kvHeads, splits,  \
-                                                      splitTokens, kPages, vPages, headLengths); \
-    launched = true;                                                                             \
-    merged = fusedOut != nullptr;                                                                \
+  // Launched early only from 2K positions: at 1K (batch 8, H100) the early launch made each
+  // call 4 us slower (43% of the bandwidth instead of 51%); at 4K it gains 3 points
+  // (docs/benchmarks.md).
+  const bool dependent = maxContext >= 2048;
+#define LIFL_HALF(G, V4)                                                                          \
+  if (!launched && halfWarp && group == G && v4 == V4) {                                          \
+    LIFL_CU(launchDependent(                                                                      \
+        dependent, halfWarpAttentionKernel<G, V4, kUnroll, minBlocksFor(G, V4, kUnroll)>, blocks, \
+        kWarps * 32, fusedOut, arrivals, partial, q, positions, tables, rowTable, heads, kvHeads, \
+        splits, splitTokens, kPages, vPages, headLengths));                                       \
+    launched = true;                                                                              \
+    merged = fusedOut != nullptr;                                                                 \
   }
   LIFL_HALF(1, 1)
   LIFL_HALF(1, 2)
-  LIFL_HALF(1, 4) LIFL_HALF(2, 1) LIFL_HALF(2, 2) LIFL_HALF(2, 4) LIFL_HALF(4, 1) LIFL_HALF(4, 2)
-      LIFL_HALF(8, 1)
+  LIFL_HALF(1, 4)
+  LIFL_HALF(2, 1) LIFL_HALF(2, 2) LIFL_HALF(2, 4) LIFL_HALF(4, 1) LIFL_HALF(4, 2) LIFL_HALF(8, 1)
 #undef LIFL_HALF
 #define LIFL_SPLIT(G, DL)                                                                      \
   if (!launched && group == G && lanes == DL) {                                                \
@@ -441,12 +449,12 @@ std::string splitDecodeAttention(float* out, float* partial, uint32_t* arrivals,
   }
 #define LIFL_SPLIT_DIMS(G) \
   LIFL_SPLIT(G, 1) LIFL_SPLIT(G, 2) LIFL_SPLIT(G, 3) LIFL_SPLIT(G, 4) LIFL_SPLIT(G, 8)
-          LIFL_SPLIT_DIMS(1) LIFL_SPLIT_DIMS(2) LIFL_SPLIT_DIMS(4) LIFL_SPLIT_DIMS(8)
+      LIFL_SPLIT_DIMS(1) LIFL_SPLIT_DIMS(2) LIFL_SPLIT_DIMS(4) LIFL_SPLIT_DIMS(8)
 #undef LIFL_SPLIT_DIMS
 #undef LIFL_SPLIT
-              if (!launched) return "attention: needs head_dim 32, 64, 96, 128 or 256 and 1, 2, 4 "
-                                    "or 8 query heads per "
-                                    "KV head";
+          if (!launched) return "attention: needs head_dim 32, 64, 96, 128 or 256 and 1, 2, 4 "
+                                "or 8 query heads per "
+                                "KV head";
   if (!merged)
     splitMergeKernel<<<dim3(rows, heads), 128, 0, currentStream()>>>(
         out, partial, positions, heads, headDim, splits, splitTokens, headLengths, kvHeads);

@@ -75,6 +75,8 @@ __global__ void __launch_bounds__(WARPS * 32)
                    const float* __restrict__ scales, uint32_t rows, uint32_t in, uint32_t out) {
   constexpr int KT = static_cast<int>(tilesPerChunk(BITS)), CHUNK = 16 * KT;
   constexpr int PER_GROUP = static_cast<int>(kGroup) / CHUNK;
+  waitForPrerequisites();  // x is the kernel before's output (launchDependent)
+  allowDependents();
   const uint32_t tile = blockIdx.x, groups = in / kGroup, chunks = in / CHUNK;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
   const uint4* src = w + uint64_t{tile} * chunks * 32 + lane;
@@ -161,24 +163,23 @@ __global__ void __launch_bounds__(WARPS * 32)
 }
 
 template <int BITS>
-void launch(float* y, const float* x, const uint4* w, const float* scales, uint32_t rows,
-            uint32_t in, uint32_t out) {
+cudaError_t launch(float* y, const float* x, const uint4* w, const float* scales, uint32_t rows,
+                   uint32_t in, uint32_t out) {
   const unsigned tiles = static_cast<unsigned>((out + kQuantTileRows - 1) / kQuantTileRows);
   constexpr int U = BITS == 4 ? 2 : 1;  // 4 loads of 16 bytes in flight per lane
   // Fewer tiles than two per SM (decode's 2048-wide layers): twice the warps per tile and
   // twice the loads in flight, so that a tile's whole row streams in about one round trip.
   if (rows <= 8 && tiles < 2 * 132)
-    quantMmaKernel<BITS, 1, 16, 2 * U>
-        <<<tiles, 16 * 32, 0, currentStream()>>>(y, x, w, scales, rows, in, out);
-  else if (rows <= 8)
-    quantMmaKernel<BITS, 1, 8, U>
-        <<<tiles, 8 * 32, 0, currentStream()>>>(y, x, w, scales, rows, in, out);
-  else if (rows <= 16)
-    quantMmaKernel<BITS, 2, 8, U>
-        <<<tiles, 8 * 32, 0, currentStream()>>>(y, x, w, scales, rows, in, out);
-  else
-    quantMmaKernel<BITS, 4, 8, U>
-        <<<tiles, 8 * 32, 0, currentStream()>>>(y, x, w, scales, rows, in, out);
+    return launchDependent(true, quantMmaKernel<BITS, 1, 16, 2 * U>, tiles, 16 * 32, y, x, w,
+                           scales, rows, in, out);
+  if (rows <= 8)
+    return launchDependent(true, quantMmaKernel<BITS, 1, 8, U>, tiles, 8 * 32, y, x, w, scales,
+                           rows, in, out);
+  if (rows <= 16)
+    return launchDependent(true, quantMmaKernel<BITS, 2, 8, U>, tiles, 8 * 32, y, x, w, scales,
+                           rows, in, out);
+  return launchDependent(true, quantMmaKernel<BITS, 4, 8, U>, tiles, 8 * 32, y, x, w, scales, rows,
+                         in, out);
 }
 
 }  // namespace
@@ -237,10 +238,10 @@ std::string quantLinear(float* y, const float* x, uint32_t bits, const void* shu
   constexpr uint64_t kRowsPerPass = 32;
   for (uint64_t r = 0; r < rows; r += kRowsPerPass) {
     const auto n = static_cast<uint32_t>(std::min(kRowsPerPass, rows - r));
-    (bits == 4 ? launch<4> : launch<8>)(y + r * out, x + r * in, w, paddedScales, n,
-                                        static_cast<uint32_t>(in), static_cast<uint32_t>(out));
+    LIFL_CU((bits == 4 ? launch<4> : launch<8>)(y + r * out, x + r * in, w, paddedScales, n,
+                                                static_cast<uint32_t>(in),
+                                                static_cast<uint32_t>(out)));
   }
-  LIFL_CU(cudaGetLastError());
   return "";
 }
 
