@@ -11,6 +11,7 @@
 
 #include "lifl/common/http_client.h"
 #include "lifl/common/log.h"
+#include "lifl/common/tls_handshake.h"
 
 namespace lifl::control {
 
@@ -44,16 +45,10 @@ struct HttpServer::Impl {
       co_return;
     }
     beast::ssl_stream<beast::tcp_stream> stream(beast::tcp_stream(std::move(socket)), *tls);
-    beast::get_lowest_layer(stream).expires_after(std::chrono::seconds(10));
-    beast::error_code ec;
-    co_await stream.async_handshake(asio::ssl::stream_base::server,
-                                    asio::redirect_error(use_awaitable, ec));
-    if (ec) {  // not TLS, or (mTLS) no certificate of the client CA: nothing to answer
-      LIFL_DEBUG("TLS handshake refused: " << ec.message());
-      co_return;
-    }
+    if (!co_await acceptTls(stream, std::chrono::seconds(10))) co_return;
     co_await serve(stream);
     beast::get_lowest_layer(stream).expires_after(std::chrono::seconds(1));
+    beast::error_code ec;
     co_await stream.async_shutdown(asio::redirect_error(use_awaitable, ec));
   }
 

@@ -24,6 +24,7 @@
 #include "lifl/common/scope_exit.h"
 #include "lifl/common/text.h"
 #include "lifl/common/tls_context.h"
+#include "lifl/common/tls_handshake.h"
 #include "lifl/dataplane/event_object.h"
 
 namespace lifl::dataplane {
@@ -968,16 +969,10 @@ struct Gateway::Impl {
       co_return;
     }
     beast::ssl_stream<beast::tcp_stream> stream(beast::tcp_stream(std::move(socket)), *tls);
-    beast::get_lowest_layer(stream).expires_after(seconds(config.headerTimeoutSeconds));
-    beast::error_code ec;
-    co_await stream.async_handshake(asio::ssl::stream_base::server,
-                                    asio::redirect_error(use_awaitable, ec));
-    if (ec) {  // not TLS, or (mTLS) no certificate of the configured CA: nothing to answer
-      LIFL_DEBUG("TLS handshake refused: " << ec.message());
-      co_return;
-    }
+    if (!co_await acceptTls(stream, seconds(config.headerTimeoutSeconds))) co_return;
     if (co_await serve(stream, overloaded)) co_await discardRest(stream);
     beast::get_lowest_layer(stream).expires_after(std::chrono::seconds(1));
+    beast::error_code ec;
     co_await stream.async_shutdown(asio::redirect_error(use_awaitable, ec));
   }
 
