@@ -205,6 +205,10 @@ size_t JobManager::slotFor(Job& job, bool recovered) {
                      << job.instances[slot + 1] << " added");
     return job.cursor = slot + 1;
   }
+  // A robust rule applied per leaf is defined over the slot's updates: a slot split between
+  // two leaves would give another result (found under the sanitizers, whose slower leaves
+  // fell behind), so such a slow leaf is waited for.
+  if (job.spec.strategy.robust()) return slot;
   // A leaf is judged once it was sent as many updates as the depth that marks it behind: a
   // helper just assigned has its assignment in its queue too, and must not be cut for that.
   if (!scaleUpDepth_ || !queueDepth_ || job.routed[slot].size() < scaleUpDepth_) return slot;

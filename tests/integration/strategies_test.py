@@ -7,6 +7,8 @@ Tolerance: the platform runs the step in fp32 from an fp32 sum; the reference ru
 float64. Over 3 rounds the adaptive steps divide by sqrt(v) + tau with v of order 1, so the
 relative error stays near 1e-6; 1e-4 of the tensor's largest magnitude is asserted (a wrong
 rule, a lost update or state lost between rounds moves values by more than 1e-2)."""
+import os
+import signal
 import unittest
 
 import numpy as np
@@ -250,6 +252,35 @@ class PerLeafRobust(PlatformTestCase):
             self.client.wait_round(job, r + 1, timeout=30)
             model, _ = self.client.pull(job)
             assert_model_equal(self, model, x)
+
+    def test_a_slow_leaf_keeps_its_whole_slot(self):
+        # A leaf that falls behind hands the rest of its slot to a new leaf (scale-up), which
+        # is exact for the mean but not for a rule applied per slot: the slot's median would
+        # become two medians. Every instance is stopped (SIGSTOP) while the first slot's
+        # updates are routed, so that its leaf is behind; the round must still be the
+        # reference's, slot by slot.
+        clients, fan_in = 10, 5
+        self.client.create_job(job_spec("pslow", clients=clients, rounds=1, fan_in=fan_in,
+                                        strategy={"name": "median", "per_leaf": True}))
+        rng = np.random.default_rng(53)
+        pushes = [random_update(rng) for _ in range(clients)]
+        stopped = [i["pid"] for i in self.platform.instances()]
+        for pid in stopped:
+            os.kill(pid, signal.SIGSTOP)
+        try:
+            for c in range(fan_in):
+                self.client.push("pslow", pushes[c][0], client=f"c{c}", num_examples=1, round_=0)
+        finally:
+            for pid in stopped:
+                os.kill(pid, signal.SIGCONT)
+        for c in range(fan_in, clients):
+            self.client.push("pslow", pushes[c][0], client=f"c{c}", num_examples=1, round_=0)
+        self.client.wait_round("pslow", 1, timeout=30)
+        model, _ = self.client.pull("pslow")
+        slots = [[p[1] for p in pushes[:fan_in]], [p[1] for p in pushes[fan_in:]]]
+        medians = [{k: np.median(np.stack([u[k] for u in slot]), axis=0) for k in MODEL} for slot in slots]
+        assert_model_equal(self, model, {k: (medians[0][k] + medians[1][k]) / 2 for k in MODEL})
+        self.assertNotIn("takes the rest of its slot", self.platform.log_tail(200))
 
     def test_median_per_leaf(self):
         self.run_per_leaf("pmed", {"name": "median"},
