@@ -47,9 +47,7 @@ struct HttpServer::Impl {
     beast::ssl_stream<beast::tcp_stream> stream(beast::tcp_stream(std::move(socket)), *tls);
     if (!co_await acceptTls(stream, std::chrono::seconds(10))) co_return;
     co_await serve(stream);
-    beast::get_lowest_layer(stream).expires_after(std::chrono::seconds(1));
-    beast::error_code ec;
-    co_await stream.async_shutdown(asio::redirect_error(use_awaitable, ec));
+    co_await closeTls(stream);
   }
 
   template <class Stream>

@@ -1,33 +1,16 @@
 #include "lifl/dataplane/agent_config.h"
 
-#include <yaml-cpp/yaml.h>
-
 #include <algorithm>
 #include <fstream>
 #include <sstream>
 
+#include "lifl/common/yaml_config.h"
+
 namespace lifl::dataplane {
 namespace {
-
-Error configError(const std::string& detail) { return badRequest("invalid_config", detail); }
-
-template <class T>
-void read(const YAML::Node& node, const char* key, T& out) {
-  if (node && node[key]) out = node[key].as<T>();
-}
-
-/// A section's keys must be known: a typo never falls back to a default silently.
-Result<void> checkKeys(const YAML::Node& section, const std::string& name,
-                       std::initializer_list<const char*> known) {
-  if (!section.IsMap()) return configError(name + " must be a mapping");
-  for (const auto& kv : section) {
-    const auto key = kv.first.as<std::string>();
-    if (std::none_of(known.begin(), known.end(), [&](const char* k) { return key == k; }))
-      return configError("unknown config key " + name + "." + key);
-  }
-  return success();
-}
-
+using config::checkKeys;
+using config::read;
+const auto configError = config::invalid;
 }  // namespace
 
 Result<AgentConfig> parseAgentConfig(const std::string& yaml) {
@@ -35,15 +18,9 @@ Result<AgentConfig> parseAgentConfig(const std::string& yaml) {
   try {
     YAML::Node root = YAML::Load(yaml);
     if (!root || root.IsNull()) return c;
-    if (!root.IsMap()) return configError("config must be a YAML mapping");
-    static const std::vector<std::string> kKeys = {"bind",    "port",      "data_dir", "router",
-                                                   "store",   "functions", "gateway",  "log_level",
-                                                   "cluster", "security"};
-    for (const auto& kv : root) {
-      const auto key = kv.first.as<std::string>();
-      if (std::find(kKeys.begin(), kKeys.end(), key) == kKeys.end())
-        return configError("unknown config key " + key);
-    }
+    LIFL_TRYV(checkKeys(root, "",
+                        {"bind", "port", "data_dir", "router", "store", "functions", "gateway",
+                         "log_level", "cluster", "security"}));
     read(root, "bind", c.bind);
     int port = c.port;
     read(root, "port", port);
@@ -110,18 +87,7 @@ Result<AgentConfig> parseAgentConfig(const std::string& yaml) {
       read(g, "body_timeout_seconds", c.bodyTimeoutSeconds);
       read(g, "max_connections", c.maxConnections);
     }
-    if (auto sec = root["security"]) {
-      LIFL_TRYV(checkKeys(sec, "security",
-                          {"auth", "signing_key_file", "admin_token_file", "cluster_token_file",
-                           "token_ttl_seconds", "client_rate", "client_burst"}));
-      read(sec, "auth", c.security.auth);
-      read(sec, "signing_key_file", c.security.signingKeyFile);
-      read(sec, "admin_token_file", c.security.adminTokenFile);
-      read(sec, "cluster_token_file", c.security.clusterTokenFile);
-      read(sec, "token_ttl_seconds", c.security.tokenTtlSeconds);
-      read(sec, "client_rate", c.security.clientRate);
-      read(sec, "client_burst", c.security.clientBurst);
-    }
+    if (auto sec = root["security"]) LIFL_TRYV(config::readSecurity(sec, c.security, true));
     if (auto cl = root["cluster"]) {
       LIFL_TRYV(checkKeys(cl, "cluster",
                           {"controller", "node_name", "advertise_url", "slots",
@@ -150,10 +116,6 @@ Result<AgentConfig> parseAgentConfig(const std::string& yaml) {
       c.cluster.controller.rfind("https://", 0) != 0)
     return configError("cluster.controller must be an http:// or https:// URL");
   if (c.keepAliveSeconds < 0) return configError("functions.keep_alive_seconds must be >= 0");
-  if (!(c.security.tokenTtlSeconds > 0))
-    return configError("security.token_ttl_seconds must be positive");
-  if (!(c.security.clientRate >= 0)) return configError("security.client_rate must be >= 0");
-  if (!(c.security.clientBurst >= 1)) return configError("security.client_burst must be >= 1");
   if (c.cluster.requestTimeoutSeconds <= 0)
     return configError("cluster.request_timeout_seconds must be positive");
   return c;

@@ -971,9 +971,7 @@ struct Gateway::Impl {
     beast::ssl_stream<beast::tcp_stream> stream(beast::tcp_stream(std::move(socket)), *tls);
     if (!co_await acceptTls(stream, seconds(config.headerTimeoutSeconds))) co_return;
     if (co_await serve(stream, overloaded)) co_await discardRest(stream);
-    beast::get_lowest_layer(stream).expires_after(std::chrono::seconds(1));
-    beast::error_code ec;
-    co_await stream.async_shutdown(asio::redirect_error(use_awaitable, ec));
+    co_await closeTls(stream);
   }
 
   /// After an answer given before a request's body was read (a refusal), the rest of the body

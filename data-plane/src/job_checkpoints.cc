@@ -49,6 +49,15 @@ std::optional<std::string> readAll(const std::string& path) {
   return ss.str();
 }
 
+/// A job's files, in its directory: a round's model, and the round's journal of accepted
+/// updates.
+std::string modelFile(const std::string& dir, uint32_t round) {
+  return dir + "/model-" + std::to_string(round) + ".safetensors";
+}
+std::string journalFile(const std::string& dir, uint32_t round) {
+  return dir + "/accepted-" + std::to_string(round) + ".log";
+}
+
 }  // namespace
 
 JobCheckpoints::JobCheckpoints(std::string dataDir)
@@ -80,26 +89,23 @@ Result<void> JobCheckpoints::saveModel(const std::string& id, uint32_t round,
     if (model.size() + model.value() * tensors <= model.capacity())
       bytes = model.size() + model.value() * tensors;
   }
-  return writeAtomically(jobDir(id) + "/model-" + std::to_string(round) + ".safetensors",
-                         model.data(), bytes);
+  return writeAtomically(modelPath(id, round), model.data(), bytes);
 }
 
 Result<void> JobCheckpoints::journal(const std::string& id, uint32_t round,
                                      const std::string& source, const std::string& ceId) const {
   if (!enabled()) return success();
-  const std::string path = jobDir(id) + "/accepted-" + std::to_string(round) + ".log";
+  const std::string path = journalFile(jobDir(id), round);
   UniqueFd fd(::open(path.c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0600));
   const std::string line = source + '\t' + ceId + '\n';  // ids are single-line header values
-  if (fd && ::write(fd.get(), line.data(), line.size()) == static_cast<ssize_t>(line.size()))
+  struct stat before {};
+  const bool sized = fd && ::fstat(fd.get(), &before) == 0;
+  if (sized && ::write(fd.get(), line.data(), line.size()) == static_cast<ssize_t>(line.size()))
     return success();
   const int err = errno;
   // A partial line (the disk filled mid-write) would be read back as a client: cut it off.
-  if (fd) {
-    const std::string text = readAll(path).value_or("");
-    const auto end = text.rfind('\n');
-    if (::ftruncate(fd.get(), end == std::string::npos ? 0 : static_cast<off_t>(end + 1)) != 0)
-      LIFL_WARN("cannot cut a partial line off " << path);
-  }
+  if (sized && ::ftruncate(fd.get(), before.st_size) != 0)
+    LIFL_WARN("cannot cut a partial line off " << path);
   if (err == ENOSPC || err == EDQUOT)
     return unavailable("disk_full", "the data dir has no room to record the update; retry later");
   return internal("journal_failed",
@@ -112,7 +118,7 @@ void JobCheckpoints::rewriteJournal(
   if (!enabled()) return;
   std::string text;
   for (const auto& [source, ceId] : accepted) text += source + '\t' + ceId + '\n';
-  const std::string path = jobDir(id) + "/accepted-" + std::to_string(round) + ".log";
+  const std::string path = journalFile(jobDir(id), round);
   if (auto written = writeAtomically(path, text.data(), text.size()); !written)
     LIFL_WARN("cannot rewrite " << path << ": " << written.error().detail);
 }
@@ -137,7 +143,7 @@ MappedFile::~MappedFile() {
 }
 
 std::string JobCheckpoints::modelPath(const std::string& id, uint32_t round) const {
-  return jobDir(id) + "/model-" + std::to_string(round) + ".safetensors";
+  return modelFile(jobDir(id), round);
 }
 
 Result<std::shared_ptr<const MappedFile>> JobCheckpoints::mapModel(const std::string& id,
@@ -167,9 +173,8 @@ std::vector<JobCheckpoints::Saved> JobCheckpoints::load(
       continue;
     }
     const auto round = saved.state.value("round", 0u);
-    if (withModel(saved.state))
-      saved.model = readAll(dir + "/model-" + std::to_string(round) + ".safetensors");
-    if (auto journal = readAll(dir + "/accepted-" + std::to_string(round) + ".log")) {
+    if (withModel(saved.state)) saved.model = readAll(modelFile(dir, round));
+    if (auto journal = readAll(journalFile(dir, round))) {
       std::istringstream lines(*journal);
       std::string line;
       while (std::getline(lines, line)) {

@@ -2,9 +2,10 @@
 
 namespace lifl::fn {
 
-bool HeldObjects::ours(const dataplane::ObjectHandle& handle) const {
-  auto object = store_.resolve(handle);
-  return object && object.value().owner() == self_;
+std::optional<dataplane::ObjectRef> HeldObjects::ours(uint64_t offset, uint64_t generation) const {
+  auto object = store_.resolve({offset, 0, generation});
+  if (!object || object.value().owner() != self_) return std::nullopt;
+  return object.value();
 }
 
 void HeldObjects::note(const dataplane::ObjectHandle& handle) {
@@ -12,18 +13,15 @@ void HeldObjects::note(const dataplane::ObjectHandle& handle) {
   if (held_.size() < pruneAt_) return;
   // Most of what a long-lived instance took on has been freed or passed on since: forgotten
   // here, so that the set stays as small as what the instance holds (amortised O(1)).
-  std::erase_if(held_, [&](const auto& h) { return !ours({h.first, 0, h.second}); });
+  std::erase_if(held_, [&](const auto& h) { return !ours(h.first, h.second); });
   pruneAt_ = std::max<size_t>(1024, 2 * held_.size());
 }
 
 void HeldObjects::releaseOwned() {
-  for (const auto& [offset, generation] : held_) {
-    const dataplane::ObjectHandle handle{offset, 0, generation};
-    auto object = store_.resolve(handle);
-    if (object && object.value().owner() == self_ &&
-        object.value().kind() != dataplane::ObjectKind::Control)
-      store_.release(handle);
-  }
+  for (const auto& [offset, generation] : held_)
+    if (auto object = ours(offset, generation);
+        object && object->kind() != dataplane::ObjectKind::Control)
+      store_.release(object->handle());
   held_.clear();
   pruneAt_ = 1024;
 }

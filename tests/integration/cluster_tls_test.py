@@ -9,7 +9,6 @@ trust the controller, or whose certificate the controller does not trust, never 
 joins once its files are right; bad TLS settings stop the controller with the key named."""
 import os
 import shutil
-import socket
 import ssl
 import subprocess
 import time
@@ -19,21 +18,12 @@ import urllib.request
 
 import numpy as np
 
+from lifl_certs import plain_http_answer
 from lifl_client import Client
 from lifl_cluster import Cluster, Process, http_json
 from lifl_harness import LIFL_BIN, assert_model_equal, failed_so_far, fedavg, job_spec, random_update
 
 MODEL = {"dense.weight": (40, 50), "dense.bias": (50,)}
-
-
-def http_answer(host, port):
-    """What a plain-HTTP request gets (b"" when the connection is closed or reset)."""
-    with socket.create_connection((host, port), timeout=5) as s:
-        s.sendall(b"GET /readyz HTTP/1.1\r\nHost: x\r\n\r\n")
-        try:
-            return s.recv(4096)
-        except (ConnectionResetError, socket.timeout):
-            return b""
 
 
 @unittest.skipUnless(os.geteuid() == 0 and shutil.which("ip"), "needs root and iproute2 (netns)")
@@ -85,7 +75,7 @@ class ClusterTls(unittest.TestCase):
     def test_callers_without_a_certificate_of_the_cluster_ca_are_refused(self):
         c = self.cluster
         for name, process in (("controller", c.controller), ("agent a", c.agents["a"])):
-            self.assertFalse(http_answer(process.host, process.port).startswith(b"HTTP/"), name)
+            self.assertFalse(plain_http_answer(process.host, process.port).startswith(b"HTTP/"), name)
             for context, why in ((c.tls_context(cert=None), "no client certificate"),
                                  (c.tls_context(cert="foreign"), "a foreign CA's certificate"),
                                  (c.tls_context(trust=c.certs["foreign_ca"]), "does not trust the CA")):

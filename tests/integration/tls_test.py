@@ -5,13 +5,12 @@ that does not trust the CA, and (mTLS) a client without a certificate of the con
 are all refused; bad TLS settings stop `lifl up` with the key named."""
 import json
 import os
-import socket
 import ssl
 import tempfile
 import unittest
 
 import numpy as np
-from lifl_certs import issue, make_ca
+from lifl_certs import issue, make_ca, plain_http_answer
 from lifl_client import Client
 from lifl_harness import Platform, exact_round, failed_so_far, lifl_cli
 
@@ -51,12 +50,7 @@ class TlsTestCase(unittest.TestCase):
         return c
 
     def plain_http_is_refused(self):
-        with socket.create_connection(("127.0.0.1", self.port), timeout=5) as s:
-            s.sendall(b"GET /readyz HTTP/1.1\r\nHost: x\r\n\r\n")
-            try:
-                data = s.recv(4096)
-            except ConnectionResetError:
-                data = b""
+        data = plain_http_answer("127.0.0.1", self.port)
         self.assertFalse(data.startswith(b"HTTP/"), f"plain HTTP got an HTTP answer: {data[:80]!r}")
 
 

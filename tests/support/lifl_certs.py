@@ -1,8 +1,10 @@
 """Certificates for the TLS tests, made with the `cryptography` package: a CA, and
-certificates it issues for IP addresses (servers) or for no address (clients)."""
+certificates it issues for IP addresses (servers) or for no address (clients); and what a
+plain-HTTP client gets from a server that speaks HTTPS only."""
 import datetime
 import ipaddress
 import os
+import socket
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -52,3 +54,13 @@ def issue(folder, name, ca_key, ca_cert, ips=()):
                                   serialization.NoEncryption()))
     os.chmod(key_path, 0o600)
     return cert_path, key_path
+
+
+def plain_http_answer(host, port):
+    """What a plain-HTTP request gets (b"" when the connection is closed or reset)."""
+    with socket.create_connection((host, port), timeout=5) as s:
+        s.sendall(b"GET /readyz HTTP/1.1\r\nHost: x\r\n\r\n")
+        try:
+            return s.recv(4096)
+        except (ConnectionResetError, socket.timeout):
+            return b""

@@ -63,8 +63,8 @@ inline bool programmaticLaunch() {
 
 /// @param dependent false: an ordinary launch (where the early one was measured slower)
 template <class... Params, class... Args>
-cudaError_t launchDependent(bool dependent, void (*kernel)(Params...), dim3 blocks, dim3 threads,
-                            Args&&... args) {
+cudaError_t launchDependentIf(bool dependent, void (*kernel)(Params...), dim3 blocks, dim3 threads,
+                              Args&&... args) {
   cudaLaunchAttribute attribute{};
   attribute.id = cudaLaunchAttributeProgrammaticStreamSerialization;
   attribute.val.programmaticStreamSerializationAllowed = 1;
@@ -77,6 +77,11 @@ cudaError_t launchDependent(bool dependent, void (*kernel)(Params...), dim3 bloc
   return cudaLaunchKernelEx(&config, kernel, std::forward<Args>(args)...);
 }
 
+template <class... Params, class... Args>
+cudaError_t launchDependent(void (*kernel)(Params...), dim3 blocks, dim3 threads, Args&&... args) {
+  return launchDependentIf(true, kernel, blocks, threads, std::forward<Args>(args)...);
+}
+
 /// Both are no-ops in a kernel launched without launchDependent.
 __device__ __forceinline__ void waitForPrerequisites() {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
@@ -87,6 +92,12 @@ __device__ __forceinline__ void allowDependents() {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
   asm volatile("griddepcontrol.launch_dependents;");
 #endif
+}
+/// Where a kernel's prologue reads nothing that no earlier kernel wrote (most of them): it
+/// waits, and lets the next be scheduled once past the wait (not before: launches piled up).
+__device__ __forceinline__ void afterPrerequisites() {
+  waitForPrerequisites();
+  allowDependents();
 }
 
 /// Blocks of 256 threads for a grid-stride kernel over `work` items: enough to fill the GPU

@@ -270,8 +270,7 @@ __global__ void __launch_bounds__(kWarps * 32, MINB)
   const uint32_t pageCount = end > begin ? (end - 1) / kPageTokens - firstPage + 1 : 0;
   for (uint32_t i = threadIdx.x; i < pageCount; i += blockDim.x) pageOf[i] = table[firstPage + i];
   __syncthreads();
-  waitForPrerequisites();
-  allowDependents();
+  afterPrerequisites();
 
   const uint64_t kvDim = uint64_t{kvHeads} * HD;
   const float scale = rsqrtf(static_cast<float>(HD)) * 1.4426950408889634f;  // log2 e
@@ -428,7 +427,7 @@ std::string splitDecodeAttention(float* out, float* partial, uint32_t* arrivals,
   const bool dependent = maxContext >= 2048;
 #define LIFL_HALF(G, V4)                                                                          \
   if (!launched && halfWarp && group == G && v4 == V4) {                                          \
-    LIFL_CU(launchDependent(                                                                      \
+    LIFL_CU(launchDependentIf(                                                                    \
         dependent, halfWarpAttentionKernel<G, V4, kUnroll, minBlocksFor(G, V4, kUnroll)>, blocks, \
         kWarps * 32, fusedOut, arrivals, partial, q, positions, tables, rowTable, heads, kvHeads, \
         splits, splitTokens, kPages, vPages, headLengths));                                       \
@@ -438,7 +437,8 @@ std::string splitDecodeAttention(float* out, float* partial, uint32_t* arrivals,
   LIFL_HALF(1, 1)
   LIFL_HALF(1, 2)
   LIFL_HALF(1, 4)
-  LIFL_HALF(2, 1) LIFL_HALF(2, 2) LIFL_HALF(2, 4) LIFL_HALF(4, 1) LIFL_HALF(4, 2) LIFL_HALF(8, 1)
+  LIFL_HALF(2, 1)
+  LIFL_HALF(2, 2) LIFL_HALF(2, 4) LIFL_HALF(4, 1) LIFL_HALF(4, 2) LIFL_HALF(8, 1)
 #undef LIFL_HALF
 #define LIFL_SPLIT(G, DL)                                                                      \
   if (!launched && group == G && lanes == DL) {                                                \

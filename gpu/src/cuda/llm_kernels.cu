@@ -48,8 +48,7 @@ __global__ void rmsNormKernel(float* __restrict__ out, float* __restrict__ resid
                               const float* __restrict__ x, const float* __restrict__ w, uint64_t n,
                               float eps) {
   __shared__ float shared[32];
-  waitForPrerequisites();
-  allowDependents();
+  afterPrerequisites();
   const uint64_t row = blockIdx.x;
   float* res = residual ? residual + row * n : nullptr;
   const float* in = x + row * n;
@@ -67,8 +66,7 @@ __global__ void rmsNormKernel(float* __restrict__ out, float* __restrict__ resid
 __global__ void ropeKernel(float* __restrict__ x, uint64_t rows, uint32_t heads, uint32_t headDim,
                            const uint32_t* __restrict__ positions,
                            const float* __restrict__ invFreq) {
-  waitForPrerequisites();
-  allowDependents();
+  afterPrerequisites();
   const uint32_t half = headDim / 2;
   const uint64_t total = rows * heads * half;
   for (uint64_t i = uint64_t{blockIdx.x} * blockDim.x + threadIdx.x; i < total;
@@ -87,16 +85,14 @@ __global__ void ropeKernel(float* __restrict__ x, uint64_t rows, uint32_t heads,
 
 __global__ void siluMulKernel(float* __restrict__ out, const float* __restrict__ gate,
                               const float* __restrict__ up, uint64_t n) {
-  waitForPrerequisites();
-  allowDependents();
+  afterPrerequisites();
   for (uint64_t i = uint64_t{blockIdx.x} * blockDim.x + threadIdx.x; i < n;
        i += uint64_t{gridDim.x} * blockDim.x)
     out[i] = gate[i] / (1.0f + __expf(-gate[i])) * up[i];
 }
 
 __global__ void addKernel(float* __restrict__ x, const float* __restrict__ y, uint64_t n) {
-  waitForPrerequisites();
-  allowDependents();
+  afterPrerequisites();
   for (uint64_t i = uint64_t{blockIdx.x} * blockDim.x + threadIdx.x; i < n;
        i += uint64_t{gridDim.x} * blockDim.x)
     x[i] += y[i];
@@ -104,8 +100,7 @@ __global__ void addKernel(float* __restrict__ x, const float* __restrict__ y, ui
 
 __global__ void embedKernel(float* __restrict__ x, const __nv_bfloat16* __restrict__ table,
                             const uint32_t* __restrict__ tokens, uint64_t rows, uint64_t n) {
-  waitForPrerequisites();
-  allowDependents();
+  afterPrerequisites();
   for (uint64_t i = uint64_t{blockIdx.x} * blockDim.x + threadIdx.x; i < rows * n;
        i += uint64_t{gridDim.x} * blockDim.x)
     x[i] = __bfloat162float(table[uint64_t{tokens[i / n]} * n + i % n]);
@@ -124,8 +119,7 @@ __global__ void linearKernel(float* __restrict__ y, const float* __restrict__ x,
   const __nv_bfloat16* row = w + (o < out ? o : 0) * in;
   const uint64_t first = static_cast<uint64_t>(lane) * 8;
   uint4 next = first < in ? *reinterpret_cast<const uint4*>(row + first) : uint4{};
-  waitForPrerequisites();
-  allowDependents();
+  afterPrerequisites();
   if (o >= out) return;
   float acc[kMaxRows] = {};
   for (uint64_t i = first; i < in; i += 32 * 8) {
@@ -182,8 +176,7 @@ __global__ void storeKvKernel(float* __restrict__ kPages, float* __restrict__ vP
                               const float* __restrict__ ks, const float* __restrict__ vs,
                               const uint32_t* __restrict__ rowPage,
                               const uint32_t* __restrict__ rowSlot, uint64_t rows, uint64_t kvDim) {
-  waitForPrerequisites();
-  allowDependents();
+  afterPrerequisites();
   for (uint64_t i = uint64_t{blockIdx.x} * blockDim.x + threadIdx.x; i < rows * kvDim;
        i += uint64_t{gridDim.x} * blockDim.x) {
     const uint64_t r = i / kvDim, d = i % kvDim;
@@ -304,8 +297,8 @@ std::string linear(float* y, const float* x, const __nv_bfloat16* w, uint64_t ro
   if (in % 8) return "linear: the input width must be a multiple of 8";
   for (uint64_t r = 0; r < rows; r += kMaxRows) {
     const auto n = static_cast<uint32_t>(std::min<uint64_t>(kMaxRows, rows - r));
-    LIFL_CU(launchDependent(true, linearKernel, dim3(static_cast<unsigned>((out + 7) / 8)),
-                            dim3(256), y + r * out, x + r * in, w, n, in, out));
+    LIFL_CU(launchDependent(linearKernel, dim3(static_cast<unsigned>((out + 7) / 8)), dim3(256),
+                            y + r * out, x + r * in, w, n, in, out));
   }
   LIFL_CU(cudaGetLastError());
   return "";
@@ -587,8 +580,7 @@ namespace {
 
 __global__ void gatherRowsKernel(float* __restrict__ out, const float* __restrict__ x,
                                  const uint32_t* __restrict__ rows, uint32_t count, uint64_t n) {
-  waitForPrerequisites();
-  allowDependents();
+  afterPrerequisites();
   for (uint64_t i = uint64_t{blockIdx.x} * blockDim.x + threadIdx.x; i < count * n;
        i += uint64_t{gridDim.x} * blockDim.x)
     out[i] = x[uint64_t{rows[i / n]} * n + i % n];
@@ -648,23 +640,23 @@ std::string launchForward(Model* m, uint64_t n, uint32_t logitCount, uint32_t ma
   float *qs = m->qs.as<float>(), *attn = m->attn.as<float>(), *ks = m->ks.as<float>(),
         *vs = m->vs.as<float>(), *gate = m->gate.as<float>(), *up = m->up.as<float>();
   const auto* pos = m->positions.as<uint32_t>();
-  LIFL_CU(launchDependent(true, embedKernel, grid(n * h), 256, x, m->embed.as<__nv_bfloat16>(),
+  LIFL_CU(launchDependent(embedKernel, grid(n * h), 256, x, m->embed.as<__nv_bfloat16>(),
                           m->tokens.as<uint32_t>(), n, h));
   Buffer* tc = s.tensorCores ? &m->bf16x : nullptr;  // --gemm cublas
   std::vector<float> hostQ, hostK, hostV, rowsQ, rowsK, rowsV;
   RetrievalLayer decided;
   for (uint32_t layer = 0; layer < m->layers.size(); ++layer) {
     auto& L = m->layers[layer];
-    LIFL_CU(launchDependent(true, rmsNormKernel, static_cast<unsigned>(n), 256, normed, nullptr, x,
+    LIFL_CU(launchDependent(rmsNormKernel, static_cast<unsigned>(n), 256, normed, nullptr, x,
                             L.inputNorm.as<float>(), h, s.eps));
     LIFL_TRY_STR(apply(qs, normed, L.q, n, h, q, tc));
     LIFL_TRY_STR(apply(ks, normed, L.k, n, h, kv, tc));
     LIFL_TRY_STR(apply(vs, normed, L.v, n, h, kv, tc));
-    LIFL_CU(launchDependent(true, ropeKernel, grid(n * s.heads * s.headDim / 2), 256, qs, n,
-                            s.heads, s.headDim, pos, m->invFreq.as<float>()));
-    LIFL_CU(launchDependent(true, ropeKernel, grid(n * s.kvHeads * s.headDim / 2), 256, ks, n,
-                            s.kvHeads, s.headDim, pos, m->invFreq.as<float>()));
-    LIFL_CU(launchDependent(true, storeKvKernel, grid(n * kv), 256, L.kPages.as<float>(),
+    LIFL_CU(launchDependent(ropeKernel, grid(n * s.heads * s.headDim / 2), 256, qs, n, s.heads,
+                            s.headDim, pos, m->invFreq.as<float>()));
+    LIFL_CU(launchDependent(ropeKernel, grid(n * s.kvHeads * s.headDim / 2), 256, ks, n, s.kvHeads,
+                            s.headDim, pos, m->invFreq.as<float>()));
+    LIFL_CU(launchDependent(storeKvKernel, grid(n * kv), 256, L.kPages.as<float>(),
                             L.vPages.as<float>(), ks, vs, m->rowPage.as<uint32_t>(),
                             m->rowSlot.as<uint32_t>(), n, kv));
     if (retrieval)
@@ -676,18 +668,18 @@ std::string launchForward(Model* m, uint64_t n, uint32_t logitCount, uint32_t ma
                         prefill ? m->tables.as<uint32_t>() : nullptr,
                         retrieval ? m->headLengths.as<uint32_t>() : nullptr));
     LIFL_TRY_STR(apply(proj, attn, L.o, n, q, h, tc));
-    LIFL_CU(launchDependent(true, rmsNormKernel, static_cast<unsigned>(n), 256, normed, x, proj,
+    LIFL_CU(launchDependent(rmsNormKernel, static_cast<unsigned>(n), 256, normed, x, proj,
                             L.postNorm.as<float>(), h, s.eps));
     LIFL_TRY_STR(apply(gate, normed, L.gate, n, h, inter, tc));
     LIFL_TRY_STR(apply(up, normed, L.up, n, h, inter, tc));
-    LIFL_CU(launchDependent(true, siluMulKernel, grid(n * inter), 256, gate, gate, up, n * inter));
+    LIFL_CU(launchDependent(siluMulKernel, grid(n * inter), 256, gate, gate, up, n * inter));
     LIFL_TRY_STR(apply(proj, gate, L.down, n, inter, h, tc));
-    LIFL_CU(launchDependent(true, addKernel, grid(n * h), 256, x, proj, n * h));
+    LIFL_CU(launchDependent(addKernel, grid(n * h), 256, x, proj, n * h));
   }
   // The head, over the rows that need logits only.
-  LIFL_CU(launchDependent(true, gatherRowsKernel, grid(uint64_t{logitCount} * h), 256,
+  LIFL_CU(launchDependent(gatherRowsKernel, grid(uint64_t{logitCount} * h), 256,
                           m->last.as<float>(), x, m->logitRows.as<uint32_t>(), logitCount, h));
-  LIFL_CU(launchDependent(true, rmsNormKernel, logitCount, 256, m->last.as<float>(), nullptr,
+  LIFL_CU(launchDependent(rmsNormKernel, logitCount, 256, m->last.as<float>(), nullptr,
                           m->last.as<float>(), m->norm.as<float>(), h, s.eps));
   LIFL_TRY_STR(linear(m->logits.as<float>(), m->last.as<float>(), m->lmHead.as<__nv_bfloat16>(),
                       logitCount, h, s.vocab));

@@ -75,8 +75,7 @@ __global__ void __launch_bounds__(WARPS * 32)
                    const float* __restrict__ scales, uint32_t rows, uint32_t in, uint32_t out) {
   constexpr int KT = static_cast<int>(tilesPerChunk(BITS)), CHUNK = 16 * KT;
   constexpr int PER_GROUP = static_cast<int>(kGroup) / CHUNK;
-  waitForPrerequisites();  // x is the kernel before's output (launchDependent)
-  allowDependents();
+  afterPrerequisites();  // x is the kernel before's output (launchDependent)
   const uint32_t tile = blockIdx.x, groups = in / kGroup, chunks = in / CHUNK;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
   const uint4* src = w + uint64_t{tile} * chunks * 32 + lane;
@@ -170,16 +169,16 @@ cudaError_t launch(float* y, const float* x, const uint4* w, const float* scales
   // Fewer tiles than two per SM (decode's 2048-wide layers): twice the warps per tile and
   // twice the loads in flight, so that a tile's whole row streams in about one round trip.
   if (rows <= 8 && tiles < 2 * 132)
-    return launchDependent(true, quantMmaKernel<BITS, 1, 16, 2 * U>, tiles, 16 * 32, y, x, w,
-                           scales, rows, in, out);
+    return launchDependent(quantMmaKernel<BITS, 1, 16, 2 * U>, tiles, 16 * 32, y, x, w, scales,
+                           rows, in, out);
   if (rows <= 8)
-    return launchDependent(true, quantMmaKernel<BITS, 1, 8, U>, tiles, 8 * 32, y, x, w, scales,
-                           rows, in, out);
+    return launchDependent(quantMmaKernel<BITS, 1, 8, U>, tiles, 8 * 32, y, x, w, scales, rows, in,
+                           out);
   if (rows <= 16)
-    return launchDependent(true, quantMmaKernel<BITS, 2, 8, U>, tiles, 8 * 32, y, x, w, scales,
-                           rows, in, out);
-  return launchDependent(true, quantMmaKernel<BITS, 4, 8, U>, tiles, 8 * 32, y, x, w, scales, rows,
-                         in, out);
+    return launchDependent(quantMmaKernel<BITS, 2, 8, U>, tiles, 8 * 32, y, x, w, scales, rows, in,
+                           out);
+  return launchDependent(quantMmaKernel<BITS, 4, 8, U>, tiles, 8 * 32, y, x, w, scales, rows, in,
+                         out);
 }
 
 }  // namespace

@@ -10,25 +10,12 @@
 #include <future>
 #include <random>
 
+#include "unit/dataplane/temp_store.h"
+
 namespace lifl::dataplane {
 namespace {
 
-class ObjectStoreTest : public ::testing::Test {
- protected:
-  void SetUp() override {
-    path_ = "/dev/shm/lifl-test-" + std::to_string(::getpid()) + "-" +
-            ::testing::UnitTest::GetInstance()->current_test_info()->name();
-    auto s = ObjectStore::create({path_, 64ull << 20, false});
-    ASSERT_TRUE(s) << s.error().toString();
-    store_ = std::move(s).value();
-  }
-  void TearDown() override {
-    store_.reset();
-    ::unlink(path_.c_str());  // also when a forked user of the segment was killed
-  }
-  std::string path_;
-  std::unique_ptr<ObjectStore> store_;
-};
+using ObjectStoreTest = TempStoreTest;
 
 TEST_F(ObjectStoreTest, AllocateResolveRelease) {
   auto a = store_->allocate(1000, ObjectKind::Update, 7);

@@ -1,30 +1,17 @@
 #include "lifl/functions/held_objects.h"
 
 #include <gtest/gtest.h>
-#include <unistd.h>
+
+#include "unit/dataplane/temp_store.h"
 
 namespace lifl::fn {
 namespace {
 
 using dataplane::ObjectKind;
-using dataplane::ObjectStore;
 
-class HeldObjectsTest : public ::testing::Test {
+class HeldObjectsTest : public dataplane::TempStoreTest {
  protected:
-  void SetUp() override {
-    path_ = "/dev/shm/lifl-test-" + std::to_string(::getpid()) + "-" +
-            ::testing::UnitTest::GetInstance()->current_test_info()->name();
-    auto s = ObjectStore::create({path_, 16ull << 20, false});
-    ASSERT_TRUE(s) << s.error().toString();
-    store_ = std::move(s).value();
-  }
-  void TearDown() override {
-    store_.reset();
-    ::unlink(path_.c_str());
-  }
   bool live(const dataplane::ObjectRef& o) const { return bool(store_->resolve(o.handle())); }
-  std::string path_;
-  std::unique_ptr<ObjectStore> store_;
 };
 
 constexpr InstanceId kSelf = 21, kPeer = 22;

@@ -1,6 +1,6 @@
-// The server side of a TLS handshake, shared by the servers that speak HTTPS (the agent's
-// gateway, the controller's API). Included only by the translation units that instantiate
-// Beast's server side.
+// The server side of a TLS session's handshake and close, shared by the servers that speak HTTPS
+// (the agent's gateway, the controller's API). Included only by the translation units that
+// instantiate Beast's server side.
 #pragma once
 
 #include <boost/asio/redirect_error.hpp>
@@ -25,6 +25,14 @@ boost::asio::awaitable<bool> acceptTls(Stream& stream,
                                   boost::asio::redirect_error(boost::asio::use_awaitable, ec));
   if (ec) LIFL_DEBUG("TLS handshake refused: " << ec.message());
   co_return !ec;
+}
+
+/// Ends the TLS session (close_notify), giving the peer a second to answer.
+template <class Stream>
+boost::asio::awaitable<void> closeTls(Stream& stream) {
+  boost::beast::get_lowest_layer(stream).expires_after(std::chrono::seconds(1));
+  boost::beast::error_code ec;
+  co_await stream.async_shutdown(boost::asio::redirect_error(boost::asio::use_awaitable, ec));
 }
 
 }  // namespace lifl

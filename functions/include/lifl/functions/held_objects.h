@@ -7,6 +7,7 @@
 #pragma once
 
 #include <cstdint>
+#include <optional>
 #include <set>
 #include <utility>
 
@@ -24,8 +25,8 @@ class HeldObjects {
   size_t size() const { return held_.size(); }
 
  private:
-  /// Still this instance's: resolves, and owned by it.
-  bool ours(const dataplane::ObjectHandle& handle) const;
+  /// The object, if it is still this instance's: it resolves, and is owned by it.
+  std::optional<dataplane::ObjectRef> ours(uint64_t offset, uint64_t generation) const;
   std::set<std::pair<uint64_t, uint64_t>> held_;  ///< (offset, generation)
   size_t pruneAt_ = 1024;                         ///< forget what is gone when this many
   dataplane::ObjectStore& store_;
