@@ -34,7 +34,8 @@ const char* kUsage =
     "\n"
     "generate writes config.json and *.safetensors of a random Llama (Hugging Face layout).\n"
     "run prints {\"tokens\": [...]} generated after the prompt; --logits saves the logits\n"
-    "after the prompt as float32 (little-endian).";
+    "each token was chosen from (the prompt's, then each decode step's), a row of the\n"
+    "vocabulary's size per generated token, as float32 (little-endian).";
 
 Result<std::vector<uint32_t>> parseTokens(const std::string& text) {
   std::vector<uint32_t> out;
@@ -221,18 +222,22 @@ int run(const Args& a) {
   if (batch.value() > 1 || a.has("timing"))
     return timed(engine, prompt.value(), static_cast<uint32_t>(batch.value()),
                  static_cast<uint32_t>(maxTokens.value()));
+  std::ofstream logitsFile;
+  if (a.has("logits")) {
+    logitsFile.open(a.get("logits"), std::ios::binary);
+    if (!logitsFile) return fail(badRequest("bad_arguments", "cannot write " + a.get("logits")));
+  }
   llm::Sequence seq;
   auto logits = engine.prefill(seq, prompt.value());
   if (!logits) return fail(logits.error());
-  if (a.has("logits")) {
-    std::ofstream out(a.get("logits"), std::ios::binary);
-    out.write(reinterpret_cast<const char*>(logits.value().data()),
-              static_cast<std::streamsize>(logits.value().size() * sizeof(float)));
-    if (!out) return fail(badRequest("bad_arguments", "cannot write " + a.get("logits")));
-  }
   uint64_t rng = seed.value();
   std::vector<uint32_t> generated;
   for (uint64_t i = 0; i < maxTokens.value(); ++i) {
+    if (logitsFile.is_open()) {
+      logitsFile.write(reinterpret_cast<const char*>(logits.value().data()),
+                       static_cast<std::streamsize>(c.vocabSize * sizeof(float)));
+      if (!logitsFile) return fail(badRequest("bad_arguments", "cannot write " + a.get("logits")));
+    }
     const uint32_t next = kernels::llm::sample(
         logits.value().data(), c.vocabSize, static_cast<float>(temperature.value()),
         static_cast<uint32_t>(topK.value()), static_cast<float>(topP.value()), rng);

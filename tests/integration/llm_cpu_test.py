@@ -145,8 +145,12 @@ class LlmCpu(unittest.TestCase):
         d = self.model("steps", "--seed", 11)
         cfg, w = load(d)
         prompt = list(range(5, 20))  # 15 tokens: the decode steps cross into a second page
-        _, generated = self.logits(d, prompt, max_tokens=4)
+        steps, generated = self.logits(d, prompt, max_tokens=4)
         ref = forward(cfg, w, prompt + generated[:3])
+        # The logits of the prompt and of the 3 decode steps, each against numpy's row.
+        steps = steps.reshape(len(generated), -1)
+        for i in range(len(generated)):
+            self.check_logits(steps[i], ref[len(prompt) - 1 + i], f"step {i}")
         # Each generated token is numpy's argmax where the top two are clearly apart.
         for i, t in enumerate(generated):
             row = ref[len(prompt) - 1 + i]

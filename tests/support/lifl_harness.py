@@ -32,10 +32,14 @@ def lifl_cli(*args, check=True, timeout=300):
 
 
 def model_run(model, tokens, max_tokens, *extra, logits=None):
-    """`lifl model run`: its greedy tokens, and the last logits where a file for them is named."""
+    """`lifl model run`: its greedy tokens, and where a file for them is named, the logits each
+    was chosen from (row 0: the prompt's; row i: decode step i's)."""
     r = lifl_cli("model", "run", "--model", model, "--tokens", ",".join(map(str, tokens)),
                  "--max-tokens", max_tokens, *extra, *(["--logits", logits] if logits else []))
-    return json.loads(r.stdout)["tokens"], (np.fromfile(logits, np.float32) if logits else None)
+    generated = json.loads(r.stdout)["tokens"]
+    if not logits:
+        return generated, None
+    return generated, np.fromfile(logits, np.float32).reshape(len(generated), -1)
 
 
 def free_port():

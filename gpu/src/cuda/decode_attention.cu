@@ -270,9 +270,42 @@ __global__ void __launch_bounds__(kWarps * 32, MINB)
   const uint32_t pageCount = end > begin ? (end - 1) / kPageTokens - firstPage + 1 : 0;
   for (uint32_t i = threadIdx.x; i < pageCount; i += blockDim.x) pageOf[i] = table[firstPage + i];
   __syncthreads();
-  afterPrerequisites();
 
+  // Rows [lo, hi) of the U token pairs from tw into kr, vr (the others left as they are).
   const uint64_t kvDim = uint64_t{kvHeads} * HD;
+  const float* kLane = kPages + uint64_t{kvh} * HD + hl * 4;
+  const float* vLane = vPages + uint64_t{kvh} * HD + hl * 4;
+  float4 kr[U][V4], vr[U][V4];
+  auto load = [&](uint32_t tw, uint32_t lo, uint32_t hi) {
+#pragma unroll
+    for (int u = 0; u < U; ++u) {
+      const uint32_t t = tw + u * kWarps * 2 + half;
+      if (t < lo || t >= hi) continue;
+      const uint64_t at =
+          (uint64_t{pageOf[t / kPageTokens - firstPage]} * kPageTokens + t % kPageTokens) * kvDim;
+#pragma unroll
+      for (int j = 0; j < V4; ++j) {
+        kr[u][j] = *reinterpret_cast<const float4*>(kLane + at + j * 64);
+        vr[u][j] = *reinterpret_cast<const float4*>(vLane + at + j * 64);
+      }
+    }
+  };
+  auto clear = [&] {
+#pragma unroll
+    for (int u = 0; u < U; ++u)
+#pragma unroll
+      for (int j = 0; j < V4; ++j) kr[u][j] = vr[u][j] = make_float4(0.f, 0.f, 0.f, 0.f);
+  };
+  // The first rows stream in while the kernel before finishes, except the newest position,
+  // which the step's KV store writes (and a working set of retrieved rows, copied in the
+  // step).
+  const uint32_t tw0 = begin + warp * 2;
+  const uint32_t settled = headLengths ? begin : min(end, context - 1);
+  clear();
+  load(tw0, begin, settled);
+  afterPrerequisites();
+  load(tw0, settled, end);
+
   const float scale = rsqrtf(static_cast<float>(HD)) * 1.4426950408889634f;  // log2 e
   float4 qv[G][V4], acc[G][V4];
 #pragma unroll
@@ -287,28 +320,10 @@ __global__ void __launch_bounds__(kWarps * 32, MINB)
     }
   }
   float m = -INFINITY, l = 0.f;  // of head `mine`, over this half-warp's tokens
-  const float* kLane = kPages + uint64_t{kvh} * HD + hl * 4;
-  const float* vLane = vPages + uint64_t{kvh} * HD + hl * 4;
-  for (uint32_t tw = begin + warp * 2; tw < end; tw += kWarps * 2 * U) {
-    float4 kr[U][V4], vr[U][V4];
+  auto attend = [&](uint32_t tw) {
     bool valid[U];
 #pragma unroll
-    for (int u = 0; u < U; ++u) {
-      const uint32_t t = tw + u * kWarps * 2 + half;
-      valid[u] = t < end;
-      const uint64_t at =
-          valid[u]
-              ? (uint64_t{pageOf[t / kPageTokens - firstPage]} * kPageTokens + t % kPageTokens) *
-                    kvDim
-              : 0;
-#pragma unroll
-      for (int j = 0; j < V4; ++j) {
-        kr[u][j] = valid[u] ? *reinterpret_cast<const float4*>(kLane + at + j * 64)
-                            : make_float4(0.f, 0.f, 0.f, 0.f);
-        vr[u][j] = valid[u] ? *reinterpret_cast<const float4*>(vLane + at + j * 64)
-                            : make_float4(0.f, 0.f, 0.f, 0.f);
-      }
-    }
+    for (int u = 0; u < U; ++u) valid[u] = tw + u * kWarps * 2 + half < end;
     float s[U];
     float mNew = m;
 #pragma unroll
@@ -347,6 +362,13 @@ __global__ void __launch_bounds__(kWarps * 32, MINB)
         for (int j = 0; j < V4; ++j) addScaled(acc[g][j], pg, vr[u][j]);
       }
     }
+  };
+  // The first pass apart from the loop, so that its rows need not live across it.
+  if (tw0 < end) attend(tw0);
+  for (uint32_t tw = tw0 + kWarps * 2 * U; tw < end; tw += kWarps * 2 * U) {
+    clear();
+    load(tw, begin, end);
+    attend(tw);
   }
   // The block's 2 * kWarps streams combined in shared memory, then one partial per head.
   __shared__ float sm[STREAMS][G], sl[STREAMS][G];
@@ -438,7 +460,8 @@ std::string splitDecodeAttention(float* out, float* partial, uint32_t* arrivals,
   LIFL_HALF(1, 2)
   LIFL_HALF(1, 4)
   LIFL_HALF(2, 1)
-  LIFL_HALF(2, 2) LIFL_HALF(2, 4) LIFL_HALF(4, 1) LIFL_HALF(4, 2) LIFL_HALF(8, 1)
+  LIFL_HALF(2, 2)
+  LIFL_HALF(2, 4) LIFL_HALF(4, 1) LIFL_HALF(4, 2) LIFL_HALF(8, 1)
 #undef LIFL_HALF
 #define LIFL_SPLIT(G, DL)                                                                      \
   if (!launched && group == G && lanes == DL) {                                                \

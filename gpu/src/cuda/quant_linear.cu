@@ -67,15 +67,19 @@ __device__ __forceinline__ uint32_t pair8(uint32_t word) {
   return bits(__floats2bfloat162_rn(lo, hi));
 }
 
+/// Blocks an SM must hold (0: ptxas's choice), which caps the registers: two of 16 warps,
+/// so that a launch's blocks fit beside those of the one before it (launchDependent), where
+/// ptxas's own choice spilled.
+constexpr int minBlocksFor(int warps) { return warps == 16 ? 2 : 0; }
+
 // WARPS split a tile's groups; U groups per warp are loaded before any is used (more bytes
 // in flight per lane where there are few tiles to spread over the SMs).
 template <int BITS, int NT, int WARPS, int U>
-__global__ void __launch_bounds__(WARPS * 32)
+__global__ void __launch_bounds__(WARPS * 32, minBlocksFor(WARPS))
     quantMmaKernel(float* __restrict__ y, const float* __restrict__ x, const uint4* __restrict__ w,
                    const float* __restrict__ scales, uint32_t rows, uint32_t in, uint32_t out) {
   constexpr int KT = static_cast<int>(tilesPerChunk(BITS)), CHUNK = 16 * KT;
   constexpr int PER_GROUP = static_cast<int>(kGroup) / CHUNK;
-  afterPrerequisites();  // x is the kernel before's output (launchDependent)
   const uint32_t tile = blockIdx.x, groups = in / kGroup, chunks = in / CHUNK;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
   const uint4* src = w + uint64_t{tile} * chunks * 32 + lane;
@@ -90,11 +94,11 @@ __global__ void __launch_bounds__(WARPS * 32)
     xr[n] = x + uint64_t{live[n] ? r : 0} * in + permutedInput(0, t, 0, KT);
   }
   float total[NT][4] = {};
-  for (uint32_t g0 = warp; g0 < groups; g0 += WARPS * U) {
-    // The groups' scales are loaded with their weights: loaded after the MMAs, they would
-    // cost a second round trip to memory.
-    uint4 raw[U][PER_GROUP];
-    float s0[U], s1[U];
+  // The groups' scales are loaded with their weights: loaded after the MMAs, they would
+  // cost a second round trip to memory.
+  uint4 raw[U][PER_GROUP];
+  float s0[U], s1[U];
+  auto load = [&](uint32_t g0) {
 #pragma unroll
     for (int u = 0; u < U; ++u) {
       const uint32_t grp = g0 + u * WARPS;
@@ -105,6 +109,13 @@ __global__ void __launch_bounds__(WARPS * 32)
       s0[u] = scale0[grp];
       s1[u] = scale1[grp];
     }
+  };
+  // The weights are the model's, written by no kernel of the step: the first groups (at
+  // decode's shapes, all of a warp's) stream in while the kernel before finishes; x is that
+  // kernel's output, read only past the wait (launchDependent).
+  load(warp);
+  afterPrerequisites();
+  auto accumulate = [&](uint32_t g0) {
 #pragma unroll
     for (int u = 0; u < U; ++u) {
       const uint32_t grp = g0 + u * WARPS;
@@ -142,6 +153,12 @@ __global__ void __launch_bounds__(WARPS * 32)
         total[n][3] += s1[u] * acc[n][3];
       }
     }
+  };
+  // The first pass apart from the loop, so that its registers need not live across it.
+  if (static_cast<uint32_t>(warp) < groups) accumulate(warp);
+  for (uint32_t g0 = warp + WARPS * U; g0 < groups; g0 += WARPS * U) {
+    load(g0);
+    accumulate(g0);
   }
   // The warps' partial sums over their groups, added in shared memory. Accumulator i of
   // lane (g, t) is output g (+8 for i >= 2) of activation row 2t (+1 for odd i).
