@@ -67,20 +67,9 @@ Result<std::unique_ptr<HttpClient>> HttpClient::connect(const std::string& url,
   impl->host = hp.first;
   impl->port = hp.second;
   if (url.rfind("https://", 0) == 0) {
-    auto& ctx = impl->tls.emplace(asio::ssl::context::tls_client);
-    beast::error_code ec;
-    if (tls.caFile.empty())
-      ctx.set_default_verify_paths(ec);
-    else
-      ctx.load_verify_file(tls.caFile, ec);
-    if (ec) return badRequest("bad_arguments", "the CA file " + tls.caFile + ": " + ec.message());
-    if (!tls.certFile.empty()) {
-      ctx.use_certificate_chain_file(tls.certFile, ec);
-      if (!ec) ctx.use_private_key_file(tls.keyFile, asio::ssl::context::pem, ec);
-      if (ec) return badRequest("bad_arguments", "the client certificate: " + ec.message());
-    }
-    ctx.set_verify_mode(asio::ssl::verify_peer);
-    ctx.set_verify_callback(asio::ssl::host_name_verification(impl->host));
+    LIFL_TRY(ctx, clientTlsContext(tls));
+    impl->tls.emplace(std::move(ctx));
+    impl->tls->set_verify_callback(asio::ssl::host_name_verification(impl->host));
   }
   std::unique_ptr<HttpClient> client(new HttpClient(std::move(impl)));
   client->timeoutSeconds_ = timeoutSeconds;

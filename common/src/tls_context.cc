@@ -22,6 +22,23 @@ Result<void> checkServerTlsFiles(const ServerTlsFiles& f, std::string_view prefi
   return success();
 }
 
+Result<ssl::context> clientTlsContext(const TlsOptions& tls) {
+  ssl::context ctx(ssl::context::tls_client);
+  boost::system::error_code ec;
+  if (tls.caFile.empty())
+    ctx.set_default_verify_paths(ec);
+  else
+    ctx.load_verify_file(tls.caFile, ec);
+  if (ec) return badRequest("bad_arguments", "the CA file " + tls.caFile + ": " + ec.message());
+  if (!tls.certFile.empty()) {
+    ctx.use_certificate_chain_file(tls.certFile, ec);
+    if (!ec) ctx.use_private_key_file(tls.keyFile, ssl::context::pem, ec);
+    if (ec) return badRequest("bad_arguments", "the client certificate: " + ec.message());
+  }
+  ctx.set_verify_mode(ssl::verify_peer);
+  return ctx;
+}
+
 Result<ssl::context> serverTlsContext(const ServerTlsFiles& f, std::string_view prefix) {
   LIFL_TRYV(checkServerTlsFiles(f, prefix));
   ssl::context ctx(ssl::context::tls_server);

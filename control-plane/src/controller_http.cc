@@ -163,6 +163,10 @@ HttpReply Controller::State::handle(const HttpRequest& r) {
     if (m != "POST") return notAllowed();
     return replyOf(access->issue(r.body), 201);
   }
+  if (p.size() == 2 && p[0] == "v1" && p[1] == "models") {
+    if (m != "GET") return notAllowed();
+    return HttpReply::json(200, listModels().dump());
+  }
   if (p.size() >= 2 && p[0] == "v1" && p[1] == "nodes") {
     if (p.size() == 2 && m == "GET") return HttpReply::json(200, listNodes().dump());
     if (p.size() == 2 && m == "POST") {

@@ -53,14 +53,37 @@ Result<nlohmann::json> Controller::State::registerNode(const nlohmann::json& bod
   return reply;
 }
 
-Result<void> Controller::State::heartbeat(const std::string& name, const nlohmann::json& body) {
+Result<nlohmann::json> Controller::State::heartbeat(const std::string& name,
+                                                    const nlohmann::json& body) {
   std::lock_guard lock(mutex);
   auto it = nodes.find(name);
   if (it == nodes.end() || !it->second.live)
     return notFound("unknown_node", "node " + name + " is not registered; register again");
   it->second.lastSeen = Clock::now();
   it->second.stats = body;
-  return success();
+  return nlohmann::json{{"models", modelRoutes()}};
+}
+
+nlohmann::json Controller::State::modelRoutes() const {
+  nlohmann::json routes = nlohmann::json::object();
+  for (const auto& [name, n] : nodes) {
+    if (!n.live || !n.stats.contains("models") || !n.stats["models"].is_array()) continue;
+    for (const auto& m : n.stats["models"]) {
+      if (!m.is_object() || !m.contains("name") || !m["name"].is_string()) continue;
+      routes[m["name"].get<std::string>()].push_back(
+          {{"node", name}, {"url", n.url}, {"in_flight", m.value("in_flight", 0u)}});
+    }
+  }
+  return routes;
+}
+
+nlohmann::json Controller::State::listModels() const {
+  std::lock_guard lock(mutex);
+  nlohmann::json data = nlohmann::json::array();
+  const nlohmann::json routes = modelRoutes();
+  for (const auto& [model, nodes] : routes.items())
+    data.push_back({{"id", model}, {"object", "model"}, {"owned_by", "lifl"}, {"nodes", nodes}});
+  return {{"object", "list"}, {"data", data}};
 }
 
 nlohmann::json Controller::State::listNodes() const {

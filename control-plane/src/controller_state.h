@@ -129,8 +129,14 @@ struct Controller::State {
 
   // controller_nodes.cc
   Result<nlohmann::json> registerNode(const nlohmann::json& body);
-  Result<void> heartbeat(const std::string& name, const nlohmann::json& body);
+  /// @return where the cluster's models are served (modelRoutes), for the agents' gateways
+  Result<nlohmann::json> heartbeat(const std::string& name, const nlohmann::json& body);
   nlohmann::json listNodes() const;
+  /// {model: [{node, url, in_flight}]} of the live nodes that serve a model (their heartbeats'
+  /// "models"). Called with the mutex held.
+  nlohmann::json modelRoutes() const;
+  /// GET /v1/models: OpenAI's model list, each with the nodes that serve it.
+  nlohmann::json listModels() const;
   void nodeLost(const std::string& name, const std::string& why);
   void syncNode(const std::string& name);
   std::vector<NodeLoad> liveNodes() const;

@@ -119,7 +119,37 @@ void ClusterLink::runHeartbeats(std::function<nlohmann::json()> stats) {
       registered = false;
       continue;
     }
+    if (r && r.value().status == 200)
+      takeModelRoutes(nlohmann::json::parse(r.value().body, nullptr, false));
   } while (waitOrStop(registered ? interval : 0.2));
+}
+
+void ClusterLink::takeModelRoutes(const nlohmann::json& answer) {
+  std::map<std::string, std::vector<ModelRoute>> routes;
+  if (answer.is_object() && answer.contains("models") && answer["models"].is_object())
+    for (const auto& [model, nodes] : answer["models"].items()) {
+      if (!nodes.is_array()) continue;
+      for (const auto& n : nodes) {
+        if (!n.is_object() || !n.contains("node") || !n.contains("url")) continue;
+        if (!n["node"].is_string() || !n["url"].is_string()) continue;
+        if (n["node"].get<std::string>() == config_.nodeName) continue;
+        routes[model].push_back(
+            {n["node"].get<std::string>(), n["url"].get<std::string>(), n.value("in_flight", 0u)});
+      }
+    }
+  std::lock_guard lock(mutex_);
+  modelRoutes_ = std::move(routes);
+}
+
+std::vector<ModelRoute> ClusterLink::modelRoutes(const std::string& model) const {
+  std::lock_guard lock(mutex_);
+  if (!model.empty()) {
+    auto it = modelRoutes_.find(model);
+    return it == modelRoutes_.end() ? std::vector<ModelRoute>{} : it->second;
+  }
+  std::vector<ModelRoute> any;
+  for (const auto& [_, nodes] : modelRoutes_) any.insert(any.end(), nodes.begin(), nodes.end());
+  return any;
 }
 
 void ClusterLink::report(const std::string& path, nlohmann::json body) {

@@ -17,6 +17,7 @@
 #include <thread>
 #include <utility>  // before Asio: g++ 12 needs std::exchange for asio::awaitable
 
+#include "completion_relay.h"
 #include "lifl/common/base64.h"
 #include "lifl/common/http_client.h"
 #include "lifl/common/job_spec.h"
@@ -82,6 +83,14 @@ struct Gateway::Impl {
   std::vector<std::thread> threads;
   std::atomic<uint32_t> connections{0};
   std::optional<asio::ssl::context> tls;  ///< gateway.tls_cert_file set: HTTPS only
+  /// Completions: those served here, the model served here, the completions relayed to
+  /// each other node and still running, and the client context for https:// nodes.
+  std::atomic<uint32_t> completionsInFlight{0};
+  const std::string servedModelName = servedModel(config.chains);
+  std::mutex relayMutex;
+  std::map<std::string, uint32_t> relayedTo;
+  std::optional<asio::ssl::context> relayTls;
+  static constexpr double kRelayConnectSeconds = 5;
 
   // ---------------------------------------------------------------- responses
   template <class S>
@@ -683,6 +692,48 @@ struct Gateway::Impl {
   }
 
   // ---------------------------------------------------------------- LLM completions
+  /// A completion relayed to the node with the fewest in flight (at its last heartbeat, plus
+  /// those relayed there from here since), the next one where a node cannot be reached.
+  template <class S>
+  awaitable<void> relayToNode(Exchange<S>& ex, std::vector<ModelRoute> routes, std::string body) {
+    {
+      std::lock_guard lock(relayMutex);
+      std::stable_sort(routes.begin(), routes.end(), [&](const auto& a, const auto& b) {
+        return a.inFlight + relayedTo[a.node] < b.inFlight + relayedTo[b.node];
+      });
+    }
+    relay::Request request{std::move(body),
+                           {{relay::kRelayedHeader, hooks.cluster->config().nodeName}},
+                           ex.parser.get().version(),
+                           ex.keepAlive,
+                           seconds(kRelayConnectSeconds),
+                           seconds(config.chainTimeoutSeconds)};
+    if (auto auth = header(ex.parser, "authorization"); !auth.empty())
+      request.headers.emplace_back("authorization", std::string(auth));
+    for (const auto& route : routes) {
+      {
+        std::lock_guard lock(relayMutex);
+        relayedTo[route.node]++;
+      }
+      ScopeExit done([&] {
+        std::lock_guard lock(relayMutex);
+        relayedTo[route.node]--;
+      });
+      const relay::Outcome out = co_await relay::relayCompletion(
+          ex.stream, route.url, relayTls ? &*relayTls : nullptr, request);
+      if (!out.answered) {
+        LIFL_WARN("completion: node " << route.node << " at " << route.url << " did not answer ("
+                                      << out.why << "); trying the next");
+        continue;
+      }
+      ex.status = out.status;
+      ex.keepAlive = ex.keepAlive && out.keepAlive;
+      co_return;
+    }
+    co_await writeError(ex,
+                        unavailable("model_unavailable", "no node that serves the model answered"));
+  }
+
   // POST /v1/completions (API.md): the request goes as an event down the chain
   // llm.prefill -> llm.decode. Streamed answers are server-sent events: one per token
   // (the decode stage's Stream pieces), a last one with finish_reason and usage, and
@@ -690,8 +741,11 @@ struct Gateway::Impl {
   template <class S>
   awaitable<void> completions(Exchange<S>& ex) {
     ex.route = "completions";
-    auto first = chains.entry("llm");
-    if (!first)
+    auto first = chains.entry(kLlmChain);
+    // In a cluster, a request for a model this node does not serve goes to a node that does
+    // (not one relayed here already).
+    const bool mayRelay = hooks.cluster && header(ex.parser, relay::kRelayedHeader).empty();
+    if (!first && !mayRelay)
       co_return co_await rejectBeforeBody(
           ex, notFound("no_model", "this server has no model: start it with lifl up --model DIR"));
     auto body = co_await readBodyString(ex, config.maxEventBytes);
@@ -700,6 +754,26 @@ struct Gateway::Impl {
     if (doc.is_discarded() || !doc.is_object())
       co_return co_await writeError(ex,
                                     badRequest("invalid_request", "the body is not a JSON object"));
+    const auto modelField = doc.find("model");
+    const std::string model = modelField != doc.end() && modelField->is_string()
+                                  ? modelField->get<std::string>()
+                                  : std::string();
+    if (mayRelay && (!first || (!model.empty() && model != servedModelName))) {
+      auto routes = hooks.cluster->modelRoutes(model);
+      if (!routes.empty()) co_return co_await relayToNode(ex, std::move(routes), body.value());
+      if (!first) {
+        // Named: GCC 12 destroys a temporary of a co_await's full expression twice.
+        Error none = model.empty() ? notFound("no_model", "no node of this cluster serves a model")
+                                   : notFound("model_not_found",
+                                              "no node of this cluster serves model " + model);
+        co_return co_await writeError(ex, std::move(none));
+      }
+    }
+    struct InFlight {
+      std::atomic<uint32_t>& n;
+      explicit InFlight(std::atomic<uint32_t>& c) : n(c) { n++; }
+      ~InFlight() { n--; }
+    } inFlight{completionsInFlight};
     auto streamField = doc.find("stream");
     const bool stream =
         streamField != doc.end() && streamField->is_boolean() && streamField->get<bool>();
@@ -1064,6 +1138,10 @@ Result<uint16_t> Gateway::start() {
     LIFL_TRY(ctx, serverTlsContext(impl_->config.gatewayTls, "gateway.tls_"));
     impl_->tls.emplace(std::move(ctx));
   }
+  if (impl_->hooks.cluster) {
+    LIFL_TRY(ctx, clientTlsContext(impl_->hooks.cluster->config().tls));
+    impl_->relayTls.emplace(std::move(ctx));
+  }
   beast::error_code ec;
   auto address = asio::ip::make_address(impl_->config.bind, ec);
   if (ec)
@@ -1084,6 +1162,8 @@ Result<uint16_t> Gateway::start() {
     impl_->threads.emplace_back([this] { impl_->ioc.run(); });
   return port;
 }
+
+uint32_t Gateway::completionsInFlight() const { return impl_->completionsInFlight; }
 
 void Gateway::stop() {
   if (!impl_ || impl_->threads.empty()) return;

@@ -83,12 +83,13 @@ class Cluster:
     created = 0  # per process: each cluster's interfaces get names of their own
 
     def __init__(self, nodes=("a", "b", "c"), heartbeat=0.3, node_timeout=1.5, warm_pool=4,
-                 store_bytes=256 << 20, auth=False, tls=False):
+                 store_bytes=256 << 20, auth=False, tls=False, agent_args=None):
         """auth: security.auth on the controller and the agents (docs/security.md); the
         agents share the controller's cluster credential file, and self.admin_token holds the
         admin credential. tls: every node speaks HTTPS only and asks for a certificate of the
         cluster's CA (mTLS), its own issued for its address; self.tls is the SSLContext of a
-        client with such a certificate (self.certs holds the files)."""
+        client with such a certificate (self.certs holds the files). agent_args: {node: [more
+        `lifl agent` arguments]}."""
         ident = os.getpid() % 10000
         Cluster.created += 1
         self.tag = f"{ident}x{Cluster.created}"
@@ -132,7 +133,8 @@ class Cluster:
                     if tls:
                         f.write(self.agent_tls_config(*self.certs[node]))
                 args = [LIFL_BIN, "agent", "--controller", self.controller.url, "--name", node,
-                        "--bind", ip, "--config", acfg, "--data-dir", os.path.join(self.tmp, f"data-{node}")]
+                        "--bind", ip, "--config", acfg, "--data-dir", os.path.join(self.tmp, f"data-{node}"),
+                        *map(str, (agent_args or {}).get(node, []))]
                 self.agents[node] = Process(f"agent-{node}", args, ip, self.tmp, netns=self.ns(node),
                                             tls=self.tls)
             self.wait_nodes(len(nodes))

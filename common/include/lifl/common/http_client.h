@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "lifl/common/error.h"
+#include "lifl/common/tls_context.h"
 
 namespace lifl {
 
@@ -25,12 +26,6 @@ struct HttpResponse {
 };
 
 using HeaderList = std::vector<std::pair<std::string, std::string>>;
-
-/// For https:// URLs: the CA the server's certificate must chain to (empty: the system's
-/// CAs), and for mTLS the client's certificate chain and key (PEM).
-struct TlsOptions {
-  std::string caFile, certFile, keyFile;
-};
 
 class HttpClient {
  public:

@@ -40,6 +40,17 @@ struct ChainSpec {
   bool routed(size_t hop) const { return hop > 0 && maxOf(hop) > 1; }
 };
 
+/// The chain that serves POST /v1/completions.
+inline constexpr const char* kLlmChain = "llm";
+
+/// The model a node's chains serve: the "llm" chain's model_name ("lifl" where it names
+/// none, as the prefill stage calls it); "" without that chain.
+inline std::string servedModel(const std::vector<ChainSpec>& chains) {
+  for (const auto& c : chains)
+    if (c.name == kLlmChain) return c.params.value("model_name", std::string("lifl"));
+  return "";
+}
+
 /// Descriptors delivered to an instance and not yet handled (the agent's probe).
 using QueueProbe = std::function<uint64_t(InstanceId)>;
 

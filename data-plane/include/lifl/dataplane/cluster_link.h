@@ -9,6 +9,7 @@
 #include <condition_variable>
 #include <deque>
 #include <functional>
+#include <map>
 #include <memory>
 #include <mutex>
 #include <nlohmann/json.hpp>
@@ -63,6 +64,13 @@ struct PartialTransfer {
   std::function<void(std::optional<uint32_t> delivered)> done;
 };
 
+/// A node of the cluster that serves a model (POST /v1/completions), as the controller saw
+/// it at this node's last heartbeat.
+struct ModelRoute {
+  std::string node, url;
+  uint32_t inFlight = 0;  ///< completions it was serving at its last heartbeat
+};
+
 class ClusterLink {
  public:
   ClusterLink(ClusterConfig config, ObjectStore& store);
@@ -91,6 +99,10 @@ class ClusterLink {
   /// A client to `url` (another node, or the controller) carrying the cluster credential.
   Result<std::unique_ptr<HttpClient>> connect(const std::string& url) const;
 
+  /// The other live nodes that serve `model` ("": any model), from the controller's answer
+  /// to the last heartbeat.
+  std::vector<ModelRoute> modelRoutes(const std::string& model) const;
+
   void countReceived(uint64_t bytes) { received_ += bytes; }
   uint64_t bytesSent() const { return sent_; }
   uint64_t partialsSent() const { return partialsSent_; }
@@ -107,9 +119,12 @@ class ClusterLink {
   bool sendPartial(const PartialTransfer& t, const PartialTarget& to, bool relay);
   bool waitOrStop(double seconds);
 
+  void takeModelRoutes(const nlohmann::json& heartbeatAnswer);
+
   ClusterConfig config_;
   ObjectStore& store_;
-  std::mutex mutex_;
+  mutable std::mutex mutex_;
+  std::map<std::string, std::vector<ModelRoute>> modelRoutes_;  ///< by model name
   std::condition_variable wake_;
   bool stopping_ = false;
   std::vector<std::unique_ptr<HttpClient>> pool_;

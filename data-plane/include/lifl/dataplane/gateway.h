@@ -37,6 +37,8 @@ class Gateway {
   /// Binds and starts serving on the configured threads. @return the bound port.
   Result<uint16_t> start();
   void stop();
+  /// Completions this node is serving now (not those it relays to another node).
+  uint32_t completionsInFlight() const;
 
  private:
   struct Impl;
