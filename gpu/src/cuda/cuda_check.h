@@ -61,10 +61,8 @@ inline bool programmaticLaunch() {
   return on;
 }
 
-/// @param dependent false: an ordinary launch (where the early one was measured slower)
 template <class... Params, class... Args>
-cudaError_t launchDependentIf(bool dependent, void (*kernel)(Params...), dim3 blocks, dim3 threads,
-                              Args&&... args) {
+cudaError_t launchDependent(void (*kernel)(Params...), dim3 blocks, dim3 threads, Args&&... args) {
   cudaLaunchAttribute attribute{};
   attribute.id = cudaLaunchAttributeProgrammaticStreamSerialization;
   attribute.val.programmaticStreamSerializationAllowed = 1;
@@ -73,13 +71,8 @@ cudaError_t launchDependentIf(bool dependent, void (*kernel)(Params...), dim3 bl
   config.blockDim = threads;
   config.stream = currentStream();
   config.attrs = &attribute;
-  config.numAttrs = dependent && programmaticLaunch() ? 1 : 0;
+  config.numAttrs = programmaticLaunch() ? 1 : 0;
   return cudaLaunchKernelEx(&config, kernel, std::forward<Args>(args)...);
-}
-
-template <class... Params, class... Args>
-cudaError_t launchDependent(void (*kernel)(Params...), dim3 blocks, dim3 threads, Args&&... args) {
-  return launchDependentIf(true, kernel, blocks, threads, std::forward<Args>(args)...);
 }
 
 /// Both are no-ops in a kernel launched without launchDependent.

@@ -177,6 +177,18 @@ __global__ void splitMergeKernel(float* __restrict__ out, const float* __restric
 // about a third of the warp kernel's instructions per token; the last block of each
 // (row, KV head) merges the splits, so no merge kernel is launched (docs/benchmarks.md).
 constexpr uint32_t kMaxSplitPages = 512 / kPageTokens;
+/// Multiprocessors of the device the process uses (one a process).
+unsigned multiprocessors() {
+  static const unsigned count = [] {
+    int device = 0, n = 0;
+    if (cudaGetDevice(&device) != cudaSuccess ||
+        cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, device) != cudaSuccess || n <= 0)
+      return 132u;  // an H100's
+    return static_cast<unsigned>(n);
+  }();
+  return count;
+}
+
 /// Splits merged inside the kernel; beyond (contexts over 128K), splitMergeKernel merges.
 constexpr uint32_t kMaxFusedSplits = 256;
 
@@ -437,31 +449,42 @@ std::string splitDecodeAttention(float* out, float* partial, uint32_t* arrivals,
                                  uint32_t kvHeads, uint32_t headDim, const float* kPages,
                                  const float* vPages, const uint32_t* headLengths) {
   const uint32_t group = heads / kvHeads, lanes = headDim / 32, v4 = headDim / 64;
-  const uint32_t splitTokens = splitTokensFor(maxContext);
+  const bool halfWarp = headDim % 64 == 0 && group * v4 <= 8;
+  uint32_t splitTokens = splitTokensFor(maxContext);
+  // Splits twice as long where that makes the blocks fit in one wave and the shorter ones do
+  // not: batch 16 at 4K went from 82.5% to 85.3% of the bandwidth (H100, docs/benchmarks.md).
+  // Fewer splits than splitTokensFor's, so the partials sized by it still hold them.
+  if (halfWarp && 2 * splitTokens <= kMaxSplitPages * kPageTokens) {
+    const uint64_t wave = uint64_t{multiprocessors()} * minBlocksFor(group, v4, kUnroll);
+    auto blocksAt = [&](uint32_t tokens) {
+      return uint64_t{rows} * kvHeads * ((maxContext + tokens - 1) / tokens);
+    };
+    if (blocksAt(splitTokens) > wave && blocksAt(2 * splitTokens) <= wave) splitTokens *= 2;
+  }
   const uint32_t splits = (maxContext + splitTokens - 1) / splitTokens;
   const dim3 blocks(rows, kvHeads, splits);
   bool launched = false, merged = false;
-  const bool halfWarp = headDim % 64 == 0 && group * v4 <= 8;
   float* fusedOut = splits <= kMaxFusedSplits ? out : nullptr;
-  // Launched early only from 2K positions: at 1K (batch 8, H100) the early launch made each
-  // call 4 us slower (43% of the bandwidth instead of 51%); at 4K it gains 3 points
-  // (docs/benchmarks.md).
-  const bool dependent = maxContext >= 2048;
-#define LIFL_HALF(G, V4)                                                                          \
-  if (!launched && halfWarp && group == G && v4 == V4) {                                          \
-    LIFL_CU(launchDependentIf(                                                                    \
-        dependent, halfWarpAttentionKernel<G, V4, kUnroll, minBlocksFor(G, V4, kUnroll)>, blocks, \
-        kWarps * 32, fusedOut, arrivals, partial, q, positions, tables, rowTable, heads, kvHeads, \
-        splits, splitTokens, kPages, vPages, headLengths));                                       \
-    launched = true;                                                                              \
-    merged = fusedOut != nullptr;                                                                 \
+  // Launched early at every length: since the first rows load before the wait, 1K gains too
+  // (batch 8: 51.5% -> 53.3%; it lost 8 points when the early launch only read the page
+  // table).
+#define LIFL_HALF(G, V4)                                                                           \
+  if (!launched && halfWarp && group == G && v4 == V4) {                                           \
+    LIFL_CU(launchDependent(halfWarpAttentionKernel<G, V4, kUnroll, minBlocksFor(G, V4, kUnroll)>, \
+                            blocks, kWarps * 32, fusedOut, arrivals, partial, q, positions,        \
+                            tables, rowTable, heads, kvHeads, splits, splitTokens, kPages, vPages, \
+                            headLengths));                                                         \
+    launched = true;                                                                               \
+    merged = fusedOut != nullptr;                                                                  \
   }
   LIFL_HALF(1, 1)
   LIFL_HALF(1, 2)
   LIFL_HALF(1, 4)
   LIFL_HALF(2, 1)
   LIFL_HALF(2, 2)
-  LIFL_HALF(2, 4) LIFL_HALF(4, 1) LIFL_HALF(4, 2) LIFL_HALF(8, 1)
+  LIFL_HALF(2, 4)
+  LIFL_HALF(4, 1)
+  LIFL_HALF(4, 2) LIFL_HALF(8, 1)
 #undef LIFL_HALF
 #define LIFL_SPLIT(G, DL)                                                                      \
   if (!launched && group == G && lanes == DL) {                                                \

@@ -63,17 +63,22 @@ __global__ void rmsNormKernel(float* __restrict__ out, float* __restrict__ resid
   for (uint64_t i = threadIdx.x; i < n; i += blockDim.x) out[row * n + i] = src[i] * inv * w[i];
 }
 
-__global__ void ropeKernel(float* __restrict__ x, uint64_t rows, uint32_t heads, uint32_t headDim,
+// RoPE over the query heads of q and the KV heads of k (one launch for both: a decode step
+// is a chain of small kernels, each with its own fixed cost).
+__global__ void ropeKernel(float* __restrict__ q, float* __restrict__ k, uint64_t rows,
+                           uint32_t heads, uint32_t kvHeads, uint32_t headDim,
                            const uint32_t* __restrict__ positions,
                            const float* __restrict__ invFreq) {
   afterPrerequisites();
   const uint32_t half = headDim / 2;
-  const uint64_t total = rows * heads * half;
+  const uint64_t ofQ = rows * heads * half, total = ofQ + rows * kvHeads * half;
   for (uint64_t i = uint64_t{blockIdx.x} * blockDim.x + threadIdx.x; i < total;
        i += uint64_t{gridDim.x} * blockDim.x) {
-    const uint32_t j = i % half;
-    const uint64_t rh = i / half, row = rh / heads;
-    float* v = x + rh * headDim;
+    const bool isQ = i < ofQ;
+    const uint64_t e = isQ ? i : i - ofQ;
+    const uint32_t j = e % half;
+    const uint64_t rh = e / half, row = rh / (isQ ? heads : kvHeads);
+    float* v = (isQ ? q : k) + rh * headDim;
     const float angle = static_cast<float>(positions[row]) * invFreq[j];
     float s, c;
     sincosf(angle, &s, &c);
@@ -109,7 +114,7 @@ __global__ void embedKernel(float* __restrict__ x, const __nv_bfloat16* __restri
 // y[r][o] = x[r] . W[o] for up to kMaxRows rows: one warp per output, 8 BF16 weights (16
 // bytes) per lane per step, so the weight matrix streams through once per pass (decode is
 // bound by reading the weights).
-__global__ void linearKernel(float* __restrict__ y, const float* __restrict__ x,
+__global__ void linearKernel(const LinearOutputs y, const float* __restrict__ x,
                              const __nv_bfloat16* __restrict__ w, uint32_t rows, uint64_t in,
                              uint64_t out) {
   const uint64_t o = uint64_t{blockIdx.x} * (blockDim.x / 32) + threadIdx.x / 32;
@@ -145,7 +150,8 @@ __global__ void linearKernel(float* __restrict__ y, const float* __restrict__ x,
   for (int r = 0; r < kMaxRows; ++r) {
     if (r >= rows) break;
     const float s = warpSum(acc[r]);
-    if (lane == 0) y[r * out + o] = s;
+    if (lane != 0) continue;
+    if (float* to = y.at(r, static_cast<uint32_t>(o))) *to = s;
   }
 }
 
@@ -292,13 +298,13 @@ std::string uploadF32(Buffer& b, const void* host, size_t bytes) {
   return "";
 }
 
-std::string linear(float* y, const float* x, const __nv_bfloat16* w, uint64_t rows, uint64_t in,
-                   uint64_t out) {
+std::string linear(const LinearOutputs& y, const float* x, const __nv_bfloat16* w, uint64_t rows,
+                   uint64_t in, uint64_t out) {
   if (in % 8) return "linear: the input width must be a multiple of 8";
   for (uint64_t r = 0; r < rows; r += kMaxRows) {
     const auto n = static_cast<uint32_t>(std::min<uint64_t>(kMaxRows, rows - r));
     LIFL_CU(launchDependent(linearKernel, dim3(static_cast<unsigned>((out + 7) / 8)), dim3(256),
-                            y + r * out, x + r * in, w, n, in, out));
+                            y.from(r), x + r * in, w, n, in, out));
   }
   LIFL_CU(cudaGetLastError());
   return "";
@@ -359,10 +365,23 @@ const Cublas& cublas() {
 }
 
 /// A linear layer's weight on the device: BF16, or quantised (8/4 bits) with its scales, in
-/// the tensor-core layout of quant_linear.h.
+/// the tensor-core layout of quant_linear.h. One matrix, or several that read the same input
+/// stacked into one (uploadStacked): part p is rows [starts[p], starts[p] + widths[p]).
 struct Weight {
   Buffer data, scales;
   uint32_t bits = 16;
+  uint64_t out = 0;  ///< rows, with the padding between quantised parts
+  std::vector<uint64_t> starts, widths;
+  /// Part p's outputs to ys[p].
+  LinearOutputs outputs(std::initializer_list<float*> ys) const {
+    LinearOutputs o;
+    size_t p = 0;
+    for (float* y : ys) {
+      o.add(y, starts[p], widths[p]);
+      ++p;
+    }
+    return o;
+  }
 };
 
 /// y[rows][out] (fp32) = x W^T with x and W in BF16, fp32 compute, through cuBLAS GemmEx:
@@ -389,35 +408,69 @@ __global__ void toBf16Kernel(__nv_bfloat16* __restrict__ out, const float* __res
     out[i] = __float2bfloat16(x[i]);
 }
 
-/// y = x W^T on the tensor cores through cuBLAS: the activations rounded to BF16 first (the
-/// precision --gemm cublas trades for speed), fp32 accumulation and output.
-std::string cublasLinear(float* y, const float* x, const __nv_bfloat16* w, uint64_t rows,
-                         uint64_t in, uint64_t out, Buffer& scratch) {
-  LIFL_TRY_STR(scratch.reserve(rows * in * 2));
-  toBf16Kernel<<<grid(rows * in), 256, 0, currentStream()>>>(scratch.as<__nv_bfloat16>(), x,
-                                                             rows * in);
-  return gemmBf16(y, scratch.as<__nv_bfloat16>(), w, rows, in, out);
-}
-
 /// From this many rows, --gemm cublas sends BF16 linears to the tensor cores.
 constexpr uint64_t kCublasFromRows = 8;
 
+/// y = x W^T for x[rows][in]. With `tensorCoreScratch` (--gemm cublas), BF16 weights go to
+/// the tensor cores from kCublasFromRows rows: the activations rounded to BF16 once, then one
+/// cuBLAS GEMM per part; otherwise one kernel for every part.
+std::string apply(const LinearOutputs& y, const float* x, const Weight& w, uint64_t rows,
+                  uint64_t in, Buffer* tensorCoreScratch = nullptr) {
+  if (w.bits == 16 && tensorCoreScratch && rows >= kCublasFromRows) {
+    LIFL_TRY_STR(tensorCoreScratch->reserve(rows * in * 2));
+    auto* xb = tensorCoreScratch->as<__nv_bfloat16>();
+    toBf16Kernel<<<grid(rows * in), 256, 0, currentStream()>>>(xb, x, rows * in);
+    for (int p = 0; p < y.parts; ++p)
+      LIFL_TRY_STR(gemmBf16(y.y[p], xb, w.data.as<__nv_bfloat16>() + uint64_t{y.start[p]} * in,
+                            rows, in, y.width[p]));
+    return "";
+  }
+  if (w.bits == 16) return linear(y, x, w.data.as<__nv_bfloat16>(), rows, in, w.out);
+  return quantLinear(y, x, w.bits, w.data.p, w.scales.as<float>(), rows, in, w.out);
+}
 std::string apply(float* y, const float* x, const Weight& w, uint64_t rows, uint64_t in,
-                  uint64_t out, Buffer* tensorCoreScratch = nullptr) {
-  if (w.bits == 16 && tensorCoreScratch && rows >= kCublasFromRows)
-    return cublasLinear(y, x, w.data.as<__nv_bfloat16>(), rows, in, out, *tensorCoreScratch);
-  if (w.bits == 16) return linear(y, x, w.data.as<__nv_bfloat16>(), rows, in, out);
-  return quantLinear(y, x, w.bits, w.data.p, w.scales.as<float>(), rows, in, out);
+                  Buffer* tensorCoreScratch = nullptr) {
+  return apply(w.outputs({y}), x, w, rows, in, tensorCoreScratch);
 }
 
-std::string uploadWeight(Weight& w, const HostLinear& h, uint64_t out, uint64_t in) {
-  w.bits = h.bits;
-  if (h.bits == 16) return uploadBf16(w.data, h.weight, out * in);
+/// Uploads `parts` ({weight, rows}, all with `in` inputs and the same bits) stacked into one
+/// matrix. Quantised parts start on whole tiles of the shuffled layout (zero rows between).
+std::string uploadStacked(Weight& w,
+                          std::initializer_list<std::pair<const HostLinear*, uint64_t>> parts,
+                          uint64_t in) {
+  w.bits = parts.begin()->first->bits;
+  const uint64_t align = w.bits == 16 ? 1 : kQuantTileRows;
+  w.out = 0;
+  for (const auto& [h, rows] : parts) {
+    if (h->bits != w.bits) return "stacked linear layers must share their precision";
+    w.starts.push_back(w.out);
+    w.widths.push_back(rows);
+    w.out += (rows + align - 1) / align * align;
+  }
+  if (w.bits == 16) {
+    std::vector<float> stacked(w.out * in, 0.f);
+    size_t p = 0;
+    for (const auto& [h, rows] : parts)
+      std::copy_n(h->weight, rows * in, stacked.begin() + w.starts[p++] * in);
+    return uploadBf16(w.data, stacked.data(), stacked.size());
+  }
   if (in % 128) return "quantised linear: the input width must be a multiple of 128";
-  const auto words = shuffleQuantised(h.q, h.bits, out, in);
-  const auto scales = padScales(h.scales, out, in);
+  const uint64_t rowBytes = in * w.bits / 8, groups = in / 128;
+  std::vector<int8_t> q(w.out * rowBytes, 0);  // zero rows: zero weights
+  std::vector<float> scales(w.out * groups, 0.f);
+  size_t p = 0;
+  for (const auto& [h, rows] : parts) {
+    std::copy_n(h->q, rows * rowBytes, q.begin() + w.starts[p] * rowBytes);
+    std::copy_n(h->scales, rows * groups, scales.begin() + w.starts[p] * groups);
+    ++p;
+  }
+  const auto words = shuffleQuantised(q.data(), w.bits, w.out, in);
+  const auto padded = padScales(scales.data(), w.out, in);
   LIFL_TRY_STR(uploadF32(w.data, words.data(), words.size() * 4));
-  return uploadF32(w.scales, scales.data(), scales.size() * 4);
+  return uploadF32(w.scales, padded.data(), padded.size() * 4);
+}
+std::string uploadWeight(Weight& w, const HostLinear& h, uint64_t out, uint64_t in) {
+  return uploadStacked(w, {{&h, out}}, in);
 }
 
 /// @param prefill the rows are one sequence's, at consecutive positions (`table` its block
@@ -461,13 +514,13 @@ struct Model {
   Buffer embed, norm, lmHead, invFreq;
   struct Layer {
     Buffer inputNorm, postNorm, kPages, vPages;
-    Weight q, k, v, o, gate, up, down;
+    Weight qkv, o, gateUp, down;  ///< q, k, v stacked; gate, up stacked
   };
   std::vector<Layer> layers;
   Buffer x, normed, qs, ks, vs, attn, proj, gate, up, logits, last, bf16x;
   Buffer tokens, positions, rowPage, rowSlot, tables, rowTable, logitRows;
   Buffer copies, headLengths;  ///< a retrieval step's working-set copies and lengths
-  // Decode steps run as CUDA graphs (one launch for ~15 kernels a layer), captured on the
+  // Decode steps run as CUDA graphs (one launch for 11 kernels a layer), captured on the
   // model's stream once per shape of step and replayed; the key holds what a capture bakes
   // in: the row and logit counts, the attention's split, and every buffer's address.
   cudaStream_t stream = nullptr;
@@ -500,12 +553,9 @@ std::string create(const Shape& s, const float* embed, const float* norm, const 
     const auto& w = layers[l];
     LIFL_TRY_STR(uploadF32(d.inputNorm, w.inputNorm, h * 4));
     LIFL_TRY_STR(uploadF32(d.postNorm, w.postNorm, h * 4));
-    LIFL_TRY_STR(uploadWeight(d.q, w.q, q, h));
-    LIFL_TRY_STR(uploadWeight(d.k, w.k, kv, h));
-    LIFL_TRY_STR(uploadWeight(d.v, w.v, kv, h));
+    LIFL_TRY_STR(uploadStacked(d.qkv, {{&w.q, q}, {&w.k, kv}, {&w.v, kv}}, h));
     LIFL_TRY_STR(uploadWeight(d.o, w.o, h, q));
-    LIFL_TRY_STR(uploadWeight(d.gate, w.gate, inter, h));
-    LIFL_TRY_STR(uploadWeight(d.up, w.up, inter, h));
+    LIFL_TRY_STR(uploadStacked(d.gateUp, {{&w.gate, inter}, {&w.up, inter}}, h));
     LIFL_TRY_STR(uploadWeight(d.down, w.down, h, inter));
     LIFL_TRY_STR(d.kPages.reserve(pageBytes));
     LIFL_TRY_STR(d.vPages.reserve(pageBytes));
@@ -647,15 +697,16 @@ std::string launchForward(Model* m, uint64_t n, uint32_t logitCount, uint32_t ma
   RetrievalLayer decided;
   for (uint32_t layer = 0; layer < m->layers.size(); ++layer) {
     auto& L = m->layers[layer];
-    LIFL_CU(launchDependent(rmsNormKernel, static_cast<unsigned>(n), 256, normed, nullptr, x,
-                            L.inputNorm.as<float>(), h, s.eps));
-    LIFL_TRY_STR(apply(qs, normed, L.q, n, h, q, tc));
-    LIFL_TRY_STR(apply(ks, normed, L.k, n, h, kv, tc));
-    LIFL_TRY_STR(apply(vs, normed, L.v, n, h, kv, tc));
-    LIFL_CU(launchDependent(ropeKernel, grid(n * s.heads * s.headDim / 2), 256, qs, n, s.heads,
-                            s.headDim, pos, m->invFreq.as<float>()));
-    LIFL_CU(launchDependent(ropeKernel, grid(n * s.kvHeads * s.headDim / 2), 256, ks, n, s.kvHeads,
-                            s.headDim, pos, m->invFreq.as<float>()));
+    // The previous layer's MLP output joins the residual stream here, in the norm's kernel.
+    if (layer == 0)
+      LIFL_CU(launchDependent(rmsNormKernel, static_cast<unsigned>(n), 256, normed, nullptr, x,
+                              L.inputNorm.as<float>(), h, s.eps));
+    else
+      LIFL_CU(launchDependent(rmsNormKernel, static_cast<unsigned>(n), 256, normed, x, proj,
+                              L.inputNorm.as<float>(), h, s.eps));
+    LIFL_TRY_STR(apply(L.qkv.outputs({qs, ks, vs}), normed, L.qkv, n, h, tc));
+    LIFL_CU(launchDependent(ropeKernel, grid(n * (s.heads + s.kvHeads) * s.headDim / 2), 256, qs,
+                            ks, n, s.heads, s.kvHeads, s.headDim, pos, m->invFreq.as<float>()));
     LIFL_CU(launchDependent(storeKvKernel, grid(n * kv), 256, L.kPages.as<float>(),
                             L.vPages.as<float>(), ks, vs, m->rowPage.as<uint32_t>(),
                             m->rowSlot.as<uint32_t>(), n, kv));
@@ -667,22 +718,22 @@ std::string launchForward(Model* m, uint64_t n, uint32_t logitCount, uint32_t ma
                         L.kPages.as<float>(), L.vPages.as<float>(),
                         prefill ? m->tables.as<uint32_t>() : nullptr,
                         retrieval ? m->headLengths.as<uint32_t>() : nullptr));
-    LIFL_TRY_STR(apply(proj, attn, L.o, n, q, h, tc));
+    LIFL_TRY_STR(apply(proj, attn, L.o, n, q, tc));
     LIFL_CU(launchDependent(rmsNormKernel, static_cast<unsigned>(n), 256, normed, x, proj,
                             L.postNorm.as<float>(), h, s.eps));
-    LIFL_TRY_STR(apply(gate, normed, L.gate, n, h, inter, tc));
-    LIFL_TRY_STR(apply(up, normed, L.up, n, h, inter, tc));
+    LIFL_TRY_STR(apply(L.gateUp.outputs({gate, up}), normed, L.gateUp, n, h, tc));
     LIFL_CU(launchDependent(siluMulKernel, grid(n * inter), 256, gate, gate, up, n * inter));
-    LIFL_TRY_STR(apply(proj, gate, L.down, n, inter, h, tc));
-    LIFL_CU(launchDependent(addKernel, grid(n * h), 256, x, proj, n * h));
+    LIFL_TRY_STR(apply(proj, gate, L.down, n, inter, tc));
   }
+  if (!m->layers.empty())  // the last MLP's output joins the residual stream
+    LIFL_CU(launchDependent(addKernel, grid(n * h), 256, x, proj, n * h));
   // The head, over the rows that need logits only.
   LIFL_CU(launchDependent(gatherRowsKernel, grid(uint64_t{logitCount} * h), 256,
                           m->last.as<float>(), x, m->logitRows.as<uint32_t>(), logitCount, h));
   LIFL_CU(launchDependent(rmsNormKernel, logitCount, 256, m->last.as<float>(), nullptr,
                           m->last.as<float>(), m->norm.as<float>(), h, s.eps));
-  LIFL_TRY_STR(linear(m->logits.as<float>(), m->last.as<float>(), m->lmHead.as<__nv_bfloat16>(),
-                      logitCount, h, s.vocab));
+  LIFL_TRY_STR(linear(LinearOutputs::one(m->logits.as<float>(), s.vocab), m->last.as<float>(),
+                      m->lmHead.as<__nv_bfloat16>(), logitCount, h, s.vocab));
   LIFL_CU(cudaGetLastError());
   return "";
 }
@@ -827,6 +878,9 @@ std::string timeLinear(int kind, uint64_t rows, uint64_t in, uint64_t out, int r
   Buffer x, xb, y;
   Weight w;
   w.bits = kind == 0 ? 16 : static_cast<uint32_t>(kind);
+  w.out = out;
+  w.starts = {0};
+  w.widths = {out};
   LIFL_TRY_STR(x.reserve(rows * in * 4));
   LIFL_TRY_STR(xb.reserve(rows * in * 2));
   LIFL_TRY_STR(y.reserve(rows * out * 4));
@@ -841,7 +895,7 @@ std::string timeLinear(int kind, uint64_t rows, uint64_t in, uint64_t out, int r
     LIFL_CU(cudaMemset(w.scales.p, 0, padded * (in / 128) * 4));
   }
   auto once = [&]() -> std::string {
-    if (kind != 0) return apply(y.as<float>(), x.as<float>(), w, rows, in, out);
+    if (kind != 0) return apply(y.as<float>(), x.as<float>(), w, rows, in);
     return gemmBf16(y.as<float>(), xb.as<__nv_bfloat16>(), w.data.as<__nv_bfloat16>(), rows, in,
                     out);
   };
@@ -857,8 +911,7 @@ std::string linearQuant(float* y, const float* x, uint32_t bits, const int8_t* q
   LIFL_TRY_STR(uploadF32(dx, x, rows * in * 4));
   LIFL_TRY_STR(uploadWeight(w, HostLinear{nullptr, bits, q, scales}, out, in));
   LIFL_TRY_STR(dy.reserve(rows * out * 4));
-  LIFL_TRY_STR(quantLinear(dy.as<float>(), dx.as<float>(), bits, w.data.p, w.scales.as<float>(),
-                           rows, in, out));
+  LIFL_TRY_STR(apply(dy.as<float>(), dx.as<float>(), w, rows, in));
   LIFL_CU(cudaMemcpy(y, dy.p, rows * out * 4, cudaMemcpyDeviceToHost));
   return "";
 }
@@ -885,7 +938,7 @@ std::string rope(float* x, uint64_t rows, uint32_t heads, uint32_t headDim,
   LIFL_TRY_STR(uploadF32(dp, positions, rows * 4));
   LIFL_TRY_STR(uploadF32(di, inv.data(), inv.size() * 4));
   ropeKernel<<<grid(rows * heads * headDim / 2), 256, 0, currentStream()>>>(
-      dx.as<float>(), rows, heads, headDim, dp.as<uint32_t>(), di.as<float>());
+      dx.as<float>(), nullptr, rows, heads, 0, headDim, dp.as<uint32_t>(), di.as<float>());
   LIFL_CU(cudaMemcpy(x, dx.p, rows * heads * headDim * 4, cudaMemcpyDeviceToHost));
   return "";
 }
@@ -906,7 +959,8 @@ std::string linearBf16(float* y, const float* x, const float* w, uint64_t rows, 
   LIFL_TRY_STR(uploadF32(dx, x, rows * in * 4));
   LIFL_TRY_STR(uploadBf16(dw, w, out * in));
   LIFL_TRY_STR(dy.reserve(rows * out * 4));
-  LIFL_TRY_STR(linear(dy.as<float>(), dx.as<float>(), dw.as<__nv_bfloat16>(), rows, in, out));
+  LIFL_TRY_STR(linear(LinearOutputs::one(dy.as<float>(), out), dx.as<float>(),
+                      dw.as<__nv_bfloat16>(), rows, in, out));
   LIFL_CU(cudaMemcpy(y, dy.p, rows * out * 4, cudaMemcpyDeviceToHost));
   return "";
 }

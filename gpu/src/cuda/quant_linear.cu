@@ -76,7 +76,7 @@ constexpr int minBlocksFor(int warps) { return warps == 16 ? 2 : 0; }
 // in flight per lane where there are few tiles to spread over the SMs).
 template <int BITS, int NT, int WARPS, int U>
 __global__ void __launch_bounds__(WARPS * 32, minBlocksFor(WARPS))
-    quantMmaKernel(float* __restrict__ y, const float* __restrict__ x, const uint4* __restrict__ w,
+    quantMmaKernel(const LinearOutputs y, const float* __restrict__ x, const uint4* __restrict__ w,
                    const float* __restrict__ scales, uint32_t rows, uint32_t in, uint32_t out) {
   constexpr int KT = static_cast<int>(tilesPerChunk(BITS)), CHUNK = 16 * KT;
   constexpr int PER_GROUP = static_cast<int>(kGroup) / CHUNK;
@@ -174,13 +174,14 @@ __global__ void __launch_bounds__(WARPS * 32, minBlocksFor(WARPS))
     for (int v = 0; v < WARPS; ++v) s += partial[v][j];
     const int l = j % 32, i = (j / 32) % 4, n = j / 128;
     const uint32_t o = tile * 16 + l / 4 + (i >= 2 ? 8 : 0), r = n * 8 + 2 * (l % 4) + (i & 1);
-    if (o < out && r < rows) y[uint64_t{r} * out + o] = s;
+    if (o >= out || r >= rows) continue;
+    if (float* to = y.at(r, o)) *to = s;
   }
 }
 
 template <int BITS>
-cudaError_t launch(float* y, const float* x, const uint4* w, const float* scales, uint32_t rows,
-                   uint32_t in, uint32_t out) {
+cudaError_t launch(const LinearOutputs& y, const float* x, const uint4* w, const float* scales,
+                   uint32_t rows, uint32_t in, uint32_t out) {
   const unsigned tiles = static_cast<unsigned>((out + kQuantTileRows - 1) / kQuantTileRows);
   constexpr int U = BITS == 4 ? 2 : 1;  // 4 loads of 16 bytes in flight per lane
   // Fewer tiles than two per SM (decode's 2048-wide layers): twice the warps per tile and
@@ -246,7 +247,7 @@ std::vector<float> padScales(const float* scales, uint64_t out, uint64_t in) {
   return padded;
 }
 
-std::string quantLinear(float* y, const float* x, uint32_t bits, const void* shuffled,
+std::string quantLinear(const LinearOutputs& y, const float* x, uint32_t bits, const void* shuffled,
                         const float* paddedScales, uint64_t rows, uint64_t in, uint64_t out) {
   if (in % kGroup) return "quantised linear: the input width must be a multiple of 128";
   if (bits != 4 && bits != 8) return "quantised linear: 4 or 8 bits";
@@ -254,7 +255,7 @@ std::string quantLinear(float* y, const float* x, uint32_t bits, const void* shu
   constexpr uint64_t kRowsPerPass = 32;
   for (uint64_t r = 0; r < rows; r += kRowsPerPass) {
     const auto n = static_cast<uint32_t>(std::min(kRowsPerPass, rows - r));
-    LIFL_CU((bits == 4 ? launch<4> : launch<8>)(y + r * out, x + r * in, w, paddedScales, n,
+    LIFL_CU((bits == 4 ? launch<4> : launch<8>)(y.from(r), x + r * in, w, paddedScales, n,
                                                 static_cast<uint32_t>(in),
                                                 static_cast<uint32_t>(out)));
   }

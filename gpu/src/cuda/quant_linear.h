@@ -8,6 +8,8 @@
 #include <string>
 #include <vector>
 
+#include "linear_outputs.h"
+
 namespace lifl::gpu::cuda::llm {
 
 /// Outputs per tile of the shuffled layout; a matrix is padded with zero rows to a multiple.
@@ -20,8 +22,9 @@ std::vector<uint32_t> shuffleQuantised(const int8_t* q, uint32_t bits, uint64_t 
 /// The scales [out][in / 128] padded to whole tiles (zero for the padding rows).
 std::vector<float> padScales(const float* scales, uint64_t out, uint64_t in);
 
-/// y[rows][out] = bf16(x[rows][in]) W^T on the current stream, W in the shuffled layout.
-std::string quantLinear(float* y, const float* x, uint32_t bits, const void* shuffled,
+/// y[rows][out] = bf16(x[rows][in]) W^T on the current stream, W in the shuffled layout,
+/// each output written where `y` puts it.
+std::string quantLinear(const LinearOutputs& y, const float* x, uint32_t bits, const void* shuffled,
                         const float* paddedScales, uint64_t rows, uint64_t in, uint64_t out);
 
 }  // namespace lifl::gpu::cuda::llm
