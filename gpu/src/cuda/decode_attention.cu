@@ -248,16 +248,17 @@ __device__ __forceinline__ void addScaled(float4& acc, float p, float4 v) {
 
 /// Token pairs per warp in flight: measured best of 2, 4 and 8 (docs/benchmarks.md).
 constexpr int kUnroll = 2;
-/// Blocks an SM must hold, which caps the registers: 8 (64 registers) where the q, output
-/// and K/V registers of a lane fit in 48 floats, so that a batch of 8 at 4K runs in one
-/// wave; fewer for wider shapes, which would spill at 64.
-constexpr int minBlocksFor(int g, int v4, int u) {
+/// Blocks of W warps an SM must hold, which caps the registers: for 4 warps, 8 (64
+/// registers) where the q, output and K/V registers of a lane fit in 48 floats, so that a
+/// batch of 8 at 4K runs in one wave; fewer for wider shapes, which would spill at 64.
+constexpr int minBlocksFor(int g, int v4, int u, int w) {
   const int floats = g * v4 * 8 + u * v4 * 8;
-  return floats <= 48 ? 8 : floats <= 64 ? 6 : floats <= 96 ? 4 : 3;
+  const int ofFour = floats <= 48 ? 8 : floats <= 64 ? 6 : floats <= 96 ? 4 : 3;
+  return ofFour * 4 / w > 0 ? ofFour * 4 / w : 1;
 }
 
-template <int G, int V4, int U, int MINB>
-__global__ void __launch_bounds__(kWarps * 32, MINB)
+template <int G, int V4, int U, int W, int MINB>
+__global__ void __launch_bounds__(W * 32, MINB)
     halfWarpAttentionKernel(float* __restrict__ out, uint32_t* __restrict__ arrivals,
                             float* __restrict__ partial, const float* __restrict__ q,
                             const uint32_t* __restrict__ positions,
@@ -266,7 +267,7 @@ __global__ void __launch_bounds__(kWarps * 32, MINB)
                             uint32_t splits, uint32_t splitTokens, const float* __restrict__ kPages,
                             const float* __restrict__ vPages,
                             const uint32_t* __restrict__ headLengths) {
-  constexpr int HD = V4 * 64, STREAMS = kWarps * 2;
+  constexpr int HD = V4 * 64, STREAMS = W * 2;
   const uint32_t row = blockIdx.x, kvh = blockIdx.y, split = blockIdx.z;
   const uint32_t context = headLengths ? headLengths[row * kvHeads + kvh] : positions[row] + 1;
   const uint32_t begin = split * splitTokens, end = min(context, begin + splitTokens);
@@ -291,7 +292,7 @@ __global__ void __launch_bounds__(kWarps * 32, MINB)
   auto load = [&](uint32_t tw, uint32_t lo, uint32_t hi) {
 #pragma unroll
     for (int u = 0; u < U; ++u) {
-      const uint32_t t = tw + u * kWarps * 2 + half;
+      const uint32_t t = tw + u * W * 2 + half;
       if (t < lo || t >= hi) continue;
       const uint64_t at =
           (uint64_t{pageOf[t / kPageTokens - firstPage]} * kPageTokens + t % kPageTokens) * kvDim;
@@ -335,7 +336,7 @@ __global__ void __launch_bounds__(kWarps * 32, MINB)
   auto attend = [&](uint32_t tw) {
     bool valid[U];
 #pragma unroll
-    for (int u = 0; u < U; ++u) valid[u] = tw + u * kWarps * 2 + half < end;
+    for (int u = 0; u < U; ++u) valid[u] = tw + u * W * 2 + half < end;
     float s[U];
     float mNew = m;
 #pragma unroll
@@ -377,12 +378,12 @@ __global__ void __launch_bounds__(kWarps * 32, MINB)
   };
   // The first pass apart from the loop, so that its rows need not live across it.
   if (tw0 < end) attend(tw0);
-  for (uint32_t tw = tw0 + kWarps * 2 * U; tw < end; tw += kWarps * 2 * U) {
+  for (uint32_t tw = tw0 + W * 2 * U; tw < end; tw += W * 2 * U) {
     clear();
     load(tw, begin, end);
     attend(tw);
   }
-  // The block's 2 * kWarps streams combined in shared memory, then one partial per head.
+  // The block's 2 * W streams combined in shared memory, then one partial per head.
   __shared__ float sm[STREAMS][G], sl[STREAMS][G];
   __shared__ float4 so[STREAMS][G][HD / 4];
   const int stream = warp * 2 + half;
@@ -416,7 +417,7 @@ __global__ void __launch_bounds__(kWarps * 32, MINB)
   const uint32_t used = (context + splitTokens - 1) / splitTokens;  // splits with tokens
   __shared__ float weight[G][kMaxFusedSplits];
   const float* mine0 = partial + (uint64_t{row} * heads + kvh * G) * splits * outDims;
-  for (int g = warp; g < G; g += kWarps) {
+  for (int g = warp; g < G; g += W) {
     const float* p = mine0 + static_cast<uint64_t>(g) * splits * outDims;
     float M = -INFINITY;
     for (uint32_t sp = lane; sp < used; sp += 32) M = fmaxf(M, __ldcg(p + sp * outDims + HD));
@@ -450,16 +451,32 @@ std::string splitDecodeAttention(float* out, float* partial, uint32_t* arrivals,
                                  const float* vPages, const uint32_t* headLengths) {
   const uint32_t group = heads / kvHeads, lanes = headDim / 32, v4 = headDim / 64;
   const bool halfWarp = headDim % 64 == 0 && group * v4 <= 8;
+  // The block's width and split: blocks of 8 warps where they fit in one wave of the GPU
+  // (with splits of 256 positions, or 512), else of 4 warps, with splits twice as long where
+  // that makes one wave and the shorter ones do not. Fewer, wider blocks merge fewer partials
+  // and keep more warps in flight where there are few blocks; many blocks want more of them
+  // per SM (H100, docs/benchmarks.md: batch 8 at 1K 52.8% -> 73.5%, at 4K 79.5% -> 81.2%;
+  // batch 16 at 4K 82.5% -> 85.3% with the longer splits). Splits are never shorter than
+  // splitTokensFor's, so the partials sized by it hold them.
   uint32_t splitTokens = splitTokensFor(maxContext);
-  // Splits twice as long where that makes the blocks fit in one wave and the shorter ones do
-  // not: batch 16 at 4K went from 82.5% to 85.3% of the bandwidth (H100, docs/benchmarks.md).
-  // Fewer splits than splitTokensFor's, so the partials sized by it still hold them.
-  if (halfWarp && 2 * splitTokens <= kMaxSplitPages * kPageTokens) {
-    const uint64_t wave = uint64_t{multiprocessors()} * minBlocksFor(group, v4, kUnroll);
+  int width = 4;
+  if (halfWarp) {
     auto blocksAt = [&](uint32_t tokens) {
       return uint64_t{rows} * kvHeads * ((maxContext + tokens - 1) / tokens);
     };
-    if (blocksAt(splitTokens) > wave && blocksAt(2 * splitTokens) <= wave) splitTokens *= 2;
+    auto wave = [&](int w) {
+      return uint64_t{multiprocessors()} * minBlocksFor(group, v4, kUnroll, w);
+    };
+    const uint32_t longest = kMaxSplitPages * kPageTokens;
+    if (blocksAt(splitTokens) <= wave(8)) {
+      width = 8;
+    } else if (2 * splitTokens <= longest && blocksAt(2 * splitTokens) <= wave(8)) {
+      width = 8;
+      splitTokens *= 2;
+    } else if (2 * splitTokens <= longest && blocksAt(splitTokens) > wave(4) &&
+               blocksAt(2 * splitTokens) <= wave(4)) {
+      splitTokens *= 2;
+    }
   }
   const uint32_t splits = (maxContext + splitTokens - 1) / splitTokens;
   const dim3 blocks(rows, kvHeads, splits);
@@ -468,14 +485,19 @@ std::string splitDecodeAttention(float* out, float* partial, uint32_t* arrivals,
   // Launched early at every length: since the first rows load before the wait, 1K gains too
   // (batch 8: 51.5% -> 53.3%; it lost 8 points when the early launch only read the page
   // table).
-#define LIFL_HALF(G, V4)                                                                           \
-  if (!launched && halfWarp && group == G && v4 == V4) {                                           \
-    LIFL_CU(launchDependent(halfWarpAttentionKernel<G, V4, kUnroll, minBlocksFor(G, V4, kUnroll)>, \
-                            blocks, kWarps * 32, fusedOut, arrivals, partial, q, positions,        \
-                            tables, rowTable, heads, kvHeads, splits, splitTokens, kPages, vPages, \
-                            headLengths));                                                         \
-    launched = true;                                                                               \
-    merged = fusedOut != nullptr;                                                                  \
+#define LIFL_HALF_W(G, V4, W)                                                                      \
+  LIFL_CU(                                                                                         \
+      launchDependent(halfWarpAttentionKernel<G, V4, kUnroll, W, minBlocksFor(G, V4, kUnroll, W)>, \
+                      blocks, W * 32, fusedOut, arrivals, partial, q, positions, tables, rowTable, \
+                      heads, kvHeads, splits, splitTokens, kPages, vPages, headLengths))
+#define LIFL_HALF(G, V4)                                 \
+  if (!launched && halfWarp && group == G && v4 == V4) { \
+    if (width == 8)                                      \
+      LIFL_HALF_W(G, V4, 8);                             \
+    else                                                 \
+      LIFL_HALF_W(G, V4, 4);                             \
+    launched = true;                                     \
+    merged = fusedOut != nullptr;                        \
   }
   LIFL_HALF(1, 1)
   LIFL_HALF(1, 2)
@@ -484,7 +506,9 @@ std::string splitDecodeAttention(float* out, float* partial, uint32_t* arrivals,
   LIFL_HALF(2, 2)
   LIFL_HALF(2, 4)
   LIFL_HALF(4, 1)
-  LIFL_HALF(4, 2) LIFL_HALF(8, 1)
+  LIFL_HALF(4, 2)
+  LIFL_HALF(8, 1)
+#undef LIFL_HALF_W
 #undef LIFL_HALF
 #define LIFL_SPLIT(G, DL)                                                                      \
   if (!launched && group == G && lanes == DL) {                                                \
@@ -495,12 +519,13 @@ std::string splitDecodeAttention(float* out, float* partial, uint32_t* arrivals,
   }
 #define LIFL_SPLIT_DIMS(G) \
   LIFL_SPLIT(G, 1) LIFL_SPLIT(G, 2) LIFL_SPLIT(G, 3) LIFL_SPLIT(G, 4) LIFL_SPLIT(G, 8)
-      LIFL_SPLIT_DIMS(1) LIFL_SPLIT_DIMS(2) LIFL_SPLIT_DIMS(4) LIFL_SPLIT_DIMS(8)
+  LIFL_SPLIT_DIMS(1)
+  LIFL_SPLIT_DIMS(2) LIFL_SPLIT_DIMS(4) LIFL_SPLIT_DIMS(8)
 #undef LIFL_SPLIT_DIMS
 #undef LIFL_SPLIT
-          if (!launched) return "attention: needs head_dim 32, 64, 96, 128 or 256 and 1, 2, 4 "
-                                "or 8 query heads per "
-                                "KV head";
+      if (!launched) return "attention: needs head_dim 32, 64, 96, 128 or 256 and 1, 2, 4 "
+                            "or 8 query heads per "
+                            "KV head";
   if (!merged)
     splitMergeKernel<<<dim3(rows, heads), 128, 0, currentStream()>>>(
         out, partial, positions, heads, headDim, splits, splitTokens, headLengths, kvHeads);
