@@ -520,7 +520,8 @@ std::string splitDecodeAttention(float* out, float* partial, uint32_t* arrivals,
 #define LIFL_SPLIT_DIMS(G) \
   LIFL_SPLIT(G, 1) LIFL_SPLIT(G, 2) LIFL_SPLIT(G, 3) LIFL_SPLIT(G, 4) LIFL_SPLIT(G, 8)
   LIFL_SPLIT_DIMS(1)
-  LIFL_SPLIT_DIMS(2) LIFL_SPLIT_DIMS(4) LIFL_SPLIT_DIMS(8)
+  LIFL_SPLIT_DIMS(2)
+  LIFL_SPLIT_DIMS(4) LIFL_SPLIT_DIMS(8)
 #undef LIFL_SPLIT_DIMS
 #undef LIFL_SPLIT
       if (!launched) return "attention: needs head_dim 32, 64, 96, 128 or 256 and 1, 2, 4 "
