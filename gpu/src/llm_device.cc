@@ -212,6 +212,28 @@ Result<void> linearQuant(Backend b, float* y, const float* x, const kernels::llm
       cuda::llm::linearQuant(y, x, w.bits, w.q.data(), w.scales.data(), rows, w.in, w.out));
 }
 
+Result<void> linearQuantStacked(Backend b, std::span<float* const> ys, const float* x,
+                                std::span<const kernels::llm::QuantMatrix> parts, uint64_t rows) {
+  if (ys.size() != parts.size() || parts.empty())
+    return badRequest("bad_arguments", "one output array a part, and at least one part");
+  if (b == Backend::Cpu) {
+    for (size_t p = 0; p < parts.size(); ++p) kernels::llm::matmulQuant(ys[p], x, parts[p], rows);
+    return success();
+  }
+  std::vector<const int8_t*> q;
+  std::vector<const float*> scales;
+  std::vector<uint64_t> outs;
+  for (const auto& part : parts) {
+    if (part.bits != parts[0].bits || part.in != parts[0].in)
+      return badRequest("bad_arguments", "stacked parts share their bits and inputs");
+    q.push_back(part.q.data());
+    scales.push_back(part.scales.data());
+    outs.push_back(part.out);
+  }
+  LIFL_ON_DEVICE(cuda::llm::linearQuantStacked(ys.data(), x, parts[0].bits, q.data(), scales.data(),
+                                               outs.data(), parts.size(), rows, parts[0].in));
+}
+
 Result<double> timeLinear([[maybe_unused]] int kind, [[maybe_unused]] uint64_t rows,
                           [[maybe_unused]] uint64_t in, [[maybe_unused]] uint64_t out,
                           [[maybe_unused]] int reps, [[maybe_unused]] bool inGraph) {

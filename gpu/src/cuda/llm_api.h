@@ -67,6 +67,10 @@ std::string linearBf16(float* y, const float* x, const float* w, uint64_t rows, 
 /// y = x W^T with W quantised (bits 8 or 4, the QuantMatrix layout).
 std::string linearQuant(float* y, const float* x, uint32_t bits, const int8_t* q,
                         const float* scales, uint64_t rows, uint64_t in, uint64_t out);
+/// ys[p] = x W_p^T for `count` quantised parts stacked into one matrix (as q, k and v run).
+std::string linearQuantStacked(float* const* ys, const float* x, uint32_t bits,
+                               const int8_t* const* q, const float* const* scales,
+                               const uint64_t* outs, size_t count, uint64_t rows, uint64_t in);
 /// Mean seconds of y = x W^T, W [out][in] on the device: kind 16 (BF16, this library), 8 or
 /// 4 (quantised), or 0 (cuBLAS GemmEx, BF16 inputs, fp32 output and compute: the baseline).
 std::string timeLinear(int kind, uint64_t rows, uint64_t in, uint64_t out, int reps, bool inGraph,

@@ -436,9 +436,9 @@ std::string apply(float* y, const float* x, const Weight& w, uint64_t rows, uint
 /// Uploads `parts` ({weight, rows}, all with `in` inputs and the same bits) stacked into one
 /// matrix. Quantised parts start on whole tiles of the shuffled layout (zero rows between).
 std::string uploadStacked(Weight& w,
-                          std::initializer_list<std::pair<const HostLinear*, uint64_t>> parts,
+                          const std::vector<std::pair<const HostLinear*, uint64_t>>& parts,
                           uint64_t in) {
-  w.bits = parts.begin()->first->bits;
+  w.bits = parts.front().first->bits;
   const uint64_t align = w.bits == 16 ? 1 : kQuantTileRows;
   w.out = 0;
   for (const auto& [h, rows] : parts) {
@@ -913,6 +913,30 @@ std::string linearQuant(float* y, const float* x, uint32_t bits, const int8_t* q
   LIFL_TRY_STR(dy.reserve(rows * out * 4));
   LIFL_TRY_STR(apply(dy.as<float>(), dx.as<float>(), w, rows, in));
   LIFL_CU(cudaMemcpy(y, dy.p, rows * out * 4, cudaMemcpyDeviceToHost));
+  return "";
+}
+
+std::string linearQuantStacked(float* const* ys, const float* x, uint32_t bits,
+                               const int8_t* const* q, const float* const* scales,
+                               const uint64_t* outs, size_t count, uint64_t rows, uint64_t in) {
+  if (count == 0 || count > LinearOutputs::kMaxParts) return "1 to 3 stacked parts";
+  std::vector<HostLinear> hosts;
+  std::vector<std::pair<const HostLinear*, uint64_t>> parts;
+  for (size_t p = 0; p < count; ++p) hosts.push_back(HostLinear{nullptr, bits, q[p], scales[p]});
+  for (size_t p = 0; p < count; ++p) parts.emplace_back(&hosts[p], outs[p]);
+  Buffer dx;
+  Weight w;
+  LIFL_TRY_STR(uploadF32(dx, x, rows * in * 4));
+  LIFL_TRY_STR(uploadStacked(w, parts, in));
+  std::vector<Buffer> dy(count);
+  LinearOutputs o;
+  for (size_t p = 0; p < count; ++p) {
+    LIFL_TRY_STR(dy[p].reserve(rows * outs[p] * 4));
+    o.add(dy[p].as<float>(), w.starts[p], w.widths[p]);
+  }
+  LIFL_TRY_STR(apply(o, dx.as<float>(), w, rows, in));
+  for (size_t p = 0; p < count; ++p)
+    LIFL_CU(cudaMemcpy(ys[p], dy[p].p, rows * outs[p] * 4, cudaMemcpyDeviceToHost));
   return "";
 }
 

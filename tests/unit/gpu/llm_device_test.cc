@@ -121,6 +121,39 @@ TEST_F(LlmKernels, QuantisedLinearInt8AndInt4) {
       }
 }
 
+// q, k and v as the decode step runs them: stacked into one matrix, one launch writing each
+// part's outputs to its own array. Parts of 40, 24 and 8 outputs start on whole 16-output
+// tiles, with zero rows between them; each part must equal its own CPU linear (activations
+// already in BF16, so kTolerance), at 1 and 21 rows (the 8- and 32-row kernels).
+TEST_F(LlmKernels, StackedQuantisedPartsEachEqualTheirOwnLinear) {
+  const uint64_t in = 256;
+  for (uint32_t bits : {8u, 4u})
+    for (uint64_t rows : {1u, 21u}) {
+      std::vector<kernels::llm::QuantMatrix> parts;
+      for (uint64_t out : {40u, 24u, 8u}) {
+        const auto w = random(out * in, 0.05f);
+        parts.push_back(kernels::llm::quantize(w.data(), out, in, bits));
+      }
+      auto x = random(rows * in);
+      for (auto& f : x) f = std::bit_cast<float>(std::bit_cast<uint32_t>(f) & 0xffff0000u);
+      std::vector<std::vector<float>> cpu, gpu;
+      std::vector<float*> cpuOut, gpuOut;
+      for (const auto& p : parts) {
+        cpu.emplace_back(rows * p.out);
+        gpu.emplace_back(rows * p.out, std::nanf(""));
+      }
+      for (size_t p = 0; p < parts.size(); ++p) {
+        cpuOut.push_back(cpu[p].data());
+        gpuOut.push_back(gpu[p].data());
+      }
+      ASSERT_TRUE(linearQuantStacked(Backend::Cpu, cpuOut, x.data(), parts, rows).has_value());
+      ASSERT_TRUE(linearQuantStacked(Backend::Cuda, gpuOut, x.data(), parts, rows).has_value());
+      for (size_t p = 0; p < parts.size(); ++p)
+        EXPECT_LT(relative(gpu[p], cpu[p]), kTolerance)
+            << "int" << bits << ", " << rows << " rows, part " << p;
+    }
+}
+
 // KV retrieval's attention: each KV head attends to its own list of positions (sinks, a
 // few scattered units, the recent window; lists of different lengths), the K/V rows read from
 // host memory (zero-copy on CUDA) through a scattered block table. The host pages are over

@@ -100,6 +100,11 @@ Result<void> linear(Backend b, float* y, const float* x, const float* w, uint64_
 /// y = x W^T with W quantised (QuantMatrix), on either backend.
 Result<void> linearQuant(Backend b, float* y, const float* x, const kernels::llm::QuantMatrix& w,
                          uint64_t rows);
+/// The quantised parts (alike in bits and inputs) as the GPU's decode step runs q, k and v:
+/// stacked into one matrix, each part's outputs to its own array, ys[p] = x W_p^T. On the
+/// CPU, one linear a part (the reference).
+Result<void> linearQuantStacked(Backend b, std::span<float* const> ys, const float* x,
+                                std::span<const kernels::llm::QuantMatrix> parts, uint64_t rows);
 /// The linear's mean time on the device: kind 16 (BF16), 8, 4 (quantised), 0 (cuBLAS BF16
 /// GemmEx, the baseline). CUDA only; the benchmark's measurement (inGraph as for
 /// timeDecodeAttention).
