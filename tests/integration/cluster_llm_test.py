@@ -23,12 +23,14 @@ from lifl_cluster import Cluster, http_json
 from lifl_harness import failed_so_far, lifl_cli, model_run
 
 
-def post(url, body, timeout=60, context=None):
+def post(url, body, timeout=60, context=None, token=None):
     u = urllib.parse.urlparse(url)
     conn = (http.client.HTTPSConnection(u.hostname, u.port, timeout=timeout, context=context)
             if u.scheme == "https" else http.client.HTTPConnection(u.hostname, u.port, timeout=timeout))
-    conn.request("POST", "/v1/completions", body if isinstance(body, str) else json.dumps(body),
-                 {"Content-Type": "application/json"})
+    headers = {"Content-Type": "application/json"}
+    if token:
+        headers["Authorization"] = f"Bearer {token}"
+    conn.request("POST", "/v1/completions", body if isinstance(body, str) else json.dumps(body), headers)
     r = conn.getresponse()
     data = r.read().decode()
     conn.close()
@@ -64,7 +66,8 @@ def wait_models(test, cluster, served_by, timeout=10):
     agents have heard it at a heartbeat since."""
     deadline = time.monotonic() + timeout
     while True:
-        listed = http_json(cluster.controller.url + "/v1/models", context=cluster.tls)
+        listed = http_json(cluster.controller.url + "/v1/models", context=cluster.tls,
+                           token=cluster.admin_token)
         nodes = sorted(n["node"] for m in listed["data"] if m["id"] == "tiny" for n in m["nodes"])
         if nodes == sorted(served_by):
             time.sleep(1.0)  # > 3 heartbeats: every agent has the routes
@@ -215,6 +218,34 @@ class ClusterLlmTls(unittest.TestCase):
                                            context=cluster.tls)
                 self.assertEqual((status, ctype), (200, "text/event-stream"), data)
                 self.assertEqual(stream_tokens(self, data), model_run(model, [9, 8, 7], 7)[0])
+            except BaseException:
+                print("\n" + cluster.logs())
+                raise
+            finally:
+                cluster.close()
+
+
+@unittest.skipUnless(os.geteuid() == 0 and shutil.which("ip"), "needs root and iproute2 (netns)")
+class ClusterLlmAuth(unittest.TestCase):
+    def test_a_relayed_completion_carries_the_callers_credential(self):
+        # security.auth everywhere, the agents holding the admin credential: a completion at c
+        # needs it there, and is relayed with it to a, which checks it again.
+        with tempfile.TemporaryDirectory() as tmp:
+            model = write_model(tmp)
+            cluster = Cluster(nodes=("a", "c"), auth=True, agent_admin=True, warm_pool=3,
+                              agent_args={"a": ["--model", model]})
+            try:
+                wait_models(self, cluster, ["a"])
+                body = {"prompt": [4, 4, 2], "max_tokens": 5, "temperature": 0}
+                status, _, data = post(cluster.agents["c"].url, body, token=cluster.admin_token)
+                self.assertEqual(status, 200, data)
+                self.assertEqual(json.loads(data)["choices"][0]["token_ids"], model_run(model, [4, 4, 2], 5)[0])
+                client = cluster.client.create_token("some-job", "c1")
+                for token, code, error in ((None, 401, "unauthorized"), ("lifl1.forged", 401, "unauthorized"),
+                                           (client, 403, "forbidden")):
+                    with self.subTest(token=token):
+                        status, _, data = post(cluster.agents["c"].url, body, token=token)
+                        self.assertEqual((status, json.loads(data)["error"]), (code, error), data)
             except BaseException:
                 print("\n" + cluster.logs())
                 raise
