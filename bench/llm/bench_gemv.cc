@@ -33,6 +33,16 @@ int main(int argc, char** argv) {
                {16, "LIFL BF16", 2},
                {8, "LIFL int8", 1 + 4.0 / 128},
                {4, "LIFL int4", 0.5 + 4.0 / 128}};
+  // The floor under every figure below: a kernel that does nothing but wait for the one
+  // before (programmatic dependent launch, as LIFL's kernels are launched), on the grid of
+  // the int4 kernel for q/o (128 blocks of 512 threads).
+  {
+    auto t = lifl::gpu::llm::timeLaunchFloor(128, 512, reps);
+    auto g = lifl::gpu::llm::timeLaunchFloor(128, 512, reps, true);
+    if (t && g)
+      std::printf("launch floor (an empty kernel, 128 x 512 threads): %.1f us, graph %.1f us\n",
+                  t.value() * 1e6, g.value() * 1e6);
+  }
   // Each kernel timed twice: launches one after another, and replayed from a CUDA graph, as
   // the decode step runs them (the baseline likewise).
   for (uint64_t rows : {1u, 16u}) {

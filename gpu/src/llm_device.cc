@@ -234,6 +234,11 @@ Result<void> linearQuantStacked(Backend b, std::span<float* const> ys, const flo
                                                outs.data(), parts.size(), rows, parts[0].in));
 }
 
+Result<double> timeLaunchFloor([[maybe_unused]] uint32_t blocks, [[maybe_unused]] uint32_t threads,
+                               [[maybe_unused]] int reps, [[maybe_unused]] bool inGraph) {
+  LIFL_TIMED_ON_DEVICE(cuda::llm::timeLaunchFloor(blocks, threads, reps, inGraph, &seconds));
+}
+
 Result<double> timeLinear([[maybe_unused]] int kind, [[maybe_unused]] uint64_t rows,
                           [[maybe_unused]] uint64_t in, [[maybe_unused]] uint64_t out,
                           [[maybe_unused]] int reps, [[maybe_unused]] bool inGraph) {

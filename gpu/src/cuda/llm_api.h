@@ -73,6 +73,9 @@ std::string linearQuantStacked(float* const* ys, const float* x, uint32_t bits,
                                const uint64_t* outs, size_t count, uint64_t rows, uint64_t in);
 /// Mean seconds of y = x W^T, W [out][in] on the device: kind 16 (BF16, this library), 8 or
 /// 4 (quantised), or 0 (cuBLAS GemmEx, BF16 inputs, fp32 output and compute: the baseline).
+/// Mean seconds of an empty dependent kernel (wait, allow the next) on blocks x threads.
+std::string timeLaunchFloor(uint32_t blocks, uint32_t threads, int reps, bool inGraph,
+                            double* seconds);
 std::string timeLinear(int kind, uint64_t rows, uint64_t in, uint64_t out, int reps, bool inGraph,
                        double* seconds);
 

@@ -873,6 +873,17 @@ std::string timeDecodeAttention(uint32_t batch, uint32_t heads, uint32_t kvHeads
   return timeLaunches(reps, once, seconds, inGraph);
 }
 
+__global__ void emptyKernel() { afterPrerequisites(); }
+
+std::string timeLaunchFloor(uint32_t blocks, uint32_t threads, int reps, bool inGraph,
+                            double* seconds) {
+  auto once = [&]() -> std::string {
+    LIFL_CU(launchDependent(emptyKernel, blocks, threads));
+    return "";
+  };
+  return timeLaunches(reps, once, seconds, inGraph);
+}
+
 std::string timeLinear(int kind, uint64_t rows, uint64_t in, uint64_t out, int reps, bool inGraph,
                        double* seconds) {
   Buffer x, xb, y;

@@ -108,6 +108,9 @@ Result<void> linearQuantStacked(Backend b, std::span<float* const> ys, const flo
 /// The linear's mean time on the device: kind 16 (BF16), 8, 4 (quantised), 0 (cuBLAS BF16
 /// GemmEx, the baseline). CUDA only; the benchmark's measurement (inGraph as for
 /// timeDecodeAttention).
+/// The floor under any of those times: a kernel that only waits for the one before and lets
+/// the next be scheduled, on `blocks` blocks of `threads`, timed as timeLinear times.
+Result<double> timeLaunchFloor(uint32_t blocks, uint32_t threads, int reps, bool inGraph = false);
 Result<double> timeLinear(int kind, uint64_t rows, uint64_t in, uint64_t out, int reps,
                           bool inGraph = false);
 
