@@ -133,8 +133,8 @@ void ClusterLink::takeModelRoutes(const nlohmann::json& answer) {
         if (!n.is_object() || !n.contains("node") || !n.contains("url")) continue;
         if (!n["node"].is_string() || !n["url"].is_string()) continue;
         if (n["node"].get<std::string>() == config_.nodeName) continue;
-        routes[model].push_back(
-            {n["node"].get<std::string>(), n["url"].get<std::string>(), n.value("in_flight", 0u)});
+        routes[model].push_back({model, n["node"].get<std::string>(), n["url"].get<std::string>(),
+                                 n.value("in_flight", 0u)});
       }
     }
   std::lock_guard lock(mutex_);

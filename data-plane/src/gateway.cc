@@ -14,6 +14,7 @@
 #include <memory>
 #include <mutex>
 #include <optional>
+#include <set>
 #include <thread>
 #include <utility>  // before Asio: g++ 12 needs std::exchange for asio::awaitable
 
@@ -692,6 +693,18 @@ struct Gateway::Impl {
   }
 
   // ---------------------------------------------------------------- LLM completions
+  /// GET /v1/models: OpenAI's list of the models POST /v1/completions answers here, this
+  /// node's and, in a cluster, those it relays to.
+  nlohmann::json listModels() const {
+    std::set<std::string> names;
+    if (!servedModelName.empty()) names.insert(servedModelName);
+    if (hooks.cluster)
+      for (const auto& route : hooks.cluster->modelRoutes("")) names.insert(route.model);
+    nlohmann::json data = nlohmann::json::array();
+    for (const auto& name : names)
+      data.push_back({{"id", name}, {"object", "model"}, {"owned_by", "lifl"}});
+    return {{"object", "list"}, {"data", data}};
+  }
   /// A completion relayed to the node with the fewest in flight (at its last heartbeat, plus
   /// those relayed there from here since), the next one where a node cannot be reached.
   template <class S>
@@ -1014,6 +1027,11 @@ struct Gateway::Impl {
       ex.route = "store";
       if (method != http::verb::get) co_return co_await methodNotAllowed();
       co_return co_await writeJson(ex, http::status::ok, hooks.store());
+    }
+    if (path.size() == 2 && path[0] == "v1" && path[1] == "models") {
+      ex.route = "completions";
+      if (method != http::verb::get) co_return co_await methodNotAllowed();
+      co_return co_await writeJson(ex, http::status::ok, listModels());
     }
     if (path.size() == 2 && path[0] == "v1" && path[1] == "completions") {
       if (method == http::verb::post) co_return co_await completions(ex);

@@ -104,6 +104,10 @@ class ClusterLlm(unittest.TestCase):
         (model,) = self.listed["data"]
         self.assertEqual((self.listed["object"], model["id"], model["object"]), ("list", "tiny", "model"))
         self.assertEqual(sorted(n["url"] for n in model["nodes"]), sorted([self.url("a"), self.url("b")]))
+        # Every gateway lists the models its completions reach: its own, or those it relays to.
+        for node in "abc":
+            listed = http_json(self.url(node) + "/v1/models")
+            self.assertEqual([(m["id"], m["object"]) for m in listed["data"]], [("tiny", "model")], node)
 
     def test_a_node_without_the_model_relays_greedy_completions(self):
         prompt = [5, 17, 200, 3, 99, 42]

@@ -12,6 +12,7 @@ import tempfile
 import time
 import unittest
 import urllib.parse
+import urllib.request
 
 from lifl_harness import Platform, failed_so_far, lifl_cli, model_run
 
@@ -72,6 +73,12 @@ class LlmApi(unittest.TestCase):
                                         "total_tokens": 18})
         expected_text = bytes(t for t in choice["token_ids"] if t < 256).decode("utf-8", "replace")
         self.assertEqual(choice["text"], expected_text)
+
+    def test_the_model_is_listed(self):
+        with urllib.request.urlopen(self.platform.url + "/v1/models", timeout=10) as r:
+            listed = json.loads(r.read())
+        self.assertEqual(listed, {"object": "list",
+                                  "data": [{"id": "tiny", "object": "model", "owned_by": "lifl"}]})
 
     def test_text_prompts_are_byte_tokens(self):
         got = self.complete(prompt="Hi!", max_tokens=4, temperature=0)
@@ -350,6 +357,8 @@ class NoModel(unittest.TestCase):
             status, _, data = post(p.url, {"prompt": [1]})
             self.assertEqual(status, 404)
             self.assertEqual(json.loads(data)["error"], "no_model")
+            with urllib.request.urlopen(p.url + "/v1/models", timeout=10) as r:
+                self.assertEqual(json.loads(r.read()), {"object": "list", "data": []})
         finally:
             p.stop()
 

@@ -67,7 +67,7 @@ struct PartialTransfer {
 /// A node of the cluster that serves a model (POST /v1/completions), as the controller saw
 /// it at this node's last heartbeat.
 struct ModelRoute {
-  std::string node, url;
+  std::string model, node, url;
   uint32_t inFlight = 0;  ///< completions it was serving at its last heartbeat
 };
 
