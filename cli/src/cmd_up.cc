@@ -46,7 +46,8 @@ constexpr const char* kAgentHelp =
     "of the cluster of `lifl controller` at URL: it registers, sends heartbeats, and runs the\n"
     "rounds' subtrees the controller assigns it. Flags override the config's `cluster:` keys\n"
     "(docs/config.md). --advertise is how the controller and other nodes reach this gateway\n"
-    "(default http://<bind>:<port>).";
+    "(default http://<bind>:<port>). With --model DIR the node serves that model, and every\n"
+    "gateway of the cluster answers POST /v1/completions for it (docs/llm.md).";
 
 std::string selfExecutable() {
   char buf[PATH_MAX];
