@@ -67,10 +67,10 @@ __device__ __forceinline__ uint32_t pair8(uint32_t word) {
   return bits(__floats2bfloat162_rn(lo, hi));
 }
 
-/// Blocks an SM must hold (0: ptxas's choice), which caps the registers: two of 16 warps,
-/// so that a launch's blocks fit beside those of the one before it (launchDependent), where
-/// ptxas's own choice spilled.
-constexpr int minBlocksFor(int warps) { return warps == 16 ? 2 : 0; }
+/// Blocks an SM must hold (0: ptxas's choice), which caps the registers at 64: two of 16
+/// warps, so that a launch's blocks fit beside those of the one before it (launchDependent),
+/// where ptxas's own choice spilled; one of 32.
+constexpr int minBlocksFor(int warps) { return warps == 32 ? 1 : warps == 16 ? 2 : 0; }
 
 // WARPS split a tile's groups; U groups per warp are loaded before any is used (more bytes
 // in flight per lane where there are few tiles to spread over the SMs).
@@ -183,11 +183,12 @@ template <int BITS>
 cudaError_t launch(const LinearOutputs& y, const float* x, const uint4* w, const float* scales,
                    uint32_t rows, uint32_t in, uint32_t out) {
   const unsigned tiles = static_cast<unsigned>((out + kQuantTileRows - 1) / kQuantTileRows);
-  constexpr int U = BITS == 4 ? 2 : 1;  // 4 loads of 16 bytes in flight per lane
-  // Fewer tiles than two per SM (decode's 2048-wide layers): twice the warps per tile and
-  // twice the loads in flight, so that a tile's whole row streams in about one round trip.
-  // Each warp holds no more groups than its share: at 16 groups (2048 inputs) one, whose
-  // smaller register arrays took q/o from 2.6-2.7 to 2.2 us in a graph (H100).
+  constexpr int U = BITS == 4 ? 2 : 1;  // 4 loads of 16 bytes in flight per lane (8 warps)
+  // Fewer tiles than two per SM (decode's 2048-wide layers): more warps per tile, each
+  // holding one group, or two, at a time. The smaller register arrays took q/o (16 groups)
+  // from 2.6 to 2.0 us in a graph, and 32 warps of one group took down (64 groups, two
+  // passes) from 6.8 to 4.5 us, against 5.1 for 32 warps of two and 5.9 for 8 of eight
+  // (H100, docs/benchmarks.md).
   if (rows <= 8 && tiles < 2 * 132) {
     const uint32_t groups = in / static_cast<uint32_t>(kGroup);
     if (groups <= 16)
@@ -196,8 +197,8 @@ cudaError_t launch(const LinearOutputs& y, const float* x, const uint4* w, const
     if (groups <= 32)
       return launchDependent(quantMmaKernel<BITS, 1, 16, 2>, tiles, 16 * 32, y, x, w, scales, rows,
                              in, out);
-    return launchDependent(quantMmaKernel<BITS, 1, 16, 2 * U>, tiles, 16 * 32, y, x, w, scales,
-                           rows, in, out);
+    return launchDependent(quantMmaKernel<BITS, 1, 32, 1>, tiles, 32 * 32, y, x, w, scales, rows,
+                           in, out);
   }
   if (rows <= 8)
     return launchDependent(quantMmaKernel<BITS, 1, 8, U>, tiles, 8 * 32, y, x, w, scales, rows, in,

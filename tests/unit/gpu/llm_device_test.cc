@@ -93,8 +93,9 @@ TEST_F(LlmKernels, LinearWithBf16Weights) {
 // fp32. Given activations already in BF16 it must equal the CPU reference (kTolerance);
 // given fp32 activations it may differ by their rounding only: 2^-9 relative per value,
 // which over random signs stays below 4e-3 norm-wise (a wrong fragment order gives ~1).
-// Shapes: out 300 pads the last 16-output tile; in 384 has fewer groups than warps; 21 and
-// 40 rows take the 32-row kernel, 40 in two passes.
+// Shapes: out 300 pads the last 16-output tile; in 384 has fewer groups than warps, and
+// 8192 (64 groups) takes two passes of 32 warps; 21 and 40 rows take the 32-row kernel, 40
+// in two passes.
 TEST_F(LlmKernels, QuantisedLinearInt8AndInt4) {
   auto toBf16 = [](std::vector<float> v) {
     for (auto& f : v) {
@@ -104,7 +105,7 @@ TEST_F(LlmKernels, QuantisedLinearInt8AndInt4) {
     return v;
   };
   for (uint32_t bits : {8u, 4u})
-    for (uint64_t in : {1024u, 384u})
+    for (uint64_t in : {1024u, 384u, 8192u})
       for (uint64_t rows : {1u, 5u, 16u, 21u, 40u}) {
         const uint64_t out = 300;
         const auto x = random(rows * in), w = random(out * in, 0.05f);
