@@ -51,6 +51,15 @@ inline Outcome failed(Outcome& out, const std::string& step, const beast::error_
   return out;
 }
 
+/// The head of a chunked answer, on its own (its chunks follow).
+template <class Down>
+awaitable<beast::error_code> writeHead(Down& down, http::response<http::empty_body>& head) {
+  beast::error_code ec;
+  http::response_serializer<http::empty_body> serializer{head};
+  co_await http::async_write_header(down, serializer, asio::redirect_error(use_awaitable, ec));
+  co_return ec;
+}
+
 /// Sends the request on `up` and passes the answer to `down`.
 template <class Up, class Down>
 awaitable<Outcome> pass(Up& up, Down& down, const std::string& host, const Request& r) {
@@ -100,8 +109,7 @@ awaitable<Outcome> pass(Up& up, Down& down, const std::string& host, const Reque
     }
     if (!headSent) {
       headSent = true;
-      http::response_serializer<http::empty_body> serializer{head};
-      co_await http::async_write_header(down, serializer, asio::redirect_error(use_awaitable, ec));
+      ec = co_await writeHead(down, head);
       if (ec) break;
     }
     co_await asio::async_write(down, http::make_chunk(asio::buffer(chunk, n)),
@@ -109,7 +117,7 @@ awaitable<Outcome> pass(Up& up, Down& down, const std::string& host, const Reque
     if (ec) break;
   }
   if (!parser.is_done()) {  // cut short: the client must not take it for the whole answer
-    failed(out, "reading the answer's body", ec);
+    failed(out, "passing the answer's body", ec);
     out.keepAlive = false;
     out.answered = headSent;  // where nothing was passed on, another node may answer
     co_return out;
@@ -123,10 +131,7 @@ awaitable<Outcome> pass(Up& up, Down& down, const std::string& host, const Reque
     res.prepare_payload();
     co_await http::async_write(down, res, asio::redirect_error(use_awaitable, ec));
   } else {
-    if (!headSent) {
-      http::response_serializer<http::empty_body> serializer{head};
-      co_await http::async_write_header(down, serializer, asio::redirect_error(use_awaitable, ec));
-    }
+    if (!headSent) ec = co_await writeHead(down, head);
     if (!ec)
       co_await asio::async_write(down, http::make_chunk_last(),
                                  asio::redirect_error(use_awaitable, ec));

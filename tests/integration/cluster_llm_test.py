@@ -8,7 +8,6 @@ are the same tokens; a node that serves the model keeps its requests; bad reques
 JSON errors from whichever node finds them; a node killed with kill -9 loses no request sent
 after it died, and once no node serves the model the answer is 404."""
 import concurrent.futures
-import http.client
 import json
 import os
 import re
@@ -16,25 +15,11 @@ import shutil
 import tempfile
 import time
 import unittest
-import urllib.parse
 import urllib.request
 
 from lifl_cluster import Cluster, http_json
 from lifl_harness import failed_so_far, lifl_cli, model_run
-
-
-def post(url, body, timeout=60, context=None, token=None):
-    u = urllib.parse.urlparse(url)
-    conn = (http.client.HTTPSConnection(u.hostname, u.port, timeout=timeout, context=context)
-            if u.scheme == "https" else http.client.HTTPConnection(u.hostname, u.port, timeout=timeout))
-    headers = {"Content-Type": "application/json"}
-    if token:
-        headers["Authorization"] = f"Bearer {token}"
-    conn.request("POST", "/v1/completions", body if isinstance(body, str) else json.dumps(body), headers)
-    r = conn.getresponse()
-    data = r.read().decode()
-    conn.close()
-    return r.status, r.getheader("Content-Type"), data
+from llm_api_test import post
 
 
 def generated_tokens(url, context=None):

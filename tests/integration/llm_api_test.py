@@ -17,10 +17,16 @@ import urllib.request
 from lifl_harness import Platform, failed_so_far, lifl_cli, model_run
 
 
-def post(url, body, timeout=60):
+def post(url, body, timeout=60, context=None, token=None):
+    """POST /v1/completions of `body` (a dict, or a string sent as it is): status, content
+    type and body. https:// URLs use the SSLContext `context`; `token` goes as a Bearer."""
     u = urllib.parse.urlparse(url)
-    conn = http.client.HTTPConnection(u.hostname, u.port, timeout=timeout)
-    conn.request("POST", "/v1/completions", json.dumps(body), {"Content-Type": "application/json"})
+    conn = (http.client.HTTPSConnection(u.hostname, u.port, timeout=timeout, context=context)
+            if u.scheme == "https" else http.client.HTTPConnection(u.hostname, u.port, timeout=timeout))
+    headers = {"Content-Type": "application/json"}
+    if token:
+        headers["Authorization"] = f"Bearer {token}"
+    conn.request("POST", "/v1/completions", body if isinstance(body, str) else json.dumps(body), headers)
     r = conn.getresponse()
     data = r.read().decode()
     conn.close()

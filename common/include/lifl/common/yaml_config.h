@@ -6,6 +6,7 @@
 
 #include <algorithm>
 #include <initializer_list>
+#include <span>
 #include <string>
 
 #include "lifl/common/access_policy.h"
@@ -24,7 +25,7 @@ void read(const YAML::Node& node, const char* key, T& out) {
 /// `section` is a mapping whose keys are all `known`. `name` is its key ("" for the file's
 /// top level), as errors name keys: "unknown config key security.auht".
 inline Result<void> checkKeys(const YAML::Node& section, const std::string& name,
-                              std::initializer_list<const char*> known) {
+                              std::span<const char* const> known) {
   if (!section.IsMap())
     return invalid(name.empty() ? "config must be a YAML mapping" : name + " must be a mapping");
   for (const auto& kv : section) {
@@ -34,18 +35,23 @@ inline Result<void> checkKeys(const YAML::Node& section, const std::string& name
   }
   return success();
 }
+inline Result<void> checkKeys(const YAML::Node& section, const std::string& name,
+                              std::initializer_list<const char*> known) {
+  return checkKeys(section, name, std::span<const char* const>(known.begin(), known.size()));
+}
 
 /// The `security` section (docs/security.md), the same for the agent and the controller but
 /// for the per-client rate limits, which only a gateway applies (`rateLimits`).
 inline Result<void> readSecurity(const YAML::Node& sec, SecurityConfig& out, bool rateLimits) {
-  if (rateLimits)
-    LIFL_TRYV(checkKeys(sec, "security",
-                        {"auth", "signing_key_file", "admin_token_file", "cluster_token_file",
-                         "token_ttl_seconds", "client_rate", "client_burst"}));
-  else
-    LIFL_TRYV(checkKeys(sec, "security",
-                        {"auth", "signing_key_file", "admin_token_file", "cluster_token_file",
-                         "token_ttl_seconds"}));
+  // The rate limits' keys last, so that a gateway's list is the others' and two more.
+  static constexpr const char* kKeys[] = {"auth",
+                                          "signing_key_file",
+                                          "admin_token_file",
+                                          "cluster_token_file",
+                                          "token_ttl_seconds",
+                                          "client_rate",
+                                          "client_burst"};
+  LIFL_TRYV(checkKeys(sec, "security", std::span(kKeys, rateLimits ? 7 : 5)));
   read(sec, "auth", out.auth);
   read(sec, "signing_key_file", out.signingKeyFile);
   read(sec, "admin_token_file", out.adminTokenFile);
