@@ -49,9 +49,10 @@ def main():
                                env={**os.environ, **(env or {})})
             return json.loads(r.stdout.strip().splitlines()[-1])
 
-        # The default (BF16 weights, tensor-core GEMM from 8 rows), every linear exact in
-        # fp32 activations, and int4 weights (W4A16).
-        modes = {"bf16": [], "bf16 exact": ["--gemm", "exact"], "int4": ["--quantize", "int4"],
+        # The default (BF16 weights and KV pages, tensor-core GEMM from 8 rows), every linear
+        # exact in fp32 activations, fp32 KV pages, and int4 weights (W4A16).
+        modes = {"bf16": [], "bf16 exact": ["--gemm", "exact"],
+                 "bf16 f32 KV": ["--kv-cache", "f32"], "int4": ["--quantize", "int4"],
                  "bf16 no PDL": [], "int4 no PDL": ["--quantize", "int4"]}
         if a.modes:
             unknown = set(a.modes) - set(modes)

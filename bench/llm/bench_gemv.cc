@@ -1,12 +1,14 @@
 // The linear layers of decode on the GPU (docs/benchmarks.md "LLM"): y = x W^T at batch 1
-// (and 16) for Llama-3.2-1B's matrix shapes, with W in BF16, int8 and int4 (groups of 128),
-// beside cuBLAS GemmEx on BF16 in the same run. GB/s counts the weight bytes (with the
-// scales) read once.
+// (and 16) for Llama-3.2-1B's matrix shapes, and at batch 1 for Llama-3-8B's (8-29 MB of
+// int4: where the kernel, not the launch, sets the time), with W in BF16, int8 and int4
+// (groups of 128), beside cuBLAS GemmEx on BF16 in the same run. GB/s counts the weight bytes
+// (with the scales) read once.
 //
 //   bench_gemv [--reps 200]
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <span>
 
 #include "lifl/gpu/llm_device.h"
 
@@ -24,7 +26,10 @@ int main(int argc, char** argv) {
   } shapes[] = {{"q/o 2048x2048", 2048, 2048},
                 {"gate/up 2048->8192", 2048, 8192},
                 {"down 8192->2048", 8192, 2048},
-                {"head 2048->128256", 2048, 128256}};
+                {"head 2048->128256", 2048, 128256}},
+    larger[] = {{"8B q/o 4096x4096", 4096, 4096},
+                {"8B gate/up 4096->14336", 4096, 14336},
+                {"8B down 14336->4096", 14336, 4096}};
   const struct {
     int kind;
     const char* name;
@@ -45,17 +50,17 @@ int main(int argc, char** argv) {
   }
   // Each kernel timed twice: launches one after another, and replayed from a CUDA graph, as
   // the decode step runs them (the baseline likewise).
-  for (uint64_t rows : {1u, 16u}) {
-    std::printf("\nbatch %llu\n%-20s %-12s %10s %10s %12s %10s %12s\n",
+  auto table = [&](uint64_t rows, std::span<const Shape> list) {
+    std::printf("\nbatch %llu\n%-22s %-12s %10s %10s %12s %10s %12s\n",
                 static_cast<unsigned long long>(rows), "shape", "kernel", "us", "GB/s", "vs cuBLAS",
                 "graph us", "vs cuBLAS");
-    for (const auto& s : shapes) {
+    for (const auto& s : list) {
       double base = 0, baseGraph = 0;
       for (const auto& k : kinds) {
         auto t = lifl::gpu::llm::timeLinear(k.kind, rows, s.in, s.out, reps);
         auto g = lifl::gpu::llm::timeLinear(k.kind, rows, s.in, s.out, reps, true);
         if (!t || !g) {
-          std::printf("%-20s %-12s %s\n", s.name, k.name,
+          std::printf("%-22s %-12s %s\n", s.name, k.name,
                       (!t ? t.error() : g.error()).detail.c_str());
           continue;
         }
@@ -64,11 +69,14 @@ int main(int argc, char** argv) {
           baseGraph = g.value();
         }
         const double bytes = k.bytesPerWeight * s.in * s.out;
-        std::printf("%-20s %-12s %10.1f %10.1f %11.2fx %10.1f %9.2fx\n", s.name, k.name,
+        std::printf("%-22s %-12s %10.1f %10.1f %11.2fx %10.1f %9.2fx\n", s.name, k.name,
                     t.value() * 1e6, bytes / t.value() / 1e9, base > 0 ? base / t.value() : 0.0,
                     g.value() * 1e6, baseGraph > 0 ? baseGraph / g.value() : 0.0);
       }
     }
-  }
+  };
+  table(1, shapes);
+  table(16, shapes);
+  table(1, larger);
   return 0;
 }

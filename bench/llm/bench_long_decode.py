@@ -1,9 +1,9 @@
 """Decode at long context on the GPU, with and without KV retrieval (docs/benchmarks.md "LLM
 KV retrieval"): a random model of Llama-3.2-1B's shape (as bench_decode.py) with room for
 `--context` positions, a prompt of that many tokens, then greedy decode. LIFL runs
-`lifl model run --device cuda --timing` twice in the same run: full attention over the
-device-resident cache, and `--kv-retrieval budget=B,tau=T` (the K/V in pinned host memory, a
-working set on the device). The first decode step, which moves a retrieving sequence's K/V to
+`lifl model run --device cuda --timing` three times in the same run: full attention over the
+device-resident cache in BF16 pages (the default) and in fp32 pages (--kv-cache f32), and
+`--kv-retrieval budget=B,tau=T` (the K/V in pinned host memory, a working set on the device). The first decode step, which moves a retrieving sequence's K/V to
 the host and clusters it, is reported apart.
 
     python3 bench/llm/bench_long_decode.py --lifl build/bin/lifl [--context 32000] [--steps 64]
@@ -36,6 +36,7 @@ def main():
             f.write(",".join(str(100 + (i * 7919) % 100000) for i in range(a.context)))
         results = {}
         for name, extra in (("full attention", []),
+                            ("full attention, fp32 KV", ["--kv-cache", "f32"]),
                             (f"retrieval {a.retrieval}", ["--kv-retrieval", a.retrieval])):
             t0 = time.time()
             r = subprocess.run([a.lifl, "model", "run", "--model", model, "--device", "cuda",

@@ -29,7 +29,7 @@ const char* kUsage =
     "                      [--temperature 0]\n"
     "                      [--top-k 0] [--top-p 1] [--seed 1] [--logits FILE]\n"
     "                      [--quantize int8|int4] [--device cpu|cuda]\n"
-    "                      [--batch B --timing] [--gemm cublas|exact]\n"
+    "                      [--batch B --timing] [--gemm cublas|exact] [--kv-cache bf16|f32]\n"
     "                      [--kv-retrieval budget=N,tau=T]\n"
     "\n"
     "generate writes config.json and *.safetensors of a random Llama (Hugging Face layout).\n"
@@ -212,8 +212,11 @@ int run(const Args& a) {
       (c.maxPositions + kernels::llm::kPageTokens - 1) / kernels::llm::kPageTokens;
   auto gemm = a.getChoice("gemm", "cublas", "exact");
   if (!gemm) return fail(gemm.error());
+  auto kvCache = a.getChoice("kv-cache", "bf16", "f32");
+  if (!kvCache) return fail(kvCache.error());
   llm::Engine engine(model.value(), pagesPerSequence * static_cast<uint32_t>(batch.value()),
-                     device.value() == "cuda", gemm.value() == "cublas");
+                     device.value() == "cuda", gemm.value() == "cublas",
+                     kvCache.value() == "f32" ? gpu::llm::KvDtype::F32 : gpu::llm::KvDtype::Bf16);
   if (a.has("kv-retrieval")) {
     auto retrieval = llm::RetrievalConfig::parse(a.get("kv-retrieval"));
     if (!retrieval) return fail(retrieval.error());

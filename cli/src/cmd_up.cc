@@ -23,7 +23,8 @@ constexpr const char* kUpHelp =
     "               [--router ebpf|userspace] [--store-bytes N] [--warm-pool N]\n"
     "               [--port-file FILE] [--auth] [--model DIR [--model-name NAME]\n"
     "               [--quantize int8|int4] [--model-device cpu|cuda]\n"
-    "               [--model-gemm cublas|exact] [--model-kv-handoff ipc|host]\n"
+    "               [--model-gemm cublas|exact] [--model-kv-cache bf16|f32]\n"
+    "               [--model-kv-handoff ipc|host]\n"
     "               [--model-max-sequences 16] [--model-prefill-instances 4]\n"
     "               [--model-decode-instances 1] [--model-max-context 8192]\n"
     "               [--kv-retrieval budget=N,tau=T]]\n"
@@ -97,6 +98,7 @@ Result<dataplane::AgentConfig> configFromArgs(const Args& args, uint16_t default
     LIFL_TRY(sequences, args.getPositive("model-max-sequences", 16));
     if (args.has("kv-retrieval")) LIFL_TRYV(llm::RetrievalConfig::parse(args.get("kv-retrieval")));
     LIFL_TRY(gemm, args.getChoice("model-gemm", "cublas", "exact"));
+    LIFL_TRY(kvCache, args.getChoice("model-kv-cache", "bf16", "f32"));
     LIFL_TRY(prefills, args.getPositive("model-prefill-instances", 4));
     LIFL_TRY(context, args.getPositive("model-max-context", 8192));
     LIFL_TRY(decodes, args.getPositive("model-decode-instances", 1));
@@ -108,6 +110,7 @@ Result<dataplane::AgentConfig> configFromArgs(const Args& args, uint16_t default
                               {"quantize", quantize},
                               {"device", args.get("model-device", "cpu")},
                               {"gemm", gemm},
+                              {"kv_cache", kvCache},
                               {"kv_handoff", handoff},
                               {"max_sequences", sequences},
                               {"max_context", context},

@@ -12,14 +12,15 @@ namespace lifl::llm {
 
 namespace kl = kernels::llm;
 
-Engine::Engine(const LlamaModel& model, uint32_t maxPages, bool gpu, bool tensorCores)
-    : model_(model) {
+Engine::Engine(const LlamaModel& model, uint32_t maxPages, bool gpu, bool tensorCores,
+               gpu::llm::KvDtype kv)
+    : model_(model), kv_(kv) {
   const auto& c = model.config;
   if (gpu && gpu::pickBackend(true) == gpu::Backend::Cuda) {
     gpu::llm::Shape shape{c.hiddenSize, c.intermediateSize, c.layers,
                           c.heads,      c.kvHeads,          c.headDim,
                           c.vocabSize,  maxPages,           static_cast<float>(c.rmsNormEps),
-                          c.ropeTheta,  tensorCores};
+                          c.ropeTheta,  tensorCores,        kv};
     auto lin = [](const Linear& l) -> gpu::llm::HostLinear {
       if (l.quant) return {nullptr, l.quant->bits, l.quant->q.data(), l.quant->scales.data()};
       return {l.weight.data(), 16, nullptr, nullptr};
@@ -122,7 +123,7 @@ Result<void> Engine::importKv(Sequence& seq, const float* in, uint32_t length) {
       for (uint32_t t = 0; t < length; ++t) {
         const uint32_t pos = seq.length + t;
         const uint32_t page = seq.pages[pos / kl::kPageTokens], slot = pos % kl::kPageTokens;
-        std::memcpy(kind ? cache.vRow(page, slot) : cache.kRow(page, slot), in, row * 4);
+        storeRow(kind ? cache.vRow(page, slot) : cache.kRow(page, slot), in);
         in += row;
       }
   }
@@ -200,8 +201,8 @@ gpu::llm::RetrievalStep Engine::retrievalStep(const std::vector<Row>& batch,
       });
       const uint32_t pos = batch[r].position;
       const auto view = hostView(seq, layer);
-      std::memcpy(view.kRow(pos / kl::kPageTokens, pos % kl::kPageTokens), k + j * kv, kv * 4);
-      std::memcpy(view.vRow(pos / kl::kPageTokens, pos % kl::kPageTokens), v + j * kv, kv * 4);
+      storeRow(view.kRow(pos / kl::kPageTokens, pos % kl::kPageTokens), k + j * kv);
+      storeRow(view.vRow(pos / kl::kPageTokens, pos % kl::kPageTokens), v + j * kv);
       seq.retrieval->select(layer, q + j * qFloats, pos, view, seq.hostKv->identity);
       const bool all = seq.retrieval->reselected(layer);
       const uint32_t window = seq.retrieval->recent(), from = pos + 1 - window;
@@ -230,6 +231,15 @@ gpu::llm::RetrievalStep Engine::retrievalStep(const std::vector<Row>& batch,
     return std::string();
   };
   return step;
+}
+
+void Engine::storeRow(float* to, const float* from) const {
+  const uint64_t n = uint64_t{model_.config.kvHeads} * model_.config.headDim;
+  if (kv_ == gpu::llm::KvDtype::F32) {
+    std::memcpy(to, from, n * sizeof(float));
+    return;
+  }
+  for (uint64_t i = 0; i < n; ++i) to[i] = kl::roundToBf16(from[i]);
 }
 
 void Engine::release(Sequence& seq) {
@@ -306,8 +316,8 @@ Result<std::vector<float>> Engine::forward(const std::vector<Row>& rows,
     for (uint64_t i = 0; i < n; ++i) {
       const uint32_t pos = rows[i].position;
       const uint32_t page = rows[i].seq->pages[pos / kl::kPageTokens];
-      std::memcpy(cache.kRow(page, pos % kl::kPageTokens), &ks[i * kv], kv * sizeof(float));
-      std::memcpy(cache.vRow(page, pos % kl::kPageTokens), &vs[i * kv], kv * sizeof(float));
+      storeRow(cache.kRow(page, pos % kl::kPageTokens), &ks[i * kv]);
+      storeRow(cache.vRow(page, pos % kl::kPageTokens), &vs[i * kv]);
     }
     for (const auto& [seq, idx] : bySeq) {
       qRows.resize(idx.size() * q);

@@ -39,7 +39,11 @@ class Engine {
   ///        loaded), else on the CPU reference
   /// @param tensorCores on the GPU, linears of 8 rows and more through cuBLAS on BF16
   ///        activations (faster prefill and batched decode, less precise)
-  Engine(const LlamaModel& model, uint32_t maxPages, bool gpu = false, bool tensorCores = false);
+  /// @param kv how the pages hold K and V (--kv-cache). On the GPU, BF16 pages take half the
+  ///        memory; the CPU keeps fp32 pages holding the values rounded to BF16, so that both
+  ///        paths compute the same.
+  Engine(const LlamaModel& model, uint32_t maxPages, bool gpu = false, bool tensorCores = false,
+         gpu::llm::KvDtype kv = gpu::llm::KvDtype::Bf16);
   /// KV retrieval for the sequences prefilled (or handed over) from now on. On the GPU a
   /// sequence moves to it at its first decode step: its K/V to pinned host memory, its pages
   /// down to a working set (sinks, selected units, the recent window).
@@ -93,8 +97,11 @@ class Engine {
   kernels::llm::KvPages hostView(const Sequence& seq, uint32_t layer) const;
   /// The host's part of a GPU retrieval step for `rows` (indices into `batch`).
   gpu::llm::RetrievalStep retrievalStep(const std::vector<Row>& batch, std::vector<uint32_t> rows);
+  /// Writes a K or V row into host memory as the pages hold it (rounded where they are BF16).
+  void storeRow(float* to, const float* from) const;
 
   const LlamaModel& model_;
+  gpu::llm::KvDtype kv_;
   uint32_t totalPages_ = 0;
   RetrievalConfig retrieval_;
   std::unique_ptr<gpu::llm::DeviceModel> device_;  ///< the GPU path, when it runs there

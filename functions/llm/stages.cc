@@ -156,7 +156,9 @@ Result<std::unique_ptr<Loaded>> load(const nlohmann::json& params) {
   const uint32_t sequences = params.value("max_sequences", 16u);
   l->engine = std::make_unique<llm::Engine>(
       l->model, pagesPerSequence * sequences, params.value("device", std::string("cpu")) == "cuda",
-      params.value("gemm", std::string("cublas")) == "cublas");
+      params.value("gemm", std::string("cublas")) == "cublas",
+      params.value("kv_cache", std::string("bf16")) == "f32" ? gpu::llm::KvDtype::F32
+                                                             : gpu::llm::KvDtype::Bf16);
   if (const std::string spec = params.value("kv_retrieval", ""); !spec.empty()) {
     LIFL_TRY(retrieval, llm::RetrievalConfig::parse(spec));
     l->engine->setRetrieval(retrieval);

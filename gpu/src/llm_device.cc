@@ -161,10 +161,11 @@ IpcMemory::~IpcMemory() {
 Result<double> timeDecodeAttention([[maybe_unused]] uint32_t batch, [[maybe_unused]] uint32_t heads,
                                    [[maybe_unused]] uint32_t kvHeads,
                                    [[maybe_unused]] uint32_t headDim,
-                                   [[maybe_unused]] uint32_t context, [[maybe_unused]] int reps,
+                                   [[maybe_unused]] uint32_t context,
+                                   [[maybe_unused]] KvDtype dtype, [[maybe_unused]] int reps,
                                    [[maybe_unused]] bool inGraph) {
-  LIFL_TIMED_ON_DEVICE(cuda::llm::timeDecodeAttention(batch, heads, kvHeads, headDim, context, reps,
-                                                      inGraph, &seconds));
+  LIFL_TIMED_ON_DEVICE(cuda::llm::timeDecodeAttention(batch, heads, kvHeads, headDim, context,
+                                                      dtype, reps, inGraph, &seconds));
 }
 
 Result<void> rmsNorm(Backend b, float* out, const float* x, const float* w, uint64_t rows,
@@ -245,30 +246,50 @@ Result<double> timeLinear([[maybe_unused]] int kind, [[maybe_unused]] uint64_t r
   LIFL_TIMED_ON_DEVICE(cuda::llm::timeLinear(kind, rows, in, out, reps, inGraph, &seconds));
 }
 
+namespace {
+
+/// The CPU's view of pages held as `dtype`: the cache itself (fp32), or copies of its K and
+/// V rounded to BF16 (kept in `k`, `v`).
+kernels::llm::KvPages asHeld(const kernels::llm::KvPages& cache, uint64_t pageFloats, KvDtype dtype,
+                             std::vector<float>& k, std::vector<float>& v) {
+  if (dtype == KvDtype::F32) return cache;
+  k.assign(cache.k, cache.k + pageFloats);
+  v.assign(cache.v, cache.v + pageFloats);
+  for (auto* values : {&k, &v})
+    for (float& x : *values) x = kernels::llm::roundToBf16(x);
+  return {k.data(), v.data(), cache.kvHeads, cache.headDim};
+}
+
+}  // namespace
+
 Result<void> attention(Backend b, float* out, const float* q, uint64_t rows,
                        const uint32_t* positions, uint32_t heads,
-                       const kernels::llm::KvPages& cache, [[maybe_unused]] uint64_t pageFloats,
-                       std::span<const uint32_t> blockTable) {
+                       const kernels::llm::KvPages& cache, uint64_t pageFloats,
+                       std::span<const uint32_t> blockTable, KvDtype dtype) {
   if (b == Backend::Cpu) {
-    kernels::llm::attention(out, q, rows, positions, heads, cache, blockTable);
+    std::vector<float> k, v;
+    kernels::llm::attention(out, q, rows, positions, heads, asHeld(cache, pageFloats, dtype, k, v),
+                            blockTable);
     return success();
   }
   LIFL_ON_DEVICE(cuda::llm::attention(out, q, rows, positions, heads, cache.kvHeads, cache.headDim,
                                       cache.k, cache.v, pageFloats, blockTable.data(),
-                                      static_cast<uint32_t>(blockTable.size())));
+                                      static_cast<uint32_t>(blockTable.size()), dtype));
 }
 
 Result<void> attentionAt(Backend b, float* out, const float* q, uint32_t heads,
-                         const kernels::llm::KvPages& cache, [[maybe_unused]] uint64_t pageFloats,
+                         const kernels::llm::KvPages& cache, uint64_t pageFloats,
                          std::span<const uint32_t> blockTable,
-                         std::span<const std::vector<uint32_t>> positions) {
+                         std::span<const std::vector<uint32_t>> positions, KvDtype dtype) {
   if (b == Backend::Cpu) {
-    kernels::llm::attentionAt(out, q, heads, cache, blockTable, positions);
+    std::vector<float> k, v;
+    kernels::llm::attentionAt(out, q, heads, asHeld(cache, pageFloats, dtype, k, v), blockTable,
+                              positions);
     return success();
   }
   LIFL_ON_DEVICE(cuda::llm::attentionAtHost(
       out, q, heads, cache.kvHeads, cache.headDim, cache.k, cache.v, pageFloats, blockTable.data(),
-      std::vector<std::vector<uint32_t>>(positions.begin(), positions.end())));
+      std::vector<std::vector<uint32_t>>(positions.begin(), positions.end()), dtype));
 }
 
 Result<void> kmeans(Backend b, const float* keys, uint32_t n, uint32_t kvHeads, uint32_t headDim,
@@ -288,9 +309,10 @@ Result<double> timeRetrievedAttention([[maybe_unused]] uint32_t heads,
                                       [[maybe_unused]] uint32_t headDim,
                                       [[maybe_unused]] uint32_t context,
                                       [[maybe_unused]] uint32_t rowsPerHead,
-                                      [[maybe_unused]] bool gather, [[maybe_unused]] int reps) {
-  LIFL_TIMED_ON_DEVICE(cuda::llm::timeRetrievedAttention(heads, kvHeads, headDim, context,
-                                                         rowsPerHead, gather, reps, &seconds));
+                                      [[maybe_unused]] bool gather, [[maybe_unused]] KvDtype dtype,
+                                      [[maybe_unused]] int reps) {
+  LIFL_TIMED_ON_DEVICE(cuda::llm::timeRetrievedAttention(
+      heads, kvHeads, headDim, context, rowsPerHead, gather, dtype, reps, &seconds));
 }
 
 }  // namespace lifl::gpu::llm

@@ -6,7 +6,10 @@ numpy's argmax, and bad models and prompts are refused.
 
 Tolerance: fp32 against float64 through 2-3 layers of a 64-wide model: the logits' largest
 error is asserted below 1e-4 of their largest magnitude (a wrong RoPE pairing, head mapping
-or norm moves them by 1e-2 of it or more)."""
+or norm moves them by 1e-2 of it or more). The KV cache holds BF16 by default (--kv-cache):
+numpy rounds its K and V to BF16 likewise (to nearest even), and the same bound holds; with
+--kv-cache f32 numpy keeps them. Rounding them or not moves these models' logits by 3e-4 to
+1e-3 of the largest, asserted above 2x the bound, so that the bound tells the two apart."""
 import json
 import os
 import tempfile
@@ -31,8 +34,15 @@ def load(dir_):
     return cfg, w
 
 
-def forward(cfg, w, tokens):
-    """Logits of every position, float64."""
+def to_bf16(x):
+    """x rounded to BF16 (to nearest, ties to even), as float64."""
+    bits = np.asarray(x, dtype=np.float32).view(np.uint32).astype(np.uint64)
+    bits = (bits + 0x7FFF + ((bits >> 16) & 1)) & 0xFFFF0000
+    return bits.astype(np.uint32).view(np.float32).astype(np.float64)
+
+
+def forward(cfg, w, tokens, kv_cache="bf16"):
+    """Logits of every position, float64; K and V as the KV cache holds them."""
     hidden, heads = cfg["hidden_size"], cfg["num_attention_heads"]
     kvh, hd, eps = cfg["num_key_value_heads"], cfg["head_dim"], cfg["rms_norm_eps"]
     n = len(tokens)
@@ -55,6 +65,8 @@ def forward(cfg, w, tokens):
         q = rope(h @ w[p + "self_attn.q_proj.weight"].T, heads).reshape(n, heads, hd)
         k = rope(h @ w[p + "self_attn.k_proj.weight"].T, kvh).reshape(n, kvh, hd)
         v = (h @ w[p + "self_attn.v_proj.weight"].T).reshape(n, kvh, hd)
+        if kv_cache == "bf16":
+            k, v = to_bf16(k), to_bf16(v)
         out = np.zeros((n, heads, hd))
         for hh in range(heads):
             g = hh // (heads // kvh)
@@ -108,8 +120,12 @@ class LlmCpu(unittest.TestCase):
                 d = self.model(name, "--seed", 7, *args)
                 cfg, w = load(d)
                 tokens = rng.integers(0, cfg["vocab_size"], 37).tolist()  # crosses 2 pages
-                got, _ = self.logits(d, tokens, max_tokens=1)
-                self.check_logits(got, forward(cfg, w, tokens)[-1], name)
+                refs = {kv: forward(cfg, w, tokens, kv)[-1] for kv in ("bf16", "f32")}
+                for kv, ref in refs.items():
+                    got, _ = self.logits(d, tokens, max_tokens=1, kv_cache=kv)
+                    self.check_logits(got, ref, f"{name}, --kv-cache {kv}")
+                apart = np.max(np.abs(refs["bf16"] - refs["f32"])) / np.max(np.abs(refs["f32"]))
+                self.assertGreater(apart, 2 * RTOL, f"{name}: rounding K and V matters")
 
     def test_quantised_weights_match_numpy(self):
         # --quantize: each layer's linear weights, symmetric per group of 128 inputs; numpy
@@ -227,6 +243,12 @@ class LlmCpu(unittest.TestCase):
         r = lifl("up", "--port", 0, "--model", good, "--model-kv-handoff", "nvlink", check=False)
         self.assertNotEqual(r.returncode, 0)
         self.assertIn("--model-kv-handoff is ipc or host", r.stderr)
+        r = lifl("model", "run", "--model", good, "--tokens", "1", "--kv-cache", "f16", check=False)
+        self.assertNotEqual(r.returncode, 0)
+        self.assertIn("--kv-cache is bf16 or f32", r.stderr)
+        r = lifl("up", "--port", 0, "--model", good, "--model-kv-cache", "int8", check=False)
+        self.assertNotEqual(r.returncode, 0)
+        self.assertIn("--model-kv-cache is bf16 or f32", r.stderr)
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <numeric>
 
 #include "lifl/common/clones.h"
@@ -34,6 +35,16 @@ uint64_t splitmix64(uint64_t& s) {
 }
 
 }  // namespace
+
+float roundToBf16(float x) {
+  if (std::isnan(x)) return x;
+  uint32_t bits;
+  std::memcpy(&bits, &x, 4);
+  bits += 0x7FFFu + ((bits >> 16) & 1u);  // to nearest, ties to the even upper half
+  bits &= 0xFFFF0000u;
+  std::memcpy(&x, &bits, 4);
+  return x;
+}
 
 void rmsNorm(float* out, const float* x, const float* w, uint64_t rows, uint64_t n, float eps) {
   for (uint64_t r = 0; r < rows; ++r) {

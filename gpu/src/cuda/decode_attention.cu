@@ -60,15 +60,14 @@ constexpr int kWarps = 4;
 
 // GROUP and DL are template parameters so that the per-head arrays stay in registers (a
 // runtime index would put them in local memory).
-template <int GROUP, int DL>
+template <int GROUP, int DL, typename T>
 __global__ void __launch_bounds__(kWarps * 32)
     splitAttentionKernel(float* __restrict__ partial, const float* __restrict__ q,
                          const uint32_t* __restrict__ positions,
                          const uint32_t* __restrict__ tables, const uint32_t* __restrict__ rowTable,
                          uint32_t heads, uint32_t kvHeads, uint32_t headDim, uint32_t splits,
-                         uint32_t splitTokens, const float* __restrict__ kPages,
-                         const float* __restrict__ vPages,
-                         const uint32_t* __restrict__ headLengths) {
+                         uint32_t splitTokens, const T* __restrict__ kPages,
+                         const T* __restrict__ vPages, const uint32_t* __restrict__ headLengths) {
   const uint32_t row = blockIdx.x, kvh = blockIdx.y, split = blockIdx.z;
   constexpr uint32_t group = GROUP;
   const uint32_t context = headLengths ? headLengths[row * kvHeads + kvh] : positions[row] + 1;
@@ -103,8 +102,8 @@ __global__ void __launch_bounds__(kWarps * 32)
           uint64_t{kvh} * headDim;
 #pragma unroll
       for (int j = 0; j < DL; ++j) {
-        kr[u][j] = kPages[at + j * 32 + lane];
-        vr[u][j] = vPages[at + j * 32 + lane];
+        kr[u][j] = kvToFloat(kPages[at + j * 32 + lane]);
+        vr[u][j] = kvToFloat(vPages[at + j * 32 + lane]);
       }
     }
 #pragma unroll
@@ -167,7 +166,8 @@ __global__ void splitMergeKernel(float* __restrict__ out, const float* __restric
 }
 
 // The half-warp kernel. Each half-warp takes one token at a time, its 16 lanes holding 4 * V4
-// dims of the K and V rows (16-byte loads); a warp so reads two rows per load, U pairs in
+// dims of the K and V rows (16-byte loads of fp32 pages, 8-byte of BF16, widened to fp32 where
+// used); a warp so reads two rows per load, U pairs in
 // flight. The G dot products of a token are summed over the half-warp by transposeSum: each
 // exchange halves the values a lane carries, so that G sums cost log2(G) + 4 exchange steps
 // instead of 4 * G, and leave each lane with the score of one query head (headOf), whose
@@ -246,26 +246,29 @@ __device__ __forceinline__ void addScaled(float4& acc, float p, float4 v) {
   acc.w += p * v.w;
 }
 
-/// Token pairs per warp in flight: measured best of 2, 4 and 8 (docs/benchmarks.md).
-constexpr int kUnroll = 2;
+/// Token pairs per warp in flight, measured best of 2, 4 and 8 (docs/benchmarks.md): 2 for
+/// fp32 pages, 4 for BF16 (as many bytes in flight, in the same registers).
+template <typename T>
+constexpr int kUnrollFor = sizeof(T) == 4 ? 2 : 4;
 /// Blocks of W warps an SM must hold, which caps the registers: for 4 warps, 8 (64
 /// registers) where the q, output and K/V registers of a lane fit in 48 floats, so that a
 /// batch of 8 at 4K runs in one wave; fewer for wider shapes, which would spill at 64.
-constexpr int minBlocksFor(int g, int v4, int u, int w) {
-  const int floats = g * v4 * 8 + u * v4 * 8;
+/// A token pair's K/V take 8 registers a 64 dims in fp32, 4 in BF16 (bytes: element size).
+constexpr int minBlocksFor(int g, int v4, int u, int w, int bytes) {
+  const int floats = g * v4 * 8 + u * v4 * 2 * bytes;
   const int ofFour = floats <= 48 ? 8 : floats <= 64 ? 6 : floats <= 96 ? 4 : 3;
   return ofFour * 4 / w > 0 ? ofFour * 4 / w : 1;
 }
 
-template <int G, int V4, int U, int W, int MINB>
+template <int G, int V4, int U, int W, int MINB, typename T>
 __global__ void __launch_bounds__(W * 32, MINB)
     halfWarpAttentionKernel(float* __restrict__ out, uint32_t* __restrict__ arrivals,
                             float* __restrict__ partial, const float* __restrict__ q,
                             const uint32_t* __restrict__ positions,
                             const uint32_t* __restrict__ tables,
                             const uint32_t* __restrict__ rowTable, uint32_t heads, uint32_t kvHeads,
-                            uint32_t splits, uint32_t splitTokens, const float* __restrict__ kPages,
-                            const float* __restrict__ vPages,
+                            uint32_t splits, uint32_t splitTokens, const T* __restrict__ kPages,
+                            const T* __restrict__ vPages,
                             const uint32_t* __restrict__ headLengths) {
   constexpr int HD = V4 * 64, STREAMS = W * 2;
   const uint32_t row = blockIdx.x, kvh = blockIdx.y, split = blockIdx.z;
@@ -286,9 +289,10 @@ __global__ void __launch_bounds__(W * 32, MINB)
 
   // Rows [lo, hi) of the U token pairs from tw into kr, vr (the others left as they are).
   const uint64_t kvDim = uint64_t{kvHeads} * HD;
-  const float* kLane = kPages + uint64_t{kvh} * HD + hl * 4;
-  const float* vLane = vPages + uint64_t{kvh} * HD + hl * 4;
-  float4 kr[U][V4], vr[U][V4];
+  const T* kLane = kPages + uint64_t{kvh} * HD + hl * 4;
+  const T* vLane = vPages + uint64_t{kvh} * HD + hl * 4;
+  using Raw = KvRaw4<T>;  // held as loaded, widened where used
+  Raw kr[U][V4], vr[U][V4];
   auto load = [&](uint32_t tw, uint32_t lo, uint32_t hi) {
 #pragma unroll
     for (int u = 0; u < U; ++u) {
@@ -298,8 +302,8 @@ __global__ void __launch_bounds__(W * 32, MINB)
           (uint64_t{pageOf[t / kPageTokens - firstPage]} * kPageTokens + t % kPageTokens) * kvDim;
 #pragma unroll
       for (int j = 0; j < V4; ++j) {
-        kr[u][j] = *reinterpret_cast<const float4*>(kLane + at + j * 64);
-        vr[u][j] = *reinterpret_cast<const float4*>(vLane + at + j * 64);
+        kr[u][j] = *reinterpret_cast<const Raw*>(kLane + at + j * 64);
+        vr[u][j] = *reinterpret_cast<const Raw*>(vLane + at + j * 64);
       }
     }
   };
@@ -307,7 +311,7 @@ __global__ void __launch_bounds__(W * 32, MINB)
 #pragma unroll
     for (int u = 0; u < U; ++u)
 #pragma unroll
-      for (int j = 0; j < V4; ++j) kr[u][j] = vr[u][j] = make_float4(0.f, 0.f, 0.f, 0.f);
+      for (int j = 0; j < V4; ++j) kr[u][j] = vr[u][j] = Raw{};  // zero bits: 0.0
   };
   // The first rows stream in while the kernel before finishes, except the newest position,
   // which the step's KV store writes (and a working set of retrieved rows, copied in the
@@ -346,7 +350,7 @@ __global__ void __launch_bounds__(W * 32, MINB)
       for (int g = 0; g < G; ++g) {
         part[g] = 0.f;
 #pragma unroll
-        for (int j = 0; j < V4; ++j) part[g] += dot4(qv[g][j], kr[u][j]);
+        for (int j = 0; j < V4; ++j) part[g] += dot4(qv[g][j], widen(kr[u][j]));
       }
       const float sum = transposeSum<G>(part, lane);  // by every lane: it exchanges
       s[u] = valid[u] ? sum : -INFINITY;
@@ -372,7 +376,7 @@ __global__ void __launch_bounds__(W * 32, MINB)
       for (int u = 0; u < U; ++u) {
         const float pg = __shfl_sync(kFull, p[u], src);
 #pragma unroll
-        for (int j = 0; j < V4; ++j) addScaled(acc[g][j], pg, vr[u][j]);
+        for (int j = 0; j < V4; ++j) addScaled(acc[g][j], pg, widen(vr[u][j]));
       }
     }
   };
@@ -442,13 +446,13 @@ __global__ void __launch_bounds__(W * 32, MINB)
   }
 }
 
-}  // namespace
-
-std::string splitDecodeAttention(float* out, float* partial, uint32_t* arrivals, const float* q,
-                                 uint32_t rows, const uint32_t* positions, const uint32_t* tables,
-                                 const uint32_t* rowTable, uint32_t maxContext, uint32_t heads,
-                                 uint32_t kvHeads, uint32_t headDim, const float* kPages,
-                                 const float* vPages, const uint32_t* headLengths) {
+template <typename T>
+std::string decodeAttentionAs(float* out, float* partial, uint32_t* arrivals, const float* q,
+                              uint32_t rows, const uint32_t* positions, const uint32_t* tables,
+                              const uint32_t* rowTable, uint32_t maxContext, uint32_t heads,
+                              uint32_t kvHeads, uint32_t headDim, const T* kPages, const T* vPages,
+                              const uint32_t* headLengths) {
+  constexpr int kUnroll = kUnrollFor<T>, kBytes = sizeof(T);
   const uint32_t group = heads / kvHeads, lanes = headDim / 32, v4 = headDim / 64;
   const bool halfWarp = headDim % 64 == 0 && group * v4 <= 8;
   // The block's width and split: blocks of 8 warps where they fit in one wave of the GPU
@@ -465,7 +469,7 @@ std::string splitDecodeAttention(float* out, float* partial, uint32_t* arrivals,
       return uint64_t{rows} * kvHeads * ((maxContext + tokens - 1) / tokens);
     };
     auto wave = [&](int w) {
-      return uint64_t{multiprocessors()} * minBlocksFor(group, v4, kUnroll, w);
+      return uint64_t{multiprocessors()} * minBlocksFor(group, v4, kUnroll, w, kBytes);
     };
     const uint32_t longest = kMaxSplitPages * kPageTokens;
     if (blocksAt(splitTokens) <= wave(8)) {
@@ -486,10 +490,10 @@ std::string splitDecodeAttention(float* out, float* partial, uint32_t* arrivals,
   // (batch 8: 51.5% -> 53.3%; it lost 8 points when the early launch only read the page
   // table).
 #define LIFL_HALF_W(G, V4, W)                                                                      \
-  LIFL_CU(                                                                                         \
-      launchDependent(halfWarpAttentionKernel<G, V4, kUnroll, W, minBlocksFor(G, V4, kUnroll, W)>, \
-                      blocks, W * 32, fusedOut, arrivals, partial, q, positions, tables, rowTable, \
-                      heads, kvHeads, splits, splitTokens, kPages, vPages, headLengths))
+  LIFL_CU(launchDependent(                                                                         \
+      halfWarpAttentionKernel<G, V4, kUnroll, W, minBlocksFor(G, V4, kUnroll, W, kBytes), T>,      \
+      blocks, W * 32, fusedOut, arrivals, partial, q, positions, tables, rowTable, heads, kvHeads, \
+      splits, splitTokens, kPages, vPages, headLengths))
 #define LIFL_HALF(G, V4)                                 \
   if (!launched && halfWarp && group == G && v4 == V4) { \
     if (width == 8)                                      \
@@ -512,7 +516,7 @@ std::string splitDecodeAttention(float* out, float* partial, uint32_t* arrivals,
 #undef LIFL_HALF
 #define LIFL_SPLIT(G, DL)                                                                      \
   if (!launched && group == G && lanes == DL) {                                                \
-    splitAttentionKernel<G, DL><<<blocks, kWarps * 32, 0, currentStream()>>>(                  \
+    splitAttentionKernel<G, DL, T><<<blocks, kWarps * 32, 0, currentStream()>>>(               \
         partial, q, positions, tables, rowTable, heads, kvHeads, headDim, splits, splitTokens, \
         kPages, vPages, headLengths);                                                          \
     launched = true;                                                                           \
@@ -521,7 +525,8 @@ std::string splitDecodeAttention(float* out, float* partial, uint32_t* arrivals,
   LIFL_SPLIT(G, 1) LIFL_SPLIT(G, 2) LIFL_SPLIT(G, 3) LIFL_SPLIT(G, 4) LIFL_SPLIT(G, 8)
   LIFL_SPLIT_DIMS(1)
   LIFL_SPLIT_DIMS(2)
-  LIFL_SPLIT_DIMS(4) LIFL_SPLIT_DIMS(8)
+  LIFL_SPLIT_DIMS(4)
+  LIFL_SPLIT_DIMS(8)
 #undef LIFL_SPLIT_DIMS
 #undef LIFL_SPLIT
       if (!launched) return "attention: needs head_dim 32, 64, 96, 128 or 256 and 1, 2, 4 "
@@ -532,6 +537,19 @@ std::string splitDecodeAttention(float* out, float* partial, uint32_t* arrivals,
         out, partial, positions, heads, headDim, splits, splitTokens, headLengths, kvHeads);
   LIFL_CU(cudaGetLastError());
   return "";
+}
+
+}  // namespace
+
+std::string splitDecodeAttention(float* out, float* partial, uint32_t* arrivals, const float* q,
+                                 uint32_t rows, const uint32_t* positions, const uint32_t* tables,
+                                 const uint32_t* rowTable, uint32_t maxContext, uint32_t heads,
+                                 uint32_t kvHeads, uint32_t headDim, const KvRef& kv,
+                                 const uint32_t* headLengths) {
+  return withKv(kv, [&](const auto* k, const auto* v) {
+    return decodeAttentionAs(out, partial, arrivals, q, rows, positions, tables, rowTable,
+                             maxContext, heads, kvHeads, headDim, k, v, headLengths);
+  });
 }
 
 }  // namespace lifl::gpu::cuda::llm

@@ -8,6 +8,8 @@
 #include <cstdint>
 #include <string>
 
+#include "kv_element.h"
+
 namespace lifl::gpu::cuda::llm {
 
 /// Tokens per KV page (the block table maps page index -> page).
@@ -40,7 +42,7 @@ constexpr size_t splitArrivalBytes(uint32_t rows, uint32_t kvHeads) {
 std::string splitDecodeAttention(float* out, float* partial, uint32_t* arrivals, const float* q,
                                  uint32_t rows, const uint32_t* positions, const uint32_t* tables,
                                  const uint32_t* rowTable, uint32_t maxContext, uint32_t heads,
-                                 uint32_t kvHeads, uint32_t headDim, const float* kPages,
-                                 const float* vPages, const uint32_t* headLengths);
+                                 uint32_t kvHeads, uint32_t headDim, const KvRef& kv,
+                                 const uint32_t* headLengths);
 
 }  // namespace lifl::gpu::cuda::llm

@@ -13,6 +13,7 @@ namespace lifl::gpu::cuda::llm {
 
 using gpu::llm::HostLayer;
 using gpu::llm::HostLinear;
+using gpu::llm::KvDtype;
 using gpu::llm::RetrievalLayer;
 using gpu::llm::RetrievalStep;
 using gpu::llm::Shape;
@@ -53,7 +54,8 @@ void ipcRelease(void* device, bool opened);
 /// (device-resident pages), timed with CUDA events over `reps` launches (inGraph: replayed
 /// from one CUDA graph).
 std::string timeDecodeAttention(uint32_t batch, uint32_t heads, uint32_t kvHeads, uint32_t headDim,
-                                uint32_t context, int reps, bool inGraph, double* seconds);
+                                uint32_t context, KvDtype dtype, int reps, bool inGraph,
+                                double* seconds);
 
 // Single kernels on host data (copied in and out), for the tests against the CPU reference.
 std::string rmsNorm(float* out, const float* x, const float* w, uint64_t rows, uint64_t n,
@@ -79,19 +81,21 @@ std::string timeLaunchFloor(uint32_t blocks, uint32_t threads, int reps, bool in
 std::string timeLinear(int kind, uint64_t rows, uint64_t in, uint64_t out, int reps, bool inGraph,
                        double* seconds);
 
-/// Paged causal GQA attention of one sequence (the layout of kernels::llm::attention).
+/// Paged causal GQA attention of one sequence (the layout of kernels::llm::attention), the
+/// pages held on the device as `dtype` (BF16: rounded on the way in).
 std::string attention(float* out, const float* q, uint64_t rows, const uint32_t* positions,
                       uint32_t heads, uint32_t kvHeads, uint32_t headDim, const float* kPages,
                       const float* vPages, uint64_t pageFloats, const uint32_t* blockTable,
-                      uint32_t blocks);
+                      uint32_t blocks, KvDtype dtype);
 
 /// One query row's attention over per-KV-head position lists of a paged cache that stays in
 /// host memory: the listed K/V rows are read zero-copy into a working set on the device, then
-/// attended (KV retrieval's GPU side). kHost/vHost hold pageFloats floats each.
+/// attended (KV retrieval's GPU side). kHost/vHost hold pageFloats floats each; the working
+/// set's pages are of `dtype`.
 std::string attentionAtHost(float* out, const float* q, uint32_t heads, uint32_t kvHeads,
                             uint32_t headDim, const float* kHost, const float* vHost,
                             uint64_t pageFloats, const uint32_t* blockTable,
-                            const std::vector<std::vector<uint32_t>>& positions);
+                            const std::vector<std::vector<uint32_t>>& positions, KvDtype dtype);
 /// kernels::llm::kmeans on the device (keys and outputs in host memory), for head dims that
 /// kmeansOnDevice accepts.
 bool kmeansOnDevice(uint32_t headDim);
@@ -100,7 +104,7 @@ std::string kmeans(const float* keys, uint32_t n, uint32_t kvHeads, uint32_t hea
 /// Mean seconds of that with rowsPerHead rows a head out of `context` in pinned host memory:
 /// gather and attention (a step that re-selects), or the attention alone (one that does not).
 std::string timeRetrievedAttention(uint32_t heads, uint32_t kvHeads, uint32_t headDim,
-                                   uint32_t context, uint32_t rowsPerHead, bool gather, int reps,
-                                   double* seconds);
+                                   uint32_t context, uint32_t rowsPerHead, bool gather,
+                                   KvDtype dtype, int reps, double* seconds);
 
 }  // namespace lifl::gpu::cuda::llm

@@ -1,5 +1,6 @@
 // CUDA kernels of the LLM stages and the device forward pass that strings them together
-// (docs/llm.md). Weights are held in BF16, activations and the paged KV cache in fp32.
+// (docs/llm.md). Weights are held in BF16, activations in fp32, the paged KV cache in BF16 or
+// fp32 (kv_element.h).
 // Each kernel has its CPU reference in gpu/src/cpu/llm.cc; the tests compare them.
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
@@ -14,6 +15,7 @@
 
 #include "cuda_check.h"
 #include "decode_attention.h"
+#include "kv_element.h"
 #include "llm_api.h"
 #include "quant_linear.h"
 
@@ -157,7 +159,8 @@ __global__ void linearKernel(const LinearOutputs y, const float* __restrict__ x,
 
 // One warp per copy: a KV head's K and V of one position, from host memory (zero-copy) into
 // a row of a retrieval row's working-set pages.
-__global__ void workingSetKernel(float* __restrict__ kPages, float* __restrict__ vPages,
+template <typename T>
+__global__ void workingSetKernel(T* __restrict__ kPages, T* __restrict__ vPages,
                                  const WorkingSetCopy* __restrict__ copies, uint32_t count,
                                  const uint32_t* __restrict__ tables,
                                  const uint32_t* __restrict__ rowTable, uint32_t kvHeads,
@@ -172,13 +175,26 @@ __global__ void workingSetKernel(float* __restrict__ kPages, float* __restrict__
         uint64_t{w.head} * headDim;
     const uint64_t from = uint64_t{w.head} * headDim;
     for (uint32_t d = lane; d < headDim; d += 32) {
-      kPages[to + d] = w.k[from + d];
-      vPages[to + d] = w.v[from + d];
+      kPages[to + d] = kvFromFloat<T>(w.k[from + d]);
+      vPages[to + d] = kvFromFloat<T>(w.v[from + d]);
     }
   }
 }
 
-__global__ void storeKvKernel(float* __restrict__ kPages, float* __restrict__ vPages,
+/// The working-set copies on the current stream, into pages of the cache's type.
+std::string copyWorkingSet(const KvRef& kv, const WorkingSetCopy* copies, uint32_t count,
+                           const uint32_t* tables, const uint32_t* rowTable, uint32_t kvHeads,
+                           uint32_t headDim) {
+  return withKv(kv, [&](auto* k, auto* v) -> std::string {
+    workingSetKernel<<<std::min<uint32_t>((count + 7) / 8, 1024), 256, 0, currentStream()>>>(
+        k, v, copies, count, tables, rowTable, kvHeads, headDim);
+    LIFL_CU(cudaGetLastError());
+    return "";
+  });
+}
+
+template <typename T>
+__global__ void storeKvKernel(T* __restrict__ kPages, T* __restrict__ vPages,
                               const float* __restrict__ ks, const float* __restrict__ vs,
                               const uint32_t* __restrict__ rowPage,
                               const uint32_t* __restrict__ rowSlot, uint64_t rows, uint64_t kvDim) {
@@ -188,8 +204,8 @@ __global__ void storeKvKernel(float* __restrict__ kPages, float* __restrict__ vP
     const uint64_t r = i / kvDim, d = i % kvDim;
     if (rowPage[r] == kNoPage) continue;  // a retrieval row: its working set is copied apart
     const uint64_t at = (uint64_t{rowPage[r]} * kPageTokens + rowSlot[r]) * kvDim + d;
-    kPages[at] = ks[i];
-    vPages[at] = vs[i];
+    kPages[at] = kvFromFloat<T>(ks[i]);
+    vPages[at] = kvFromFloat<T>(vs[i]);
   }
 }
 
@@ -199,13 +215,12 @@ __global__ void storeKvKernel(float* __restrict__ kPages, float* __restrict__ vP
 // and each (row, head) pair keeps an online softmax in a warp (lane k scores key k, lanes
 // own output dimensions). Rows are at consecutive positions starting at positions[0].
 constexpr uint32_t kTileRows = 16;
-template <int GROUP, int DL>
+template <int GROUP, int DL, typename T>
 __global__ void prefillAttentionKernel(float* __restrict__ out, const float* __restrict__ q,
                                        const uint32_t* __restrict__ positions,
                                        const uint32_t* __restrict__ table, uint32_t rows,
                                        uint32_t heads, uint32_t kvHeads,
-                                       const float* __restrict__ kPages,
-                                       const float* __restrict__ vPages) {
+                                       const T* __restrict__ kPages, const T* __restrict__ vPages) {
   constexpr int HD = DL * 32, PAIRS = kTileRows * GROUP, WARPS = 8;
   extern __shared__ float shared[];
   float* sK = shared;              // [32][HD + 1]
@@ -240,8 +255,8 @@ __global__ void prefillAttentionKernel(float* __restrict__ out, const float* __r
         const uint64_t at =
             (uint64_t{table[t / kPageTokens]} * kPageTokens + t % kPageTokens) * kvDim +
             uint64_t{kvh} * HD + d;
-        kv = kPages[at];
-        vv = vPages[at];
+        kv = kvToFloat(kPages[at]);
+        vv = kvToFloat(vPages[at]);
       }
       sK[k * (HD + 1) + d] = kv;
       sV[k * HD + d] = vv;
@@ -479,32 +494,37 @@ std::string uploadWeight(Weight& w, const HostLinear& h, uint64_t out, uint64_t 
 ///        of retrieved rows), instead of positions[row] + 1; maxContext bounds them
 std::string attend(float* out, const float* q, uint32_t rows, const uint32_t* positions,
                    const uint32_t* tables, const uint32_t* rowTable, uint32_t maxContext,
-                   uint32_t heads, uint32_t kvHeads, uint32_t headDim, const float* kPages,
-                   const float* vPages, const uint32_t* prefillTable = nullptr,
-                   const uint32_t* headLengths = nullptr) {
+                   uint32_t heads, uint32_t kvHeads, uint32_t headDim, const KvRef& kv,
+                   const uint32_t* prefillTable = nullptr, const uint32_t* headLengths = nullptr) {
   const uint32_t group = heads / kvHeads, lanes = headDim / 32;
   if (prefillTable && rows >= kTileRows && (group == 1 || group == 2 || group == 4) &&
       (lanes == 2 || lanes == 4)) {
     const dim3 blocks((rows + kTileRows - 1) / kTileRows, kvHeads);
+    return withKv(kv, [&](const auto* kPages, const auto* vPages) -> std::string {
+      using T = std::remove_cv_t<std::remove_pointer_t<decltype(kPages)>>;
 #define LIFL_PREFILL(G, DL)                                                                     \
   if (group == G && lanes == DL) {                                                              \
     constexpr size_t bytes = (32 * (DL * 32 + 1) + 32 * DL * 32 + kTileRows * G * DL * 32) * 4; \
     if (bytes > 48 * 1024)                                                                      \
-      LIFL_CU(cudaFuncSetAttribute(prefillAttentionKernel<G, DL>,                               \
+      LIFL_CU(cudaFuncSetAttribute(prefillAttentionKernel<G, DL, T>,                            \
                                    cudaFuncAttributeMaxDynamicSharedMemorySize, bytes));        \
-    prefillAttentionKernel<G, DL><<<blocks, 256, bytes, currentStream()>>>(                     \
+    prefillAttentionKernel<G, DL, T><<<blocks, 256, bytes, currentStream()>>>(                  \
         out, q, positions, prefillTable, rows, heads, kvHeads, kPages, vPages);                 \
     LIFL_CU(cudaGetLastError());                                                                \
     return "";                                                                                  \
   }
-    LIFL_PREFILL(1, 2)
-    LIFL_PREFILL(2, 2) LIFL_PREFILL(4, 2) LIFL_PREFILL(1, 4) LIFL_PREFILL(2, 4) LIFL_PREFILL(4, 4)
+      LIFL_PREFILL(1, 2)
+      LIFL_PREFILL(2, 2)
+      LIFL_PREFILL(4, 2)
+      LIFL_PREFILL(1, 4) LIFL_PREFILL(2, 4) LIFL_PREFILL(4, 4)
 #undef LIFL_PREFILL
+          return "prefill attention: no kernel for this shape";
+    });
   }
   LIFL_TRY_STR(reserveSplitScratch(rows, heads, kvHeads, headDim, maxContext));
   return splitDecodeAttention(out, splitScratch().as<float>(), splitArrivals().as<uint32_t>(), q,
                               rows, positions, tables, rowTable, maxContext, heads, kvHeads,
-                              headDim, kPages, vPages, headLengths);
+                              headDim, kv, headLengths);
 }
 
 }  // namespace
@@ -517,6 +537,8 @@ struct Model {
     Weight qkv, o, gateUp, down;  ///< q, k, v stacked; gate, up stacked
   };
   std::vector<Layer> layers;
+  KvRef kv(Layer& L) const { return {L.kPages.p, L.vPages.p, s.kv}; }
+  Buffer kvRows, kvPageList;  ///< a KV hand-off's fp32 rows and its pages (copyKv)
   Buffer x, normed, qs, ks, vs, attn, proj, gate, up, logits, last, bf16x;
   Buffer tokens, positions, rowPage, rowSlot, tables, rowTable, logitRows;
   Buffer copies, headLengths;  ///< a retrieval step's working-set copies and lengths
@@ -547,7 +569,7 @@ std::string create(const Shape& s, const float* embed, const float* norm, const 
     inv[i] = static_cast<float>(1.0 / std::pow(s.theta, (2.0 * i) / s.headDim));
   LIFL_TRY_STR(uploadF32(m->invFreq, inv.data(), inv.size() * 4));
   m->layers.resize(layers.size());
-  const size_t pageBytes = size_t{s.maxPages} * kPageTokens * kv * sizeof(float);
+  const size_t pageBytes = size_t{s.maxPages} * kPageTokens * kv * kvBytes(s.kv);
   for (size_t l = 0; l < layers.size(); ++l) {
     auto& d = m->layers[l];
     const auto& w = layers[l];
@@ -566,23 +588,56 @@ std::string create(const Shape& s, const float* embed, const float* norm, const 
 
 void destroy(Model* model) { delete model; }
 
+namespace {
+
+/// Rows [0, length) of a sequence (page list `pages`) between its pages and dense fp32 rows:
+/// to the rows (toRows), or from them.
+template <typename T, bool toRows>
+__global__ void pageRowsKernel(float* __restrict__ rows, T* __restrict__ pages,
+                               const uint32_t* __restrict__ pageList, uint32_t length,
+                               uint64_t kvDim) {
+  for (uint64_t i = uint64_t{blockIdx.x} * blockDim.x + threadIdx.x; i < length * kvDim;
+       i += uint64_t{gridDim.x} * blockDim.x) {
+    const uint64_t t = i / kvDim;
+    T& paged = pages[(uint64_t{pageList[t / kPageTokens]} * kPageTokens + t % kPageTokens) * kvDim +
+                     i % kvDim];
+    if constexpr (toRows)
+      rows[i] = kvToFloat(paged);
+    else
+      paged = kvFromFloat<T>(rows[i]);
+  }
+}
+
+}  // namespace
+
 std::string copyKv(Model* m, const uint32_t* pages, uint32_t length, float* other, bool fromPages,
                    uint32_t stride) {
-  const uint64_t kv = uint64_t{m->s.kvHeads} * m->s.headDim;
-  const uint64_t skip = stride > length ? (stride - length) * kv : 0;  // after each block
+  if (length == 0) return "";
+  const uint64_t kv = uint64_t{m->s.kvHeads} * m->s.headDim, block = uint64_t{length} * kv;
+  const uint64_t step = uint64_t{stride > length ? stride : length} * kv;  // between blocks
+  // Each (layer, K/V) block through dense fp32 rows on the device, converted from or to the
+  // pages' type by one kernel: `other` may be pageable host memory, which a kernel cannot
+  // address (and one copy a block beats one a page: 2 048 pages a block at 32K).
+  LIFL_TRY_STR(uploadF32(m->kvPageList, pages, (length + kPageTokens - 1) / kPageTokens * 4));
+  LIFL_TRY_STR(m->kvRows.reserve(block * 4));
+  float* rows = m->kvRows.as<float>();
+  const auto* list = m->kvPageList.as<uint32_t>();
   for (auto& L : m->layers)
-    for (Buffer* b : {&L.kPages, &L.vPages}) {
-      for (uint32_t t = 0; t < length; t += kPageTokens) {
-        const uint32_t n = std::min(kPageTokens, length - t);
-        float* dev = b->as<float>() + uint64_t{pages[t / kPageTokens]} * kPageTokens * kv;
+    for (int kind = 0; kind < 2; ++kind, other += step) {
+      LIFL_TRY_STR(withKv(m->kv(L), [&](auto* k, auto* v) -> std::string {
+        auto* paged = kind == 0 ? k : v;
+        using T = std::remove_pointer_t<decltype(paged)>;
         // cudaMemcpyDefault: `other` may be host or device memory (unified addressing).
-        if (fromPages)
-          LIFL_CU(cudaMemcpyAsync(other, dev, n * kv * 4, cudaMemcpyDefault));
-        else
-          LIFL_CU(cudaMemcpyAsync(dev, other, n * kv * 4, cudaMemcpyDefault));
-        other += n * kv;
-      }
-      other += skip;
+        if (fromPages) {
+          pageRowsKernel<T, true><<<grid(block), 256>>>(rows, paged, list, length, kv);
+          LIFL_CU(cudaMemcpy(other, rows, block * 4, cudaMemcpyDefault));
+        } else {
+          LIFL_CU(cudaMemcpy(rows, other, block * 4, cudaMemcpyDefault));
+          pageRowsKernel<T, false><<<grid(block), 256>>>(rows, paged, list, length, kv);
+        }
+        LIFL_CU(cudaGetLastError());
+        return "";
+      }));
     }
   LIFL_CU(cudaDeviceSynchronize());
   return "";
@@ -671,11 +726,8 @@ std::string retrievalLayer(Model* m, Model::Layer& L, uint32_t layer, uint64_t n
   LIFL_TRY_STR(
       uploadF32(m->copies, decided.copies.data(), decided.copies.size() * sizeof(WorkingSetCopy)));
   const auto count = static_cast<uint32_t>(decided.copies.size());
-  workingSetKernel<<<std::min<uint32_t>((count + 7) / 8, 1024), 256, 0, currentStream()>>>(
-      L.kPages.as<float>(), L.vPages.as<float>(), m->copies.as<WorkingSetCopy>(), count,
-      m->tables.as<uint32_t>(), m->rowTable.as<uint32_t>(), s.kvHeads, s.headDim);
-  LIFL_CU(cudaGetLastError());
-  return "";
+  return copyWorkingSet(m->kv(L), m->copies.as<WorkingSetCopy>(), count, m->tables.as<uint32_t>(),
+                        m->rowTable.as<uint32_t>(), s.kvHeads, s.headDim);
 }
 
 /// Every kernel of one forward pass over `n` rows whose inputs are on the device (no copy
@@ -707,16 +759,18 @@ std::string launchForward(Model* m, uint64_t n, uint32_t logitCount, uint32_t ma
     LIFL_TRY_STR(apply(L.qkv.outputs({qs, ks, vs}), normed, L.qkv, n, h, tc));
     LIFL_CU(launchDependent(ropeKernel, grid(n * (s.heads + s.kvHeads) * s.headDim / 2), 256, qs,
                             ks, n, s.heads, s.kvHeads, s.headDim, pos, m->invFreq.as<float>()));
-    LIFL_CU(launchDependent(storeKvKernel, grid(n * kv), 256, L.kPages.as<float>(),
-                            L.vPages.as<float>(), ks, vs, m->rowPage.as<uint32_t>(),
-                            m->rowSlot.as<uint32_t>(), n, kv));
+    LIFL_TRY_STR(withKv(m->kv(L), [&](auto* kPages, auto* vPages) -> std::string {
+      LIFL_CU(launchDependent(storeKvKernel<std::remove_pointer_t<decltype(kPages)>>, grid(n * kv),
+                              256, kPages, vPages, ks, vs, m->rowPage.as<uint32_t>(),
+                              m->rowSlot.as<uint32_t>(), n, kv));
+      return "";
+    }));
     if (retrieval)
       LIFL_TRY_STR(retrievalLayer(m, L, layer, n, *retrieval, hostPositions, hostQ, hostK, hostV,
                                   rowsQ, rowsK, rowsV, decided));
     LIFL_TRY_STR(attend(attn, qs, static_cast<uint32_t>(n), pos, m->tables.as<uint32_t>(),
                         m->rowTable.as<uint32_t>(), maxContext, s.heads, s.kvHeads, s.headDim,
-                        L.kPages.as<float>(), L.vPages.as<float>(),
-                        prefill ? m->tables.as<uint32_t>() : nullptr,
+                        m->kv(L), prefill ? m->tables.as<uint32_t>() : nullptr,
                         retrieval ? m->headLengths.as<uint32_t>() : nullptr));
     LIFL_TRY_STR(apply(proj, attn, L.o, n, q, tc));
     LIFL_CU(launchDependent(rmsNormKernel, static_cast<unsigned>(n), 256, normed, x, proj,
@@ -845,11 +899,12 @@ std::string forward(Model* m, uint32_t rows, const uint32_t* tokens, const uint3
 }
 
 std::string timeDecodeAttention(uint32_t batch, uint32_t heads, uint32_t kvHeads, uint32_t headDim,
-                                uint32_t context, int reps, bool inGraph, double* seconds) {
+                                uint32_t context, KvDtype dtype, int reps, bool inGraph,
+                                double* seconds) {
   const uint32_t pagesPerSeq = (context + kPageTokens - 1) / kPageTokens;
   const uint64_t kvDim = uint64_t{kvHeads} * headDim;
   Buffer k, v, qs, out, pos, tables, rowTable;
-  const size_t pageBytes = size_t{batch} * pagesPerSeq * kPageTokens * kvDim * 4;
+  const size_t pageBytes = size_t{batch} * pagesPerSeq * kPageTokens * kvDim * kvBytes(dtype);
   LIFL_TRY_STR(k.reserve(pageBytes));
   LIFL_TRY_STR(v.reserve(pageBytes));
   LIFL_CU(cudaMemset(k.p, 0, pageBytes));
@@ -867,8 +922,8 @@ std::string timeDecodeAttention(uint32_t batch, uint32_t heads, uint32_t kvHeads
   LIFL_TRY_STR(uploadF32(rowTable, rt.data(), rt.size() * 4));
   auto once = [&] {
     return attend(out.as<float>(), qs.as<float>(), batch, pos.as<uint32_t>(), tables.as<uint32_t>(),
-                  rowTable.as<uint32_t>(), context, heads, kvHeads, headDim, k.as<float>(),
-                  v.as<float>());
+                  rowTable.as<uint32_t>(), context, heads, kvHeads, headDim,
+                  KvRef{k.p, v.p, dtype});
   };
   return timeLaunches(reps, once, seconds, inGraph);
 }
@@ -1007,12 +1062,15 @@ namespace {
 struct RetrievedAttention {
   Buffer kWs, vWs, table, copies, headLen, position, rowTable;
   uint32_t maxLen = 0, count = 0, kvHeads = 0, headDim = 0;
+  KvDtype dtype = KvDtype::F32;  ///< of the working set's pages
 
   /// kHost, vHost: the cache's pages as the device addresses them (registered host memory).
   std::string prepare(const uint32_t* blockTable, const std::vector<std::vector<uint32_t>>& lists,
-                      uint32_t kvHeadCount, uint32_t dim, const float* kHost, const float* vHost) {
+                      uint32_t kvHeadCount, uint32_t dim, const float* kHost, const float* vHost,
+                      KvDtype workingSet) {
     kvHeads = kvHeadCount;
     headDim = dim;
+    dtype = workingSet;
     const uint64_t kvDim = uint64_t{kvHeads} * headDim;
     std::vector<WorkingSetCopy> all;
     std::vector<uint32_t> len;
@@ -1033,8 +1091,8 @@ struct RetrievedAttention {
     std::vector<uint32_t> identity(pages);
     for (uint32_t p = 0; p < pages; ++p) identity[p] = p;
     const uint32_t last = maxLen - 1, zero = 0;
-    LIFL_TRY_STR(kWs.reserve(size_t{pages} * kPageTokens * kvDim * 4));
-    LIFL_TRY_STR(vWs.reserve(size_t{pages} * kPageTokens * kvDim * 4));
+    LIFL_TRY_STR(kWs.reserve(size_t{pages} * kPageTokens * kvDim * kvBytes(dtype)));
+    LIFL_TRY_STR(vWs.reserve(size_t{pages} * kPageTokens * kvDim * kvBytes(dtype)));
     LIFL_TRY_STR(uploadF32(table, identity.data(), identity.size() * 4));
     LIFL_TRY_STR(uploadF32(copies, all.data(), all.size() * sizeof(WorkingSetCopy)));
     LIFL_TRY_STR(uploadF32(headLen, len.data(), len.size() * 4));
@@ -1045,13 +1103,12 @@ struct RetrievedAttention {
   /// @param gather false: attend over the rows copied before (a step that re-selects nothing)
   std::string launch(float* out, const float* q, uint32_t heads, bool gather = true) {
     LIFL_TRY_STR(reserveSplitScratch(1, heads, kvHeads, headDim, maxLen));
+    const KvRef ws{kWs.p, vWs.p, dtype};
     if (gather)
-      workingSetKernel<<<std::min<uint32_t>((count + 7) / 8, 1024), 256, 0, currentStream()>>>(
-          kWs.as<float>(), vWs.as<float>(), copies.as<WorkingSetCopy>(), count,
-          table.as<uint32_t>(), rowTable.as<uint32_t>(), kvHeads, headDim);
+      LIFL_TRY_STR(copyWorkingSet(ws, copies.as<WorkingSetCopy>(), count, table.as<uint32_t>(),
+                                  rowTable.as<uint32_t>(), kvHeads, headDim));
     return attend(out, q, 1, position.as<uint32_t>(), table.as<uint32_t>(), rowTable.as<uint32_t>(),
-                  maxLen, heads, kvHeads, headDim, kWs.as<float>(), vWs.as<float>(), nullptr,
-                  headLen.as<uint32_t>());
+                  maxLen, heads, kvHeads, headDim, ws, nullptr, headLen.as<uint32_t>());
   }
 };
 
@@ -1078,13 +1135,13 @@ struct Registered {
 std::string attentionAtHost(float* out, const float* q, uint32_t heads, uint32_t kvHeads,
                             uint32_t headDim, const float* kHost, const float* vHost,
                             uint64_t pageFloats, const uint32_t* blockTable,
-                            const std::vector<std::vector<uint32_t>>& positions) {
+                            const std::vector<std::vector<uint32_t>>& positions, KvDtype dtype) {
   Registered k(kHost, pageFloats * 4), v(vHost, pageFloats * 4);
   if (!k.why.empty()) return k.why;
   if (!v.why.empty()) return v.why;
   RetrievedAttention r;
   LIFL_TRY_STR(r.prepare(blockTable, positions, kvHeads, headDim, static_cast<float*>(k.device),
-                         static_cast<float*>(v.device)));
+                         static_cast<float*>(v.device), dtype));
   Buffer dq, dout;
   LIFL_TRY_STR(uploadF32(dq, q, size_t{heads} * headDim * 4));
   LIFL_TRY_STR(dout.reserve(size_t{heads} * headDim * 4));
@@ -1094,8 +1151,8 @@ std::string attentionAtHost(float* out, const float* q, uint32_t heads, uint32_t
 }
 
 std::string timeRetrievedAttention(uint32_t heads, uint32_t kvHeads, uint32_t headDim,
-                                   uint32_t context, uint32_t rowsPerHead, bool gather, int reps,
-                                   double* seconds) {
+                                   uint32_t context, uint32_t rowsPerHead, bool gather,
+                                   KvDtype dtype, int reps, double* seconds) {
   const uint64_t kvDim = uint64_t{kvHeads} * headDim;
   const uint32_t pages = (context + kPageTokens - 1) / kPageTokens;
   const size_t bytes = size_t{pages} * kPageTokens * kvDim * 4;
@@ -1118,7 +1175,7 @@ std::string timeRetrievedAttention(uint32_t heads, uint32_t kvHeads, uint32_t he
   LIFL_CU(cudaHostGetDevicePointer(reinterpret_cast<void**>(&dk), k, 0));
   LIFL_CU(cudaHostGetDevicePointer(reinterpret_cast<void**>(&dv), v, 0));
   RetrievedAttention r;
-  LIFL_TRY_STR(r.prepare(table.data(), lists, kvHeads, headDim, dk, dv));
+  LIFL_TRY_STR(r.prepare(table.data(), lists, kvHeads, headDim, dk, dv, dtype));
   Buffer dq, dout;
   LIFL_TRY_STR(dq.reserve(size_t{heads} * headDim * 4));
   LIFL_CU(cudaMemset(dq.p, 0, size_t{heads} * headDim * 4));
@@ -1131,11 +1188,16 @@ std::string timeRetrievedAttention(uint32_t heads, uint32_t kvHeads, uint32_t he
 std::string attention(float* out, const float* q, uint64_t rows, const uint32_t* positions,
                       uint32_t heads, uint32_t kvHeads, uint32_t headDim, const float* kPages,
                       const float* vPages, uint64_t pageFloats, const uint32_t* blockTable,
-                      uint32_t blocks) {
+                      uint32_t blocks, KvDtype dtype) {
   Buffer dq, dk, dv, dp, dt, drt, dout;
   LIFL_TRY_STR(uploadF32(dq, q, rows * heads * headDim * 4));
-  LIFL_TRY_STR(uploadF32(dk, kPages, pageFloats * 4));
-  LIFL_TRY_STR(uploadF32(dv, vPages, pageFloats * 4));
+  if (dtype == KvDtype::Bf16) {
+    LIFL_TRY_STR(uploadBf16(dk, kPages, pageFloats));
+    LIFL_TRY_STR(uploadBf16(dv, vPages, pageFloats));
+  } else {
+    LIFL_TRY_STR(uploadF32(dk, kPages, pageFloats * 4));
+    LIFL_TRY_STR(uploadF32(dv, vPages, pageFloats * 4));
+  }
   LIFL_TRY_STR(uploadF32(dp, positions, rows * 4));
   LIFL_TRY_STR(uploadF32(dt, blockTable, size_t{blocks} * 4));
   std::vector<uint32_t> rowTable(rows, 0);
@@ -1148,7 +1210,7 @@ std::string attention(float* out, const float* q, uint64_t rows, const uint32_t*
     consecutive = positions[r] == positions[r - 1] + 1;
   LIFL_TRY_STR(attend(dout.as<float>(), dq.as<float>(), static_cast<uint32_t>(rows),
                       dp.as<uint32_t>(), dt.as<uint32_t>(), drt.as<uint32_t>(), maxContext, heads,
-                      kvHeads, headDim, dk.as<float>(), dv.as<float>(),
+                      kvHeads, headDim, KvRef{dk.p, dv.p, dtype},
                       consecutive ? dt.as<uint32_t>() : nullptr));
   LIFL_CU(cudaMemcpy(out, dout.p, rows * heads * headDim * 4, cudaMemcpyDeviceToHost));
   return "";

@@ -5,7 +5,9 @@
 // Tolerance: both backends compute in fp32 in different orders (and the GPU's exp and sincos
 // differ by ulps), so the norm-wise relative error ||gpu - cpu|| / ||cpu|| is asserted below
 // 1e-5; the linear's weights are rounded to BF16 first, as the device holds them, so both
-// see the same values.
+// see the same values. Attention runs with fp32 and with BF16 pages: with BF16 the CPU rounds
+// its copies of K and V as the device rounds its pages, so the same 1e-5 holds; against fp32
+// pages, BF16's answer must differ (it was rounded) by less than BF16's 2^-8 relative step.
 #include "lifl/gpu/llm_device.h"
 
 #include <gtest/gtest.h>
@@ -175,14 +177,24 @@ TEST_F(LlmKernels, AttentionOverRetrievedRowsInHostMemory) {
   }
   ASSERT_NE(lists[0].size(), lists[1].size());
   const kernels::llm::KvPages cache{k.data(), v.data(), kvHeads, hd};
-  std::vector<float> cpu(q.size()), gpu(q.size(), std::nanf(""));
-  ASSERT_TRUE(
-      attentionAt(Backend::Cpu, cpu.data(), q.data(), heads, cache, pageFloats, table, lists)
-          .has_value());
-  auto done =
-      attentionAt(Backend::Cuda, gpu.data(), q.data(), heads, cache, pageFloats, table, lists);
-  ASSERT_TRUE(done.has_value()) << done.error().detail;
-  EXPECT_LT(relative(gpu, cpu), kTolerance);
+  std::vector<float> cpu(q.size()), gpu(q.size(), std::nanf("")), f32;
+  for (KvDtype dtype : {KvDtype::F32, KvDtype::Bf16}) {
+    SCOPED_TRACE(dtype == KvDtype::Bf16 ? "BF16 working set" : "fp32 working set");
+    std::fill(gpu.begin(), gpu.end(), std::nanf(""));
+    ASSERT_TRUE(attentionAt(Backend::Cpu, cpu.data(), q.data(), heads, cache, pageFloats, table,
+                            lists, dtype)
+                    .has_value());
+    auto done = attentionAt(Backend::Cuda, gpu.data(), q.data(), heads, cache, pageFloats, table,
+                            lists, dtype);
+    ASSERT_TRUE(done.has_value()) << done.error().detail;
+    EXPECT_LT(relative(gpu, cpu), kTolerance);
+    if (dtype == KvDtype::F32) {
+      f32 = gpu;
+    } else {
+      EXPECT_GT(relative(gpu, f32), kTolerance);
+      EXPECT_LT(relative(gpu, f32), 1.0 / 256);
+    }
+  }
   // Against full attention over all positions the answer differs: the lists matter.
   std::vector<float> full(q.size());
   const uint32_t last = context - 1;
@@ -220,14 +232,24 @@ TEST_F(LlmKernels, PagedCausalGqaAttention) {
       const uint64_t rows = pos.size();
       auto q = random(rows * heads * hd);
       const kernels::llm::KvPages cache{k.data(), v.data(), kvHeads, hd};
-      std::vector<float> cpu(rows * heads * hd), gpu(rows * heads * hd, std::nanf(""));
-      ASSERT_TRUE(attention(Backend::Cpu, cpu.data(), q.data(), rows, pos.data(), heads, cache,
-                            pageFloats, table)
-                      .has_value());
-      ASSERT_TRUE(attention(Backend::Cuda, gpu.data(), q.data(), rows, pos.data(), heads, cache,
-                            pageFloats, table)
-                      .has_value());
-      EXPECT_LT(relative(gpu, cpu), kTolerance) << rows << " rows from position " << pos[0];
+      std::vector<float> cpu(rows * heads * hd), gpu(rows * heads * hd), f32;
+      for (KvDtype dtype : {KvDtype::F32, KvDtype::Bf16}) {
+        SCOPED_TRACE(dtype == KvDtype::Bf16 ? "BF16 pages" : "fp32 pages");
+        std::fill(gpu.begin(), gpu.end(), std::nanf(""));
+        ASSERT_TRUE(attention(Backend::Cpu, cpu.data(), q.data(), rows, pos.data(), heads, cache,
+                              pageFloats, table, dtype)
+                        .has_value());
+        ASSERT_TRUE(attention(Backend::Cuda, gpu.data(), q.data(), rows, pos.data(), heads, cache,
+                              pageFloats, table, dtype)
+                        .has_value());
+        EXPECT_LT(relative(gpu, cpu), kTolerance) << rows << " rows from position " << pos[0];
+        if (dtype == KvDtype::F32) {
+          f32 = gpu;
+        } else {
+          EXPECT_GT(relative(gpu, f32), kTolerance);
+          EXPECT_LT(relative(gpu, f32), 1.0 / 256);
+        }
+      }
     }
   }
 }

@@ -52,6 +52,9 @@ QuantMatrix quantize(const float* w, uint64_t out, uint64_t in, uint32_t bits);
 /// rows > 1), dequantising on the fly.
 void matmulQuant(float* y, const float* x, const QuantMatrix& w, uint64_t rows);
 
+/// x rounded to BF16, to nearest even (NaN kept): what a BF16 KV page holds of x.
+float roundToBf16(float x);
+
 /// One layer's KV cache: pages of kPageTokens rows of kvHeads * headDim values, K and V apart.
 struct KvPages {
   float* k = nullptr;

@@ -86,7 +86,7 @@ class PinnedMemory {
 /// benchmark's measurement; CUDA only): launches one after another, or (inGraph) replayed
 /// from one CUDA graph, as the decode step runs them.
 Result<double> timeDecodeAttention(uint32_t batch, uint32_t heads, uint32_t kvHeads,
-                                   uint32_t headDim, uint32_t context, int reps,
+                                   uint32_t headDim, uint32_t context, KvDtype dtype, int reps,
                                    bool inGraph = false);
 
 // Single kernels on host data, on either backend (the CUDA linear holds W in BF16).
@@ -114,17 +114,22 @@ Result<double> timeLaunchFloor(uint32_t blocks, uint32_t threads, int reps, bool
 Result<double> timeLinear(int kind, uint64_t rows, uint64_t in, uint64_t out, int reps,
                           bool inGraph = false);
 
+/// Paged attention (kernels::llm::attention) with the pages held as `dtype`: on the device,
+/// BF16 pages take the cache's values rounded to BF16 (kernels::llm::roundToBf16), and the
+/// CPU rounds copies of them alike.
 Result<void> attention(Backend b, float* out, const float* q, uint64_t rows,
                        const uint32_t* positions, uint32_t heads,
                        const kernels::llm::KvPages& cache, uint64_t pageFloats,
-                       std::span<const uint32_t> blockTable);
+                       std::span<const uint32_t> blockTable, KvDtype dtype = KvDtype::F32);
 /// One query row's attention over per-KV-head lists of positions (kernels::llm::attentionAt):
 /// KV retrieval's attention. On CUDA the cache stays in host memory and the listed K/V rows
-/// are read from it zero-copy into a working set on the device.
+/// are read from it zero-copy into a working set of `dtype` pages on the device (the CPU
+/// rounds as attention does).
 Result<void> attentionAt(Backend b, float* out, const float* q, uint32_t heads,
                          const kernels::llm::KvPages& cache, uint64_t pageFloats,
                          std::span<const uint32_t> blockTable,
-                         std::span<const std::vector<uint32_t>> positions);
+                         std::span<const std::vector<uint32_t>> positions,
+                         KvDtype dtype = KvDtype::F32);
 /// k-means of a prompt's keys (kernels::llm::kmeans, same results up to fp32 ties). On CUDA
 /// for head dims that are multiples of 32 up to 256; others take the CPU kernel.
 Result<void> kmeans(Backend b, const float* keys, uint32_t n, uint32_t kvHeads, uint32_t headDim,
@@ -134,6 +139,6 @@ Result<void> kmeans(Backend b, const float* keys, uint32_t n, uint32_t kvHeads, 
 /// attention alone over rows gathered before.
 Result<double> timeRetrievedAttention(uint32_t heads, uint32_t kvHeads, uint32_t headDim,
                                       uint32_t context, uint32_t rowsPerHead, bool gather,
-                                      int reps);
+                                      KvDtype dtype, int reps);
 
 }  // namespace lifl::gpu::llm

@@ -6,6 +6,11 @@
 
 namespace lifl::gpu::llm {
 
+/// How the paged KV cache holds K and V (--kv-cache): BF16 (the default), half the memory
+/// and half the bytes decode attention reads; or fp32, which the CPU reference matches to
+/// fp32 rounding. Attention computes in fp32 either way.
+enum class KvDtype : uint8_t { Bf16, F32 };
+
 struct Shape {
   uint32_t hidden = 0, inter = 0, layers = 0, heads = 0, kvHeads = 0, headDim = 0, vocab = 0;
   uint32_t maxPages = 0;  ///< KV pages per layer
@@ -15,6 +20,7 @@ struct Shape {
   /// tensor cores,
   /// their activations rounded to BF16; else every linear keeps fp32 activations.
   bool tensorCores = false;
+  KvDtype kv = KvDtype::F32;
 };
 
 /// A linear layer's [out][in] weight in host memory: fp32 (held as BF16 on the device), or
