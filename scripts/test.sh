@@ -3,7 +3,7 @@
 # (unit tests, and integration tests that start real `lifl up` processes on loopback).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash scripts/setup.sh
+bash scripts/setup.sh --hugepages  # the DPDK router's tests need them
 bash scripts/build.sh
 cd build
 ctest --output-on-failure --timeout 600 -j 2 "$@"

@@ -6,7 +6,9 @@
 // update and averages at the end (as Flower's server does), in the same run.
 //
 //   bench_round [--clients N ...] [--params P ...] [--uploaders 4] [--rounds 2]
-// Lists of N and P run every combination (e.g. --clients 100 1000 --params 1000000 11200000).
+//               [--routers ebpf userspace dpdk]
+// Lists of N and P run every combination (e.g. --clients 100 1000 --params 1000000 11200000);
+// --routers runs the hierarchical design on each router named (the baseline on the first).
 #include <atomic>
 #include <cstdio>
 #include <cstring>
@@ -40,7 +42,7 @@ struct RoundResult {
 
 std::vector<RoundResult> runDesign(const Design& design, const std::string& lifl, uint32_t n,
                                    size_t params, const std::vector<char>& body, uint32_t uploaders,
-                                   uint32_t rounds) {
+                                   uint32_t rounds, const std::string& router) {
   std::vector<RoundResult> out(rounds);
   const uint64_t updateBytes = body.size();
   // The buffered baseline needs every update in the store at once; the hierarchy a few.
@@ -52,7 +54,7 @@ std::vector<RoundResult> runDesign(const Design& design, const std::string& lifl
       r.why = "needs a " + std::to_string(storeBytes >> 30) + " GiB store (all updates held)";
     return out;
   }
-  bench::PlatformProcess platform(lifl, storeBytes);
+  bench::PlatformProcess platform(lifl, storeBytes, {"--router", router});
   if (!platform.up()) {
     for (auto& r : out) r.why = "lifl up did not start";
     return out;
@@ -152,6 +154,12 @@ int main(int argc, char** argv) {
   const auto paramCounts = listArg(argc, argv, "--params", {1'000'000});
   const auto uploaders = static_cast<uint32_t>(listArg(argc, argv, "--uploaders", {4})[0]);
   const auto rounds = static_cast<uint32_t>(listArg(argc, argv, "--rounds", {2})[0]);
+  std::vector<std::string> routers;
+  for (int i = 1; i < argc; ++i) {
+    if (std::strcmp(argv[i], "--routers") != 0) continue;
+    for (int j = i + 1; j < argc && argv[j][0] != '-'; ++j) routers.push_back(argv[j]);
+  }
+  if (routers.empty()) routers.push_back("ebpf");
   const std::string lifl = bench::liflBinary();
   const Design designs[] = {
       {"hierarchical-eager", nlohmann::json::object(), false},
@@ -160,32 +168,36 @@ int main(int argc, char** argv) {
   std::printf("end-to-end rounds, %u uploaders, %u rounds each (the first on a fresh store)\n",
               uploaders, rounds);
   bench::rule(132);
-  std::printf("%-20s %6s %10s %6s | %10s %14s %10s %10s %22s  %s\n", "design", "N", "params",
+  std::printf("%-26s %6s %10s %6s | %10s %14s %10s %10s %22s  %s\n", "design/router", "N", "params",
               "round", "round s", "last->model s", "CPU s", "peak MB", "(store+private, procs)",
               "");
   bench::rule(132);
   for (uint64_t n : clientCounts) {
     for (uint64_t p : paramCounts) {
       const auto body = bench::randomUpdateBody(p, 11);
-      for (const auto& design : designs) {
-        auto results =
-            runDesign(design, lifl, static_cast<uint32_t>(n), p, body, uploaders, rounds);
-        for (uint32_t r = 0; r < results.size(); ++r) {
-          const auto& x = results[r];
-          if (!x.ok && x.wall == 0) {
-            std::printf("%-20s %6llu %10llu %6u | %s\n", design.name,
-                        static_cast<unsigned long long>(n), static_cast<unsigned long long>(p),
-                        r + 1, x.why.c_str());
-            continue;
+      for (const auto& router : routers)
+        for (const auto& design : designs) {
+          if (design.holdsAll && router != routers.front()) continue;
+          const std::string name = std::string(design.name) + "/" + router;
+          auto results =
+              runDesign(design, lifl, static_cast<uint32_t>(n), p, body, uploaders, rounds, router);
+          for (uint32_t r = 0; r < results.size(); ++r) {
+            const auto& x = results[r];
+            if (!x.ok && x.wall == 0) {
+              std::printf("%-26s %6llu %10llu %6u | %s\n", name.c_str(),
+                          static_cast<unsigned long long>(n), static_cast<unsigned long long>(p),
+                          r + 1, x.why.c_str());
+              continue;
+            }
+            std::printf(
+                "%-26s %6llu %10llu %6u | %10.3f %14.3f %10.2f %10.1f %8.1f+%6.1f, %4u  %s\n",
+                name.c_str(), static_cast<unsigned long long>(n),
+                static_cast<unsigned long long>(p), r + 1, x.wall, x.lastToModel, x.cpu,
+                static_cast<double>(x.peak.total()) / 1e6,
+                static_cast<double>(x.peak.storeBytes) / 1e6,
+                static_cast<double>(x.peak.privateBytes) / 1e6, x.peak.processes, x.why.c_str());
           }
-          std::printf(
-              "%-20s %6llu %10llu %6u | %10.3f %14.3f %10.2f %10.1f %8.1f+%6.1f, %4u  %s\n",
-              design.name, static_cast<unsigned long long>(n), static_cast<unsigned long long>(p),
-              r + 1, x.wall, x.lastToModel, x.cpu, static_cast<double>(x.peak.total()) / 1e6,
-              static_cast<double>(x.peak.storeBytes) / 1e6,
-              static_cast<double>(x.peak.privateBytes) / 1e6, x.peak.processes, x.why.c_str());
         }
-      }
     }
   }
   bench::rule(132);

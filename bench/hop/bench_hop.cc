@@ -1,9 +1,11 @@
 // Hop latency and cost: a descriptor round trip through the LIFL router and a real function
 // instance (the `example.echo` function in a `lifl instance` process, so the function
 // runtime is included), against, in the same run: the raw sk_msg ping-pong (two sockets in
-// the same SOCKHASH, no runtime), a plain loopback TCP ping-pong, the userspace router, and an
-// HTTP request through nginx as a reverse proxy (what a Knative queue-proxy sidecar costs).
-// Round trip = two hops (there and back). CPU is user+system of every process involved.
+// the same SOCKHASH, no runtime), a plain loopback TCP ping-pong, the userspace router, the
+// DPDK router (rings in hugepages, busy-polled and adaptive), and an HTTP request through
+// nginx as a reverse proxy (what a Knative queue-proxy sidecar costs). Round trip = two hops
+// (there and back). CPU is user+system of every process involved; CPU us per round trip is
+// also CPU-seconds per million round trips.
 #include <arpa/inet.h>
 #include <limits.h>
 #include <netinet/in.h>
@@ -97,33 +99,71 @@ std::thread echoThread(int fd, bool swapIds) {
   });
 }
 
-Row routerWithRuntime(const std::string& kind, const std::string& lifl, int iters) {
+/// What the DPDK rows add: the echo instance's CPU while it waits for nothing, after the
+/// round trips (adaptive polling must not burn a core when idle).
+struct Idle {
+  double coreShare = -1;  ///< of one core, over kIdleSeconds
+};
+constexpr double kIdleSeconds = 2;
+
+/// Pins the calling thread to `cpu`, or lets it run anywhere (cpu < 0).
+void pinTo(pid_t pid, int cpu) {
+  cpu_set_t set;
+  CPU_ZERO(&set);
+  if (cpu >= 0)
+    CPU_SET(cpu, &set);
+  else
+    for (int c = 0; c < CPU_SETSIZE; ++c) CPU_SET(c, &set);
+  sched_setaffinity(pid, sizeof(set), &set);
+}
+
+Row routerWithRuntime(const std::string& kind, const std::string& lifl, int iters,
+                      const RouterOptions& options = {}, const std::string& label = "",
+                      Idle* idle = nullptr) {
+  const std::string name =
+      "LIFL hop, " + kind + (label.empty() ? "" : " " + label) + " router + function runtime";
   auto store = ObjectStore::create(
       {"/dev/shm/lifl-bench-hop-" + std::to_string(getpid()), 64ull << 20, false});
-  auto router = makeRouter(kind);
+  auto router = makeRouter(kind, options);
   if (!store || !router) {
     std::fprintf(stderr, "%s router unavailable: %s\n", kind.c_str(),
                  (!store ? store.error() : router.error()).toString().c_str());
-    return Row{"LIFL hop, " + kind + " router + runtime"};
+    return Row{name};
   }
-  auto sock = router.value()->attach(kAgentInstance);
-  Endpoint agent(std::move(sock).value(), kAgentInstance);
+  auto attached = router.value()->attachHere(kAgentInstance);
+  if (!attached) {
+    std::fprintf(stderr, "%s router: %s\n", kind.c_str(), attached.error().toString().c_str());
+    return Row{name};
+  }
+  Endpoint& agent = *attached.value();
   Supervisor sup(*router.value(), *store.value(), agent, lifl, 1);
   (void)sup.start();
   auto echo = sup.acquire("example.echo", nlohmann::json::object());
   const InstanceId id = echo.value();
   const pid_t pid = sup.pidOf(id);
+  // A polling instance has a core of its own, as D-SPRIGHT gives each function one: on the
+  // sender's core it would spin away the sender's time slices.
   Descriptor d{};
   d.dst = id;
   d.kind = DescriptorKind::Event;
+  if (kind == "dpdk") {  // after a round trip: the instance has joined DPDK (which pins it)
+    if (agent.send(d)) (void)agent.receive(5000);
+    pinTo(0, 0);
+    pinTo(pid, 1);
+  }
   Row row = measure(
-      "LIFL hop, " + kind + " router + function runtime", iters,
+      name, iters,
       [&] {
         if (!agent.send(d)) return false;
         auto r = agent.receive(-1);
         return r && r.value().has_value();
       },
       [&] { return bench::processCpu() + bench::pidCpu(pid); });
+  if (idle) {
+    const double c0 = bench::pidCpu(pid);
+    ::usleep(static_cast<useconds_t>(kIdleSeconds * 1e6));
+    idle->coreShare = (bench::pidCpu(pid) - c0) / kIdleSeconds;
+  }
   sup.stop();
   return row;
 }
@@ -321,6 +361,19 @@ int main(int argc, char** argv) {
 
   Row ebpf = routerWithRuntime("ebpf", lifl, iters);
   Row user = routerWithRuntime("userspace", lifl, iters);
+  // The DPDK rows: the instance on CPU 1, the agent side on CPU 0 (set inside), whatever the
+  // pinning of the others; the process goes back to its mask afterwards.
+  cpu_set_t mask;
+  sched_getaffinity(0, sizeof(mask), &mask);
+  pinTo(0, -1);
+  RouterOptions busyOptions, adaptiveOptions;
+  busyOptions.dpdkPrefix = adaptiveOptions.dpdkPrefix = "lifl-bench-hop";
+  busyOptions.dpdkPolling = DpdkPolling::Busy;
+  Idle busyIdle, adaptiveIdle;
+  Row busy = routerWithRuntime("dpdk", lifl, iters, busyOptions, "(busy)", &busyIdle);
+  Row adaptive =
+      routerWithRuntime("dpdk", lifl, iters, adaptiveOptions, "(adaptive)", &adaptiveIdle);
+  sched_setaffinity(0, sizeof(mask), &mask);
   Row raw = rawSkMsg(iters);
   Row tcp = tcpPingPong(iters);
 
@@ -361,8 +414,19 @@ int main(int argc, char** argv) {
   std::printf("%-52s %9s %9s %12s %12s\n", "path", "p50 us", "p99 us", "round trips/s",
               "CPU us/rt");
   bench::rule(100);
-  for (const Row* r : {&ebpf, &user, &raw, &tcp, &direct, &proxied}) print(*r);
+  for (const Row* r : {&ebpf, &user, &busy, &adaptive, &raw, &tcp, &direct, &proxied}) print(*r);
   bench::rule(100);
+  if (busy.ok && adaptive.ok) {
+    std::printf(
+        "DPDK hop p50: busy %.2f us (target <= 1), adaptive %.2f us (%.2fx busy, target "
+        "<= 2x)\n",
+        busy.p50 / 2, adaptive.p50 / 2, adaptive.p50 / busy.p50);
+    std::printf(
+        "an idle instance's CPU over %.0f s: busy %.1f%% of a core, adaptive %.2f%% "
+        "(target < 2%%)\n",
+        kIdleSeconds, busyIdle.coreShare * 100, adaptiveIdle.coreShare * 100);
+    if (ebpf.ok) std::printf("eBPF hop p50 / DPDK busy hop p50 = %.1fx\n", ebpf.p50 / busy.p50);
+  }
   if (ebpf.ok && raw.ok)
     std::printf("LIFL eBPF hop p50 / raw sk_msg p50 = %.2f (target <= 1.3)\n", ebpf.p50 / raw.p50);
   if (ebpf.ok && user.ok)

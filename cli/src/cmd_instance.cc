@@ -20,7 +20,7 @@ int cmdInstance(int argc, char** argv) {
   if (auto dropped = dropAllCapabilities(); !dropped) return fail(dropped.error());
   if (args.value().wantsHelp()) {
     std::puts(
-        "usage: lifl instance --id N --fd FD --store PATH --agent-pid PID\n"
+        "usage: lifl instance --id N (--fd FD | --dpdk PREFIX) --store PATH --agent-pid PID\n"
         "                     [--processed OFFSET:LENGTH:GENERATION] [--user UID:GID]\n"
         "Started by the agent: runs one function instance of the warm pool. Not for users.");
     return 0;
@@ -34,8 +34,11 @@ int cmdInstance(int argc, char** argv) {
   fn::registerExampleFunctions(registry);
   fn::registerFlFunctions(registry);
   fn::registerLlmFunctions(registry);
-  fn::InstanceOptions options{static_cast<InstanceId>(id.value()), static_cast<int>(fd.value()),
-                              args.value().get("store"), static_cast<pid_t>(agent.value()),
+  fn::InstanceOptions options{static_cast<InstanceId>(id.value()),
+                              static_cast<int>(fd.value()),
+                              args.value().get("dpdk"),
+                              args.value().get("store"),
+                              static_cast<pid_t>(agent.value()),
                               std::nullopt};
   if (args.value().has("processed")) {
     dataplane::ObjectHandle h{};

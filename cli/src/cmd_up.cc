@@ -20,7 +20,7 @@ namespace lifl::cli {
 namespace {
 constexpr const char* kUpHelp =
     "usage: lifl up [--port 8080] [--bind 127.0.0.1] [--data-dir DIR] [--config FILE]\n"
-    "               [--router ebpf|userspace] [--store-bytes N] [--warm-pool N]\n"
+    "               [--router ebpf|userspace|dpdk] [--store-bytes N] [--warm-pool N]\n"
     "               [--port-file FILE] [--auth] [--model DIR [--model-name NAME]\n"
     "               [--quantize int8|int4] [--model-device cpu|cuda]\n"
     "               [--model-gemm cublas|exact] [--model-kv-cache bf16|f32]\n"

@@ -57,10 +57,10 @@ Result<std::unique_ptr<Agent>> Agent::start(AgentConfig config, Planner planner,
   }
   LIFL_TRY(created, ObjectStore::create(store));
   agent->store_ = std::move(created);
-  LIFL_TRY(router, makeRouter(c.router));
+  LIFL_TRY(router, makeRouter(c.router, c.routerOptions(store.path)));
   agent->router_ = std::move(router);
-  LIFL_TRY(sock, agent->router_->attach(kAgentInstance));
-  agent->endpoint_ = std::make_unique<Endpoint>(std::move(sock), kAgentInstance);
+  LIFL_TRY(endpoint, agent->router_->attachHere(kAgentInstance));
+  agent->endpoint_ = std::move(endpoint);
   agent->metrics_ = std::make_unique<Metrics>();
   agent->supervisor_ = std::make_unique<Supervisor>(
       *agent->router_, *agent->store_, *agent->endpoint_, std::move(executable), c.warmPool);

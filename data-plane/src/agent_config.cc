@@ -1,6 +1,7 @@
 #include "lifl/dataplane/agent_config.h"
 
 #include <algorithm>
+#include <filesystem>
 #include <fstream>
 #include <sstream>
 
@@ -19,8 +20,8 @@ Result<AgentConfig> parseAgentConfig(const std::string& yaml) {
     YAML::Node root = YAML::Load(yaml);
     if (!root || root.IsNull()) return c;
     LIFL_TRYV(checkKeys(root, "",
-                        {"bind", "port", "data_dir", "router", "store", "functions", "gateway",
-                         "log_level", "cluster", "security"}));
+                        {"bind", "port", "data_dir", "router", "dpdk", "store", "functions",
+                         "gateway", "log_level", "cluster", "security"}));
     read(root, "bind", c.bind);
     int port = c.port;
     read(root, "port", port);
@@ -29,6 +30,16 @@ Result<AgentConfig> parseAgentConfig(const std::string& yaml) {
     read(root, "data_dir", c.dataDir);
     read(root, "router", c.router);
     read(root, "log_level", c.logLevel);
+    if (auto d = root["dpdk"]) {
+      LIFL_TRYV(checkKeys(d, "dpdk", {"polling", "spin_us"}));
+      std::string polling = "adaptive";
+      read(d, "polling", polling);
+      if (polling != "adaptive" && polling != "busy")
+        return configError("dpdk.polling must be adaptive or busy");
+      c.dpdkPolling = polling == "busy" ? DpdkPolling::Busy : DpdkPolling::Adaptive;
+      read(d, "spin_us", c.dpdkSpinMicros);
+      if (c.dpdkSpinMicros > 1000000) return configError("dpdk.spin_us must be at most 1000000");
+    }
     if (auto s = root["store"]) {
       LIFL_TRYV(checkKeys(s, "store", {"path", "bytes", "hugepages", "hugepage_dir"}));
       read(s, "path", c.storePath);
@@ -104,8 +115,12 @@ Result<AgentConfig> parseAgentConfig(const std::string& yaml) {
   } catch (const YAML::Exception& e) {
     return configError(std::string("config: ") + e.what());
   }
-  if (c.router != "ebpf" && c.router != "userspace")
-    return configError("router must be ebpf or userspace");
+  if (c.router != "ebpf" && c.router != "userspace" && c.router != "dpdk")
+    return configError("router must be ebpf, userspace or dpdk");
+  if (c.router == "dpdk" && !c.functionsUser.empty())
+    return configError(
+        "router: dpdk runs the instances as the agent's user (they share its DPDK memory); "
+        "functions.user cannot be set with it");
   LIFL_TRYV(checkServerTlsFiles(c.gatewayTls, "gateway.tls_"));
   if (c.cluster.tls.certFile.empty() != c.cluster.tls.keyFile.empty())
     return configError("cluster.cert_file and cluster.key_file go together");
@@ -119,6 +134,14 @@ Result<AgentConfig> parseAgentConfig(const std::string& yaml) {
   if (c.cluster.requestTimeoutSeconds <= 0)
     return configError("cluster.request_timeout_seconds must be positive");
   return c;
+}
+
+RouterOptions AgentConfig::routerOptions(const std::string& resolvedStorePath) const {
+  RouterOptions o;
+  o.dpdkPrefix = std::filesystem::path(resolvedStorePath).filename().string();
+  o.dpdkPolling = dpdkPolling;
+  o.spinMicros = dpdkSpinMicros;
+  return o;
 }
 
 Result<AgentConfig> loadAgentConfig(const std::string& path) {

@@ -8,10 +8,10 @@
 
 namespace lifl::dataplane {
 
-Endpoint::Endpoint(UniqueFd fd, InstanceId self) : fd_(std::move(fd)), self_(self) {}
+SocketEndpoint::SocketEndpoint(UniqueFd fd, InstanceId self) : Endpoint(self), fd_(std::move(fd)) {}
 
-Result<void> Endpoint::send(Descriptor d) {
-  d.src = self_;
+Result<void> SocketEndpoint::send(Descriptor d) {
+  d.src = self();
   std::lock_guard lock(sendMutex_);
   const auto* p = reinterpret_cast<const char*>(&d);
   size_t left = sizeof(d);
@@ -29,9 +29,9 @@ Result<void> Endpoint::send(Descriptor d) {
   return success();
 }
 
-void Endpoint::shutdownReceive() { ::shutdown(fd_.get(), SHUT_RD); }
+void SocketEndpoint::shutdownReceive() { ::shutdown(fd_.get(), SHUT_RD); }
 
-Result<std::optional<Descriptor>> Endpoint::receive(int timeoutMs) {
+Result<std::optional<Descriptor>> SocketEndpoint::receive(int timeoutMs) {
   while (end_ - begin_ < sizeof(Descriptor)) {
     if (begin_ > 0) {  // keep the partial frame at the start of the buffer
       std::memmove(buffer_, buffer_ + begin_, end_ - begin_);

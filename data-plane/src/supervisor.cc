@@ -43,10 +43,16 @@ Result<InstanceId> Supervisor::spawnLocked() {
   LIFL_TRY(sock, router_.attach(id));
   posix_spawn_file_actions_t actions;
   posix_spawn_file_actions_init(&actions);
-  posix_spawn_file_actions_adddup2(&actions, sock.get(), 3);  // dup2 clears FD_CLOEXEC
   const std::string idArg = std::to_string(id), agentArg = std::to_string(::getpid());
-  std::vector<std::string> args = {executable_, "instance", "--id",        idArg,         "--fd",
-                                   "3",         "--store",  store_.path(), "--agent-pid", agentArg};
+  std::vector<std::string> args = {executable_, "instance",    "--id",        idArg,
+                                   "--store",   store_.path(), "--agent-pid", agentArg};
+  if (sock) {  // a socket the instance inherits as fd 3 (dup2 clears FD_CLOEXEC)
+    posix_spawn_file_actions_adddup2(&actions, sock.get(), 3);
+    args.insert(args.end(), {"--fd", "3"});
+  } else {  // a ring it opens itself (DPDK)
+    const auto endpoint = router_.endpointArgs();
+    args.insert(args.end(), endpoint.begin(), endpoint.end());
+  }
   if (instanceUser_) {
     args.push_back("--user");
     args.push_back(std::to_string(instanceUser_->first) + ":" +

@@ -161,10 +161,12 @@ Result<std::unique_ptr<Router>> makeUserspaceRouter() {
   return std::unique_ptr<Router>(std::make_unique<UserspaceRouter>());
 }
 
-Result<std::unique_ptr<Router>> makeRouter(std::string_view kind) {
+Result<std::unique_ptr<Router>> makeRouter(std::string_view kind, const RouterOptions& options) {
   if (kind == "ebpf") return makeEbpfRouter();
   if (kind == "userspace") return makeUserspaceRouter();
-  return badRequest("invalid_config", "router must be ebpf or userspace, not " + std::string(kind));
+  if (kind == "dpdk") return makeDpdkRouter(options);
+  return badRequest("invalid_config",
+                    "router must be ebpf, userspace or dpdk, not " + std::string(kind));
 }
 
 }  // namespace lifl::dataplane

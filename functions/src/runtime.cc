@@ -8,6 +8,7 @@
 
 #include "lifl/common/log.h"
 #include "lifl/common/scope_exit.h"
+#include "lifl/dataplane/router.h"
 #include "lifl/functions/held_objects.h"
 #include "lifl/functions/sdk.h"
 
@@ -45,7 +46,18 @@ int runInstance(const InstanceOptions& options) {
     LIFL_ERROR(store.error().toString());
     return 2;
   }
-  dataplane::Endpoint endpoint(UniqueFd(options.endpointFd), options.id);
+  std::unique_ptr<dataplane::Endpoint> opened;
+  if (options.dpdkPrefix.empty()) {
+    opened = std::make_unique<dataplane::SocketEndpoint>(UniqueFd(options.endpointFd), options.id);
+  } else {
+    auto ring = dataplane::openDpdkEndpoint(options.dpdkPrefix, options.id);
+    if (!ring) {
+      LIFL_ERROR(ring.error().toString());
+      return 2;
+    }
+    opened = std::move(ring).value();
+  }
+  dataplane::Endpoint& endpoint = *opened;
   uint64_t unused = 0;
   uint64_t* processed = &unused;
   if (options.processedCounter) {

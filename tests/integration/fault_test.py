@@ -10,7 +10,8 @@ import unittest
 
 import numpy as np
 
-from lifl_harness import PlatformTestCase, assert_model_equal, fedavg, job_spec, random_update
+from lifl_harness import (PlatformTestCase, assert_model_equal, dpdk_missing, fedavg, job_spec,
+                          random_update)
 
 CLIENTS = 40
 
@@ -117,6 +118,11 @@ class KillAggregators(PlatformTestCase):
 
 class KillAggregatorsUserspace(KillAggregators):
     router = "userspace"
+
+
+@unittest.skipIf(dpdk_missing(), dpdk_missing())
+class KillAggregatorsDpdk(KillAggregators):
+    router = "dpdk"
 
 
 if __name__ == "__main__":

@@ -5,7 +5,7 @@ import unittest
 
 import numpy as np
 
-from lifl_harness import (MODEL, PlatformTestCase, assert_model_equal, fedavg, job_spec,
+from lifl_harness import (MODEL, PlatformTestCase, assert_model_equal, dpdk_missing, fedavg, job_spec,
                           random_update)
 
 
@@ -116,6 +116,11 @@ class FedAvgEbpf(PlatformTestCase):
 
 class FedAvgUserspace(FedAvgEbpf):
     router = "userspace"
+
+
+@unittest.skipIf(dpdk_missing(), dpdk_missing())
+class FedAvgDpdk(FedAvgEbpf):
+    router = "dpdk"
 
 
 if __name__ == "__main__":

@@ -164,6 +164,18 @@ def failed_so_far(case: unittest.TestCase) -> bool:
         test is case for test, _ in list(result.errors) + list(result.failures))
 
 
+def dpdk_missing():
+    """Why the DPDK router cannot run here, or None: it needs root and free hugepages
+    (scripts/setup.sh --hugepages, which the test command runs)."""
+    if os.geteuid() != 0:
+        return "the DPDK router needs root (CI runs as root)"
+    with open("/proc/meminfo") as f:
+        free = next((int(line.split()[1]) for line in f if line.startswith("HugePages_Free:")), 0)
+    if free < 64:
+        return f"{free} free hugepages here, 64 needed (scripts/setup.sh --hugepages)"
+    return None
+
+
 class PlatformTestCase(unittest.TestCase):
     """Starts one platform per test; prints its log when the test fails."""
     router = "ebpf"

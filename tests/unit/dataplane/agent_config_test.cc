@@ -31,7 +31,11 @@ gateway: {threads: 3}
 }
 
 TEST(AgentConfig, RejectsBadConfigs) {
-  for (const char* bad : {"router: dpdk",
+  for (const char* bad : {"router: sockets",
+                          "router: dpdk\nfunctions: {user: lifl-fn}",
+                          "dpdk: {polling: sometimes}",
+                          "dpdk: {spin: 10}",
+                          "dpdk: {spin_us: 2000000}",
                           "prot: 80",
                           "store: {bytes: 10}",
                           "port: 70000",
@@ -56,6 +60,23 @@ TEST(AgentConfig, RejectsBadConfigs) {
     ASSERT_FALSE(c) << bad;
     EXPECT_EQ(c.error().code, "invalid_config") << bad;
   }
+}
+
+TEST(AgentConfig, DpdkRouterAndItsPolling) {
+  auto c = parseAgentConfig("router: dpdk\ndpdk: {polling: busy, spin_us: 20}");
+  ASSERT_TRUE(c) << c.error().toString();
+  EXPECT_EQ(c.value().router, "dpdk");
+  EXPECT_EQ(c.value().dpdkPolling, DpdkPolling::Busy);
+  EXPECT_EQ(c.value().dpdkSpinMicros, 20u);
+  // The prefix is the node's: its store segment's name, whatever the directory.
+  const auto o = c.value().routerOptions("/dev/shm/lifl-00000000deadbeef");
+  EXPECT_EQ(o.dpdkPrefix, "lifl-00000000deadbeef");
+  EXPECT_EQ(o.dpdkPolling, DpdkPolling::Busy);
+  EXPECT_EQ(o.spinMicros, 20u);
+  auto defaults = parseAgentConfig("router: dpdk");
+  ASSERT_TRUE(defaults);
+  EXPECT_EQ(defaults.value().dpdkPolling, DpdkPolling::Adaptive);
+  EXPECT_EQ(defaults.value().dpdkSpinMicros, 50u);
 }
 
 TEST(AgentConfig, ClusterAndScalingKeys) {

@@ -15,7 +15,7 @@ namespace {
 TEST(Endpoint, ReassemblesSplitAndCoalescedFrames) {
   int sv[2];
   ASSERT_EQ(::socketpair(AF_UNIX, SOCK_STREAM, 0, sv), 0);
-  Endpoint receiver(UniqueFd(sv[0]), 2);
+  SocketEndpoint receiver(UniqueFd(sv[0]), 2);
   UniqueFd writer(sv[1]);
   constexpr int kCount = 500;
   std::vector<Descriptor> sent(kCount);
@@ -55,7 +55,7 @@ TEST(Endpoint, ReassemblesSplitAndCoalescedFrames) {
 TEST(Endpoint, SendStampsSource) {
   int sv[2];
   ASSERT_EQ(::socketpair(AF_UNIX, SOCK_STREAM, 0, sv), 0);
-  Endpoint a(UniqueFd(sv[0]), 5), b(UniqueFd(sv[1]), 6);
+  SocketEndpoint a(UniqueFd(sv[0]), 5), b(UniqueFd(sv[1]), 6);
   Descriptor d{};
   d.dst = 6;
   d.src = 1234;  // the SDK stamps the sending endpoint

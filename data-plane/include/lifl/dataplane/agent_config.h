@@ -10,6 +10,7 @@
 #include "lifl/common/tls_context.h"
 #include "lifl/dataplane/chain_manager.h"
 #include "lifl/dataplane/cluster_link.h"
+#include "lifl/dataplane/router.h"
 
 namespace lifl::dataplane {
 
@@ -18,6 +19,9 @@ struct AgentConfig {
   uint16_t port = 8080;
   std::string dataDir = "/tmp/lifl";
   std::string router = "ebpf";
+  // dpdk (router: dpdk)
+  DpdkPolling dpdkPolling = DpdkPolling::Adaptive;
+  uint32_t dpdkSpinMicros = 50;
   // store
   std::string
       storePath;  ///< default: /dev/shm/lifl-<port>-<pid>, or <hugepage dir>/... with hugepages
@@ -48,6 +52,10 @@ struct AgentConfig {
   std::string logLevel = "info";
   SecurityConfig security;  ///< credentials and rate limits (docs/security.md)
   ClusterConfig cluster;    ///< `cluster.controller` set: the agent joins that controller
+
+  /// The router's options; the DPDK prefix is named after the node's store segment, so that
+  /// it is the node's own and a restarted agent takes its predecessor's.
+  RouterOptions routerOptions(const std::string& resolvedStorePath) const;
 };
 
 /// Reads a YAML config file (an empty path gives the defaults).

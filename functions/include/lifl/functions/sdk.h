@@ -125,7 +125,8 @@ void registerLlmFunctions(FunctionRegistry& registry);
 
 struct InstanceOptions {
   InstanceId id = 0;
-  int endpointFd = -1;
+  int endpointFd = -1;     ///< the router's socket, or:
+  std::string dpdkPrefix;  ///< the node's DPDK prefix (router: dpdk)
   std::string storePath;
   pid_t agentPid = 0;
   /// A store object (8 bytes used) where the instance counts the descriptors it has
