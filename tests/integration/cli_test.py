@@ -2,6 +2,8 @@
 `lifl up`, `lifl bench clients`, and a clean stop that leaves nothing behind."""
 import glob
 import os
+import re
+import shutil
 import signal
 import subprocess
 import tempfile
@@ -10,7 +12,8 @@ import unittest
 import numpy as np
 
 from lifl_client import decode_safetensors, encode_safetensors
-from lifl_harness import LIFL_BIN, Platform, PlatformTestCase, assert_model_equal, fedavg
+from lifl_harness import (LIFL_BIN, Platform, PlatformTestCase, assert_model_equal, dpdk_missing,
+                          fedavg)
 
 SPEC_YAML = """
 id: cli
@@ -174,6 +177,41 @@ class Lifecycle(unittest.TestCase):
                  timeout=120)
         self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
         self.assertIn("PASS", r.stdout)
+
+
+@unittest.skipIf(dpdk_missing(), dpdk_missing())
+class DpdkRouterCli(unittest.TestCase):
+    """`lifl up --router dpdk`: a clean stop removes the node's DPDK files (its hugepages are
+    free again); without hugepages it refuses to start, saying why."""
+
+    def test_clean_stop_gives_the_hugepages_back(self):
+        p = Platform(router="dpdk", warm_pool=2)
+        try:
+            m = re.search(r"store /dev/shm/(lifl-[0-9a-f]+)", p.log_tail())
+            self.assertIsNotNone(m, p.log_tail())
+            prefix = m.group(1)
+            self.assertTrue(os.path.isdir(f"/var/run/dpdk/{prefix}"))
+            self.assertTrue(glob.glob(f"/dev/hugepages/{prefix}map_*"), "its hugepage files")
+            p.proc.send_signal(signal.SIGTERM)
+            self.assertEqual(p.proc.wait(timeout=15), 0)
+            self.assertFalse(os.path.exists(f"/var/run/dpdk/{prefix}"))
+            self.assertEqual(glob.glob(f"/dev/hugepages/{prefix}map_*"), [])
+        finally:
+            p.stop()
+
+    def test_without_hugepages_it_refuses_to_start(self):
+        if not shutil.which("unshare"):
+            self.skipTest("SKIPPED: no unshare(1) here")
+        # In a mount namespace of its own, hugetlbfs unmounted: no hugepages for DPDK.
+        with tempfile.TemporaryDirectory() as d:
+            r = subprocess.run(
+                ["unshare", "-m", "sh", "-c",
+                 'umount /dev/hugepages 2>/dev/null; exec "$0" up --port 0 --router dpdk '
+                 '--data-dir "$1"', LIFL_BIN, d],
+                capture_output=True, text=True, timeout=60)
+        self.assertNotEqual(r.returncode, 0)
+        self.assertIn("dpdk_error", r.stderr)
+        self.assertIn("hugepages", r.stderr)
 
 
 if __name__ == "__main__":
