@@ -17,14 +17,17 @@ if [ "${1:-}" = "--engine" ]; then
 fi
 out="$(realpath -m "${1:-build/image/lifl-image.tar}")"
 work="$(dirname "$out")/rootfs"
-runtime="libbpf1,libelf1,libicu72,libprometheus-cpp-core1.0,libssl3,libyaml-cpp0.7,libzip4,ca-certificates"
+runtime="libbpf1,libelf1,libicu72,libprometheus-cpp-core1.0,libssl3,libyaml-cpp0.7,libzip4"
+runtime+=",librte-eal23,librte-ring23,librte-kvargs23,librte-telemetry23,ca-certificates"
 [ -x build/bin/lifl ] || { echo "build_image: build/bin/lifl is missing: run ./scripts/build.sh" >&2; exit 1; }
 mkdir -p "$(dirname "$out")"
-if [ ! -x "$work/usr/bin/apt-get" ]; then  # the root is kept between builds
+# The root is kept between builds, while its package list stays the same.
+if [ ! -x "$work/usr/bin/apt-get" ] || [ "$(cat "$work/.lifl-runtime" 2>/dev/null)" != "$runtime" ]; then
   rm -rf "$work"
   debootstrap --variant=minbase --include="$runtime" bookworm "$work" http://deb.debian.org/debian >/dev/null
   chroot "$work" useradd --uid 10001 --user-group --create-home --shell /usr/sbin/nologin lifl
   rm -rf "$work"/var/cache/apt/archives/*.deb "$work"/var/lib/apt/lists/* "$work"/usr/share/doc "$work"/usr/share/man
+  echo "$runtime" >"$work/.lifl-runtime"
 fi
 install -m 0755 build/bin/lifl "$work/usr/local/bin/lifl"
 export STORAGE_DRIVER=vfs  # no overlay mount needed where buildah runs
