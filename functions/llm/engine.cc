@@ -239,7 +239,12 @@ void Engine::storeRow(float* to, const float* from) const {
     std::memcpy(to, from, n * sizeof(float));
     return;
   }
-  for (uint64_t i = 0; i < n; ++i) to[i] = kl::roundToBf16(from[i]);
+  // `from` may sit unaligned in a hand-off object (its rows follow a JSON header).
+  for (uint64_t i = 0; i < n; ++i) {
+    float x;
+    std::memcpy(&x, from + i, sizeof x);
+    to[i] = kl::roundToBf16(x);
+  }
 }
 
 void Engine::release(Sequence& seq) {
