@@ -43,7 +43,8 @@ def quantity(text):
 
 class Manifests(unittest.TestCase):
     def test_every_overlay_renders_and_validates(self):
-        self.assertEqual([os.path.basename(o) for o in OVERLAYS], ["kind", "monitoring", "production"])
+        self.assertEqual([os.path.basename(o) for o in OVERLAYS],
+                         ["dpdk", "kind", "monitoring", "production"])
         for overlay in OVERLAYS:
             with self.subTest(overlay=os.path.basename(overlay)):
                 text = render(overlay)
@@ -90,6 +91,19 @@ class Manifests(unittest.TestCase):
         self.assertIn(("NetworkPolicy", "lifl-controller-ingress"), by)
         self.assertIn(("PodDisruptionBudget", "lifl-agent"), by)
         self.assertEqual(("ServiceMonitor", "lifl-agent") in by, overlay == "monitoring")
+        # router: dpdk gets hugepages where DPDK looks, requested as much as limited (the
+        # rule for hugepages), and keeps the base's CPU and memory requests.
+        self.assertEqual(config["router"], "dpdk" if overlay == "dpdk" else "ebpf")
+        if overlay == "dpdk":
+            self.assertEqual(volumes["hugepages"]["emptyDir"]["medium"], "HugePages-2Mi")
+            self.assertEqual(mounts["hugepages"], "/dev/hugepages")
+            resources = container["resources"]
+            self.assertEqual(resources["requests"]["hugepages-2Mi"],
+                             resources["limits"]["hugepages-2Mi"])
+            self.assertIn("cpu", resources["requests"])
+            self.assertIn("memory", resources["limits"])
+        else:
+            self.assertNotIn("hugepages", volumes)
 
     def test_a_broken_manifest_fails_validation(self):
         # The kind overlay copied with a port given as a name where a number belongs, and a
