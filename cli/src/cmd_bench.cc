@@ -24,7 +24,8 @@ namespace {
 
 constexpr const char* kBenchHelp =
     "usage: lifl bench clients [--clients 50] [--params 1000000] [--rounds 3] [--fan-in 8]\n"
-    "                          [--uploaders 4] [--url URL] [--job ID] [--router ebpf|userspace]\n"
+    "                          [--uploaders 4] [--url URL] [--job ID]\n"
+    "                          [--router ebpf|userspace|dpdk]\n"
     "\n"
     "Simulates N clients pushing random F32 updates (with random ce-numexamples) over HTTP.\n"
     "Without --url it starts the platform in this process (same flags as `lifl up`).\n"
@@ -259,7 +260,7 @@ int cmdBench(int argc, char** argv) {
     for (const auto& i : nlohmann::json::parse(inst.value().body))
       delivered += i.value("delivered_messages", 0ull);
     std::printf(
-        "router: the live instances' eBPF counters show %llu descriptors delivered; "
+        "router: its counters of the live instances show %llu descriptors delivered; "
         "the updates themselves were written once, into shared memory\n",
         static_cast<unsigned long long>(delivered));
   }
