@@ -88,34 +88,36 @@ Result<void> Engine::reserve(Sequence& seq, uint32_t tokens) {
   return success();
 }
 
-void Engine::exportKv(const Sequence& seq, float* out) const {
+void Engine::exportKv(const Sequence& seq, void* to) const {
   if (device_) {
-    auto copied = device_->exportKv(seq.pages, seq.length, out);
+    auto copied = device_->exportKv(seq.pages, seq.length, to, kv_);
     LIFL_CHECK(copied.has_value(), "copying the KV cache from the device failed");
     return;
   }
-  const uint64_t row = uint64_t{model_.config.kvHeads} * model_.config.headDim;
+  auto* out = static_cast<std::byte*>(to);
+  const uint64_t rowBytes = kvBytes(1) / (2 * model_.config.layers);
   for (uint32_t l = 0; l < model_.config.layers; ++l) {
     const kl::KvPages cache{const_cast<float*>(k_[l].data()), const_cast<float*>(v_[l].data()),
                             model_.config.kvHeads, model_.config.headDim};
     for (int kind = 0; kind < 2; ++kind)
       for (uint32_t t = 0; t < seq.length; ++t) {
         const uint32_t page = seq.pages[t / kl::kPageTokens], slot = t % kl::kPageTokens;
-        std::memcpy(out, kind ? cache.vRow(page, slot) : cache.kRow(page, slot), row * 4);
-        out += row;
+        exportRow(out, kind ? cache.vRow(page, slot) : cache.kRow(page, slot));
+        out += rowBytes;
       }
   }
 }
 
-Result<void> Engine::importKv(Sequence& seq, const float* in, uint32_t length) {
+Result<void> Engine::importKv(Sequence& seq, const void* from, uint32_t length) {
   LIFL_TRYV(reserve(seq, length));
   if (device_) {
     LIFL_CHECK(seq.length == 0, "a hand-off starts a sequence");
-    LIFL_TRYV(device_->importKv(seq.pages, length, in));
+    LIFL_TRYV(device_->importKv(seq.pages, length, from, kv_));
     seq.length = length;
     return success();
   }
-  const uint64_t row = uint64_t{model_.config.kvHeads} * model_.config.headDim;
+  const auto* in = static_cast<const std::byte*>(from);
+  const uint64_t rowBytes = kvBytes(1) / (2 * model_.config.layers);
   for (uint32_t l = 0; l < model_.config.layers; ++l) {
     const kl::KvPages cache{k_[l].data(), v_[l].data(), model_.config.kvHeads,
                             model_.config.headDim};
@@ -123,8 +125,8 @@ Result<void> Engine::importKv(Sequence& seq, const float* in, uint32_t length) {
       for (uint32_t t = 0; t < length; ++t) {
         const uint32_t pos = seq.length + t;
         const uint32_t page = seq.pages[pos / kl::kPageTokens], slot = pos % kl::kPageTokens;
-        storeRow(kind ? cache.vRow(page, slot) : cache.kRow(page, slot), in);
-        in += row;
+        importRow(kind ? cache.vRow(page, slot) : cache.kRow(page, slot), in);
+        in += rowBytes;
       }
   }
   seq.length += length;
@@ -161,7 +163,8 @@ Result<void> Engine::toWorkingSet(Sequence& seq) {
   LIFL_TRY(memory, gpu::llm::PinnedMemory::allocate(uint64_t{c.layers} * 2 * host->capacity *
                                                     c.kvHeads * c.headDim * sizeof(float)));
   host->memory = std::move(memory);
-  LIFL_TRYV(device_->exportKv(seq.pages, seq.length, host->memory.data(), host->capacity));
+  LIFL_TRYV(device_->exportKv(seq.pages, seq.length, host->memory.data(), gpu::llm::KvDtype::F32,
+                              host->capacity));
   seq.hostKv = std::move(host);
   seq.retrieval =
       std::make_shared<SequenceRetrieval>(retrieval_, c.layers, c.heads, c.kvHeads, c.headDim);
@@ -239,11 +242,34 @@ void Engine::storeRow(float* to, const float* from) const {
     std::memcpy(to, from, n * sizeof(float));
     return;
   }
-  // `from` may sit unaligned in a hand-off object (its rows follow a JSON header).
+  for (uint64_t i = 0; i < n; ++i) to[i] = kl::roundToBf16(from[i]);
+}
+
+void Engine::exportRow(std::byte* to, const float* from) const {
+  const uint64_t n = uint64_t{model_.config.kvHeads} * model_.config.headDim;
+  if (kv_ == gpu::llm::KvDtype::F32) {
+    std::memcpy(to, from, n * sizeof(float));
+    return;
+  }
+  for (uint64_t i = 0; i < n; ++i) {  // the pages hold values rounded to BF16: exact
+    uint32_t bits;
+    std::memcpy(&bits, from + i, sizeof bits);
+    const auto upper = static_cast<uint16_t>(bits >> 16);
+    std::memcpy(to + 2 * i, &upper, sizeof upper);
+  }
+}
+
+void Engine::importRow(float* to, const std::byte* from) const {
+  const uint64_t n = uint64_t{model_.config.kvHeads} * model_.config.headDim;
+  if (kv_ == gpu::llm::KvDtype::F32) {  // an unaligned hand-off object: memcpy, not loads
+    std::memcpy(to, from, n * sizeof(float));
+    return;
+  }
   for (uint64_t i = 0; i < n; ++i) {
-    float x;
-    std::memcpy(&x, from + i, sizeof x);
-    to[i] = kl::roundToBf16(x);
+    uint16_t upper;
+    std::memcpy(&upper, from + 2 * i, sizeof upper);
+    const uint32_t bits = uint32_t{upper} << 16;
+    std::memcpy(to + i, &bits, sizeof bits);
   }
 }
 

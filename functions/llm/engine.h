@@ -58,16 +58,18 @@ class Engine {
   /// One token for each sequence, in one pass through the weights: logits [batch][vocab].
   Result<std::vector<float>> decode(std::span<Sequence* const> seqs,
                                     std::span<const uint32_t> tokens);
-  /// Floats of a hand-off of `length` tokens: every layer's K then V rows.
-  uint64_t kvFloats(uint32_t length) const {
+  /// Bytes of a hand-off of `length` tokens: every layer's K then V rows, each value as the
+  /// cache holds it (BF16: 2 bytes, the upper half of its fp32 pattern; f32: 4).
+  uint64_t kvBytes(uint32_t length) const {
     return uint64_t{length} * 2 * model_.config.layers * model_.config.kvHeads *
-           model_.config.headDim;
+           model_.config.headDim * (kv_ == gpu::llm::KvDtype::Bf16 ? 2 : 4);
   }
-  /// Copies a sequence's cache out ([layer][K, V][token][kvHeads * headDim]), to hand it from
-  /// a prefill instance to a decode instance.
-  void exportKv(const Sequence& seq, float* out) const;
-  /// Takes a sequence's cache in (the layout of exportKv) into pages of this pool.
-  Result<void> importKv(Sequence& seq, const float* in, uint32_t length);
+  /// Copies a sequence's cache out ([layer][K, V][token][kvHeads * headDim], kvBytes), to hand
+  /// it from a prefill instance to a decode instance of the same --kv-cache.
+  void exportKv(const Sequence& seq, void* out) const;
+  /// Takes a sequence's cache in (the layout of exportKv) into pages of this pool. `in` may
+  /// be unaligned.
+  Result<void> importKv(Sequence& seq, const void* in, uint32_t length);
   /// Gives a finished sequence's pages back to the pool.
   void release(Sequence& seq);
   uint32_t freePages() const { return static_cast<uint32_t>(free_.size()); }
@@ -99,6 +101,9 @@ class Engine {
   gpu::llm::RetrievalStep retrievalStep(const std::vector<Row>& batch, std::vector<uint32_t> rows);
   /// Writes a K or V row into host memory as the pages hold it (rounded where they are BF16).
   void storeRow(float* to, const float* from) const;
+  /// A row of the CPU's pages to a hand-off (in the cache's element type), and back.
+  void exportRow(std::byte* to, const float* from) const;
+  void importRow(float* to, const std::byte* from) const;
 
   const LlamaModel& model_;
   gpu::llm::KvDtype kv_;

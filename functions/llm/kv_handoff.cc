@@ -84,35 +84,36 @@ Result<gpu::llm::IpcMemory::Handle> decode(const std::string& text) {
 }  // namespace
 
 KvHandoffSender::KvHandoffSender(gpu::llm::IpcMemory memory, std::unique_ptr<SlotTable> table,
-                                 std::string name, uint64_t slotFloats)
+                                 std::string name, uint64_t slotBytes)
     : memory_(std::move(memory)),
       table_(std::move(table)),
       name_(std::move(name)),
-      slotFloats_(slotFloats) {}
+      slotBytes_(slotBytes) {}
 
 Result<std::unique_ptr<KvHandoffSender>> KvHandoffSender::create(const Engine& engine,
                                                                  uint32_t slots,
                                                                  uint32_t slotTokens) {
-  const uint64_t slotFloats = engine.kvFloats(slotTokens);
-  LIFL_TRY(memory, gpu::llm::IpcMemory::allocate(slots * slotFloats * sizeof(float)));
+  // In the cache's element type: BF16 pages hand off half the bytes of fp32 ones.
+  const uint64_t slotBytes = engine.kvBytes(slotTokens);
+  LIFL_TRY(memory, gpu::llm::IpcMemory::allocate(slots * slotBytes));
   static std::atomic<uint32_t> made{0};
   const std::string name =
       "/lifl-kv-" + std::to_string(::getpid()) + "-" + std::to_string(made.fetch_add(1));
   LIFL_TRY(table, SlotTable::create(name, slots));
   return std::unique_ptr<KvHandoffSender>(
-      new KvHandoffSender(std::move(memory), std::move(table), name, slotFloats));
+      new KvHandoffSender(std::move(memory), std::move(table), name, slotBytes));
 }
 
 Result<std::optional<nlohmann::json>> KvHandoffSender::send(const Engine& engine,
                                                             const Sequence& seq) {
-  if (engine.kvFloats(seq.length) > slotFloats_) return std::optional<nlohmann::json>();
+  if (engine.kvBytes(seq.length) > slotBytes_) return std::optional<nlohmann::json>();
   const auto slot = table_->acquire();
   if (!slot) return std::optional<nlohmann::json>();
-  engine.exportKv(seq, memory_.data() + *slot * slotFloats_);
+  engine.exportKv(seq, reinterpret_cast<std::byte*>(memory_.data()) + *slot * slotBytes_);
   return std::optional<nlohmann::json>(nlohmann::json{{"handle", encode(memory_.handle())},
                                                       {"table", name_},
                                                       {"slot", *slot},
-                                                      {"slot_floats", slotFloats_}});
+                                                      {"slot_bytes", slotBytes_}});
 }
 
 void KvHandoffSender::cancel(const nlohmann::json& sent) {
@@ -133,16 +134,17 @@ Result<void> KvHandoffReceiver::receive(Engine& engine, Sequence& seq, const nlo
                                         uint32_t length) {
   LIFL_TRY(p, peer(sent));
   const uint32_t slot = sent.value("slot", p->table->slots());
-  const uint64_t slotFloats = sent.value("slot_floats", uint64_t{0});
+  const uint64_t slotBytes = sent.value("slot_bytes", uint64_t{0});
   auto copy = [&]() -> Result<void> {
     if (!p->memory) {
       LIFL_TRY(handle, decode(sent.value("handle", "")));
       LIFL_TRY(memory, gpu::llm::IpcMemory::open(handle));
       p->memory = std::move(memory);
     }
-    if (slot >= p->table->slots() || engine.kvFloats(length) > slotFloats)
+    if (slot >= p->table->slots() || engine.kvBytes(length) > slotBytes)
       return internal("bad_handoff", "the KV hand-off names no valid slot");
-    return engine.importKv(seq, p->memory->data() + slot * slotFloats, length);
+    return engine.importKv(seq, reinterpret_cast<std::byte*>(p->memory->data()) + slot * slotBytes,
+                           length);
   };
   auto copied = copy();
   p->table->release(slot);

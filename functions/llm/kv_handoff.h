@@ -52,11 +52,11 @@ class KvHandoffSender {
 
  private:
   KvHandoffSender(gpu::llm::IpcMemory memory, std::unique_ptr<SlotTable> table, std::string name,
-                  uint64_t slotFloats);
+                  uint64_t slotBytes);
   gpu::llm::IpcMemory memory_;
   std::unique_ptr<SlotTable> table_;
   std::string name_;
-  uint64_t slotFloats_;
+  uint64_t slotBytes_;
 };
 
 class KvHandoffReceiver {

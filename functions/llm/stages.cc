@@ -213,14 +213,14 @@ class Prefill final : public Function {
     attributes["rng"] = rng;
     LIFL_TRY(viaIpc, sendOnDevice(ctx, engine, seq));
     if (viaIpc) attributes["kv_ipc"] = *viaIpc;
-    const uint64_t bytes = viaIpc ? 0 : engine.kvFloats(seq.length) * sizeof(float);
+    const uint64_t bytes = viaIpc ? 0 : engine.kvBytes(seq.length);
     auto made = dataplane::makeEvent(ctx.store(), next, attributes, bytes);
     if (!made) {
       if (viaIpc) ipc_->cancel(*viaIpc);
       engine.release(seq);
       return made.error();
     }
-    if (!viaIpc) engine.exportKv(seq, reinterpret_cast<float*>(made.value().second));
+    if (!viaIpc) engine.exportKv(seq, made.value().second);
     engine.release(seq);
     Descriptor out{};
     out.dst = next;
@@ -375,10 +375,9 @@ class Decode final : public Function {
       if (!loggedIpc_) LIFL_INFO("llm: KV hand-off through CUDA IPC");
       loggedIpc_ = true;
     } else {
-      if (event.size != loaded_->engine->kvFloats(length) * sizeof(float))
+      if (event.size != loaded_->engine->kvBytes(length))
         return internal("bad_handoff", "the KV hand-off does not match the model");
-      LIFL_TRYV(
-          loaded_->engine->importKv(r.seq, reinterpret_cast<const float*>(event.data), length));
+      LIFL_TRYV(loaded_->engine->importKv(r.seq, event.data, length));
     }
     if (auto reserved = loaded_->engine->reserve(r.seq, r.request.maxTokens); !reserved) {
       loaded_->engine->release(r.seq);

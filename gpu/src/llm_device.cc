@@ -31,13 +31,14 @@ class CudaModel final : public DeviceModel {
         b.retrieval)));
     return logits;
   }
-  Result<void> exportKv(std::span<const uint32_t> pages, uint32_t length, float* out,
+  Result<void> exportKv(std::span<const uint32_t> pages, uint32_t length, void* out, KvDtype rows,
                         uint32_t stride) override {
-    return checked(cuda::llm::copyKv(model_, pages.data(), length, out, true, stride));
+    return checked(cuda::llm::copyKv(model_, pages.data(), length, out, true, rows, stride));
   }
-  Result<void> importKv(std::span<const uint32_t> pages, uint32_t length,
-                        const float* in) override {
-    return checked(cuda::llm::copyKv(model_, pages.data(), length, const_cast<float*>(in), false));
+  Result<void> importKv(std::span<const uint32_t> pages, uint32_t length, const void* in,
+                        KvDtype rows) override {
+    return checked(
+        cuda::llm::copyKv(model_, pages.data(), length, const_cast<void*>(in), false, rows));
   }
 
  private:

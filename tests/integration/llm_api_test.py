@@ -356,6 +356,22 @@ class Quantised(unittest.TestCase):
                 p.stop()
 
 
+class ServedFp32Cache(unittest.TestCase):
+    def test_fp32_kv_cache_served_as_run(self):
+        # --model-kv-cache f32: the pages keep fp32, and the hand-off from prefill to decode
+        # moves 4 bytes a value instead of BF16's 2; concurrent requests equal the engine's.
+        with tempfile.TemporaryDirectory() as tmp:
+            d = os.path.join(tmp, "m")
+            lifl_cli("model", "generate", "--dir", d, "--seed", "12")
+            p = Platform(router="userspace", extra_args=["--model", d, "--model-kv-cache", "f32"])
+            try:
+                prompts = [[3 + i, 9, 27 + i, 81] for i in range(3)]
+                expected = [model_run(d, pr, 8, "--kv-cache", "f32")[0] for pr in prompts]
+                self.assertEqual(greedy_all(self, p.url, prompts, 8), expected)
+            finally:
+                p.stop()
+
+
 class NoModel(unittest.TestCase):
     def test_completions_without_a_model_is_404(self):
         p = Platform(router="userspace")

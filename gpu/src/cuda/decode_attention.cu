@@ -529,9 +529,10 @@ std::string decodeAttentionAs(float* out, float* partial, uint32_t* arrivals, co
   LIFL_SPLIT_DIMS(8)
 #undef LIFL_SPLIT_DIMS
 #undef LIFL_SPLIT
-      if (!launched) return "attention: needs head_dim 32, 64, 96, 128 or 256 and 1, 2, 4 "
-                            "or 8 query heads per "
-                            "KV head";
+  if (!launched)
+    return "attention: needs head_dim 32, 64, 96, 128 or 256 and 1, 2, 4 "
+           "or 8 query heads per "
+           "KV head";
   if (!merged)
     splitMergeKernel<<<dim3(rows, heads), 128, 0, currentStream()>>>(
         out, partial, positions, heads, headDim, splits, splitTokens, headLengths, kvHeads);

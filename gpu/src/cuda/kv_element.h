@@ -7,6 +7,7 @@
 #include <cuda_runtime.h>
 
 #include <cstdint>
+#include <type_traits>
 
 #include "lifl/gpu/llm_shape.h"
 
@@ -65,6 +66,17 @@ __device__ __forceinline__ float kvFromFloat<float>(float x) {
 template <>
 __device__ __forceinline__ __nv_bfloat16 kvFromFloat<__nv_bfloat16>(float x) {
   return __float2bfloat16_rn(x);
+}
+
+/// x as another of the two element types (the same type: x itself).
+template <typename To, typename From>
+__device__ __forceinline__ To convertKv(From x) {
+  if constexpr (std::is_same_v<To, From>)
+    return x;
+  else if constexpr (std::is_same_v<To, float>)
+    return kvToFloat(x);
+  else
+    return kvFromFloat<To>(x);
 }
 
 }  // namespace lifl::gpu::cuda::llm

@@ -35,10 +35,10 @@ std::string forward(Model* model, uint32_t rows, const uint32_t* tokens, const u
 
 /// Copies `length` tokens of a sequence's K/V between its pages and `other` (host memory, or
 /// device memory such as an IPC mapping), in the hand-off layout ([layer][K, V][token][kvHeads
-/// * headDim], `stride` tokens a block: 0 for `length`); complete when it returns, so that
-/// another process may read what it wrote.
-std::string copyKv(Model* model, const uint32_t* pages, uint32_t length, float* other,
-                   bool fromPages, uint32_t stride = 0);
+/// * headDim], `stride` tokens a block: 0 for `length`), each value as `rows`; complete when
+/// it returns, so that another process may read what it wrote.
+std::string copyKv(Model* model, const uint32_t* pages, uint32_t length, void* other,
+                   bool fromPages, KvDtype rows, uint32_t stride = 0);
 
 /// Host memory pinned and mapped (cudaHostAlloc), and its device address.
 std::string pinnedAllocate(size_t bytes, void** host, void** device);

@@ -516,7 +516,8 @@ std::string attend(float* out, const float* q, uint32_t rows, const uint32_t* po
       LIFL_PREFILL(1, 2)
       LIFL_PREFILL(2, 2)
       LIFL_PREFILL(4, 2)
-      LIFL_PREFILL(1, 4) LIFL_PREFILL(2, 4) LIFL_PREFILL(4, 4)
+      LIFL_PREFILL(1, 4)
+      LIFL_PREFILL(2, 4) LIFL_PREFILL(4, 4)
 #undef LIFL_PREFILL
           return "prefill attention: no kernel for this shape";
     });
@@ -538,7 +539,7 @@ struct Model {
   };
   std::vector<Layer> layers;
   KvRef kv(Layer& L) const { return {L.kPages.p, L.vPages.p, s.kv}; }
-  Buffer kvRows, kvPageList;  ///< a KV hand-off's fp32 rows and its pages (copyKv)
+  Buffer kvRows, kvPageList;  ///< a KV hand-off's dense rows and its pages (copyKv)
   Buffer x, normed, qs, ks, vs, attn, proj, gate, up, logits, last, bf16x;
   Buffer tokens, positions, rowPage, rowSlot, tables, rowTable, logitRows;
   Buffer copies, headLengths;  ///< a retrieval step's working-set copies and lengths
@@ -590,53 +591,64 @@ void destroy(Model* model) { delete model; }
 
 namespace {
 
-/// Rows [0, length) of a sequence (page list `pages`) between its pages and dense fp32 rows:
-/// to the rows (toRows), or from them.
-template <typename T, bool toRows>
-__global__ void pageRowsKernel(float* __restrict__ rows, T* __restrict__ pages,
+/// Rows [0, length) of a sequence (page list `pages`) between its pages (of P) and dense rows
+/// (of R): to the rows (toRows), or from them.
+template <typename P, typename R, bool toRows>
+__global__ void pageRowsKernel(R* __restrict__ rows, P* __restrict__ pages,
                                const uint32_t* __restrict__ pageList, uint32_t length,
                                uint64_t kvDim) {
   for (uint64_t i = uint64_t{blockIdx.x} * blockDim.x + threadIdx.x; i < length * kvDim;
        i += uint64_t{gridDim.x} * blockDim.x) {
     const uint64_t t = i / kvDim;
-    T& paged = pages[(uint64_t{pageList[t / kPageTokens]} * kPageTokens + t % kPageTokens) * kvDim +
+    P& paged = pages[(uint64_t{pageList[t / kPageTokens]} * kPageTokens + t % kPageTokens) * kvDim +
                      i % kvDim];
     if constexpr (toRows)
-      rows[i] = kvToFloat(paged);
+      rows[i] = convertKv<R>(paged);
     else
-      paged = kvFromFloat<T>(rows[i]);
+      paged = convertKv<P>(rows[i]);
   }
+}
+
+/// The rows as float or as __nv_bfloat16: f(R*) with `rows` of that type.
+template <typename F>
+auto withRows(void* rows, KvDtype dtype, F&& f) {
+  if (dtype == KvDtype::Bf16) return f(static_cast<__nv_bfloat16*>(rows));
+  return f(static_cast<float*>(rows));
 }
 
 }  // namespace
 
-std::string copyKv(Model* m, const uint32_t* pages, uint32_t length, float* other, bool fromPages,
-                   uint32_t stride) {
+std::string copyKv(Model* m, const uint32_t* pages, uint32_t length, void* other, bool fromPages,
+                   KvDtype rowType, uint32_t stride) {
   if (length == 0) return "";
   const uint64_t kv = uint64_t{m->s.kvHeads} * m->s.headDim, block = uint64_t{length} * kv;
-  const uint64_t step = uint64_t{stride > length ? stride : length} * kv;  // between blocks
-  // Each (layer, K/V) block through dense fp32 rows on the device, converted from or to the
+  const uint64_t rowBytes = kvBytes(rowType);
+  const uint64_t step = uint64_t{stride > length ? stride : length} * kv * rowBytes;
+  // Each (layer, K/V) block through dense rows on the device, converted from or to the
   // pages' type by one kernel: `other` may be pageable host memory, which a kernel cannot
   // address (and one copy a block beats one a page: 2 048 pages a block at 32K).
   LIFL_TRY_STR(uploadF32(m->kvPageList, pages, (length + kPageTokens - 1) / kPageTokens * 4));
-  LIFL_TRY_STR(m->kvRows.reserve(block * 4));
-  float* rows = m->kvRows.as<float>();
+  LIFL_TRY_STR(m->kvRows.reserve(block * rowBytes));
   const auto* list = m->kvPageList.as<uint32_t>();
+  auto* at = static_cast<std::byte*>(other);
   for (auto& L : m->layers)
-    for (int kind = 0; kind < 2; ++kind, other += step) {
+    for (int kind = 0; kind < 2; ++kind, at += step) {
       LIFL_TRY_STR(withKv(m->kv(L), [&](auto* k, auto* v) -> std::string {
         auto* paged = kind == 0 ? k : v;
-        using T = std::remove_pointer_t<decltype(paged)>;
-        // cudaMemcpyDefault: `other` may be host or device memory (unified addressing).
-        if (fromPages) {
-          pageRowsKernel<T, true><<<grid(block), 256>>>(rows, paged, list, length, kv);
-          LIFL_CU(cudaMemcpy(other, rows, block * 4, cudaMemcpyDefault));
-        } else {
-          LIFL_CU(cudaMemcpy(rows, other, block * 4, cudaMemcpyDefault));
-          pageRowsKernel<T, false><<<grid(block), 256>>>(rows, paged, list, length, kv);
-        }
-        LIFL_CU(cudaGetLastError());
-        return "";
+        using P = std::remove_pointer_t<decltype(paged)>;
+        return withRows(m->kvRows.p, rowType, [&](auto* rows) -> std::string {
+          using R = std::remove_pointer_t<decltype(rows)>;
+          // cudaMemcpyDefault: `other` may be host or device memory (unified addressing).
+          if (fromPages) {
+            pageRowsKernel<P, R, true><<<grid(block), 256>>>(rows, paged, list, length, kv);
+            LIFL_CU(cudaMemcpy(at, rows, block * rowBytes, cudaMemcpyDefault));
+          } else {
+            LIFL_CU(cudaMemcpy(rows, at, block * rowBytes, cudaMemcpyDefault));
+            pageRowsKernel<P, R, false><<<grid(block), 256>>>(rows, paged, list, length, kv);
+          }
+          LIFL_CU(cudaGetLastError());
+          return "";
+        });
       }));
     }
   LIFL_CU(cudaDeviceSynchronize());

@@ -36,12 +36,13 @@ class DeviceModel {
   /// Stores every row's K/V in its page, runs the layers, returns [logitRows][vocab].
   virtual Result<std::vector<float>> forward(const Batch& batch) = 0;
   /// A sequence's K/V between its pages and host or device memory (an IpcMemory), in the
-  /// hand-off layout of Engine::exportKv: [layer][K, V][token][kvHeads * headDim].
+  /// hand-off layout of Engine::exportKv: [layer][K, V][token][kvHeads * headDim], each value
+  /// as `rows` (converted from or to the pages' type where it differs).
   /// @param stride tokens per (layer, K/V) block of `out` (0: `length`)
-  virtual Result<void> exportKv(std::span<const uint32_t> pages, uint32_t length, float* out,
-                                uint32_t stride = 0) = 0;
-  virtual Result<void> importKv(std::span<const uint32_t> pages, uint32_t length,
-                                const float* in) = 0;
+  virtual Result<void> exportKv(std::span<const uint32_t> pages, uint32_t length, void* out,
+                                KvDtype rows, uint32_t stride = 0) = 0;
+  virtual Result<void> importKv(std::span<const uint32_t> pages, uint32_t length, const void* in,
+                                KvDtype rows) = 0;
 };
 
 /// Device memory that another process on the same GPU maps by a 64-byte handle (CUDA IPC):
