@@ -95,7 +95,6 @@ void Engine::exportKv(const Sequence& seq, void* to) const {
     return;
   }
   auto* out = static_cast<std::byte*>(to);
-  const uint64_t rowBytes = kvBytes(1) / (2 * model_.config.layers);
   for (uint32_t l = 0; l < model_.config.layers; ++l) {
     const kl::KvPages cache{const_cast<float*>(k_[l].data()), const_cast<float*>(v_[l].data()),
                             model_.config.kvHeads, model_.config.headDim};
@@ -103,7 +102,7 @@ void Engine::exportKv(const Sequence& seq, void* to) const {
       for (uint32_t t = 0; t < seq.length; ++t) {
         const uint32_t page = seq.pages[t / kl::kPageTokens], slot = t % kl::kPageTokens;
         exportRow(out, kind ? cache.vRow(page, slot) : cache.kRow(page, slot));
-        out += rowBytes;
+        out += rowBytes();
       }
   }
 }
@@ -117,7 +116,6 @@ Result<void> Engine::importKv(Sequence& seq, const void* from, uint32_t length) 
     return success();
   }
   const auto* in = static_cast<const std::byte*>(from);
-  const uint64_t rowBytes = kvBytes(1) / (2 * model_.config.layers);
   for (uint32_t l = 0; l < model_.config.layers; ++l) {
     const kl::KvPages cache{k_[l].data(), v_[l].data(), model_.config.kvHeads,
                             model_.config.headDim};
@@ -126,7 +124,7 @@ Result<void> Engine::importKv(Sequence& seq, const void* from, uint32_t length) 
         const uint32_t pos = seq.length + t;
         const uint32_t page = seq.pages[pos / kl::kPageTokens], slot = pos % kl::kPageTokens;
         importRow(kind ? cache.vRow(page, slot) : cache.kRow(page, slot), in);
-        in += rowBytes;
+        in += rowBytes();
       }
   }
   seq.length += length;
@@ -237,7 +235,7 @@ gpu::llm::RetrievalStep Engine::retrievalStep(const std::vector<Row>& batch,
 }
 
 void Engine::storeRow(float* to, const float* from) const {
-  const uint64_t n = uint64_t{model_.config.kvHeads} * model_.config.headDim;
+  const uint64_t n = rowValues();
   if (kv_ == gpu::llm::KvDtype::F32) {
     std::memcpy(to, from, n * sizeof(float));
     return;
@@ -246,7 +244,7 @@ void Engine::storeRow(float* to, const float* from) const {
 }
 
 void Engine::exportRow(std::byte* to, const float* from) const {
-  const uint64_t n = uint64_t{model_.config.kvHeads} * model_.config.headDim;
+  const uint64_t n = rowValues();
   if (kv_ == gpu::llm::KvDtype::F32) {
     std::memcpy(to, from, n * sizeof(float));
     return;
@@ -260,7 +258,7 @@ void Engine::exportRow(std::byte* to, const float* from) const {
 }
 
 void Engine::importRow(float* to, const std::byte* from) const {
-  const uint64_t n = uint64_t{model_.config.kvHeads} * model_.config.headDim;
+  const uint64_t n = rowValues();
   if (kv_ == gpu::llm::KvDtype::F32) {  // an unaligned hand-off object: memcpy, not loads
     std::memcpy(to, from, n * sizeof(float));
     return;

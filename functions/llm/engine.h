@@ -61,8 +61,7 @@ class Engine {
   /// Bytes of a hand-off of `length` tokens: every layer's K then V rows, each value as the
   /// cache holds it (BF16: 2 bytes, the upper half of its fp32 pattern; f32: 4).
   uint64_t kvBytes(uint32_t length) const {
-    return uint64_t{length} * 2 * model_.config.layers * model_.config.kvHeads *
-           model_.config.headDim * (kv_ == gpu::llm::KvDtype::Bf16 ? 2 : 4);
+    return uint64_t{length} * 2 * model_.config.layers * rowBytes();
   }
   /// Copies a sequence's cache out ([layer][K, V][token][kvHeads * headDim], kvBytes), to hand
   /// it from a prefill instance to a decode instance of the same --kv-cache.
@@ -99,6 +98,9 @@ class Engine {
   kernels::llm::KvPages hostView(const Sequence& seq, uint32_t layer) const;
   /// The host's part of a GPU retrieval step for `rows` (indices into `batch`).
   gpu::llm::RetrievalStep retrievalStep(const std::vector<Row>& batch, std::vector<uint32_t> rows);
+  /// Values of a K or V row (every KV head of one token), and its bytes in a hand-off.
+  uint64_t rowValues() const { return uint64_t{model_.config.kvHeads} * model_.config.headDim; }
+  uint64_t rowBytes() const { return rowValues() * (kv_ == gpu::llm::KvDtype::Bf16 ? 2 : 4); }
   /// Writes a K or V row into host memory as the pages hold it (rounded where they are BF16).
   void storeRow(float* to, const float* from) const;
   /// A row of the CPU's pages to a hand-off (in the cache's element type), and back.

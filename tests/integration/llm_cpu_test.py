@@ -234,21 +234,18 @@ class LlmCpu(unittest.TestCase):
                  check=False)
         self.assertIn("head_dim even", r.stderr)
         good = self.model("good")
-        r = lifl("model", "run", "--model", good, "--tokens", "1", "--gemm", "fast", check=False)
-        self.assertNotEqual(r.returncode, 0)
-        self.assertIn("--gemm is cublas or exact", r.stderr)
-        r = lifl("up", "--port", 0, "--model", good, "--model-gemm", "fast", check=False)
-        self.assertNotEqual(r.returncode, 0)
-        self.assertIn("--model-gemm is cublas or exact", r.stderr)
-        r = lifl("up", "--port", 0, "--model", good, "--model-kv-handoff", "nvlink", check=False)
-        self.assertNotEqual(r.returncode, 0)
-        self.assertIn("--model-kv-handoff is ipc or host", r.stderr)
-        r = lifl("model", "run", "--model", good, "--tokens", "1", "--kv-cache", "f16", check=False)
-        self.assertNotEqual(r.returncode, 0)
-        self.assertIn("--kv-cache is bf16 or f32", r.stderr)
-        r = lifl("up", "--port", 0, "--model", good, "--model-kv-cache", "int8", check=False)
-        self.assertNotEqual(r.returncode, 0)
-        self.assertIn("--model-kv-cache is bf16 or f32", r.stderr)
+        run = ("model", "run", "--model", good, "--tokens", "1")
+        up = ("up", "--port", 0, "--model", good)
+        for args, message in (
+                ((*run, "--gemm", "fast"), "--gemm is cublas or exact"),
+                ((*up, "--model-gemm", "fast"), "--model-gemm is cublas or exact"),
+                ((*up, "--model-kv-handoff", "nvlink"), "--model-kv-handoff is ipc or host"),
+                ((*run, "--kv-cache", "f16"), "--kv-cache is bf16 or f32"),
+                ((*up, "--model-kv-cache", "int8"), "--model-kv-cache is bf16 or f32")):
+            with self.subTest(flag=args[-2]):
+                r = lifl(*args, check=False)
+                self.assertNotEqual(r.returncode, 0)
+                self.assertIn(message, r.stderr)
 
 
 if __name__ == "__main__":

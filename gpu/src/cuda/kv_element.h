@@ -24,12 +24,18 @@ struct KvRef {
 
 constexpr size_t kvBytes(KvDtype d) { return d == KvDtype::Bf16 ? 2 : 4; }
 
+/// f(p) with `p` as a pointer to the element type `dtype` names.
+template <typename F>
+auto withElements(void* p, KvDtype dtype, F&& f) {
+  if (dtype == KvDtype::Bf16) return f(static_cast<__nv_bfloat16*>(p));
+  return f(static_cast<float*>(p));
+}
+
 /// f(k, v) with the pages as pointers to their element type.
 template <typename F>
 auto withKv(const KvRef& kv, F&& f) {
-  if (kv.dtype == KvDtype::Bf16)
-    return f(static_cast<__nv_bfloat16*>(kv.k), static_cast<__nv_bfloat16*>(kv.v));
-  return f(static_cast<float*>(kv.k), static_cast<float*>(kv.v));
+  return withElements(kv.k, kv.dtype,
+                      [&](auto* k) { return f(k, static_cast<decltype(k)>(kv.v)); });
 }
 
 /// Four consecutive elements as one load: 16 bytes of fp32, 8 of BF16.

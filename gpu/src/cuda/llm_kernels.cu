@@ -517,7 +517,8 @@ std::string attend(float* out, const float* q, uint32_t rows, const uint32_t* po
       LIFL_PREFILL(2, 2)
       LIFL_PREFILL(4, 2)
       LIFL_PREFILL(1, 4)
-      LIFL_PREFILL(2, 4) LIFL_PREFILL(4, 4)
+      LIFL_PREFILL(2, 4)
+      LIFL_PREFILL(4, 4)
 #undef LIFL_PREFILL
           return "prefill attention: no kernel for this shape";
     });
@@ -609,13 +610,6 @@ __global__ void pageRowsKernel(R* __restrict__ rows, P* __restrict__ pages,
   }
 }
 
-/// The rows as float or as __nv_bfloat16: f(R*) with `rows` of that type.
-template <typename F>
-auto withRows(void* rows, KvDtype dtype, F&& f) {
-  if (dtype == KvDtype::Bf16) return f(static_cast<__nv_bfloat16*>(rows));
-  return f(static_cast<float*>(rows));
-}
-
 }  // namespace
 
 std::string copyKv(Model* m, const uint32_t* pages, uint32_t length, void* other, bool fromPages,
@@ -636,7 +630,7 @@ std::string copyKv(Model* m, const uint32_t* pages, uint32_t length, void* other
       LIFL_TRY_STR(withKv(m->kv(L), [&](auto* k, auto* v) -> std::string {
         auto* paged = kind == 0 ? k : v;
         using P = std::remove_pointer_t<decltype(paged)>;
-        return withRows(m->kvRows.p, rowType, [&](auto* rows) -> std::string {
+        return withElements(m->kvRows.p, rowType, [&](auto* rows) -> std::string {
           using R = std::remove_pointer_t<decltype(rows)>;
           // cudaMemcpyDefault: `other` may be host or device memory (unified addressing).
           if (fromPages) {
