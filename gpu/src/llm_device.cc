@@ -243,8 +243,10 @@ Result<double> timeLaunchFloor([[maybe_unused]] uint32_t blocks, [[maybe_unused]
 
 Result<double> timeLinear([[maybe_unused]] int kind, [[maybe_unused]] uint64_t rows,
                           [[maybe_unused]] uint64_t in, [[maybe_unused]] uint64_t out,
-                          [[maybe_unused]] int reps, [[maybe_unused]] bool inGraph) {
-  LIFL_TIMED_ON_DEVICE(cuda::llm::timeLinear(kind, rows, in, out, reps, inGraph, &seconds));
+                          [[maybe_unused]] int reps, [[maybe_unused]] bool inGraph,
+                          [[maybe_unused]] bool coldWeights) {
+  LIFL_TIMED_ON_DEVICE(
+      cuda::llm::timeLinear(kind, rows, in, out, reps, inGraph, coldWeights, &seconds));
 }
 
 namespace {

@@ -15,6 +15,16 @@ namespace lifl::gpu::cuda::llm {
 /// Tokens per KV page (the block table maps page index -> page).
 inline constexpr uint32_t kPageTokens = 16;
 
+/// Where the elements of KV head `kvh` of row `slot` of page `page` start in a layer's K (or
+/// V) pages. A page holds its rows head by head, [kvHeads][kPageTokens][headDim], so that
+/// one KV head's rows of a page are contiguous (2 KB of BF16 at 64 dims): decode attention
+/// reads them at 4-6 points more of the bandwidth than rows of all heads interleaved
+/// (docs/benchmarks.md).
+__host__ __device__ constexpr uint64_t kvRowAt(uint64_t page, uint32_t slot, uint32_t kvh,
+                                               uint32_t kvHeads, uint32_t headDim) {
+  return ((page * kvHeads + kvh) * kPageTokens + slot) * uint64_t{headDim};
+}
+
 /// Positions per split: 256 keeps enough blocks busy at short contexts (128 measured slower
 /// at 4K), 512 halves the partials at long ones (measured: bench_attention,
 /// docs/benchmarks.md).

@@ -79,7 +79,7 @@ std::string linearQuantStacked(float* const* ys, const float* x, uint32_t bits,
 std::string timeLaunchFloor(uint32_t blocks, uint32_t threads, int reps, bool inGraph,
                             double* seconds);
 std::string timeLinear(int kind, uint64_t rows, uint64_t in, uint64_t out, int reps, bool inGraph,
-                       double* seconds);
+                       bool coldWeights, double* seconds);
 
 /// Paged causal GQA attention of one sequence (the layout of kernels::llm::attention), the
 /// pages held on the device as `dtype` (BF16: rounded on the way in).

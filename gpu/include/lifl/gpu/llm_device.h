@@ -108,12 +108,13 @@ Result<void> linearQuantStacked(Backend b, std::span<float* const> ys, const flo
                                 std::span<const kernels::llm::QuantMatrix> parts, uint64_t rows);
 /// The linear's mean time on the device: kind 16 (BF16), 8, 4 (quantised), 0 (cuBLAS BF16
 /// GemmEx, the baseline). CUDA only; the benchmark's measurement (inGraph as for
-/// timeDecodeAttention).
+/// timeDecodeAttention). coldWeights: each launch reads another copy of the weights, from
+/// copies that make 4 x the L2 cache, so that they come from HBM as in a decode step.
 /// The floor under any of those times: a kernel that only waits for the one before and lets
 /// the next be scheduled, on `blocks` blocks of `threads`, timed as timeLinear times.
 Result<double> timeLaunchFloor(uint32_t blocks, uint32_t threads, int reps, bool inGraph = false);
 Result<double> timeLinear(int kind, uint64_t rows, uint64_t in, uint64_t out, int reps,
-                          bool inGraph = false);
+                          bool inGraph = false, bool coldWeights = false);
 
 /// Paged attention (kernels::llm::attention) with the pages held as `dtype`: on the device,
 /// BF16 pages take the cache's values rounded to BF16 (kernels::llm::roundToBf16), and the
