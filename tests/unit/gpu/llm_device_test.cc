@@ -97,7 +97,9 @@ TEST_F(LlmKernels, LinearWithBf16Weights) {
 // which over random signs stays below 4e-3 norm-wise (a wrong fragment order gives ~1).
 // Shapes: out 300 pads the last 16-output tile; in 384 has fewer groups than warps, and
 // 8192 (64 groups) takes two passes of 32 warps; 21 and 40 rows take the 32-row kernel, 40
-// in two passes.
+// in two passes. Out 4 300 (269 tiles, the last padded) at 2 048 and 4 096 inputs and 1 or
+// 5 rows takes the 8-warp form of two tiles an SM and more, which decode's gate+up and head
+// run.
 TEST_F(LlmKernels, QuantisedLinearInt8AndInt4) {
   auto toBf16 = [](std::vector<float> v) {
     for (auto& f : v) {
@@ -106,22 +108,29 @@ TEST_F(LlmKernels, QuantisedLinearInt8AndInt4) {
     }
     return v;
   };
+  struct Shape {
+    uint64_t in, out, rows;
+  };
+  std::vector<Shape> shapes;
+  for (uint64_t in : {1024u, 384u, 8192u})
+    for (uint64_t rows : {1u, 5u, 16u, 21u, 40u}) shapes.push_back({in, 300, rows});
+  for (uint64_t in : {2048u, 4096u})
+    for (uint64_t rows : {1u, 5u}) shapes.push_back({in, 4300, rows});
   for (uint32_t bits : {8u, 4u})
-    for (uint64_t in : {1024u, 384u, 8192u})
-      for (uint64_t rows : {1u, 5u, 16u, 21u, 40u}) {
-        const uint64_t out = 300;
-        const auto x = random(rows * in), w = random(out * in, 0.05f);
-        const auto q = kernels::llm::quantize(w.data(), out, in, bits);
-        const auto xb = toBf16(x);
-        std::vector<float> cpu(rows * out), gpu(rows * out, std::nanf(""));
-        ASSERT_TRUE(linearQuant(Backend::Cpu, cpu.data(), xb.data(), q, rows).has_value());
-        ASSERT_TRUE(linearQuant(Backend::Cuda, gpu.data(), xb.data(), q, rows).has_value());
-        EXPECT_LT(relative(gpu, cpu), kTolerance) << "int" << bits << ", " << rows << " rows";
-        std::fill(gpu.begin(), gpu.end(), std::nanf(""));
-        ASSERT_TRUE(linearQuant(Backend::Cpu, cpu.data(), x.data(), q, rows).has_value());
-        ASSERT_TRUE(linearQuant(Backend::Cuda, gpu.data(), x.data(), q, rows).has_value());
-        EXPECT_LT(relative(gpu, cpu), 4e-3) << "int" << bits << ", fp32 activations";
-      }
+    for (const auto [in, out, rows] : shapes) {
+      const auto x = random(rows * in), w = random(out * in, 0.05f);
+      const auto q = kernels::llm::quantize(w.data(), out, in, bits);
+      const auto xb = toBf16(x);
+      std::vector<float> cpu(rows * out), gpu(rows * out, std::nanf(""));
+      ASSERT_TRUE(linearQuant(Backend::Cpu, cpu.data(), xb.data(), q, rows).has_value());
+      ASSERT_TRUE(linearQuant(Backend::Cuda, gpu.data(), xb.data(), q, rows).has_value());
+      EXPECT_LT(relative(gpu, cpu), kTolerance)
+          << "int" << bits << ", " << rows << " rows, " << in << " -> " << out;
+      std::fill(gpu.begin(), gpu.end(), std::nanf(""));
+      ASSERT_TRUE(linearQuant(Backend::Cpu, cpu.data(), x.data(), q, rows).has_value());
+      ASSERT_TRUE(linearQuant(Backend::Cuda, gpu.data(), x.data(), q, rows).has_value());
+      EXPECT_LT(relative(gpu, cpu), 4e-3) << "int" << bits << ", fp32 activations";
+    }
 }
 
 // q, k and v as the decode step runs them: stacked into one matrix, one launch writing each
