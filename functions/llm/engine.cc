@@ -4,6 +4,7 @@
 #include <chrono>
 #include <cstring>
 #include <map>
+#include <numeric>
 
 #include "lifl/common/log.h"
 #include "lifl/common/scope_exit.h"
@@ -47,8 +48,9 @@ Engine::Engine(const LlamaModel& model, uint32_t maxPages, bool gpu, bool tensor
   totalPages_ = maxPages;
 }
 
-Result<std::vector<float>> Engine::forwardOnDevice(const std::vector<Row>& rows,
-                                                   const std::vector<size_t>& logitRows) {
+template <class Run>
+auto Engine::onDevice(const std::vector<Row>& rows, const std::vector<size_t>& logitRows,
+                      Run&& run) {
   std::vector<uint32_t> tokens, positions, seqOf, tableStart, tableLen, tables, logit;
   std::map<Sequence*, uint32_t> index;
   for (const auto& r : rows) {
@@ -67,9 +69,9 @@ Result<std::vector<float>> Engine::forwardOnDevice(const std::vector<Row>& rows,
   for (size_t r = 0; r < rows.size(); ++r)
     if (rows[r].seq->hostKv) retrieving.push_back(static_cast<uint32_t>(r));
   if (retrieving.empty())
-    return device_->forward({tokens, positions, seqOf, tableStart, tableLen, tables, logit});
+    return run({tokens, positions, seqOf, tableStart, tableLen, tables, logit});
   const auto step = retrievalStep(rows, std::move(retrieving));
-  return device_->forward({tokens, positions, seqOf, tableStart, tableLen, tables, logit, &step});
+  return run({tokens, positions, seqOf, tableStart, tableLen, tables, logit, &step});
 }
 
 Result<void> Engine::reserve(Sequence& seq, uint32_t tokens) {
@@ -292,21 +294,55 @@ Result<std::vector<float>> Engine::prefill(Sequence& seq, std::span<const uint32
   return logits;
 }
 
-Result<std::vector<float>> Engine::decode(std::span<Sequence* const> seqs,
-                                          std::span<const uint32_t> tokens) {
+Result<void> Engine::checkTokens(const std::vector<Row>& rows) const {
+  for (const auto& r : rows)
+    if (r.token >= model_.config.vocabSize)
+      return badRequest("bad_token", "token id " + std::to_string(r.token) +
+                                         " is not below the vocabulary size " +
+                                         std::to_string(model_.config.vocabSize));
+  return success();
+}
+
+Result<std::vector<Engine::Row>> Engine::stepRows(std::span<Sequence* const> seqs,
+                                                  std::span<const uint32_t> tokens) {
   std::vector<Row> rows;
-  std::vector<size_t> all;
   for (size_t i = 0; i < seqs.size(); ++i) {
     if (device_ && retrieval_.enabled() && !seqs[i]->retrieval &&
         retrieval_.worthwhile(seqs[i]->length))
       LIFL_TRYV(toWorkingSet(*seqs[i]));
     LIFL_TRYV(reserve(*seqs[i], 1));
     rows.push_back({seqs[i], tokens[i], seqs[i]->length});
-    all.push_back(i);
   }
+  return rows;
+}
+
+Result<std::vector<float>> Engine::decode(std::span<Sequence* const> seqs,
+                                          std::span<const uint32_t> tokens) {
+  LIFL_TRY(rows, stepRows(seqs, tokens));
+  std::vector<size_t> all(rows.size());
+  std::iota(all.begin(), all.end(), size_t{0});
   LIFL_TRY(logits, forward(rows, all));
   for (auto* s : seqs) s->length++;
   return logits;
+}
+
+Result<std::vector<uint32_t>> Engine::decodeGreedy(std::span<Sequence* const> seqs,
+                                                   std::span<const uint32_t> tokens) {
+  if (!device_) {  // the CPU's logits are in host memory already
+    LIFL_TRY(logits, decode(seqs, tokens));
+    const uint32_t vocab = model_.config.vocabSize;
+    std::vector<uint32_t> next(seqs.size());
+    for (size_t i = 0; i < next.size(); ++i) next[i] = kl::argmax(logits.data() + i * vocab, vocab);
+    return next;
+  }
+  LIFL_TRY(rows, stepRows(seqs, tokens));
+  LIFL_TRYV(checkTokens(rows));
+  std::vector<size_t> all(rows.size());
+  std::iota(all.begin(), all.end(), size_t{0});
+  LIFL_TRY(next, onDevice(rows, all,
+                          [&](const gpu::llm::Batch& b) { return device_->forwardGreedy(b); }));
+  for (auto* s : seqs) s->length++;
+  return next;
 }
 
 Result<std::vector<float>> Engine::forward(const std::vector<Row>& rows,
@@ -315,12 +351,9 @@ Result<std::vector<float>> Engine::forward(const std::vector<Row>& rows,
   const uint64_t n = rows.size(), h = c.hiddenSize, q = uint64_t{c.heads} * c.headDim,
                  kv = uint64_t{c.kvHeads} * c.headDim, inter = c.intermediateSize;
   const float eps = static_cast<float>(c.rmsNormEps);
-  for (const auto& r : rows)
-    if (r.token >= c.vocabSize)
-      return badRequest("bad_token", "token id " + std::to_string(r.token) +
-                                         " is not below the vocabulary size " +
-                                         std::to_string(c.vocabSize));
-  if (device_) return forwardOnDevice(rows, logitRows);
+  LIFL_TRYV(checkTokens(rows));
+  if (device_)
+    return onDevice(rows, logitRows, [&](const gpu::llm::Batch& b) { return device_->forward(b); });
   std::vector<float> x(n * h), normed(n * h), qs(n * q), ks(n * kv), vs(n * kv), attn(n * q),
       proj(n * h), gate(n * inter), up(n * inter);
   std::vector<uint32_t> positions(n);

@@ -58,6 +58,11 @@ class Engine {
   /// One token for each sequence, in one pass through the weights: logits [batch][vocab].
   Result<std::vector<float>> decode(std::span<Sequence* const> seqs,
                                     std::span<const uint32_t> tokens);
+  /// As decode, but returns each sequence's next token greedily (the first maximum of its
+  /// logits, kernels::llm::argmax). On the GPU it is found there, and only the tokens come
+  /// back.
+  Result<std::vector<uint32_t>> decodeGreedy(std::span<Sequence* const> seqs,
+                                             std::span<const uint32_t> tokens);
   /// Bytes of a hand-off of `length` tokens: every layer's K then V rows, each value as the
   /// cache holds it (BF16: 2 bytes, the upper half of its fp32 pattern; f32: 4).
   uint64_t kvBytes(uint32_t length) const {
@@ -86,10 +91,16 @@ class Engine {
     uint32_t token;
     uint32_t position;
   };
+  /// bad_token for a row whose token is not in the vocabulary.
+  Result<void> checkTokens(const std::vector<Row>& rows) const;
+  /// A decode step's rows (one a sequence, reserving its page), or why not.
+  Result<std::vector<Row>> stepRows(std::span<Sequence* const> seqs,
+                                    std::span<const uint32_t> tokens);
   Result<std::vector<float>> forward(const std::vector<Row>& rows,
                                      const std::vector<size_t>& logitRows);
-  Result<std::vector<float>> forwardOnDevice(const std::vector<Row>& rows,
-                                             const std::vector<size_t>& logitRows);
+  /// run(batch) for the device's batch of `rows` (DeviceModel::forward or forwardGreedy).
+  template <class Run>
+  auto onDevice(const std::vector<Row>& rows, const std::vector<size_t>& logitRows, Run&& run);
 
   Result<void> startRetrieval(Sequence& seq);
   /// GPU path: the sequence's K/V to host memory, clustered, its pages cut to a working set.

@@ -276,21 +276,17 @@ class Decode final : public Function {
       seqs.push_back(&r.seq);
       tokens.push_back(r.tokens.back());
     }
-    auto logits = loaded_->engine->decode(seqs, tokens);
-    if (!logits) {  // no pages left: these requests fail rather than wait forever
-      for (auto& [corr, r] : running_) (void)replyFailure(ctx, corr, r.job, logits.error());
+    auto next = nextTokens(seqs, tokens);
+    if (!next) {  // no pages left: these requests fail rather than wait forever
+      for (auto& [corr, r] : running_) (void)replyFailure(ctx, corr, r.job, next.error());
       for (auto& [_, r] : running_) loaded_->engine->release(r.seq);
       running_.clear();
-      return logits.error();
+      return next.error();
     }
-    const uint32_t vocab = loaded_->engine->config().vocabSize;
     size_t i = 0;
     for (auto& [correlation, r] : running_) {
-      const uint32_t next = kernels::llm::sample(
-          logits.value().data() + i++ * vocab, vocab, static_cast<float>(r.request.temperature),
-          r.request.topK, static_cast<float>(r.request.topP), r.rng);
-      r.tokens.push_back(next);
-      if (r.request.stream) LIFL_TRYV(streamPiece(ctx, correlation, r, next));
+      r.tokens.push_back(next.value()[i++]);
+      if (r.request.stream) LIFL_TRYV(streamPiece(ctx, correlation, r, r.tokens.back()));
     }
     return finishDone(ctx);
   }
@@ -298,6 +294,25 @@ class Decode final : public Function {
   bool hasWork() const override { return !running_.empty(); }
 
  private:
+  /// One step's next token of each running request (in running_'s order): found by the
+  /// engine where every request decodes greedily (on the GPU only the tokens come back),
+  /// else sampled from the step's logits, each with its request's settings.
+  Result<std::vector<uint32_t>> nextTokens(std::span<llm::Sequence* const> seqs,
+                                           std::span<const uint32_t> tokens) {
+    const bool greedy = std::all_of(running_.begin(), running_.end(), [](const auto& e) {
+      return e.second.request.temperature <= 0;
+    });
+    if (greedy) return loaded_->engine->decodeGreedy(seqs, tokens);
+    LIFL_TRY(logits, loaded_->engine->decode(seqs, tokens));
+    const uint32_t vocab = loaded_->engine->config().vocabSize;
+    std::vector<uint32_t> next;
+    for (auto& [_, r] : running_)
+      next.push_back(kernels::llm::sample(logits.data() + next.size() * vocab, vocab,
+                                          static_cast<float>(r.request.temperature), r.request.topK,
+                                          static_cast<float>(r.request.topP), r.rng));
+    return next;
+  }
+
   struct Running {
     Request request;
     llm::Sequence seq;

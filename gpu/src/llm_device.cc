@@ -23,13 +23,13 @@ class CudaModel final : public DeviceModel {
   ~CudaModel() override { cuda::llm::destroy(model_); }
   Result<std::vector<float>> forward(const Batch& b) override {
     std::vector<float> logits(b.logitRows.size() * size_t{vocab_});
-    LIFL_TRYV(checked(cuda::llm::forward(
-        model_, static_cast<uint32_t>(b.tokens.size()), b.tokens.data(), b.positions.data(),
-        b.seqOf.data(), static_cast<uint32_t>(b.tableStart.size()), b.tableStart.data(),
-        b.tableLen.data(), b.tables.data(), static_cast<uint32_t>(b.tables.size()),
-        b.logitRows.data(), static_cast<uint32_t>(b.logitRows.size()), logits.data(),
-        b.retrieval)));
+    LIFL_TRYV(run(b, logits.data(), nullptr));
     return logits;
+  }
+  Result<std::vector<uint32_t>> forwardGreedy(const Batch& b) override {
+    std::vector<uint32_t> tokens(b.logitRows.size());
+    LIFL_TRYV(run(b, nullptr, tokens.data()));
+    return tokens;
   }
   Result<void> exportKv(std::span<const uint32_t> pages, uint32_t length, void* out, KvDtype rows,
                         uint32_t stride) override {
@@ -42,6 +42,15 @@ class CudaModel final : public DeviceModel {
   }
 
  private:
+  Result<void> run(const Batch& b, float* logits, uint32_t* greedy) {
+    return checked(cuda::llm::forward(
+        model_, static_cast<uint32_t>(b.tokens.size()), b.tokens.data(), b.positions.data(),
+        b.seqOf.data(), static_cast<uint32_t>(b.tableStart.size()), b.tableStart.data(),
+        b.tableLen.data(), b.tables.data(), static_cast<uint32_t>(b.tables.size()),
+        b.logitRows.data(), static_cast<uint32_t>(b.logitRows.size()), logits, b.retrieval,
+        greedy));
+  }
+
   cuda::llm::Model* model_;
   uint32_t vocab_;
 };
@@ -185,6 +194,14 @@ Result<void> rope(Backend b, float* x, uint64_t rows, uint32_t heads, uint32_t h
     return success();
   }
   LIFL_ON_DEVICE(cuda::llm::rope(x, rows, heads, headDim, positions, theta));
+}
+
+Result<void> argmax(Backend b, uint32_t* out, const float* logits, uint64_t rows, uint32_t vocab) {
+  if (b == Backend::Cpu) {
+    for (uint64_t r = 0; r < rows; ++r) out[r] = kernels::llm::argmax(logits + r * vocab, vocab);
+    return success();
+  }
+  LIFL_ON_DEVICE(cuda::llm::argmax(out, logits, rows, vocab));
 }
 
 Result<void> siluAndMul(Backend b, float* out, const float* gate, const float* up, uint64_t n) {

@@ -228,10 +228,13 @@ void attentionAt(float* out, const float* q, uint32_t heads, const KvPages& cach
   });
 }
 
+uint32_t argmax(const float* logits, uint32_t vocab) {
+  return static_cast<uint32_t>(std::max_element(logits, logits + vocab) - logits);
+}
+
 uint32_t sample(const float* logits, uint32_t vocab, float temperature, uint32_t topK, float topP,
                 uint64_t& rng) {
-  if (temperature <= 0.0f)
-    return static_cast<uint32_t>(std::max_element(logits, logits + vocab) - logits);
+  if (temperature <= 0.0f) return argmax(logits, vocab);
   std::vector<uint32_t> order(vocab);
   std::iota(order.begin(), order.end(), 0u);
   const uint32_t keep = topK ? std::min(topK, vocab) : vocab;

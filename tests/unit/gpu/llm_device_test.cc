@@ -57,6 +57,39 @@ TEST_F(LlmKernels, RmsNorm) {
   EXPECT_LT(relative(gpu, cpu), kTolerance);
 }
 
+// Greedy decoding's token on the device: the first maximum of each row, as the CPU's
+// std::max_element finds it, exactly. Rows of Llama 3's vocabulary and of a few odd sizes
+// (fewer values than threads, one value). The maximum is planted twice in rows 0-2, where
+// the first must win: seen by two threads of one warp, by threads of two warps, and by one
+// thread twice (1 024 apart, the block's stride); then a row of -inf but one value, and a
+// row of equal values.
+TEST_F(LlmKernels, ArgmaxIsTheFirstMaximum) {
+  for (uint32_t vocab : {128256u, 1000u, 33u, 1u}) {
+    const uint64_t rows = 6;
+    auto logits = random(rows * vocab, 5.f);
+    float* r = logits.data();
+    if (vocab > 2000) {
+      r[vocab - 7] = r[vocab - 1] = 100.f;
+      r[vocab + 40] = r[vocab + 72] = 100.f;
+      r[2 * vocab + vocab / 2] = r[2 * vocab + vocab / 2 + 1024] = 100.f;
+    }
+    std::fill(r + 3 * vocab, r + 4 * vocab, -INFINITY);  // row 3: -inf but its last value
+    r[4 * vocab - 1] = -3.f;
+    std::fill(r + 4 * vocab, r + 5 * vocab, 2.f);  // row 4: all equal
+    std::vector<uint32_t> cpu(rows), gpu(rows, UINT32_MAX);
+    ASSERT_TRUE(argmax(Backend::Cpu, cpu.data(), logits.data(), rows, vocab).has_value());
+    ASSERT_TRUE(argmax(Backend::Cuda, gpu.data(), logits.data(), rows, vocab).has_value());
+    EXPECT_EQ(gpu, cpu) << "vocab " << vocab;
+    if (vocab > 2000) {
+      EXPECT_EQ(cpu[0], vocab - 7);
+      EXPECT_EQ(cpu[1], 40u);
+      EXPECT_EQ(cpu[2], vocab / 2);
+    }
+    EXPECT_EQ(cpu[3], vocab - 1);
+    EXPECT_EQ(cpu[4], 0u);
+  }
+}
+
 TEST_F(LlmKernels, Rope) {
   const uint64_t rows = 40;
   const uint32_t heads = 8, hd = 64;

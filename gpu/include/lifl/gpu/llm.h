@@ -91,6 +91,9 @@ void attentionAt(float* out, const float* q, uint32_t heads, const KvPages& cach
 void kmeans(const float* keys, uint32_t n, uint32_t kvHeads, uint32_t headDim, uint32_t clusters,
             uint32_t rounds, uint32_t* owner, float* centroids);
 
+/// The index of the first maximum of `logits` (greedy decoding's token).
+uint32_t argmax(const float* logits, uint32_t vocab);
+
 /// A token from logits: greedy (the first maximum) when temperature is 0, else sampled from
 /// softmax(logits / temperature) restricted to the topK largest (0: all) and to the smallest
 /// set whose probability reaches topP. `rng` is the state of a splitmix64 generator.
