@@ -953,11 +953,11 @@ std::string forward(Model* m, uint32_t rows, const uint32_t* tokens, const uint3
       LIFL_CU(cudaGetLastError());
     }
   }
-  if (greedy)
-    LIFL_CU(cudaMemcpy(greedy, m->greedy.p, size_t{logitCount} * 4, cudaMemcpyDeviceToHost));
-  else
+  if (!greedy)
     LIFL_CU(
         cudaMemcpy(logits, m->logits.p, size_t{logitCount} * s.vocab * 4, cudaMemcpyDeviceToHost));
+  else if (logitCount > 0)
+    LIFL_CU(cudaMemcpy(greedy, m->greedy.p, size_t{logitCount} * 4, cudaMemcpyDeviceToHost));
   LIFL_CU(cudaGetLastError());
   return "";
 }
