@@ -35,7 +35,9 @@ const char* kUsage =
     "generate writes config.json and *.safetensors of a random Llama (Hugging Face layout).\n"
     "run prints {\"tokens\": [...]} generated after the prompt; --logits saves the logits\n"
     "each token was chosen from (the prompt's, then each decode step's), a row of the\n"
-    "vocabulary's size per generated token, as float32 (little-endian).";
+    "vocabulary's size per generated token, as float32 (little-endian). --batch/--timing\n"
+    "decode B copies of the prompt together and print the rates, each copy drawing with\n"
+    "--temperature, --top-k and --top-p from a generator seeded --seed + its index.";
 
 Result<std::vector<uint32_t>> parseTokens(const std::string& text) {
   std::vector<uint32_t> out;
@@ -103,10 +105,22 @@ double now() {
   return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
 }
 
-/// --batch / --timing: `batch` copies of the prompt prefilled, then decoded together, greedy,
-/// for maxTokens steps; prints the times (the decode benchmark's measurement).
+/// How a run picks its tokens (--temperature, --top-k, --top-p, --seed).
+struct Picking {
+  float temperature = 0;
+  uint32_t topK = 0;
+  float topP = 1;
+  uint64_t seed = 1;
+  /// Every token in play: a decode step may pick where the logits are (the decode stage's
+  /// rule), else the logits come to the host and kernels::llm::sample picks there.
+  bool inPlace() const { return topK == 0 && topP >= 1; }
+};
+
+/// --batch / --timing: `batch` copies of the prompt prefilled, then decoded together for
+/// maxTokens steps, each sequence drawing from a generator of its own (greedy by default);
+/// prints the times (the decode benchmark's measurement).
 int timed(llm::Engine& engine, const std::vector<uint32_t>& prompt, uint32_t batch,
-          uint32_t maxTokens) {
+          uint32_t maxTokens, const Picking& how) {
   const uint32_t vocab = engine.config().vocabSize;
   {  // a warm-up pass, untimed: one-time costs (a cuBLAS handle, lazy allocations) stay out
     llm::Sequence warm;
@@ -116,12 +130,18 @@ int timed(llm::Engine& engine, const std::vector<uint32_t>& prompt, uint32_t bat
   }
   std::vector<llm::Sequence> seqs(batch);
   std::vector<uint32_t> next(batch);
+  std::vector<uint64_t> rng(batch);
+  for (uint32_t b = 0; b < batch; ++b) rng[b] = how.seed + b;
+  const std::vector<float> temperature(batch, how.temperature);
+  std::vector<double> draws(batch, 0.0);
+  auto pick = [&](const float* logits, uint32_t b) {
+    return kernels::llm::sample(logits, vocab, how.temperature, how.topK, how.topP, rng[b]);
+  };
   const double t0 = now();
   for (uint32_t b = 0; b < batch; ++b) {
     auto logits = engine.prefill(seqs[b], prompt);
     if (!logits) return fail(logits.error());
-    uint64_t rng = 0;
-    next[b] = kernels::llm::sample(logits.value().data(), vocab, 0, 0, 1, rng);
+    next[b] = pick(logits.value().data(), b);
   }
   const double t1 = now();
   std::vector<llm::Sequence*> ptrs;
@@ -129,9 +149,18 @@ int timed(llm::Engine& engine, const std::vector<uint32_t>& prompt, uint32_t bat
   double firstStep = 0;  // one-time work (a graph captured, KV moved for retrieval) apart
   for (uint32_t step = 1; step < maxTokens; ++step) {
     if (step == 2) firstStep = now() - t1;
-    auto greedy = engine.decodeGreedy(ptrs, next);
-    if (!greedy) return fail(greedy.error());
-    next = std::move(greedy.value());
+    if (how.inPlace()) {
+      for (uint32_t b = 0; b < batch; ++b)
+        draws[b] = how.temperature > 0 ? kernels::llm::nextDraw(rng[b]) : 0.0;
+      auto picked = engine.decodeTokens(ptrs, next, temperature, draws);
+      if (!picked) return fail(picked.error());
+      next = std::move(picked.value());
+      continue;
+    }
+    auto logits = engine.decode(ptrs, next);
+    if (!logits) return fail(logits.error());
+    for (uint32_t b = 0; b < batch; ++b)
+      next[b] = pick(logits.value().data() + size_t{b} * vocab, b);
   }
   const double t2 = now();
   // The rate over the steps after the first (all of them when there is only one).
@@ -218,9 +247,11 @@ int run(const Args& a) {
     if (!retrieval) return fail(retrieval.error());
     engine.setRetrieval(retrieval.value());
   }
+  const Picking how{static_cast<float>(temperature.value()), static_cast<uint32_t>(topK.value()),
+                    static_cast<float>(topP.value()), seed.value()};
   if (batch.value() > 1 || a.has("timing"))
     return timed(engine, prompt.value(), static_cast<uint32_t>(batch.value()),
-                 static_cast<uint32_t>(maxTokens.value()));
+                 static_cast<uint32_t>(maxTokens.value()), how);
   std::ofstream logitsFile;
   if (a.has("logits")) {
     logitsFile.open(a.get("logits"), std::ios::binary);
@@ -230,21 +261,40 @@ int run(const Args& a) {
   auto logits = engine.prefill(seq, prompt.value());
   if (!logits) return fail(logits.error());
   uint64_t rng = seed.value();
-  std::vector<uint32_t> generated;
-  for (uint64_t i = 0; i < maxTokens.value(); ++i) {
+  const float t = how.temperature;
+  auto pick = [&](const std::vector<float>& from) -> Result<uint32_t> {
     if (logitsFile.is_open()) {
-      logitsFile.write(reinterpret_cast<const char*>(logits.value().data()),
+      logitsFile.write(reinterpret_cast<const char*>(from.data()),
                        static_cast<std::streamsize>(c.vocabSize * sizeof(float)));
-      if (!logitsFile) return fail(badRequest("bad_arguments", "cannot write " + a.get("logits")));
+      if (!logitsFile) return badRequest("bad_arguments", "cannot write " + a.get("logits"));
     }
-    const uint32_t next = kernels::llm::sample(
-        logits.value().data(), c.vocabSize, static_cast<float>(temperature.value()),
-        static_cast<uint32_t>(topK.value()), static_cast<float>(topP.value()), rng);
+    return kernels::llm::sample(from.data(), c.vocabSize, t, how.topK, how.topP, rng);
+  };
+  // Decode steps pick their token as the decode stage does: with every token in play and no
+  // logits to save, where the logits are (on the GPU, there).
+  const bool inPlace = !logitsFile.is_open() && how.inPlace();
+  auto first = pick(logits.value());
+  if (!first) return fail(first.error());
+  uint32_t next = first.value();
+  std::vector<uint32_t> generated;
+  llm::Sequence* one[] = {&seq};
+  for (uint64_t i = 0; i < maxTokens.value(); ++i) {
     generated.push_back(next);
     if (i + 1 == maxTokens.value() || c.isEos(next)) break;
-    llm::Sequence* one[] = {&seq};
-    logits = engine.decode(one, std::span<const uint32_t>(&next, 1));
+    const std::span<const uint32_t> token(&next, 1);
+    if (inPlace) {
+      const double draw = t > 0 ? kernels::llm::nextDraw(rng) : 0.0;
+      auto picked = engine.decodeTokens(one, token, std::span<const float>(&t, 1),
+                                        std::span<const double>(&draw, 1));
+      if (!picked) return fail(picked.error());
+      next = picked.value()[0];
+      continue;
+    }
+    logits = engine.decode(one, token);
     if (!logits) return fail(logits.error());
+    auto chosen = pick(logits.value());
+    if (!chosen) return fail(chosen.error());
+    next = chosen.value();
   }
   nlohmann::json result = {{"tokens", generated}};
   if (seq.retrieval) result["retrievals"] = seq.retrieval->retrievals();

@@ -294,15 +294,24 @@ class Decode final : public Function {
   bool hasWork() const override { return !running_.empty(); }
 
  private:
-  /// One step's next token of each running request (in running_'s order): found by the
-  /// engine where every request decodes greedily (on the GPU only the tokens come back),
-  /// else sampled from the step's logits, each with its request's settings.
+  /// One step's next token of each running request (in running_'s order): picked by the
+  /// engine where every request has every token in play (no top_k, top_p 1: on the GPU only
+  /// the tokens come back), else sampled from the step's logits, each with its request's
+  /// settings. Both draw from a request's generator alike.
   Result<std::vector<uint32_t>> nextTokens(std::span<llm::Sequence* const> seqs,
                                            std::span<const uint32_t> tokens) {
-    const bool greedy = std::all_of(running_.begin(), running_.end(), [](const auto& e) {
-      return e.second.request.temperature <= 0;
+    const bool everyToken = std::all_of(running_.begin(), running_.end(), [](const auto& e) {
+      return e.second.request.topK == 0 && e.second.request.topP >= 1;
     });
-    if (greedy) return loaded_->engine->decodeGreedy(seqs, tokens);
+    if (everyToken) {
+      std::vector<float> temperature;
+      std::vector<double> draws;
+      for (auto& [_, r] : running_) {
+        temperature.push_back(static_cast<float>(r.request.temperature));
+        draws.push_back(temperature.back() > 0 ? kernels::llm::nextDraw(r.rng) : 0.0);
+      }
+      return loaded_->engine->decodeTokens(seqs, tokens, temperature, draws);
+    }
     LIFL_TRY(logits, loaded_->engine->decode(seqs, tokens));
     const uint32_t vocab = loaded_->engine->config().vocabSize;
     std::vector<uint32_t> next;

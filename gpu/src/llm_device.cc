@@ -23,12 +23,15 @@ class CudaModel final : public DeviceModel {
   ~CudaModel() override { cuda::llm::destroy(model_); }
   Result<std::vector<float>> forward(const Batch& b) override {
     std::vector<float> logits(b.logitRows.size() * size_t{vocab_});
-    LIFL_TRYV(run(b, logits.data(), nullptr));
+    LIFL_TRYV(run(b, logits.data()));
     return logits;
   }
-  Result<std::vector<uint32_t>> forwardGreedy(const Batch& b) override {
+  Result<std::vector<uint32_t>> forwardTokens(const Batch& b, std::span<const float> temperature,
+                                              std::span<const double> draws) override {
+    if (temperature.size() != b.logitRows.size() || draws.size() != b.logitRows.size())
+      return badRequest("bad_arguments", "a temperature and a draw for each logit row");
     std::vector<uint32_t> tokens(b.logitRows.size());
-    LIFL_TRYV(run(b, nullptr, tokens.data()));
+    LIFL_TRYV(run(b, nullptr, tokens.data(), temperature.data(), draws.data()));
     return tokens;
   }
   Result<void> exportKv(std::span<const uint32_t> pages, uint32_t length, void* out, KvDtype rows,
@@ -42,13 +45,14 @@ class CudaModel final : public DeviceModel {
   }
 
  private:
-  Result<void> run(const Batch& b, float* logits, uint32_t* greedy) {
+  Result<void> run(const Batch& b, float* logits, uint32_t* drawn = nullptr,
+                   const float* temperature = nullptr, const double* draws = nullptr) {
     return checked(cuda::llm::forward(
         model_, static_cast<uint32_t>(b.tokens.size()), b.tokens.data(), b.positions.data(),
         b.seqOf.data(), static_cast<uint32_t>(b.tableStart.size()), b.tableStart.data(),
         b.tableLen.data(), b.tables.data(), static_cast<uint32_t>(b.tables.size()),
-        b.logitRows.data(), static_cast<uint32_t>(b.logitRows.size()), logits, b.retrieval,
-        greedy));
+        b.logitRows.data(), static_cast<uint32_t>(b.logitRows.size()), logits, b.retrieval, drawn,
+        temperature, draws));
   }
 
   cuda::llm::Model* model_;
@@ -196,12 +200,14 @@ Result<void> rope(Backend b, float* x, uint64_t rows, uint32_t heads, uint32_t h
   LIFL_ON_DEVICE(cuda::llm::rope(x, rows, heads, headDim, positions, theta));
 }
 
-Result<void> argmax(Backend b, uint32_t* out, const float* logits, uint64_t rows, uint32_t vocab) {
+Result<void> drawTokens(Backend b, uint32_t* out, const float* logits, uint64_t rows,
+                        uint32_t vocab, const float* temperature, const double* draws) {
   if (b == Backend::Cpu) {
-    for (uint64_t r = 0; r < rows; ++r) out[r] = kernels::llm::argmax(logits + r * vocab, vocab);
+    for (uint64_t r = 0; r < rows; ++r)
+      out[r] = kernels::llm::drawToken(logits + r * vocab, vocab, temperature[r], draws[r]);
     return success();
   }
-  LIFL_ON_DEVICE(cuda::llm::argmax(out, logits, rows, vocab));
+  LIFL_ON_DEVICE(cuda::llm::drawTokens(out, logits, rows, vocab, temperature, draws));
 }
 
 Result<void> siluAndMul(Backend b, float* out, const float* gate, const float* up, uint64_t n) {

@@ -146,6 +146,29 @@ class LlmApi(unittest.TestCase):
         c = self.complete(**dict(body, seed=4))
         self.assertNotEqual(a["choices"][0]["token_ids"], c["choices"][0]["token_ids"])
 
+    def test_sampled_completions_equal_lifl_model_run(self):
+        # At the default top_k and top_p, a sampled decode step picks its tokens in the engine
+        # (Engine::decodeTokens; on the GPU, on the device); with a top_k of the whole
+        # vocabulary (320) the logits come to the host and kernels::llm::sample draws there.
+        # Both draw the same generator alike, so a seed gives the same tokens either way, served
+        # (3 at once, batched) or run by `lifl model run`; and another seed gives others.
+        prompts = [[7, 8, 9], [4, 4], [11, 12, 13, 14]]
+        with concurrent.futures.ThreadPoolExecutor(3) as pool:
+            results = list(pool.map(lambda i: post(self.platform.url, {
+                "prompt": prompts[i], "max_tokens": 12, "temperature": 1.0, "seed": 20 + i}),
+                range(3)))
+        for i, (status, _, data) in enumerate(results):
+            self.assertEqual(status, 200, data)
+            run = ["--temperature", "1", "--seed", str(20 + i)]
+            expected = model_run(self.model, prompts[i], 12, *run)[0]
+            self.assertEqual(json.loads(data)["choices"][0]["token_ids"], expected)
+            self.assertEqual(model_run(self.model, prompts[i], 12, *run, "--top-k", "320")[0],
+                             expected)
+        self.assertNotEqual(model_run(self.model, prompts[0], 12, "--temperature", "1",
+                                      "--seed", "19")[0],
+                            model_run(self.model, prompts[0], 12, "--temperature", "1",
+                                      "--seed", "20")[0])
+
     def test_bad_requests_get_json_errors(self):
         cases = [
             ({"max_tokens": 3}, 400, "prompt is required"),

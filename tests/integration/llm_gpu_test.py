@@ -12,6 +12,7 @@ away), which moves the logits of 16 steps by up to 1.4e-4 of the largest here: 1
 BF16 pages. transformers runs in fp32 on the same weights: 2e-4 with --kv-cache f32. Paths that round activations or K/V to BF16
 against an fp32 reference (the default tensor-core GEMM, quantised linears, BF16 pages
 against transformers) get 2e-2."""
+import concurrent.futures
 import json
 import os
 import shutil
@@ -21,7 +22,7 @@ import unittest
 
 import numpy as np
 
-from llm_api_test import greedy_all
+from llm_api_test import greedy_all, post
 from lifl_harness import Platform, lifl_cli, model_run
 
 RTOL = 2e-4
@@ -190,6 +191,31 @@ class LlmGpu(unittest.TestCase):
                 self.assertEqual("KV hand-off through CUDA IPC" in log, handoff == "ipc", log[-3000:])
             finally:
                 p.stop()
+
+    def test_sampled_on_the_gpu(self):
+        # Sampled decode steps at the default top_k/top_p pick their tokens on the device
+        # (drawKernel); a top_k of the whole vocabulary (512) brings the logits to the host,
+        # which draws the same generator alike (kernels::llm::drawToken). Served (3 at once)
+        # and `lifl model run --device cuda` agree either way, for each seed.
+        prompts = [self.prompt[:12], self.prompt[:20], self.prompt[5:30]]
+        p = Platform(router="userspace", extra_args=["--model", self.model,
+                                                     "--model-device", "cuda"])
+        try:
+            with concurrent.futures.ThreadPoolExecutor(3) as pool:
+                results = list(pool.map(lambda i: post(p.url, {
+                    "prompt": prompts[i], "max_tokens": 16, "temperature": 0.8,
+                    "seed": 40 + i}, timeout=120), range(3)))
+        finally:
+            p.stop()
+        for i, (status, _, data) in enumerate(results):
+            self.assertEqual(status, 200, data)
+            run = ["--device", "cuda", "--temperature", "0.8", "--seed", str(40 + i)]
+            on_device = model_run(self.model, prompts[i], 16, *run)[0]
+            self.assertEqual(json.loads(data)["choices"][0]["token_ids"], on_device)
+            self.assertEqual(model_run(self.model, prompts[i], 16, *run, "--top-k", "512")[0],
+                             on_device)
+            self.assertNotEqual(on_device, model_run(self.model, prompts[i], 16, "--device",
+                                                     "cuda")[0], "sampled, not greedy")
 
 if __name__ == "__main__":
     unittest.main()

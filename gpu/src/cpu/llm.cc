@@ -232,10 +232,33 @@ uint32_t argmax(const float* logits, uint32_t vocab) {
   return static_cast<uint32_t>(std::max_element(logits, logits + vocab) - logits);
 }
 
+double nextDraw(uint64_t& rng) { return static_cast<double>(splitmix64(rng) >> 11) * 0x1.0p-53; }
+
+uint32_t drawToken(const float* logits, uint32_t vocab, float temperature, double draw) {
+  if (temperature <= 0.0f) return argmax(logits, vocab);
+  const double top = *std::max_element(logits, logits + vocab);
+  // In index order, with no sort (sorting a vocabulary of 128 256 took 21 ms a token, 10x
+  // a GPU decode step).
+  thread_local std::vector<double> p;
+  p.resize(vocab);
+  double total = 0;
+  for (uint32_t i = 0; i < vocab; ++i) total += (p[i] = std::exp((logits[i] - top) / temperature));
+  const double u = draw * total;
+  double acc = 0;
+  for (uint32_t i = 0; i < vocab; ++i)
+    if ((acc += p[i]) > u) return i;
+  uint32_t last = vocab - 1;  // u rounded up to the total: the last token in play
+  while (last > 0 && p[last] == 0) --last;
+  return last;
+}
+
 uint32_t sample(const float* logits, uint32_t vocab, float temperature, uint32_t topK, float topP,
                 uint64_t& rng) {
   if (temperature <= 0.0f) return argmax(logits, vocab);
+  const double draw = nextDraw(rng);
+  const bool nucleus = topP > 0.0f && topP < 1.0f;
   const uint32_t keep = topK ? std::min(topK, vocab) : vocab;
+  if (keep == vocab && !nucleus) return drawToken(logits, vocab, temperature, draw);
   std::vector<uint32_t> order;
   auto higher = [&](uint32_t a, uint32_t b) { return logits[a] > logits[b]; };
   if (keep < vocab) {  // the top_k, in descending order
@@ -246,23 +269,6 @@ uint32_t sample(const float* logits, uint32_t vocab, float temperature, uint32_t
   }
   const double top = keep < vocab ? logits[order[0]] : *std::max_element(logits, logits + vocab);
   auto weight = [&](uint32_t i) { return std::exp((logits[i] - top) / temperature); };
-  const double draw = static_cast<double>(splitmix64(rng) >> 11) * 0x1.0p-53;
-  const bool nucleus = topP > 0.0f && topP < 1.0f;
-  // Every token in play and no nucleus: drawn in index order, with no sort (sorting a
-  // vocabulary of 128 256 took 21 ms a token, 10x a GPU decode step).
-  if (keep == vocab && !nucleus) {
-    thread_local std::vector<double> p;
-    p.resize(vocab);
-    double total = 0;
-    for (uint32_t i = 0; i < vocab; ++i) total += (p[i] = weight(i));
-    const double u = draw * total;
-    double acc = 0;
-    for (uint32_t i = 0; i < vocab; ++i)
-      if ((acc += p[i]) > u) return i;
-    uint32_t last = vocab - 1;  // u rounded up to the total: the last token in play
-    while (last > 0 && p[last] == 0) --last;
-    return last;
-  }
   // The candidates in descending order as far as needed: the top_k largest, or, for the
   // nucleus, the largest until their mass reaches topP, ordered in growing prefixes (the
   // whole vocabulary only where the distribution is that flat).

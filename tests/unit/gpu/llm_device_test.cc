@@ -77,8 +77,14 @@ TEST_F(LlmKernels, ArgmaxIsTheFirstMaximum) {
     r[4 * vocab - 1] = -3.f;
     std::fill(r + 4 * vocab, r + 5 * vocab, 2.f);  // row 4: all equal
     std::vector<uint32_t> cpu(rows), gpu(rows, UINT32_MAX);
-    ASSERT_TRUE(argmax(Backend::Cpu, cpu.data(), logits.data(), rows, vocab).has_value());
-    ASSERT_TRUE(argmax(Backend::Cuda, gpu.data(), logits.data(), rows, vocab).has_value());
+    const std::vector<float> greedy(rows, 0.f);
+    const std::vector<double> unused(rows, 0.5);
+    ASSERT_TRUE(drawTokens(Backend::Cpu, cpu.data(), logits.data(), rows, vocab, greedy.data(),
+                           unused.data())
+                    .has_value());
+    ASSERT_TRUE(drawTokens(Backend::Cuda, gpu.data(), logits.data(), rows, vocab, greedy.data(),
+                           unused.data())
+                    .has_value());
     EXPECT_EQ(gpu, cpu) << "vocab " << vocab;
     if (vocab > 2000) {
       EXPECT_EQ(cpu[0], vocab - 7);
@@ -87,6 +93,50 @@ TEST_F(LlmKernels, ArgmaxIsTheFirstMaximum) {
     }
     EXPECT_EQ(cpu[3], vocab - 1);
     EXPECT_EQ(cpu[4], 0u);
+  }
+}
+
+// Sampled tokens on the device (temperature above 0, every token in play): each row's draw
+// picks the token the CPU's kernels::llm::drawToken picks from the same draw. The sums run
+// in another order (chunks of a block against one pass), so a draw within ~1e-16 of a
+// boundary between two tokens could tell them apart: none of these 4 000 rows is, and all
+// must agree. Over 1 000 draws of one row of 40 logits, the tokens' counts follow
+// softmax(logits / T) within 5 standard deviations.
+TEST_F(LlmKernels, DrawnTokensMatchTheCpu) {
+  std::mt19937_64 gen(11);
+  std::uniform_real_distribution<double> uniform(0.0, 1.0);
+  for (uint32_t vocab : {128256u, 1000u, 40u}) {
+    const uint64_t rows = vocab > 100000 ? 64 : 4000;
+    const auto one = random(vocab, 3.f);
+    std::vector<float> logits(rows * vocab), temperature(rows);
+    std::vector<double> draws(rows);
+    for (uint64_t r = 0; r < rows; ++r) {
+      std::copy(one.begin(), one.end(), logits.begin() + r * vocab);
+      temperature[r] = r % 4 == 3 ? 0.f : 0.5f + 0.25f * static_cast<float>(r % 4);
+      draws[r] = uniform(gen);
+    }
+    std::vector<uint32_t> cpu(rows), gpu(rows, UINT32_MAX);
+    ASSERT_TRUE(drawTokens(Backend::Cpu, cpu.data(), logits.data(), rows, vocab, temperature.data(),
+                           draws.data())
+                    .has_value());
+    ASSERT_TRUE(drawTokens(Backend::Cuda, gpu.data(), logits.data(), rows, vocab,
+                           temperature.data(), draws.data())
+                    .has_value());
+    EXPECT_EQ(gpu, cpu) << "vocab " << vocab;
+    if (vocab != 40) continue;
+    // Temperature 1 (r % 4 == 2): 1 000 draws against the softmax, token by token (3 draws of
+    // slack for the rare ones, where 5 standard deviations are less than one draw).
+    double top = *std::max_element(one.begin(), one.end()), total = 0;
+    std::vector<double> p(vocab);
+    for (uint32_t i = 0; i < vocab; ++i) total += p[i] = std::exp(double{one[i]} - top);
+    std::vector<uint64_t> count(vocab, 0);
+    uint64_t n = 0;
+    for (uint64_t r = 2; r < rows; r += 4, ++n) ++count[gpu[r]];
+    for (uint32_t i = 0; i < vocab; ++i) {
+      const double q = p[i] / total;
+      EXPECT_NEAR(static_cast<double>(count[i]), q * n, 5 * std::sqrt(q * (1 - q) * n) + 3)
+          << "token " << i << " of " << vocab;
+    }
   }
 }
 

@@ -94,6 +94,14 @@ void kmeans(const float* keys, uint32_t n, uint32_t kvHeads, uint32_t headDim, u
 /// The index of the first maximum of `logits` (greedy decoding's token).
 uint32_t argmax(const float* logits, uint32_t vocab);
 
+/// The next uniform double in [0, 1) of a splitmix64 generator of state `rng` (53 bits).
+double nextDraw(uint64_t& rng);
+
+/// A token with every token in play (no top_k, no nucleus): greedy (argmax) when temperature
+/// is 0, else the first token, in index order, at which the running sum of
+/// exp((logit - max) / temperature) exceeds draw times their total (draw in [0, 1)).
+uint32_t drawToken(const float* logits, uint32_t vocab, float temperature, double draw);
+
 /// A token from logits: greedy (the first maximum) when temperature is 0, else sampled from
 /// softmax(logits / temperature) restricted to the topK largest (0: all) and to the smallest
 /// set whose probability reaches topP. `rng` is the state of a splitmix64 generator.
