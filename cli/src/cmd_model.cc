@@ -113,7 +113,7 @@ struct Picking {
   uint64_t seed = 1;
   /// Every token in play: a decode step may pick where the logits are (the decode stage's
   /// rule), else the logits come to the host and kernels::llm::sample picks there.
-  bool inPlace() const { return topK == 0 && topP >= 1; }
+  bool inPlace() const { return kernels::llm::everyTokenInPlay(topK, topP); }
 };
 
 /// --batch / --timing: `batch` copies of the prompt prefilled, then decoded together for

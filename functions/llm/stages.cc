@@ -301,7 +301,8 @@ class Decode final : public Function {
   Result<std::vector<uint32_t>> nextTokens(std::span<llm::Sequence* const> seqs,
                                            std::span<const uint32_t> tokens) {
     const bool everyToken = std::all_of(running_.begin(), running_.end(), [](const auto& e) {
-      return e.second.request.topK == 0 && e.second.request.topP >= 1;
+      return kernels::llm::everyTokenInPlay(e.second.request.topK,
+                                            static_cast<float>(e.second.request.topP));
     });
     if (everyToken) {
       std::vector<float> temperature;

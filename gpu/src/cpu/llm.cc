@@ -256,9 +256,10 @@ uint32_t sample(const float* logits, uint32_t vocab, float temperature, uint32_t
                 uint64_t& rng) {
   if (temperature <= 0.0f) return argmax(logits, vocab);
   const double draw = nextDraw(rng);
-  const bool nucleus = topP > 0.0f && topP < 1.0f;
   const uint32_t keep = topK ? std::min(topK, vocab) : vocab;
-  if (keep == vocab && !nucleus) return drawToken(logits, vocab, temperature, draw);
+  if (everyTokenInPlay(keep == vocab ? 0 : keep, topP))
+    return drawToken(logits, vocab, temperature, draw);
+  const bool nucleus = hasNucleus(topP);
   std::vector<uint32_t> order;
   auto higher = [&](uint32_t a, uint32_t b) { return logits[a] > logits[b]; };
   if (keep < vocab) {  // the top_k, in descending order

@@ -94,6 +94,14 @@ void kmeans(const float* keys, uint32_t n, uint32_t kvHeads, uint32_t headDim, u
 /// The index of the first maximum of `logits` (greedy decoding's token).
 uint32_t argmax(const float* logits, uint32_t vocab);
 
+/// Whether top_p cuts the candidates to a nucleus (0 and 1 keep them all).
+constexpr bool hasNucleus(float topP) { return topP > 0.0f && topP < 1.0f; }
+/// Whether top_k and top_p leave every token in play: sample() then draws as drawToken does,
+/// and a decode step may draw where the logits are (Engine::decodeTokens).
+constexpr bool everyTokenInPlay(uint32_t topK, float topP) {
+  return topK == 0 && !hasNucleus(topP);
+}
+
 /// The next uniform double in [0, 1) of a splitmix64 generator of state `rng` (53 bits).
 double nextDraw(uint64_t& rng);
 
