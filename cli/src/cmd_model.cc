@@ -29,7 +29,8 @@ const char* kUsage =
     "                      [--temperature 0]\n"
     "                      [--top-k 0] [--top-p 1] [--seed 1] [--logits FILE]\n"
     "                      [--quantize int8|int4] [--device cpu|cuda]\n"
-    "                      [--batch B --timing] [--gemm cublas|exact] [--kv-cache bf16|f32]\n"
+    "                      [--batch B --timing [--pick-on-host]] [--gemm cublas|exact]\n"
+    "                      [--kv-cache bf16|f32]\n"
     "                      [--kv-retrieval budget=N,tau=T]\n"
     "\n"
     "generate writes config.json and *.safetensors of a random Llama (Hugging Face layout).\n"
@@ -37,7 +38,9 @@ const char* kUsage =
     "each token was chosen from (the prompt's, then each decode step's), a row of the\n"
     "vocabulary's size per generated token, as float32 (little-endian). --batch/--timing\n"
     "decode B copies of the prompt together and print the rates, each copy drawing with\n"
-    "--temperature, --top-k and --top-p from a generator seeded --seed + its index.";
+    "--temperature, --top-k and --top-p from a generator seeded --seed + its index;\n"
+    "--pick-on-host brings each step's logits to the host and picks the tokens there (the\n"
+    "same tokens; what picking on the device saves).";
 
 Result<std::vector<uint32_t>> parseTokens(const std::string& text) {
   std::vector<uint32_t> out;
@@ -111,9 +114,7 @@ struct Picking {
   uint32_t topK = 0;
   float topP = 1;
   uint64_t seed = 1;
-  /// Every token in play: a decode step may pick where the logits are (the decode stage's
-  /// rule), else the logits come to the host and kernels::llm::sample picks there.
-  bool inPlace() const { return kernels::llm::everyTokenInPlay(topK, topP); }
+  bool onHost = false;  ///< --timing: logits to the host, tokens picked there
 };
 
 /// --batch / --timing: `batch` copies of the prompt prefilled, then decoded together for
@@ -132,8 +133,7 @@ int timed(llm::Engine& engine, const std::vector<uint32_t>& prompt, uint32_t bat
   std::vector<uint32_t> next(batch);
   std::vector<uint64_t> rng(batch);
   for (uint32_t b = 0; b < batch; ++b) rng[b] = how.seed + b;
-  const std::vector<float> temperature(batch, how.temperature);
-  std::vector<double> draws(batch, 0.0);
+  std::vector<kernels::llm::Pick> picks(batch);
   auto pick = [&](const float* logits, uint32_t b) {
     return kernels::llm::sample(logits, vocab, how.temperature, how.topK, how.topP, rng[b]);
   };
@@ -149,10 +149,10 @@ int timed(llm::Engine& engine, const std::vector<uint32_t>& prompt, uint32_t bat
   double firstStep = 0;  // one-time work (a graph captured, KV moved for retrieval) apart
   for (uint32_t step = 1; step < maxTokens; ++step) {
     if (step == 2) firstStep = now() - t1;
-    if (how.inPlace()) {
+    if (!how.onHost) {
       for (uint32_t b = 0; b < batch; ++b)
-        draws[b] = how.temperature > 0 ? kernels::llm::nextDraw(rng[b]) : 0.0;
-      auto picked = engine.decodeTokens(ptrs, next, temperature, draws);
+        picks[b] = kernels::llm::nextPick(how.temperature, how.topK, how.topP, rng[b]);
+      auto picked = engine.decodeTokens(ptrs, next, picks);
       if (!picked) return fail(picked.error());
       next = std::move(picked.value());
       continue;
@@ -248,7 +248,7 @@ int run(const Args& a) {
     engine.setRetrieval(retrieval.value());
   }
   const Picking how{static_cast<float>(temperature.value()), static_cast<uint32_t>(topK.value()),
-                    static_cast<float>(topP.value()), seed.value()};
+                    static_cast<float>(topP.value()), seed.value(), a.has("pick-on-host")};
   if (batch.value() > 1 || a.has("timing"))
     return timed(engine, prompt.value(), static_cast<uint32_t>(batch.value()),
                  static_cast<uint32_t>(maxTokens.value()), how);
@@ -270,9 +270,9 @@ int run(const Args& a) {
     }
     return kernels::llm::sample(from.data(), c.vocabSize, t, how.topK, how.topP, rng);
   };
-  // Decode steps pick their token as the decode stage does: with every token in play and no
-  // logits to save, where the logits are (on the GPU, there).
-  const bool inPlace = !logitsFile.is_open() && how.inPlace();
+  // Decode steps pick their token as the decode stage does, where the logits are (on the GPU,
+  // there), unless the logits are saved.
+  const bool inPlace = !logitsFile.is_open();
   auto first = pick(logits.value());
   if (!first) return fail(first.error());
   uint32_t next = first.value();
@@ -283,9 +283,8 @@ int run(const Args& a) {
     if (i + 1 == maxTokens.value() || c.isEos(next)) break;
     const std::span<const uint32_t> token(&next, 1);
     if (inPlace) {
-      const double draw = t > 0 ? kernels::llm::nextDraw(rng) : 0.0;
-      auto picked = engine.decodeTokens(one, token, std::span<const float>(&t, 1),
-                                        std::span<const double>(&draw, 1));
+      const kernels::llm::Pick step = kernels::llm::nextPick(t, how.topK, how.topP, rng);
+      auto picked = engine.decodeTokens(one, token, std::span(&step, 1));
       if (!picked) return fail(picked.error());
       next = picked.value()[0];
       continue;
@@ -305,7 +304,7 @@ int run(const Args& a) {
 }  // namespace
 
 int cmdModel(int argc, char** argv) {
-  auto args = Args::parse(argc, argv, 3, {"tied", "timing", "help", "h"});
+  auto args = Args::parse(argc, argv, 3, {"tied", "timing", "pick-on-host", "help", "h"});
   if (!args) return fail(args.error());
   const std::string verb = argc > 2 ? argv[2] : "";
   if (args.value().wantsHelp() || (verb != "generate" && verb != "run" && verb != "tokenize")) {

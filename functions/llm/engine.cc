@@ -328,16 +328,14 @@ Result<std::vector<float>> Engine::decode(std::span<Sequence* const> seqs,
 
 Result<std::vector<uint32_t>> Engine::decodeTokens(std::span<Sequence* const> seqs,
                                                    std::span<const uint32_t> tokens,
-                                                   std::span<const float> temperature,
-                                                   std::span<const double> draws) {
-  if (temperature.size() != seqs.size() || draws.size() != seqs.size())
-    return badRequest("bad_arguments", "a temperature and a draw for each sequence");
+                                                   std::span<const kl::Pick> picks) {
+  if (picks.size() != seqs.size()) return badRequest("bad_arguments", "a pick for each sequence");
   if (!device_) {  // the CPU's logits are in host memory already
     LIFL_TRY(logits, decode(seqs, tokens));
     const uint32_t vocab = model_.config.vocabSize;
     std::vector<uint32_t> next(seqs.size());
     for (size_t i = 0; i < next.size(); ++i)
-      next[i] = kl::drawToken(logits.data() + i * vocab, vocab, temperature[i], draws[i]);
+      next[i] = kl::pickToken(logits.data() + i * vocab, vocab, picks[i]);
     return next;
   }
   LIFL_TRY(rows, stepRows(seqs, tokens));
@@ -345,7 +343,7 @@ Result<std::vector<uint32_t>> Engine::decodeTokens(std::span<Sequence* const> se
   std::vector<size_t> all(rows.size());
   std::iota(all.begin(), all.end(), size_t{0});
   LIFL_TRY(next, onDevice(rows, all, [&](const gpu::llm::Batch& b) {
-             return device_->forwardTokens(b, temperature, draws);
+             return device_->forwardTokens(b, picks);
            }));
   for (auto* s : seqs) s->length++;
   return next;

@@ -58,13 +58,11 @@ class Engine {
   /// One token for each sequence, in one pass through the weights: logits [batch][vocab].
   Result<std::vector<float>> decode(std::span<Sequence* const> seqs,
                                     std::span<const uint32_t> tokens);
-  /// As decode, but returns each sequence's next token, picked with every token in play as
-  /// kernels::llm::drawToken picks it (temperature[i]: 0 greedy; draws[i] in [0, 1)). On the
-  /// GPU it is picked there, and only the tokens come back.
+  /// As decode, but returns each sequence's next token, picked as kernels::llm::pickToken
+  /// picks it with picks[i]. On the GPU it is picked there, and only the tokens come back.
   Result<std::vector<uint32_t>> decodeTokens(std::span<Sequence* const> seqs,
                                              std::span<const uint32_t> tokens,
-                                             std::span<const float> temperature,
-                                             std::span<const double> draws);
+                                             std::span<const kernels::llm::Pick> picks);
   /// Bytes of a hand-off of `length` tokens: every layer's K then V rows, each value as the
   /// cache holds it (BF16: 2 bytes, the upper half of its fp32 pattern; f32: 4).
   uint64_t kvBytes(uint32_t length) const {

@@ -294,33 +294,17 @@ class Decode final : public Function {
   bool hasWork() const override { return !running_.empty(); }
 
  private:
-  /// One step's next token of each running request (in running_'s order): picked by the
-  /// engine where every request has every token in play (no top_k, top_p 1: on the GPU only
-  /// the tokens come back), else sampled from the step's logits, each with its request's
-  /// settings. Both draw from a request's generator alike.
+  /// One step's next token of each running request (in running_'s order), each picked with
+  /// its request's settings and a draw from its generator (on the GPU, where the logits are:
+  /// only the tokens come back).
   Result<std::vector<uint32_t>> nextTokens(std::span<llm::Sequence* const> seqs,
                                            std::span<const uint32_t> tokens) {
-    const bool everyToken = std::all_of(running_.begin(), running_.end(), [](const auto& e) {
-      return kernels::llm::everyTokenInPlay(e.second.request.topK,
-                                            static_cast<float>(e.second.request.topP));
-    });
-    if (everyToken) {
-      std::vector<float> temperature;
-      std::vector<double> draws;
-      for (auto& [_, r] : running_) {
-        temperature.push_back(static_cast<float>(r.request.temperature));
-        draws.push_back(temperature.back() > 0 ? kernels::llm::nextDraw(r.rng) : 0.0);
-      }
-      return loaded_->engine->decodeTokens(seqs, tokens, temperature, draws);
-    }
-    LIFL_TRY(logits, loaded_->engine->decode(seqs, tokens));
-    const uint32_t vocab = loaded_->engine->config().vocabSize;
-    std::vector<uint32_t> next;
+    std::vector<kernels::llm::Pick> picks;
     for (auto& [_, r] : running_)
-      next.push_back(kernels::llm::sample(logits.data() + next.size() * vocab, vocab,
-                                          static_cast<float>(r.request.temperature), r.request.topK,
-                                          static_cast<float>(r.request.topP), r.rng));
-    return next;
+      picks.push_back(kernels::llm::nextPick(static_cast<float>(r.request.temperature),
+                                             r.request.topK, static_cast<float>(r.request.topP),
+                                             r.rng));
+    return loaded_->engine->decodeTokens(seqs, tokens, picks);
   }
 
   struct Running {

@@ -26,12 +26,12 @@ class CudaModel final : public DeviceModel {
     LIFL_TRYV(run(b, logits.data()));
     return logits;
   }
-  Result<std::vector<uint32_t>> forwardTokens(const Batch& b, std::span<const float> temperature,
-                                              std::span<const double> draws) override {
-    if (temperature.size() != b.logitRows.size() || draws.size() != b.logitRows.size())
-      return badRequest("bad_arguments", "a temperature and a draw for each logit row");
+  Result<std::vector<uint32_t>> forwardTokens(const Batch& b,
+                                              std::span<const kernels::llm::Pick> picks) override {
+    if (picks.size() != b.logitRows.size())
+      return badRequest("bad_arguments", "a pick for each logit row");
     std::vector<uint32_t> tokens(b.logitRows.size());
-    LIFL_TRYV(run(b, nullptr, tokens.data(), temperature.data(), draws.data()));
+    LIFL_TRYV(run(b, nullptr, tokens.data(), picks.data()));
     return tokens;
   }
   Result<void> exportKv(std::span<const uint32_t> pages, uint32_t length, void* out, KvDtype rows,
@@ -46,13 +46,13 @@ class CudaModel final : public DeviceModel {
 
  private:
   Result<void> run(const Batch& b, float* logits, uint32_t* drawn = nullptr,
-                   const float* temperature = nullptr, const double* draws = nullptr) {
+                   const kernels::llm::Pick* picks = nullptr) {
     return checked(cuda::llm::forward(
         model_, static_cast<uint32_t>(b.tokens.size()), b.tokens.data(), b.positions.data(),
         b.seqOf.data(), static_cast<uint32_t>(b.tableStart.size()), b.tableStart.data(),
         b.tableLen.data(), b.tables.data(), static_cast<uint32_t>(b.tables.size()),
         b.logitRows.data(), static_cast<uint32_t>(b.logitRows.size()), logits, b.retrieval, drawn,
-        temperature, draws));
+        picks));
   }
 
   cuda::llm::Model* model_;
@@ -200,14 +200,14 @@ Result<void> rope(Backend b, float* x, uint64_t rows, uint32_t heads, uint32_t h
   LIFL_ON_DEVICE(cuda::llm::rope(x, rows, heads, headDim, positions, theta));
 }
 
-Result<void> drawTokens(Backend b, uint32_t* out, const float* logits, uint64_t rows,
-                        uint32_t vocab, const float* temperature, const double* draws) {
+Result<void> pickTokens(Backend b, uint32_t* out, const float* logits, uint64_t rows,
+                        uint32_t vocab, const kernels::llm::Pick* picks) {
   if (b == Backend::Cpu) {
     for (uint64_t r = 0; r < rows; ++r)
-      out[r] = kernels::llm::drawToken(logits + r * vocab, vocab, temperature[r], draws[r]);
+      out[r] = kernels::llm::pickToken(logits + r * vocab, vocab, picks[r]);
     return success();
   }
-  LIFL_ON_DEVICE(cuda::llm::drawTokens(out, logits, rows, vocab, temperature, draws));
+  LIFL_ON_DEVICE(cuda::llm::pickTokens(out, logits, rows, vocab, picks));
 }
 
 Result<void> siluAndMul(Backend b, float* out, const float* gate, const float* up, uint64_t n) {

@@ -147,23 +147,29 @@ class LlmApi(unittest.TestCase):
         self.assertNotEqual(a["choices"][0]["token_ids"], c["choices"][0]["token_ids"])
 
     def test_sampled_completions_equal_lifl_model_run(self):
-        # At the default top_k and top_p, a sampled decode step picks its tokens in the engine
-        # (Engine::decodeTokens; on the GPU, on the device); with a top_k of the whole
-        # vocabulary (320) the logits come to the host and kernels::llm::sample draws there.
-        # Both draw the same generator alike, so a seed gives the same tokens either way, served
-        # (3 at once, batched) or run by `lifl model run`; and another seed gives others.
+        # A sampled decode step picks its tokens in the engine (Engine::decodeTokens; on the
+        # GPU, on the device), top_k and top_p included; `lifl model run --logits FILE` picks
+        # from each step's logits on the host (kernels::llm::sample). Both draw the same
+        # generator alike, so a seed gives the same tokens either way, served (3 at once,
+        # batched, each with its own settings) or run by `lifl model run`; and another seed
+        # gives others.
         prompts = [[7, 8, 9], [4, 4], [11, 12, 13, 14]]
+        settings = [{"temperature": 1.0}, {"temperature": 0.9, "top_k": 20},
+                    {"temperature": 1.3, "top_k": 100, "top_p": 0.7}]
         with concurrent.futures.ThreadPoolExecutor(3) as pool:
             results = list(pool.map(lambda i: post(self.platform.url, {
-                "prompt": prompts[i], "max_tokens": 12, "temperature": 1.0, "seed": 20 + i}),
+                "prompt": prompts[i], "max_tokens": 12, "seed": 20 + i, **settings[i]}),
                 range(3)))
         for i, (status, _, data) in enumerate(results):
             self.assertEqual(status, 200, data)
-            run = ["--temperature", "1", "--seed", str(20 + i)]
+            run = ["--seed", str(20 + i), "--temperature", str(settings[i]["temperature"]),
+                   "--top-k", str(settings[i].get("top_k", 0)),
+                   "--top-p", str(settings[i].get("top_p", 1))]
             expected = model_run(self.model, prompts[i], 12, *run)[0]
-            self.assertEqual(json.loads(data)["choices"][0]["token_ids"], expected)
-            self.assertEqual(model_run(self.model, prompts[i], 12, *run, "--top-k", "320")[0],
-                             expected)
+            self.assertEqual(json.loads(data)["choices"][0]["token_ids"], expected, settings[i])
+            with tempfile.NamedTemporaryFile() as logits:
+                self.assertEqual(model_run(self.model, prompts[i], 12, *run,
+                                           logits=logits.name)[0], expected, settings[i])
         self.assertNotEqual(model_run(self.model, prompts[0], 12, "--temperature", "1",
                                       "--seed", "19")[0],
                             model_run(self.model, prompts[0], 12, "--temperature", "1",

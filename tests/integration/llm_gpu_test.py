@@ -193,27 +193,34 @@ class LlmGpu(unittest.TestCase):
                 p.stop()
 
     def test_sampled_on_the_gpu(self):
-        # Sampled decode steps at the default top_k/top_p pick their tokens on the device
-        # (drawKernel); a top_k of the whole vocabulary (512) brings the logits to the host,
-        # which draws the same generator alike (kernels::llm::drawToken). Served (3 at once)
-        # and `lifl model run --device cuda` agree either way, for each seed.
+        # Sampled decode steps pick their tokens on the device (pick_tokens.cu), top_k and
+        # top_p included; `lifl model run --logits FILE` brings every step's logits to the
+        # host and picks there (kernels::llm::pickToken), from the same generator. Served (3
+        # at once, each with its own settings) and `lifl model run --device cuda` agree
+        # either way, for each seed.
         prompts = [self.prompt[:12], self.prompt[:20], self.prompt[5:30]]
+        settings = [{"temperature": 0.8}, {"temperature": 1.0, "top_k": 40},
+                    {"temperature": 1.2, "top_k": 300, "top_p": 0.6}]
         p = Platform(router="userspace", extra_args=["--model", self.model,
                                                      "--model-device", "cuda"])
         try:
             with concurrent.futures.ThreadPoolExecutor(3) as pool:
                 results = list(pool.map(lambda i: post(p.url, {
-                    "prompt": prompts[i], "max_tokens": 16, "temperature": 0.8,
-                    "seed": 40 + i}, timeout=120), range(3)))
+                    "prompt": prompts[i], "max_tokens": 16, "seed": 40 + i, **settings[i]},
+                    timeout=120), range(3)))
         finally:
             p.stop()
         for i, (status, _, data) in enumerate(results):
             self.assertEqual(status, 200, data)
-            run = ["--device", "cuda", "--temperature", "0.8", "--seed", str(40 + i)]
+            run = ["--device", "cuda", "--seed", str(40 + i),
+                   "--temperature", str(settings[i]["temperature"]),
+                   "--top-k", str(settings[i].get("top_k", 0)),
+                   "--top-p", str(settings[i].get("top_p", 1))]
             on_device = model_run(self.model, prompts[i], 16, *run)[0]
-            self.assertEqual(json.loads(data)["choices"][0]["token_ids"], on_device)
-            self.assertEqual(model_run(self.model, prompts[i], 16, *run, "--top-k", "512")[0],
-                             on_device)
+            self.assertEqual(json.loads(data)["choices"][0]["token_ids"], on_device, settings[i])
+            with tempfile.NamedTemporaryFile() as logits:
+                self.assertEqual(model_run(self.model, prompts[i], 16, *run,
+                                           logits=logits.name)[0], on_device, settings[i])
             self.assertNotEqual(on_device, model_run(self.model, prompts[i], 16, "--device",
                                                      "cuda")[0], "sampled, not greedy")
 

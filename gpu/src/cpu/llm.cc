@@ -234,59 +234,40 @@ uint32_t argmax(const float* logits, uint32_t vocab) {
 
 double nextDraw(uint64_t& rng) { return static_cast<double>(splitmix64(rng) >> 11) * 0x1.0p-53; }
 
-uint32_t drawToken(const float* logits, uint32_t vocab, float temperature, double draw) {
-  if (temperature <= 0.0f) return argmax(logits, vocab);
-  const double top = *std::max_element(logits, logits + vocab);
-  // In index order, with no sort (sorting a vocabulary of 128 256 took 21 ms a token, 10x
-  // a GPU decode step).
-  thread_local std::vector<double> p;
-  p.resize(vocab);
-  double total = 0;
-  for (uint32_t i = 0; i < vocab; ++i) total += (p[i] = std::exp((logits[i] - top) / temperature));
-  const double u = draw * total;
-  double acc = 0;
-  for (uint32_t i = 0; i < vocab; ++i)
-    if ((acc += p[i]) > u) return i;
-  uint32_t last = vocab - 1;  // u rounded up to the total: the last token in play
-  while (last > 0 && p[last] == 0) --last;
-  return last;
+Pick nextPick(float temperature, uint32_t topK, float topP, uint64_t& rng) {
+  return {.temperature = temperature,
+          .topK = topK,
+          .topP = topP,
+          .draw = temperature > 0.0f ? nextDraw(rng) : 0.0};
 }
 
-uint32_t sample(const float* logits, uint32_t vocab, float temperature, uint32_t topK, float topP,
-                uint64_t& rng) {
-  if (temperature <= 0.0f) return argmax(logits, vocab);
-  const double draw = nextDraw(rng);
-  const uint32_t keep = topK ? std::min(topK, vocab) : vocab;
-  if (everyTokenInPlay(keep == vocab ? 0 : keep, topP))
-    return drawToken(logits, vocab, temperature, draw);
-  const bool nucleus = hasNucleus(topP);
-  std::vector<uint32_t> order;
-  auto higher = [&](uint32_t a, uint32_t b) { return logits[a] > logits[b]; };
-  if (keep < vocab) {  // the top_k, in descending order
-    order.resize(vocab);
-    std::iota(order.begin(), order.end(), 0u);
+namespace {
+
+/// The candidates in play under top_k (keep) and top_p, in index order, into `order`; returns
+/// the largest logit. The candidates' order: logit descending, ties to the lower index.
+float candidatesInPlay(const float* logits, uint32_t vocab, float temperature, uint32_t keep,
+                       float topP, std::vector<uint32_t>& order) {
+  auto higher = [&](uint32_t a, uint32_t b) {
+    return logits[a] > logits[b] || (logits[a] == logits[b] && a < b);
+  };
+  order.resize(vocab);
+  std::iota(order.begin(), order.end(), 0u);
+  if (keep < vocab) {  // the top_k, in order
     std::partial_sort(order.begin(), order.begin() + keep, order.end(), higher);
     order.resize(keep);
   }
-  const double top = keep < vocab ? logits[order[0]] : *std::max_element(logits, logits + vocab);
-  auto weight = [&](uint32_t i) { return std::exp((logits[i] - top) / temperature); };
-  // The candidates in descending order as far as needed: the top_k largest, or, for the
-  // nucleus, the largest until their mass reaches topP, ordered in growing prefixes (the
-  // whole vocabulary only where the distribution is that flat).
-  double total = 0;  // of the `keep` candidates
-  if (keep < vocab) {
+  const float top = keep < vocab ? logits[order[0]] : *std::max_element(logits, logits + vocab);
+  uint32_t cut = keep;
+  if (hasNucleus(topP)) {
+    auto weight = [&](uint32_t i) { return std::exp((logits[i] - double{top}) / temperature); };
+    double total = 0;  // of the `keep` candidates
     for (uint32_t i : order) total += weight(i);
-  } else {
-    order.resize(vocab);
-    std::iota(order.begin(), order.end(), 0u);
-    for (uint32_t i = 0; i < vocab; ++i) total += weight(i);
-  }
-  // The nucleus over a sorted prefix that grows 4x at a time (it only ever appends: the
-  // elements still unsorted are no larger than the prefix's).
-  uint32_t sorted = keep < vocab ? keep : 0, cut = keep;
-  if (nucleus) {
+    const double target = topP * total;
+    // The nucleus over a sorted prefix that grows 4x at a time (it only ever appends: the
+    // elements still unsorted are no larger than the prefix's), the whole vocabulary only
+    // where the distribution is that flat.
+    uint32_t sorted = keep < vocab ? keep : 0, scanned = 0;
     double mass = 0;
-    uint32_t scanned = 0;
     cut = 0;
     while (cut == 0) {
       const uint32_t want = std::min(keep, std::max(256u, sorted * 4));
@@ -295,17 +276,46 @@ uint32_t sample(const float* logits, uint32_t vocab, float temperature, uint32_t
         sorted = want;
       }
       for (; scanned < sorted && cut == 0; ++scanned)
-        if ((mass += weight(order[scanned]) / total) >= topP) cut = scanned + 1;
-      if (cut == 0 && sorted == keep) cut = keep;  // rounding kept the mass below topP
+        if ((mass += weight(order[scanned])) >= target) cut = scanned + 1;
+      if (cut == 0 && sorted == keep) cut = keep;  // rounding kept the mass short of it
     }
   }
-  double kept = 0;
-  for (uint32_t i = 0; i < cut; ++i) kept += weight(order[i]);
-  const double u = draw * kept;
+  order.resize(cut);
+  std::sort(order.begin(), order.end());
+  return top;
+}
+
+}  // namespace
+
+uint32_t pickToken(const float* logits, uint32_t vocab, const Pick& pick) {
+  if (pick.temperature <= 0.0f) return argmax(logits, vocab);
+  const uint32_t keep = pick.topK ? std::min(pick.topK, vocab) : vocab;
+  // Every token in play is drawn in index order with no sort (sorting a vocabulary of
+  // 128 256 took 21 ms a token, 10x a GPU decode step).
+  const bool all = everyTokenInPlay(keep == vocab ? 0 : keep, pick.topP);
+  thread_local std::vector<uint32_t> inPlay;
+  const double top =
+      all ? *std::max_element(logits, logits + vocab)
+          : candidatesInPlay(logits, vocab, pick.temperature, keep, pick.topP, inPlay);
+  auto weight = [&](uint32_t i) { return std::exp((logits[i] - top) / pick.temperature); };
+  const size_t count = all ? vocab : inPlay.size();
+  auto token = [&](size_t j) { return all ? static_cast<uint32_t>(j) : inPlay[j]; };
+  thread_local std::vector<double> p;
+  p.resize(count);
+  double total = 0;
+  for (size_t j = 0; j < count; ++j) total += (p[j] = weight(token(j)));
+  const double u = pick.draw * total;
   double acc = 0;
-  for (uint32_t i = 0; i < cut; ++i)
-    if ((acc += weight(order[i])) > u) return order[i];
-  return order[cut - 1];
+  for (size_t j = 0; j < count; ++j)
+    if ((acc += p[j]) > u) return token(j);
+  size_t last = count - 1;  // u rounded up to the total: the last token in play
+  while (last > 0 && p[last] == 0) --last;
+  return token(last);
+}
+
+uint32_t sample(const float* logits, uint32_t vocab, float temperature, uint32_t topK, float topP,
+                uint64_t& rng) {
+  return pickToken(logits, vocab, nextPick(temperature, topK, topP, rng));
 }
 
 }  // namespace lifl::kernels::llm

@@ -6,6 +6,7 @@
 #include <string>
 #include <vector>
 
+#include "lifl/gpu/llm_pick.h"
 #include "lifl/gpu/llm_retrieval.h"
 #include "lifl/gpu/llm_shape.h"
 
@@ -28,13 +29,13 @@ void destroy(Model* model);
 /// sequence seqOf[r], whose block table is tables[tableStart[s] .. tableStart[s] + tableLen[s]).
 /// K/V of every row are stored in its page first; logits of rows logitRows go to `logits`,
 /// or, where `drawn` is given, only each one's token goes to drawn[logitCount], picked on the
-/// device as drawTokens does (temperature[j], draws[j]), and `logits` is not used.
+/// device as pickTokens does (picks[j]), and `logits` is not used.
 std::string forward(Model* model, uint32_t rows, const uint32_t* tokens, const uint32_t* positions,
                     const uint32_t* seqOf, uint32_t sequences, const uint32_t* tableStart,
                     const uint32_t* tableLen, const uint32_t* tables, uint32_t tableEntries,
                     const uint32_t* logitRows, uint32_t logitCount, float* logits,
                     const RetrievalStep* retrieval = nullptr, uint32_t* drawn = nullptr,
-                    const float* temperature = nullptr, const double* draws = nullptr);
+                    const kernels::llm::Pick* picks = nullptr);
 
 /// Copies `length` tokens of a sequence's K/V between its pages and `other` (host memory, or
 /// device memory such as an IPC mapping), in the hand-off layout ([layer][K, V][token][kvHeads
@@ -66,9 +67,9 @@ std::string rmsNorm(float* out, const float* x, const float* w, uint64_t rows, u
 std::string rope(float* x, uint64_t rows, uint32_t heads, uint32_t headDim,
                  const uint32_t* positions, double theta);
 std::string siluAndMul(float* out, const float* gate, const float* up, uint64_t n);
-/// out[r] = kernels::llm::drawToken(row r of logits [rows][vocab], temperature[r], draws[r]).
-std::string drawTokens(uint32_t* out, const float* logits, uint64_t rows, uint32_t vocab,
-                       const float* temperature, const double* draws);
+/// out[r] = kernels::llm::pickToken(row r of logits [rows][vocab], picks[r]).
+std::string pickTokens(uint32_t* out, const float* logits, uint64_t rows, uint32_t vocab,
+                       const kernels::llm::Pick* picks);
 /// y = x W^T with W rounded to BF16 (as the device model holds it).
 std::string linearBf16(float* y, const float* x, const float* w, uint64_t rows, uint64_t in,
                        uint64_t out);

@@ -18,9 +18,12 @@
 #include "decode_attention.h"
 #include "kv_element.h"
 #include "llm_api.h"
+#include "pick_tokens.h"
 #include "quant_linear.h"
 
 namespace lifl::gpu::cuda::llm {
+
+using kernels::llm::Pick;
 namespace {
 
 constexpr uint32_t kNoPage = 0xFFFFFFFFu;
@@ -542,7 +545,7 @@ struct Model {
   KvRef kv(Layer& L) const { return {L.kPages.p, L.vPages.p, s.kv}; }
   Buffer kvRows, kvPageList;  ///< a KV hand-off's dense rows and its pages (copyKv)
   Buffer x, normed, qs, ks, vs, attn, proj, gate, up, logits, last, bf16x;
-  Buffer temperature, draws, drawn;  ///< a step's tokens drawn on the device (drawKernel)
+  Buffer picks, drawn;  ///< a step's tokens picked on the device (launchPickTokens)
   Buffer tokens, positions, rowPage, rowSlot, tables, rowTable, logitRows;
   Buffer copies, headLengths;  ///< a retrieval step's working-set copies and lengths
   // Decode steps run as CUDA graphs (one launch for 11 kernels a layer), captured on the
@@ -803,113 +806,6 @@ std::string launchForward(Model* m, uint64_t n, uint32_t logitCount, uint32_t ma
   return "";
 }
 
-/// out[row] = the token of logits row blockIdx.x as kernels::llm::drawToken picks it:
-/// temperature[row] 0, the first maximum (std::max_element's choice for finite values);
-/// else the draw draws[row] (in [0, 1)) in index order over exp((logit - max) / T), summed
-/// in double. A step then reads 4 bytes a row back instead of the vocabulary's logits
-/// (0.5 MB a row at 128 256). The maximum: each thread the first of its stride, then the
-/// largest, ties to the lower index, across the block. The draw: each thread sums a
-/// contiguous chunk, a block-wide scan places u = draw x total in one chunk, whose thread
-/// walks it.
-__global__ void drawKernel(uint32_t* __restrict__ out, const float* __restrict__ logits,
-                           uint32_t vocab, const float* __restrict__ temperature,
-                           const double* __restrict__ draws) {
-  constexpr unsigned kFullMask = 0xffffffffu;
-  const float* row = logits + uint64_t{blockIdx.x} * vocab;
-  const uint32_t warp = threadIdx.x / 32, lane = threadIdx.x % 32, warps = blockDim.x / 32;
-  float best = -INFINITY;
-  uint32_t at = UINT32_MAX;
-  for (uint32_t i = threadIdx.x; i < vocab; i += blockDim.x) {
-    const float v = row[i];
-    if (at == UINT32_MAX || v > best) {
-      best = v;
-      at = i;
-    }
-  }
-  auto better = [](float v, uint32_t i, float bestV, uint32_t bestI) {
-    return bestI == UINT32_MAX || (i != UINT32_MAX && (v > bestV || (v == bestV && i < bestI)));
-  };
-  for (int off = 16; off > 0; off /= 2) {
-    const float v = __shfl_xor_sync(kFullMask, best, off);
-    const uint32_t i = __shfl_xor_sync(kFullMask, at, off);
-    if (better(v, i, best, at)) {
-      best = v;
-      at = i;
-    }
-  }
-  __shared__ float warpBest[32];
-  __shared__ uint32_t warpAt[32];
-  __shared__ double warpSum[32];
-  __shared__ uint32_t chosen;
-  if (lane == 0) {
-    warpBest[warp] = best;
-    warpAt[warp] = at;
-  }
-  __syncthreads();
-  if (threadIdx.x == 0) {
-    for (uint32_t w = 1; w < warps; ++w)
-      if (better(warpBest[w], warpAt[w], best, at)) {
-        best = warpBest[w];
-        at = warpAt[w];
-      }
-    warpBest[0] = best;
-    chosen = at;
-  }
-  __syncthreads();
-  const float t = temperature[blockIdx.x];
-  if (t <= 0.f) {
-    if (threadIdx.x == 0) out[blockIdx.x] = chosen;
-    return;
-  }
-  const double top = warpBest[0];
-  const uint32_t chunk = (vocab + blockDim.x - 1) / blockDim.x;
-  const uint32_t lo = min(vocab, threadIdx.x * chunk), hi = min(vocab, lo + chunk);
-  auto weight = [&](uint32_t i) { return exp((double{row[i]} - top) / t); };
-  double mine = 0;
-  for (uint32_t i = lo; i < hi; ++i) mine += weight(i);
-  // Inclusive scan of the chunks' sums: within each warp, then over the warps' totals.
-  double scan = mine;
-  for (int off = 1; off < 32; off *= 2) {
-    const double v = __shfl_up_sync(kFullMask, scan, off);
-    if (lane >= static_cast<uint32_t>(off)) scan += v;
-  }
-  __syncthreads();  // warpBest[0] is read; warpSum may be written
-  if (lane == 31) warpSum[warp] = scan;
-  __syncthreads();
-  if (threadIdx.x == 0) {
-    for (uint32_t w = 1; w < warps; ++w) warpSum[w] += warpSum[w - 1];
-    chosen = UINT32_MAX;
-  }
-  __syncthreads();
-  // The chunk's bounds from the same sums its neighbours' come from, so that they tile the
-  // total exactly: one chunk holds u.
-  const double off = warp > 0 ? warpSum[warp - 1] : 0.0;
-  const double prev = __shfl_up_sync(kFullMask, scan, 1);
-  const double before = off + (lane > 0 ? prev : 0.0), end = off + scan;
-  const double u = draws[blockIdx.x] * warpSum[warps - 1];
-  if (before <= u && u < end) {
-    double acc = before;
-    uint32_t last = lo;
-    for (uint32_t i = lo; i < hi; ++i) {
-      const double w = weight(i);
-      if (w > 0) last = i;
-      if ((acc += w) > u) {
-        last = i;
-        break;
-      }
-    }
-    chosen = last;  // one chunk holds u: one writer
-  }
-  __syncthreads();
-  if (threadIdx.x == 0) {
-    uint32_t token = chosen;
-    if (token == UINT32_MAX)  // u rounded up to the total: the last token in play
-      for (token = vocab - 1; token > 0 && weight(token) == 0; --token) {
-      }
-    out[blockIdx.x] = token;
-  }
-}
-
 /// Runs launchForward as a CUDA graph captured for this shape of step (captured on first use).
 std::string launchAsGraph(Model* m, uint64_t n, uint32_t logitCount, uint32_t maxContext) {
   const uint32_t splitTokens = splitTokensFor(maxContext);
@@ -954,8 +850,7 @@ std::string forward(Model* m, uint32_t rows, const uint32_t* tokens, const uint3
                     const uint32_t* seqOf, uint32_t sequences, const uint32_t* tableStart,
                     const uint32_t* tableLen, const uint32_t* tables, uint32_t tableEntries,
                     const uint32_t* logitRows, uint32_t logitCount, float* logits,
-                    const RetrievalStep* retrieval, uint32_t* drawn, const float* temperature,
-                    const double* draws) {
+                    const RetrievalStep* retrieval, uint32_t* drawn, const Pick* picks) {
   const auto& s = m->s;
   const uint64_t n = rows, h = s.hidden, q = uint64_t{s.heads} * s.headDim,
                  kv = uint64_t{s.kvHeads} * s.headDim, inter = s.inter;
@@ -1011,13 +906,10 @@ std::string forward(Model* m, uint32_t rows, const uint32_t* tokens, const uint3
     else
       LIFL_TRY_STR(launchForward(m, n, logitCount, maxContext, prefill));
     if (drawn && logitCount > 0) {
-      LIFL_TRY_STR(uploadF32(m->temperature, temperature, size_t{logitCount} * 4));
-      LIFL_TRY_STR(uploadF32(m->draws, draws, size_t{logitCount} * 8));
+      LIFL_TRY_STR(uploadF32(m->picks, picks, size_t{logitCount} * sizeof(Pick)));
       LIFL_TRY_STR(m->drawn.reserve(size_t{logitCount} * 4));
-      drawKernel<<<logitCount, 1024, 0, currentStream()>>>(
-          m->drawn.as<uint32_t>(), m->logits.as<float>(), s.vocab, m->temperature.as<float>(),
-          m->draws.as<double>());
-      LIFL_CU(cudaGetLastError());
+      LIFL_CU(launchPickTokens(m->drawn.as<uint32_t>(), m->logits.as<float>(), logitCount, s.vocab,
+                               m->picks.as<Pick>(), currentStream()));
     }
   }
   if (!drawn)
@@ -1161,15 +1053,14 @@ std::string rmsNorm(float* out, const float* x, const float* w, uint64_t rows, u
   return "";
 }
 
-std::string drawTokens(uint32_t* out, const float* logits, uint64_t rows, uint32_t vocab,
-                       const float* temperature, const double* draws) {
-  Buffer dl, dt, dd, dout;
+std::string pickTokens(uint32_t* out, const float* logits, uint64_t rows, uint32_t vocab,
+                       const Pick* picks) {
+  Buffer dl, dp, dout;
   LIFL_TRY_STR(uploadF32(dl, logits, rows * vocab * 4));
-  LIFL_TRY_STR(uploadF32(dt, temperature, rows * 4));
-  LIFL_TRY_STR(uploadF32(dd, draws, rows * 8));
+  LIFL_TRY_STR(uploadF32(dp, picks, rows * sizeof(Pick)));
   LIFL_TRY_STR(dout.reserve(rows * 4));
-  drawKernel<<<static_cast<unsigned>(rows), 1024, 0, currentStream()>>>(
-      dout.as<uint32_t>(), dl.as<float>(), vocab, dt.as<float>(), dd.as<double>());
+  LIFL_CU(launchPickTokens(dout.as<uint32_t>(), dl.as<float>(), static_cast<uint32_t>(rows), vocab,
+                           dp.as<Pick>(), currentStream()));
   LIFL_CU(cudaMemcpy(out, dout.p, rows * 4, cudaMemcpyDeviceToHost));
   return "";
 }

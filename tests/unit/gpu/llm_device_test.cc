@@ -21,6 +21,8 @@
 namespace lifl::gpu::llm {
 namespace {
 
+using kernels::llm::Pick;
+
 constexpr double kTolerance = 1e-5;
 
 class LlmKernels : public ::testing::Test {
@@ -77,13 +79,10 @@ TEST_F(LlmKernels, ArgmaxIsTheFirstMaximum) {
     r[4 * vocab - 1] = -3.f;
     std::fill(r + 4 * vocab, r + 5 * vocab, 2.f);  // row 4: all equal
     std::vector<uint32_t> cpu(rows), gpu(rows, UINT32_MAX);
-    const std::vector<float> greedy(rows, 0.f);
-    const std::vector<double> unused(rows, 0.5);
-    ASSERT_TRUE(drawTokens(Backend::Cpu, cpu.data(), logits.data(), rows, vocab, greedy.data(),
-                           unused.data())
+    const std::vector<Pick> greedy(rows, Pick{.temperature = 0.f, .topK = 3, .draw = 0.5});
+    ASSERT_TRUE(pickTokens(Backend::Cpu, cpu.data(), logits.data(), rows, vocab, greedy.data())
                     .has_value());
-    ASSERT_TRUE(drawTokens(Backend::Cuda, gpu.data(), logits.data(), rows, vocab, greedy.data(),
-                           unused.data())
+    ASSERT_TRUE(pickTokens(Backend::Cuda, gpu.data(), logits.data(), rows, vocab, greedy.data())
                     .has_value());
     EXPECT_EQ(gpu, cpu) << "vocab " << vocab;
     if (vocab > 2000) {
@@ -96,46 +95,68 @@ TEST_F(LlmKernels, ArgmaxIsTheFirstMaximum) {
   }
 }
 
-// Sampled tokens on the device (temperature above 0, every token in play): each row's draw
-// picks the token the CPU's kernels::llm::drawToken picks from the same draw. The sums run
-// in another order (chunks of a block against one pass), so a draw within ~1e-16 of a
-// boundary between two tokens could tell them apart: none of these 4 000 rows is, and all
-// must agree. Over 1 000 draws of one row of 40 logits, the tokens' counts follow
+// Sampled tokens on the device: each row's draw picks the token the CPU's
+// kernels::llm::pickToken picks from the same Pick, with every token in play and cut by
+// top_k, by top_p and by both. The sums run in another order (a block's chunks and bins
+// against one pass in index or sorted order), so a draw or a nucleus within ~1e-16 of a
+// boundary could tell them apart: none of these rows is, and all must agree. The rows:
+// - smooth logits (few ties) at three temperatures, and greedy;
+// - logits on a grid of 1/8 (hundreds of ties at every value, so that top_k and the
+//   nucleus cut within a run of ties, where the lower indices come first);
+// - nearly flat logits (a nucleus of most of the vocabulary);
+// - one logit far above the rest (a nucleus of one token).
+// Over 1 000 draws of one row of 40 logits, every token in play, the counts follow
 // softmax(logits / T) within 5 standard deviations.
-TEST_F(LlmKernels, DrawnTokensMatchTheCpu) {
+TEST_F(LlmKernels, PickedTokensMatchTheCpu) {
   std::mt19937_64 gen(11);
   std::uniform_real_distribution<double> uniform(0.0, 1.0);
+  const Pick cuts[] = {{.topK = 0, .topP = 1.f},    {.topK = 50, .topP = 1.f},
+                       {.topK = 1, .topP = 1.f},    {.topK = 0, .topP = 0.9f},
+                       {.topK = 0, .topP = 0.3f},   {.topK = 200, .topP = 0.8f},
+                       {.topK = 7, .topP = 0.999f}, {.topK = 5000, .topP = 0.5f}};
   for (uint32_t vocab : {128256u, 1000u, 40u}) {
-    const uint64_t rows = vocab > 100000 ? 64 : 4000;
-    const auto one = random(vocab, 3.f);
-    std::vector<float> logits(rows * vocab), temperature(rows);
-    std::vector<double> draws(rows);
-    for (uint64_t r = 0; r < rows; ++r) {
-      std::copy(one.begin(), one.end(), logits.begin() + r * vocab);
-      temperature[r] = r % 4 == 3 ? 0.f : 0.5f + 0.25f * static_cast<float>(r % 4);
-      draws[r] = uniform(gen);
-    }
-    std::vector<uint32_t> cpu(rows), gpu(rows, UINT32_MAX);
-    ASSERT_TRUE(drawTokens(Backend::Cpu, cpu.data(), logits.data(), rows, vocab, temperature.data(),
-                           draws.data())
-                    .has_value());
-    ASSERT_TRUE(drawTokens(Backend::Cuda, gpu.data(), logits.data(), rows, vocab,
-                           temperature.data(), draws.data())
-                    .has_value());
-    EXPECT_EQ(gpu, cpu) << "vocab " << vocab;
-    if (vocab != 40) continue;
-    // Temperature 1 (r % 4 == 2): 1 000 draws against the softmax, token by token (3 draws of
-    // slack for the rare ones, where 5 standard deviations are less than one draw).
-    double top = *std::max_element(one.begin(), one.end()), total = 0;
-    std::vector<double> p(vocab);
-    for (uint32_t i = 0; i < vocab; ++i) total += p[i] = std::exp(double{one[i]} - top);
-    std::vector<uint64_t> count(vocab, 0);
-    uint64_t n = 0;
-    for (uint64_t r = 2; r < rows; r += 4, ++n) ++count[gpu[r]];
-    for (uint32_t i = 0; i < vocab; ++i) {
-      const double q = p[i] / total;
-      EXPECT_NEAR(static_cast<double>(count[i]), q * n, 5 * std::sqrt(q * (1 - q) * n) + 3)
-          << "token " << i << " of " << vocab;
+    for (const char* shape : {"smooth", "ties", "flat", "peak"}) {
+      const uint64_t rows = vocab > 100000 ? 96 : vocab > 500 ? 2000 : 32000;
+      auto one = random(vocab, 3.f);
+      for (float& v : one) {
+        if (shape[0] == 't') v = std::round(v * 8.f) / 8.f;
+        if (shape[0] == 'f') v *= 1e-3f;
+      }
+      if (shape[0] == 'p') one[vocab / 3] = 40.f;
+      std::vector<float> logits(rows * vocab);
+      std::vector<Pick> picks(rows);
+      for (uint64_t r = 0; r < rows; ++r) {
+        std::copy(one.begin(), one.end(), logits.begin() + r * vocab);
+        picks[r] = cuts[r / 4 % std::size(cuts)];
+        picks[r].temperature = r % 4 == 3 ? 0.f : 0.5f + 0.25f * static_cast<float>(r % 4);
+        picks[r].draw = uniform(gen);
+      }
+      std::vector<uint32_t> cpu(rows), gpu(rows, UINT32_MAX);
+      ASSERT_TRUE(pickTokens(Backend::Cpu, cpu.data(), logits.data(), rows, vocab, picks.data())
+                      .has_value());
+      ASSERT_TRUE(pickTokens(Backend::Cuda, gpu.data(), logits.data(), rows, vocab, picks.data())
+                      .has_value());
+      for (uint64_t r = 0; r < rows; ++r)
+        ASSERT_EQ(gpu[r], cpu[r]) << "vocab " << vocab << ", " << shape << " logits, row " << r
+                                  << ": top_k " << picks[r].topK << ", top_p " << picks[r].topP
+                                  << ", temperature " << picks[r].temperature;
+      if (vocab != 40 || shape[0] != 's') continue;
+      // Temperature 1 with every token in play (r % 4 == 2, the first cut): 1 000 draws against
+      // the softmax, token by token (3 draws of slack for the rare ones, where 5 standard
+      // deviations are less than one draw).
+      double top = *std::max_element(one.begin(), one.end()), total = 0;
+      std::vector<double> p(vocab);
+      for (uint32_t i = 0; i < vocab; ++i) total += p[i] = std::exp(double{one[i]} - top);
+      std::vector<uint64_t> count(vocab, 0);
+      uint64_t n = 0;
+      for (uint64_t r = 2; r < rows; r += 4)
+        if (r / 4 % std::size(cuts) == 0) ++count[gpu[r]], ++n;
+      ASSERT_EQ(n, 1000u);
+      for (uint32_t i = 0; i < vocab; ++i) {
+        const double q = p[i] / total;
+        EXPECT_NEAR(static_cast<double>(count[i]), q * n, 5 * std::sqrt(q * (1 - q) * n) + 3)
+            << "token " << i << " of " << vocab;
+      }
     }
   }
 }

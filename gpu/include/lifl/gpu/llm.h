@@ -8,6 +8,8 @@
 #include <span>
 #include <vector>
 
+#include "lifl/gpu/llm_pick.h"
+
 namespace lifl::kernels::llm {
 
 inline constexpr uint32_t kPageTokens = 16;
@@ -94,25 +96,15 @@ void kmeans(const float* keys, uint32_t n, uint32_t kvHeads, uint32_t headDim, u
 /// The index of the first maximum of `logits` (greedy decoding's token).
 uint32_t argmax(const float* logits, uint32_t vocab);
 
-/// Whether top_p cuts the candidates to a nucleus (0 and 1 keep them all).
-constexpr bool hasNucleus(float topP) { return topP > 0.0f && topP < 1.0f; }
-/// Whether top_k and top_p leave every token in play: sample() then draws as drawToken does,
-/// and a decode step may draw where the logits are (Engine::decodeTokens).
-constexpr bool everyTokenInPlay(uint32_t topK, float topP) {
-  return topK == 0 && !hasNucleus(topP);
-}
-
 /// The next uniform double in [0, 1) of a splitmix64 generator of state `rng` (53 bits).
 double nextDraw(uint64_t& rng);
+/// A request's Pick for its next token: a draw from its generator where it samples.
+Pick nextPick(float temperature, uint32_t topK, float topP, uint64_t& rng);
 
-/// A token with every token in play (no top_k, no nucleus): greedy (argmax) when temperature
-/// is 0, else the first token, in index order, at which the running sum of
-/// exp((logit - max) / temperature) exceeds draw times their total (draw in [0, 1)).
-uint32_t drawToken(const float* logits, uint32_t vocab, float temperature, double draw);
+/// The token `pick` picks from logits (the CPU reference of the device's picking).
+uint32_t pickToken(const float* logits, uint32_t vocab, const Pick& pick);
 
-/// A token from logits: greedy (the first maximum) when temperature is 0, else sampled from
-/// softmax(logits / temperature) restricted to the topK largest (0: all) and to the smallest
-/// set whose probability reaches topP. `rng` is the state of a splitmix64 generator.
+/// pickToken(logits, vocab, nextPick(temperature, topK, topP, rng)).
 uint32_t sample(const float* logits, uint32_t vocab, float temperature, uint32_t topK, float topP,
                 uint64_t& rng);
 

@@ -36,11 +36,10 @@ class DeviceModel {
   /// Stores every row's K/V in its page, runs the layers, returns [logitRows][vocab].
   virtual Result<std::vector<float>> forward(const Batch& batch) = 0;
   /// As forward, but returns only each logit row's token, picked on the device as
-  /// kernels::llm::drawToken picks it (temperature[j]: 0 greedy; draws[j] in [0, 1)): 4 bytes
-  /// a row come back instead of the vocabulary's logits.
-  virtual Result<std::vector<uint32_t>> forwardTokens(const Batch& batch,
-                                                      std::span<const float> temperature,
-                                                      std::span<const double> draws) = 0;
+  /// kernels::llm::pickToken picks it with picks[j]: 4 bytes a row come back instead of the
+  /// vocabulary's logits.
+  virtual Result<std::vector<uint32_t>> forwardTokens(
+      const Batch& batch, std::span<const kernels::llm::Pick> picks) = 0;
   /// A sequence's K/V between its pages and host or device memory (an IpcMemory), in the
   /// hand-off layout of Engine::exportKv: [layer][K, V][token][kvHeads * headDim], each value
   /// as `rows` (converted from or to the pages' type where it differs).
@@ -102,9 +101,9 @@ Result<void> rmsNorm(Backend b, float* out, const float* x, const float* w, uint
 Result<void> rope(Backend b, float* x, uint64_t rows, uint32_t heads, uint32_t headDim,
                   const uint32_t* positions, double theta);
 Result<void> siluAndMul(Backend b, float* out, const float* gate, const float* up, uint64_t n);
-/// out[r] = kernels::llm::drawToken(row r of logits [rows][vocab], temperature[r], draws[r]).
-Result<void> drawTokens(Backend b, uint32_t* out, const float* logits, uint64_t rows,
-                        uint32_t vocab, const float* temperature, const double* draws);
+/// out[r] = kernels::llm::pickToken(row r of logits [rows][vocab], picks[r]).
+Result<void> pickTokens(Backend b, uint32_t* out, const float* logits, uint64_t rows,
+                        uint32_t vocab, const kernels::llm::Pick* picks);
 Result<void> linear(Backend b, float* y, const float* x, const float* w, uint64_t rows, uint64_t in,
                     uint64_t out);
 /// y = x W^T with W quantised (QuantMatrix), on either backend.
