@@ -1,5 +1,6 @@
 #include "lifl/cli/args.h"
 
+#include <algorithm>
 #include <charconv>
 #include <fstream>
 #include <sstream>
@@ -61,11 +62,14 @@ Result<uint64_t> Args::getPositive(const std::string& key, uint64_t fallback) co
   return v;
 }
 
-Result<std::string> Args::getChoice(const std::string& key, const std::string& a,
-                                    const std::string& b) const {
-  const std::string v = get(key, a);
-  if (v != a && v != b) return badRequest("bad_arguments", "--" + key + " is " + a + " or " + b);
-  return v;
+Result<std::string> Args::getChoice(const std::string& key,
+                                    const std::vector<std::string>& choices) const {
+  const std::string v = get(key, choices.front());
+  if (std::find(choices.begin(), choices.end(), v) != choices.end()) return v;
+  std::string listed;
+  for (size_t i = 0; i < choices.size(); ++i)
+    listed += (i == 0 ? "" : i + 1 == choices.size() ? " or " : ", ") + choices[i];
+  return badRequest("bad_arguments", "--" + key + " is " + listed);
 }
 
 Result<double> Args::getDouble(const std::string& key, double fallback) const {

@@ -48,7 +48,9 @@ constexpr const char* kAgentHelp =
     "rounds' subtrees the controller assigns it. Flags override the config's `cluster:` keys\n"
     "(docs/config.md). --advertise is how the controller and other nodes reach this gateway\n"
     "(default http://<bind>:<port>). With --model DIR the node serves that model, and every\n"
-    "gateway of the cluster answers POST /v1/completions for it (docs/llm.md).";
+    "gateway of the cluster answers POST /v1/completions for it (docs/llm.md).\n"
+    "--model-role prefill|decode (default both) runs only that stage here: a decode node\n"
+    "has its prompts prefilled by a prefill node, whose KV cache comes over the network.";
 
 std::string selfExecutable() {
   char buf[PATH_MAX];
@@ -103,19 +105,32 @@ Result<dataplane::AgentConfig> configFromArgs(const Args& args, uint16_t default
     LIFL_TRY(context, args.getPositive("model-max-context", 8192));
     LIFL_TRY(decodes, args.getPositive("model-decode-instances", 1));
     LIFL_TRY(handoff, args.getChoice("model-kv-handoff", "ipc", "host"));
+    LIFL_TRY(role, args.getChoice("model-role", {"both", "prefill", "decode"}));
+    if (role != "both" && config.cluster.controller.empty())
+      return badRequest("bad_arguments",
+                        "--model-role " + role + " needs a cluster (lifl agent --controller)");
+    std::vector<std::string> stages;
+    if (role != "decode") stages.push_back("llm.prefill");
+    if (role != "prefill") stages.push_back("llm.decode");
     config.chains.push_back({"llm",
-                             {"llm.prefill", "llm.decode"},
+                             stages,
                              {{"model", std::filesystem::absolute(args.get("model")).string()},
                               {"model_name", name},
                               {"quantize", quantize},
                               {"device", args.get("model-device", "cpu")},
                               {"gemm", gemm},
                               {"kv_cache", kvCache},
-                              {"kv_handoff", handoff},
+                              // A prefill node's KV cache leaves the node: in the hand-off.
+                              {"kv_handoff", role == "prefill" ? "host" : handoff},
+                              {"role", role},
                               {"max_sequences", sequences},
                               {"max_context", context},
                               {"kv_retrieval", args.get("kv-retrieval")}},
-                             {static_cast<uint32_t>(prefills), static_cast<uint32_t>(decodes)}});
+                             role == "both" ? std::vector<uint32_t>{static_cast<uint32_t>(prefills),
+                                                                    static_cast<uint32_t>(decodes)}
+                             : role == "prefill"
+                                 ? std::vector<uint32_t>{static_cast<uint32_t>(prefills)}
+                                 : std::vector<uint32_t>{static_cast<uint32_t>(decodes)}});
   }
   for (const auto& chain : config.chains)
     for (const auto& f : chain.functions)

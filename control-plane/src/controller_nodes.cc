@@ -70,8 +70,12 @@ nlohmann::json Controller::State::modelRoutes() const {
     if (!n.live || !n.stats.contains("models") || !n.stats["models"].is_array()) continue;
     for (const auto& m : n.stats["models"]) {
       if (!m.is_object() || !m.contains("name") || !m["name"].is_string()) continue;
+      const auto role = m.find("role");
       routes[m["name"].get<std::string>()].push_back(
-          {{"node", name}, {"url", n.url}, {"in_flight", m.value("in_flight", 0u)}});
+          {{"node", name},
+           {"url", n.url},
+           {"role", role != m.end() && role->is_string() ? role->get<std::string>() : "both"},
+           {"in_flight", m.value("in_flight", 0u)}});
     }
   }
   return routes;

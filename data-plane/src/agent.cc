@@ -161,19 +161,21 @@ Result<void> Agent::joinCluster() {
     if (const double limit = cgroupCpuLimit(); limit > 0) n = std::min(n, std::ceil(limit));
     cc.slots = static_cast<uint32_t>(4 * std::max(n, 1.0));
   }
-  cluster_->start([this, model = servedModel(config_.chains)] {
-    const auto s = store_->stats();
-    const auto sup = supervisor_->stats();
-    nlohmann::json stats = {{"store_live_bytes", s.liveBytes},
-                            {"store_capacity_bytes", s.capacityBytes},
-                            {"instances_warm", sup.warm},
-                            {"instances_busy", sup.busy},
-                            {"cold_starts", sup.coldStarts}};
-    // Where the controller tells every gateway the completions of this model may go.
-    if (!model.empty())
-      stats["models"] = {{{"name", model}, {"in_flight", gateway_->completionsInFlight()}}};
-    return stats;
-  });
+  cluster_->start(
+      [this, model = servedModel(config_.chains), role = servedModelRole(config_.chains)] {
+        const auto s = store_->stats();
+        const auto sup = supervisor_->stats();
+        nlohmann::json stats = {{"store_live_bytes", s.liveBytes},
+                                {"store_capacity_bytes", s.capacityBytes},
+                                {"instances_warm", sup.warm},
+                                {"instances_busy", sup.busy},
+                                {"cold_starts", sup.coldStarts}};
+        // Where the controller tells every gateway the completions of this model may go.
+        if (!model.empty())
+          stats["models"] = {
+              {{"name", model}, {"role", role}, {"in_flight", gateway_->completionsInFlight()}}};
+        return stats;
+      });
   LIFL_INFO("cluster mode: node " << cc.nodeName << " at " << cc.advertiseUrl << ", controller "
                                   << cc.controller);
   return success();

@@ -130,6 +130,7 @@ Result<InstanceId> ChainManager::routeLocked(size_t c, size_t hop) {
 
 void ChainManager::route(const Descriptor& d) {
   InstanceId to = 0;
+  bool answer = false;
   {
     std::lock_guard lock(mutex_);
     size_t chain = pools_.size(), hop = 0;
@@ -137,9 +138,13 @@ void ChainManager::route(const Descriptor& d) {
       for (size_t h = 0; h < pools_[c].size(); ++h)
         for (const auto& i : pools_[c][h])
           if (i.id == d.src) chain = c, hop = h + 1;
-    if (chain == pools_.size() || hop >= pools_[chain].size() || !chains_[chain].routed(hop))
+    // The last hop's event is the chain's answer (a prefill node's chain ends with the
+    // prefill stage, whose hand-off goes back to the decode node that asked for it).
+    answer = chain < pools_.size() && hop == pools_[chain].size();
+    if (!answer &&
+        (chain == pools_.size() || hop >= pools_[chain].size() || !chains_[chain].routed(hop)))
       LIFL_WARN("an event from instance " << d.src << " that no chain routes: dropped");
-    const bool routable = chain < pools_.size() && hop < pools_[chain].size() &&
+    const bool routable = !answer && chain < pools_.size() && hop < pools_[chain].size() &&
                           chains_[chain].routed(hop) && pending_.count(d.correlation);
     if (routable) {
       if (auto picked = routeLocked(chain, hop)) {
@@ -150,6 +155,7 @@ void ChainManager::route(const Descriptor& d) {
       }
     }
   }
+  if (answer) return onReply(d);
   auto event = store_.resolve(d);
   if (!to || !event) {  // no chain waits for it (the caller has gone), or it cannot go on
     if (event) store_.release(event.value().handle());

@@ -133,8 +133,11 @@ void ClusterLink::takeModelRoutes(const nlohmann::json& answer) {
         if (!n.is_object() || !n.contains("node") || !n.contains("url")) continue;
         if (!n["node"].is_string() || !n["url"].is_string()) continue;
         if (n["node"].get<std::string>() == config_.nodeName) continue;
-        routes[model].push_back({model, n["node"].get<std::string>(), n["url"].get<std::string>(),
-                                 n.value("in_flight", 0u)});
+        const auto role = n.find("role");
+        routes[model].push_back(
+            {model, n["node"].get<std::string>(), n["url"].get<std::string>(),
+             n.value("in_flight", 0u),
+             role != n.end() && role->is_string() ? role->get<std::string>() : "both"});
       }
     }
   std::lock_guard lock(mutex_);

@@ -60,11 +60,12 @@ awaitable<beast::error_code> writeHead(Down& down, http::response<http::empty_bo
   co_return ec;
 }
 
-/// Sends the request on `up` and passes the answer to `down`.
-template <class Up, class Down>
-awaitable<Outcome> pass(Up& up, Down& down, const std::string& host, const Request& r) {
-  Outcome out;
-  http::request<http::string_body> req{http::verb::post, "/v1/completions", 11};
+/// POSTs the request (a JSON body) to `target` on `up`.
+template <class Up>
+awaitable<beast::error_code> send(Up& up, const std::string& host, std::string_view target,
+                                  const Request& r) {
+  http::request<http::string_body> req{http::verb::post,
+                                       beast::string_view(target.data(), target.size()), 11};
   req.set(http::field::host, host);
   req.set(http::field::content_type, "application/json");
   for (const auto& [k, v] : r.headers) req.set(k, v);
@@ -73,6 +74,14 @@ awaitable<Outcome> pass(Up& up, Down& down, const std::string& host, const Reque
   beast::error_code ec;
   beast::get_lowest_layer(up).expires_after(r.answerTimeout);
   co_await http::async_write(up, req, asio::redirect_error(use_awaitable, ec));
+  co_return ec;
+}
+
+/// Sends the request on `up` and passes the answer to `down`.
+template <class Up, class Down>
+awaitable<Outcome> pass(Up& up, Down& down, const std::string& host, const Request& r) {
+  Outcome out;
+  beast::error_code ec = co_await send(up, host, "/v1/completions", r);
   if (ec) co_return failed(out, "sending the request", ec);
   beast::flat_buffer buffer;
   http::response_parser<http::buffer_body> parser;
@@ -142,11 +151,11 @@ awaitable<Outcome> pass(Up& up, Down& down, const std::string& host, const Reque
 
 }  // namespace detail
 
-/// POSTs the request to `url`/v1/completions (http:// or, with `tls`, https://) and passes
-/// the answer to `down`, the client's stream.
-template <class Down>
-awaitable<Outcome> relayCompletion(Down& down, const std::string& url, asio::ssl::context* tls,
-                                   const Request& r) {
+/// Connects to `url` (http:// or, with `tls`, https://) and co_awaits use(stream, host) on
+/// the connection.
+template <class Use>
+awaitable<Outcome> connected(const std::string& url, asio::ssl::context* tls,
+                             std::chrono::steady_clock::duration connectTimeout, Use use) {
   Outcome out;
   auto hostPort = parseUrl(url);
   const bool https = url.rfind("https://", 0) == 0;
@@ -162,11 +171,11 @@ awaitable<Outcome> relayCompletion(Down& down, const std::string& url, asio::ssl
       co_await resolver.async_resolve(host, port, asio::redirect_error(use_awaitable, ec));
   if (ec) co_return detail::failed(out, "resolving " + host, ec);
   beast::tcp_stream plain(executor);
-  plain.expires_after(r.connectTimeout);
+  plain.expires_after(connectTimeout);
   co_await plain.async_connect(endpoints, asio::redirect_error(use_awaitable, ec));
   if (ec) co_return detail::failed(out, "connecting", ec);
   plain.socket().set_option(tcp::no_delay(true));
-  if (!https) co_return co_await detail::pass(plain, down, host, r);
+  if (!https) co_return co_await use(plain, host);
   beast::ssl_stream<beast::tcp_stream> secure(std::move(plain), *tls);
   if (!SSL_set_tlsext_host_name(secure.native_handle(), host.c_str())) {
     out.why = "the TLS server name " + host;
@@ -176,7 +185,49 @@ awaitable<Outcome> relayCompletion(Down& down, const std::string& url, asio::ssl
   co_await secure.async_handshake(asio::ssl::stream_base::client,
                                   asio::redirect_error(use_awaitable, ec));
   if (ec) co_return detail::failed(out, "the TLS handshake", ec);
-  co_return co_await detail::pass(secure, down, host, r);
+  co_return co_await use(secure, host);
+}
+
+/// POSTs the request to `url`/v1/completions and passes the answer to `down`, the client's
+/// stream.
+template <class Down>
+awaitable<Outcome> relayCompletion(Down& down, const std::string& url, asio::ssl::context* tls,
+                                   const Request& r) {
+  auto pass = [&](auto& up, const std::string& host) { return detail::pass(up, down, host, r); };
+  co_return co_await connected(url, tls, r.connectTimeout, pass);
+}
+
+namespace detail {
+
+/// POSTs the request to `target` on `up` and reads the whole answer into `got`.
+template <class Up>
+awaitable<Outcome> fetch(Up& up, const std::string& host, const std::string& target,
+                         const Request& r, HttpResponse& got) {
+  Outcome out;
+  beast::error_code ec = co_await send(up, host, target, r);
+  if (ec) co_return failed(out, "sending the request", ec);
+  beast::flat_buffer buffer;
+  http::response_parser<http::string_body> parser;
+  parser.body_limit(std::numeric_limits<std::uint64_t>::max());  // bounded in time
+  co_await http::async_read(up, buffer, parser, asio::redirect_error(use_awaitable, ec));
+  if (ec) co_return failed(out, "reading the answer", ec);
+  out.answered = true;
+  out.status = static_cast<int>(parser.get().result_int());
+  got.status = out.status;
+  got.headers["content-type"] = std::string(parser.get()[http::field::content_type]);
+  got.body = std::move(parser.get().body());
+  co_return out;
+}
+
+}  // namespace detail
+
+/// POSTs the request to `url` + `target` and reads the whole answer into `got`.
+inline awaitable<Outcome> fetch(const std::string& url, const std::string& target,
+                                asio::ssl::context* tls, const Request& r, HttpResponse& got) {
+  auto fetchOn = [&](auto& up, const std::string& host) {
+    return detail::fetch(up, host, target, r, got);
+  };
+  co_return co_await connected(url, tls, r.connectTimeout, fetchOn);
 }
 
 }  // namespace lifl::dataplane::relay

@@ -88,6 +88,7 @@ struct Gateway::Impl {
   /// each other node and still running, and the client context for https:// nodes.
   std::atomic<uint32_t> completionsInFlight{0};
   const std::string servedModelName = servedModel(config.chains);
+  const std::string servedRole = servedModelRole(config.chains);  ///< both, prefill or decode
   std::mutex relayMutex;
   std::map<std::string, uint32_t> relayedTo;
   std::optional<asio::ssl::context> relayTls;
@@ -530,6 +531,8 @@ struct Gateway::Impl {
   awaitable<void> dispatchCluster(Exchange<S>& ex, const std::vector<std::string>& path) {
     ex.route = "cluster";
     const auto method = ex.parser.get().method();
+    if (path.size() == 4 && path[2] == "llm" && path[3] == "prefill" && method == http::verb::post)
+      co_return co_await clusterPrefill(ex);
     if (!hooks.cluster || path.size() < 4 || path[2] != "jobs")
       co_return co_await rejectBeforeBody(ex, notFound("not_found", "no such endpoint"));
     const std::string& id = path[3];
@@ -620,13 +623,21 @@ struct Gateway::Impl {
       }
     }
 
+    auto reply = co_await callChain(name, *event);
+    if (!reply) co_return co_await writeError(ex, reply.error());
+    co_await answerChain(ex, reply.value(), structured);
+  }
+
+  /// Invokes chain `name` with `event` and waits for its answer (a Reply, a Failure, or the
+  /// last hop's event), up to chainTimeoutSeconds.
+  awaitable<Result<Descriptor>> callChain(const std::string& name, const ObjectRef& event) {
     auto call = std::make_shared<ChainCall>();
     auto timer = std::make_shared<asio::steady_timer>(co_await asio::this_coro::executor);
     timer->expires_after(std::chrono::duration_cast<std::chrono::steady_clock::duration>(
         std::chrono::duration<double>(config.chainTimeoutSeconds)));
     call->wake = [timer] { asio::post(timer->get_executor(), [timer] { timer->cancel(); }); };
-    auto correlation = chains.invoke(name, *event, call);
-    if (!correlation) co_return co_await writeError(ex, correlation.error());
+    auto correlation = chains.invoke(name, event, call);
+    if (!correlation) co_return correlation.error();
     bool done = false;
     {
       std::lock_guard lock(call->mutex);
@@ -640,10 +651,9 @@ struct Gateway::Impl {
     }
     if (!done) {
       chains.forget(correlation.value());
-      co_return co_await writeError(
-          ex, makeError(504, "function_timeout", "the chain did not answer in time"));
+      co_return makeError(504, "function_timeout", "the chain did not answer in time");
     }
-    co_await answerChain(ex, call->reply, structured);
+    co_return call->reply;
   }
 
   static Result<void> checkAttributes(const nlohmann::json& a) {
@@ -747,6 +757,100 @@ struct Gateway::Impl {
                         unavailable("model_unavailable", "no node that serves the model answered"));
   }
 
+  /// The event a completion's body travels down the "llm" chain in.
+  inline static const nlohmann::json kCompletionAttributes = {{"specversion", "1.0"},
+                                                              {"id", "completion"},
+                                                              {"source", "/v1/completions"},
+                                                              {"type", "dev.lifl.completion"}};
+
+  /// The nodes that serve `model` ("": any) and answer completions (they decode).
+  std::vector<ModelRoute> decodingRoutes(const std::string& model) const {
+    auto routes = hooks.cluster->modelRoutes(model);
+    std::erase_if(routes, [](const ModelRoute& r) { return !r.decodes(); });
+    return routes;
+  }
+
+  /// A decode node's prompt prefilled on a prefill node of the cluster (the one with the
+  /// fewest completions in flight; the next where one cannot be reached or fails): its
+  /// hand-off (the request, the first token, the generator, the KV cache) made an event for
+  /// `decode`, the local decode stage. The request's own errors come back as its error.
+  awaitable<Result<ObjectRef>> prefillElsewhere(const std::string& body, InstanceId decode) {
+    const Error none =
+        unavailable("model_unavailable",
+                    "no prefill node of this cluster for model " + servedModelName + " answered");
+    if (!hooks.cluster) co_return none;
+    std::vector<ModelRoute> routes;
+    for (auto& r : hooks.cluster->modelRoutes(servedModelName))
+      if (r.prefills()) routes.push_back(std::move(r));
+    std::stable_sort(routes.begin(), routes.end(),
+                     [](const auto& a, const auto& b) { return a.inFlight < b.inFlight; });
+    const relay::Request request{
+        body,
+        {{"authorization", "Bearer " + hooks.cluster->config().clusterToken}},
+        11,
+        true,
+        seconds(kRelayConnectSeconds),
+        seconds(config.chainTimeoutSeconds)};
+    for (const auto& route : routes) {
+      HttpResponse got;
+      const std::string target = "/v1/cluster/llm/prefill";
+      const relay::Outcome out =
+          co_await relay::fetch(route.url, target, relayTls ? &*relayTls : nullptr, request, got);
+      if (!out.answered || got.status >= 500) {
+        LIFL_WARN("completion: prefill node " << route.node << " at " << route.url << " failed ("
+                                              << (out.answered ? errorOf(got).toString() : out.why)
+                                              << "); trying the next");
+        continue;
+      }
+      if (got.status != 200) co_return errorOf(got);
+      co_return handoffEvent(got.body, decode);
+    }
+    co_return none;
+  }
+
+  /// A hand-off that came over the network, as an event object for `owner`; the first
+  /// token's time becomes this node's (another node's clock means nothing here).
+  Result<ObjectRef> handoffEvent(const std::string& bytes, InstanceId owner) {
+    auto view = readEvent(reinterpret_cast<const std::byte*>(bytes.data()), bytes.size());
+    if (!view)
+      return makeError(502, "bad_handoff", "a prefill node's hand-off: " + view.error().detail);
+    view.value().attributes["first_token_ns"] =
+        static_cast<uint64_t>(std::chrono::duration_cast<std::chrono::nanoseconds>(
+                                  std::chrono::steady_clock::now().time_since_epoch())
+                                  .count());
+    LIFL_TRY(made, makeEvent(store, owner, view.value().attributes, view.value().size));
+    std::memcpy(made.second, view.value().data, view.value().size);
+    return made.first;
+  }
+
+  /// POST /v1/cluster/llm/prefill (a decode node's call): the completion's prompt prefilled
+  /// here, answered with the hand-off object as it would have gone to a decode stage
+  /// (application/octet-stream), or the request's JSON error.
+  template <class S>
+  awaitable<void> clusterPrefill(Exchange<S>& ex) {
+    auto first = chains.entry(kLlmChain);
+    if (!first || servedRole != "prefill")
+      co_return co_await rejectBeforeBody(
+          ex,
+          notFound("no_model", "this node prefills no model (lifl agent --model-role prefill)"));
+    auto body = co_await readBodyString(ex, config.maxEventBytes);
+    if (!body) co_return co_await writeError(ex, body.error());
+    auto made = makeEvent(store, first.value(), kCompletionAttributes, body.value().size());
+    if (!made) co_return co_await writeError(ex, made.error());
+    std::memcpy(made.value().second, body.value().data(), body.value().size());
+    const std::string chain = kLlmChain;  // named: GCC 12 and a co_await's temporaries
+    auto reply = co_await callChain(chain, made.value().first);
+    if (!reply) co_return co_await writeError(ex, reply.error());
+    if (reply.value().kind == DescriptorKind::Failure)
+      co_return co_await answerChain(ex, reply.value(), false);
+    auto object = store.resolve(reply.value());
+    if (!object)
+      co_return co_await writeError(ex, internal("lost_reply", "the hand-off object is gone"));
+    std::string bytes(reinterpret_cast<const char*>(object.value().data()), object.value().size());
+    store.release(object.value().handle());
+    co_await write(ex, http::status::ok, std::move(bytes), "application/octet-stream");
+  }
+
   // POST /v1/completions (API.md): the request goes as an event down the chain
   // llm.prefill -> llm.decode. Streamed answers are server-sent events: one per token
   // (the decode stage's Stream pieces), a last one with finish_reason and usage, and
@@ -772,7 +876,7 @@ struct Gateway::Impl {
                                   ? modelField->get<std::string>()
                                   : std::string();
     if (mayRelay && (!first || (!model.empty() && model != servedModelName))) {
-      auto routes = hooks.cluster->modelRoutes(model);
+      auto routes = decodingRoutes(model);
       if (!routes.empty()) co_return co_await relayToNode(ex, std::move(routes), body.value());
       if (!first) {
         // Named: GCC 12 destroys a temporary of a co_await's full expression twice.
@@ -781,6 +885,15 @@ struct Gateway::Impl {
                                               "no node of this cluster serves model " + model);
         co_return co_await writeError(ex, std::move(none));
       }
+    }
+    if (servedRole == "prefill") {  // a node that only prefills: a decode node answers
+      auto routes = mayRelay ? decodingRoutes(servedModelName) : std::vector<ModelRoute>{};
+      if (routes.empty()) {
+        Error none = unavailable("model_unavailable",
+                                 "no decode node of this cluster serves model " + servedModelName);
+        co_return co_await writeError(ex, std::move(none));
+      }
+      co_return co_await relayToNode(ex, std::move(routes), body.value());
     }
     struct InFlight {
       std::atomic<uint32_t>& n;
@@ -791,18 +904,22 @@ struct Gateway::Impl {
     const bool stream =
         streamField != doc.end() && streamField->is_boolean() && streamField->get<bool>();
     const auto received = std::chrono::steady_clock::now();
-    const nlohmann::json attributes = {{"specversion", "1.0"},
-                                       {"id", "completion"},
-                                       {"source", "/v1/completions"},
-                                       {"type", "dev.lifl.completion"}};
-    auto made = makeEvent(store, first.value(), attributes, body.value().size());
-    if (!made) co_return co_await writeError(ex, made.error());
-    std::memcpy(made.value().second, body.value().data(), body.value().size());
+    std::optional<ObjectRef> event;
+    if (servedRole == "decode") {  // the prompt is prefilled on a prefill node
+      auto handoff = co_await prefillElsewhere(body.value(), first.value());
+      if (!handoff) co_return co_await writeError(ex, handoff.error());
+      event = handoff.value();
+    } else {
+      auto made = makeEvent(store, first.value(), kCompletionAttributes, body.value().size());
+      if (!made) co_return co_await writeError(ex, made.error());
+      std::memcpy(made.value().second, body.value().data(), body.value().size());
+      event = made.value().first;
+    }
 
     auto call = std::make_shared<ChainCall>();
     auto timer = std::make_shared<asio::steady_timer>(co_await asio::this_coro::executor);
     call->wake = [timer] { asio::post(timer->get_executor(), [timer] { timer->cancel(); }); };
-    auto correlation = chains.invoke("llm", made.value().first, call);
+    auto correlation = chains.invoke("llm", *event, call);
     if (!correlation) co_return co_await writeError(ex, correlation.error());
     const auto timeout = std::chrono::duration_cast<std::chrono::steady_clock::duration>(
         std::chrono::duration<double>(config.chainTimeoutSeconds));

@@ -414,5 +414,22 @@ class NoModel(unittest.TestCase):
             p.stop()
 
 
+class ModelRole(unittest.TestCase):
+    def test_one_stage_needs_a_cluster_and_a_known_role(self):
+        # --model-role prefill|decode runs one stage of a cluster's model (cluster_disaggregated
+        # _test); on one machine, or with a role that does not exist, `lifl up` refuses to start.
+        with tempfile.TemporaryDirectory() as tmp:
+            model = os.path.join(tmp, "tiny")
+            lifl_cli("model", "generate", "--dir", model, "--layers", "1", "--vocab", "300")
+            for role, why in (("prefill", "--model-role prefill needs a cluster"),
+                              ("decode", "--model-role decode needs a cluster"),
+                              ("sideways", "--model-role is both, prefill or decode")):
+                r = lifl_cli("up", "--port", "0", "--model", model, "--model-role", role,
+                             "--data-dir", os.path.join(tmp, "data"), check=False, timeout=60)
+                self.assertNotEqual(r.returncode, 0, role)
+                self.assertIn("bad_arguments", r.stderr, role)
+                self.assertIn(why, r.stderr, role)
+
+
 if __name__ == "__main__":
     unittest.main()

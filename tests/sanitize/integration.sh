@@ -21,7 +21,7 @@ if [ ${#tests[@]} -eq 0 ]; then
   tests=(fedavg_test strategies_test fedbuff_test store_exhaustion_test llm_cpu_test llm_api_test
          llm_tokenizer_test formats_test digits_test chains_test bad_input_test fault_test
          deadline_test scaling_test restart_test cli_test multinode_test auth_test tls_test
-         cluster_auth_test cluster_tls_test cluster_llm_test instance_user_test)
+         cluster_auth_test cluster_tls_test cluster_llm_test cluster_disaggregated_test instance_user_test)
 fi
 build=build-sanitize
 if [ ! -f "$build/build.ninja" ]; then

@@ -28,7 +28,12 @@ class Args {
   Result<uint64_t> getPositive(const std::string& key, uint64_t fallback) const;
   /// One of two values ("--key is a or b" otherwise).
   Result<std::string> getChoice(const std::string& key, const std::string& a,
-                                const std::string& b) const;
+                                const std::string& b) const {
+    return getChoice(key, {a, b});
+  }
+  /// One of `choices`, the first where the key is absent ("--key is a, b or c" otherwise).
+  Result<std::string> getChoice(const std::string& key,
+                                const std::vector<std::string>& choices) const;
   const std::vector<std::string>& positionals() const { return positionals_; }
   bool wantsHelp() const { return has("help") || has("h"); }
   /// A copy of `args` with `key` set to `value`.

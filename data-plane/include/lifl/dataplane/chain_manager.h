@@ -50,6 +50,13 @@ inline std::string servedModel(const std::vector<ChainSpec>& chains) {
     if (c.name == kLlmChain) return c.params.value("model_name", std::string("lifl"));
   return "";
 }
+/// The stages of the model the "llm" chain runs here: "both", "prefill" or "decode"
+/// (lifl agent --model-role).
+inline std::string servedModelRole(const std::vector<ChainSpec>& chains) {
+  for (const auto& c : chains)
+    if (c.name == kLlmChain) return c.params.value("role", std::string("both"));
+  return "both";
+}
 
 /// Descriptors delivered to an instance and not yet handled (the agent's probe).
 using QueueProbe = std::function<uint64_t(InstanceId)>;

@@ -68,7 +68,12 @@ struct PartialTransfer {
 /// it at this node's last heartbeat.
 struct ModelRoute {
   std::string model, node, url;
-  uint32_t inFlight = 0;  ///< completions it was serving at its last heartbeat
+  uint32_t inFlight = 0;      ///< completions it was serving at its last heartbeat
+  std::string role = "both";  ///< the stages it runs: "both", "prefill" or "decode"
+  /// Whether it answers a client's completion (it decodes); a prefill node prefills for
+  /// the decode nodes (POST /v1/cluster/llm/prefill).
+  bool decodes() const { return role != "prefill"; }
+  bool prefills() const { return role != "decode"; }
 };
 
 class ClusterLink {

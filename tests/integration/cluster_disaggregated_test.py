@@ -1,0 +1,165 @@
+"""Prefill on one node, decode on another (docs/llm.md "Prefill and decode on different
+nodes"): a controller and three agents in network namespaces; p runs only the prefill stage
+(`lifl agent --model DIR --model-role prefill`), d only the decode stage (`--model-role
+decode`), c serves no model. A completion at d is prefilled on p (POST
+/v1/cluster/llm/prefill), whose hand-off, the KV cache included, comes back over the network
+into d's store, where d's decode stage runs it. Checked against the CPU engine run directly
+(`lifl model run`): greedy and sampled completions, streamed or not, alone or six at once, at
+d, at p (which relays to d) and at c, are the same tokens; bad requests get API.md's JSON
+error of the node that finds them and disturb nothing; once p is gone, d answers 503."""
+import concurrent.futures
+import json
+import os
+import shutil
+import tempfile
+import time
+import unittest
+import urllib.error
+import urllib.request
+
+from cluster_llm_test import generated_tokens, stream_tokens, write_model
+from lifl_cluster import Cluster, http_json
+from lifl_harness import failed_so_far, model_run
+from llm_api_test import post
+
+
+@unittest.skipUnless(os.geteuid() == 0 and shutil.which("ip"), "needs root and iproute2 (netns)")
+class ClusterDisaggregated(unittest.TestCase):
+    @classmethod
+    def setUpClass(cls):
+        cls.tmp = tempfile.TemporaryDirectory()
+        cls.model = write_model(cls.tmp.name)
+        cls.cluster = Cluster(nodes=("p", "d", "c"), warm_pool=3, agent_args={
+            "p": ["--model", cls.model, "--model-role", "prefill"],
+            "d": ["--model", cls.model, "--model-role", "decode"]})
+        deadline = time.monotonic() + 15
+        while True:
+            listed = http_json(cls.cluster.controller.url + "/v1/models")
+            roles = {n["node"]: n["role"] for m in listed["data"] for n in m["nodes"]}
+            if roles == {"p": "prefill", "d": "decode"}:
+                break
+            assert time.monotonic() < deadline, f"the model's nodes: {listed}"
+            time.sleep(0.1)
+        time.sleep(1.0)  # > 3 heartbeats: every agent has the routes
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.cluster.close()
+        cls.tmp.cleanup()
+
+    def tearDown(self):
+        if failed_so_far(self):
+            print("\n" + self.cluster.logs())
+
+    def url(self, node):
+        return self.cluster.agents[node].url
+
+    def test_a_completion_at_the_decode_node_is_prefilled_on_the_prefill_node(self):
+        prompt = [5, 17, 200, 3, 99, 42]
+        before = {n: generated_tokens(self.url(n)) for n in "pd"}
+        status, ctype, data = post(self.url("d"), {"prompt": prompt, "max_tokens": 12,
+                                                   "temperature": 0})
+        self.assertEqual((status, ctype), (200, "application/json"), data)
+        got = json.loads(data)
+        self.assertEqual(got["choices"][0]["token_ids"], model_run(self.model, prompt, 12)[0])
+        self.assertEqual(got["usage"], {"prompt_tokens": 6, "completion_tokens": 12,
+                                        "total_tokens": 18})
+        # d decoded (it has no prefill stage: the prompt's KV came from p); p generated nothing.
+        self.assertEqual(generated_tokens(self.url("d")) - before["d"], 12)
+        self.assertEqual(generated_tokens(self.url("p")), before["p"])
+
+    def test_sampled_completions_carry_the_generator_across(self):
+        # The first token is drawn on p and the rest on d: the generator's state travels in
+        # the hand-off, so a seed gives the tokens `lifl model run` draws on one machine.
+        for i, settings in enumerate([{"temperature": 1.0},
+                                      {"temperature": 0.9, "top_k": 30, "top_p": 0.8}]):
+            prompt = [7, 8, 9 + i]
+            status, _, data = post(self.url("d"), {"prompt": prompt, "max_tokens": 10,
+                                                   "seed": 60 + i, **settings})
+            self.assertEqual(status, 200, data)
+            run = ["--seed", str(60 + i), "--temperature", str(settings["temperature"]),
+                   "--top-k", str(settings.get("top_k", 0)), "--top-p", str(settings.get("top_p", 1))]
+            self.assertEqual(json.loads(data)["choices"][0]["token_ids"],
+                             model_run(self.model, prompt, 10, *run)[0], settings)
+
+    def test_a_stream_from_the_decode_node_passes_every_event(self):
+        prompt = [1, 2, 3, 4]
+        status, ctype, data = post(self.url("d"), {"prompt": prompt, "max_tokens": 9,
+                                                   "temperature": 0, "stream": True})
+        self.assertEqual((status, ctype), (200, "text/event-stream"), data)
+        self.assertEqual(stream_tokens(self, data), model_run(self.model, prompt, 9)[0])
+        self.assertEqual(data.count("data: "), 9 + 2, "9 tokens, the finish event and [DONE]")
+
+    def test_completions_at_the_prefill_node_and_elsewhere_go_to_the_decode_node(self):
+        prompt = [11, 12, 13]
+        expected = model_run(self.model, prompt, 8)[0]
+        for node in "pc":
+            before = generated_tokens(self.url("d"))
+            status, _, data = post(self.url(node), {"prompt": prompt, "max_tokens": 8,
+                                                    "temperature": 0})
+            self.assertEqual(status, 200, (node, data))
+            self.assertEqual(json.loads(data)["choices"][0]["token_ids"], expected, node)
+            self.assertEqual(generated_tokens(self.url("d")) - before, 8, node)
+        # Every gateway lists the model.
+        for node in "pdc":
+            listed = http_json(self.url(node) + "/v1/models")
+            self.assertEqual([m["id"] for m in listed["data"]], ["tiny"], node)
+
+    def test_concurrent_completions_are_batched_on_the_decode_node(self):
+        prompts = [[i + 1] * (i + 2) for i in range(6)]
+        with concurrent.futures.ThreadPoolExecutor(6) as pool:
+            results = list(pool.map(lambda p: post(self.url("d"), {
+                "prompt": p, "max_tokens": 10, "temperature": 0}, timeout=60), prompts))
+        for p, (status, _, data) in zip(prompts, results):
+            self.assertEqual(status, 200, data)
+            self.assertEqual(json.loads(data)["choices"][0]["token_ids"],
+                             model_run(self.model, p, 10)[0], p)
+
+    def test_bad_requests_get_the_json_error_of_the_node_that_finds_them(self):
+        cases = [
+            # Found by the prefill stage on p, passed back by d as it came.
+            ("d", {"prompt": [1, 320]}, 400, "not below the vocabulary size"),
+            ("d", {"prompt": [1], "max_tokens": 0}, 400, "max_tokens"),
+            ("d", {"prompt": [1], "temperature": -1}, 400, "temperature"),
+            # Found by d's gateway itself.
+            ("d", "not json", 400, "not a JSON object"),
+            # At p: relayed to d, which asks p.
+            ("p", {"prompt": []}, 400, "prompt is empty"),
+        ]
+        for node, body, status, detail in cases:
+            got, ctype, data = post(self.url(node), body)
+            self.assertEqual((got, ctype), (status, "application/json"), (node, body, data))
+            self.assertIn(detail, json.loads(data)["detail"], (node, body))
+        # The prefill endpoint is the cluster's: a decode node has none.
+        request = urllib.request.Request(self.url("d") + "/v1/cluster/llm/prefill",
+                                         data=b'{"prompt": [1]}', method="POST")
+        with self.assertRaises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(request, timeout=10)
+        self.assertEqual(refused.exception.code, 404)
+        self.assertEqual(json.loads(refused.exception.read())["error"], "no_model")
+        # Nothing was disturbed.
+        status, _, data = post(self.url("d"), {"prompt": [4, 5], "max_tokens": 5, "temperature": 0})
+        self.assertEqual(status, 200, data)
+        self.assertEqual(json.loads(data)["choices"][0]["token_ids"],
+                         model_run(self.model, [4, 5], 5)[0])
+
+    def test_z_without_the_prefill_node_the_decode_node_answers_503(self):
+        # Last (by name): p is killed. Before and after the controller notices, d has no
+        # prefill node to ask, and says so; c relays to d, which answers the same.
+        self.cluster.agents["p"].kill()
+        deadline = time.monotonic() + 10
+        while True:
+            for node in "dc":
+                status, ctype, data = post(self.url(node), {"prompt": [1, 2], "max_tokens": 3,
+                                                            "temperature": 0}, timeout=30)
+                self.assertEqual((status, ctype), (503, "application/json"), (node, data))
+                self.assertEqual(json.loads(data)["error"], "model_unavailable", data)
+            listed = http_json(self.cluster.controller.url + "/v1/models")
+            if [n["node"] for m in listed["data"] for n in m["nodes"]] == ["d"]:
+                break
+            self.assertLess(time.monotonic(), deadline, listed)
+            time.sleep(0.2)
+
+
+if __name__ == "__main__":
+    unittest.main()
