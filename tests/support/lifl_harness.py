@@ -161,7 +161,8 @@ def failed_so_far(case: unittest.TestCase) -> bool:
     if result is None:
         return False
     return not getattr(outcome, "success", True) or any(
-        test is case for test, _ in list(result.errors) + list(result.failures))
+        test is case or getattr(test, "test_case", None) is case  # a subTest's failure
+        for test, _ in list(result.errors) + list(result.failures))
 
 
 def dpdk_missing():
@@ -188,7 +189,7 @@ class PlatformTestCase(unittest.TestCase):
 
     def tearDown(self):
         if failed_so_far(self):
-            print(f"\n---- lifl log ({self.id()}) ----\n{self.platform.log_tail()}")
+            print(f"\n---- lifl log ({self.id()}) ----\n{self.platform.log_tail(400)}")
         self.platform.stop()
 
 
