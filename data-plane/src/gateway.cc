@@ -715,16 +715,39 @@ struct Gateway::Impl {
       data.push_back({{"id", name}, {"object", "model"}, {"owned_by", "lifl"}});
     return {{"object", "list"}, {"data", data}};
   }
-  /// A completion relayed to the node with the fewest in flight (at its last heartbeat, plus
-  /// those relayed there from here since), the next one where a node cannot be reached.
+  /// `routes` ordered by load: the completions in flight at each node's last heartbeat,
+  /// plus those sent there from here since (SentTo), so that a burst spreads at once.
+  void byLoad(std::vector<ModelRoute>& routes) {
+    std::lock_guard lock(relayMutex);
+    std::stable_sort(routes.begin(), routes.end(), [&](const auto& a, const auto& b) {
+      return a.inFlight + relayedTo[a.node] < b.inFlight + relayedTo[b.node];
+    });
+  }
+  /// A completion (or a prefill) sent from here to `node`, counted while it lasts.
+  struct SentTo {
+    Impl& gateway;
+    std::string node;
+    SentTo(Impl& g, std::string n) : gateway(g), node(std::move(n)) {
+      std::lock_guard lock(gateway.relayMutex);
+      gateway.relayedTo[node]++;
+    }
+    ~SentTo() {
+      std::lock_guard lock(gateway.relayMutex);
+      gateway.relayedTo[node]--;
+    }
+  };
+  /// Counts a completion being served here (heartbeats report it: completionsInFlight).
+  struct Serving {
+    std::atomic<uint32_t>& n;
+    explicit Serving(std::atomic<uint32_t>& c) : n(c) { n++; }
+    ~Serving() { n--; }
+  };
+
+  /// A completion relayed to the node with the fewest in flight (byLoad), the next one where
+  /// a node cannot be reached.
   template <class S>
   awaitable<void> relayToNode(Exchange<S>& ex, std::vector<ModelRoute> routes, std::string body) {
-    {
-      std::lock_guard lock(relayMutex);
-      std::stable_sort(routes.begin(), routes.end(), [&](const auto& a, const auto& b) {
-        return a.inFlight + relayedTo[a.node] < b.inFlight + relayedTo[b.node];
-      });
-    }
+    byLoad(routes);
     relay::Request request{std::move(body),
                            {{relay::kRelayedHeader, hooks.cluster->config().nodeName}},
                            ex.parser.get().version(),
@@ -734,14 +757,7 @@ struct Gateway::Impl {
     if (auto auth = header(ex.parser, "authorization"); !auth.empty())
       request.headers.emplace_back("authorization", std::string(auth));
     for (const auto& route : routes) {
-      {
-        std::lock_guard lock(relayMutex);
-        relayedTo[route.node]++;
-      }
-      ScopeExit done([&] {
-        std::lock_guard lock(relayMutex);
-        relayedTo[route.node]--;
-      });
+      const SentTo sent(*this, route.node);
       const relay::Outcome out = co_await relay::relayCompletion(
           ex.stream, route.url, relayTls ? &*relayTls : nullptr, request);
       if (!out.answered) {
@@ -782,8 +798,7 @@ struct Gateway::Impl {
     std::vector<ModelRoute> routes;
     for (auto& r : hooks.cluster->modelRoutes(servedModelName))
       if (r.prefills()) routes.push_back(std::move(r));
-    std::stable_sort(routes.begin(), routes.end(),
-                     [](const auto& a, const auto& b) { return a.inFlight < b.inFlight; });
+    byLoad(routes);
     const relay::Request request{
         body,
         {{"authorization", "Bearer " + hooks.cluster->config().clusterToken}},
@@ -792,6 +807,7 @@ struct Gateway::Impl {
         seconds(kRelayConnectSeconds),
         seconds(config.chainTimeoutSeconds)};
     for (const auto& route : routes) {
+      const SentTo sent(*this, route.node);
       HttpResponse got;
       const std::string target = "/v1/cluster/llm/prefill";
       const relay::Outcome out =
@@ -835,6 +851,7 @@ struct Gateway::Impl {
           notFound("no_model", "this node prefills no model (lifl agent --model-role prefill)"));
     auto body = co_await readBodyString(ex, config.maxEventBytes);
     if (!body) co_return co_await writeError(ex, body.error());
+    const Serving serving(completionsInFlight);  // the decode nodes pick prefill nodes by it
     auto made = makeEvent(store, first.value(), kCompletionAttributes, body.value().size());
     if (!made) co_return co_await writeError(ex, made.error());
     std::memcpy(made.value().second, body.value().data(), body.value().size());
@@ -895,11 +912,7 @@ struct Gateway::Impl {
       }
       co_return co_await relayToNode(ex, std::move(routes), body.value());
     }
-    struct InFlight {
-      std::atomic<uint32_t>& n;
-      explicit InFlight(std::atomic<uint32_t>& c) : n(c) { n++; }
-      ~InFlight() { n--; }
-    } inFlight{completionsInFlight};
+    const Serving serving(completionsInFlight);
     auto streamField = doc.find("stream");
     const bool stream =
         streamField != doc.end() && streamField->is_boolean() && streamField->get<bool>();

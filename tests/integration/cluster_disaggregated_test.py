@@ -1,12 +1,13 @@
 """Prefill on one node, decode on another (docs/llm.md "Prefill and decode on different
-nodes"): a controller and three agents in network namespaces; p runs only the prefill stage
-(`lifl agent --model DIR --model-role prefill`), d only the decode stage (`--model-role
-decode`), c serves no model. A completion at d is prefilled on p (POST
+nodes"): a controller and four agents in network namespaces; p and q run only the prefill
+stage (`lifl agent --model DIR --model-role prefill`), d only the decode stage (`--model-role
+decode`), c serves no model. A completion at d is prefilled on p or q (POST
 /v1/cluster/llm/prefill), whose hand-off, the KV cache included, comes back over the network
 into d's store, where d's decode stage runs it. Checked against the CPU engine run directly
 (`lifl model run`): greedy and sampled completions, streamed or not, alone or six at once, at
 d, at p (which relays to d) and at c, are the same tokens; bad requests get API.md's JSON
-error of the node that finds them and disturb nothing; once p is gone, d answers 503."""
+error of the node that finds them and disturb nothing; with p killed q prefills, and once
+both are gone d answers 503."""
 import concurrent.futures
 import json
 import os
@@ -29,14 +30,14 @@ class ClusterDisaggregated(unittest.TestCase):
     def setUpClass(cls):
         cls.tmp = tempfile.TemporaryDirectory()
         cls.model = write_model(cls.tmp.name)
-        cls.cluster = Cluster(nodes=("p", "d", "c"), warm_pool=3, agent_args={
-            "p": ["--model", cls.model, "--model-role", "prefill"],
-            "d": ["--model", cls.model, "--model-role", "decode"]})
+        prefill = ["--model", cls.model, "--model-role", "prefill"]
+        cls.cluster = Cluster(nodes=("p", "q", "d", "c"), warm_pool=3, agent_args={
+            "p": prefill, "q": prefill, "d": ["--model", cls.model, "--model-role", "decode"]})
         deadline = time.monotonic() + 15
         while True:
             listed = http_json(cls.cluster.controller.url + "/v1/models")
             roles = {n["node"]: n["role"] for m in listed["data"] for n in m["nodes"]}
-            if roles == {"p": "prefill", "d": "decode"}:
+            if roles == {"p": "prefill", "q": "prefill", "d": "decode"}:
                 break
             assert time.monotonic() < deadline, f"the model's nodes: {listed}"
             time.sleep(0.1)
@@ -56,7 +57,7 @@ class ClusterDisaggregated(unittest.TestCase):
 
     def test_a_completion_at_the_decode_node_is_prefilled_on_the_prefill_node(self):
         prompt = [5, 17, 200, 3, 99, 42]
-        before = {n: generated_tokens(self.url(n)) for n in "pd"}
+        before = {n: generated_tokens(self.url(n)) for n in "pqd"}
         status, ctype, data = post(self.url("d"), {"prompt": prompt, "max_tokens": 12,
                                                    "temperature": 0})
         self.assertEqual((status, ctype), (200, "application/json"), data)
@@ -64,9 +65,11 @@ class ClusterDisaggregated(unittest.TestCase):
         self.assertEqual(got["choices"][0]["token_ids"], model_run(self.model, prompt, 12)[0])
         self.assertEqual(got["usage"], {"prompt_tokens": 6, "completion_tokens": 12,
                                         "total_tokens": 18})
-        # d decoded (it has no prefill stage: the prompt's KV came from p); p generated nothing.
+        # d decoded (it has no prefill stage: the prompt's KV came from p or q), which
+        # generated nothing.
         self.assertEqual(generated_tokens(self.url("d")) - before["d"], 12)
-        self.assertEqual(generated_tokens(self.url("p")), before["p"])
+        for node in "pq":
+            self.assertEqual(generated_tokens(self.url(node)), before[node], node)
 
     def test_sampled_completions_carry_the_generator_across(self):
         # The first token is drawn on p and the rest on d: the generator's state travels in
@@ -101,7 +104,7 @@ class ClusterDisaggregated(unittest.TestCase):
             self.assertEqual(json.loads(data)["choices"][0]["token_ids"], expected, node)
             self.assertEqual(generated_tokens(self.url("d")) - before, 8, node)
         # Every gateway lists the model.
-        for node in "pdc":
+        for node in "pqdc":
             listed = http_json(self.url(node) + "/v1/models")
             self.assertEqual([m["id"] for m in listed["data"]], ["tiny"], node)
 
@@ -143,10 +146,20 @@ class ClusterDisaggregated(unittest.TestCase):
         self.assertEqual(json.loads(data)["choices"][0]["token_ids"],
                          model_run(self.model, [4, 5], 5)[0])
 
-    def test_z_without_the_prefill_node_the_decode_node_answers_503(self):
-        # Last (by name): p is killed. Before and after the controller notices, d has no
-        # prefill node to ask, and says so; c relays to d, which answers the same.
+    def test_z_a_killed_prefill_node_is_passed_over_and_none_left_is_503(self):
+        # Last (by name). With p killed, q prefills every request at once (p refuses the
+        # connection before the controller notices).
         self.cluster.agents["p"].kill()
+        for i in range(4):
+            for node in "dc":
+                status, _, data = post(self.url(node), {"prompt": [i, 6], "max_tokens": 4,
+                                                        "temperature": 0})
+                self.assertEqual(status, 200, (node, data))
+                self.assertEqual(json.loads(data)["choices"][0]["token_ids"],
+                                 model_run(self.model, [i, 6], 4)[0], node)
+        # With q killed too, before and after the controller notices, d has no prefill node to
+        # ask, and says so; c relays to d, which answers the same.
+        self.cluster.agents["q"].kill()
         deadline = time.monotonic() + 10
         while True:
             for node in "dc":
