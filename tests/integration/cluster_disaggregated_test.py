@@ -174,5 +174,48 @@ class ClusterDisaggregated(unittest.TestCase):
             time.sleep(0.2)
 
 
+@unittest.skipUnless(os.geteuid() == 0 and shutil.which("ip"), "needs root and iproute2 (netns)")
+class ClusterDisaggregatedAuth(unittest.TestCase):
+    def test_the_prefill_call_carries_the_cluster_credential(self):
+        # With security.auth, a completion at d needs the admin credential there; d asks p
+        # with the cluster's credential, which p's /v1/cluster routes require.
+        with tempfile.TemporaryDirectory() as tmp:
+            model = write_model(tmp)
+            cluster = Cluster(nodes=("p", "d"), auth=True, agent_admin=True, warm_pool=3,
+                              agent_args={"p": ["--model", model, "--model-role", "prefill"],
+                                          "d": ["--model", model, "--model-role", "decode"]})
+            try:
+                deadline = time.monotonic() + 15
+                while True:
+                    listed = http_json(cluster.controller.url + "/v1/models",
+                                       token=cluster.admin_token)
+                    if sorted(n["node"] for m in listed["data"] for n in m["nodes"]) == ["d", "p"]:
+                        break
+                    self.assertLess(time.monotonic(), deadline, listed)
+                    time.sleep(0.1)
+                time.sleep(1.0)
+                body = {"prompt": [4, 4, 2], "max_tokens": 5, "temperature": 0}
+                status, _, data = post(cluster.agents["d"].url, body, token=cluster.admin_token)
+                self.assertEqual(status, 200, data)
+                self.assertEqual(json.loads(data)["choices"][0]["token_ids"],
+                                 model_run(model, [4, 4, 2], 5)[0])
+                status, _, data = post(cluster.agents["d"].url, body)
+                self.assertEqual((status, json.loads(data)["error"]), (401, "unauthorized"), data)
+                # The prefill call itself, without the cluster's credential and with the admin's.
+                for token in (None, cluster.admin_token):
+                    request = urllib.request.Request(
+                        cluster.agents["p"].url + "/v1/cluster/llm/prefill", method="POST",
+                        data=json.dumps(body).encode(),
+                        headers={"Authorization": f"Bearer {token}"} if token else {})
+                    with self.assertRaises(urllib.error.HTTPError) as refused:
+                        urllib.request.urlopen(request, timeout=10)
+                    self.assertIn(refused.exception.code, (401, 403), token)
+            except BaseException:
+                print("\n" + cluster.logs())
+                raise
+            finally:
+                cluster.close()
+
+
 if __name__ == "__main__":
     unittest.main()
