@@ -9,7 +9,9 @@
 #include <boost/beast.hpp>
 #include <boost/beast/ssl.hpp>
 #include <chrono>
+#include <cstddef>
 #include <cstdint>
+#include <functional>
 #include <limits>
 #include <string>
 #include <utility>
@@ -35,6 +37,9 @@ struct Outcome {
   bool keepAlive = true;  ///< false: the client's connection must close (a stream cut short)
   std::string why;        ///< where it failed, for the log
 };
+
+/// Where a fetched answer's body of the given length goes (nullptr: into a string).
+using Sink = std::function<std::byte*(uint64_t)>;
 
 struct Request {
   std::string body;
@@ -199,33 +204,51 @@ awaitable<Outcome> relayCompletion(Down& down, const std::string& url, asio::ssl
 
 namespace detail {
 
-/// POSTs the request to `target` on `up` and reads the whole answer into `got`.
+/// POSTs the request to `target` on `up` and reads the answer: a 200's body of known length
+/// into the memory into(length) gives (where it gives some), any other into got.body.
 template <class Up>
 awaitable<Outcome> fetch(Up& up, const std::string& host, const std::string& target,
-                         const Request& r, HttpResponse& got) {
+                         const Request& r, HttpResponse& got, const Sink& into) {
   Outcome out;
   beast::error_code ec = co_await send(up, host, target, r);
   if (ec) co_return failed(out, "sending the request", ec);
   beast::flat_buffer buffer;
-  http::response_parser<http::string_body> parser;
+  http::response_parser<http::buffer_body> parser;
   parser.body_limit(std::numeric_limits<std::uint64_t>::max());  // bounded in time
-  co_await http::async_read(up, buffer, parser, asio::redirect_error(use_awaitable, ec));
+  beast::get_lowest_layer(up).expires_after(r.answerTimeout);
+  co_await http::async_read_header(up, buffer, parser, asio::redirect_error(use_awaitable, ec));
   if (ec) co_return failed(out, "reading the answer", ec);
-  out.answered = true;
-  out.status = static_cast<int>(parser.get().result_int());
-  got.status = out.status;
+  got.status = static_cast<int>(parser.get().result_int());
   got.headers["content-type"] = std::string(parser.get()[http::field::content_type]);
-  got.body = std::move(parser.get().body());
+  const auto length = parser.content_length();
+  std::byte* at = got.status == 200 && length ? into(*length) : nullptr;
+  char chunk[16 << 10];
+  uint64_t have = 0;
+  while (!parser.is_done()) {
+    auto& body = parser.get().body();
+    body.data = at ? static_cast<void*>(at + have) : chunk;
+    body.size = at ? *length - have : sizeof chunk;
+    beast::get_lowest_layer(up).expires_after(r.answerTimeout);
+    co_await http::async_read_some(up, buffer, parser, asio::redirect_error(use_awaitable, ec));
+    if (ec == http::error::need_buffer) ec = {};
+    if (ec) co_return failed(out, "reading the answer's body", ec);
+    const uint64_t n = (at ? *length - have : sizeof chunk) - body.size;
+    if (!at) got.body.append(chunk, n);
+    have += n;
+  }
+  out.answered = true;
+  out.status = got.status;
   co_return out;
 }
 
 }  // namespace detail
 
-/// POSTs the request to `url` + `target` and reads the whole answer into `got`.
+/// POSTs the request to `url` + `target` and reads the answer as detail::fetch does.
 inline awaitable<Outcome> fetch(const std::string& url, const std::string& target,
-                                asio::ssl::context* tls, const Request& r, HttpResponse& got) {
+                                asio::ssl::context* tls, const Request& r, HttpResponse& got,
+                                const Sink& into) {
   auto fetchOn = [&](auto& up, const std::string& host) {
-    return detail::fetch(up, host, target, r, got);
+    return detail::fetch(up, host, target, r, got, into);
   };
   co_return co_await connected(url, tls, r.connectTimeout, fetchOn);
 }

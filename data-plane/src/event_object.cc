@@ -5,22 +5,19 @@
 namespace lifl::dataplane {
 
 Result<EventView> readEvent(const ObjectRef& object) {
-  return readEvent(object.data(), object.size());
-}
-
-Result<EventView> readEvent(const std::byte* bytes, uint64_t size) {
   uint32_t metaLen = 0;
-  if (size < sizeof(metaLen)) return badRequest("malformed_event", "event object too small");
-  std::memcpy(&metaLen, bytes, sizeof(metaLen));
-  if (metaLen > size - sizeof(metaLen))
+  if (object.size() < sizeof(metaLen))
+    return badRequest("malformed_event", "event object too small");
+  std::memcpy(&metaLen, object.data(), sizeof(metaLen));
+  if (metaLen > object.size() - sizeof(metaLen))
     return badRequest("malformed_event", "event attributes run past the object");
-  const char* meta = reinterpret_cast<const char*>(bytes + sizeof(metaLen));
+  const char* meta = reinterpret_cast<const char*>(object.data() + sizeof(metaLen));
   EventView view;
   view.attributes = nlohmann::json::parse(meta, meta + metaLen, nullptr, false);
   if (view.attributes.is_discarded() || !view.attributes.is_object())
     return badRequest("malformed_event", "event attributes are not a JSON object");
-  view.data = bytes + sizeof(metaLen) + metaLen;
-  view.size = size - sizeof(metaLen) - metaLen;
+  view.data = object.data() + sizeof(metaLen) + metaLen;
+  view.size = object.size() - sizeof(metaLen) - metaLen;
   return view;
 }
 

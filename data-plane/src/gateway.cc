@@ -787,8 +787,8 @@ struct Gateway::Impl {
   }
 
   /// A decode node's prompt prefilled on a prefill node of the cluster (the one with the
-  /// fewest completions in flight; the next where one cannot be reached or fails): its
-  /// hand-off (the request, the first token, the generator, the KV cache) made an event for
+  /// fewest in flight, byLoad; the next where one cannot be reached or fails): its hand-off
+  /// (the request, the first token, the generator, the KV cache), an event object for
   /// `decode`, the local decode stage. The request's own errors come back as its error.
   awaitable<Result<ObjectRef>> prefillElsewhere(const std::string& body, InstanceId decode) {
     const Error none =
@@ -808,10 +808,27 @@ struct Gateway::Impl {
         seconds(config.chainTimeoutSeconds)};
     for (const auto& route : routes) {
       const SentTo sent(*this, route.node);
+      // The hand-off is read from the socket straight into this node's store.
+      std::optional<ObjectRef> handoff;
+      Error unread = internal("no_handoff", "the prefill node's answer has no length");
+      const relay::Sink into = [&](uint64_t length) -> std::byte* {
+        auto made = store.allocate(length, ObjectKind::Event, decode);
+        if (!made) {
+          unread = made.error();
+          return nullptr;
+        }
+        handoff = made.value();
+        return handoff->data();
+      };
       HttpResponse got;
       const std::string target = "/v1/cluster/llm/prefill";
-      const relay::Outcome out =
-          co_await relay::fetch(route.url, target, relayTls ? &*relayTls : nullptr, request, got);
+      const relay::Outcome out = co_await relay::fetch(
+          route.url, target, relayTls ? &*relayTls : nullptr, request, got, into);
+      if (handoff && (!out.answered || !readEvent(*handoff))) {
+        store.release(handoff->handle());
+        handoff.reset();
+        unread = makeError(502, "bad_handoff", "a prefill node's hand-off is not an event");
+      }
       if (!out.answered || got.status >= 500) {
         LIFL_WARN("completion: prefill node " << route.node << " at " << route.url << " failed ("
                                               << (out.answered ? errorOf(got).toString() : out.why)
@@ -819,24 +836,10 @@ struct Gateway::Impl {
         continue;
       }
       if (got.status != 200) co_return errorOf(got);
-      co_return handoffEvent(got.body, decode);
+      if (!handoff) co_return unread;
+      co_return *handoff;
     }
     co_return none;
-  }
-
-  /// A hand-off that came over the network, as an event object for `owner`; the first
-  /// token's time becomes this node's (another node's clock means nothing here).
-  Result<ObjectRef> handoffEvent(const std::string& bytes, InstanceId owner) {
-    auto view = readEvent(reinterpret_cast<const std::byte*>(bytes.data()), bytes.size());
-    if (!view)
-      return makeError(502, "bad_handoff", "a prefill node's hand-off: " + view.error().detail);
-    view.value().attributes["first_token_ns"] =
-        static_cast<uint64_t>(std::chrono::duration_cast<std::chrono::nanoseconds>(
-                                  std::chrono::steady_clock::now().time_since_epoch())
-                                  .count());
-    LIFL_TRY(made, makeEvent(store, owner, view.value().attributes, view.value().size));
-    std::memcpy(made.second, view.value().data, view.value().size);
-    return made.first;
   }
 
   /// POST /v1/cluster/llm/prefill (a decode node's call): the completion's prompt prefilled
@@ -863,9 +866,20 @@ struct Gateway::Impl {
     auto object = store.resolve(reply.value());
     if (!object)
       co_return co_await writeError(ex, internal("lost_reply", "the hand-off object is gone"));
-    std::string bytes(reinterpret_cast<const char*>(object.value().data()), object.value().size());
+    // Written to the socket straight from the store.
+    http::response<http::buffer_body> res{http::status::ok, ex.parser.get().version()};
+    res.set(http::field::server, "lifl");
+    res.set(http::field::content_type, "application/octet-stream");
+    res.body().data = object.value().data();
+    res.body().size = object.value().size();
+    res.body().more = false;
+    res.content_length(res.body().size);
+    res.keep_alive(ex.keepAlive);
+    ex.status = 200;
+    beast::error_code ec;
+    co_await http::async_write(ex.stream, res, asio::redirect_error(use_awaitable, ec));
     store.release(object.value().handle());
-    co_await write(ex, http::status::ok, std::move(bytes), "application/octet-stream");
+    if (ec) ex.keepAlive = false;
   }
 
   // POST /v1/completions (API.md): the request goes as an event down the chain

@@ -209,7 +209,9 @@ class Prefill final : public Function {
     attributes["request"] = request.toJson();
     attributes["prompt_tokens"] = request.prompt.size();
     attributes["first_token"] = first;
-    attributes["first_token_ns"] = monotonicNs();
+    // Where the hand-off leaves this node, the decode node's clock times the first token.
+    if (ctx.params().value("role", std::string("both")) != "prefill")
+      attributes["first_token_ns"] = monotonicNs();
     attributes["rng"] = rng;
     LIFL_TRY(viaIpc, sendOnDevice(ctx, engine, seq));
     if (viaIpc) attributes["kv_ipc"] = *viaIpc;
@@ -374,7 +376,7 @@ class Decode final : public Function {
     r.request.stop = q.value("stop", std::vector<std::string>{});
     r.promptTokens = a.at("prompt_tokens");
     r.rng = a.at("rng");
-    r.firstTokenNs = a.at("first_token_ns");
+    r.firstTokenNs = a.value("first_token_ns", monotonicNs());  // absent: from another node
     r.job = d.job;
     r.created = static_cast<int64_t>(std::time(nullptr));
     r.tokens.push_back(a.at("first_token"));

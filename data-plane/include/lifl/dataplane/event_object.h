@@ -20,8 +20,6 @@ struct EventView {
 };
 
 Result<EventView> readEvent(const ObjectRef& object);
-/// The same over bytes in that layout (an event object that came over the network).
-Result<EventView> readEvent(const std::byte* bytes, uint64_t size);
 /// Allocates an event object for `attributes` and `dataSize` data bytes, owned by `owner`;
 /// returns the object and where its data goes.
 Result<std::pair<ObjectRef, std::byte*>> makeEvent(ObjectStore& store, InstanceId owner,
