@@ -111,6 +111,25 @@ struct Gateway::Impl {
     co_await http::async_write(ex.stream, res, asio::redirect_error(use_awaitable, ec));
     if (ec) ex.keepAlive = false;
   }
+  /// A 200 answer of the `size` bytes at `data` (application/octet-stream), written to the
+  /// socket from where they are: no copy. The caller keeps them until it returns.
+  template <class S>
+  awaitable<void> writeInPlace(Exchange<S>& ex, const void* data, uint64_t size,
+                               const HeaderList& headers) {
+    http::response<http::buffer_body> res{http::status::ok, ex.parser.get().version()};
+    res.set(http::field::server, "lifl");
+    res.set(http::field::content_type, "application/octet-stream");
+    for (const auto& [k, v] : headers) res.set(k, v);
+    res.body().data = const_cast<void*>(data);
+    res.body().size = size;
+    res.body().more = false;
+    res.content_length(size);
+    res.keep_alive(ex.keepAlive);
+    ex.status = 200;
+    beast::error_code ec;
+    co_await http::async_write(ex.stream, res, asio::redirect_error(use_awaitable, ec));
+    if (ec) ex.keepAlive = false;
+  }
 
   template <class S>
   awaitable<void> writeJson(Exchange<S>& ex, http::status status, const nlohmann::json& body) {
@@ -298,24 +317,15 @@ struct Gateway::Impl {
       }
       converted = made.value();
     }
-    http::response<http::buffer_body> res{http::status::ok, ex.parser.get().version()};
-    res.set(http::field::server, "lifl");
-    res.set(http::field::content_type, "application/octet-stream");
-    res.set(http::field::etag, "\"" + std::to_string(m.round) + (bf16 ? "-bf16" : "") + "\"");
-    res.set("lifl-round", std::to_string(m.round));
+    const HeaderList headers = {
+        {"ETag", "\"" + std::to_string(m.round) + (bf16 ? "-bf16" : "") + "\""},
+        {"lifl-round", std::to_string(m.round)}};
     // F32: served straight from the store (or a finished job's mapped checkpoint); BF16: from
     // the shared conversion.
-    res.body().data = converted ? const_cast<char*>(converted->data())
-                                : const_cast<void*>(static_cast<const void*>(m.data()));
-    res.body().size = converted ? converted->size() : m.size();
-    res.body().more = false;
-    res.content_length(res.body().size);
-    res.keep_alive(ex.keepAlive);
-    ex.status = 200;
-    beast::error_code ec;
-    co_await http::async_write(ex.stream, res, asio::redirect_error(use_awaitable, ec));
+    const void* bytes = converted ? static_cast<const void*>(converted->data())
+                                  : static_cast<const void*>(m.data());
+    co_await writeInPlace(ex, bytes, converted ? converted->size() : m.size(), headers);
     jobs.returnModel(m);
-    if (ec) ex.keepAlive = false;
   }
 
   template <class S>
@@ -866,20 +876,9 @@ struct Gateway::Impl {
     auto object = store.resolve(reply.value());
     if (!object)
       co_return co_await writeError(ex, internal("lost_reply", "the hand-off object is gone"));
-    // Written to the socket straight from the store.
-    http::response<http::buffer_body> res{http::status::ok, ex.parser.get().version()};
-    res.set(http::field::server, "lifl");
-    res.set(http::field::content_type, "application/octet-stream");
-    res.body().data = object.value().data();
-    res.body().size = object.value().size();
-    res.body().more = false;
-    res.content_length(res.body().size);
-    res.keep_alive(ex.keepAlive);
-    ex.status = 200;
-    beast::error_code ec;
-    co_await http::async_write(ex.stream, res, asio::redirect_error(use_awaitable, ec));
+    const HeaderList none;
+    co_await writeInPlace(ex, object.value().data(), object.value().size(), none);
     store.release(object.value().handle());
-    if (ec) ex.keepAlive = false;
   }
 
   // POST /v1/completions (API.md): the request goes as an event down the chain

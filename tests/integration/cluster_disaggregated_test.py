@@ -18,7 +18,7 @@ import unittest
 import urllib.error
 import urllib.request
 
-from cluster_llm_test import generated_tokens, stream_tokens, write_model
+from cluster_llm_test import assert_streams, generated_tokens, write_model
 from lifl_cluster import Cluster, http_json
 from lifl_harness import failed_so_far, model_run
 from llm_api_test import post
@@ -86,12 +86,7 @@ class ClusterDisaggregated(unittest.TestCase):
                              model_run(self.model, prompt, 10, *run)[0], settings)
 
     def test_a_stream_from_the_decode_node_passes_every_event(self):
-        prompt = [1, 2, 3, 4]
-        status, ctype, data = post(self.url("d"), {"prompt": prompt, "max_tokens": 9,
-                                                   "temperature": 0, "stream": True})
-        self.assertEqual((status, ctype), (200, "text/event-stream"), data)
-        self.assertEqual(stream_tokens(self, data), model_run(self.model, prompt, 9)[0])
-        self.assertEqual(data.count("data: "), 9 + 2, "9 tokens, the finish event and [DONE]")
+        assert_streams(self, self.url("d"), self.model)
 
     def test_completions_at_the_prefill_node_and_elsewhere_go_to_the_decode_node(self):
         prompt = [11, 12, 13]

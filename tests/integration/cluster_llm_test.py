@@ -39,6 +39,17 @@ def stream_tokens(test, data):
     return [t for c in chunks for t in c["choices"][0]["token_ids"]]
 
 
+def assert_streams(test, url, model):
+    """A streamed greedy completion at `url`: one event a token, then the finish event and
+    [DONE]; the tokens `lifl model run` gives."""
+    prompt = [1, 2, 3, 4]
+    status, ctype, data = post(url, {"prompt": prompt, "max_tokens": 9, "temperature": 0,
+                                     "stream": True})
+    test.assertEqual((status, ctype), (200, "text/event-stream"), data)
+    test.assertEqual(stream_tokens(test, data), model_run(model, prompt, 9)[0])
+    test.assertEqual(data.count("data: "), 9 + 2, "9 tokens, the finish event and [DONE]")
+
+
 def write_model(folder):
     model = os.path.join(folder, "tiny")
     lifl_cli("model", "generate", "--dir", model, "--layers", "2", "--vocab", "320", "--seed", "9",
@@ -108,12 +119,7 @@ class ClusterLlm(unittest.TestCase):
         self.assertEqual(json.loads(data)["choices"][0]["token_ids"], got["choices"][0]["token_ids"])
 
     def test_a_relayed_stream_passes_every_event(self):
-        prompt = [1, 2, 3, 4]
-        status, ctype, data = post(self.url("c"), {"prompt": prompt, "max_tokens": 9,
-                                                   "temperature": 0, "stream": True})
-        self.assertEqual((status, ctype), (200, "text/event-stream"), data)
-        self.assertEqual(stream_tokens(self, data), model_run(self.model, prompt, 9)[0])
-        self.assertEqual(data.count("data: "), 9 + 2, "9 tokens, the finish event and [DONE]")
+        assert_streams(self, self.url("c"), self.model)
 
     def test_concurrent_relayed_requests_spread_over_the_serving_nodes(self):
         before = {n: generated_tokens(self.url(n)) for n in "ab"}
