@@ -110,8 +110,15 @@ Result<dataplane::AgentConfig> configFromArgs(const Args& args, uint16_t default
       return badRequest("bad_arguments",
                         "--model-role " + role + " needs a cluster (lifl agent --controller)");
     std::vector<std::string> stages;
-    if (role != "decode") stages.push_back("llm.prefill");
-    if (role != "prefill") stages.push_back("llm.decode");
+    std::vector<uint32_t> maxInstances;  // of each stage
+    if (role != "decode") {
+      stages.push_back("llm.prefill");
+      maxInstances.push_back(static_cast<uint32_t>(prefills));
+    }
+    if (role != "prefill") {
+      stages.push_back("llm.decode");
+      maxInstances.push_back(static_cast<uint32_t>(decodes));
+    }
     config.chains.push_back({"llm",
                              stages,
                              {{"model", std::filesystem::absolute(args.get("model")).string()},
@@ -126,11 +133,9 @@ Result<dataplane::AgentConfig> configFromArgs(const Args& args, uint16_t default
                               {"max_sequences", sequences},
                               {"max_context", context},
                               {"kv_retrieval", args.get("kv-retrieval")}},
-                             role == "both" ? std::vector<uint32_t>{static_cast<uint32_t>(prefills),
-                                                                    static_cast<uint32_t>(decodes)}
-                             : role == "prefill"
-                                 ? std::vector<uint32_t>{static_cast<uint32_t>(prefills)}
-                                 : std::vector<uint32_t>{static_cast<uint32_t>(decodes)}});
+                             maxInstances,
+                             // A decode node's decode stage is the chain's entry.
+                             role == "decode"});
   }
   for (const auto& chain : config.chains)
     for (const auto& f : chain.functions)

@@ -74,7 +74,7 @@ void ChainManager::trimLocked(size_t c, size_t hop, InstanceId picked) {
   const auto now = std::chrono::steady_clock::now();
   auto& pool = pools_[c][hop];
   for (auto it = pool.begin() + 1; it != pool.end();) {
-    const bool holding = hop == 0 ? queue_(it->id) > 0 : it->inFlight > 0;
+    const bool holding = hop == 0 && !chains_[c].entryHolds ? queue_(it->id) > 0 : it->inFlight > 0;
     if (it->id != picked && !holding &&
         std::chrono::duration<double>(now - it->lastPicked).count() >= idleSeconds_) {
       supervisor_.release(it->id);
@@ -88,6 +88,7 @@ void ChainManager::trimLocked(size_t c, size_t hop, InstanceId picked) {
 }
 
 Result<InstanceId> ChainManager::pickLocked(size_t c) {
+  if (chains_[c].entryHolds) return routeLocked(c, 0);
   auto& pool = pools_[c][0];
   if (!queue_) return pool[0].id;
   size_t best = 0;
@@ -222,6 +223,7 @@ Result<uint64_t> ChainManager::invoke(const std::string& name, ObjectRef event,
     LIFL_TRY(picked, pickLocked(c));
     first = picked;
     correlation = nextCorrelation_++;
+    if (chains_[c].entryHolds) routedTo_[correlation] = first;  // in flight until it answers
     pending_[correlation] = std::move(call);
   }
   event.setOwner(first);

@@ -20,7 +20,7 @@ import urllib.request
 
 from cluster_llm_test import assert_streams, generated_tokens, write_model
 from lifl_cluster import Cluster, http_json
-from lifl_harness import failed_so_far, model_run
+from lifl_harness import failed_so_far, lifl_cli, model_run
 from llm_api_test import post
 
 
@@ -31,8 +31,14 @@ class ClusterDisaggregated(unittest.TestCase):
         cls.tmp = tempfile.TemporaryDirectory()
         cls.model = write_model(cls.tmp.name)
         prefill = ["--model", cls.model, "--model-role", "prefill"]
-        cls.cluster = Cluster(nodes=("p", "q", "d", "c"), warm_pool=3, agent_args={
-            "p": prefill, "q": prefill, "d": ["--model", cls.model, "--model-role", "decode"]})
+        # d scales its decode stage up to 3 instances by requests in flight (one each at most
+        # before another joins), and gives an added one back after 1 s idle.
+        cls.cluster = Cluster(
+            nodes=("p", "q", "d", "c"), warm_pool=4,
+            agent_args={"p": prefill, "q": prefill,
+                        "d": ["--model", cls.model, "--model-role", "decode",
+                              "--model-decode-instances", "3"]},
+            agent_functions={"d": {"scale_up_queue_depth": 1, "idle_seconds": 1}})
         deadline = time.monotonic() + 15
         while True:
             listed = http_json(cls.cluster.controller.url + "/v1/models")
@@ -103,15 +109,26 @@ class ClusterDisaggregated(unittest.TestCase):
             listed = http_json(self.url(node) + "/v1/models")
             self.assertEqual([m["id"] for m in listed["data"]], ["tiny"], node)
 
-    def test_concurrent_completions_are_batched_on_the_decode_node(self):
+    def test_concurrent_completions_scale_the_decode_node_by_requests_in_flight(self):
+        # The decode stage is d's chain entry and holds each request until it answers: it is
+        # picked and scaled by requests in flight (its queue says little), as a decode stage
+        # behind a prefill stage is on one node. Six at once grow it to 2-3 instances, never
+        # a fourth; each completion is exact; an added instance goes back after 1 s idle.
         prompts = [[i + 1] * (i + 2) for i in range(6)]
         with concurrent.futures.ThreadPoolExecutor(6) as pool:
             results = list(pool.map(lambda p: post(self.url("d"), {
-                "prompt": p, "max_tokens": 10, "temperature": 0}, timeout=60), prompts))
+                "prompt": p, "max_tokens": 60, "temperature": 0}, timeout=60), prompts))
         for p, (status, _, data) in zip(prompts, results):
             self.assertEqual(status, 200, data)
             self.assertEqual(json.loads(data)["choices"][0]["token_ids"],
-                             model_run(self.model, p, 10)[0], p)
+                             model_run(self.model, p, 60)[0], p)
+        log = self.cluster.agents["d"].log_tail(400)
+        self.assertIn("llm.decode scaled up to 2 instances", log)
+        self.assertNotIn("scaled up to 4", log)
+        time.sleep(1.5)
+        status, _, _ = post(self.url("d"), {"prompt": [1, 2, 3], "max_tokens": 1})
+        self.assertEqual(status, 200)
+        self.assertIn("llm.decode scaled down", self.cluster.agents["d"].log_tail(400))
 
     def test_bad_requests_get_the_json_error_of_the_node_that_finds_them(self):
         cases = [
@@ -167,6 +184,63 @@ class ClusterDisaggregated(unittest.TestCase):
                 break
             self.assertLess(time.monotonic(), deadline, listed)
             time.sleep(0.2)
+
+
+@unittest.skipUnless(os.geteuid() == 0 and shutil.which("ip"), "needs root and iproute2 (netns)")
+class DecodeNodeKeepsBusyInstances(unittest.TestCase):
+    def test_an_added_decode_instance_is_kept_while_it_serves(self):
+        # A decode node's decode stage is its chain's entry and holds each request until it
+        # answers: picked and scaled by requests in flight, and never given back while it
+        # serves one (its queue, empty, would say it is idle). Two long completions at once
+        # grow it to 2 instances; a short one after idle_seconds (1 s), while both still run,
+        # must not take the second instance away: both long ones finish, exact. Once they
+        # are done and 1 s has passed, the next completion gives it back. The model is
+        # slower than the other tests' (8 layers), so that the long ones last seconds.
+        with tempfile.TemporaryDirectory() as tmp:
+            model = os.path.join(tmp, "slow")
+            lifl_cli("model", "generate", "--dir", model, "--layers", "8", "--hidden", "512",
+                     "--intermediate", "1536", "--heads", "8", "--kv-heads", "2", "--head-dim",
+                     "64", "--vocab", "320", "--max-positions", "512", "--seed", "9")
+            cluster = Cluster(
+                nodes=("p", "d"), warm_pool=3,
+                agent_args={"p": ["--model", model, "--model-role", "prefill"],
+                            "d": ["--model", model, "--model-role", "decode",
+                                  "--model-decode-instances", "2"]},
+                agent_functions={"d": {"scale_up_queue_depth": 1, "idle_seconds": 1}})
+            try:
+                d = cluster.agents["d"]
+                deadline = time.monotonic() + 15
+                while sorted(n["node"] for m in http_json(cluster.controller.url + "/v1/models")["data"]
+                             for n in m["nodes"]) != ["d", "p"]:
+                    self.assertLess(time.monotonic(), deadline)
+                    time.sleep(0.1)
+                time.sleep(1.0)
+                long = {"prompt": [3, 1, 4], "max_tokens": 300, "temperature": 0}
+                with concurrent.futures.ThreadPoolExecutor(2) as pool:
+                    running = [pool.submit(post, d.url, long, 600) for _ in range(2)]
+                    deadline = time.monotonic() + 60
+                    while "llm.decode scaled up to 2 instances" not in d.log_tail(400):
+                        self.assertLess(time.monotonic(), deadline, d.log_tail(40))
+                        time.sleep(0.05)
+                    time.sleep(1.2)  # past idle_seconds since the second instance was picked
+                    self.assertFalse(any(f.done() for f in running), "the long ones still run")
+                    status, _, data = post(d.url, {"prompt": [2, 7], "max_tokens": 1})
+                    self.assertEqual(status, 200, data)
+                    self.assertNotIn("scaled down", d.log_tail(400))
+                    answers = [f.result() for f in running]
+                expected = model_run(model, [3, 1, 4], 300)[0]
+                for status, _, data in answers:
+                    self.assertEqual(status, 200, data)
+                    self.assertEqual(json.loads(data)["choices"][0]["token_ids"], expected)
+                time.sleep(1.2)
+                status, _, _ = post(d.url, {"prompt": [2, 7], "max_tokens": 1})
+                self.assertEqual(status, 200)
+                self.assertIn("llm.decode scaled down to 1 instances", d.log_tail(400))
+            except BaseException:
+                print("\n" + cluster.logs())
+                raise
+            finally:
+                cluster.close()
 
 
 @unittest.skipUnless(os.geteuid() == 0 and shutil.which("ip"), "needs root and iproute2 (netns)")

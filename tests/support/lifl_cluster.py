@@ -83,14 +83,16 @@ class Cluster:
     created = 0  # per process: each cluster's interfaces get names of their own
 
     def __init__(self, nodes=("a", "b", "c"), heartbeat=0.3, node_timeout=1.5, warm_pool=4,
-                 store_bytes=256 << 20, auth=False, tls=False, agent_args=None, agent_admin=False):
+                 store_bytes=256 << 20, auth=False, tls=False, agent_args=None, agent_admin=False,
+                 agent_functions=None):
         """auth: security.auth on the controller and the agents (docs/security.md); the
         agents share the controller's cluster credential file, and self.admin_token holds the
         admin credential. tls: every node speaks HTTPS only and asks for a certificate of the
         cluster's CA (mTLS), its own issued for its address; self.tls is the SSLContext of a
         client with such a certificate (self.certs holds the files). agent_args: {node: [more
         `lifl agent` arguments]}. agent_admin: with auth, the agents hold the admin credential
-        too (security.admin_token_file: the controller's)."""
+        too (security.admin_token_file: the controller's). agent_functions: {node: {key:
+        value}} more `functions:` keys of that node's config (docs/config.md)."""
         ident = os.getpid() % 10000
         Cluster.created += 1
         self.tag = f"{ident}x{Cluster.created}"
@@ -128,6 +130,8 @@ class Cluster:
                 with open(acfg, "w") as f:
                     f.write(f"store:\n  path: {store}\n  bytes: {store_bytes}\n"
                             f"functions:\n  warm_pool: {warm_pool}\n")
+                    for key, value in (agent_functions or {}).get(node, {}).items():
+                        f.write(f"  {key}: {value}\n")
                     if auth:
                         f.write("security:\n  auth: true\n"
                                 f"  cluster_token_file: {controller_auth}/cluster.token\n")

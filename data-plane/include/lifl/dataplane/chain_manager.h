@@ -35,6 +35,9 @@ struct ChainSpec {
   std::vector<std::string> functions;
   nlohmann::json params = nlohmann::json::object();  ///< given to every hop with its position
   std::vector<uint32_t> maxInstances;                ///< per hop; 1 where absent
+  /// The first hop holds each request until it answers (a decode node's decode stage), so
+  /// its queue says little: it is picked, and scaled, by requests in flight instead.
+  bool entryHolds = false;
   uint32_t maxOf(size_t hop) const { return hop < maxInstances.size() ? maxInstances[hop] : 1; }
   /// The hop's events come through the agent, which picks one of its instances.
   bool routed(size_t hop) const { return hop > 0 && maxOf(hop) > 1; }
