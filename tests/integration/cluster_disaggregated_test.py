@@ -24,6 +24,19 @@ from lifl_harness import failed_so_far, lifl_cli, model_run
 from llm_api_test import post
 
 
+def wait_roles(cluster, roles, token=None, timeout=15):
+    """Waits until the controller lists the model as served by `roles` ({node: role}), and the
+    agents have heard it at a heartbeat since."""
+    deadline = time.monotonic() + timeout
+    while True:
+        listed = http_json(cluster.controller.url + "/v1/models", token=token)
+        if {n["node"]: n["role"] for m in listed["data"] for n in m["nodes"]} == roles:
+            break
+        assert time.monotonic() < deadline, f"the model's nodes: {listed}"
+        time.sleep(0.1)
+    time.sleep(1.0)  # > 3 heartbeats: every agent has the routes
+
+
 @unittest.skipUnless(os.geteuid() == 0 and shutil.which("ip"), "needs root and iproute2 (netns)")
 class ClusterDisaggregated(unittest.TestCase):
     @classmethod
@@ -39,15 +52,7 @@ class ClusterDisaggregated(unittest.TestCase):
                         "d": ["--model", cls.model, "--model-role", "decode",
                               "--model-decode-instances", "3"]},
             agent_functions={"d": {"scale_up_queue_depth": 1, "idle_seconds": 1}})
-        deadline = time.monotonic() + 15
-        while True:
-            listed = http_json(cls.cluster.controller.url + "/v1/models")
-            roles = {n["node"]: n["role"] for m in listed["data"] for n in m["nodes"]}
-            if roles == {"p": "prefill", "q": "prefill", "d": "decode"}:
-                break
-            assert time.monotonic() < deadline, f"the model's nodes: {listed}"
-            time.sleep(0.1)
-        time.sleep(1.0)  # > 3 heartbeats: every agent has the routes
+        wait_roles(cls.cluster, {"p": "prefill", "q": "prefill", "d": "decode"})
 
     @classmethod
     def tearDownClass(cls):
@@ -209,12 +214,7 @@ class DecodeNodeKeepsBusyInstances(unittest.TestCase):
                 agent_functions={"d": {"scale_up_queue_depth": 1, "idle_seconds": 1}})
             try:
                 d = cluster.agents["d"]
-                deadline = time.monotonic() + 15
-                while sorted(n["node"] for m in http_json(cluster.controller.url + "/v1/models")["data"]
-                             for n in m["nodes"]) != ["d", "p"]:
-                    self.assertLess(time.monotonic(), deadline)
-                    time.sleep(0.1)
-                time.sleep(1.0)
+                wait_roles(cluster, {"p": "prefill", "d": "decode"})
                 long = {"prompt": [3, 1, 4], "max_tokens": 300, "temperature": 0}
                 with concurrent.futures.ThreadPoolExecutor(2) as pool:
                     running = [pool.submit(post, d.url, long, 600) for _ in range(2)]
@@ -254,15 +254,7 @@ class ClusterDisaggregatedAuth(unittest.TestCase):
                               agent_args={"p": ["--model", model, "--model-role", "prefill"],
                                           "d": ["--model", model, "--model-role", "decode"]})
             try:
-                deadline = time.monotonic() + 15
-                while True:
-                    listed = http_json(cluster.controller.url + "/v1/models",
-                                       token=cluster.admin_token)
-                    if sorted(n["node"] for m in listed["data"] for n in m["nodes"]) == ["d", "p"]:
-                        break
-                    self.assertLess(time.monotonic(), deadline, listed)
-                    time.sleep(0.1)
-                time.sleep(1.0)
+                wait_roles(cluster, {"p": "prefill", "d": "decode"}, token=cluster.admin_token)
                 body = {"prompt": [4, 4, 2], "max_tokens": 5, "temperature": 0}
                 status, _, data = post(cluster.agents["d"].url, body, token=cluster.admin_token)
                 self.assertEqual(status, 200, data)
