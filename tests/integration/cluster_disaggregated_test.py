@@ -211,7 +211,10 @@ class DecodeNodeKeepsBusyInstances(unittest.TestCase):
                 agent_args={"p": ["--model", model, "--model-role", "prefill"],
                             "d": ["--model", model, "--model-role", "decode",
                                   "--model-decode-instances", "2"]},
-                agent_functions={"d": {"scale_up_queue_depth": 1, "idle_seconds": 1}})
+                # The long ones are not streamed: no progress until they end, which under the
+                # sanitizers takes longer than the default 30 s.
+                agent_functions={"d": {"scale_up_queue_depth": 1, "idle_seconds": 1,
+                                       "chain_timeout_seconds": 300}})
             try:
                 d = cluster.agents["d"]
                 wait_roles(cluster, {"p": "prefill", "d": "decode"})
