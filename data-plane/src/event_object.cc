@@ -32,4 +32,11 @@ Result<std::pair<ObjectRef, std::byte*>> makeEvent(ObjectStore& store, InstanceI
   return std::make_pair(object, object.data() + sizeof(metaLen) + metaLen);
 }
 
+Result<ObjectRef> makeEvent(ObjectStore& store, InstanceId owner, const nlohmann::json& attributes,
+                            std::string_view data) {
+  LIFL_TRY(made, makeEvent(store, owner, attributes, data.size()));
+  std::memcpy(made.second, data.data(), data.size());
+  return made.first;
+}
+
 }  // namespace lifl::dataplane

@@ -593,10 +593,9 @@ struct Gateway::Impl {
       doc.erase("data_base64");
       attributes = std::move(doc);
       if (auto e = checkAttributes(attributes); !e) co_return co_await writeError(ex, e.error());
-      auto made = makeEvent(store, first.value(), attributes, data.size());
+      auto made = makeEvent(store, first.value(), attributes, std::string_view(data));
       if (!made) co_return co_await writeError(ex, made.error());
-      std::memcpy(made.value().second, data.data(), data.size());
-      event = made.value().first;
+      event = made.value();
     } else {
       for (const auto& field : ex.parser.get()) {
         std::string key(field.name_string());
@@ -626,10 +625,9 @@ struct Gateway::Impl {
       } else {
         auto body = co_await readBodyString(ex, config.maxEventBytes);
         if (!body) co_return co_await writeError(ex, body.error());
-        auto made = makeEvent(store, first.value(), attributes, body.value().size());
+        auto made = makeEvent(store, first.value(), attributes, std::string_view(body.value()));
         if (!made) co_return co_await writeError(ex, made.error());
-        std::memcpy(made.value().second, body.value().data(), body.value().size());
-        event = made.value().first;
+        event = made.value();
       }
     }
 
@@ -789,10 +787,12 @@ struct Gateway::Impl {
                                                               {"source", "/v1/completions"},
                                                               {"type", "dev.lifl.completion"}};
 
-  /// The nodes that serve `model` ("": any) and answer completions (they decode).
-  std::vector<ModelRoute> decodingRoutes(const std::string& model) const {
+  /// The nodes that serve `model` ("": any) in the role `runs` names: ModelRoute::decodes
+  /// (they answer completions) or ModelRoute::prefills.
+  std::vector<ModelRoute> routesThat(bool (ModelRoute::*runs)() const,
+                                     const std::string& model) const {
     auto routes = hooks.cluster->modelRoutes(model);
-    std::erase_if(routes, [](const ModelRoute& r) { return !r.decodes(); });
+    std::erase_if(routes, [&](const ModelRoute& r) { return !(r.*runs)(); });
     return routes;
   }
 
@@ -805,9 +805,7 @@ struct Gateway::Impl {
         unavailable("model_unavailable",
                     "no prefill node of this cluster for model " + servedModelName + " answered");
     if (!hooks.cluster) co_return none;
-    std::vector<ModelRoute> routes;
-    for (auto& r : hooks.cluster->modelRoutes(servedModelName))
-      if (r.prefills()) routes.push_back(std::move(r));
+    auto routes = routesThat(&ModelRoute::prefills, servedModelName);
     byLoad(routes);
     const relay::Request request{
         body,
@@ -865,11 +863,11 @@ struct Gateway::Impl {
     auto body = co_await readBodyString(ex, config.maxEventBytes);
     if (!body) co_return co_await writeError(ex, body.error());
     const Serving serving(completionsInFlight);  // the decode nodes pick prefill nodes by it
-    auto made = makeEvent(store, first.value(), kCompletionAttributes, body.value().size());
+    auto made =
+        makeEvent(store, first.value(), kCompletionAttributes, std::string_view(body.value()));
     if (!made) co_return co_await writeError(ex, made.error());
-    std::memcpy(made.value().second, body.value().data(), body.value().size());
     const std::string chain = kLlmChain;  // named: GCC 12 and a co_await's temporaries
-    auto reply = co_await callChain(chain, made.value().first);
+    auto reply = co_await callChain(chain, made.value());
     if (!reply) co_return co_await writeError(ex, reply.error());
     if (reply.value().kind == DescriptorKind::Failure)
       co_return co_await answerChain(ex, reply.value(), false);
@@ -906,7 +904,7 @@ struct Gateway::Impl {
                                   ? modelField->get<std::string>()
                                   : std::string();
     if (mayRelay && (!first || (!model.empty() && model != servedModelName))) {
-      auto routes = decodingRoutes(model);
+      auto routes = routesThat(&ModelRoute::decodes, model);
       if (!routes.empty()) co_return co_await relayToNode(ex, std::move(routes), body.value());
       if (!first) {
         // Named: GCC 12 destroys a temporary of a co_await's full expression twice.
@@ -917,7 +915,8 @@ struct Gateway::Impl {
       }
     }
     if (servedRole == "prefill") {  // a node that only prefills: a decode node answers
-      auto routes = mayRelay ? decodingRoutes(servedModelName) : std::vector<ModelRoute>{};
+      auto routes =
+          mayRelay ? routesThat(&ModelRoute::decodes, servedModelName) : std::vector<ModelRoute>{};
       if (routes.empty()) {
         Error none = unavailable("model_unavailable",
                                  "no decode node of this cluster serves model " + servedModelName);
@@ -936,10 +935,10 @@ struct Gateway::Impl {
       if (!handoff) co_return co_await writeError(ex, handoff.error());
       event = handoff.value();
     } else {
-      auto made = makeEvent(store, first.value(), kCompletionAttributes, body.value().size());
+      auto made =
+          makeEvent(store, first.value(), kCompletionAttributes, std::string_view(body.value()));
       if (!made) co_return co_await writeError(ex, made.error());
-      std::memcpy(made.value().second, body.value().data(), body.value().size());
-      event = made.value().first;
+      event = made.value();
     }
 
     auto call = std::make_shared<ChainCall>();

@@ -303,8 +303,9 @@ Result<void> Engine::checkTokens(const std::vector<Row>& rows) const {
   return success();
 }
 
-Result<std::vector<Engine::Row>> Engine::stepRows(std::span<Sequence* const> seqs,
-                                                  std::span<const uint32_t> tokens) {
+template <class T, class Run>
+Result<T> Engine::step(std::span<Sequence* const> seqs, std::span<const uint32_t> tokens,
+                       Run&& run) {
   std::vector<Row> rows;
   for (size_t i = 0; i < seqs.size(); ++i) {
     if (device_ && retrieval_.enabled() && !seqs[i]->retrieval &&
@@ -313,17 +314,17 @@ Result<std::vector<Engine::Row>> Engine::stepRows(std::span<Sequence* const> seq
     LIFL_TRYV(reserve(*seqs[i], 1));
     rows.push_back({seqs[i], tokens[i], seqs[i]->length});
   }
-  return rows;
+  std::vector<size_t> all(rows.size());
+  std::iota(all.begin(), all.end(), size_t{0});
+  LIFL_TRY(out, run(rows, all));
+  for (auto* s : seqs) s->length++;
+  return out;
 }
 
 Result<std::vector<float>> Engine::decode(std::span<Sequence* const> seqs,
                                           std::span<const uint32_t> tokens) {
-  LIFL_TRY(rows, stepRows(seqs, tokens));
-  std::vector<size_t> all(rows.size());
-  std::iota(all.begin(), all.end(), size_t{0});
-  LIFL_TRY(logits, forward(rows, all));
-  for (auto* s : seqs) s->length++;
-  return logits;
+  return step<std::vector<float>>(
+      seqs, tokens, [&](const auto& rows, const auto& all) { return forward(rows, all); });
 }
 
 Result<std::vector<uint32_t>> Engine::decodeTokens(std::span<Sequence* const> seqs,
@@ -338,15 +339,14 @@ Result<std::vector<uint32_t>> Engine::decodeTokens(std::span<Sequence* const> se
       next[i] = kl::pickToken(logits.data() + i * vocab, vocab, picks[i]);
     return next;
   }
-  LIFL_TRY(rows, stepRows(seqs, tokens));
-  LIFL_TRYV(checkTokens(rows));
-  std::vector<size_t> all(rows.size());
-  std::iota(all.begin(), all.end(), size_t{0});
-  LIFL_TRY(next, onDevice(rows, all, [&](const gpu::llm::Batch& b) {
-             return device_->forwardTokens(b, picks);
-           }));
-  for (auto* s : seqs) s->length++;
-  return next;
+  return step<std::vector<uint32_t>>(
+      seqs, tokens,
+      [&](const std::vector<Row>& rows,
+          const std::vector<size_t>& all) -> Result<std::vector<uint32_t>> {
+        LIFL_TRYV(checkTokens(rows));
+        return onDevice(rows, all,
+                        [&](const gpu::llm::Batch& b) { return device_->forwardTokens(b, picks); });
+      });
 }
 
 Result<std::vector<float>> Engine::forward(const std::vector<Row>& rows,

@@ -93,9 +93,10 @@ class Engine {
   };
   /// bad_token for a row whose token is not in the vocabulary.
   Result<void> checkTokens(const std::vector<Row>& rows) const;
-  /// A decode step's rows (one a sequence, reserving its page), or why not.
-  Result<std::vector<Row>> stepRows(std::span<Sequence* const> seqs,
-                                    std::span<const uint32_t> tokens);
+  /// A decode step: one row a sequence (its page reserved), run(rows, logit rows: all of
+  /// them), then each sequence one token longer.
+  template <class T, class Run>
+  Result<T> step(std::span<Sequence* const> seqs, std::span<const uint32_t> tokens, Run&& run);
   Result<std::vector<float>> forward(const std::vector<Row>& rows,
                                      const std::vector<size_t>& logitRows);
   /// run(batch) for the device's batch of `rows` (DeviceModel::forward or forwardTokens).

@@ -20,7 +20,7 @@ import urllib.request
 
 from cluster_llm_test import assert_streams, generated_tokens, write_model
 from lifl_cluster import Cluster, http_json
-from lifl_harness import failed_so_far, lifl_cli, model_run
+from lifl_harness import failed_so_far, lifl_cli, model_run, picking_args
 from llm_api_test import post
 
 
@@ -91,8 +91,7 @@ class ClusterDisaggregated(unittest.TestCase):
             status, _, data = post(self.url("d"), {"prompt": prompt, "max_tokens": 10,
                                                    "seed": 60 + i, **settings})
             self.assertEqual(status, 200, data)
-            run = ["--seed", str(60 + i), "--temperature", str(settings["temperature"]),
-                   "--top-k", str(settings.get("top_k", 0)), "--top-p", str(settings.get("top_p", 1))]
+            run = picking_args(settings, 60 + i)
             self.assertEqual(json.loads(data)["choices"][0]["token_ids"],
                              model_run(self.model, prompt, 10, *run)[0], settings)
 

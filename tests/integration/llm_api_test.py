@@ -14,7 +14,7 @@ import unittest
 import urllib.parse
 import urllib.request
 
-from lifl_harness import Platform, failed_so_far, lifl_cli, model_run
+from lifl_harness import Platform, failed_so_far, lifl_cli, model_run, picking_args
 
 
 def post(url, body, timeout=60, context=None, token=None):
@@ -162,9 +162,7 @@ class LlmApi(unittest.TestCase):
                 range(3)))
         for i, (status, _, data) in enumerate(results):
             self.assertEqual(status, 200, data)
-            run = ["--seed", str(20 + i), "--temperature", str(settings[i]["temperature"]),
-                   "--top-k", str(settings[i].get("top_k", 0)),
-                   "--top-p", str(settings[i].get("top_p", 1))]
+            run = picking_args(settings[i], 20 + i)
             expected = model_run(self.model, prompts[i], 12, *run)[0]
             self.assertEqual(json.loads(data)["choices"][0]["token_ids"], expected, settings[i])
             with tempfile.NamedTemporaryFile() as logits:

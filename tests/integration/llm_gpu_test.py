@@ -23,7 +23,7 @@ import unittest
 import numpy as np
 
 from llm_api_test import greedy_all, post
-from lifl_harness import Platform, lifl_cli, model_run
+from lifl_harness import Platform, lifl_cli, model_run, picking_args
 
 RTOL = 2e-4
 RTOL_BF16_KV = 1e-3
@@ -212,10 +212,7 @@ class LlmGpu(unittest.TestCase):
             p.stop()
         for i, (status, _, data) in enumerate(results):
             self.assertEqual(status, 200, data)
-            run = ["--device", "cuda", "--seed", str(40 + i),
-                   "--temperature", str(settings[i]["temperature"]),
-                   "--top-k", str(settings[i].get("top_k", 0)),
-                   "--top-p", str(settings[i].get("top_p", 1))]
+            run = ["--device", "cuda", *picking_args(settings[i], 40 + i)]
             on_device = model_run(self.model, prompts[i], 16, *run)[0]
             self.assertEqual(json.loads(data)["choices"][0]["token_ids"], on_device, settings[i])
             with tempfile.NamedTemporaryFile() as logits:

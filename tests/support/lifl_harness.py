@@ -31,6 +31,13 @@ def lifl_cli(*args, check=True, timeout=300):
     return r
 
 
+def picking_args(settings, seed):
+    """`lifl model run`'s flags for a completion request's sampling `settings` (temperature,
+    top_k, top_p as the API takes them) and seed."""
+    return ["--seed", str(seed), "--temperature", str(settings["temperature"]),
+            "--top-k", str(settings.get("top_k", 0)), "--top-p", str(settings.get("top_p", 1))]
+
+
 def model_run(model, tokens, max_tokens, *extra, logits=None):
     """`lifl model run`: its greedy tokens, and where a file for them is named, the logits each
     was chosen from (row 0: the prompt's; row i: decode step i's)."""

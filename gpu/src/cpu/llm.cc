@@ -292,7 +292,7 @@ uint32_t pickToken(const float* logits, uint32_t vocab, const Pick& pick) {
   const uint32_t keep = pick.topK ? std::min(pick.topK, vocab) : vocab;
   // Every token in play is drawn in index order with no sort (sorting a vocabulary of
   // 128 256 took 21 ms a token, 10x a GPU decode step).
-  const bool all = everyTokenInPlay(keep == vocab ? 0 : keep, pick.topP);
+  const bool all = keep == vocab && !hasNucleus(pick.topP);
   thread_local std::vector<uint32_t> inPlay;
   const double top =
       all ? *std::max_element(logits, logits + vocab)

@@ -25,5 +25,8 @@ Result<EventView> readEvent(const ObjectRef& object);
 Result<std::pair<ObjectRef, std::byte*>> makeEvent(ObjectStore& store, InstanceId owner,
                                                    const nlohmann::json& attributes,
                                                    uint64_t dataSize);
+/// The same, with `data` copied in.
+Result<ObjectRef> makeEvent(ObjectStore& store, InstanceId owner, const nlohmann::json& attributes,
+                            std::string_view data);
 
 }  // namespace lifl::dataplane

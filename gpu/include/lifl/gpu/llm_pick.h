@@ -14,10 +14,6 @@ namespace lifl::kernels::llm {
 
 /// Whether top_p cuts the candidates to a nucleus (0 and 1 keep them all).
 LIFL_PICK_RULE bool hasNucleus(float topP) { return topP > 0.0f && topP < 1.0f; }
-/// Whether top_k and top_p leave every token in play.
-LIFL_PICK_RULE bool everyTokenInPlay(uint32_t topK, float topP) {
-  return topK == 0 && !hasNucleus(topP);
-}
 
 /// How one row's token is picked, laid out alike on the host and the device (a decode step
 /// uploads one array of them):
